@@ -1,0 +1,836 @@
+//! The SQLite catalog (`defensive.db`): clients and stored file versions.
+//!
+//! All writes go through one owner: a dedicated thread holding the only writer connection, fed
+//! by a bounded channel of jobs that answer on oneshot channels. SQLite allows one writer at a
+//! time anyway; serialising in-process avoids `SQLITE_BUSY` storms and makes every write a
+//! short, ordered transaction. Reads use a small pool of read-only connections on
+//! `spawn_blocking` (WAL lets them run while the writer commits).
+//!
+//! `synchronous=FULL`: when a write returns, its transaction is durable. The server only
+//! acknowledges a file (1603/1604) after the matching write has returned.
+
+mod error;
+mod model;
+mod queries;
+mod schema;
+mod timestamp;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::CatalogError;
+pub use model::{
+    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, CommitResult, DEFAULT_PAGE,
+    FileFilter, FileRecord, FileRowId, FileState, KeptVersion, ReceivedFile, RegisterOutcome,
+    SupersededFile,
+};
+pub use schema::latest_version as latest_schema_version;
+pub use timestamp::format_rfc3339;
+
+/// File name of the catalog inside the data directory.
+pub const CATALOG_FILE_NAME: &str = "defensive.db";
+
+/// Queued write jobs before senders wait (back-pressure on the writer).
+const WRITE_QUEUE: usize = 256;
+/// Idle read connections kept open.
+const READ_POOL_MAX: usize = 4;
+
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Command {
+    Write(WriteJob),
+    Close(oneshot::Sender<Result<(), CatalogError>>),
+}
+
+/// Handle to the catalog; cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Catalog {
+    writer: mpsc::Sender<Command>,
+    readers: Arc<ReadPool>,
+}
+
+impl fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Catalog")
+            .field("path", &self.readers.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path`, runs migrations and starts the writer
+    /// thread. Blocking work runs on `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`CatalogError::CreateDir`], [`CatalogError::Open`], [`CatalogError::Migrate`],
+    /// [`CatalogError::SchemaTooNew`] or [`CatalogError::SpawnWriter`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || -> Result<Connection, CatalogError> {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|source| CatalogError::CreateDir {
+                        path: parent.to_path_buf(),
+                        source,
+                    })?;
+                }
+                let mut conn = schema::open_writer(&path)?;
+                schema::migrate(&mut conn)?;
+                Ok(conn)
+            }
+        })
+        .await
+        .map_err(CatalogError::Task)??;
+
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("catalog-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(CatalogError::SpawnWriter)?;
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(ReadPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.readers.path
+    }
+
+    /// Checkpoints the WAL into the database file without closing.
+    ///
+    /// # Errors
+    /// [`CatalogError::Closed`] after [`close`](Self::close), or a query error.
+    pub async fn flush(&self) -> Result<(), CatalogError> {
+        self.write(|conn| queries::checkpoint(conn)).await
+    }
+
+    /// Graceful shutdown: waits for queued writes, checkpoints the WAL and stops the writer.
+    /// Later writes through any clone fail with [`CatalogError::Closed`].
+    ///
+    /// # Errors
+    /// [`CatalogError::Closed`] if already closed, or the checkpoint error.
+    pub async fn close(&self) -> Result<(), CatalogError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Command::Close(tx))
+            .await
+            .map_err(|_| CatalogError::Closed)?;
+        rx.await.map_err(|_| CatalogError::Closed)??;
+        self.readers
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        Ok(())
+    }
+
+    /// Registers a new client (wire 1025). The name is unique.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails; a taken name is an `Ok` outcome.
+    pub async fn register_client(
+        &self,
+        id: ClientId,
+        name: Vec<u8>,
+        protocol: u8,
+    ) -> Result<RegisterOutcome, CatalogError> {
+        let now = now();
+        self.write(move |c| queries::register_client(c, &id, &name, protocol, &now))
+            .await
+    }
+
+    /// Looks a client up by id (wire 1027).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn client_by_id(&self, id: ClientId) -> Result<Option<ClientRecord>, CatalogError> {
+        self.read(move |c| queries::client_by_id(c, &id)).await
+    }
+
+    /// All clients, ordered by name.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, CatalogError> {
+        self.read(queries::list_clients).await
+    }
+
+    /// Stores the client's DER public key (wire 1026); `false` if the client is unknown.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn set_public_key(&self, id: ClientId, der: Vec<u8>) -> Result<bool, CatalogError> {
+        let now = now();
+        self.write(move |c| queries::set_public_key(c, &id, &der, &now))
+            .await
+    }
+
+    /// Sets the client's `LastSeen` to now; `false` if the client is unknown.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn touch_client(&self, id: ClientId) -> Result<bool, CatalogError> {
+        let now = now();
+        self.write(move |c| queries::touch_client(c, &id, &now))
+            .await
+    }
+
+    /// Starts a file version in state `receiving`; its version is one more than the highest
+    /// version of this client's file name. `path_name` is the relative destination
+    /// ([`Storage::relative_path`](crate::storage::Storage::relative_path)), `temp_path` the
+    /// relative temp file, recorded so abandoned transfers can be cleaned up.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails (including an unknown client).
+    pub async fn begin_file(
+        &self,
+        client: ClientId,
+        name: Vec<u8>,
+        path_name: String,
+        temp_path: Option<String>,
+    ) -> Result<(FileRowId, u32), CatalogError> {
+        let now = now();
+        self.write(move |c| {
+            queries::begin_file(c, &client, &name, &path_name, temp_path.as_deref(), &now)
+        })
+        .await
+    }
+
+    /// Records size, checksums and moves the row from `receiving` to `received` (the temp file
+    /// is complete and fsynced).
+    ///
+    /// # Errors
+    /// [`CatalogError::InvalidState`] / [`CatalogError::NoSuchFile`], or a database error.
+    pub async fn mark_received(
+        &self,
+        row: FileRowId,
+        facts: ReceivedFile,
+    ) -> Result<(), CatalogError> {
+        let now = now();
+        self.write(move |c| queries::mark_received(c, row, &facts, &now))
+            .await
+    }
+
+    /// The verified version currently stored at the name's base path, as `(row, version)`.
+    /// Pass its version to [`PartialFile::commit`](crate::storage::PartialFile::commit) when
+    /// `keep_versions > 1`, so the file on disk is renamed to the same versioned path that
+    /// [`commit_file`](Self::commit_file) then records.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn current_version(
+        &self,
+        client: ClientId,
+        name: Vec<u8>,
+    ) -> Result<Option<(FileRowId, u32)>, CatalogError> {
+        self.read(move |c| queries::current_version(c, &client, &name))
+            .await
+    }
+
+    /// Marks a `received` row verified and applies retention: the previously current version
+    /// is renamed to `<path>.~<version>~` (reported in [`CommitResult::previous`]) while fewer
+    /// than `keep_versions` versions exist, older ones are removed from the catalog and listed
+    /// in [`CommitResult::superseded`] for storage to delete. With `keep_versions == 1` the
+    /// previous version's row is removed and its file is the one replaced by the rename.
+    ///
+    /// Order for the driver: `current_version` → `PartialFile::commit` → `commit_file` → delete
+    /// superseded files → acknowledge.
+    ///
+    /// # Errors
+    /// [`CatalogError::InvalidState`] / [`CatalogError::NoSuchFile`], or a database error.
+    pub async fn commit_file(
+        &self,
+        row: FileRowId,
+        keep_versions: u32,
+    ) -> Result<CommitResult, CatalogError> {
+        let now = now();
+        let keep = keep_versions.max(1);
+        self.write(move |c| queries::commit_file(c, row, keep, &now))
+            .await
+    }
+
+    /// Marks an unfinished row `discarded` (after 1031, an abort or abandonment); `false` if
+    /// the row was not `receiving`/`received`.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn discard_file(&self, row: FileRowId) -> Result<bool, CatalogError> {
+        let now = now();
+        self.write(move |c| queries::discard_file(c, row, &now))
+            .await
+    }
+
+    /// Unfinished transfers last updated before `updated_before`.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn abandoned_transfers(
+        &self,
+        updated_before: SystemTime,
+    ) -> Result<Vec<AbandonedTransfer>, CatalogError> {
+        let cutoff = format_rfc3339(updated_before);
+        self.read(move |c| queries::abandoned_transfers(c, &cutoff))
+            .await
+    }
+
+    /// One page of files matching `filter` (keyset paging on the row id).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn list_files(&self, filter: FileFilter) -> Result<Vec<FileRecord>, CatalogError> {
+        self.read(move |c| queries::list_files(c, &filter)).await
+    }
+
+    /// Runs SQLite's `PRAGMA integrity_check`; `Ok(true)` when the database is sound.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the check cannot run.
+    pub async fn integrity_check(&self) -> Result<bool, CatalogError> {
+        self.read(queries::integrity_check).await
+    }
+
+    /// Client count, verified file count and stored bytes.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn stats(&self) -> Result<CatalogStats, CatalogError> {
+        self.read(queries::stats).await
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, CatalogError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn| {
+            // The caller may have gone away (cancelled); nothing to do then.
+            let _ = tx.send(f(conn));
+        });
+        self.writer
+            .send(Command::Write(job))
+            .await
+            .map_err(|_| CatalogError::Closed)?;
+        rx.await.map_err(|_| CatalogError::Closed)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, CatalogError> + Send + 'static,
+    {
+        if self.writer.is_closed() {
+            return Err(CatalogError::Closed);
+        }
+        let pool = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(CatalogError::Task)?
+    }
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection, CatalogError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => schema::open_reader(&self.path),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < READ_POOL_MAX {
+            idle.push(conn);
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+    while let Some(command) = rx.blocking_recv() {
+        match command {
+            Command::Write(job) => job(&mut conn),
+            Command::Close(reply) => {
+                rx.close();
+                // Jobs queued before the close still run, in order.
+                while let Ok(Command::Write(job)) = rx.try_recv() {
+                    job(&mut conn);
+                }
+                let result = queries::checkpoint(&conn);
+                let result = match conn.close() {
+                    Ok(()) => result,
+                    Err((_, source)) => result.and(Err(CatalogError::Query {
+                        op: "close",
+                        source,
+                    })),
+                };
+                let _ = reply.send(result);
+                return;
+            }
+        }
+    }
+    // All handles dropped: best-effort checkpoint; dropping the connection closes it.
+    if let Err(error) = queries::checkpoint(&conn) {
+        tracing::warn!(%error, "catalog checkpoint on drop failed");
+    }
+}
+
+fn now() -> String {
+    format_rfc3339(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const ALICE: ClientId = [0xA1; 16];
+    const BOB: ClientId = [0xB0; 16];
+
+    #[tokio::test]
+    async fn open_creates_the_file_and_reopen_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join(CATALOG_FILE_NAME);
+
+        let catalog = Catalog::open(&path).await.unwrap();
+        catalog
+            .register_client(ALICE, b"alice".to_vec(), 3)
+            .await
+            .unwrap();
+        catalog.close().await.unwrap();
+        let reopened = Catalog::open(&path).await.unwrap();
+
+        assert!(path.is_file());
+        assert_eq!(reopened.list_clients().await.unwrap().len(), 1);
+        assert!(reopened.integrity_check().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn register_reports_taken_names_and_ids() {
+        let (_dir, catalog) = open().await;
+
+        let first = catalog
+            .register_client(ALICE, b"alice".to_vec(), 3)
+            .await
+            .unwrap();
+        let same_name = catalog
+            .register_client(BOB, b"alice".to_vec(), 3)
+            .await
+            .unwrap();
+        let same_id = catalog
+            .register_client(ALICE, b"other".to_vec(), 3)
+            .await
+            .unwrap();
+
+        assert_eq!(first, RegisterOutcome::Registered);
+        assert_eq!(same_name, RegisterOutcome::NameTaken);
+        assert_eq!(same_id, RegisterOutcome::IdTaken);
+        assert_eq!(catalog.list_clients().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn client_lookup_and_updates() {
+        let (_dir, catalog) = open().await;
+        catalog
+            .register_client(ALICE, b"alice".to_vec(), 3)
+            .await
+            .unwrap();
+
+        let key_set = catalog
+            .set_public_key(ALICE, vec![0x30; 160])
+            .await
+            .unwrap();
+        let unknown_key = catalog.set_public_key(BOB, vec![1]).await.unwrap();
+        let touched = catalog.touch_client(ALICE).await.unwrap();
+        let alice = catalog.client_by_id(ALICE).await.unwrap().unwrap();
+        let bob = catalog.client_by_id(BOB).await.unwrap();
+
+        assert!(key_set && touched && !unknown_key);
+        assert_eq!(alice.name, b"alice");
+        assert_eq!(alice.public_key, Some(vec![0x30; 160]));
+        assert_eq!(alice.protocol, Some(3));
+        assert!(alice.last_seen.is_some());
+        assert_eq!(bob, None);
+    }
+
+    #[tokio::test]
+    async fn keep_one_version_replaces_the_previous_row() {
+        let (_dir, catalog) = open_with_alice().await;
+
+        let first = store(&catalog, b"a.txt", 1).await;
+        let second = store(&catalog, b"a.txt", 1).await;
+        let third = store(&catalog, b"a.txt", 1).await;
+
+        assert_eq!((first.version, second.version, third.version), (1, 2, 3));
+        assert_eq!(third.path_name, "a1/a.txt");
+        assert_eq!(third.previous, None);
+        assert!(third.superseded.is_empty(), "{:?}", third.superseded);
+        let rows = verified(&catalog).await;
+        assert_eq!(rows, [(3, "a1/a.txt".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn keep_three_versions_renames_and_supersedes() {
+        let (_dir, catalog) = open_with_alice().await;
+
+        store(&catalog, b"a.txt", 3).await;
+        let second = store(&catalog, b"a.txt", 3).await;
+        store(&catalog, b"a.txt", 3).await;
+        let current = catalog
+            .current_version(ALICE, b"a.txt".to_vec())
+            .await
+            .unwrap();
+        let fourth = store(&catalog, b"a.txt", 3).await;
+
+        assert_eq!(
+            second.previous.map(|p| (p.version, p.path_name)),
+            Some((1, "a1/a.txt.~1~".into()))
+        );
+        assert_eq!(current.map(|(_, v)| v), Some(3));
+        assert_eq!(fourth.version, 4);
+        assert_eq!(
+            fourth.previous.map(|p| p.path_name),
+            Some("a1/a.txt.~3~".into())
+        );
+        let superseded: Vec<_> = fourth
+            .superseded
+            .iter()
+            .map(|s| s.path_name.as_str())
+            .collect();
+        assert_eq!(superseded, ["a1/a.txt.~1~"]);
+        assert_eq!(
+            verified(&catalog).await,
+            [
+                (2, "a1/a.txt.~2~".to_string()),
+                (3, "a1/a.txt.~3~".to_string()),
+                (4, "a1/a.txt".to_string())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn commit_requires_a_received_row() {
+        let (_dir, catalog) = open_with_alice().await;
+        let (row, _) = begin(&catalog, b"a.txt").await;
+
+        let err = catalog.commit_file(row, 1).await.unwrap_err();
+        let missing = catalog.commit_file(FileRowId(999), 1).await.unwrap_err();
+        let received_twice = {
+            catalog.mark_received(row, facts()).await.unwrap();
+            catalog.mark_received(row, facts()).await.unwrap_err()
+        };
+
+        assert!(matches!(err, CatalogError::InvalidState { .. }), "{err}");
+        assert!(
+            matches!(missing, CatalogError::NoSuchFile { row: 999 }),
+            "{missing}"
+        );
+        assert!(
+            matches!(received_twice, CatalogError::InvalidState { .. }),
+            "{received_twice}"
+        );
+    }
+
+    #[tokio::test]
+    async fn abandoned_transfers_are_found_by_age_and_state() {
+        let (_dir, catalog) = open_with_alice().await;
+        let (receiving, _) = begin(&catalog, b"r.txt").await;
+        let (received, _) = begin(&catalog, b"d.txt").await;
+        catalog.mark_received(received, facts()).await.unwrap();
+        store(&catalog, b"v.txt", 1).await;
+        let hour = Duration::from_secs(3600);
+
+        let old_cutoff = catalog
+            .abandoned_transfers(SystemTime::now() - hour)
+            .await
+            .unwrap();
+        let future_cutoff = catalog
+            .abandoned_transfers(SystemTime::now() + hour)
+            .await
+            .unwrap();
+        let discarded = catalog.discard_file(receiving).await.unwrap();
+        let discarded_again = catalog.discard_file(receiving).await.unwrap();
+        let after_discard = catalog
+            .abandoned_transfers(SystemTime::now() + hour)
+            .await
+            .unwrap();
+
+        assert!(old_cutoff.is_empty(), "{old_cutoff:?}");
+        let rows: Vec<_> = future_cutoff.iter().map(|a| a.row).collect();
+        assert_eq!(rows, [receiving, received]);
+        assert_eq!(
+            future_cutoff[0].temp_path.as_deref(),
+            Some("a1/.cb-partial-r.txt")
+        );
+        assert!(discarded && !discarded_again);
+        assert_eq!(
+            after_discard.iter().map(|a| a.row).collect::<Vec<_>>(),
+            [received]
+        );
+    }
+
+    #[tokio::test]
+    async fn list_files_filters_and_pages() {
+        let (_dir, catalog) = open_with_alice().await;
+        catalog
+            .register_client(BOB, b"bob".to_vec(), 3)
+            .await
+            .unwrap();
+        for i in 0..130 {
+            store(&catalog, format!("doc-{i}.txt").as_bytes(), 1).await;
+        }
+        for i in 0..5 {
+            let (row, _) = catalog
+                .begin_file(
+                    BOB,
+                    format!("bob-{i}.bin").into_bytes(),
+                    format!("b0/bob-{i}.bin"),
+                    None,
+                )
+                .await
+                .unwrap();
+            if i == 0 {
+                catalog.discard_file(row).await.unwrap();
+            }
+        }
+
+        let page1 = catalog.list_files(alice_filter(None)).await.unwrap();
+        let page2 = catalog
+            .list_files(alice_filter(page1.last().map(|f| f.row)))
+            .await
+            .unwrap();
+        let page3 = catalog
+            .list_files(alice_filter(page2.last().map(|f| f.row)))
+            .await
+            .unwrap();
+        let by_name = catalog
+            .list_files(FileFilter {
+                name_contains: Some(b"-12".to_vec()),
+                ..FileFilter::default()
+            })
+            .await
+            .unwrap();
+        let unverified = catalog
+            .list_files(FileFilter {
+                verified: Some(false),
+                ..FileFilter::default()
+            })
+            .await
+            .unwrap();
+        let with_discarded = catalog
+            .list_files(FileFilter {
+                verified: Some(false),
+                include_discarded: true,
+                ..FileFilter::default()
+            })
+            .await
+            .unwrap();
+        let future = catalog
+            .list_files(FileFilter {
+                since: Some(SystemTime::now() + Duration::from_secs(60)),
+                ..FileFilter::default()
+            })
+            .await
+            .unwrap();
+        let past = catalog
+            .list_files(FileFilter {
+                until: Some(SystemTime::now() + Duration::from_secs(60)),
+                limit: 1000,
+                ..FileFilter::default()
+            })
+            .await
+            .unwrap();
+
+        assert_eq!((page1.len(), page2.len(), page3.len()), (100, 30, 0));
+        assert!(page1.last().unwrap().row < page2[0].row);
+        assert!(
+            page1
+                .iter()
+                .chain(&page2)
+                .all(|f| f.client_name == b"alice")
+        );
+        let names: Vec<_> = by_name
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.file_name).into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "doc-12.txt",
+                "doc-120.txt",
+                "doc-121.txt",
+                "doc-122.txt",
+                "doc-123.txt",
+                "doc-124.txt",
+                "doc-125.txt",
+                "doc-126.txt",
+                "doc-127.txt",
+                "doc-128.txt",
+                "doc-129.txt"
+            ]
+        );
+        assert_eq!(unverified.len(), 4);
+        assert!(
+            unverified
+                .iter()
+                .all(|f| f.state == FileState::Receiving && f.client_name == b"bob")
+        );
+        assert_eq!(with_discarded.len(), 5);
+        assert!(future.is_empty());
+        assert_eq!(past.len(), 134);
+    }
+
+    #[tokio::test]
+    async fn stats_count_verified_files() {
+        let (_dir, catalog) = open_with_alice().await;
+        store(&catalog, b"a", 1).await;
+        store(&catalog, b"b", 1).await;
+        begin(&catalog, b"c").await;
+
+        let stats = catalog.stats().await.unwrap();
+
+        assert_eq!(
+            stats,
+            CatalogStats {
+                clients: 1,
+                files: 2,
+                bytes_stored: 2 * facts().size
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn closed_catalog_refuses_work() {
+        let (_dir, catalog) = open().await;
+        let clone = catalog.clone();
+
+        catalog.close().await.unwrap();
+
+        assert!(matches!(
+            clone.touch_client(ALICE).await,
+            Err(CatalogError::Closed)
+        ));
+        assert!(matches!(
+            clone.list_clients().await,
+            Err(CatalogError::Closed)
+        ));
+        assert!(matches!(clone.close().await, Err(CatalogError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn begin_for_an_unknown_client_fails() {
+        let (_dir, catalog) = open().await;
+
+        let result = catalog
+            .begin_file(BOB, b"x".to_vec(), "b0/x".into(), None)
+            .await;
+
+        assert!(
+            matches!(
+                result,
+                Err(CatalogError::Query {
+                    op: "begin_file",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn catalog_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<Catalog>();
+    }
+
+    async fn open() -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path().join(CATALOG_FILE_NAME))
+            .await
+            .unwrap();
+        (dir, catalog)
+    }
+
+    async fn open_with_alice() -> (tempfile::TempDir, Catalog) {
+        let (dir, catalog) = open().await;
+        catalog
+            .register_client(ALICE, b"alice".to_vec(), 3)
+            .await
+            .unwrap();
+        (dir, catalog)
+    }
+
+    async fn begin(catalog: &Catalog, name: &[u8]) -> (FileRowId, u32) {
+        let text = String::from_utf8_lossy(name);
+        catalog
+            .begin_file(
+                ALICE,
+                name.to_vec(),
+                format!("a1/{text}"),
+                Some(format!("a1/.cb-partial-{text}")),
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn store(catalog: &Catalog, name: &[u8], keep: u32) -> CommitResult {
+        let (row, _) = begin(catalog, name).await;
+        catalog.mark_received(row, facts()).await.unwrap();
+        catalog.commit_file(row, keep).await.unwrap()
+    }
+
+    async fn verified(catalog: &Catalog) -> Vec<(u32, String)> {
+        let filter = FileFilter {
+            verified: Some(true),
+            ..FileFilter::default()
+        };
+        let files = catalog.list_files(filter).await.unwrap();
+        files
+            .into_iter()
+            .map(|f| (f.version, f.path_name))
+            .collect()
+    }
+
+    fn alice_filter(after_row: Option<FileRowId>) -> FileFilter {
+        FileFilter {
+            client_name: Some(b"alice".to_vec()),
+            after_row,
+            ..FileFilter::default()
+        }
+    }
+
+    fn facts() -> ReceivedFile {
+        ReceivedFile {
+            size: 10,
+            ciphertext_size: 16,
+            cksum: 0xDEAD_BEEF,
+            sha256: [7; 32],
+        }
+    }
+}

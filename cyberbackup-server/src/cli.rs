@@ -1,0 +1,99 @@
+//! Command-line interface (clap derive). Every configuration key is also a flag; see
+//! `docs/operations.md`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ConfigOverrides;
+
+/// CyberBackup reference server.
+#[derive(Debug, Parser)]
+#[command(name = "cyberbackup-server", version, about)]
+pub struct Cli {
+    /// TOML config file [default: ./cyberbackup-server.toml if present; env CYBERBACKUP_CONFIG]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Settings that override the config file and the environment.
+    #[command(flatten)]
+    pub overrides: ConfigOverrides,
+    /// Run the start-up checks, print the results and exit (0 = all passed, 1 = some failed).
+    #[arg(long, conflicts_with = "print_config")]
+    pub check: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// What to do (default: run the server).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Run,
+    /// List registered clients.
+    Clients,
+    /// List stored files.
+    Files(FilesArgs),
+}
+
+/// Arguments of `files`.
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// Only files of the client with this name.
+    #[arg(long, value_name = "NAME")]
+    pub client: Option<String>,
+    /// Only file names containing this text.
+    #[arg(long, value_name = "TEXT")]
+    pub contains: Option<String>,
+    /// Also list discarded transfers.
+    #[arg(long)]
+    pub all: bool,
+    /// Write CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_before_and_after_subcommands() {
+        let cli = Cli::try_parse_from([
+            "cyberbackup-server",
+            "--port",
+            "4000",
+            "files",
+            "--client",
+            "alice",
+            "--csv",
+            "--data-dir",
+            "/srv/cb",
+        ])
+        .unwrap();
+
+        assert_eq!(cli.overrides.port, Some(4000));
+        assert_eq!(cli.overrides.data_dir, Some(PathBuf::from("/srv/cb")));
+        let Some(Command::Files(files)) = cli.command else {
+            panic!("expected files subcommand");
+        };
+        assert_eq!(files.client.as_deref(), Some("alice"));
+        assert!(files.csv);
+    }
+
+    #[test]
+    fn port_zero_is_rejected() {
+        let result = Cli::try_parse_from(["cyberbackup-server", "--port", "0"]);
+
+        assert!(result.is_err());
+    }
+}

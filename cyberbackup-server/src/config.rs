@@ -1,0 +1,507 @@
+//! `ServerConfig`: defaults < TOML file < `CYBERBACKUP_*` environment < command-line flags,
+//! plus the legacy `port.info`.
+//!
+//! The port comes from the first of: `--port`, `CYBERBACKUP_PORT`, `port` in the file,
+//! `port.info` in the working directory (one integer 1–65535, surrounding whitespace allowed),
+//! and finally 1256 (with a warning when `port.info` is missing or invalid), as the v3 spec
+//! requires.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Port used when neither configuration nor `port.info` gives one.
+pub const DEFAULT_PORT: u16 = 1256;
+/// Name of the legacy port file, read from the working directory.
+pub const PORT_INFO_FILE: &str = "port.info";
+/// Config file read from the working directory when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "cyberbackup-server.toml";
+/// Prefix of the environment variables.
+pub const ENV_PREFIX: &str = "CYBERBACKUP_";
+/// Environment variable naming the config file (like `--config`).
+pub const ENV_CONFIG: &str = "CYBERBACKUP_CONFIG";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("expected \"text\" or \"json\"".into()),
+        }
+    }
+}
+
+/// Errors while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error(
+        "cannot read config file {path}: {source} — check the path given with --config or CYBERBACKUP_CONFIG"
+    )]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Underlying IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this server.
+    #[error("invalid config file {path}: {source}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// Parser error (with line and column).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// An environment variable does not parse.
+    #[error("environment variable {var}={value:?} is invalid: {reason}")]
+    Env {
+        /// Variable name.
+        var: String,
+        /// Its value.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A setting has an unusable value.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid {
+        /// Config key.
+        key: &'static str,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+    /// The effective configuration cannot be written as TOML.
+    #[error("cannot print configuration: {0}")]
+    Serialize(#[source] toml::ser::Error),
+}
+
+/// The effective server configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: IpAddr,
+    /// TCP port.
+    pub port: u16,
+    /// Directory holding `defensive.db` and `files/`.
+    pub data_dir: PathBuf,
+    /// Concurrent connections accepted; more wait in the backlog.
+    pub max_connections: u32,
+    /// Seconds a connection may stay idle between requests.
+    pub idle_timeout_secs: u64,
+    /// Seconds allowed to receive one request once it started.
+    pub read_timeout_secs: u64,
+    /// Seconds running transfers get to finish on shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Verified versions kept per client file (≥ 1; older ones are `<name>.~<version>~`).
+    pub keep_versions: u32,
+    /// Seconds between maintenance runs.
+    pub maintenance_interval_secs: u64,
+    /// Seconds after which an unfinished transfer is discarded.
+    pub abandoned_after_secs: u64,
+    /// Free space (MiB) below which the server refuses to start and new files.
+    pub min_free_disk_mb: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Largest accepted file (plaintext bytes).
+    pub max_file_size: u64,
+    /// Registrations (1025) accepted per source IP per minute; 0 disables the limit.
+    pub registrations_per_minute: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: DEFAULT_PORT,
+            data_dir: PathBuf::from("./data"),
+            max_connections: 1024,
+            idle_timeout_secs: 60,
+            read_timeout_secs: 30,
+            shutdown_grace_secs: 30,
+            keep_versions: 1,
+            maintenance_interval_secs: 300,
+            abandoned_after_secs: 3600,
+            min_free_disk_mb: 100,
+            log_format: LogFormat::Text,
+            max_file_size: 4 * 1024 * 1024 * 1024,
+            registrations_per_minute: 30,
+        }
+    }
+}
+
+/// One layer of settings (file, environment or flags); `None` = not set in this layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigOverrides {
+    /// Address to listen on [default: 0.0.0.0]
+    #[arg(long, global = true, value_name = "IP")]
+    pub listen: Option<IpAddr>,
+    /// TCP port [default: port.info, else 1256]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Data directory (catalog and files) [default: ./data]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Maximum concurrent connections [default: 1024]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Idle timeout in seconds [default: 60]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Per-request read timeout in seconds [default: 30]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub read_timeout_secs: Option<u64>,
+    /// Shutdown grace period in seconds [default: 30]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Verified versions kept per file [default: 1]
+    #[arg(long, global = true, value_name = "N")]
+    pub keep_versions: Option<u32>,
+    /// Seconds between maintenance runs [default: 300]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub maintenance_interval_secs: Option<u64>,
+    /// Seconds before an unfinished transfer is discarded [default: 3600]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub abandoned_after_secs: Option<u64>,
+    /// Minimum free disk space in MiB [default: 100]
+    #[arg(long, global = true, value_name = "MIB")]
+    pub min_free_disk_mb: Option<u64>,
+    /// Log format [default: text]
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest accepted file in bytes [default: 4294967296]
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub max_file_size: Option<u64>,
+    /// Registrations per source IP per minute, 0 = unlimited [default: 30]
+    #[arg(long, global = true, value_name = "N")]
+    pub registrations_per_minute: Option<u32>,
+}
+
+/// What `port.info` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortInfo {
+    /// A valid port.
+    Port(u16),
+    /// No `port.info` file.
+    Missing,
+    /// The file exists but does not hold one integer 1–65535 (the reason is given).
+    Invalid(String),
+}
+
+/// A configuration and the notes produced while loading it (logged once logging is up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedConfig {
+    /// The effective configuration.
+    pub config: ServerConfig,
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Warnings, e.g. an invalid `port.info`.
+    pub warnings: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Builds the effective configuration.
+    ///
+    /// `config_file` is `--config`; without it `CYBERBACKUP_CONFIG`, then
+    /// `<cwd>/cyberbackup-server.toml` if it exists. `env` holds the process environment
+    /// (only `CYBERBACKUP_*` entries are looked at); `cwd` is where `port.info` and the default
+    /// config file are looked for. The result is [validated](Self::validate).
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an unreadable or invalid file, a bad variable or an invalid value.
+    pub fn load(
+        flags: &ConfigOverrides,
+        config_file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        cwd: &Path,
+    ) -> Result<LoadedConfig, ConfigError> {
+        let file = match (config_file, env.get(ENV_CONFIG)) {
+            (Some(path), _) => Some(path.to_path_buf()),
+            (None, Some(path)) => Some(PathBuf::from(path)),
+            (None, None) => Some(cwd.join(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+        };
+        let from_file = match &file {
+            Some(path) => read_file(path)?,
+            None => ConfigOverrides::default(),
+        };
+        let from_env = ConfigOverrides::from_env(env)?;
+
+        let mut config = Self::default();
+        let mut warnings = Vec::new();
+        let explicit_port = [flags.port, from_env.port, from_file.port]
+            .into_iter()
+            .flatten()
+            .next();
+        if explicit_port.is_none() {
+            match read_port_info(cwd) {
+                PortInfo::Port(port) => config.port = port,
+                PortInfo::Missing => warnings.push(format!(
+                    "{PORT_INFO_FILE} not found in {}; using default port {DEFAULT_PORT}",
+                    cwd.display()
+                )),
+                PortInfo::Invalid(reason) => warnings.push(format!(
+                    "{PORT_INFO_FILE} in {} is invalid ({reason}); using default port {DEFAULT_PORT}",
+                    cwd.display()
+                )),
+            }
+        }
+        config.apply(&from_file);
+        config.apply(&from_env);
+        config.apply(flags);
+        config.validate()?;
+        Ok(LoadedConfig {
+            config,
+            file,
+            warnings,
+        })
+    }
+
+    /// Checks values that are wrong whatever the machine (zero limits, port 0).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.port == 0 {
+            return invalid("port", "must be 1–65535");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
+        }
+        if self.keep_versions == 0 {
+            return invalid(
+                "keep_versions",
+                "must be at least 1 (1 keeps only the newest version)",
+            );
+        }
+        let positive = [
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("read_timeout_secs", self.read_timeout_secs),
+            ("maintenance_interval_secs", self.maintenance_interval_secs),
+            ("abandoned_after_secs", self.abandoned_after_secs),
+            ("max_file_size", self.max_file_size),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return invalid(key, "must be greater than 0");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (`--print-config`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Serialize`], e.g. for a non-UTF-8 data directory.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(ConfigError::Serialize)
+    }
+
+    /// Path of the catalog database.
+    #[must_use]
+    pub fn catalog_path(&self) -> PathBuf {
+        self.data_dir.join(crate::catalog::CATALOG_FILE_NAME)
+    }
+
+    /// `idle_timeout_secs` as a duration.
+    #[must_use]
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// `read_timeout_secs` as a duration.
+    #[must_use]
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_secs)
+    }
+
+    /// `shutdown_grace_secs` as a duration.
+    #[must_use]
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// `maintenance_interval_secs` as a duration.
+    #[must_use]
+    pub fn maintenance_interval(&self) -> Duration {
+        Duration::from_secs(self.maintenance_interval_secs)
+    }
+
+    /// `abandoned_after_secs` as a duration.
+    #[must_use]
+    pub fn abandoned_after(&self) -> Duration {
+        Duration::from_secs(self.abandoned_after_secs)
+    }
+
+    /// `min_free_disk_mb` in bytes.
+    #[must_use]
+    pub fn min_free_disk_bytes(&self) -> u64 {
+        self.min_free_disk_mb.saturating_mul(1024 * 1024)
+    }
+
+    fn apply(&mut self, layer: &ConfigOverrides) {
+        let ConfigOverrides {
+            listen,
+            port,
+            data_dir,
+            max_connections,
+            idle_timeout_secs,
+            read_timeout_secs,
+            shutdown_grace_secs,
+            keep_versions,
+            maintenance_interval_secs,
+            abandoned_after_secs,
+            min_free_disk_mb,
+            log_format,
+            max_file_size,
+            registrations_per_minute,
+        } = layer.clone();
+        set(&mut self.listen, listen);
+        set(&mut self.port, port);
+        set(&mut self.data_dir, data_dir);
+        set(&mut self.max_connections, max_connections);
+        set(&mut self.idle_timeout_secs, idle_timeout_secs);
+        set(&mut self.read_timeout_secs, read_timeout_secs);
+        set(&mut self.shutdown_grace_secs, shutdown_grace_secs);
+        set(&mut self.keep_versions, keep_versions);
+        set(
+            &mut self.maintenance_interval_secs,
+            maintenance_interval_secs,
+        );
+        set(&mut self.abandoned_after_secs, abandoned_after_secs);
+        set(&mut self.min_free_disk_mb, min_free_disk_mb);
+        set(&mut self.log_format, log_format);
+        set(&mut self.max_file_size, max_file_size);
+        set(&mut self.registrations_per_minute, registrations_per_minute);
+    }
+}
+
+impl ConfigOverrides {
+    /// Reads `CYBERBACKUP_<KEY>` variables (key upper-cased, e.g. `CYBERBACKUP_DATA_DIR`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Env`] for a value that does not parse.
+    pub fn from_env(env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: env_var(env, "LISTEN")?,
+            port: env_var::<u16>(env, "PORT")?.map(nonzero_port).transpose()?,
+            data_dir: env_var(env, "DATA_DIR")?,
+            max_connections: env_var(env, "MAX_CONNECTIONS")?,
+            idle_timeout_secs: env_var(env, "IDLE_TIMEOUT_SECS")?,
+            read_timeout_secs: env_var(env, "READ_TIMEOUT_SECS")?,
+            shutdown_grace_secs: env_var(env, "SHUTDOWN_GRACE_SECS")?,
+            keep_versions: env_var(env, "KEEP_VERSIONS")?,
+            maintenance_interval_secs: env_var(env, "MAINTENANCE_INTERVAL_SECS")?,
+            abandoned_after_secs: env_var(env, "ABANDONED_AFTER_SECS")?,
+            min_free_disk_mb: env_var(env, "MIN_FREE_DISK_MB")?,
+            log_format: env_var(env, "LOG_FORMAT")?,
+            max_file_size: env_var(env, "MAX_FILE_SIZE")?,
+            registrations_per_minute: env_var(env, "REGISTRATIONS_PER_MINUTE")?,
+        })
+    }
+}
+
+/// Reads and parses `<dir>/port.info`.
+#[must_use]
+pub fn read_port_info(dir: &Path) -> PortInfo {
+    match std::fs::read(dir.join(PORT_INFO_FILE)) {
+        Ok(bytes) => parse_port_info(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PortInfo::Missing,
+        Err(e) => PortInfo::Invalid(format!("cannot read it: {e}")),
+    }
+}
+
+/// Parses the content of `port.info`: one decimal integer 1–65535, whitespace around it allowed.
+#[must_use]
+pub fn parse_port_info(bytes: &[u8]) -> PortInfo {
+    let text = String::from_utf8_lossy(bytes);
+    let digits = text.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return PortInfo::Invalid(format!(
+            "expected one integer, found {:?}",
+            truncate(digits)
+        ));
+    }
+    match digits.parse::<u16>() {
+        Ok(port) if port > 0 => PortInfo::Port(port),
+        _ => PortInfo::Invalid(format!("{} is not a port number 1–65535", truncate(digits))),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+fn nonzero_port(port: u16) -> Result<u16, ConfigError> {
+    if port == 0 {
+        return Err(ConfigError::Env {
+            var: format!("{ENV_PREFIX}PORT"),
+            value: "0".into(),
+            reason: "must be 1–65535".into(),
+        });
+    }
+    Ok(port)
+}
+
+fn env_var<T>(env: &BTreeMap<String, String>, key: &str) -> Result<Option<T>, ConfigError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let var = format!("{ENV_PREFIX}{key}");
+    let Some(value) = env.get(&var) else {
+        return Ok(None);
+    };
+    match value.trim().parse() {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => Err(ConfigError::Env {
+            var,
+            value: value.clone(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn read_file(path: &Path) -> Result<ConfigOverrides, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,120 @@
+//! `cyberbackup-server` binary: parses the command line, loads the configuration and calls the
+//! library. The only place that prints.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cyberbackup_server::admin;
+use cyberbackup_server::catalog::{Catalog, FileFilter};
+use cyberbackup_server::check::run_checks;
+use cyberbackup_server::cli::{Cli, Command, FilesArgs};
+use cyberbackup_server::config::{ENV_PREFIX, LoadedConfig, ServerConfig};
+use cyberbackup_server::{ServerError, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&ServerError::io("cannot start the tokio runtime", e)),
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    let cwd = std::env::current_dir()
+        .map_err(|e| ServerError::io("cannot read the working directory", e))?;
+    let LoadedConfig {
+        config,
+        file,
+        warnings,
+    } = ServerConfig::load(&cli.overrides, cli.config.as_deref(), &env, &cwd)?;
+
+    if cli.print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.check {
+        for warning in &warnings {
+            println!("warn  {warning}");
+        }
+        let report = run_checks(&config).await;
+        print!("{report}");
+        return Ok(if report.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            telemetry::init(config.log_format)?;
+            if let Some(file) = &file {
+                tracing::info!(file = %file.display(), "configuration file loaded");
+            }
+            for warning in &warnings {
+                tracing::warn!("{warning}");
+            }
+            cyberbackup_server::run(config).await?;
+        }
+        Command::Clients => {
+            let catalog = open_existing(&config).await?;
+            let mut out = std::io::stdout().lock();
+            admin::write_clients(&catalog, &mut out).await?;
+            out.flush()
+                .map_err(|e| ServerError::io("cannot write to stdout", e))?;
+        }
+        Command::Files(FilesArgs {
+            client,
+            contains,
+            all,
+            csv,
+        }) => {
+            let catalog = open_existing(&config).await?;
+            let filter = FileFilter {
+                client_name: client.map(String::into_bytes),
+                name_contains: contains.map(String::into_bytes),
+                include_discarded: all,
+                ..FileFilter::default()
+            };
+            let mut out = std::io::stdout().lock();
+            admin::write_files(&catalog, filter, csv, &mut out).await?;
+            out.flush()
+                .map_err(|e| ServerError::io("cannot write to stdout", e))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the catalog for an admin command without creating one in a mistyped directory.
+async fn open_existing(config: &ServerConfig) -> Result<Catalog, ServerError> {
+    let path = config.catalog_path();
+    if !path.is_file() {
+        return Err(ServerError::io(
+            format!(
+                "no catalog at {} — check --data-dir / CYBERBACKUP_DATA_DIR",
+                path.display()
+            ),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    Ok(Catalog::open(path).await?)
+}
+
+fn fail(error: &ServerError) -> ExitCode {
+    // Our messages already embed their cause; printing the chain would repeat it.
+    eprintln!("error: {error}");
+    ExitCode::from(error.exit_code())
+}

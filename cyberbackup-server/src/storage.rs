@@ -1,0 +1,666 @@
+//! Atomic file storage under `<data-dir>/files/<client-id-hex>/`.
+//!
+//! A file arrives into a [`PartialFile`]: a temp file named `.cb-partial-…` in the same
+//! directory as its destination (so the final `rename` is atomic and never crosses a file
+//! system), created with `O_EXCL` and mode 0600. [`PartialFile::finish`] fsyncs it (durable but
+//! not visible); [`PartialFile::commit`] renames it over the destination and fsyncs the
+//! directory. Readers see either the whole previous version or the whole new one.
+//!
+//! On-disk names come from [`map_file_name`]; mapped names never start with `.`, so they
+//! cannot collide with temp files. With `keep_versions > 1` the previous version is renamed to
+//! `<mapped>.~<version>~` ([`versioned_path`], the numbered-backup style of GNU `cp`) before the
+//! new one takes its place.
+
+use std::fmt::Write as _;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, BufWriter, Write as _};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+/// Prefix of temp files; mapped names never start with `.`, so no stored file has it.
+pub const PARTIAL_PREFIX: &str = ".cb-partial-";
+
+/// Longest mapped name in bytes. File systems allow 255; 15 bytes stay free for the
+/// `.~<u32>~` suffix of kept versions.
+pub const MAX_MAPPED_LEN: usize = 240;
+
+/// Name of the directory under the data directory that holds client directories.
+pub const FILES_DIR: &str = "files";
+
+/// Capacity of the write buffer of one transfer.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Bytes of the mapped name kept before the hash suffix of a shortened name.
+const SHORT_PREFIX_MAX: usize = MAX_MAPPED_LEN - 1 - 64;
+
+/// Errors of the file storage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// A storage directory could not be created.
+    #[error(
+        "cannot create storage directory {path}: {source} — check that its parent exists and is writable by the server user"
+    )]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// A storage directory is writable by every user.
+    #[error("storage directory {path} is world-writable (mode {mode:o}) — run `chmod o-w {}` or choose another data directory", path.display())]
+    WorldWritable {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Writing a probe file failed.
+    #[error(
+        "storage directory {path} is not writable: {source} — check ownership, permissions and free space"
+    )]
+    NotWritable {
+        /// The directory.
+        path: PathBuf,
+        /// Underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file operation failed.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was being done (`create`, `write`, `fsync`, `rename`, …).
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// Underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// An empty file name was given (it should have been rejected on the wire).
+    #[error("file name is empty")]
+    EmptyName,
+    /// A path (from the catalog, or a mapped name) would leave its client directory.
+    #[error("refusing path {path:?}: it is not a file inside a client directory")]
+    OutsideClientDir {
+        /// The offending path.
+        path: String,
+    },
+    /// The partial file can no longer be written (an earlier operation failed or was
+    /// cancelled, or it was already finished).
+    #[error("partial file {0} is not open for this operation")]
+    NotOpen(PathBuf),
+    /// A blocking task panicked or was cancelled.
+    #[error("storage task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Maps a wire file name to the name stored on disk.
+///
+/// The input has been validated by the protocol layer (no `/`, `\`, NUL, not `.`, `..` or
+/// empty); the mapping is nevertheless safe for any bytes. Rules:
+/// - ASCII letters, digits, `.`, `_`, `-` and space are kept;
+/// - every other byte, `%` included, becomes `%XX` (uppercase hex);
+/// - a leading `.` becomes `%2E` (no hidden files, no clash with `.cb-partial-*` temp files);
+/// - for Windows device names (`CON`, `PRN`, `AUX`, `NUL`, `COM0`–`COM9`, `LPT0`–`LPT9`, any
+///   case, also with an extension such as `con.txt` or trailing spaces before the dot) the
+///   first character is encoded (`%43ON.txt`), so the data directory can be copied to Windows;
+/// - a result longer than [`MAX_MAPPED_LEN`] bytes is shortened to at most 175 bytes of the
+///   mapping (cut between whole `%XX` units), then `~` and the 64 hex digits of the SHA-256 of
+///   the original name bytes.
+///
+/// Injective: an unshortened mapping decodes back (`%XX` → byte, anything else literal) and
+/// never contains `~`; shortened mappings contain `~` and differ unless SHA-256 collides.
+///
+/// # Errors
+/// [`StorageError::EmptyName`] for an empty name.
+pub fn map_file_name(name: &[u8]) -> Result<String, StorageError> {
+    if name.is_empty() {
+        return Err(StorageError::EmptyName);
+    }
+    let reserved = is_windows_device_name(name);
+    let mut out = String::with_capacity(name.len());
+    // Byte offset in `out` after each whole unit (literal or %XX), for shortening.
+    let mut short_cut = 0;
+    for (i, &byte) in name.iter().enumerate() {
+        let escape_first = i == 0 && (byte == b'.' || reserved);
+        if is_kept(byte) && !escape_first {
+            out.push(char::from(byte));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{byte:02X}");
+        }
+        if out.len() <= SHORT_PREFIX_MAX {
+            short_cut = out.len();
+        }
+    }
+    if out.len() > MAX_MAPPED_LEN {
+        out.truncate(short_cut);
+        out.push('~');
+        out.push_str(&hex::encode(Sha256::digest(name)));
+    }
+    Ok(out)
+}
+
+/// The path under which version `version` is kept once a newer version replaced it:
+/// `<path>.~<version>~`.
+#[must_use]
+pub fn versioned_path(path: &str, version: u32) -> String {
+    format!("{path}.~{version}~")
+}
+
+/// Outcome of [`PartialFile::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishedFile {
+    /// Plaintext bytes written.
+    pub len: u64,
+    /// SHA-256 of the plaintext.
+    pub sha256: [u8; 32],
+}
+
+/// The storage tree `<data-dir>/files/`.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+impl Storage {
+    /// Creates `<data_dir>` and `<data_dir>/files` (mode 0700 when created) and refuses
+    /// world-writable ones.
+    ///
+    /// # Errors
+    /// [`StorageError::CreateDir`] or [`StorageError::WorldWritable`].
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let data_dir = data_dir.as_ref();
+        let root = data_dir.join(FILES_DIR);
+        create_private_dir(data_dir)?;
+        create_private_dir(&root)?;
+        Ok(Self { root })
+    }
+
+    /// The `files` directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `files/<client-id-hex>` (lowercase hex).
+    #[must_use]
+    pub fn client_dir(&self, client: &[u8; 16]) -> PathBuf {
+        self.root.join(hex::encode(client))
+    }
+
+    /// The catalog's `PathName` for a file: `<client-id-hex>/<mapped name>`.
+    ///
+    /// # Errors
+    /// [`StorageError::EmptyName`].
+    pub fn relative_path(client: &[u8; 16], name: &[u8]) -> Result<String, StorageError> {
+        Ok(format!("{}/{}", hex::encode(client), map_file_name(name)?))
+    }
+
+    /// Resolves a relative path from the catalog, checking that it names a file directly inside
+    /// a client directory (defence in depth against a corrupted or hostile catalog).
+    ///
+    /// # Errors
+    /// [`StorageError::OutsideClientDir`].
+    pub fn resolve(&self, relative: &str) -> Result<PathBuf, StorageError> {
+        let outside = || StorageError::OutsideClientDir {
+            path: relative.to_owned(),
+        };
+        let Some((dir, file)) = relative.split_once('/') else {
+            return Err(outside());
+        };
+        let dir_ok = dir.len() == 32 && dir.bytes().all(|b| b.is_ascii_hexdigit());
+        if !dir_ok {
+            return Err(outside());
+        }
+        inside(&self.root.join(dir), file).ok_or_else(outside)
+    }
+
+    /// Writes, fsyncs and removes a probe file in the storage root.
+    ///
+    /// # Errors
+    /// [`StorageError::NotWritable`].
+    pub fn probe_writable(&self) -> Result<(), StorageError> {
+        let not_writable = |source| StorageError::NotWritable {
+            path: self.root.clone(),
+            source,
+        };
+        let (path, mut file) = create_temp(&self.root).map_err(not_writable)?;
+        let written = file
+            .write_all(b"cyberbackup probe\n")
+            .and_then(|()| file.sync_all());
+        let removed = fs::remove_file(&path);
+        written.map_err(not_writable)?;
+        removed.map_err(not_writable)?;
+        Ok(())
+    }
+
+    /// Starts receiving `name` for `client`: creates the client directory if needed and a temp
+    /// file beside the destination.
+    ///
+    /// # Errors
+    /// [`StorageError::EmptyName`], [`StorageError::CreateDir`] or [`StorageError::Io`].
+    pub async fn create_partial(
+        &self,
+        client: [u8; 16],
+        name: &[u8],
+    ) -> Result<PartialFile, StorageError> {
+        let mapped = map_file_name(name)?;
+        let dir = self.client_dir(&client);
+        let relative = format!("{}/{mapped}", hex::encode(client));
+        let dest = inside(&dir, &mapped).ok_or_else(|| StorageError::OutsideClientDir {
+            path: relative.clone(),
+        })?;
+        let (temp, file) = run_blocking({
+            let dir = dir.clone();
+            move || {
+                create_private_dir(&dir)?;
+                create_temp(&dir).map_err(|source| StorageError::Io {
+                    op: "create temp file in",
+                    path: dir.clone(),
+                    source,
+                })
+            }
+        })
+        .await?;
+        let temp_name = temp
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(PartialFile {
+            relative_temp: format!("{}/{temp_name}", hex::encode(client)),
+            relative,
+            dir,
+            dest,
+            temp,
+            writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            hasher: Sha256::new(),
+            len: 0,
+            finished: false,
+            done: false,
+        })
+    }
+
+    /// Deletes a stored file given its catalog path; `Ok(false)` if it did not exist.
+    ///
+    /// # Errors
+    /// [`StorageError::OutsideClientDir`] or [`StorageError::Io`].
+    pub async fn remove(&self, relative: &str) -> Result<bool, StorageError> {
+        let path = self.resolve(relative)?;
+        run_blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StorageError::Io {
+                op: "remove",
+                path,
+                source,
+            }),
+        })
+        .await
+    }
+
+    /// Deletes `.cb-partial-*` files (in the root and every client directory) last modified
+    /// more than `older_than` ago; returns how many were removed.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if a directory cannot be read; files that vanish meanwhile are
+    /// ignored.
+    pub async fn remove_leftovers(&self, older_than: Duration) -> Result<usize, StorageError> {
+        let root = self.root.clone();
+        run_blocking(move || {
+            let cutoff = SystemTime::now()
+                .checked_sub(older_than)
+                .unwrap_or(UNIX_EPOCH);
+            let mut removed = remove_old_partials(&root, cutoff)?;
+            for entry in read_dir(&root)? {
+                let entry = entry.map_err(io_err("read directory", &root))?;
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir {
+                    removed += remove_old_partials(&entry.path(), cutoff)?;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// A file being received: a temp file beside its destination, plus the running SHA-256 and
+/// length of what was appended. Dropping it before [`commit`](Self::commit) removes the temp
+/// file (best effort).
+#[derive(Debug)]
+pub struct PartialFile {
+    relative: String,
+    relative_temp: String,
+    dir: PathBuf,
+    dest: PathBuf,
+    temp: PathBuf,
+    writer: Option<BufWriter<File>>,
+    hasher: Sha256,
+    len: u64,
+    finished: bool,
+    done: bool,
+}
+
+impl PartialFile {
+    /// The destination's catalog path (`<client-hex>/<mapped>`).
+    #[must_use]
+    pub fn relative_path(&self) -> &str {
+        &self.relative
+    }
+
+    /// The temp file's catalog path (`<client-hex>/.cb-partial-…`), for `TempPath`.
+    #[must_use]
+    pub fn relative_temp_path(&self) -> &str {
+        &self.relative_temp
+    }
+
+    /// Absolute path of the temp file.
+    #[must_use]
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Absolute path of the destination.
+    #[must_use]
+    pub fn destination(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Bytes appended so far.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was appended yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends plaintext. Memory stays bounded: at most the write buffer plus one piece.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] (e.g. disk full) or [`StorageError::NotOpen`] after a failure,
+    /// cancellation or [`finish`](Self::finish).
+    pub async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        let mut writer = self.take_writer()?;
+        self.hasher.update(data);
+        self.len += u64::try_from(data.len()).unwrap_or(u64::MAX);
+        if writer.capacity() - writer.buffer().len() >= data.len() {
+            // Fits in the buffer: a memcpy, no system call.
+            writer
+                .write_all(data)
+                .map_err(io_err("write", &self.temp))?;
+            self.writer = Some(writer);
+            return Ok(());
+        }
+        let piece = data.to_vec();
+        let temp = self.temp.clone();
+        let writer = run_blocking(move || {
+            writer.write_all(&piece).map_err(io_err("write", &temp))?;
+            Ok(writer)
+        })
+        .await?;
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the temp file: the content is durable but not yet visible under
+    /// its final name.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] or [`StorageError::NotOpen`].
+    pub async fn finish(&mut self) -> Result<FinishedFile, StorageError> {
+        let writer = self.take_writer()?;
+        let temp = self.temp.clone();
+        run_blocking(move || {
+            let file = writer.into_inner().map_err(|e| StorageError::Io {
+                op: "flush",
+                path: temp.clone(),
+                source: e.into_error(),
+            })?;
+            file.sync_all().map_err(io_err("fsync", &temp))
+        })
+        .await?;
+        self.finished = true;
+        Ok(FinishedFile {
+            len: self.len,
+            sha256: self.hasher.clone().finalize().into(),
+        })
+    }
+
+    /// Makes the file visible: if `keep_previous` is `Some(v)` and a file exists at the
+    /// destination, it is first renamed to `<dest>.~v~`; then the temp file is renamed over
+    /// the destination and the directory is fsynced. Finishes first if needed. Returns the
+    /// destination path.
+    ///
+    /// With `keep_versions > 1`, `v` is the version the catalog records for the file currently
+    /// at the destination ([`Catalog::current_version`](crate::catalog::Catalog::current_version)).
+    ///
+    /// # Errors
+    /// [`StorageError::Io`]; the temp file is removed on failure.
+    pub async fn commit(mut self, keep_previous: Option<u32>) -> Result<PathBuf, StorageError> {
+        if !self.finished {
+            self.finish().await?;
+        }
+        let (temp, dest, dir) = (self.temp.clone(), self.dest.clone(), self.dir.clone());
+        run_blocking(move || {
+            if let Some(version) = keep_previous {
+                let kept = dest.with_file_name(versioned_path(
+                    &dest
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    version,
+                ));
+                match fs::rename(&dest, &kept) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(StorageError::Io {
+                            op: "keep previous version",
+                            path: dest,
+                            source,
+                        });
+                    }
+                }
+            }
+            fs::rename(&temp, &dest).map_err(io_err("rename temp file to", &dest))?;
+            sync_dir(&dir)?;
+            Ok(dest)
+        })
+        .await
+        .inspect(|_| self.done = true)
+    }
+
+    /// Discards the transfer: removes the temp file.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the temp file exists but cannot be removed.
+    pub async fn abort(mut self) -> Result<(), StorageError> {
+        drop(self.writer.take());
+        let temp = self.temp.clone();
+        self.done = true;
+        run_blocking(move || match fs::remove_file(&temp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StorageError::Io {
+                op: "remove temp file",
+                path: temp,
+                source,
+            }),
+        })
+        .await
+    }
+
+    fn take_writer(&mut self) -> Result<BufWriter<File>, StorageError> {
+        self.writer
+            .take()
+            .ok_or_else(|| StorageError::NotOpen(self.temp.clone()))
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        drop(self.writer.take());
+        if let Err(error) = fs::remove_file(&self.temp)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.temp.display(), %error, "cannot remove temp file of an unfinished transfer");
+        }
+    }
+}
+
+fn is_kept(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-' | b' ')
+}
+
+fn is_windows_device_name(name: &[u8]) -> bool {
+    let stem_end = name.iter().position(|&b| b == b'.').unwrap_or(name.len());
+    let mut stem = name.get(..stem_end).unwrap_or(name);
+    while let [rest @ .., b' '] = stem {
+        stem = rest;
+    }
+    let upper = stem.to_ascii_uppercase();
+    matches!(
+        upper.as_slice(),
+        b"CON"
+            | b"PRN"
+            | b"AUX"
+            | b"NUL"
+            | [b'C', b'O', b'M', b'0'..=b'9']
+            | [b'L', b'P', b'T', b'0'..=b'9']
+    )
+}
+
+/// `dir/file` if `file` is a single normal path component (defence in depth).
+fn inside(dir: &Path, file: &str) -> Option<PathBuf> {
+    if file.is_empty() || file.contains(['/', '\\', '\0']) {
+        return None;
+    }
+    let mut components = Path::new(file).components();
+    let single_normal =
+        matches!(components.next(), Some(Component::Normal(_))) && components.next().is_none();
+    if !single_normal {
+        return None;
+    }
+    let path = dir.join(file);
+    (path.parent() == Some(dir)).then_some(path)
+}
+
+fn create_private_dir(path: &Path) -> Result<(), StorageError> {
+    let create_err = |source| StorageError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    match DirBuilder::new().mode(0o700).recursive(true).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(create_err(source)),
+    }
+    let meta = fs::metadata(path).map_err(create_err)?;
+    if !meta.is_dir() {
+        return Err(create_err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(StorageError::WorldWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Creates a fresh `.cb-partial-*` file in `dir` with `O_EXCL` and mode 0600.
+fn create_temp(dir: &Path) -> io::Result<(PathBuf, File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut attempt = 0;
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(
+            "{PARTIAL_PREFIX}{:x}-{n:x}-{nanos:08x}",
+            std::process::id()
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+fn read_dir(dir: &Path) -> Result<fs::ReadDir, StorageError> {
+    fs::read_dir(dir).map_err(io_err("read directory", dir))
+}
+
+fn remove_old_partials(dir: &Path, cutoff: SystemTime) -> Result<usize, StorageError> {
+    let mut removed = 0;
+    for entry in read_dir(dir)? {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let is_partial = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(PARTIAL_PREFIX);
+        let Ok(meta) = entry.metadata() else { continue };
+        let old = meta.modified().is_ok_and(|m| m <= cutoff);
+        if is_partial && meta.is_file() && old {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StorageError::Io {
+                        op: "remove leftover",
+                        path: entry.path(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { op, path, source }
+}
+
+async fn run_blocking<T, F>(f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(StorageError::Task)?
+}
