@@ -43,7 +43,14 @@
 //! }
 //! ```
 #![cfg_attr(not(fuzzing), warn(missing_docs))]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation
+    )
+)]
 
 pub mod codec;
 pub mod crypto;

@@ -30,7 +30,10 @@ pub const RSA_MODULUS_BITS: usize = 1024;
 /// Length of an RSA-1024 OAEP ciphertext.
 pub const RSA_CIPHERTEXT_LEN: usize = RSA_MODULUS_BITS / 8;
 /// Length of the fixed 1028 file metadata before the content.
-pub const FILE_META_LEN: usize = 4 + 4 + 2 + 2 + NAME_FIELD_LEN;
+pub const FILE_META_LEN: usize = FILE_META_LEN_U32 as usize;
+/// [`FILE_META_LEN`] as the wire's integer type: content size (4), original size (4),
+/// packet number (2), total packets (2), file name (255).
+pub const FILE_META_LEN_U32: u32 = 4 + 4 + 2 + 2 + 255;
 /// Payload length of a 1603 response.
 pub const FILE_RECEIVED_LEN: usize = CLIENT_ID_LEN + 4 + NAME_FIELD_LEN + 4;
 /// Largest payload a 1028 frame can announce (the field is a u32).

@@ -8,9 +8,9 @@ use crate::frame::{
     FileMeta, Request, RequestCode, RequestHeader, Response, ResponseCode, ResponseHeader,
 };
 use crate::limits::{
-    CLIENT_ID_LEN, FILE_META_LEN, FILE_RECEIVED_LEN, MAX_CONTENT_PIECE, MAX_FILE_FRAME_PAYLOAD,
-    MAX_PUBLIC_KEY_FIELD_LEN, NAME_FIELD_LEN, PROTOCOL_VERSION_V3, REQUEST_HEADER_LEN,
-    RESPONSE_HEADER_LEN,
+    CLIENT_ID_LEN, FILE_META_LEN, FILE_META_LEN_U32, FILE_RECEIVED_LEN, MAX_CONTENT_PIECE,
+    MAX_FILE_FRAME_PAYLOAD, MAX_PUBLIC_KEY_FIELD_LEN, NAME_FIELD_LEN, PROTOCOL_VERSION_V3,
+    REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
 };
 
 /// One decoded unit of the client-to-server stream.
@@ -174,7 +174,7 @@ impl RequestDecoder {
                     fixed.copy_from_slice(raw);
                     src.advance(FILE_META_LEN);
                     let meta = FileMeta::decode(&fixed);
-                    let content_len = header.payload_len - FILE_META_LEN as u32;
+                    let content_len = header.payload_len - FILE_META_LEN_U32;
                     self.state = RequestState::Content {
                         remaining: u64::from(content_len),
                     };

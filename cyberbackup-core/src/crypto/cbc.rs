@@ -78,7 +78,7 @@ impl CbcEncryptor {
     pub fn finish(mut self, out: &mut BytesMut) {
         let pad = AES_BLOCK_LEN - self.partial_len;
         let mut last = self.partial;
-        last[self.partial_len..].fill(pad as u8);
+        last[self.partial_len..].fill(u8::try_from(pad).unwrap_or(u8::MAX));
         let start = out.len();
         out.extend_from_slice(&last);
         self.encrypt_in_place(&mut out[start..]);
@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(reference.len() as u64, cbc_ciphertext_len(1000));
         for chunk in [1, 15, 16, 17, 100, 999] {
             assert_eq!(encrypt_chunked(&plain, chunk), reference);
-            assert_eq!(decrypt_chunked(&reference, chunk).ok().as_deref(), Some(&plain[..]));
+            assert_eq!(
+                decrypt_chunked(&reference, chunk).ok().as_deref(),
+                Some(&plain[..])
+            );
         }
     }
 
@@ -226,6 +229,9 @@ mod tests {
         );
         // Flipping a byte of the previous block flips the same byte of the padding block.
         cipher[15] ^= 0x01;
-        assert_eq!(decrypt_chunked(&cipher, 16).err(), Some(CryptoError::BadPadding));
+        assert_eq!(
+            decrypt_chunked(&cipher, 16).err(),
+            Some(CryptoError::BadPadding)
+        );
     }
 }

@@ -122,12 +122,11 @@ impl PublicKey {
         let element = first_der_element(field).ok_or_else(|| CryptoError::InvalidPublicKey {
             reason: "not a DER SEQUENCE".to_owned(),
         })?;
-        let key =
-            RsaPublicKey::from_public_key_der(element).map_err(|err| {
-                CryptoError::InvalidPublicKey {
-                    reason: err.to_string(),
-                }
-            })?;
+        let key = RsaPublicKey::from_public_key_der(element).map_err(|err| {
+            CryptoError::InvalidPublicKey {
+                reason: err.to_string(),
+            }
+        })?;
         check_modulus_bits(key.n().bits())?;
         Ok(Self { key })
     }

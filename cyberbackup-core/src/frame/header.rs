@@ -157,7 +157,10 @@ mod tests {
         let header = RequestHeader::decode(&wire);
         assert_eq!(header.code, RequestCode::SEND_FILE);
         assert_eq!(header.payload_len, 347);
-        assert_eq!(header.client_id.to_hex(), "b970ce91684844c3bb373106f34220e9");
+        assert_eq!(
+            header.client_id.to_hex(),
+            "b970ce91684844c3bb373106f34220e9"
+        );
         let mut out = Vec::new();
         header.encode(&mut out);
         assert_eq!(out, wire);

@@ -196,10 +196,7 @@ mod tests {
         let raw = vec![b'a'; NAME_FIELD_LEN];
         let name = NameField::decode(&raw);
         assert_eq!(name.as_bytes().len(), NAME_FIELD_LEN);
-        assert_eq!(
-            FileName::validate(name),
-            Err(InvalidFileName::Unterminated)
-        );
+        assert_eq!(FileName::validate(name), Err(InvalidFileName::Unterminated));
     }
 
     #[test]

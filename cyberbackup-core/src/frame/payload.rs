@@ -6,7 +6,8 @@ use bytes::{Buf, BufMut, Bytes};
 use super::{ClientId, NameField, RequestCode, RequestHeader, ResponseCode, ResponseHeader};
 use crate::codec::DecodeError;
 use crate::limits::{
-    CLIENT_ID_LEN, FILE_META_LEN, FILE_RECEIVED_LEN, NAME_FIELD_LEN, PROTOCOL_VERSION_V3,
+    CLIENT_ID_LEN, FILE_META_LEN, FILE_META_LEN_U32, FILE_RECEIVED_LEN, NAME_FIELD_LEN,
+    PROTOCOL_VERSION_V3,
 };
 
 /// A request other than 1028 (whose content is streamed), with its decoded payload.
@@ -152,7 +153,7 @@ impl FileMeta {
             client_id,
             version: PROTOCOL_VERSION_V3,
             code: RequestCode::SEND_FILE,
-            payload_len: content_len.saturating_add(FILE_META_LEN as u32),
+            payload_len: content_len.saturating_add(FILE_META_LEN_U32),
         }
         .encode(dst);
         dst.put_u32_le(self.content_size);

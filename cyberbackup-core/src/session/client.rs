@@ -284,7 +284,8 @@ pub struct ClientSession<R> {
 impl<R: CryptoRngCore> ClientSession<R> {
     /// A session for a client already registered: it starts with 1027.
     pub fn reconnect(config: Arc<ClientConfig>, identity: Identity, rng: R, now: Instant) -> Self {
-        let mut session = Self::with_credentials(config, Credentials::Registered(identity), rng, now);
+        let mut session =
+            Self::with_credentials(config, Credentials::Registered(identity), rng, now);
         session.send_reconnect(1);
         session
     }
@@ -298,8 +299,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
         rng: R,
         now: Instant,
     ) -> Self {
-        let mut session =
-            Self::with_credentials(config, Credentials::New { name, key }, rng, now);
+        let mut session = Self::with_credentials(config, Credentials::New { name, key }, rng, now);
         session.send_register(1);
         session
     }
@@ -345,18 +345,19 @@ impl<R: CryptoRngCore> ClientSession<R> {
     /// The fatal [`SessionError`]; a `Close` is queued.
     pub fn handle_bytes(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), SessionError> {
         self.check_alive()?;
-        while self.failed.is_none() && !matches!(self.state, State::SavingIdentity | State::Done)
-        {
+        while self.failed.is_none() && self.is_awaiting_response() {
             let response = match self.decoder.decode(buf) {
                 Ok(Some((_, response))) => response,
                 Ok(None) => break,
                 Err(err) => return Err(self.fail(err.into())),
             };
             self.timer.reset(now);
+            let acknowledged = matches!(response, Response::Acknowledged { .. })
+                && matches!(self.state, State::AwaitAck { .. });
             self.on_response(response);
-            if matches!(self.state, State::Ready | State::Done) {
-                // Nothing is expected now: whatever else arrived is trailing junk (H3's
-                // server writes 255 undeclared bytes after 1604).
+            if acknowledged {
+                // 1604 ends a file and nothing is expected until our next request: what
+                // else arrived is junk (H3's server writes 255 undeclared bytes after 1604).
                 buf.clear();
                 self.decoder = ResponseDecoder::new();
             }
@@ -463,6 +464,18 @@ impl<R: CryptoRngCore> ClientSession<R> {
         self.timer.poll()
     }
 
+    /// Whether the session waits for a response from the server.
+    #[must_use]
+    pub fn is_awaiting_response(&self) -> bool {
+        matches!(
+            self.state,
+            State::AwaitRegistered { .. }
+                | State::AwaitKey { .. }
+                | State::AwaitFileReceived
+                | State::AwaitAck { .. }
+        )
+    }
+
     /// Whether every queued file was handled and the session finished.
     #[must_use]
     pub fn is_done(&self) -> bool {
@@ -560,7 +573,12 @@ impl<R: CryptoRngCore> ClientSession<R> {
                 Response::PublicKeyAccepted { encrypted_key, .. }
                 | Response::ReconnectAccepted { encrypted_key, .. },
             ) => self.on_session_key(&encrypted_key, reconnect),
-            (State::AwaitKey { reconnect: true, .. }, Response::ReconnectRefused { .. }) => {
+            (
+                State::AwaitKey {
+                    reconnect: true, ..
+                },
+                Response::ReconnectRefused { .. },
+            ) => {
                 self.event(ClientEvent::ReconnectRefused);
                 let name = self.name();
                 // Register anew with the same name; me.info is replaced only once the
@@ -650,7 +668,9 @@ impl<R: CryptoRngCore> ClientSession<R> {
         self.credentials = Credentials::Registered(identity.clone());
         self.event(ClientEvent::Registered { client_id });
         self.outputs
-            .push_back(Output::Effect(ClientEffect::SaveIdentity(Box::new(identity))));
+            .push_back(Output::Effect(ClientEffect::SaveIdentity(Box::new(
+                identity,
+            ))));
         self.state = State::SavingIdentity;
     }
 
@@ -660,7 +680,10 @@ impl<R: CryptoRngCore> ClientSession<R> {
             return;
         };
         let client_id = identity.client_id();
-        match identity.key().unwrap_session_key(&mut self.rng, encrypted_key) {
+        match identity
+            .key()
+            .unwrap_session_key(&mut self.rng, encrypted_key)
+        {
             Ok(key) => self.session_key = Some(key),
             Err(err) => {
                 self.fail(err.into());
@@ -732,7 +755,9 @@ impl<R: CryptoRngCore> ClientSession<R> {
             PacketScheme::PerPacket => {
                 // Plaintext per packet: the largest multiple of 16 whose ciphertext fits.
                 let plain = (wanted - block) / block * block;
-                let plain = plain.max(block).max(len.div_ceil(max_packets).div_ceil(block) * block);
+                let plain = plain
+                    .max(block)
+                    .max(len.div_ceil(max_packets).div_ceil(block) * block);
                 Plan {
                     scheme,
                     total_packets: packets(len, plain).max(1),
@@ -777,7 +802,9 @@ impl<R: CryptoRngCore> ClientSession<R> {
         let (content_len, content_size, orig_file_size) = match plan.scheme {
             PacketScheme::Sliced => {
                 let start = index * plan.per_packet;
-                let content = plan.per_packet.min(plan.ciphertext_len - start.min(plan.ciphertext_len));
+                let content = plan
+                    .per_packet
+                    .min(plan.ciphertext_len - start.min(plan.ciphertext_len));
                 (content, plan.ciphertext_len, len)
             }
             PacketScheme::PerPacket => {
@@ -811,7 +838,11 @@ impl<R: CryptoRngCore> ClientSession<R> {
         let remaining = upload.file.spec.len - upload.read.min(upload.file.spec.len);
         let mut max = self.config.read_chunk_len.max(1);
         if upload.plan.scheme == PacketScheme::PerPacket {
-            max = max.min(usize::try_from(upload.packet_plain_left).unwrap_or(usize::MAX).max(1));
+            max = max.min(
+                usize::try_from(upload.packet_plain_left)
+                    .unwrap_or(usize::MAX)
+                    .max(1),
+            );
         }
         let max = max.min(usize::try_from(remaining).unwrap_or(usize::MAX).max(1));
         let effect = ClientEffect::ReadFile {
@@ -1074,7 +1105,9 @@ fn packets(len: u64, per_packet: u64) -> u16 {
 fn expected_response(state: &State) -> &'static str {
     match state {
         State::AwaitRegistered { .. } => "1600 (registered)",
-        State::AwaitKey { reconnect: true, .. } => "1605 or 1606 (reconnect)",
+        State::AwaitKey {
+            reconnect: true, ..
+        } => "1605 or 1606 (reconnect)",
         State::AwaitKey { .. } => "1602 (public key accepted)",
         State::AwaitFileReceived => "1603 (file received)",
         State::AwaitAck { .. } => "1604 (acknowledged)",

@@ -55,7 +55,9 @@ pub enum SessionError {
         expected: &'static str,
     },
     /// A local file yielded a different number of bytes than announced.
-    #[error("file {name:?} changed while it was being sent ({expected} bytes expected, {actual} read)")]
+    #[error(
+        "file {name:?} changed while it was being sent ({expected} bytes expected, {actual} read)"
+    )]
     FileChanged {
         /// The file's name.
         name: String,
@@ -75,10 +77,9 @@ impl SessionError {
             | Self::IdleTimeout
             | Self::ConnectionClosed
             | Self::ApiMisuse(_) => None,
-            Self::Decode(_)
-            | Self::Crypto(_)
-            | Self::PeerMisbehaved(_)
-            | Self::Storage { .. } => Some(ResponseCode::SERVER_ERROR),
+            Self::Decode(_) | Self::Crypto(_) | Self::PeerMisbehaved(_) | Self::Storage { .. } => {
+                Some(ResponseCode::SERVER_ERROR)
+            }
             Self::NameTaken { .. }
             | Self::ServerKeptFailing { .. }
             | Self::UnexpectedResponse { .. }

@@ -344,11 +344,14 @@ impl Transfer {
             } => meta.content_size == total && meta.orig_file_size == self.first.orig_file_size,
             Scheme::Sliced {
                 total_ciphertext: None,
-            } => meta.content_size == content_len && meta.orig_file_size == self.first.orig_file_size,
+            } => {
+                meta.content_size == content_len && meta.orig_file_size == self.first.orig_file_size
+            }
             Scheme::PerPacket => {
                 content_len == 0
                     || (meta.content_size == content_len
-                        && u64::from(content_len) == cbc_ciphertext_len(u64::from(meta.orig_file_size)))
+                        && u64::from(content_len)
+                            == cbc_ciphertext_len(u64::from(meta.orig_file_size)))
             }
         };
         if !consistent {
@@ -981,8 +984,8 @@ impl<R: CryptoRngCore> ServerSession<R> {
         else {
             return Err(PeerMisbehaved::FileBeforeKeyExchange.into());
         };
-        let file_name = FileName::validate(meta.file_name.clone())
-            .map_err(PeerMisbehaved::InvalidFileName)?;
+        let file_name =
+            FileName::validate(meta.file_name.clone()).map_err(PeerMisbehaved::InvalidFileName)?;
         let announced = u64::from(meta.orig_file_size);
         if announced > self.config.max_file_len {
             return Err(PeerMisbehaved::FileTooLarge {
@@ -1188,7 +1191,8 @@ impl<R: CryptoRngCore> ServerSession<R> {
     }
 
     fn respond(&mut self, response: Response) {
-        self.outputs.push_back(Output::Transmit(response.to_bytes()));
+        self.outputs
+            .push_back(Output::Transmit(response.to_bytes()));
     }
 
     fn effect(&mut self, effect: ServerEffect) {
