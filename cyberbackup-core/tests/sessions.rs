@@ -1,0 +1,613 @@
+//! Whole conversations between `ClientSession` and `ServerSession` in memory, plus the
+//! server's answers to bad input. Each test fails if the behaviour it names breaks.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use cyberbackup_core::codec::ResponseDecoder;
+use cyberbackup_core::crypto::{AesKey, CbcEncryptor, ClientKeyPair};
+use cyberbackup_core::frame::{ClientId, FileMeta, NameField, RequestHeader, Response};
+use cyberbackup_core::fuzzing::CountingRng;
+use cyberbackup_core::session::{
+    ClientConfig, ClientEvent, ClientSession, CloseReason, FileFailure, FileId, FileSpec,
+    PacketScheme, ServerConfig, ServerEvent, ServerSession,
+};
+use cyberbackup_core::testing::{MemStore, ServerRun, drive_server, run_pair};
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+fn key() -> ClientKeyPair {
+    ClientKeyPair::generate(&mut CountingRng(99)).unwrap()
+}
+
+fn server(now: Instant) -> ServerSession<CountingRng> {
+    ServerSession::new(Arc::new(ServerConfig::default()), CountingRng(5), now)
+}
+
+/// Registers `name`, backs up `sizes`, returns the client run, server run and store.
+fn back_up(config: ClientConfig, sizes: &[usize]) -> (Vec<ClientEvent>, MemStore, Vec<Vec<u8>>) {
+    let now = Instant::now();
+    let mut client = ClientSession::register(
+        Arc::new(config),
+        NameField::new(&b"alice"[..]).unwrap(),
+        Some(key()),
+        CountingRng(1),
+        now,
+    );
+    let mut files = BTreeMap::new();
+    let mut contents = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let data = pattern(size, i as u32);
+        let name = format!("file-{i}.bin");
+        let id = client.backup(FileSpec {
+            name: NameField::new(name.into_bytes()).unwrap(),
+            len: size as u64,
+        });
+        files.insert(id, data.clone());
+        contents.push(data);
+    }
+    client.finish_when_idle();
+    let mut srv = server(now);
+    let mut store = MemStore::default();
+    let (client_run, server_run) = run_pair(&mut client, &mut srv, &mut store, &files, now);
+    assert_eq!(
+        client_run.closed,
+        Some(CloseReason::Done),
+        "{:?}",
+        client_run.events
+    );
+    assert!(server_run.closed.is_none());
+    (client_run.events, store, contents)
+}
+
+fn assert_all_stored(store: &MemStore, contents: &[Vec<u8>]) {
+    assert_eq!(store.committed.len(), contents.len());
+    for (i, data) in contents.iter().enumerate() {
+        let stored = store
+            .committed
+            .iter()
+            .find(|((_, name), _)| *name == format!("file-{i}.bin").into_bytes())
+            .map(|(_, data)| data)
+            .unwrap_or_else(|| panic!("file-{i} missing"));
+        assert_eq!(stored, data, "file-{i}");
+    }
+}
+
+const SIZES: [usize; 8] = [0, 1, 15, 16, 17, 4000, 9000, 65_536 + 1];
+
+#[test]
+fn sliced_multi_packet_files_of_every_size_round_trip() {
+    for packet in [16, 1024, 4000, 65_269] {
+        let config = ClientConfig {
+            packet_content_len: packet,
+            read_chunk_len: 777,
+            ..ClientConfig::default()
+        };
+        let (events, store, contents) = back_up(config, &SIZES);
+        assert_all_stored(&store, &contents);
+        let verified = events
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::FileVerified { attempts: 1, .. }))
+            .count();
+        assert_eq!(verified, SIZES.len(), "packet {packet}");
+    }
+}
+
+#[test]
+fn per_packet_and_single_packet_modes_round_trip() {
+    let per_packet = ClientConfig {
+        scheme: PacketScheme::PerPacket,
+        packet_content_len: 4016,
+        ..ClientConfig::default()
+    };
+    let (_, store, contents) = back_up(per_packet, &SIZES);
+    assert_all_stored(&store, &contents);
+    let single = ClientConfig {
+        single_packet: true,
+        packet_content_len: 16,
+        ..ClientConfig::default()
+    };
+    let (_, store, contents) = back_up(single, &SIZES);
+    assert_all_stored(&store, &contents);
+}
+
+#[test]
+fn packet_size_grows_when_a_file_would_need_more_than_65535_packets() {
+    let config = ClientConfig {
+        packet_content_len: 16,
+        read_chunk_len: 65_536,
+        ..ClientConfig::default()
+    };
+    let (_, store, contents) = back_up(config, &[65_535 * 16 + 100]);
+    assert_all_stored(&store, &contents);
+}
+
+/// Runs client and server with a hook that may alter server-to-client bytes.
+fn run_tampered(
+    config: ClientConfig,
+    size: usize,
+    tamper: impl Fn(&mut Vec<u8>),
+) -> (Vec<ClientEvent>, MemStore, ServerRun, Option<CloseReason>) {
+    let now = Instant::now();
+    let mut client = ClientSession::register(
+        Arc::new(config),
+        NameField::new(&b"bob"[..]).unwrap(),
+        Some(key()),
+        CountingRng(1),
+        now,
+    );
+    let id = client.backup(FileSpec {
+        name: NameField::new(&b"data.bin"[..]).unwrap(),
+        len: size as u64,
+    });
+    client.finish_when_idle();
+    let files = BTreeMap::from([(id, pattern(size, 3))]);
+    let mut srv = server(now);
+    let mut store = MemStore::default();
+    let mut server_run = ServerRun::default();
+    let mut client_run = cyberbackup_core::testing::ClientRun::default();
+    let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+    let (mut c_fed, mut s_fed) = (0, 0);
+    for _ in 0..10_000 {
+        cyberbackup_core::testing::drive_client(&mut client, &files, now, &mut client_run);
+        to_server.extend_from_slice(&client_run.sent[c_fed..]);
+        c_fed = client_run.sent.len();
+        drive_server(&mut srv, &mut store, now, &mut to_server, &mut server_run);
+        let mut fresh = server_run.sent[s_fed..].to_vec();
+        s_fed = server_run.sent.len();
+        tamper(&mut fresh);
+        to_client.extend_from_slice(&fresh);
+        let _ = client.handle_bytes(now, &mut to_client);
+        if client_run.closed.is_some() || client.is_done() {
+            cyberbackup_core::testing::drive_client(&mut client, &files, now, &mut client_run);
+            break;
+        }
+    }
+    (client_run.events, store, server_run, client_run.closed)
+}
+
+/// Flips the cksum of every 1603 in a chunk of server bytes.
+fn corrupt_cksums(bytes: &mut Vec<u8>) {
+    let mut at = 0;
+    while at + 7 <= bytes.len() {
+        let code = u16::from_le_bytes([bytes[at + 1], bytes[at + 2]]);
+        let len = u32::from_le_bytes(bytes[at + 3..at + 7].try_into().unwrap()) as usize;
+        if code == 1603 {
+            bytes[at + 7 + 275] ^= 0xff;
+        }
+        at += 7 + len;
+    }
+}
+
+#[test]
+fn crc_mismatch_resends_three_times_then_aborts_and_nothing_is_committed() {
+    let config = ClientConfig {
+        packet_content_len: 1024,
+        ..ClientConfig::default()
+    };
+    let (events, store, server_run, closed) = run_tampered(config, 5000, corrupt_cksums);
+    let mismatches: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::CrcMismatch {
+                attempt,
+                switched_to_per_packet,
+                ..
+            } => Some((*attempt, *switched_to_per_packet)),
+            _ => None,
+        })
+        .collect();
+    // The first resend switches to per-packet encryption (shlomi-style servers).
+    assert_eq!(mismatches, [(1, true), (2, false), (3, false), (4, false)]);
+    assert!(events.contains(&ClientEvent::FileFailed {
+        file: FileId(0),
+        failure: FileFailure::CrcMismatch { attempts: 4 },
+    }));
+    assert_eq!(closed, Some(CloseReason::Done));
+    assert!(store.committed.is_empty());
+    assert!(store.partial.is_empty() && store.received.is_empty());
+    assert_eq!(store.aborted.len(), 4);
+    // 1603 four times, then one 1604 for the 1031; nothing answered the 1030s.
+    let codes = response_codes(&server_run.sent);
+    assert_eq!(codes.iter().filter(|&&c| c == 1603).count(), 4);
+    assert_eq!(codes.last(), Some(&1604));
+    assert_eq!(codes.iter().filter(|&&c| c == 1604).count(), 1);
+}
+
+#[test]
+fn a_stray_1604_after_1030_is_skipped() {
+    // Tom's and elies' servers answer 1030 with 1604: inject one after the first 1603.
+    let config = ClientConfig::default();
+    let injected = std::cell::Cell::new(false);
+    let (events, _, _, closed) = run_tampered(config, 100, |bytes| {
+        let codes = response_codes(bytes);
+        if codes.first() == Some(&1603) && !injected.get() {
+            injected.set(true);
+            corrupt_cksums(bytes);
+            bytes.extend_from_slice(
+                &Response::Acknowledged {
+                    client_id: ClientId::ZERO,
+                }
+                .to_bytes(),
+            );
+        }
+    });
+    assert!(injected.get());
+    assert_eq!(closed, Some(CloseReason::Done));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::FileVerified { attempts: 2, .. })),
+        "{events:?}"
+    );
+}
+
+fn response_codes(bytes: &[u8]) -> Vec<u16> {
+    let mut buf = BytesMut::from(bytes);
+    let mut decoder = ResponseDecoder::new();
+    let mut codes = Vec::new();
+    while let Ok(Some((_, response))) = decoder.decode(&mut buf) {
+        codes.push(response.code().0);
+    }
+    codes
+}
+
+#[test]
+fn reconnect_refused_registers_anew_and_saves_the_new_identity() {
+    let now = Instant::now();
+    let stale = cyberbackup_core::identity::Identity::new(
+        NameField::new(&b"carol"[..]).unwrap(),
+        ClientId([7; 16]),
+        key(),
+    );
+    let mut client = ClientSession::reconnect(
+        Arc::new(ClientConfig::default()),
+        stale,
+        CountingRng(2),
+        now,
+    );
+    let id = client.backup(FileSpec {
+        name: NameField::new(&b"a.txt"[..]).unwrap(),
+        len: 3,
+    });
+    client.finish_when_idle();
+    let files = BTreeMap::from([(id, b"abc".to_vec())]);
+    let mut srv = server(now);
+    let mut store = MemStore::default();
+    let (client_run, _) = run_pair(&mut client, &mut srv, &mut store, &files, now);
+    assert!(client_run.events.contains(&ClientEvent::ReconnectRefused));
+    assert_eq!(client_run.saved.len(), 1);
+    assert_ne!(client_run.saved[0].client_id(), ClientId([7; 16]));
+    assert_eq!(store.committed.len(), 1);
+}
+
+// ---- the server against hand-made bad input ----
+
+struct Raw {
+    session: ServerSession<CountingRng>,
+    store: MemStore,
+    run: ServerRun,
+    now: Instant,
+}
+
+impl Raw {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            session: server(now),
+            store: MemStore::default(),
+            run: ServerRun::default(),
+            now,
+        }
+    }
+
+    /// A connection with an established session key for client 1..1 named "eve".
+    fn keyed() -> (Self, AesKey) {
+        let mut raw = Self::new();
+        let id = ClientId([1; 16]);
+        let key = AesKey::from_bytes([9; 32]);
+        raw.store.add_client(id, b"eve", None);
+        raw.session
+            .inject_session_key(id, NameField::new(&b"eve"[..]).unwrap(), key.clone());
+        (raw, key)
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Vec<u16> {
+        let before = self.run.sent.len();
+        let mut buf = BytesMut::from(bytes);
+        drive_server(
+            &mut self.session,
+            &mut self.store,
+            self.now,
+            &mut buf,
+            &mut self.run,
+        );
+        response_codes(&self.run.sent[before..])
+    }
+}
+
+fn request(code: u16, version: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    RequestHeader {
+        client_id: ClientId([1; 16]),
+        version,
+        code: cyberbackup_core::frame::RequestCode(code),
+        payload_len: payload.len() as u32,
+    }
+    .encode(&mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn name_field(name: &[u8]) -> Vec<u8> {
+    let mut field = name.to_vec();
+    field.resize(255, 0);
+    field
+}
+
+fn encrypt(key: &AesKey, plain: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    let mut enc = CbcEncryptor::new(key);
+    enc.update(plain, &mut out);
+    enc.finish(&mut out);
+    out.to_vec()
+}
+
+fn file_frame(
+    name: &[u8],
+    content_size: u32,
+    orig: u32,
+    packet: u16,
+    total: u16,
+    content: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let meta = FileMeta {
+        content_size,
+        orig_file_size: orig,
+        packet_number: packet,
+        total_packets: total,
+        file_name: NameField::decode(&name_field(name)),
+    };
+    meta.encode_frame_head(ClientId([1; 16]), content.len() as u32, &mut out);
+    out.put_slice(content);
+    out
+}
+
+#[test]
+fn file_before_key_exchange_gets_1607_and_the_connection_survives() {
+    let mut raw = Raw::new();
+    let codes = raw.feed(&file_frame(b"a.txt", 16, 1, 1, 1, &[0; 16]));
+    assert_eq!(codes, [1607]);
+    assert!(raw.store.partial.is_empty() && raw.store.committed.is_empty());
+    let codes = raw.feed(&request(1025, 3, &name_field(b"zed")));
+    assert_eq!(codes, [1600]);
+}
+
+#[test]
+fn wrong_version_unknown_code_and_oversized_payload_get_1607_and_close() {
+    for bytes in [
+        request(1025, 4, &name_field(b"a")),
+        request(1099, 3, &[]),
+        {
+            let mut header = request(1025, 3, &[]);
+            header[19..23].copy_from_slice(&100_000u32.to_le_bytes());
+            header
+        },
+    ] {
+        let mut raw = Raw::new();
+        let codes = raw.feed(&bytes);
+        assert_eq!(codes, [1607]);
+        assert!(matches!(raw.run.closed, Some(CloseReason::Error(_))));
+    }
+}
+
+#[test]
+fn escaping_file_names_are_refused_before_anything_is_written() {
+    for name in [&b"../evil"[..], b"/etc/passwd", b"a\\b", b"..", b""] {
+        let (mut raw, key) = Raw::keyed();
+        let cipher = encrypt(&key, b"x");
+        let codes = raw.feed(&file_frame(name, 16, 1, 1, 1, &cipher));
+        assert_eq!(codes, [1607], "{name:?}");
+        assert!(raw.store.partial.is_empty() && raw.store.committed.is_empty());
+        assert!(
+            !raw.run
+                .events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::FileReceived { .. }))
+        );
+    }
+}
+
+#[test]
+fn bad_padding_and_misaligned_content_discard_the_file() {
+    let (mut raw, key) = Raw::keyed();
+    let mut cipher = encrypt(&key, b"twenty bytes of text");
+    cipher[15] ^= 1;
+    assert_eq!(raw.feed(&file_frame(b"a", 32, 20, 1, 1, &cipher)), [1607]);
+    assert_eq!(raw.feed(&file_frame(b"a", 15, 14, 1, 1, &[0; 15])), [1607]);
+    assert!(raw.store.partial.is_empty() && raw.store.committed.is_empty());
+    assert_eq!(raw.store.aborted.len(), 2);
+    // The connection still works: a good file is accepted.
+    let cipher = encrypt(&key, b"ok");
+    assert_eq!(raw.feed(&file_frame(b"a", 16, 2, 1, 1, &cipher)), [1603]);
+}
+
+#[test]
+fn packet_numbers_out_of_order_and_changing_metadata_are_refused() {
+    let plain = pattern(3000, 1);
+    let cases: [(&str, Box<dyn Fn(&[u8]) -> Vec<u8>>); 4] = [
+        (
+            "packet 0",
+            Box::new(|c| file_frame(b"f", 3008, 3000, 0, 3, &c[..1024])),
+        ),
+        (
+            "packet above total",
+            Box::new(|c| {
+                [
+                    file_frame(b"f", 3008, 3000, 1, 3, &c[..1024]),
+                    file_frame(b"f", 3008, 3000, 4, 3, &c[1024..2048]),
+                ]
+                .concat()
+            }),
+        ),
+        (
+            "repeated packet",
+            Box::new(|c| {
+                [
+                    file_frame(b"f", 3008, 3000, 1, 3, &c[..1024]),
+                    file_frame(b"f", 3008, 3000, 1, 3, &c[..1024]),
+                    file_frame(b"f", 3008, 3000, 3, 3, &c[1024..2048]),
+                ]
+                .concat()
+            }),
+        ),
+        (
+            "size changes",
+            Box::new(|c| {
+                [
+                    file_frame(b"f", 3008, 3000, 1, 3, &c[..1024]),
+                    file_frame(b"f", 3008, 2999, 2, 3, &c[1024..2048]),
+                ]
+                .concat()
+            }),
+        ),
+    ];
+    for (what, build) in cases {
+        let (mut raw, key) = Raw::keyed();
+        let cipher = encrypt(&key, &plain);
+        let codes = raw.feed(&build(&cipher));
+        assert_eq!(codes.last(), Some(&1607), "{what}: {codes:?}");
+        assert!(!codes.contains(&1603), "{what}");
+        assert!(
+            raw.store.committed.is_empty() && raw.store.partial.is_empty(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn urihor_zero_padding_empty_last_packet_and_surplus_packet_are_tolerated() {
+    let (mut raw, key) = Raw::keyed();
+    // urihor: one packet of 65 269 bytes, content_size = 80 (the rest zero padding).
+    let plain = pattern(71, 2);
+    let mut content = encrypt(&key, &plain);
+    content.resize(65_269, 0);
+    assert_eq!(
+        raw.feed(&file_frame(b"u.txt", 80, 71, 1, 1, &content)),
+        [1603]
+    );
+    assert_eq!(raw.feed(&request(1029, 3, &name_field(b"u.txt"))), [1604]);
+    // H3: ciphertext an exact multiple of 1024 → an empty last packet.
+    let plain = pattern(1008, 3);
+    let cipher = encrypt(&key, &plain);
+    assert_eq!(cipher.len(), 1024);
+    let frames = [
+        file_frame(b"h.bin", 1024, 1008, 1, 2, &cipher),
+        file_frame(b"h.bin", 1024, 1008, 2, 2, &[]),
+    ]
+    .concat();
+    assert_eq!(raw.feed(&frames), [1603]);
+    assert_eq!(raw.feed(&request(1029, 3, &name_field(b"h.bin"))), [1604]);
+    // shlomi: per-packet file of 8000 bytes followed by a surplus packet 3 (empty input).
+    let plain = pattern(8000, 4);
+    let frames = [
+        file_frame(b"s.bin", 4016, 4000, 1, 2, &encrypt(&key, &plain[..4000])),
+        file_frame(b"s.bin", 4016, 4000, 2, 2, &encrypt(&key, &plain[4000..])),
+        file_frame(b"s.bin", 16, 0, 3, 2, &encrypt(&key, &[])),
+    ]
+    .concat();
+    assert_eq!(raw.feed(&frames), [1603]);
+    assert_eq!(raw.feed(&request(1029, 3, &name_field(b"s.bin"))), [1604]);
+    let stored: Vec<_> = raw.store.committed.values().collect();
+    assert_eq!(stored.len(), 3);
+    assert!(raw.store.committed.values().any(|v| *v == plain));
+}
+
+#[test]
+fn reconnect_with_a_wrong_name_or_unknown_id_gets_1606() {
+    let mut raw = Raw::new();
+    let pk = bytes::Bytes::from(key().public_key().to_spki_der().unwrap());
+    raw.store.add_client(ClientId([1; 16]), b"eve", Some(pk));
+    assert_eq!(raw.feed(&request(1027, 3, &name_field(b"mallory"))), [1606]);
+    let mut other = request(1027, 3, &name_field(b"eve"));
+    other[..16].copy_from_slice(&[2; 16]);
+    assert_eq!(raw.feed(&other), [1606]);
+    assert_eq!(raw.feed(&request(1027, 3, &name_field(b"eve"))), [1605]);
+}
+
+#[test]
+fn a_bad_public_key_gets_1607() {
+    let mut raw = Raw::new();
+    assert_eq!(raw.feed(&request(1025, 3, &name_field(b"kim"))), [1600]);
+    let id = raw.session.client_id().unwrap();
+    let mut bytes = request(1026, 3, &[name_field(b"kim"), vec![0x30; 160]].concat());
+    bytes[..16].copy_from_slice(&id.0);
+    assert_eq!(raw.feed(&bytes), [1607]);
+}
+
+#[test]
+fn duplicate_name_gets_1601() {
+    let mut raw = Raw::new();
+    assert_eq!(raw.feed(&request(1025, 3, &name_field(b"sam"))), [1600]);
+    assert_eq!(raw.feed(&request(1025, 3, &name_field(b"sam"))), [1601]);
+}
+
+#[test]
+fn a_client_that_stops_mid_file_loses_the_partial_on_timeout_and_on_eof() {
+    let (mut raw, key) = Raw::keyed();
+    let cipher = encrypt(&key, &pattern(5000, 1));
+    let frame = file_frame(b"slow", 5008, 5000, 1, 1, &cipher);
+    assert_eq!(raw.feed(&frame[..2000]), Vec::<u16>::new());
+    assert_eq!(raw.store.partial.len(), 1);
+    let (deadline, _) = raw.session.poll_timeout().unwrap();
+    raw.session
+        .handle_timeout(deadline - Duration::from_millis(1));
+    assert!(!raw.session.is_closed());
+    raw.session.handle_timeout(deadline);
+    let mut buf = BytesMut::new();
+    drive_server(
+        &mut raw.session,
+        &mut raw.store,
+        raw.now,
+        &mut buf,
+        &mut raw.run,
+    );
+    assert_eq!(raw.run.closed, Some(CloseReason::IdleTimeout));
+    assert!(raw.store.partial.is_empty());
+
+    let (mut raw, key) = Raw::keyed();
+    let cipher = encrypt(&key, &pattern(5000, 1));
+    raw.feed(&file_frame(b"cut", 5008, 5000, 1, 1, &cipher)[..3000]);
+    raw.session.handle_eof(raw.now);
+    let mut buf = BytesMut::new();
+    drive_server(
+        &mut raw.session,
+        &mut raw.store,
+        raw.now,
+        &mut buf,
+        &mut raw.run,
+    );
+    assert!(raw.store.partial.is_empty() && raw.store.committed.is_empty());
+}
+
+#[test]
+fn verdict_without_a_file_is_an_error_but_1030_is_silent() {
+    let (mut raw, _) = Raw::keyed();
+    assert_eq!(
+        raw.feed(&request(1030, 3, &name_field(b"x"))),
+        Vec::<u16>::new()
+    );
+    assert_eq!(raw.feed(&request(1029, 3, &name_field(b"x"))), [1607]);
+}
