@@ -178,7 +178,7 @@ fn run_tampered(
 }
 
 /// Flips the cksum of every 1603 in a chunk of server bytes.
-fn corrupt_cksums(bytes: &mut Vec<u8>) {
+fn corrupt_cksums(bytes: &mut [u8]) {
     let mut at = 0;
     while at + 7 <= bytes.len() {
         let code = u16::from_le_bytes([bytes[at + 1], bytes[at + 2]]);
@@ -447,7 +447,8 @@ fn bad_padding_and_misaligned_content_discard_the_file() {
 #[test]
 fn packet_numbers_out_of_order_and_changing_metadata_are_refused() {
     let plain = pattern(3000, 1);
-    let cases: [(&str, Box<dyn Fn(&[u8]) -> Vec<u8>>); 4] = [
+    type Build = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+    let cases: [(&str, Build); 4] = [
         (
             "packet 0",
             Box::new(|c| file_frame(b"f", 3008, 3000, 0, 3, &c[..1024])),
