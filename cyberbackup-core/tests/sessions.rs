@@ -196,7 +196,7 @@ fn crc_mismatch_resends_three_times_then_aborts_and_nothing_is_committed() {
         packet_content_len: 1024,
         ..ClientConfig::default()
     };
-    let (events, store, server_run, closed) = run_tampered(config, 5000, corrupt_cksums);
+    let (events, store, server_run, closed) = run_tampered(config, 5000, |b| corrupt_cksums(b));
     let mismatches: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
