@@ -505,3 +505,212 @@ fn read_file(path: &Path) -> Result<ConfigOverrides, ConfigError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_any_source() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let loaded = load(dir.path(), &ConfigOverrides::default(), &[]).unwrap();
+
+        assert_eq!(loaded.config, ServerConfig::default());
+        assert_eq!(loaded.file, None);
+        assert_eq!(loaded.warnings.len(), 1, "missing port.info warns");
+        assert!(loaded.warnings[0].contains("1256"));
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_write(
+            dir.path(),
+            DEFAULT_CONFIG_FILE,
+            "port = 1000\nkeep_versions = 2\nidle_timeout_secs = 5\nlog_format = \"json\"\n",
+        );
+        let env = [
+            ("CYBERBACKUP_PORT", "2000"),
+            ("CYBERBACKUP_KEEP_VERSIONS", "3"),
+        ];
+        let flags = ConfigOverrides {
+            port: Some(3000),
+            ..ConfigOverrides::default()
+        };
+
+        let file_only = load(dir.path(), &ConfigOverrides::default(), &[])
+            .unwrap()
+            .config;
+        let file_env = load(dir.path(), &ConfigOverrides::default(), &env)
+            .unwrap()
+            .config;
+        let all = load(dir.path(), &flags, &env).unwrap();
+
+        assert_eq!((file_only.port, file_only.keep_versions), (1000, 2));
+        assert_eq!((file_env.port, file_env.keep_versions), (2000, 3));
+        assert_eq!((all.config.port, all.config.keep_versions), (3000, 3));
+        assert_eq!(all.config.idle_timeout_secs, 5);
+        assert_eq!(all.config.log_format, LogFormat::Json);
+        assert_eq!(all.file, Some(dir.path().join(DEFAULT_CONFIG_FILE)));
+        assert!(all.warnings.is_empty(), "{:?}", all.warnings);
+    }
+
+    #[test]
+    fn port_info_is_used_only_without_an_explicit_port() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_write(dir.path(), PORT_INFO_FILE, "4321\n");
+        let flags = ConfigOverrides {
+            port: Some(5000),
+            ..ConfigOverrides::default()
+        };
+
+        let from_port_info = load(dir.path(), &ConfigOverrides::default(), &[]).unwrap();
+        let from_flag = load(dir.path(), &flags, &[]).unwrap();
+        let from_env = load(
+            dir.path(),
+            &ConfigOverrides::default(),
+            &[("CYBERBACKUP_PORT", "6000")],
+        )
+        .unwrap();
+
+        assert_eq!(from_port_info.config.port, 4321);
+        assert!(from_port_info.warnings.is_empty());
+        assert_eq!(from_flag.config.port, 5000);
+        assert_eq!(from_env.config.port, 6000);
+    }
+
+    #[test]
+    fn invalid_port_info_warns_and_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_write(dir.path(), PORT_INFO_FILE, "port=80\n");
+
+        let loaded = load(dir.path(), &ConfigOverrides::default(), &[]).unwrap();
+
+        assert_eq!(loaded.config.port, DEFAULT_PORT);
+        assert!(
+            loaded.warnings[0].contains("invalid"),
+            "{:?}",
+            loaded.warnings
+        );
+    }
+
+    #[test]
+    fn port_info_parsing() {
+        let cases: &[(&[u8], Option<u16>)] = &[
+            (b"1256", Some(1256)),
+            (b"8080\n", Some(8080)),
+            (b"  9000 \r\n\t", Some(9000)),
+            (b"65535", Some(65535)),
+            (b"1", Some(1)),
+            (b"0", None),
+            (b"65536", None),
+            (b"", None),
+            (b"\n", None),
+            (b"12 34", None),
+            (b"+1256", None),
+            (b"-1", None),
+            (b"abc", None),
+            (b"1256\n1257\n", None),
+            (b"\xff\xfe", None),
+        ];
+        for (input, expected) in cases {
+            let parsed = parse_port_info(input);
+            match expected {
+                Some(port) => assert_eq!(parsed, PortInfo::Port(*port), "{input:?}"),
+                None => assert!(
+                    matches!(parsed, PortInfo::Invalid(_)),
+                    "{input:?} gave {parsed:?}"
+                ),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_port_info(dir.path()), PortInfo::Missing);
+    }
+
+    #[test]
+    fn bad_sources_give_actionable_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_write(dir.path(), "bad.toml", "prot = 1\n");
+        let bad_file = ServerConfig::load(
+            &ConfigOverrides::default(),
+            Some(&dir.path().join("bad.toml")),
+            &BTreeMap::new(),
+            dir.path(),
+        );
+        let missing_file = ServerConfig::load(
+            &ConfigOverrides::default(),
+            Some(&dir.path().join("nope.toml")),
+            &BTreeMap::new(),
+            dir.path(),
+        );
+        let bad_env = load(
+            dir.path(),
+            &ConfigOverrides::default(),
+            &[("CYBERBACKUP_MAX_CONNECTIONS", "many")],
+        );
+        let zero_keep = load(
+            dir.path(),
+            &ConfigOverrides::default(),
+            &[("CYBERBACKUP_KEEP_VERSIONS", "0")],
+        );
+
+        assert!(
+            matches!(bad_file, Err(ConfigError::ParseFile { .. })),
+            "{bad_file:?}"
+        );
+        assert!(
+            matches!(missing_file, Err(ConfigError::ReadFile { .. })),
+            "{missing_file:?}"
+        );
+        let bad_env = bad_env.unwrap_err().to_string();
+        assert!(bad_env.contains("CYBERBACKUP_MAX_CONNECTIONS"), "{bad_env}");
+        assert!(
+            matches!(
+                zero_keep,
+                Err(ConfigError::Invalid {
+                    key: "keep_versions",
+                    ..
+                })
+            ),
+            "{zero_keep:?}"
+        );
+    }
+
+    #[test]
+    fn printed_config_reads_back_identically() {
+        let config = ServerConfig {
+            port: 7777,
+            log_format: LogFormat::Json,
+            ..ServerConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        fs_write(dir.path(), "printed.toml", &config.to_toml().unwrap());
+
+        let reread = ServerConfig::load(
+            &ConfigOverrides::default(),
+            Some(&dir.path().join("printed.toml")),
+            &BTreeMap::new(),
+            dir.path(),
+        )
+        .unwrap();
+
+        assert_eq!(reread.config, config);
+    }
+
+    fn load(
+        cwd: &Path,
+        flags: &ConfigOverrides,
+        env: &[(&str, &str)],
+    ) -> Result<LoadedConfig, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ServerConfig::load(flags, None, &env, cwd)
+    }
+
+    fn fs_write(dir: &Path, name: &str, content: &str) {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+}

@@ -2,6 +2,9 @@
 //! maintenance and logging. The network side (`listener`, `connection`, `effects`) drives
 //! `cyberbackup-core` sessions on top of these pieces.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod catalog;
 pub mod check;

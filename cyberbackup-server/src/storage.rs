@@ -664,3 +664,349 @@ where
         .await
         .map_err(StorageError::Task)?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CLIENT: [u8; 16] = [0xAB; 16];
+
+    #[test]
+    fn mapping_table() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"report.pdf", "report.pdf"),
+            (b"My File_v2-final.txt", "My File_v2-final.txt"),
+            (b"100%", "100%25"),
+            (b"a/b", "a%2Fb"),
+            (b"a\\b", "a%5Cb"),
+            (b"nul\0byte", "nul%00byte"),
+            (b".hidden", "%2Ehidden"),
+            (b"..", "%2E."),
+            (b".", "%2E"),
+            (b"caf\xc3\xa9", "caf%C3%A9"),
+            (b"tab\there", "tab%09here"),
+            (b"~tilde", "%7Etilde"),
+            (b"CON", "%43ON"),
+            (b"con.txt", "%63on.txt"),
+            (b"Nul.tar.gz", "%4Eul.tar.gz"),
+            (b"aux ", "%61ux "),
+            (b"PRN .log", "%50RN .log"),
+            (b"COM1", "%43OM1"),
+            (b"lpt9.txt", "%6Cpt9.txt"),
+            (b"COM10", "COM10"),
+            (b"CONSOLE", "CONSOLE"),
+            (b"xcon", "xcon"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                map_file_name(input).unwrap(),
+                *expected,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn empty_name_is_refused() {
+        assert!(matches!(map_file_name(b""), Err(StorageError::EmptyName)));
+    }
+
+    #[test]
+    fn long_names_are_shortened_deterministically() {
+        let long = vec![b'a'; 300];
+        let escaped = vec![b'%'; 100]; // 300 bytes once mapped
+        let mut other = long.clone();
+        other[299] = b'b';
+
+        let mapped = map_file_name(&long).unwrap();
+        let mapped_escaped = map_file_name(&escaped).unwrap();
+
+        assert_eq!(mapped, map_file_name(&long).unwrap());
+        assert_ne!(mapped, map_file_name(&other).unwrap());
+        assert!(mapped.len() <= MAX_MAPPED_LEN, "{}", mapped.len());
+        assert_eq!(mapped.len(), SHORT_PREFIX_MAX + 65);
+        assert!(mapped.starts_with(&"a".repeat(SHORT_PREFIX_MAX)));
+        assert_eq!(mapped[SHORT_PREFIX_MAX..].find('~'), Some(0));
+        // Cut between whole %XX units: the prefix is 58 × "%25" (174 bytes).
+        assert!(
+            mapped_escaped.starts_with(&"%25".repeat(58)),
+            "{mapped_escaped}"
+        );
+        assert_eq!(&mapped_escaped[174..175], "~");
+        assert_eq!(
+            map_file_name(&[b'a'; MAX_MAPPED_LEN]).unwrap().len(),
+            MAX_MAPPED_LEN
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn mapping_is_injective_and_safe(
+            a in proptest::collection::vec(any::<u8>(), 1..80),
+            b in proptest::collection::vec(any::<u8>(), 1..80),
+        ) {
+            // ≤ 80 bytes map to ≤ 240: never shortened, so decodable.
+            let (ma, mb) = (map_file_name(&a).unwrap(), map_file_name(&b).unwrap());
+            prop_assert_eq!(a == b, ma == mb);
+            prop_assert_eq!(decode(&ma), a);
+            prop_assert!(!ma.starts_with('.'));
+            prop_assert!(!ma.contains(['/', '\\', '\0', '~']));
+            prop_assert!(inside(Path::new("/x"), &ma).is_some());
+        }
+
+        #[test]
+        fn long_mappings_are_bounded_and_distinct(
+            a in proptest::collection::vec(any::<u8>(), 60..400),
+            b in proptest::collection::vec(any::<u8>(), 60..400),
+        ) {
+            let (ma, mb) = (map_file_name(&a).unwrap(), map_file_name(&b).unwrap());
+            prop_assert_eq!(a == b, ma == mb);
+            prop_assert!(ma.len() <= MAX_MAPPED_LEN);
+            prop_assert!(!ma.starts_with('.'));
+            prop_assert!(inside(Path::new("/x"), &ma).is_some());
+            if let Some(cut) = ma.find('~') {
+                // Shortened: the prefix is whole units of the full mapping.
+                let prefix = decode(&ma[..cut]);
+                prop_assert!(a.starts_with(&prefix));
+            } else {
+                prop_assert_eq!(decode(&ma), a);
+            }
+        }
+
+        #[test]
+        fn mapping_is_injective_for_similar_names(
+            base in "[a-zA-Z%. ]{1,8}",
+            tail in proptest::collection::vec(prop_oneof![Just(b'%'), Just(b'.'), Just(b'2'), Just(b'5'), Just(b'E'), any::<u8>()], 0..6),
+        ) {
+            let mut name = base.into_bytes();
+            name.extend(&tail);
+            prop_assert_eq!(decode(&map_file_name(&name).unwrap()), name);
+        }
+    }
+
+    #[test]
+    fn resolve_refuses_paths_outside_client_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let hex = hex::encode(CLIENT);
+
+        let good = storage.resolve(&format!("{hex}/a.txt")).unwrap();
+
+        assert_eq!(good, storage.root().join(&hex).join("a.txt"));
+        for bad in [
+            "../etc/passwd".to_string(),
+            format!("{hex}/../../x"),
+            format!("{hex}/.."),
+            format!("{hex}/a/b"),
+            format!("{hex}/"),
+            "/etc/passwd".to_string(),
+            "abc/x".to_string(),
+            hex,
+        ] {
+            assert!(
+                matches!(
+                    storage.resolve(&bad),
+                    Err(StorageError::OutsideClientDir { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_is_atomic_and_replaces_the_previous_version() {
+        let (_dir, storage) = open();
+        let dest = write_and_commit(&storage, b"a.txt", b"version one", None).await;
+        let mut partial = storage.create_partial(CLIENT, b"a.txt").await.unwrap();
+        partial.append(b"version ").await.unwrap();
+        partial.append(&vec![b'2'; 300 * 1024]).await.unwrap();
+        let finished = partial.finish().await.unwrap();
+
+        let before_commit = fs::read(&dest).unwrap();
+        let temp_durable = fs::metadata(partial.temp_path()).unwrap().len();
+        let committed = partial.commit(None).await.unwrap();
+
+        assert_eq!(before_commit, b"version one");
+        assert_eq!(temp_durable, finished.len);
+        assert_eq!(committed, dest);
+        let content = fs::read(&dest).unwrap();
+        assert_eq!(content.len() as u64, finished.len);
+        assert_eq!(<[u8; 32]>::from(Sha256::digest(&content)), finished.sha256);
+        assert_eq!(partials(&storage), 0);
+    }
+
+    #[tokio::test]
+    async fn destination_is_absent_until_commit() {
+        let (_dir, storage) = open();
+        let mut partial = storage.create_partial(CLIENT, b"new.bin").await.unwrap();
+        partial.append(b"data").await.unwrap();
+        partial.finish().await.unwrap();
+
+        let visible_before = partial.destination().exists();
+        let dest = partial.commit(None).await.unwrap();
+
+        assert!(!visible_before);
+        assert_eq!(fs::read(dest).unwrap(), b"data");
+    }
+
+    #[tokio::test]
+    async fn keep_previous_renames_to_versioned_name() {
+        let (_dir, storage) = open();
+        write_and_commit(&storage, b"a.txt", b"one", None).await;
+
+        let dest = write_and_commit(&storage, b"a.txt", b"two", Some(1)).await;
+
+        assert_eq!(fs::read(&dest).unwrap(), b"two");
+        let kept = dest.with_file_name("a.txt.~1~");
+        assert_eq!(fs::read(kept).unwrap(), b"one");
+        let relative = versioned_path(&Storage::relative_path(&CLIENT, b"a.txt").unwrap(), 1);
+        assert!(storage.remove(&relative).await.unwrap());
+        assert!(!storage.remove(&relative).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn abort_and_drop_leave_no_temp_file() {
+        let (_dir, storage) = open();
+        let mut aborted = storage.create_partial(CLIENT, b"a").await.unwrap();
+        aborted.append(b"x").await.unwrap();
+        let aborted_temp = aborted.temp_path().to_path_buf();
+        let dropped = storage.create_partial(CLIENT, b"b").await.unwrap();
+        let dropped_temp = dropped.temp_path().to_path_buf();
+        let existed = aborted_temp.exists() && dropped_temp.exists();
+
+        aborted.abort().await.unwrap();
+        drop(dropped);
+
+        assert!(existed);
+        assert!(!aborted_temp.exists());
+        assert!(!dropped_temp.exists());
+        assert_eq!(partials(&storage), 0);
+    }
+
+    #[tokio::test]
+    async fn temp_files_are_private_and_hidden() {
+        let (_dir, storage) = open();
+        let partial = storage.create_partial(CLIENT, b"a").await.unwrap();
+
+        let mode = fs::metadata(partial.temp_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        let name = partial
+            .temp_path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+
+        assert_eq!(mode, 0o600);
+        assert!(name.starts_with(PARTIAL_PREFIX), "{name}");
+        assert_eq!(partial.temp_path().parent(), partial.destination().parent());
+        assert!(
+            partial
+                .relative_temp_path()
+                .starts_with(&format!("{}/{PARTIAL_PREFIX}", hex::encode(CLIENT)))
+        );
+    }
+
+    #[test]
+    fn world_writable_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o777)).unwrap();
+
+        let result = Storage::open(&data);
+
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, StorageError::WorldWritable { mode: 0o777, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod o-w"), "{err}");
+    }
+
+    #[test]
+    fn open_creates_private_dirs_and_probe_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let storage = Storage::open(dir.path().join("new")).unwrap();
+        storage.probe_writable().unwrap();
+
+        let mode = fs::metadata(storage.root()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(fs::read_dir(storage.root()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn remove_leftovers_respects_age() {
+        let (_dir, storage) = open();
+        let partial = storage.create_partial(CLIENT, b"a").await.unwrap();
+        std::mem::forget(partial);
+        let stored = write_and_commit(&storage, b"keep.txt", b"k", None).await;
+
+        let young = storage
+            .remove_leftovers(Duration::from_secs(3600))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let old = storage
+            .remove_leftovers(Duration::from_millis(1))
+            .await
+            .unwrap();
+
+        assert_eq!((young, old), (0, 1));
+        assert_eq!(partials(&storage), 0);
+        assert!(stored.exists());
+    }
+
+    fn open() -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        (dir, storage)
+    }
+
+    async fn write_and_commit(
+        storage: &Storage,
+        name: &[u8],
+        content: &[u8],
+        keep: Option<u32>,
+    ) -> PathBuf {
+        let mut partial = storage.create_partial(CLIENT, name).await.unwrap();
+        partial.append(content).await.unwrap();
+        partial.commit(keep).await.unwrap()
+    }
+
+    fn partials(storage: &Storage) -> usize {
+        fs::read_dir(storage.client_dir(&CLIENT))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(PARTIAL_PREFIX)
+            })
+            .count()
+    }
+
+    /// Inverse of the unshortened mapping, to prove injectivity.
+    fn decode(mapped: &str) -> Vec<u8> {
+        let bytes = mapped.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                out.push(u8::from_str_radix(&mapped[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+}
