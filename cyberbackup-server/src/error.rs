@@ -35,9 +35,6 @@ pub enum ServerError {
     /// Start-up checks failed (`--check` or before running).
     #[error("{0} start-up check(s) failed")]
     ChecksFailed(usize),
-    /// A part of the server is not written yet.
-    #[error("not implemented yet: {0}")]
-    NotImplemented(&'static str),
 }
 
 impl ServerError {
@@ -58,7 +55,7 @@ impl ServerError {
             Self::Config(_) => 78,
             Self::Catalog(_) | Self::Storage(_) | Self::Io { .. } => 74,
             Self::ChecksFailed(_) => 1,
-            Self::Telemetry(_) | Self::NotImplemented(_) => 70,
+            Self::Telemetry(_) => 70,
         }
     }
 }

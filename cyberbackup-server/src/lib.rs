@@ -10,7 +10,10 @@ pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod config;
+mod connection;
+mod effects;
 pub mod error;
+pub mod listener;
 pub mod maintenance;
 pub mod storage;
 pub mod telemetry;
@@ -18,16 +21,5 @@ pub mod telemetry;
 pub use catalog::{Catalog, CatalogError};
 pub use config::{ConfigError, ServerConfig};
 pub use error::ServerError;
+pub use listener::{Server, Stats, run};
 pub use storage::{PartialFile, Storage, StorageError};
-
-/// Runs the server until shutdown.
-///
-/// # Errors
-/// Currently always [`ServerError::NotImplemented`]: the network side is being written.
-#[allow(clippy::unused_async)] // placeholder: the real implementation awaits
-pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
-    let _ = config;
-    Err(ServerError::NotImplemented(
-        "network server (listener/connection/effects)",
-    ))
-}

@@ -1,0 +1,131 @@
+//! One socket driving one `ServerSession`: reads into a bounded buffer, feeds the session,
+//! writes its replies, performs its effects, and enforces its deadlines.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use cyberbackup_core::session::{CloseReason, Output, ServerEvent, ServerSession};
+use rand_core::OsRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::effects::Effects;
+use crate::listener::Shared;
+
+/// Bytes asked of the socket per read: the read buffer never holds much more than this.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Serves one connection until the session closes, the peer leaves, or shutdown.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    let span = tracing::info_span!("connection", %peer, client = tracing::field::Empty);
+    async move {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+        let mut effects = Effects::new(shared, peer.ip());
+        let reason = drive(stream, shared, &mut effects, &shutdown, &abort).await;
+        effects.abort_all().await;
+        tracing::debug!(?reason, "connection closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn drive(
+    mut stream: TcpStream,
+    shared: &Shared,
+    effects: &mut Effects<'_>,
+    shutdown: &CancellationToken,
+    abort: &CancellationToken,
+) -> CloseReason {
+    let mut session = ServerSession::new(shared.session_config.clone(), OsRng, now());
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut shutting_down = false;
+    loop {
+        let mut answered = false;
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Transmit(bytes) => {
+                    if let Err(err) = stream.write_all(&bytes).await {
+                        tracing::debug!(%err, "write failed");
+                        session.handle_eof(now());
+                    }
+                }
+                Output::Effect(effect) => {
+                    answered |= effect.needs_answer();
+                    if let Err(err) = effects.run(&mut session, effect).await {
+                        tracing::error!(%err, "effect could not be answered");
+                    }
+                }
+                Output::Event(event) => log_event(&event),
+                Output::Close(reason) => {
+                    let _ = stream.shutdown().await;
+                    return reason;
+                }
+            }
+        }
+        if answered {
+            // The session stopped to wait for an answer: continue with what is buffered.
+            let _ = session.handle_bytes(now(), &mut buf);
+            continue;
+        }
+        if shutting_down && !session.has_open_transfer() {
+            let _ = stream.shutdown().await;
+            return CloseReason::Done;
+        }
+        let deadline = session
+            .poll_timeout()
+            .map(|(at, _)| tokio::time::Instant::from_std(at));
+        buf.reserve(READ_CHUNK);
+        tokio::select! {
+            read = stream.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => session.handle_eof(now()),
+                Ok(_) => {
+                    let _ = session.handle_bytes(now(), &mut buf);
+                }
+            },
+            () = sleep_until(deadline) => session.handle_timeout(now()),
+            () = shutdown.cancelled(), if !shutting_down => shutting_down = true,
+            () = abort.cancelled() => {
+                tracing::warn!("aborting the transfer: shutdown grace period is over");
+                session.handle_eof(now());
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_event(event: &ServerEvent) {
+    match event {
+        ServerEvent::Registered { client_id }
+        | ServerEvent::Reconnected { client_id }
+        | ServerEvent::KeyExchanged { client_id } => {
+            tracing::Span::current().record("client", tracing::field::display(client_id));
+            tracing::info!(?event, "session");
+        }
+        ServerEvent::RequestFailed { error } => tracing::warn!(%error, "request refused with 1607"),
+        ServerEvent::FileDiscarded { transfer } => {
+            tracing::info!(transfer = transfer.0, "file discarded");
+        }
+        other => tracing::debug!(event = ?other, "session"),
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}

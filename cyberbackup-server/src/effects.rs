@@ -1,0 +1,311 @@
+//! Carries out the effects of one connection's `ServerSession` against the catalog and the
+//! file storage, and answers the session. Every failure becomes a `StorageFailure` (the
+//! session answers 1607) and is logged here with its cause.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use cyberbackup_core::frame::{ClientId, FileName, NameField};
+use cyberbackup_core::session::{
+    RegistrationOutcome, ServerEffect, ServerSession, SessionError, StorageFailure, StoredClient,
+    TransferId,
+};
+use rand_core::CryptoRngCore;
+
+use crate::catalog::{FileRowId, ReceivedFile, RegisterOutcome};
+use crate::listener::Shared;
+use crate::storage::PartialFile;
+
+/// Protocol version recorded for clients registered over v3.
+const PROTOCOL_V3: u8 = 3;
+
+/// A file being received on this connection.
+#[derive(Debug)]
+struct OpenTransfer {
+    file: PartialFile,
+    row: FileRowId,
+    client: ClientId,
+    name: Vec<u8>,
+}
+
+/// Per-connection effect executor.
+#[derive(Debug)]
+pub(crate) struct Effects<'a> {
+    shared: &'a Shared,
+    peer: IpAddr,
+    open: BTreeMap<TransferId, OpenTransfer>,
+}
+
+impl<'a> Effects<'a> {
+    pub(crate) fn new(shared: &'a Shared, peer: IpAddr) -> Self {
+        Self {
+            shared,
+            peer,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Performs `effect` and reports its outcome to `session`.
+    pub(crate) async fn run<R: CryptoRngCore>(
+        &mut self,
+        session: &mut ServerSession<R>,
+        effect: ServerEffect,
+    ) -> Result<(), SessionError> {
+        match effect {
+            ServerEffect::RegisterClient { client_id, name } => {
+                let outcome = self.register(client_id, &name).await;
+                session.handle_registration(now(), outcome)
+            }
+            ServerEffect::LookupClient { client_id } => {
+                let found = self.lookup(client_id).await;
+                session.handle_client_lookup(now(), found)
+            }
+            ServerEffect::StorePublicKey {
+                client_id,
+                public_key,
+            } => {
+                let result = self.store_key(client_id, public_key.to_vec()).await;
+                session.handle_storage(now(), result)
+            }
+            ServerEffect::BeginFile {
+                transfer,
+                client_id,
+                file_name,
+            } => {
+                let result = self.begin(transfer, client_id, &file_name).await;
+                session.handle_storage(now(), result)
+            }
+            ServerEffect::AppendFile { transfer, data } => {
+                let result = match self.open.get_mut(&transfer) {
+                    Some(open) => open.file.append(&data).await.map_err(failure("write")),
+                    None => Err(missing(transfer)),
+                };
+                if result.is_ok() {
+                    self.shared.stats.add_bytes_received(data.len());
+                }
+                session.handle_storage(now(), result)
+            }
+            ServerEffect::FinishFile {
+                transfer,
+                plaintext_len,
+                ciphertext_len,
+                cksum,
+            } => {
+                let result = self
+                    .finish(transfer, plaintext_len, ciphertext_len, cksum)
+                    .await;
+                session.handle_storage(now(), result)
+            }
+            ServerEffect::CommitFile { transfer } => {
+                let result = self.commit(transfer).await;
+                session.handle_storage(now(), result)
+            }
+            ServerEffect::AbortFile { transfer } => {
+                self.abort(transfer).await;
+                Ok(())
+            }
+            other => {
+                tracing::error!(?other, "effect not supported by this server");
+                Err(SessionError::ApiMisuse("unsupported effect"))
+            }
+        }
+    }
+
+    /// Discards every transfer still open (the connection ended).
+    pub(crate) async fn abort_all(&mut self) {
+        let open: Vec<TransferId> = self.open.keys().copied().collect();
+        for transfer in open {
+            self.abort(transfer).await;
+        }
+    }
+
+    async fn register(&self, client_id: ClientId, name: &NameField) -> RegistrationOutcome {
+        if !self.shared.registrations.allow(self.peer) {
+            tracing::warn!(peer = %self.peer, "registration rate limit reached");
+            return RegistrationOutcome::Failed(StorageFailure {
+                reason: "registration rate limit reached for this address".to_owned(),
+            });
+        }
+        match self
+            .shared
+            .catalog
+            .register_client(client_id.0, name.as_bytes().to_vec(), PROTOCOL_V3)
+            .await
+        {
+            Ok(RegisterOutcome::Registered) => {
+                tracing::info!(client = %client_id, name = %name.to_string_lossy(), "client registered");
+                RegistrationOutcome::Registered
+            }
+            Ok(RegisterOutcome::NameTaken) => RegistrationOutcome::NameTaken,
+            Ok(RegisterOutcome::IdTaken) => RegistrationOutcome::Failed(StorageFailure {
+                reason: "random client id collided with an existing one".to_owned(),
+            }),
+            Err(err) => RegistrationOutcome::Failed(failure("register client")(err)),
+        }
+    }
+
+    async fn lookup(&self, client_id: ClientId) -> Option<StoredClient> {
+        match self.shared.catalog.client_by_id(client_id.0).await {
+            Ok(Some(record)) => {
+                if let Err(err) = self.shared.catalog.touch_client(client_id.0).await {
+                    tracing::warn!(%err, "cannot update LastSeen");
+                }
+                Some(StoredClient {
+                    client_id,
+                    name: record.name.into(),
+                    public_key: record.public_key.map(Into::into),
+                })
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::error!(%err, "client lookup failed");
+                None
+            }
+        }
+    }
+
+    async fn store_key(&self, client_id: ClientId, der: Vec<u8>) -> Result<(), StorageFailure> {
+        match self.shared.catalog.set_public_key(client_id.0, der).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StorageFailure {
+                reason: format!("client {client_id} is not in the catalog"),
+            }),
+            Err(err) => Err(failure("store public key")(err)),
+        }
+    }
+
+    async fn begin(
+        &mut self,
+        transfer: TransferId,
+        client_id: ClientId,
+        file_name: &FileName,
+    ) -> Result<(), StorageFailure> {
+        let name = file_name.as_bytes().to_vec();
+        let file = self
+            .shared
+            .storage
+            .create_partial(client_id.0, &name)
+            .await
+            .map_err(failure("create temporary file"))?;
+        let row = self
+            .shared
+            .catalog
+            .begin_file(
+                client_id.0,
+                name.clone(),
+                file.relative_path().to_owned(),
+                Some(file.relative_temp_path().to_owned()),
+            )
+            .await
+            .map_err(failure("record transfer"))?
+            .0;
+        self.shared.stats.transfer_started();
+        self.open.insert(
+            transfer,
+            OpenTransfer {
+                file,
+                row,
+                client: client_id,
+                name,
+            },
+        );
+        Ok(())
+    }
+
+    async fn finish(
+        &mut self,
+        transfer: TransferId,
+        plaintext_len: u64,
+        ciphertext_len: u64,
+        cksum: u32,
+    ) -> Result<(), StorageFailure> {
+        let open = self.open.get_mut(&transfer).ok_or_else(|| missing(transfer))?;
+        let finished = open.file.finish().await.map_err(failure("fsync"))?;
+        if finished.len != plaintext_len {
+            return Err(StorageFailure {
+                reason: format!(
+                    "stored {} bytes but the session decrypted {plaintext_len}",
+                    finished.len
+                ),
+            });
+        }
+        let facts = ReceivedFile {
+            size: plaintext_len,
+            ciphertext_size: ciphertext_len,
+            cksum,
+            sha256: finished.sha256,
+        };
+        self.shared
+            .catalog
+            .mark_received(open.row, facts)
+            .await
+            .map_err(failure("record received file"))
+    }
+
+    async fn commit(&mut self, transfer: TransferId) -> Result<(), StorageFailure> {
+        let open = self.open.remove(&transfer).ok_or_else(|| missing(transfer))?;
+        let keep_versions = self.shared.config.keep_versions;
+        let previous = if keep_versions > 1 {
+            self.shared
+                .catalog
+                .current_version(open.client.0, open.name.clone())
+                .await
+                .map_err(failure("look up current version"))?
+                .map(|(_, version)| version)
+        } else {
+            None
+        };
+        let row = open.row;
+        open.file
+            .commit(previous)
+            .await
+            .map_err(failure("rename into place"))?;
+        let result = self
+            .shared
+            .catalog
+            .commit_file(row, keep_versions)
+            .await
+            .map_err(failure("mark verified"))?;
+        for old in result.superseded {
+            if let Err(err) = self.shared.storage.remove(&old.path_name).await {
+                tracing::warn!(%err, path = %old.path_name, "cannot delete superseded version");
+            }
+        }
+        self.shared.stats.transfer_ended(true);
+        tracing::info!(path = %result.path_name, version = result.version, "file verified and committed");
+        Ok(())
+    }
+
+    async fn abort(&mut self, transfer: TransferId) {
+        let Some(open) = self.open.remove(&transfer) else {
+            return;
+        };
+        if let Err(err) = open.file.abort().await {
+            tracing::warn!(%err, "cannot remove temporary file");
+        }
+        if let Err(err) = self.shared.catalog.discard_file(open.row).await {
+            tracing::warn!(%err, "cannot mark transfer discarded");
+        }
+        self.shared.stats.transfer_ended(false);
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn failure<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StorageFailure {
+    move |err| {
+        tracing::error!(%err, "{what} failed");
+        StorageFailure {
+            reason: format!("{what}: {err}"),
+        }
+    }
+}
+
+fn missing(transfer: TransferId) -> StorageFailure {
+    StorageFailure {
+        reason: format!("no open file for transfer {}", transfer.0),
+    }
+}

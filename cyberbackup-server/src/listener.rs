@@ -1,0 +1,294 @@
+//! The accept loop: binds the backup port, enforces the connection limit, starts one task
+//! per connection, runs maintenance, and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::ServerConfig;
+use crate::connection;
+use crate::error::ServerError;
+use crate::maintenance;
+use crate::storage::Storage;
+
+/// Live counters of a running server, readable by tests and the admin side.
+#[derive(Debug, Default)]
+pub struct Stats {
+    connections: AtomicUsize,
+    active_transfers: AtomicUsize,
+    bytes_received: AtomicU64,
+    files_committed: AtomicU64,
+    transfers_discarded: AtomicU64,
+}
+
+impl Stats {
+    /// Connections open now.
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Files being received now.
+    #[must_use]
+    pub fn active_transfers(&self) -> usize {
+        self.active_transfers.load(Ordering::Relaxed)
+    }
+
+    /// Plaintext bytes written to storage since start.
+    #[must_use]
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// Files verified and committed since start.
+    #[must_use]
+    pub fn files_committed(&self) -> u64 {
+        self.files_committed.load(Ordering::Relaxed)
+    }
+
+    /// Transfers discarded since start.
+    #[must_use]
+    pub fn transfers_discarded(&self) -> u64 {
+        self.transfers_discarded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_bytes_received(&self, len: usize) {
+        self.bytes_received.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn transfer_started(&self) {
+        self.active_transfers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn transfer_ended(&self, committed: bool) {
+        self.active_transfers.fetch_sub(1, Ordering::Relaxed);
+        if committed {
+            self.files_committed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.transfers_discarded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Per-address limit on registrations (1025) per minute.
+#[derive(Debug)]
+pub(crate) struct RegistrationLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl RegistrationLimiter {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one registration from `peer`; `false` when the limit is reached.
+    pub(crate) fn allow(&self, peer: IpAddr) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let Ok(mut windows) = self.windows.lock() else {
+            return true;
+        };
+        windows.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        let (_, count) = windows.entry(peer).or_insert((now, 0));
+        *count += 1;
+        *count <= self.per_minute
+    }
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) session_config: Arc<cyberbackup_core::session::ServerConfig>,
+    pub(crate) catalog: Catalog,
+    pub(crate) storage: Storage,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) registrations: RegistrationLimiter,
+}
+
+/// A server bound to its port, ready to [`serve`](Server::serve).
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the catalog and storage under the data directory and binds the backup port.
+    ///
+    /// # Errors
+    /// A [`ServerError`] naming what could not be opened or bound, and how to fix it.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let storage = Storage::open(&config.data_dir)?;
+        let catalog = Catalog::open(config.catalog_path()).await?;
+        let address = SocketAddr::new(config.listen, config.port);
+        let listener = TcpListener::bind(address).await.map_err(|source| {
+            ServerError::io(
+                format!(
+                    "cannot listen on {address} (is another server using the port? choose another with --port or port.info)"
+                ),
+                source,
+            )
+        })?;
+        let session_config = Arc::new(cyberbackup_core::session::ServerConfig {
+            idle_timeout: config.idle_timeout(),
+            max_file_len: config
+                .max_file_size
+                .min(cyberbackup_core::limits::MAX_V3_FILE_LEN),
+        });
+        let registrations = RegistrationLimiter::new(config.registrations_per_minute);
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                session_config,
+                catalog,
+                storage,
+                stats: Arc::new(Stats::default()),
+                registrations,
+            }),
+        })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.listener
+            .local_addr()
+            .map_err(|source| ServerError::io("cannot read the listening address", source))
+    }
+
+    /// Live counters.
+    #[must_use]
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Accepts connections until `shutdown` is cancelled; then stops accepting, gives
+    /// running transfers the configured grace period, aborts what is left (their partial
+    /// files are deleted) and flushes the catalog.
+    ///
+    /// # Errors
+    /// A [`ServerError`] if the catalog cannot be flushed at the end.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let shared = self.shared;
+        let maintenance = maintenance::spawn(
+            shared.catalog.clone(),
+            shared.storage.clone(),
+            shared.config.maintenance_interval(),
+            shared.config.abandoned_after(),
+            shutdown.clone(),
+        );
+        let limit = usize::try_from(shared.config.max_connections.max(1)).unwrap_or(usize::MAX);
+        let permits = Arc::new(Semaphore::new(limit));
+        let mut tasks = JoinSet::new();
+        let connections_done = CancellationToken::new();
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let shared = Arc::clone(&shared);
+            let shutdown = shutdown.clone();
+            let abort = connections_done.clone();
+            tasks.spawn(async move {
+                shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+                connection::serve(stream, peer, &shared, shutdown, abort).await;
+                shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        drop(self.listener);
+        tracing::info!(
+            running = tasks.len(),
+            grace_secs = shared.config.shutdown_grace_secs,
+            "shutting down: no new connections; waiting for running transfers"
+        );
+        let grace = tokio::time::sleep(shared.config.shutdown_grace());
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => if joined.is_none() { break },
+                () = &mut grace => {
+                    tracing::warn!(running = tasks.len(), "grace period over: aborting running transfers");
+                    connections_done.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let _ = maintenance.await;
+        shared.catalog.close().await?;
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Runs the server from `config` until SIGINT or SIGTERM.
+///
+/// # Errors
+/// A [`ServerError`] if start-up fails (data directory, catalog, port).
+pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let server = Server::bind(config).await?;
+    let address = server.local_addr()?;
+    tracing::info!(%address, data_dir = %server.shared.config.data_dir.display(), "cyberbackup-server listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    server.serve(shutdown).await
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}
