@@ -1,1 +1,727 @@
-//! placeholder
+//! # cyberbackup-client
+//!
+//! An async (tokio) client for CyberBackup v3 servers, built on the sans-IO
+//! [`cyberbackup_core::session::ClientSession`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cyberbackup_client::ClientError> {
+//! use cyberbackup_client::{Client, ClientOptions, IdentityFile, NoProgress};
+//!
+//! let options = ClientOptions::new("127.0.0.1:1256", "alice", IdentityFile::new("me.info"));
+//! let mut client = Client::new(options)?;            // loads me.info if it exists
+//! let report = client.backup(&["notes.txt".into()], &mut NoProgress).await?;
+//! client.close(&mut NoProgress).await?;
+//! for file in &report.files {
+//!     println!("{}", file.summary());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The client registers (1025/1026) on its first run and saves `me.info` atomically with
+//! mode 0600; later runs reconnect (1027). Network failures are retried with exponential
+//! backoff ([`RetryPolicy`]); a new connection reconnects with the saved identity and sends
+//! only the files not yet verified.
+
+pub mod cli;
+mod connection;
+pub mod error;
+pub mod identity;
+pub mod legacy;
+pub mod progress;
+pub mod retry;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cyberbackup_core::frame::NameField;
+use cyberbackup_core::identity::Identity;
+use cyberbackup_core::limits::{DEFAULT_PACKET_CONTENT_LEN, DEFAULT_READ_CHUNK_LEN};
+use cyberbackup_core::session::{ClientConfig, ClientEvent, FileFailure, FileId, TransferPhase};
+
+use crate::connection::{Connection, Note};
+pub use crate::error::ClientError;
+pub use crate::identity::IdentityFile;
+pub use crate::progress::{
+    BarProgress, LineProgress, NoProgress, Phase, ProgressEvent, ProgressSink, TransferProgress,
+};
+pub use crate::retry::RetryPolicy;
+
+/// Everything a [`Client`] needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Server address, `host:port`.
+    pub server: String,
+    /// Client name to register (1 to 254 bytes).
+    pub name: String,
+    /// Where the identity (`me.info`) is read from and saved to.
+    pub identity: IdentityFile,
+    /// Ciphertext bytes per 1028 packet (default 1 MiB; 1024 suits single-`recv` servers).
+    pub packet_size: u32,
+    /// Send every file as one packet.
+    pub single_packet: bool,
+    /// Largest file read, in bytes (bounds memory per transfer).
+    pub read_chunk_len: usize,
+    /// How long a TCP connect may take.
+    pub connect_timeout: Duration,
+    /// How long the server may stay silent while an answer is due.
+    pub response_timeout: Duration,
+    /// Reconnects after network errors.
+    pub retry: RetryPolicy,
+    /// Use the name in an existing identity file even if it differs from `name` (legacy
+    /// mode) instead of failing with [`ClientError::NameMismatch`].
+    pub prefer_identity_name: bool,
+}
+
+impl ClientOptions {
+    /// Options with defaults: 1 MiB packets and reads, 10 s connect timeout, 60 s response
+    /// timeout, 3 reconnects.
+    pub fn new(server: impl Into<String>, name: impl Into<String>, identity: IdentityFile) -> Self {
+        Self {
+            server: server.into(),
+            name: name.into(),
+            identity,
+            packet_size: DEFAULT_PACKET_CONTENT_LEN,
+            single_packet: false,
+            read_chunk_len: DEFAULT_READ_CHUNK_LEN,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+            prefer_identity_name: false,
+        }
+    }
+}
+
+/// The outcome of one file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FileReport {
+    /// The local path.
+    pub path: PathBuf,
+    /// The name the server stores it under (the base name).
+    pub stored_name: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Whether the server's checksum matched ours and the server acknowledged it.
+    pub verified: bool,
+    /// The POSIX cksum (when verified).
+    pub cksum: Option<u32>,
+    /// Sends made (1 to 4).
+    pub attempts: u8,
+    /// Why it failed, naming the file and what to do.
+    pub failure: Option<String>,
+}
+
+impl FileReport {
+    /// One line for humans.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        match (&self.failure, self.cksum) {
+            (Some(failure), _) => format!("FAILED {}: {failure}", self.path.display()),
+            (None, Some(cksum)) => format!(
+                "verified {} as {:?} ({} bytes, cksum {cksum}, {} send{})",
+                self.path.display(),
+                self.stored_name,
+                self.len,
+                self.attempts,
+                if self.attempts == 1 { "" } else { "s" }
+            ),
+            (None, None) => format!("{}: not sent", self.path.display()),
+        }
+    }
+
+    fn failed(path: &Path, stored_name: String, len: u64, attempts: u8, failure: String) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            stored_name,
+            len,
+            verified: false,
+            cksum: None,
+            attempts,
+            failure: Some(failure),
+        }
+    }
+}
+
+/// The outcome of a backup run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BackupReport {
+    /// `host:port`.
+    pub server: String,
+    /// Our client id (32 hex digits), once known.
+    pub client_id: Option<String>,
+    /// Whether this run registered a new client.
+    pub registered: bool,
+    /// One report per requested file, in the order given.
+    pub files: Vec<FileReport>,
+}
+
+impl BackupReport {
+    /// Whether every file was verified.
+    #[must_use]
+    pub fn all_verified(&self) -> bool {
+        self.files.iter().all(|file| file.verified)
+    }
+
+    /// The files that failed.
+    pub fn failures(&self) -> impl Iterator<Item = &FileReport> {
+        self.files.iter().filter(|file| !file.verified)
+    }
+}
+
+/// A file the run will try to send.
+#[derive(Debug)]
+struct Job {
+    path: PathBuf,
+    name: NameField,
+    stored_name: String,
+    len: u64,
+}
+
+/// A CyberBackup v3 client: one identity, one server, a connection opened on demand.
+#[derive(Debug)]
+pub struct Client {
+    options: ClientOptions,
+    config: Arc<ClientConfig>,
+    name: NameField,
+    identity: Option<Identity>,
+    registered: bool,
+    connection: Option<Connection>,
+    connect_attempts: u32,
+    retries: u32,
+}
+
+impl Client {
+    /// A client for `options`: validates the name and loads the identity file if it exists.
+    /// No connection is made yet.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] for a bad name, [`ClientError::Identity`] for an unreadable
+    /// identity file, [`ClientError::NameMismatch`] when it belongs to another name.
+    pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
+        let identity = options.identity.load()?;
+        let name = match &identity {
+            Some(identity) if options.prefer_identity_name => identity.name().clone(),
+            Some(identity) if identity.name().as_bytes() != options.name.as_bytes() => {
+                return Err(ClientError::NameMismatch {
+                    path: options.identity.path().to_path_buf(),
+                    found: identity.name().to_string_lossy(),
+                    wanted: options.name.clone(),
+                });
+            }
+            _ => NameField::new(options.name.clone().into_bytes()).map_err(|err| {
+                ClientError::Usage {
+                    message: format!("the client name {:?} cannot be used: {err}", options.name),
+                }
+            })?,
+        };
+        let config = Arc::new(ClientConfig {
+            packet_content_len: options.packet_size.max(16),
+            read_chunk_len: options.read_chunk_len.max(1),
+            single_packet: options.single_packet,
+            response_timeout: options.response_timeout,
+            ..ClientConfig::default()
+        });
+        Ok(Self {
+            options,
+            config,
+            name,
+            identity,
+            registered: false,
+            connection: None,
+            connect_attempts: 0,
+            retries: 0,
+        })
+    }
+
+    /// [`Client::new`], then [`Client::connect_now`].
+    ///
+    /// # Errors
+    /// As both.
+    pub async fn connect(
+        options: ClientOptions,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, ClientError> {
+        let mut client = Self::new(options)?;
+        client.connect_now(progress).await?;
+        Ok(client)
+    }
+
+    /// Connects and registers or reconnects (retrying per the [`RetryPolicy`]), unless
+    /// already connected.
+    ///
+    /// # Errors
+    /// The fatal error, or [`ClientError::RetriesExhausted`].
+    pub async fn connect_now(
+        &mut self,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<(), ClientError> {
+        while self.connection.is_none() {
+            match self.open_session(progress).await {
+                Ok(connection) => self.connection = Some(connection),
+                Err(error) => self.back_off(error, progress).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The identity in use (loaded, or saved by a registration), if any.
+    #[must_use]
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Whether this client registered a new identity.
+    #[must_use]
+    pub fn registered(&self) -> bool {
+        self.registered
+    }
+
+    /// Backs up one file.
+    ///
+    /// # Errors
+    /// As [`Client::backup`].
+    pub async fn backup_file(
+        &mut self,
+        path: impl Into<PathBuf>,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<FileReport, ClientError> {
+        let report = self.backup(&[path.into()], progress).await?;
+        report
+            .files
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Usage {
+                message: "no file to back up".into(),
+            })
+    }
+
+    /// Backs up `paths` (regular files) in order. A file that cannot be read or whose
+    /// checksum never matches fails on its own (see [`FileReport::failure`]); the others go
+    /// on. Connects when there is something to send.
+    ///
+    /// # Errors
+    /// A fatal error: no connection after the retries, identity, protocol or name errors.
+    pub async fn backup(
+        &mut self,
+        paths: &[PathBuf],
+        progress: &mut dyn ProgressSink,
+    ) -> Result<BackupReport, ClientError> {
+        let mut run = Run::default();
+        let mut jobs = Vec::with_capacity(paths.len());
+        for (index, path) in paths.iter().enumerate() {
+            match prepare(path).await {
+                Ok(job) => {
+                    run.overall_total += job.len;
+                    run.pending.push(index);
+                    jobs.push(Some(job));
+                }
+                Err((stored_name, failure)) => {
+                    jobs.push(None);
+                    run.finish(
+                        index,
+                        FileReport::failed(path, stored_name, 0, 0, failure),
+                        progress,
+                    );
+                }
+            }
+        }
+        while !run.pending.is_empty() {
+            self.connect_now(progress).await?;
+            let Some(mut connection) = self.connection.take() else {
+                continue;
+            };
+            let mut in_flight = BTreeMap::new();
+            for index in run.pending.clone() {
+                let Some(job) = jobs.get(index).and_then(Option::as_ref) else {
+                    continue;
+                };
+                match tokio::fs::File::open(&job.path).await {
+                    Ok(file) => {
+                        let id = connection.queue(file, job.name.clone(), job.len);
+                        in_flight.insert(id, index);
+                    }
+                    Err(err) => {
+                        let failure = open_failure(&job.path, &err);
+                        let report = FileReport::failed(
+                            &job.path,
+                            job.stored_name.clone(),
+                            job.len,
+                            0,
+                            failure,
+                        );
+                        run.finish(index, report, progress);
+                    }
+                }
+            }
+            let mut result = Ok(());
+            while !in_flight.is_empty() {
+                let note = connection
+                    .next_note(&self.options.identity, self.options.read_chunk_len)
+                    .await;
+                match note {
+                    Ok(Note::Event(event)) => {
+                        if self.on_event(&event, progress) {
+                            continue;
+                        }
+                        if run.on_event(event, &mut in_flight, &jobs, progress) {
+                            // A file finished: the connection works, start the count anew.
+                            self.retries = 0;
+                        }
+                    }
+                    Ok(Note::IdentitySaved(identity)) => self.on_identity_saved(identity, progress),
+                    Ok(Note::Closed) => {
+                        result = Err(ClientError::ConnectionClosed {
+                            server: self.options.server.clone(),
+                            during: "files were still queued".into(),
+                        });
+                        break;
+                    }
+                    Err(error) => {
+                        result = Err(error);
+                        break;
+                    }
+                }
+            }
+            match result {
+                Ok(()) => self.connection = Some(connection),
+                Err(ClientError::LocalFileAborted { .. }) => {}
+                Err(error) => self.back_off(error, progress).await?,
+            }
+        }
+        Ok(BackupReport {
+            server: self.options.server.clone(),
+            client_id: self.identity.as_ref().map(|id| id.client_id().to_hex()),
+            registered: self.registered,
+            files: run.into_reports(paths),
+        })
+    }
+
+    /// Ends the session cleanly (if connected) and closes the connection.
+    ///
+    /// # Errors
+    /// A connection error while closing.
+    pub async fn close(mut self, progress: &mut dyn ProgressSink) -> Result<(), ClientError> {
+        let Some(mut connection) = self.connection.take() else {
+            return Ok(());
+        };
+        connection.finish();
+        loop {
+            match connection
+                .next_note(&self.options.identity, self.options.read_chunk_len)
+                .await?
+            {
+                Note::Closed => return Ok(()),
+                Note::Event(event) => {
+                    self.on_event(&event, progress);
+                }
+                Note::IdentitySaved(identity) => self.on_identity_saved(identity, progress),
+            }
+        }
+    }
+
+    async fn open_session(
+        &mut self,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Connection, ClientError> {
+        self.connect_attempts += 1;
+        progress.on_progress(&ProgressEvent::Connecting {
+            server: self.options.server.clone(),
+            attempt: self.connect_attempts,
+        });
+        let mut connection = Connection::open(
+            &self.options.server,
+            Arc::clone(&self.config),
+            self.identity.clone(),
+            &self.name,
+            self.options.connect_timeout,
+        )
+        .await?;
+        loop {
+            match connection
+                .next_note(&self.options.identity, self.options.read_chunk_len)
+                .await?
+            {
+                Note::Event(ClientEvent::KeyExchanged) => return Ok(connection),
+                Note::Event(event) => {
+                    self.on_event(&event, progress);
+                }
+                Note::IdentitySaved(identity) => self.on_identity_saved(identity, progress),
+                Note::Closed => {
+                    return Err(ClientError::ConnectionClosed {
+                        server: self.options.server.clone(),
+                        during: "exchanging keys".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Handles the session-level events; `true` if `event` was one of them.
+    fn on_event(&mut self, event: &ClientEvent, progress: &mut dyn ProgressSink) -> bool {
+        let shown = match event {
+            ClientEvent::Registered { client_id } => {
+                self.registered = true;
+                ProgressEvent::Registered {
+                    client_id: client_id.to_hex(),
+                }
+            }
+            ClientEvent::Reconnected { client_id } => ProgressEvent::Reconnected {
+                client_id: client_id.to_hex(),
+            },
+            ClientEvent::ReconnectRefused => ProgressEvent::ReconnectRefused,
+            ClientEvent::ServerError { request, attempt } => ProgressEvent::ServerError {
+                request: *request,
+                attempt: *attempt,
+            },
+            ClientEvent::KeyExchanged => return true,
+            _ => return false,
+        };
+        progress.on_progress(&shown);
+        true
+    }
+
+    fn on_identity_saved(&mut self, identity: Identity, progress: &mut dyn ProgressSink) {
+        self.identity = Some(identity);
+        progress.on_progress(&ProgressEvent::IdentitySaved {
+            path: self.options.identity.path().to_path_buf(),
+        });
+    }
+
+    /// After a failed connection: sleep per the policy, or give up with the error.
+    async fn back_off(
+        &mut self,
+        error: ClientError,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<(), ClientError> {
+        if !error.is_retryable() {
+            return Err(error);
+        }
+        self.retries += 1;
+        let policy = self.options.retry;
+        let Some(delay) = policy.delay(self.retries) else {
+            if policy.max_retries == 0 {
+                return Err(error);
+            }
+            return Err(ClientError::RetriesExhausted {
+                attempts: self.retries,
+                last: Box::new(error),
+            });
+        };
+        progress.on_progress(&ProgressEvent::Retrying {
+            attempt: self.retries,
+            max: policy.max_retries,
+            delay,
+            error: error.to_string(),
+        });
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+/// Book-keeping of one `backup` call.
+#[derive(Debug, Default)]
+struct Run {
+    reports: BTreeMap<usize, FileReport>,
+    pending: Vec<usize>,
+    done_bytes: u64,
+    overall_total: u64,
+}
+
+impl Run {
+    fn finish(&mut self, index: usize, report: FileReport, progress: &mut dyn ProgressSink) {
+        self.pending.retain(|&i| i != index);
+        self.done_bytes += report.len;
+        progress.on_progress(&ProgressEvent::FileDone(report.clone()));
+        self.reports.insert(index, report);
+    }
+
+    /// Handles a file event; `true` when a file finished.
+    fn on_event(
+        &mut self,
+        event: ClientEvent,
+        in_flight: &mut BTreeMap<FileId, usize>,
+        jobs: &[Option<Job>],
+        progress: &mut dyn ProgressSink,
+    ) -> bool {
+        let job_of = |file: &FileId| {
+            in_flight.get(file).and_then(|&index| {
+                jobs.get(index)
+                    .and_then(Option::as_ref)
+                    .map(|job| (index, job))
+            })
+        };
+        match event {
+            ClientEvent::Progress {
+                file,
+                sent,
+                total,
+                phase,
+            } => {
+                let Some((_, job)) = job_of(&file) else {
+                    return false;
+                };
+                progress.on_progress(&ProgressEvent::Transfer(TransferProgress {
+                    path: job.path.clone(),
+                    name: job.stored_name.clone(),
+                    sent,
+                    total,
+                    phase: match phase {
+                        TransferPhase::Sending => Phase::Sending,
+                        TransferPhase::Verifying => Phase::Verifying,
+                    },
+                    overall_sent: self.done_bytes + sent,
+                    overall_total: self.overall_total,
+                }));
+                false
+            }
+            ClientEvent::CrcMismatch {
+                file,
+                attempt,
+                switched_to_per_packet,
+                ..
+            } => {
+                if let Some((_, job)) = job_of(&file) {
+                    progress.on_progress(&ProgressEvent::CrcMismatch {
+                        name: job.stored_name.clone(),
+                        attempt,
+                        switched_to_per_packet,
+                    });
+                }
+                false
+            }
+            ClientEvent::FileVerified {
+                file,
+                cksum,
+                attempts,
+            } => {
+                let Some((index, job)) = job_of(&file) else {
+                    return false;
+                };
+                let report = FileReport {
+                    path: job.path.clone(),
+                    stored_name: job.stored_name.clone(),
+                    len: job.len,
+                    verified: true,
+                    cksum: Some(cksum),
+                    attempts,
+                    failure: None,
+                };
+                in_flight.remove(&file);
+                self.finish(index, report, progress);
+                true
+            }
+            ClientEvent::FileFailed { file, failure } => {
+                let Some((index, job)) = job_of(&file) else {
+                    return false;
+                };
+                let (attempts, reason) = describe_failure(job, &failure);
+                let report = FileReport::failed(
+                    &job.path,
+                    job.stored_name.clone(),
+                    job.len,
+                    attempts,
+                    reason,
+                );
+                in_flight.remove(&file);
+                self.finish(index, report, progress);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn into_reports(mut self, paths: &[PathBuf]) -> Vec<FileReport> {
+        (0..paths.len())
+            .map(|index| {
+                self.reports.remove(&index).unwrap_or_else(|| {
+                    let path = paths.get(index).cloned().unwrap_or_default();
+                    FileReport::failed(&path, String::new(), 0, 0, "not sent".into())
+                })
+            })
+            .collect()
+    }
+}
+
+fn describe_failure(job: &Job, failure: &FileFailure) -> (u8, String) {
+    let name = &job.stored_name;
+    match failure {
+        FileFailure::CrcMismatch { attempts } => (
+            *attempts,
+            format!(
+                "the server's checksum of {name:?} did not match ours after {attempts} sends; gave up (sent 1031) — the file is NOT backed up; check the network or the server and run again"
+            ),
+        ),
+        FileFailure::Local { reason } => (
+            0,
+            format!(
+                "reading {} failed while sending it: {reason}",
+                job.path.display()
+            ),
+        ),
+        FileFailure::TooLarge { len } => (
+            0,
+            format!("{name:?} is {len} bytes; the v3 protocol cannot carry files of 4 GiB or more"),
+        ),
+        other => (0, format!("{name:?} failed: {other:?}")),
+    }
+}
+
+/// Checks that `path` is a readable regular file with a usable name.
+async fn prepare(path: &Path) -> Result<Job, (String, String)> {
+    let stored_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let fail = |message: String| (stored_name.clone(), message);
+    let metadata = tokio::fs::metadata(path)
+        .await
+        .map_err(|err| fail(open_failure(path, &err)))?;
+    if !metadata.is_file() {
+        return Err(fail(format!(
+            "{} is not a regular file — pass files, or directories with the CLI",
+            path.display()
+        )));
+    }
+    let Some(raw_name) = path.file_name() else {
+        return Err(fail(format!("{} has no file name", path.display())));
+    };
+    let name = NameField::new(os_bytes(raw_name)).map_err(|err| {
+        fail(format!(
+            "the name of {} cannot be sent: {err}",
+            path.display()
+        ))
+    })?;
+    // Fail early (before connecting) on files we cannot open.
+    drop(
+        tokio::fs::File::open(path)
+            .await
+            .map_err(|err| fail(open_failure(path, &err)))?,
+    );
+    Ok(Job {
+        path: path.to_path_buf(),
+        name,
+        stored_name: stored_name.clone(),
+        len: metadata.len(),
+    })
+}
+
+fn open_failure(path: &Path, err: &std::io::Error) -> String {
+    let hint = match err.kind() {
+        std::io::ErrorKind::NotFound => " — check the path",
+        std::io::ErrorKind::PermissionDenied => " — check the file's permissions",
+        _ => "",
+    };
+    format!("cannot open {}: {err}{hint}", path.display())
+}
+
+#[cfg(unix)]
+fn os_bytes(name: &std::ffi::OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    name.as_bytes().to_vec()
+}
+
+#[cfg(not(unix))]
+fn os_bytes(name: &std::ffi::OsStr) -> Vec<u8> {
+    name.to_string_lossy().into_owned().into_bytes()
+}

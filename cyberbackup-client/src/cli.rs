@@ -1,0 +1,270 @@
+//! The command line: clap definitions, expansion of directories into files, and the
+//! execution of a parsed command (without printing: `main.rs` prints).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::ClientError;
+use crate::identity::IdentityFile;
+use crate::progress::ProgressSink;
+use crate::retry::RetryPolicy;
+use crate::{BackupReport, Client, ClientOptions, legacy};
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  every file was backed up and verified
+  1  some files failed (each is reported with the reason)
+  2  usage or configuration error (command line, transfer.info)
+  3  network error (cannot connect, connection lost, server error or protocol violation)
+  4  identity error (me.info unreadable, unwritable or for another name; name taken)
+
+Without arguments, if ./transfer.info exists, runs in legacy mode (like `legacy`).";
+
+/// `cyberbackup-client`: back up files to a CyberBackup v3 server.
+#[derive(Debug, Parser)]
+#[command(name = "cyberbackup-client", version, about, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up files and directories (recursively).
+    Backup(BackupArgs),
+    /// Legacy mode: read ./transfer.info and ./me.info, write ./me.info (drop-in for the
+    /// old client).
+    Legacy(LegacyArgs),
+}
+
+/// Arguments of `backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Files or directories to back up (directories recursively).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Server address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", env = "CYBERBACKUP_SERVER")]
+    pub server: String,
+    /// Client name to register (1 to 100 characters).
+    #[arg(long, env = "CYBERBACKUP_NAME")]
+    pub name: String,
+    /// Identity file [default: $XDG_CONFIG_HOME/cyberbackup/me.info or
+    /// ~/.config/cyberbackup/me.info].
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Only back up files in directories matching this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip files in directories matching this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// Arguments of `legacy`.
+#[derive(Debug, Args)]
+pub struct LegacyArgs {
+    /// Directory holding transfer.info and me.info.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// Options shared by both modes.
+#[derive(Debug, Args, Default)]
+pub struct TransferArgs {
+    /// Ciphertext bytes per 1028 packet (1024 suits servers that read with one recv).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(16..))]
+    pub packet_size: u32,
+    /// Send every file as a single packet.
+    #[arg(long)]
+    pub single_packet: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Reconnects after network errors (exponential backoff from 0.5 s).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
+}
+
+impl Command {
+    /// Whether JSON output was asked for.
+    #[must_use]
+    pub fn json(&self) -> bool {
+        match self {
+            Self::Backup(args) => args.transfer.json,
+            Self::Legacy(args) => args.transfer.json,
+        }
+    }
+}
+
+/// Runs a command: builds the options, expands the paths, backs up, closes.
+///
+/// # Errors
+/// The fatal [`ClientError`]; per-file failures are in the report.
+pub async fn execute(
+    command: Command,
+    progress: &mut dyn ProgressSink,
+) -> Result<BackupReport, ClientError> {
+    let (options, files) = match command {
+        Command::Backup(args) => {
+            let identity = match &args.identity {
+                Some(path) => IdentityFile::new(path),
+                None => IdentityFile::default_location()?,
+            };
+            legacy::parse_address(&args.server).map_err(|why| ClientError::Usage {
+                message: format!("--server: {why}"),
+            })?;
+            let files = expand_paths(&args.paths, &args.include, &args.exclude)?;
+            let mut options = ClientOptions::new(args.server, args.name, identity);
+            apply(&mut options, &args.transfer);
+            (options, files)
+        }
+        Command::Legacy(args) => {
+            let job = legacy::load_job(&args.dir)?;
+            let mut options =
+                ClientOptions::new(job.transfer.server, job.transfer.name, job.identity);
+            options.prefer_identity_name = true;
+            apply(&mut options, &args.transfer);
+            (options, job.transfer.files)
+        }
+    };
+    let mut client = Client::new(options)?;
+    let report = client.backup(&files, progress).await?;
+    // Every file is settled; a failure to say goodbye does not change the outcome.
+    let _ignored = client.close(progress).await;
+    Ok(report)
+}
+
+fn apply(options: &mut ClientOptions, args: &TransferArgs) {
+    options.packet_size = args.packet_size;
+    options.single_packet = args.single_packet;
+    options.retry = RetryPolicy::with_retries(args.retries);
+}
+
+/// Expands directories into their files (recursively, sorted), filtered by the globs,
+/// which match the path relative to the directory given. Files named explicitly are kept
+/// as they are (a missing one is reported as a failed file).
+///
+/// # Errors
+/// [`ClientError::Usage`] for a bad glob or an unreadable directory.
+pub fn expand_paths(
+    paths: &[PathBuf],
+    include: &[String],
+    exclude: &[String],
+) -> Result<Vec<PathBuf>, ClientError> {
+    let include_set = glob_set(include, "--include")?;
+    let exclude_set = glob_set(exclude, "--exclude")?;
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+            let entry = entry.map_err(|err| ClientError::Usage {
+                message: format!("cannot read directory {}: {err}", path.display()),
+            })?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let relative = entry.path().strip_prefix(path).unwrap_or(entry.path());
+            if wanted(relative, include.is_empty(), &include_set, &exclude_set) {
+                files.push(entry.into_path());
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn wanted(relative: &Path, include_all: bool, include: &GlobSet, exclude: &GlobSet) -> bool {
+    (include_all || include.is_match(relative)) && !exclude.is_match(relative)
+}
+
+fn glob_set(patterns: &[String], flag: &str) -> Result<GlobSet, ClientError> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = Glob::new(pattern).map_err(|err| ClientError::Usage {
+            message: format!("{flag} {pattern:?} is not a valid glob: {err}"),
+        })?;
+        builder.add(glob);
+    }
+    builder.build().map_err(|err| ClientError::Usage {
+        message: format!("{flag}: {err}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_expand_recursively_with_globs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("sub/deep")).unwrap();
+        for file in ["a.txt", "b.log", "sub/c.txt", "sub/deep/d.txt", "sub/e.tmp"] {
+            std::fs::write(root.join(file), file).unwrap();
+        }
+        let all = expand_paths(&[root.to_path_buf()], &[], &[]).unwrap();
+        assert_eq!(all.len(), 5);
+        let txt = expand_paths(
+            &[root.to_path_buf()],
+            &["*.txt".into()],
+            &["sub/deep/**".into()],
+        )
+        .unwrap();
+        assert_eq!(txt, [root.join("a.txt"), root.join("sub/c.txt")]);
+        let explicit = expand_paths(&[root.join("b.log")], &["*.txt".into()], &[]).unwrap();
+        assert_eq!(explicit, [root.join("b.log")]);
+    }
+
+    #[test]
+    fn bad_globs_are_usage_errors() {
+        let err = expand_paths(&[], &["a[".into()], &[]).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        assert!(err.to_string().contains("--include"));
+    }
+
+    #[test]
+    fn the_cli_parses_the_documented_synopsis() {
+        let cli = Cli::try_parse_from([
+            "cyberbackup-client",
+            "backup",
+            "a",
+            "b",
+            "--server",
+            "h:1",
+            "--name",
+            "n",
+            "--include",
+            "*.txt",
+            "--exclude",
+            "x",
+            "--packet-size",
+            "1024",
+            "--single-packet",
+            "--json",
+            "--retries",
+            "0",
+        ])
+        .unwrap();
+        let Some(Command::Backup(args)) = cli.command else {
+            panic!("not backup");
+        };
+        assert_eq!(args.paths.len(), 2);
+        assert_eq!(args.transfer.packet_size, 1024);
+        assert!(args.transfer.single_packet && args.transfer.json);
+        assert_eq!(args.transfer.retries, 0);
+        assert!(
+            Cli::try_parse_from(["cyberbackup-client", "backup", "a", "--server", "h:1"]).is_err()
+        );
+    }
+}

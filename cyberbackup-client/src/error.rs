@@ -1,0 +1,261 @@
+//! `ClientError`: every way a backup run can fail, each with a message that says what went
+//! wrong and how to fix it, whether retrying can help, and the process exit code.
+
+use std::io;
+use std::path::PathBuf;
+
+use cyberbackup_core::identity::IdentityError;
+use cyberbackup_core::session::SessionError;
+
+/// Exit code: every file was backed up and verified.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the run finished but at least one file failed.
+pub const EXIT_FILES_FAILED: u8 = 1;
+/// Exit code: bad command line, transfer.info or other configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the server could not be reached, closed the connection or broke the protocol.
+pub const EXIT_NETWORK: u8 = 3;
+/// Exit code: me.info could not be read or written, or the server refused our name.
+pub const EXIT_IDENTITY: u8 = 4;
+
+/// Why a backup run failed as a whole (a single file failing is a [`crate::FileReport`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The command line or configuration is unusable.
+    #[error("{message}")]
+    Usage {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// `transfer.info` (legacy mode) cannot be used.
+    #[error("{path}: {message}")]
+    TransferInfo {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The identity file exists but cannot be read or parsed.
+    #[error(
+        "cannot use the identity file {path}: {reason} — fix the file, or move it away to register again under a new name"
+    )]
+    Identity {
+        /// The identity file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The identity file could not be written.
+    #[error(
+        "cannot save the identity file {path}: {source} — check that the directory exists and is writable, or choose another file with --identity"
+    )]
+    IdentitySave {
+        /// The identity file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// The identity file names another client than the one asked for.
+    #[error(
+        "the identity file {path} belongs to {found:?}, not {wanted:?} — pass --name {found:?}, or use --identity with another file to register {wanted:?}"
+    )]
+    NameMismatch {
+        /// The identity file.
+        path: PathBuf,
+        /// The name in the file.
+        found: String,
+        /// The name asked for.
+        wanted: String,
+    },
+    /// The server refused to register our name (1601).
+    #[error(
+        "the server refused to register the name {name:?}: it is already taken — choose another name, or restore the me.info of that client"
+    )]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// No TCP connection could be made.
+    #[error("cannot connect to {server}: {source} — is the server running and the address right?")]
+    Connect {
+        /// `host:port`.
+        server: String,
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection failed while in use.
+    #[error("the connection to {server} failed: {source} — check the network and the server's log")]
+    Network {
+        /// `host:port`.
+        server: String,
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server closed the connection before the session finished.
+    #[error(
+        "the server {server} closed the connection while {during} — check the server's log; the run can be repeated safely"
+    )]
+    ConnectionClosed {
+        /// `host:port`.
+        server: String,
+        /// What the client was doing.
+        during: String,
+    },
+    /// The server stayed silent too long.
+    #[error(
+        "the server {server} did not answer for {seconds} s while {during} — is it overloaded or stuck?"
+    )]
+    Timeout {
+        /// `host:port`.
+        server: String,
+        /// The response timeout in seconds.
+        seconds: u64,
+        /// What the client was doing.
+        during: String,
+    },
+    /// The server answered 1607 to every attempt of a request.
+    #[error(
+        "server responded with an error {attempts} times to request {request}; giving up — check the server's log"
+    )]
+    ServerKeptFailing {
+        /// The request code.
+        request: u16,
+        /// Attempts made.
+        attempts: u8,
+    },
+    /// The server broke the protocol (or speaks another one).
+    #[error("the server {server} broke the v3 protocol: {error} — is it a CyberBackup v3 server?")]
+    Protocol {
+        /// `host:port`.
+        server: String,
+        /// The session error.
+        error: SessionError,
+    },
+    /// Reading a local file failed in the middle of sending it: that file failed and the
+    /// connection had to be dropped (the client continues with the other files).
+    #[error("a local file failed while it was being sent ({reason}); the connection was reset")]
+    LocalFileAborted {
+        /// What went wrong.
+        reason: String,
+    },
+    /// Reconnecting did not help.
+    #[error("giving up after {attempts} connection attempts: {last}")]
+    RetriesExhausted {
+        /// Connection attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        last: Box<ClientError>,
+    },
+}
+
+impl ClientError {
+    /// Whether reconnecting (with backoff) may help.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect { .. }
+            | Self::Network { .. }
+            | Self::ConnectionClosed { .. }
+            | Self::Timeout { .. }
+            | Self::LocalFileAborted { .. } => true,
+            Self::Usage { .. }
+            | Self::TransferInfo { .. }
+            | Self::Identity { .. }
+            | Self::IdentitySave { .. }
+            | Self::NameMismatch { .. }
+            | Self::NameTaken { .. }
+            | Self::ServerKeptFailing { .. }
+            | Self::Protocol { .. }
+            | Self::RetriesExhausted { .. } => false,
+        }
+    }
+
+    /// The process exit code for this error (see the `EXIT_*` constants).
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage { .. } | Self::TransferInfo { .. } => EXIT_USAGE,
+            Self::Identity { .. }
+            | Self::IdentitySave { .. }
+            | Self::NameMismatch { .. }
+            | Self::NameTaken { .. } => EXIT_IDENTITY,
+            Self::Connect { .. }
+            | Self::Network { .. }
+            | Self::ConnectionClosed { .. }
+            | Self::Timeout { .. }
+            | Self::ServerKeptFailing { .. }
+            | Self::Protocol { .. } => EXIT_NETWORK,
+            Self::LocalFileAborted { .. } => EXIT_FILES_FAILED,
+            Self::RetriesExhausted { last, .. } => last.exit_code(),
+        }
+    }
+
+    /// A short machine-readable kind, used in JSON output.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Usage { .. } => "usage",
+            Self::TransferInfo { .. } => "transfer_info",
+            Self::Identity { .. } => "identity",
+            Self::IdentitySave { .. } => "identity_save",
+            Self::NameMismatch { .. } => "name_mismatch",
+            Self::NameTaken { .. } => "name_taken",
+            Self::Connect { .. } => "connect",
+            Self::Network { .. } => "network",
+            Self::ConnectionClosed { .. } => "connection_closed",
+            Self::Timeout { .. } => "timeout",
+            Self::ServerKeptFailing { .. } => "server_error",
+            Self::Protocol { .. } => "protocol",
+            Self::LocalFileAborted { .. } => "local_file_aborted",
+            Self::RetriesExhausted { .. } => "retries_exhausted",
+        }
+    }
+
+    pub(crate) fn identity(path: impl Into<PathBuf>, error: &IdentityError) -> Self {
+        Self::Identity {
+            path: path.into(),
+            reason: error.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_errors_are_retryable_and_exit_3() {
+        let err = ClientError::Connect {
+            server: "127.0.0.1:1".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        assert!(err.is_retryable());
+        assert_eq!(err.exit_code(), EXIT_NETWORK);
+        assert!(err.to_string().contains("cannot connect to 127.0.0.1:1"));
+        assert!(err.to_string().contains("is the server running"));
+    }
+
+    #[test]
+    fn exhausted_retries_keep_the_cause_exit_code() {
+        let last = ClientError::ConnectionClosed {
+            server: "s:1".into(),
+            during: "x".into(),
+        };
+        let err = ClientError::RetriesExhausted {
+            attempts: 3,
+            last: Box::new(last),
+        };
+        assert!(!err.is_retryable());
+        assert_eq!(err.exit_code(), EXIT_NETWORK);
+        let usage = ClientError::Usage {
+            message: "m".into(),
+        };
+        assert_eq!(usage.exit_code(), EXIT_USAGE);
+        assert!(!usage.is_retryable());
+    }
+}

@@ -1,0 +1,201 @@
+//! The client identity file (`me.info`): where it lives, how it is read, and how it is
+//! written — atomically (temporary file in the same directory, fsync, rename) and readable
+//! by its owner only (mode 0600).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use cyberbackup_core::identity::Identity;
+
+use crate::error::ClientError;
+
+/// File name of the identity, as the legacy clients use it.
+pub const IDENTITY_FILE_NAME: &str = "me.info";
+
+/// One `me.info` file: the only place the client reads or writes its identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityFile {
+    path: PathBuf,
+}
+
+impl IdentityFile {
+    /// The identity at `path`.
+    #[must_use]
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The per-user default: `$XDG_CONFIG_HOME/cyberbackup/me.info`, else
+    /// `$HOME/.config/cyberbackup/me.info`.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] when neither variable is set.
+    pub fn default_location() -> Result<Self, ClientError> {
+        let from_env = |name: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
+        let config = from_env("XDG_CONFIG_HOME")
+            .filter(|dir| dir.is_absolute())
+            .or_else(|| from_env("HOME").map(|home| home.join(".config")))
+            .ok_or_else(|| ClientError::Usage {
+                message: "cannot find a place for me.info: neither XDG_CONFIG_HOME nor HOME is set — pass --identity FILE".into(),
+            })?;
+        Ok(Self::new(
+            config.join("cyberbackup").join(IDENTITY_FILE_NAME),
+        ))
+    }
+
+    /// The file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the identity; `Ok(None)` when the file does not exist (first run).
+    ///
+    /// # Errors
+    /// [`ClientError::Identity`] when the file cannot be read or is not a valid `me.info`.
+    pub fn load(&self) -> Result<Option<Identity>, ClientError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(ClientError::Identity {
+                    path: self.path.clone(),
+                    reason: err.to_string(),
+                });
+            }
+        };
+        let identity = Identity::parse_me_info(&text)
+            .map_err(|err| ClientError::identity(&self.path, &err))?;
+        Ok(Some(identity))
+    }
+
+    /// Writes the identity atomically with mode 0600, replacing any previous file only
+    /// once the new one is complete and on disk.
+    ///
+    /// # Errors
+    /// [`ClientError::IdentitySave`] with the IO error; the old file is then untouched.
+    pub fn save(&self, identity: &Identity) -> Result<(), ClientError> {
+        let text = identity
+            .to_me_info()
+            .map_err(|err| ClientError::identity(&self.path, &err))?;
+        self.write_atomically(text.as_bytes())
+            .map_err(|source| ClientError::IdentitySave {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn write_atomically(&self, contents: &[u8]) -> io::Result<()> {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        create_private_dir(&dir)?;
+        let file_name = self
+            .path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(file_name);
+        temp_name.push(format!(".tmp-{}", std::process::id()));
+        let temp = dir.join(temp_name);
+        let result =
+            write_new_private(&temp, contents).and_then(|()| fs::rename(&temp, &self.path));
+        if let Err(err) = result {
+            let _ignored = fs::remove_file(&temp);
+            return Err(err);
+        }
+        // Make the rename itself durable.
+        File::open(&dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // A stale temp file keeps its old mode: tighten it explicitly.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cyberbackup_core::crypto::ClientKeyPair;
+    use cyberbackup_core::frame::{ClientId, NameField};
+
+    fn identity(name: &str) -> Identity {
+        let key = ClientKeyPair::generate(&mut rand_core::OsRng).unwrap();
+        Identity::new(
+            NameField::new(name.as_bytes().to_vec()).unwrap(),
+            ClientId([7; 16]),
+            key,
+        )
+    }
+
+    #[test]
+    fn save_then_load_round_trips_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = IdentityFile::new(dir.path().join("sub").join("me.info"));
+        assert!(file.load().unwrap().is_none());
+        file.save(&identity("alice")).unwrap();
+        let loaded = file.load().unwrap().unwrap();
+        assert_eq!(loaded.name().as_bytes(), b"alice");
+        assert_eq!(loaded.client_id(), ClientId([7; 16]));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(file.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let leftovers: Vec<_> = fs::read_dir(file.path().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from("me.info")]);
+    }
+
+    #[test]
+    fn a_bad_file_is_an_identity_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("me.info");
+        fs::write(&path, "bob\nnot-a-uuid\nAAAA\n").unwrap();
+        let err = IdentityFile::new(&path).load().unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_IDENTITY);
+        let message = err.to_string();
+        assert!(message.contains("me.info"), "{message}");
+        assert!(message.contains("not-a-uuid"), "{message}");
+    }
+}
