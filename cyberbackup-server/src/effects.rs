@@ -220,7 +220,10 @@ impl<'a> Effects<'a> {
         ciphertext_len: u64,
         cksum: u32,
     ) -> Result<(), StorageFailure> {
-        let open = self.open.get_mut(&transfer).ok_or_else(|| missing(transfer))?;
+        let open = self
+            .open
+            .get_mut(&transfer)
+            .ok_or_else(|| missing(transfer))?;
         let finished = open.file.finish().await.map_err(failure("fsync"))?;
         if finished.len != plaintext_len {
             return Err(StorageFailure {
@@ -244,7 +247,10 @@ impl<'a> Effects<'a> {
     }
 
     async fn commit(&mut self, transfer: TransferId) -> Result<(), StorageFailure> {
-        let open = self.open.remove(&transfer).ok_or_else(|| missing(transfer))?;
+        let open = self
+            .open
+            .remove(&transfer)
+            .ok_or_else(|| missing(transfer))?;
         let keep_versions = self.shared.config.keep_versions;
         let previous = if keep_versions > 1 {
             self.shared

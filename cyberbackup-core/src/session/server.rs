@@ -582,10 +582,12 @@ impl<R: CryptoRngCore> ServerSession<R> {
     /// `ApiMisuse` if no registration was pending.
     pub fn handle_registration(
         &mut self,
-        _now: Instant,
+        now: Instant,
         outcome: RegistrationOutcome,
     ) -> Result<(), SessionError> {
         self.check_alive()?;
+        // Time spent on our own effects is not the peer's idleness.
+        self.idle.reset(now);
         match self.pending.take() {
             Some(Pending::Register { client_id, name }) => match outcome {
                 RegistrationOutcome::Registered => {
@@ -626,10 +628,12 @@ impl<R: CryptoRngCore> ServerSession<R> {
     /// `ApiMisuse` if no lookup was pending.
     pub fn handle_client_lookup(
         &mut self,
-        _now: Instant,
+        now: Instant,
         found: Option<StoredClient>,
     ) -> Result<(), SessionError> {
         self.check_alive()?;
+        // Time spent on our own effects is not the peer's idleness.
+        self.idle.reset(now);
         match self.pending.take() {
             Some(Pending::LookupForReconnect { client_id, name }) => {
                 self.finish_reconnect(client_id, name, found);
@@ -658,10 +662,12 @@ impl<R: CryptoRngCore> ServerSession<R> {
     /// `ApiMisuse` if no storage effect was pending.
     pub fn handle_storage(
         &mut self,
-        _now: Instant,
+        now: Instant,
         result: Result<(), StorageFailure>,
     ) -> Result<(), SessionError> {
         self.check_alive()?;
+        // Time spent on our own effects is not the peer's idleness.
+        self.idle.reset(now);
         match self.pending.take() {
             Some(Pending::StoreKey {
                 client_id,
