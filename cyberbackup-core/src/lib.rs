@@ -23,22 +23,27 @@
 //! let mut session = ServerSession::new(ServerConfig::default().into(), rand_core::OsRng, now);
 //! let mut buf = bytes::BytesMut::new();
 //! loop {
-//!     // 1. Feed what arrived; the session consumes as much as it can.
+//!     // 1. Feed what is buffered; the session consumes until it needs an effect answered.
 //!     if let Err(err) = session.handle_bytes(std::time::Instant::now(), &mut buf) {
 //!         eprintln!("peer error: {err}");
 //!     }
 //!     // 2. Drain outputs in order, performing effects and answering them.
-//!     let mut closed = false;
+//!     let (mut closed, mut answered) = (false, false);
 //!     while let Some(output) = session.poll_output() {
 //!         match output {
 //!             Output::Transmit(bytes) => socket_write(&bytes),
-//!             Output::Effect(effect) => perform(&effect, &mut session),
+//!             Output::Effect(effect) => {
+//!                 answered |= effect.needs_answer();
+//!                 perform(&effect, &mut session);
+//!             }
 //!             Output::Event(_) => {}
 //!             Output::Close(_) => closed = true,
 //!         }
 //!     }
 //!     if closed { break; }
-//!     // 3. Wait for more bytes (or the deadline from `poll_timeout`).
+//!     // 3. After an answer the buffer may still hold frames: feed it again before reading.
+//!     if answered { continue; }
+//!     // 4. Wait for more bytes or the deadline from `poll_timeout` (then `handle_timeout`).
 //!     if socket_read(&mut buf) == 0 { session.handle_eof(std::time::Instant::now()); }
 //! }
 //! ```
