@@ -63,6 +63,7 @@ pub struct BackupArgs {
     /// Skip files in directories matching this glob (repeatable).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Transfer options.
     #[command(flatten)]
     pub transfer: TransferArgs,
 }
@@ -73,6 +74,7 @@ pub struct LegacyArgs {
     /// Directory holding transfer.info and me.info.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,
+    /// Transfer options.
     #[command(flatten)]
     pub transfer: TransferArgs,
 }

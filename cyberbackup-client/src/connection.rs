@@ -230,7 +230,10 @@ impl Connection {
                         })
                     });
                 let now = tokio::time::Instant::now().into_std();
-                let answer = saved.as_ref().map(|()| ()).map_err(ToString::to_string);
+                let answer = match &saved {
+                    Ok(()) => Ok(()),
+                    Err(err) => Err(err.to_string()),
+                };
                 let _queued_as_close = self.session.handle_identity_saved(now, answer);
                 self.feed_pending = true;
                 saved?;

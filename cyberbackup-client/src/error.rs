@@ -149,7 +149,7 @@ pub enum ClientError {
         attempts: u32,
         /// The last error.
         #[source]
-        last: Box<ClientError>,
+        last: Box<Self>,
     },
 }
 

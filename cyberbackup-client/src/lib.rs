@@ -22,6 +22,9 @@
 //! backoff ([`RetryPolicy`]); a new connection reconnects with the saved identity and sends
 //! only the files not yet verified.
 
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod cli;
 mod connection;
 pub mod error;

@@ -1,5 +1,10 @@
 //! End-to-end tests of the library against the in-process fake servers.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    clippy::cast_possible_truncation
+)]
 
 mod common;
 
@@ -41,7 +46,11 @@ async fn first_run_registers_and_saves_me_info_then_second_run_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "hello.txt", b"hello, backup!\n");
 
-    let report = backup(options(&server.server(), dir.path()), &[file.clone()]).await;
+    let report = backup(
+        options(&server.server(), dir.path()),
+        std::slice::from_ref(&file),
+    )
+    .await;
     assert!(report.registered);
     assert!(report.all_verified(), "{report:?}");
     let me_info = dir.path().join("me.info");
@@ -109,7 +118,7 @@ async fn small_packets_make_many_packets_and_single_packet_makes_one() {
     let mut opts = options(&server.server(), dir.path());
     opts.packet_size = 1024;
     opts.read_chunk_len = 3000;
-    let report = backup(opts.clone(), &[file.clone()]).await;
+    let report = backup(opts.clone(), std::slice::from_ref(&file)).await;
     assert!(report.all_verified());
     assert_eq!(server.file("multi.bin").unwrap(), data);
     let packets = server.shared.lock().unwrap().packets.clone();
@@ -330,4 +339,28 @@ async fn a_1607_is_reported_as_a_server_error_and_retried() {
             .any(|l| l.starts_with("server responded with an error")),
         "{lines:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_error_mid_file_fails_that_file_and_the_rest_still_goes() {
+    // Opening /proc/self/mem works, reading it at offset 0 fails (EIO): a read error that
+    // even root gets.
+    let mem = PathBuf::from("/proc/self/mem");
+    if std::fs::File::open(&mem).is_err() {
+        eprintln!("skipped: no /proc/self/mem");
+        return;
+    }
+    let server = FakeServer::start(Behaviour::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write(dir.path(), "ok.txt", b"fine");
+    let mut client = Client::new(options(&server.server(), dir.path())).unwrap();
+    let report = client.backup(&[mem, ok], &mut NoProgress).await.unwrap();
+    let failure = report.files[0].failure.as_deref().unwrap();
+    assert!(
+        failure.contains("/proc/self/mem") && failure.contains("cannot read mem"),
+        "{failure}"
+    );
+    assert!(report.files[1].verified, "{report:?}");
+    assert_eq!(server.file("ok.txt").unwrap(), b"fine");
+    assert!(server.file("mem").is_none());
 }

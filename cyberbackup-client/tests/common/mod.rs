@@ -2,7 +2,13 @@
 //! tokio TcpListener (its own runtime thread, so sync and async tests can use it);
 //! `RawServer` is written by hand from raw bytes and reproduces the quirks of real servers
 //! (spec section 15).
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -136,9 +142,8 @@ async fn serve(mut stream: TcpStream, shared: Arc<Mutex<Shared>>, behaviour: Arc
         if answered {
             continue;
         }
-        let n = match stream.read_buf(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => return,
+        let Ok(n) = stream.read_buf(&mut buf).await else {
+            return;
         };
         if n == 0 {
             session.handle_eof(now());
