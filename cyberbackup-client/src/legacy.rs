@@ -60,7 +60,7 @@ pub fn load_job(dir: &Path) -> Result<LegacyJob, ClientError> {
         .files
         .iter()
         .map(|file| {
-            if file.is_absolute() {
+            if file.is_absolute() || dir == Path::new(".") {
                 file.clone()
             } else {
                 dir.join(file)
@@ -69,7 +69,11 @@ pub fn load_job(dir: &Path) -> Result<LegacyJob, ClientError> {
         .collect();
     Ok(LegacyJob {
         transfer: TransferInfo { files, ..transfer },
-        identity: IdentityFile::new(dir.join(IDENTITY_FILE_NAME)),
+        identity: IdentityFile::new(if dir == Path::new(".") {
+            PathBuf::from(IDENTITY_FILE_NAME)
+        } else {
+            dir.join(IDENTITY_FILE_NAME)
+        }),
     })
 }
 
