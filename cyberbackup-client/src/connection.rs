@@ -350,7 +350,7 @@ impl Connection {
             }
             // A local file failed mid-send: the file is reported failed, the connection
             // cannot carry on cleanly, the next session continues with the other files.
-            SessionError::FileChanged { .. } | SessionError::Storage { .. } => {
+            SessionError::FileChanged { .. } | SessionError::LocalFile { .. } => {
                 ClientError::LocalFileAborted {
                     reason: error.to_string(),
                 }

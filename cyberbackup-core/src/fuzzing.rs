@@ -27,12 +27,34 @@ pub fn decode_frames(data: &[u8]) {
 /// Feeds arbitrary bytes to a [`ServerSession`] in pieces sized by the first byte, answering
 /// every effect with success (a registered client with no key for lookups). Must never panic.
 pub fn server_session(data: &[u8]) {
+    let now = Instant::now();
+    let session = ServerSession::new(Arc::new(ServerConfig::default()), CountingRng(0), now);
+    feed_server(session, data, now);
+}
+
+/// Like [`server_session`], but with a session key already established (the one
+/// [`FUZZ_SESSION_KEY`] names), so 1028 frames reach decryption, the packet-scheme rules
+/// and the storage effects. Must never panic.
+pub fn server_session_with_key(data: &[u8]) {
+    let now = Instant::now();
+    let mut session = ServerSession::new(Arc::new(ServerConfig::default()), CountingRng(0), now);
+    let name = crate::frame::NameField::decode(b"fuzz");
+    session.inject_session_key(
+        crate::frame::ClientId::ZERO,
+        name,
+        crate::crypto::AesKey::from_bytes(FUZZ_SESSION_KEY),
+    );
+    feed_server(session, data, now);
+}
+
+/// The session key [`server_session_with_key`] uses, so seeds can be encrypted with it.
+pub const FUZZ_SESSION_KEY: [u8; 32] = [0x42; 32];
+
+fn feed_server(mut session: ServerSession<CountingRng>, data: &[u8], now: Instant) {
     let (chunk, body) = match data.split_first() {
         Some((first, rest)) => (usize::from(*first).max(1), rest),
         None => (1, data),
     };
-    let now = Instant::now();
-    let mut session = ServerSession::new(Arc::new(ServerConfig::default()), CountingRng(0), now);
     let mut buf = BytesMut::new();
     for piece in body.chunks(chunk) {
         buf.extend_from_slice(piece);
@@ -78,7 +100,8 @@ fn answer<R: rand_core::CryptoRngCore>(
     result.is_ok()
 }
 
-/// A deterministic, *insecure* RNG for fuzzing and tests only.
+/// A deterministic, *insecure* RNG for fuzzing and tests only: its output is predictable,
+/// so it must never reach a real driver (it is `doc(hidden)` with the rest of this module).
 #[derive(Debug, Clone)]
 pub struct CountingRng(pub u64);
 

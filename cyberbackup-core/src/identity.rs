@@ -33,6 +33,16 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// Identities are equal when they name the same registration (name and id); the key is
+/// not compared.
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.client_id == other.client_id && self.name == other.name
+    }
+}
+
+impl Eq for Identity {}
+
 /// Why a `me.info` text could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

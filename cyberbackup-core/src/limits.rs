@@ -27,8 +27,11 @@ pub const AES_KEY_LEN: usize = 32;
 pub const AES_BLOCK_LEN: usize = 16;
 /// RSA modulus size accepted for v3 client keys.
 pub const RSA_MODULUS_BITS: usize = 1024;
-/// Length of an RSA-1024 OAEP ciphertext.
+/// Length of an RSA-1024 OAEP ciphertext (the encrypted key in 1602/1605).
 pub const RSA_CIPHERTEXT_LEN: usize = RSA_MODULUS_BITS / 8;
+/// Longest encrypted-key field a client accepts in 1602/1605 (room for keys up to 4096 bits,
+/// which fail later with a clear error instead of desynchronising the stream).
+pub const MAX_ENCRYPTED_KEY_LEN: usize = 512;
 /// Length of the fixed 1028 file metadata before the content.
 pub const FILE_META_LEN: usize = FILE_META_LEN_U32 as usize;
 /// [`FILE_META_LEN`] as the wire's integer type: content size (4), original size (4),

@@ -19,6 +19,11 @@ fn server_session_corpus_replays() {
     replay("server_session", fuzzing::server_session);
 }
 
+#[test]
+fn server_session_keyed_corpus_replays() {
+    replay("server_session_keyed", fuzzing::server_session_with_key);
+}
+
 fn replay(target: &str, entry: fn(&[u8])) {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     for kind in ["corpus", "seeds"] {

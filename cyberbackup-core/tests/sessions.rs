@@ -612,3 +612,119 @@ fn verdict_without_a_file_is_an_error_but_1030_is_silent() {
     );
     assert_eq!(raw.feed(&request(1029, 3, &name_field(b"x"))), [1607]);
 }
+
+#[test]
+fn a_surplus_packet_after_a_failed_file_gets_no_second_reply() {
+    let (mut raw, key) = Raw::keyed();
+    let plain = pattern(8000, 4);
+    let mut second = encrypt(&key, &plain[4000..]);
+    let last = second.len() - 1;
+    second[last - 16] ^= 1; // breaks the padding of packet 2
+    let frames = [
+        file_frame(b"s.bin", 4016, 4000, 1, 2, &encrypt(&key, &plain[..4000])),
+        file_frame(b"s.bin", 4016, 4000, 2, 2, &second),
+        file_frame(b"s.bin", 16, 0, 3, 2, &encrypt(&key, &[])),
+    ]
+    .concat();
+    assert_eq!(raw.feed(&frames), [1607]);
+    // The connection is in step: the resend is accepted.
+    let frames = [
+        file_frame(b"s.bin", 4016, 4000, 1, 2, &encrypt(&key, &plain[..4000])),
+        file_frame(b"s.bin", 4016, 4000, 2, 2, &encrypt(&key, &plain[4000..])),
+    ]
+    .concat();
+    assert_eq!(raw.feed(&frames), [1603]);
+}
+
+#[test]
+fn a_registration_name_without_nul_is_refused() {
+    let mut raw = Raw::new();
+    assert_eq!(raw.feed(&request(1025, 3, &[b'n'; 255])), [1607]);
+    assert_eq!(
+        raw.feed(&request(1025, 3, &name_field(&[b'n'; 254]))),
+        [1600]
+    );
+}
+
+#[test]
+fn a_file_growing_past_the_server_limit_is_refused_while_streaming() {
+    let now = Instant::now();
+    let config = ServerConfig {
+        max_file_len: 10_000,
+        ..ServerConfig::default()
+    };
+    let mut raw = Raw::new();
+    raw.session = ServerSession::new(Arc::new(config), CountingRng(5), now);
+    let key = AesKey::from_bytes([9; 32]);
+    raw.session.inject_session_key(
+        ClientId([1; 16]),
+        NameField::new(&b"eve"[..]).unwrap(),
+        key.clone(),
+    );
+    // Per-packet packets each announce 4000 bytes, but there are 5 of them (20 000 bytes).
+    let plain = pattern(20_000, 5);
+    let frames: Vec<u8> = (0..5)
+        .flat_map(|i| {
+            let part = &plain[i * 4000..(i + 1) * 4000];
+            file_frame(b"big", 4016, 4000, i as u16 + 1, 5, &encrypt(&key, part))
+        })
+        .collect();
+    assert_eq!(raw.feed(&frames), [1607]);
+    assert!(raw.store.partial.is_empty() && raw.store.committed.is_empty());
+    let written: usize = raw.store.aborted.len();
+    assert_eq!(written, 1);
+}
+
+#[test]
+fn junk_after_1604_arriving_in_a_later_read_is_skipped() {
+    // H3's server writes the 255-byte name field after 1604; here it arrives separately,
+    // before the 1603 of the next file.
+    let config = ClientConfig::default();
+    let now = Instant::now();
+    let mut client = ClientSession::register(
+        Arc::new(config),
+        NameField::new(&b"h3"[..]).unwrap(),
+        Some(key()),
+        CountingRng(1),
+        now,
+    );
+    let mut files = BTreeMap::new();
+    for (i, size) in [100usize, 200].into_iter().enumerate() {
+        let id = client.backup(FileSpec {
+            name: NameField::new(format!("f{i}").into_bytes()).unwrap(),
+            len: size as u64,
+        });
+        files.insert(id, pattern(size, i as u32));
+    }
+    client.finish_when_idle();
+    let mut srv = server(now);
+    let mut store = MemStore::default();
+    let mut server_run = ServerRun::default();
+    let mut client_run = cyberbackup_core::testing::ClientRun::default();
+    let (mut to_server, mut c_fed, mut s_fed) = (BytesMut::new(), 0, 0);
+    let (mut junk_sent, mut junk_delivered) = (false, false);
+    for _ in 0..100 {
+        cyberbackup_core::testing::drive_client(&mut client, &files, now, &mut client_run);
+        to_server.extend_from_slice(&client_run.sent[c_fed..]);
+        c_fed = client_run.sent.len();
+        drive_server(&mut srv, &mut store, now, &mut to_server, &mut server_run);
+        let fresh = server_run.sent[s_fed..].to_vec();
+        s_fed = server_run.sent.len();
+        if fresh.is_empty() {
+            break;
+        }
+        let codes = response_codes(&fresh);
+        // The junk follows the 1604 but only arrives with the next chunk (the 1603 of the
+        // next file), after the client already sent that file.
+        let mut input = BytesMut::new();
+        if junk_sent && !junk_delivered {
+            input.extend_from_slice(&name_field(b"f0"));
+            junk_delivered = true;
+        }
+        input.extend_from_slice(&fresh);
+        client.handle_bytes(now, &mut input).unwrap();
+        junk_sent |= codes.contains(&1604);
+    }
+    assert!(junk_delivered);
+    assert_eq!(store.committed.len(), 2, "{:?}", client_run.events);
+}

@@ -9,8 +9,8 @@ use crate::frame::{
 };
 use crate::limits::{
     CLIENT_ID_LEN, FILE_META_LEN, FILE_META_LEN_U32, FILE_RECEIVED_LEN, MAX_CONTENT_PIECE,
-    MAX_FILE_FRAME_PAYLOAD, MAX_PUBLIC_KEY_FIELD_LEN, NAME_FIELD_LEN, PROTOCOL_VERSION_V3,
-    REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
+    MAX_ENCRYPTED_KEY_LEN, MAX_FILE_FRAME_PAYLOAD, MAX_PUBLIC_KEY_FIELD_LEN, NAME_FIELD_LEN,
+    PROTOCOL_VERSION_V3, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
 };
 
 /// One decoded unit of the client-to-server stream.
@@ -256,7 +256,7 @@ fn response_payload_rule(code: ResponseCode) -> Option<ResponseRule> {
         },
         ResponseCode::PUBLIC_KEY_ACCEPTED | ResponseCode::RECONNECT_ACCEPTED => ResponseRule {
             min_read: 0,
-            max: CLIENT_ID_LEN + 512,
+            max: CLIENT_ID_LEN + MAX_ENCRYPTED_KEY_LEN,
         },
         ResponseCode::FILE_RECEIVED => ResponseRule {
             min_read: 0,

@@ -74,6 +74,32 @@ impl CbcEncryptor {
         self.partial_len = tail.len();
     }
 
+    /// Encrypts an owned buffer in place, without copying it: returns the ciphertext in
+    /// order as an optional first block (completing bytes left over from the previous call)
+    /// and the encrypted body. Bytes past the last whole block are kept for the next call.
+    pub fn update_in_place(&mut self, mut data: BytesMut) -> (Option<BytesMut>, BytesMut) {
+        let mut head = None;
+        if self.partial_len > 0 {
+            let take = (AES_BLOCK_LEN - self.partial_len).min(data.len());
+            let filler = data.split_to(take);
+            let mut block = BytesMut::with_capacity(AES_BLOCK_LEN);
+            self.update(&filler, &mut block);
+            if !block.is_empty() {
+                head = Some(block);
+            }
+        }
+        if data.is_empty() {
+            // Everything went into the pending partial block.
+            return (head, data);
+        }
+        let whole = data.len() - data.len() % AES_BLOCK_LEN;
+        let tail = data.split_off(whole);
+        self.encrypt_in_place(&mut data);
+        self.partial[..tail.len()].copy_from_slice(&tail);
+        self.partial_len = tail.len();
+        (head, data)
+    }
+
     /// Pads the rest of the message and appends the final ciphertext block.
     pub fn finish(mut self, out: &mut BytesMut) {
         let pad = AES_BLOCK_LEN - self.partial_len;
@@ -213,6 +239,25 @@ mod tests {
                 decrypt_chunked(&reference, chunk).ok().as_deref(),
                 Some(&plain[..])
             );
+        }
+    }
+
+    #[test]
+    fn in_place_encryption_equals_copying_encryption() {
+        let plain: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 1) as u8).collect();
+        let reference = encrypt_chunked(&plain, plain.len());
+        for chunk in [1, 15, 16, 17, 1000, 4096] {
+            let mut enc = CbcEncryptor::new(&key());
+            let mut out = BytesMut::new();
+            for piece in plain.chunks(chunk) {
+                let (head, body) = enc.update_in_place(BytesMut::from(piece));
+                if let Some(head) = head {
+                    out.extend_from_slice(&head);
+                }
+                out.extend_from_slice(&body);
+            }
+            enc.finish(&mut out);
+            assert_eq!(out, reference, "chunk {chunk}");
         }
     }
 

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
 use super::{CloseReason, IdleTimer, Output, SessionError, Timer};
@@ -20,7 +20,8 @@ use crate::frame::{ClientId, FileMeta, NameField, Request, RequestCode, Response
 use crate::identity::Identity;
 use crate::limits::{
     AES_BLOCK_LEN, DEFAULT_IDLE_TIMEOUT, DEFAULT_PACKET_CONTENT_LEN, DEFAULT_READ_CHUNK_LEN,
-    MAX_FILE_SENDS, MAX_PACKETS, MAX_REQUEST_ATTEMPTS, MAX_V3_FILE_LEN,
+    FILE_META_LEN_U32, MAX_FILE_SENDS, MAX_PACKETS, MAX_REQUEST_ATTEMPTS, MAX_V3_FILE_LEN,
+    NAME_FIELD_LEN,
 };
 
 /// How a file's ciphertext is cut into 1028 packets.
@@ -99,14 +100,6 @@ pub enum ClientEffect {
         file: FileId,
     },
 }
-
-impl PartialEq for Identity {
-    fn eq(&self, other: &Self) -> bool {
-        self.client_id() == other.client_id() && self.name() == other.name()
-    }
-}
-
-impl Eq for Identity {}
 
 /// Why a file could not be backed up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,6 +270,8 @@ pub struct ClientSession<R> {
     state: State,
     next_file: u64,
     close_when_idle: bool,
+    /// Bytes that may still be skipped as junk after a 1604.
+    junk_allowance: usize,
     timer: IdleTimer,
     failed: Option<SessionError>,
 }
@@ -323,6 +318,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
             state: State::Ready,
             next_file: 0,
             close_when_idle: false,
+            junk_allowance: 0,
             timer,
             failed: None,
         }
@@ -339,7 +335,8 @@ impl<R: CryptoRngCore> ClientSession<R> {
         id
     }
 
-    /// Feeds received bytes.
+    /// Feeds received bytes. Decoding stops while an effect needs its answer (for example
+    /// [`ClientEffect::SaveIdentity`]); call again with the rest of `buf` after answering.
     ///
     /// # Errors
     /// The fatal [`SessionError`]; a `Close` is queued.
@@ -349,16 +346,27 @@ impl<R: CryptoRngCore> ClientSession<R> {
             let response = match self.decoder.decode(buf) {
                 Ok(Some((_, response))) => response,
                 Ok(None) => break,
+                Err(_) if self.junk_allowance > 0 && !buf.is_empty() => {
+                    // Still inside the junk a server wrote after its 1604: skip a byte.
+                    buf.advance(1);
+                    self.junk_allowance -= 1;
+                    self.decoder = ResponseDecoder::new();
+                    continue;
+                }
                 Err(err) => return Err(self.fail(err.into())),
             };
             self.timer.reset(now);
+            self.junk_allowance = 0;
             let acknowledged = matches!(response, Response::Acknowledged { .. })
                 && matches!(self.state, State::AwaitAck { .. });
             self.on_response(response);
             if acknowledged {
-                // 1604 ends a file and nothing is expected until our next request: what
-                // else arrived is junk (H3's server writes 255 undeclared bytes after 1604).
-                buf.clear();
+                // 1604 ends a file: H3's server writes the 255-byte name field after it
+                // although 1604 declares 16 bytes. Skip it now or, if it arrives later,
+                // when it fails to parse as a response.
+                let junk = buf.len().min(NAME_FIELD_LEN);
+                buf.advance(junk);
+                self.junk_allowance = NAME_FIELD_LEN - junk;
                 self.decoder = ResponseDecoder::new();
             }
         }
@@ -406,7 +414,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
             return Err(SessionError::ApiMisuse("handle_file_data out of turn"));
         }
         self.timer.reset(now);
-        self.on_file_data(&data);
+        self.on_file_data(data);
         Ok(())
     }
 
@@ -431,7 +439,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
         self.file_failed(FileFailure::Local {
             reason: reason.clone(),
         });
-        Err(self.fail(SessionError::Storage { reason }))
+        Err(self.fail(SessionError::LocalFile { reason }))
     }
 
     /// The server closed the connection.
@@ -737,14 +745,19 @@ impl<R: CryptoRngCore> ClientSession<R> {
         let ciphertext_len = cbc_ciphertext_len(len);
         let block = AES_BLOCK_LEN as u64;
         let max_packets = u64::from(MAX_PACKETS);
-        let wanted = u64::from(self.config.packet_content_len).max(block);
+        // A packet's payload (metadata + content) must fit the header's u32 payload size.
+        let largest = (u64::from(u32::MAX - FILE_META_LEN_U32)) / block * block;
+        let wanted = u64::from(self.config.packet_content_len)
+            .max(block)
+            .min(largest);
         match scheme {
             PacketScheme::Sliced => {
                 let per_packet = if self.config.single_packet {
                     ciphertext_len
                 } else {
                     wanted.max(ciphertext_len.div_ceil(max_packets))
-                };
+                }
+                .min(largest);
                 Plan {
                     scheme,
                     total_packets: packets(ciphertext_len, per_packet),
@@ -854,7 +867,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
         self.state = State::Reading;
     }
 
-    fn on_file_data(&mut self, data: &[u8]) {
+    fn on_file_data(&mut self, data: Bytes) {
         let Some(upload) = self.upload.as_mut() else {
             return;
         };
@@ -874,30 +887,28 @@ impl<R: CryptoRngCore> ClientSession<R> {
             return;
         }
         upload.read = read;
-        upload.cksum.update(data);
-        let mut cipher = BytesMut::with_capacity(data.len() + 2 * AES_BLOCK_LEN);
-        match upload.plan.scheme {
-            PacketScheme::Sliced => {
-                if let Some(encryptor) = upload.encryptor.as_mut() {
-                    encryptor.update(data, &mut cipher);
-                }
-                if read == expected
-                    && let Some(encryptor) = upload.encryptor.take()
-                {
-                    encryptor.finish(&mut cipher);
-                }
-            }
+        upload.cksum.update(&data);
+        let finishing = match upload.plan.scheme {
+            PacketScheme::Sliced => read == expected,
             PacketScheme::PerPacket => {
                 upload.packet_plain_left -= data.len() as u64;
-                if let Some(encryptor) = upload.encryptor.as_mut() {
-                    encryptor.update(data, &mut cipher);
-                }
-                if upload.packet_plain_left == 0
-                    && let Some(encryptor) = upload.encryptor.take()
-                {
-                    encryptor.finish(&mut cipher);
-                }
+                upload.packet_plain_left == 0
             }
+        };
+        // Encrypt in place when the driver handed over the only reference (no copy).
+        let owned = data
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let mut pieces = Vec::with_capacity(3);
+        if let Some(encryptor) = upload.encryptor.as_mut() {
+            let (head, body) = encryptor.update_in_place(owned);
+            pieces.extend(head.map(BytesMut::freeze));
+            pieces.push(body.freeze());
+        }
+        if finishing && let Some(encryptor) = upload.encryptor.take() {
+            let mut last = BytesMut::with_capacity(AES_BLOCK_LEN);
+            encryptor.finish(&mut last);
+            pieces.push(last.freeze());
         }
         let progress = ClientEvent::Progress {
             file: upload.file.id,
@@ -905,7 +916,9 @@ impl<R: CryptoRngCore> ClientSession<R> {
             total: expected,
             phase: TransferPhase::Sending,
         };
-        self.packetize(cipher.freeze());
+        for piece in pieces {
+            self.packetize(piece);
+        }
         self.event(progress);
         let Some(upload) = self.upload.as_ref() else {
             return;

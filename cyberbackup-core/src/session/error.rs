@@ -26,6 +26,12 @@ pub enum SessionError {
         /// What failed.
         reason: String,
     },
+    /// A local file could not be read (reported by the client's driver).
+    #[error("cannot read the local file: {reason}")]
+    LocalFile {
+        /// What failed.
+        reason: String,
+    },
     /// The peer was silent longer than the idle timeout.
     #[error("the peer was idle for too long")]
     IdleTimeout,
@@ -83,6 +89,7 @@ impl SessionError {
             Self::NameTaken { .. }
             | Self::ServerKeptFailing { .. }
             | Self::UnexpectedResponse { .. }
+            | Self::LocalFile { .. }
             | Self::FileChanged { .. } => None,
         }
     }

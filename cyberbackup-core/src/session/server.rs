@@ -28,7 +28,7 @@ use super::{CloseReason, IdleTimer, Output, PeerMisbehaved, SessionError, Timer}
 use crate::codec::{Inbound, RequestDecoder};
 use crate::crypto::{AesKey, CbcDecryptor, Cksum, PublicKey, cbc_ciphertext_len};
 use crate::frame::{ClientId, FileMeta, FileName, NameField, Request, RequestCode, Response};
-use crate::limits::{CLIENT_ID_LEN, DEFAULT_IDLE_TIMEOUT, MAX_V3_FILE_LEN};
+use crate::limits::{CLIENT_ID_LEN, DEFAULT_IDLE_TIMEOUT, MAX_NAME_TEXT_LEN, MAX_V3_FILE_LEN};
 
 /// Settings of a server session (plain data, shared between connections).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,6 +252,8 @@ struct Transfer {
     ciphertext_len: u64,
     /// Plaintext bytes of the current per-packet message.
     packet_plaintext_len: u64,
+    /// Largest plaintext the server accepts for one file.
+    max_len: u64,
 }
 
 impl Transfer {
@@ -262,6 +264,7 @@ impl Transfer {
         file_name: FileName,
         meta: FileMeta,
         content_len: u32,
+        max_len: u64,
     ) -> Result<Self, PeerMisbehaved> {
         let (c, o, l) = (meta.content_size, meta.orig_file_size, content_len);
         let scheme = match meta.total_packets {
@@ -310,6 +313,7 @@ impl Transfer {
             plaintext_len: 0,
             ciphertext_len: 0,
             packet_plaintext_len: 0,
+            max_len,
         };
         if let Scheme::Sliced { .. } = scheme {
             transfer.decryptor = Some(CbcDecryptor::new(&transfer.key));
@@ -380,7 +384,7 @@ impl Transfer {
     }
 
     /// Decrypts the usable part of a content piece; bytes past the budget are padding.
-    fn decrypt(&mut self, piece: &[u8]) -> Bytes {
+    fn decrypt(&mut self, piece: &[u8]) -> Result<Bytes, PeerMisbehaved> {
         let take = usize::try_from(self.packet_budget)
             .unwrap_or(usize::MAX)
             .min(piece.len());
@@ -390,8 +394,8 @@ impl Transfer {
             decryptor.update(used, &mut plain);
             self.ciphertext_len += take as u64;
         }
-        self.account(&plain);
-        plain.freeze()
+        self.account(&plain)?;
+        Ok(plain.freeze())
     }
 
     /// Ends the current packet: returns the plaintext the held-back block releases.
@@ -403,7 +407,7 @@ impl Transfer {
             decryptor.finish(&mut plain)?;
             finished = true;
         }
-        self.account(&plain);
+        self.account(&plain)?;
         if self.scheme == Scheme::PerPacket
             && finished
             && self.packet_plaintext_len != u64::from(self.packet.orig_file_size)
@@ -442,10 +446,29 @@ impl Transfer {
         Ok(())
     }
 
-    fn account(&mut self, plain: &[u8]) {
+    /// Counts decrypted bytes, refusing a file as soon as it grows past what its metadata
+    /// announced or past the server's limit (not only at the last packet).
+    fn account(&mut self, plain: &[u8]) -> Result<(), PeerMisbehaved> {
         self.cksum.update(plain);
         self.plaintext_len += plain.len() as u64;
         self.packet_plaintext_len += plain.len() as u64;
+        if self.plaintext_len > self.max_len {
+            return Err(PeerMisbehaved::FileTooLarge {
+                len: self.plaintext_len,
+                max: self.max_len,
+            });
+        }
+        let (got, announced) = match self.scheme {
+            Scheme::Sliced { .. } => (self.plaintext_len, self.first.orig_file_size),
+            Scheme::PerPacket => (self.packet_plaintext_len, self.packet.orig_file_size),
+        };
+        if got > u64::from(announced) {
+            return Err(PeerMisbehaved::PlaintextSizeMismatch {
+                got,
+                announced: u64::from(announced),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -796,7 +819,10 @@ impl<R: CryptoRngCore> ServerSession<R> {
     }
 
     fn on_register(&mut self, name: NameField) {
-        if name.as_bytes().is_empty() || name.has_bytes_after_nul() {
+        if name.as_bytes().is_empty()
+            || name.as_bytes().len() > MAX_NAME_TEXT_LEN
+            || name.has_bytes_after_nul()
+        {
             return self.refuse(PeerMisbehaved::InvalidClientName.into());
         }
         let client_id = self.new_client_id();
@@ -971,9 +997,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             Ok(()) => self.frame_content = FrameContent::Use,
             Err(err) => {
                 self.transfer_failed(err);
-                if meta.packet_number < meta.total_packets {
-                    self.discard_until = Some(meta.total_packets);
-                }
+                self.discard_until = Some(meta.total_packets.saturating_add(1));
             }
         }
     }
@@ -1002,7 +1026,15 @@ impl<R: CryptoRngCore> ServerSession<R> {
         }
         let id = TransferId(self.next_transfer);
         self.next_transfer += 1;
-        let transfer = Transfer::begin(id, client_id, key, file_name.clone(), meta, content_len)?;
+        let transfer = Transfer::begin(
+            id,
+            client_id,
+            key,
+            file_name.clone(),
+            meta,
+            content_len,
+            self.config.max_file_len,
+        )?;
         self.transfer = Some(transfer);
         self.storage_effect_with(
             StorageStep::Begin,
@@ -1022,7 +1054,10 @@ impl<R: CryptoRngCore> ServerSession<R> {
         let Some(transfer) = self.transfer.as_mut() else {
             return;
         };
-        let plain = transfer.decrypt(piece);
+        let plain = match transfer.decrypt(piece) {
+            Ok(plain) => plain,
+            Err(err) => return self.transfer_failed(err.into()),
+        };
         if !plain.is_empty() {
             let effect = ServerEffect::AppendFile {
                 transfer: transfer.id,
@@ -1125,9 +1160,10 @@ impl<R: CryptoRngCore> ServerSession<R> {
         self.frame_content = FrameContent::Skip;
         if let Some(transfer) = &self.transfer
             && transfer.phase == Phase::Receiving
-            && !transfer.is_last_packet()
         {
-            self.discard_until = Some(transfer.first.total_packets);
+            // Skip the file's remaining packets, and the surplus packet total+1 that
+            // shlomi-style clients send after the last: one request, one response.
+            self.discard_until = Some(transfer.first.total_packets.saturating_add(1));
         }
         self.abort_transfer();
         self.refuse(error);
