@@ -13,8 +13,9 @@ use cyberbackup_core::session::{
 };
 use rand_core::CryptoRngCore;
 
-use crate::catalog::{FileRowId, ReceivedFile, RegisterOutcome};
+use crate::catalog::{CommittingFile, FileRowId, KeyOutcome, ReceivedFile, RegisterOutcome};
 use crate::listener::Shared;
+use crate::maintenance::{self, CommitOutcome};
 use crate::storage::PartialFile;
 
 /// Protocol version recorded for clients registered over v3.
@@ -27,6 +28,8 @@ struct OpenTransfer {
     row: FileRowId,
     client: ClientId,
     name: Vec<u8>,
+    /// SHA-256 of the content, once finished.
+    sha256: Option<[u8; 32]>,
 }
 
 /// Per-connection effect executor.
@@ -130,11 +133,20 @@ impl<'a> Effects<'a> {
         match self
             .shared
             .catalog
-            .register_client(client_id.0, name.as_bytes().to_vec(), PROTOCOL_V3)
+            .register_or_replace_keyless(client_id.0, name.as_bytes().to_vec(), PROTOCOL_V3)
             .await
         {
             Ok(RegisterOutcome::Registered) => {
                 tracing::info!(client = %client_id, name = %name.to_string_lossy(), "client registered");
+                RegistrationOutcome::Registered
+            }
+            Ok(RegisterOutcome::Replaced { previous }) => {
+                tracing::info!(
+                    client = %client_id,
+                    previous = %ClientId(previous),
+                    name = %name.to_string_lossy(),
+                    "client registered, replacing a registration that never stored a key"
+                );
                 RegistrationOutcome::Registered
             }
             Ok(RegisterOutcome::NameTaken) => RegistrationOutcome::NameTaken,
@@ -166,11 +178,24 @@ impl<'a> Effects<'a> {
     }
 
     async fn store_key(&self, client_id: ClientId, der: Vec<u8>) -> Result<(), StorageFailure> {
-        match self.shared.catalog.set_public_key(client_id.0, der).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(StorageFailure {
+        match self
+            .shared
+            .catalog
+            .store_first_public_key(client_id.0, der)
+            .await
+        {
+            Ok(KeyOutcome::Stored) => Ok(()),
+            Ok(KeyOutcome::UnknownClient) => Err(StorageFailure {
                 reason: format!("client {client_id} is not in the catalog"),
             }),
+            Ok(KeyOutcome::KeyAlreadySet) => {
+                tracing::warn!(client = %client_id, "1026 refused: the client already has a different public key");
+                Err(StorageFailure {
+                    reason: format!(
+                        "client {client_id} already has a public key; a different key is refused"
+                    ),
+                })
+            }
             Err(err) => Err(failure("store public key")(err)),
         }
     }
@@ -208,6 +233,7 @@ impl<'a> Effects<'a> {
                 row,
                 client: client_id,
                 name,
+                sha256: None,
             },
         );
         Ok(())
@@ -233,6 +259,7 @@ impl<'a> Effects<'a> {
                 ),
             });
         }
+        open.sha256 = Some(finished.sha256);
         let facts = ReceivedFile {
             size: plaintext_len,
             ciphertext_size: ciphertext_len,
@@ -246,33 +273,83 @@ impl<'a> Effects<'a> {
             .map_err(failure("record received file"))
     }
 
+    /// Commit protocol (crash-safe): record the intent (`committing`, with the SHA-256 already
+    /// in the row), rename the temp file into place, mark the row verified. A crash or failure
+    /// after the intent is resolved by [`maintenance::reconcile_commit`] from what is on disk.
     async fn commit(&mut self, transfer: TransferId) -> Result<(), StorageFailure> {
         let open = self
             .open
             .remove(&transfer)
             .ok_or_else(|| missing(transfer))?;
-        let keep_versions = self.shared.config.keep_versions;
+        let keep_versions = self.shared.config.keep_versions.max(1);
         let previous = if keep_versions > 1 {
-            self.shared
+            match self
+                .shared
                 .catalog
                 .current_version(open.client.0, open.name.clone())
                 .await
-                .map_err(failure("look up current version"))?
-                .map(|(_, version)| version)
+            {
+                Ok(found) => found.map(|(_, version)| version),
+                Err(err) => {
+                    self.discard(open).await;
+                    return Err(failure("look up current version")(err));
+                }
+            }
         } else {
             None
         };
         let row = open.row;
-        open.file
-            .commit(previous)
-            .await
-            .map_err(failure("rename into place"))?;
-        let result = self
-            .shared
-            .catalog
-            .commit_file(row, keep_versions)
-            .await
-            .map_err(failure("mark verified"))?;
+        if let Err(err) = self.shared.catalog.begin_commit(row, keep_versions).await {
+            self.discard(open).await;
+            return Err(failure("record commit intent")(err));
+        }
+        let committing = CommittingFile {
+            row,
+            client_id: open.client.0,
+            file_name: open.name.clone(),
+            path_name: open.file.relative_path().to_owned(),
+            temp_path: Some(open.file.relative_temp_path().to_owned()),
+            sha256: open.sha256.map(|sha| sha.to_vec()),
+            keep_versions,
+        };
+        let finished = match open.file.commit(previous).await {
+            Ok(_) => self
+                .shared
+                .catalog
+                .commit_file(row, keep_versions)
+                .await
+                .map_err(|err| format!("mark verified: {err}")),
+            Err(err) => Err(format!("rename into place: {err}")),
+        };
+        let result = match finished {
+            Ok(result) => result,
+            Err(err) => {
+                // Decide from the disk what happened (the rename may have taken effect).
+                tracing::error!(%err, %row, "commit did not complete; reconciling");
+                let outcome = maintenance::reconcile_commit(
+                    &self.shared.catalog,
+                    &self.shared.storage,
+                    committing,
+                )
+                .await;
+                return match outcome {
+                    Ok(CommitOutcome::Finished) => {
+                        self.shared.stats.transfer_ended(true);
+                        Ok(())
+                    }
+                    Ok(CommitOutcome::RolledBack) => {
+                        self.shared.stats.transfer_ended(false);
+                        Err(StorageFailure {
+                            reason: format!("commit of row {row} failed and was rolled back"),
+                        })
+                    }
+                    Err(err) => {
+                        self.shared.stats.transfer_ended(false);
+                        Err(failure("reconcile commit (left for maintenance)")(err))
+                    }
+                };
+            }
+        };
         for old in result.superseded {
             if let Err(err) = self.shared.storage.remove(&old.path_name).await {
                 tracing::warn!(%err, path = %old.path_name, "cannot delete superseded version");
@@ -283,10 +360,7 @@ impl<'a> Effects<'a> {
         Ok(())
     }
 
-    async fn abort(&mut self, transfer: TransferId) {
-        let Some(open) = self.open.remove(&transfer) else {
-            return;
-        };
+    async fn discard(&self, open: OpenTransfer) {
         if let Err(err) = open.file.abort().await {
             tracing::warn!(%err, "cannot remove temporary file");
         }
@@ -294,6 +368,13 @@ impl<'a> Effects<'a> {
             tracing::warn!(%err, "cannot mark transfer discarded");
         }
         self.shared.stats.transfer_ended(false);
+    }
+
+    async fn abort(&mut self, transfer: TransferId) {
+        let Some(open) = self.open.remove(&transfer) else {
+            return;
+        };
+        self.discard(open).await;
     }
 }
 

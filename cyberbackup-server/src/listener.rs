@@ -133,8 +133,24 @@ impl Server {
     /// # Errors
     /// A [`ServerError`] naming what could not be opened or bound, and how to fix it.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
-        let storage = Storage::open(&config.data_dir)?;
-        let catalog = Catalog::open(config.catalog_path()).await?;
+        Self::bind_with_faults(config, crate::faults::Faults::none()).await
+    }
+
+    /// [`bind`](Self::bind) with `faults` injected into the storage and catalog operations of
+    /// connections (fault-injection tests; see [`crate::faults`]). Start-up recovery
+    /// ([`maintenance::recover`]) runs before the port is bound.
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub async fn bind_with_faults(
+        config: ServerConfig,
+        faults: crate::faults::Faults,
+    ) -> Result<Self, ServerError> {
+        let storage = Storage::open(&config.data_dir)?.with_faults(faults.clone());
+        let catalog = Catalog::open(config.catalog_path())
+            .await?
+            .with_faults(faults);
+        maintenance::recover(&catalog, &storage).await?;
         let address = SocketAddr::new(config.listen, config.port);
         let listener = TcpListener::bind(address).await.map_err(|source| {
             ServerError::io(

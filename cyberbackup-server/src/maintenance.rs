@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CommittingFile};
 use crate::error::ServerError;
 use crate::storage::Storage;
 
@@ -19,6 +19,155 @@ pub struct MaintenanceReport {
     pub removed_temp_files: usize,
     /// Temp paths in the catalog that were refused as outside the storage tree.
     pub refused_paths: usize,
+    /// Interrupted commits finished (the new content was on disk or in its temp file).
+    pub finished_commits: usize,
+    /// Interrupted commits rolled back (the previous version stays current).
+    pub rolled_back_commits: usize,
+}
+
+/// How [`reconcile_commit`] resolved a `committing` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The new content is in place and the row is verified.
+    Finished,
+    /// The new content is not in place; the row is discarded and its temp file removed.
+    RolledBack,
+}
+
+/// Resolves one interrupted commit from what is on disk, using the SHA-256 recorded with the
+/// intent: if the temp file still exists and matches, the rename is redone and the row marked
+/// verified; if the destination already holds the new content, the row is marked verified;
+/// otherwise the row is discarded (the previous verified version was never touched).
+///
+/// Must not run concurrently with the live commit of the same row: the server calls it from
+/// the failing commit itself, at start-up, and from maintenance only for rows older than
+/// `abandoned_after`.
+///
+/// # Errors
+/// [`ServerError::Catalog`] or [`ServerError::Storage`]; the row then stays `committing`.
+pub async fn reconcile_commit(
+    catalog: &Catalog,
+    storage: &Storage,
+    file: CommittingFile,
+) -> Result<CommitOutcome, ServerError> {
+    let expected = file.sha256.as_deref();
+    let matches = |found: Option<([u8; 32], u64)>| matches!((found, expected), (Some((sha, _)), Some(want)) if sha.as_slice() == want);
+    if let Some(temp) = &file.temp_path {
+        let found = storage.sha256_of(temp).await?;
+        if found.is_some() {
+            if !matches(found) {
+                storage.remove(temp).await?;
+                catalog.discard_file(file.row).await?;
+                return Ok(CommitOutcome::RolledBack);
+            }
+            let previous = if file.keep_versions > 1 {
+                catalog
+                    .current_version(file.client_id, file.file_name.clone())
+                    .await?
+                    .map(|(_, version)| version)
+            } else {
+                None
+            };
+            storage.install(temp, &file.path_name, previous).await?;
+            finish_commit(catalog, storage, &file).await?;
+            return Ok(CommitOutcome::Finished);
+        }
+    }
+    if matches(storage.sha256_of(&file.path_name).await?) {
+        finish_commit(catalog, storage, &file).await?;
+        return Ok(CommitOutcome::Finished);
+    }
+    catalog.discard_file(file.row).await?;
+    Ok(CommitOutcome::RolledBack)
+}
+
+async fn finish_commit(
+    catalog: &Catalog,
+    storage: &Storage,
+    file: &CommittingFile,
+) -> Result<(), ServerError> {
+    let result = catalog.commit_file(file.row, file.keep_versions).await?;
+    for old in result.superseded {
+        if let Err(err) = storage.remove(&old.path_name).await {
+            tracing::warn!(%err, path = %old.path_name, "cannot delete superseded version");
+        }
+    }
+    Ok(())
+}
+
+/// Start-up recovery, before the server accepts connections (so no transfer is live):
+/// resolves every interrupted commit ([`reconcile_commit`]), discards every unfinished
+/// transfer left by the previous process and removes its temp file, and removes every
+/// `.cb-partial-*` file whatever its age.
+///
+/// # Errors
+/// [`ServerError::Catalog`] or [`ServerError::Storage`].
+pub async fn recover(
+    catalog: &Catalog,
+    storage: &Storage,
+) -> Result<MaintenanceReport, ServerError> {
+    let mut report = MaintenanceReport::default();
+    reconcile_all(catalog, storage, None, &mut report).await?;
+    let everything = SystemTime::now() + Duration::from_secs(24 * 3600);
+    discard_abandoned(catalog, storage, everything, &mut report).await?;
+    report.removed_temp_files += storage.remove_leftovers(Duration::ZERO).await?;
+    if report != MaintenanceReport::default() {
+        tracing::info!(
+            finished_commits = report.finished_commits,
+            rolled_back_commits = report.rolled_back_commits,
+            discarded_rows = report.discarded_rows,
+            removed_temp_files = report.removed_temp_files,
+            "start-up recovery done"
+        );
+    }
+    Ok(report)
+}
+
+async fn reconcile_all(
+    catalog: &Catalog,
+    storage: &Storage,
+    updated_before: Option<SystemTime>,
+    report: &mut MaintenanceReport,
+) -> Result<(), ServerError> {
+    for file in catalog.committing_files(updated_before).await? {
+        let row = file.row;
+        match reconcile_commit(catalog, storage, file).await? {
+            CommitOutcome::Finished => {
+                tracing::info!(%row, "interrupted commit finished");
+                report.finished_commits += 1;
+            }
+            CommitOutcome::RolledBack => {
+                tracing::info!(%row, "interrupted commit rolled back");
+                report.rolled_back_commits += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn discard_abandoned(
+    catalog: &Catalog,
+    storage: &Storage,
+    cutoff: SystemTime,
+    report: &mut MaintenanceReport,
+) -> Result<(), ServerError> {
+    for transfer in catalog.abandoned_transfers(cutoff).await? {
+        if let Some(temp) = &transfer.temp_path {
+            match storage.remove(temp).await {
+                Ok(true) => report.removed_temp_files += 1,
+                Ok(false) => {}
+                Err(crate::storage::StorageError::OutsideClientDir { path }) => {
+                    tracing::warn!(row = %transfer.row, %path, "catalog temp path refused");
+                    report.refused_paths += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if catalog.discard_file(transfer.row).await? {
+            report.discarded_rows += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Runs maintenance once: transfers not updated for `abandoned_after` are discarded and their
@@ -36,22 +185,8 @@ pub async fn run_once(
     let cutoff = SystemTime::now()
         .checked_sub(abandoned_after)
         .unwrap_or(UNIX_EPOCH);
-    for transfer in catalog.abandoned_transfers(cutoff).await? {
-        if let Some(temp) = &transfer.temp_path {
-            match storage.remove(temp).await {
-                Ok(true) => report.removed_temp_files += 1,
-                Ok(false) => {}
-                Err(crate::storage::StorageError::OutsideClientDir { path }) => {
-                    tracing::warn!(row = %transfer.row, %path, "catalog temp path refused");
-                    report.refused_paths += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if catalog.discard_file(transfer.row).await? {
-            report.discarded_rows += 1;
-        }
-    }
+    reconcile_all(catalog, storage, Some(cutoff), &mut report).await?;
+    discard_abandoned(catalog, storage, cutoff, &mut report).await?;
     report.removed_temp_files += storage.remove_leftovers(abandoned_after).await?;
     Ok(report)
 }

@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::faults::{FaultPoint, Faults};
+
 /// Prefix of temp files; mapped names never start with `.`, so no stored file has it.
 pub const PARTIAL_PREFIX: &str = ".cb-partial-";
 
@@ -167,6 +169,7 @@ pub struct FinishedFile {
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+    faults: Faults,
 }
 
 impl Storage {
@@ -180,7 +183,75 @@ impl Storage {
         let root = data_dir.join(FILES_DIR);
         create_private_dir(data_dir)?;
         create_private_dir(&root)?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            faults: Faults::none(),
+        })
+    }
+
+    /// This storage with `faults` injected into temp-file creation, writes, fsync and rename
+    /// (tests only; see [`crate::faults`]).
+    #[must_use]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// SHA-256 and length of a stored file given its catalog path, read in 64 KiB pieces;
+    /// `Ok(None)` if it does not exist.
+    ///
+    /// # Errors
+    /// [`StorageError::OutsideClientDir`] or [`StorageError::Io`].
+    pub async fn sha256_of(&self, relative: &str) -> Result<Option<([u8; 32], u64)>, StorageError> {
+        let path = self.resolve(relative)?;
+        run_blocking(move || {
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => {
+                    return Err(StorageError::Io {
+                        op: "open",
+                        path,
+                        source,
+                    });
+                }
+            };
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut len = 0u64;
+            loop {
+                let n = io::Read::read(&mut file, &mut buf).map_err(io_err("read", &path))?;
+                let Some(piece) = buf.get(..n).filter(|p| !p.is_empty()) else {
+                    break;
+                };
+                hasher.update(piece);
+                len += u64::try_from(n).unwrap_or(u64::MAX);
+            }
+            Ok(Some((hasher.finalize().into(), len)))
+        })
+        .await
+    }
+
+    /// Renames a temp file (catalog path) over its destination (catalog path) exactly as
+    /// [`PartialFile::commit`] does, for finishing a commit after a crash.
+    ///
+    /// # Errors
+    /// [`StorageError::OutsideClientDir`] or [`StorageError::Io`].
+    pub async fn install(
+        &self,
+        temp_relative: &str,
+        dest_relative: &str,
+        keep_previous: Option<u32>,
+    ) -> Result<PathBuf, StorageError> {
+        let temp = self.resolve(temp_relative)?;
+        let dest = self.resolve(dest_relative)?;
+        if temp.parent() != dest.parent() {
+            return Err(StorageError::OutsideClientDir {
+                path: temp_relative.to_owned(),
+            });
+        }
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        run_blocking(move || install(&temp, dest, &dir, keep_previous)).await
     }
 
     /// The `files` directory.
@@ -252,6 +323,13 @@ impl Storage {
         name: &[u8],
     ) -> Result<PartialFile, StorageError> {
         let mapped = map_file_name(name)?;
+        if let Some(source) = self.faults.check(FaultPoint::CreateTemp) {
+            return Err(StorageError::Io {
+                op: "create temp file in",
+                path: self.client_dir(&client),
+                source,
+            });
+        }
         let dir = self.client_dir(&client);
         let relative = format!("{}/{mapped}", hex::encode(client));
         let dest = inside(&dir, &mapped).ok_or_else(|| StorageError::OutsideClientDir {
@@ -284,6 +362,7 @@ impl Storage {
             len: 0,
             finished: false,
             done: false,
+            faults: self.faults.clone(),
         })
     }
 
@@ -346,6 +425,7 @@ pub struct PartialFile {
     len: u64,
     finished: bool,
     done: bool,
+    faults: Faults,
 }
 
 impl PartialFile {
@@ -392,6 +472,13 @@ impl PartialFile {
     /// cancellation or [`finish`](Self::finish).
     pub async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
         let mut writer = self.take_writer()?;
+        if let Some(source) = self.faults.check(FaultPoint::Write) {
+            return Err(StorageError::Io {
+                op: "write",
+                path: self.temp.clone(),
+                source,
+            });
+        }
         self.hasher.update(data);
         self.len += u64::try_from(data.len()).unwrap_or(u64::MAX);
         if writer.capacity() - writer.buffer().len() >= data.len() {
@@ -421,6 +508,13 @@ impl PartialFile {
     pub async fn finish(&mut self) -> Result<FinishedFile, StorageError> {
         let writer = self.take_writer()?;
         let temp = self.temp.clone();
+        if let Some(source) = self.faults.check(FaultPoint::Fsync) {
+            return Err(StorageError::Io {
+                op: "fsync",
+                path: temp,
+                source,
+            });
+        }
         run_blocking(move || {
             let file = writer.into_inner().map_err(|e| StorageError::Io {
                 op: "flush",
@@ -452,33 +546,16 @@ impl PartialFile {
             self.finish().await?;
         }
         let (temp, dest, dir) = (self.temp.clone(), self.dest.clone(), self.dir.clone());
-        run_blocking(move || {
-            if let Some(version) = keep_previous {
-                let kept = dest.with_file_name(versioned_path(
-                    &dest
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    version,
-                ));
-                match fs::rename(&dest, &kept) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(StorageError::Io {
-                            op: "keep previous version",
-                            path: dest,
-                            source,
-                        });
-                    }
-                }
-            }
-            fs::rename(&temp, &dest).map_err(io_err("rename temp file to", &dest))?;
-            sync_dir(&dir)?;
-            Ok(dest)
-        })
-        .await
-        .inspect(|_| self.done = true)
+        if let Some(source) = self.faults.check(FaultPoint::Rename) {
+            return Err(StorageError::Io {
+                op: "rename temp file to",
+                path: dest,
+                source,
+            });
+        }
+        run_blocking(move || install(&temp, dest, &dir, keep_previous))
+            .await
+            .inspect(|_| self.done = true)
     }
 
     /// Discards the transfer: removes the temp file.
@@ -611,6 +688,39 @@ fn create_temp(dir: &Path) -> io::Result<(PathBuf, File)> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Renames `temp` over `dest` (first moving an existing `dest` to its versioned name when
+/// `keep_previous` is set) and fsyncs the directory.
+fn install(
+    temp: &Path,
+    dest: PathBuf,
+    dir: &Path,
+    keep_previous: Option<u32>,
+) -> Result<PathBuf, StorageError> {
+    if let Some(version) = keep_previous {
+        let kept = dest.with_file_name(versioned_path(
+            &dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            version,
+        ));
+        match fs::rename(&dest, &kept) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StorageError::Io {
+                    op: "keep previous version",
+                    path: dest,
+                    source,
+                });
+            }
+        }
+    }
+    fs::rename(temp, &dest).map_err(io_err("rename temp file to", &dest))?;
+    sync_dir(dir)?;
+    Ok(dest)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {

@@ -23,11 +23,13 @@ use std::time::SystemTime;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::faults::{FaultPoint, Faults};
+
 pub use error::CatalogError;
 pub use model::{
-    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, CommitResult, DEFAULT_PAGE,
-    FileFilter, FileRecord, FileRowId, FileState, KeptVersion, ReceivedFile, RegisterOutcome,
-    SupersededFile,
+    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, CommitResult, CommittingFile,
+    DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion, KeyOutcome,
+    ReceivedFile, RegisterOutcome, SupersededFile,
 };
 pub use schema::latest_version as latest_schema_version;
 pub use timestamp::format_rfc3339;
@@ -52,6 +54,7 @@ enum Command {
 pub struct Catalog {
     writer: mpsc::Sender<Command>,
     readers: Arc<ReadPool>,
+    faults: Faults,
 }
 
 impl fmt::Debug for Catalog {
@@ -104,6 +107,98 @@ impl Catalog {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            faults: Faults::none(),
+        })
+    }
+
+    /// This catalog with `faults` injected into the operations the connection effects use
+    /// (tests only; see [`crate::faults`]).
+    #[must_use]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Registers a new client like [`register_client`](Self::register_client), except that a
+    /// taken name whose client never stored a public key is taken over: that keyless
+    /// registration (which cannot own files) is deleted and
+    /// [`RegisterOutcome::Replaced`] returned.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn register_or_replace_keyless(
+        &self,
+        id: ClientId,
+        name: Vec<u8>,
+        protocol: u8,
+    ) -> Result<RegisterOutcome, CatalogError> {
+        self.inject(FaultPoint::CatalogRegister, "register_client")?;
+        let now = now();
+        self.write(move |c| queries::register_or_replace_keyless(c, &id, &name, protocol, &now))
+            .await
+    }
+
+    /// Stores the client's public key (wire 1026) unless it already has a different one.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn store_first_public_key(
+        &self,
+        id: ClientId,
+        der: Vec<u8>,
+    ) -> Result<KeyOutcome, CatalogError> {
+        self.inject(FaultPoint::CatalogStoreKey, "store_public_key")?;
+        let now = now();
+        self.write(move |c| queries::store_first_public_key(c, &id, &der, &now))
+            .await
+    }
+
+    /// Records the intent to commit a `received` row (state `committing`, durable when this
+    /// returns), before its temp file is renamed into place. `keep_versions` is the retention
+    /// [`commit_file`](Self::commit_file) will apply, kept for reconciliation after a crash.
+    ///
+    /// # Errors
+    /// [`CatalogError::InvalidState`] / [`CatalogError::NoSuchFile`], or a database error.
+    pub async fn begin_commit(
+        &self,
+        row: FileRowId,
+        keep_versions: u32,
+    ) -> Result<(), CatalogError> {
+        self.inject(FaultPoint::CatalogBeginCommit, "begin_commit")?;
+        let now = now();
+        let keep = keep_versions.max(1);
+        self.write(move |c| queries::begin_commit(c, row, keep, &now))
+            .await
+    }
+
+    /// Rows in state `committing` last updated before `updated_before` (all with `None`).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn committing_files(
+        &self,
+        updated_before: Option<SystemTime>,
+    ) -> Result<Vec<CommittingFile>, CatalogError> {
+        let cutoff = updated_before.map(format_rfc3339);
+        self.read(move |c| queries::committing_files(c, cutoff.as_deref()))
+            .await
+    }
+
+    fn inject(&self, point: FaultPoint, op: &'static str) -> Result<(), CatalogError> {
+        let Some(error) = self.faults.check(point) else {
+            return Ok(());
+        };
+        let code = if error.kind() == std::io::ErrorKind::WouldBlock {
+            rusqlite::ffi::SQLITE_BUSY
+        } else {
+            rusqlite::ffi::SQLITE_IOERR
+        };
+        Err(CatalogError::Query {
+            op,
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                Some(format!("injected fault: {error}")),
+            ),
         })
     }
 
@@ -206,6 +301,7 @@ impl Catalog {
         path_name: String,
         temp_path: Option<String>,
     ) -> Result<(FileRowId, u32), CatalogError> {
+        self.inject(FaultPoint::CatalogBeginFile, "begin_file")?;
         let now = now();
         self.write(move |c| {
             queries::begin_file(c, &client, &name, &path_name, temp_path.as_deref(), &now)
@@ -223,6 +319,7 @@ impl Catalog {
         row: FileRowId,
         facts: ReceivedFile,
     ) -> Result<(), CatalogError> {
+        self.inject(FaultPoint::CatalogMarkReceived, "mark_received")?;
         let now = now();
         self.write(move |c| queries::mark_received(c, row, &facts, &now))
             .await
@@ -260,14 +357,15 @@ impl Catalog {
         row: FileRowId,
         keep_versions: u32,
     ) -> Result<CommitResult, CatalogError> {
+        self.inject(FaultPoint::CatalogCommit, "commit_file")?;
         let now = now();
         let keep = keep_versions.max(1);
         self.write(move |c| queries::commit_file(c, row, keep, &now))
             .await
     }
 
-    /// Marks an unfinished row `discarded` (after 1031, an abort or abandonment); `false` if
-    /// the row was not `receiving`/`received`.
+    /// Marks an unfinished row `discarded` (after 1031, an abort, a failed commit or
+    /// abandonment); `false` if the row was not `receiving`/`received`/`committing`.
     ///
     /// # Errors
     /// A [`CatalogError`] if the database fails.

@@ -25,6 +25,43 @@ pub enum RegisterOutcome {
     NameTaken,
     /// The (random) id is already in use; the caller should pick another id.
     IdTaken,
+    /// The name belonged to a client that never stored a public key (its connection died
+    /// between 1600 and 1026); that registration was replaced by this one.
+    Replaced {
+        /// Id of the replaced, keyless registration.
+        previous: ClientId,
+    },
+}
+
+/// Result of [`Catalog::store_first_public_key`](super::Catalog::store_first_public_key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOutcome {
+    /// The key was stored (the client had none), or the same key was already stored.
+    Stored,
+    /// No client has this id.
+    UnknownClient,
+    /// The client already has a different key: it is kept, the new one refused.
+    KeyAlreadySet,
+}
+
+/// A file row in state `committing`: the intent to rename its temp file into place was
+/// recorded, the outcome is not known (see [`maintenance::recover`](crate::maintenance::recover)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittingFile {
+    /// The row.
+    pub row: FileRowId,
+    /// Owning client.
+    pub client_id: ClientId,
+    /// File name bytes as sent on the wire.
+    pub file_name: Vec<u8>,
+    /// Relative destination path.
+    pub path_name: String,
+    /// Relative temp file path, if one was recorded.
+    pub temp_path: Option<String>,
+    /// SHA-256 of the content to commit.
+    pub sha256: Option<Vec<u8>>,
+    /// `keep_versions` the commit runs with.
+    pub keep_versions: u32,
 }
 
 /// One row of the `clients` table.
@@ -51,6 +88,9 @@ pub enum FileState {
     Receiving,
     /// Content is complete and fsynced in the temp file; waiting for the client's CRC verdict.
     Received,
+    /// The client confirmed the CRC and the rename into place is under way: the row's
+    /// SHA-256 tells whether the file on disk is the new content.
+    Committing,
     /// The client confirmed the CRC; the file is in place.
     Verified,
     /// The transfer was aborted or abandoned; no file belongs to this row.
@@ -64,6 +104,7 @@ impl FileState {
         match self {
             Self::Receiving => "receiving",
             Self::Received => "received",
+            Self::Committing => "committing",
             Self::Verified => "verified",
             Self::Discarded => "discarded",
         }
@@ -75,6 +116,7 @@ impl FileState {
         match s {
             "receiving" => Some(Self::Receiving),
             "received" => Some(Self::Received),
+            "committing" => Some(Self::Committing),
             "verified" => Some(Self::Verified),
             "discarded" => Some(Self::Discarded),
             _ => None,

@@ -6,9 +6,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use super::error::{CatalogError, query_err};
 use super::model::{
-    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, CommitResult, DEFAULT_PAGE,
-    FileFilter, FileRecord, FileRowId, FileState, KeptVersion, ReceivedFile, RegisterOutcome,
-    SupersededFile,
+    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, CommitResult, CommittingFile,
+    DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion, KeyOutcome,
+    ReceivedFile, RegisterOutcome, SupersededFile,
 };
 use super::timestamp::format_rfc3339;
 use crate::storage::versioned_path;
@@ -45,6 +45,75 @@ pub(crate) fn register_client(
     )
     .map_err(query_err(OP))?;
     Ok(RegisterOutcome::Registered)
+}
+
+/// Like [`register_client`], but a taken name whose client never stored a public key (and so
+/// has no files) is given to the new registration: the old row is deleted and the new one
+/// inserted in one transaction.
+pub(crate) fn register_or_replace_keyless(
+    conn: &mut Connection,
+    id: &ClientId,
+    name: &[u8],
+    protocol: u8,
+    now: &str,
+) -> Result<RegisterOutcome, CatalogError> {
+    const OP: &str = "register_or_replace_keyless";
+    let tx = conn.transaction().map_err(query_err(OP))?;
+    let keyless: Option<ClientId> = tx
+        .query_row(
+            "SELECT c.ID FROM clients c
+             WHERE c.Name = ?1 AND c.PublicKey IS NULL
+               AND NOT EXISTS (SELECT 1 FROM files f WHERE f.ID = c.ID)",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(query_err(OP))?;
+    if let Some(previous) = keyless {
+        tx.execute("DELETE FROM clients WHERE ID = ?1", [previous])
+            .map_err(query_err(OP))?;
+    }
+    let outcome = register_client(&tx, id, name, protocol, now)?;
+    if outcome != RegisterOutcome::Registered {
+        // Leave the keyless client in place: the id collided, nothing is replaced.
+        return Ok(outcome);
+    }
+    tx.commit().map_err(query_err(OP))?;
+    Ok(match keyless {
+        Some(previous) => RegisterOutcome::Replaced { previous },
+        None => RegisterOutcome::Registered,
+    })
+}
+
+/// Stores the client's first public key. A client that already has a key keeps it unless
+/// the offered key is byte-identical (a harmless repeat).
+pub(crate) fn store_first_public_key(
+    conn: &Connection,
+    id: &ClientId,
+    der: &[u8],
+    now: &str,
+) -> Result<KeyOutcome, CatalogError> {
+    const OP: &str = "store_first_public_key";
+    let n = conn
+        .execute(
+            "UPDATE clients SET PublicKey = ?2, LastSeen = ?3
+             WHERE ID = ?1 AND (PublicKey IS NULL OR PublicKey = ?2)",
+            params![id, der, now],
+        )
+        .map_err(query_err(OP))?;
+    if n == 1 {
+        return Ok(KeyOutcome::Stored);
+    }
+    let exists = conn
+        .query_row("SELECT 1 FROM clients WHERE ID = ?1", [id], |_| Ok(()))
+        .optional()
+        .map_err(query_err(OP))?
+        .is_some();
+    Ok(if exists {
+        KeyOutcome::KeyAlreadySet
+    } else {
+        KeyOutcome::UnknownClient
+    })
 }
 
 /// Looks a client up by id.
@@ -161,7 +230,61 @@ pub(crate) fn mark_received(
     Err(state_error(conn, row, "receiving", OP))
 }
 
-/// Marks a `received` row verified and applies the retention of `keep_versions` (≥ 1).
+/// Records the intent to commit: `received` → `committing`, with the retention to apply.
+pub(crate) fn begin_commit(
+    conn: &Connection,
+    row: FileRowId,
+    keep_versions: u32,
+    now: &str,
+) -> Result<(), CatalogError> {
+    const OP: &str = "begin_commit";
+    let n = conn
+        .execute(
+            "UPDATE files SET State = 'committing', CommitKeep = ?2, UpdatedAt = ?3
+             WHERE RowId = ?1 AND State = 'received'",
+            params![row.0, keep_versions, now],
+        )
+        .map_err(query_err(OP))?;
+    if n == 1 {
+        return Ok(());
+    }
+    Err(state_error(conn, row, "received", OP))
+}
+
+/// Rows in state `committing` last updated before `cutoff` (every one for `None`).
+pub(crate) fn committing_files(
+    conn: &Connection,
+    cutoff: Option<&str>,
+) -> Result<Vec<CommittingFile>, CatalogError> {
+    const OP: &str = "committing_files";
+    let mut stmt = conn
+        .prepare(
+            "SELECT RowId, ID, FileName, PathName, TempPath, Sha256, COALESCE(CommitKeep, 1)
+             FROM files
+             WHERE State = 'committing' AND (?1 IS NULL OR UpdatedAt < ?1)
+             ORDER BY RowId",
+        )
+        .map_err(query_err(OP))?;
+    let rows = stmt
+        .query_map([cutoff], |r| {
+            Ok(CommittingFile {
+                row: FileRowId(r.get(0)?),
+                client_id: r.get(1)?,
+                file_name: r.get(2)?,
+                path_name: r.get(3)?,
+                temp_path: r.get(4)?,
+                sha256: r.get(5)?,
+                keep_versions: r.get::<_, u32>(6)?.max(1),
+            })
+        })
+        .map_err(query_err(OP))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(query_err(OP))?;
+    Ok(rows)
+}
+
+/// Marks a `received` (or `committing`) row verified and applies the retention of
+/// `keep_versions` (≥ 1).
 pub(crate) fn commit_file(
     conn: &mut Connection,
     row: FileRowId,
@@ -189,16 +312,16 @@ pub(crate) fn commit_file(
     let Some((client, name, path_name, version, state)) = found else {
         return Err(CatalogError::NoSuchFile { row: row.0 });
     };
-    if state != FileState::Received.as_str() {
+    if state != FileState::Received.as_str() && state != FileState::Committing.as_str() {
         return Err(CatalogError::InvalidState {
             row: row.0,
-            expected: "received",
+            expected: "received or committing",
             found: state,
         });
     }
     tx.execute(
         "UPDATE files SET State = 'verified', Verified = 1, VerifiedAt = ?2, UpdatedAt = ?2,
-             TempPath = NULL
+             TempPath = NULL, CommitKeep = NULL
          WHERE RowId = ?1",
         params![row.0, now],
     )
@@ -282,7 +405,8 @@ pub(crate) fn current_version(
     .map_err(query_err("current_version"))
 }
 
-/// Marks an unfinished (`receiving`/`received`) row discarded; `false` if it was not unfinished.
+/// Marks an unfinished (`receiving`/`received`/`committing`) row discarded; `false` if it was
+/// not unfinished.
 pub(crate) fn discard_file(
     conn: &Connection,
     row: FileRowId,
@@ -291,7 +415,7 @@ pub(crate) fn discard_file(
     let n = conn
         .execute(
             "UPDATE files SET State = 'discarded', Verified = 0, TempPath = NULL, UpdatedAt = ?2
-             WHERE RowId = ?1 AND State IN ('receiving', 'received')",
+             WHERE RowId = ?1 AND State IN ('receiving', 'received', 'committing')",
             params![row.0, now],
         )
         .map_err(query_err("discard_file"))?;

@@ -59,6 +59,47 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX files_unfinished_by_updated ON files(UpdatedAt)
         WHERE State IN ('receiving', 'received');
     ",
+    // 2: crash-safe commit. State `committing` records the intent to rename a received file
+    // into place (with its SHA-256 already in the row) before the rename; `CommitKeep` is the
+    // retention the commit runs with, so a reconciliation after a crash can finish it alone.
+    // SQLite cannot alter a CHECK constraint, so the table is rebuilt.
+    r"
+    CREATE TABLE files_v2 (
+        RowId          INTEGER PRIMARY KEY,
+        ID             BLOB NOT NULL REFERENCES clients(ID),
+        FileName       BLOB NOT NULL,
+        PathName       TEXT NOT NULL,
+        Verified       INTEGER NOT NULL DEFAULT 0 CHECK (Verified IN (0, 1)),
+        Version        INTEGER NOT NULL,
+        State          TEXT NOT NULL
+                       CHECK (State IN ('receiving', 'received', 'committing', 'verified',
+                                        'discarded')),
+        Size           INTEGER,
+        CiphertextSize INTEGER,
+        Cksum          INTEGER,
+        Sha256         BLOB,
+        CreatedAt      TEXT NOT NULL,
+        UpdatedAt      TEXT NOT NULL,
+        VerifiedAt     TEXT,
+        TempPath       TEXT,
+        CommitKeep     INTEGER
+    );
+    INSERT INTO files_v2 (RowId, ID, FileName, PathName, Verified, Version, State, Size,
+                          CiphertextSize, Cksum, Sha256, CreatedAt, UpdatedAt, VerifiedAt,
+                          TempPath)
+        SELECT RowId, ID, FileName, PathName, Verified, Version, State, Size, CiphertextSize,
+               Cksum, Sha256, CreatedAt, UpdatedAt, VerifiedAt, TempPath
+        FROM files;
+    DROP TABLE files;
+    ALTER TABLE files_v2 RENAME TO files;
+    CREATE INDEX files_by_client_name ON files(ID, FileName, Version);
+    CREATE INDEX files_by_client ON files(ID);
+    CREATE INDEX files_by_verified ON files(Verified);
+    CREATE INDEX files_by_created ON files(CreatedAt);
+    CREATE INDEX files_unfinished_by_updated ON files(UpdatedAt)
+        WHERE State IN ('receiving', 'received');
+    CREATE INDEX files_committing_by_updated ON files(UpdatedAt) WHERE State = 'committing';
+    ",
 ];
 
 /// Newest schema version this build knows.
