@@ -618,18 +618,9 @@ impl<R: CryptoRngCore> ClientSession<R> {
             (State::AwaitFileReceived, Response::ServerError) => self.on_file_error(),
             (State::AwaitAck { code, .. }, Response::Acknowledged { .. }) => self.on_ack(code),
             (State::AwaitAck { code, attempt }, Response::ServerError) => {
-                self.event(ClientEvent::ServerError {
-                    request: code.0,
-                    attempt,
+                self.retry(code, attempt, |session, next| {
+                    session.send_verdict(code, next);
                 });
-                if attempt >= MAX_REQUEST_ATTEMPTS {
-                    self.fail(SessionError::ServerKeptFailing {
-                        request: code.0,
-                        attempts: attempt,
-                    });
-                } else {
-                    self.send_verdict(code, attempt + 1);
-                }
             }
             (state, response) => {
                 let expected = expected_response(&state);
@@ -641,7 +632,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
         }
     }
 
-    fn retry(&mut self, request: RequestCode, attempt: u8, resend: fn(&mut Self, u8)) {
+    fn retry(&mut self, request: RequestCode, attempt: u8, resend: impl FnOnce(&mut Self, u8)) {
         self.event(ClientEvent::ServerError {
             request: request.0,
             attempt,
