@@ -58,7 +58,7 @@ pub(crate) fn register_or_replace_keyless(
     now: &str,
 ) -> Result<RegisterOutcome, CatalogError> {
     const OP: &str = "register_or_replace_keyless";
-    let tx = conn.transaction().map_err(query_err(OP))?;
+    let tx = immediate(conn).map_err(query_err(OP))?;
     let keyless: Option<ClientId> = tx
         .query_row(
             "SELECT c.ID FROM clients c
@@ -187,7 +187,7 @@ pub(crate) fn begin_file(
     now: &str,
 ) -> Result<(FileRowId, u32), CatalogError> {
     const OP: &str = "begin_file";
-    let tx = conn.transaction().map_err(query_err(OP))?;
+    let tx = immediate(conn).map_err(query_err(OP))?;
     let version: u32 = tx
         .query_row(
             "SELECT COALESCE(MAX(Version), 0) + 1 FROM files WHERE ID = ?1 AND FileName = ?2",
@@ -292,7 +292,7 @@ pub(crate) fn commit_file(
     now: &str,
 ) -> Result<CommitResult, CatalogError> {
     const OP: &str = "commit_file";
-    let tx = conn.transaction().map_err(query_err(OP))?;
+    let tx = immediate(conn).map_err(query_err(OP))?;
     let found = tx
         .query_row(
             "SELECT ID, FileName, PathName, Version, State FROM files WHERE RowId = ?1",
@@ -644,4 +644,12 @@ fn state_error(
         Ok(None) => CatalogError::NoSuchFile { row: row.0 },
         Err(source) => CatalogError::Query { op, source },
     }
+}
+
+/// Starts a write transaction that takes the write lock at once (`BEGIN IMMEDIATE`). A
+/// deferred transaction that reads first and then writes fails with `SQLITE_BUSY_SNAPSHOT`,
+/// without waiting, when another connection (an admin command, a checkpoint) committed in
+/// between; an immediate one waits on the busy timeout instead.
+fn immediate(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
