@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,6 +25,47 @@ pub const DEFAULT_CONFIG_FILE: &str = "cyberbackup-server.toml";
 pub const ENV_PREFIX: &str = "CYBERBACKUP_";
 /// Environment variable naming the config file (like `--config`).
 pub const ENV_CONFIG: &str = "CYBERBACKUP_CONFIG";
+/// The admin API token. `Debug` and `--print-config` never show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Wraps a token.
+    #[must_use]
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token text (compare it in constant time).
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl Serialize for AdminToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+impl FromStr for AdminToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("the admin token must not be empty".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -127,6 +168,13 @@ pub struct ServerConfig {
     pub max_file_size: u64,
     /// Registrations (1025) accepted per source IP per minute; 0 disables the limit.
     pub registrations_per_minute: u32,
+    /// Whether the admin HTTP listener (dashboard, API, health, metrics) runs.
+    pub admin_enabled: bool,
+    /// Address of the admin HTTP listener.
+    pub admin_listen: SocketAddr,
+    /// Token required by the admin listener; mandatory when `admin_listen` is not loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +194,9 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             max_file_size: 4 * 1024 * 1024 * 1024,
             registrations_per_minute: 30,
+            admin_enabled: true,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            admin_token: None,
         }
     }
 }
@@ -196,6 +247,15 @@ pub struct ConfigOverrides {
     /// Registrations per source IP per minute, 0 = unlimited [default: 30]
     #[arg(long, global = true, value_name = "N")]
     pub registrations_per_minute: Option<u32>,
+    /// Run the admin HTTP listener (dashboard, API, /health, /metrics) [default: true]
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub admin_enabled: Option<bool>,
+    /// Admin HTTP listener address [default: 127.0.0.1:9091]
+    #[arg(long, global = true, value_name = "IP:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Admin API token, required off loopback [env: CYBERBACKUP_ADMIN_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub admin_token: Option<AdminToken>,
 }
 
 /// What `port.info` said.
@@ -313,6 +373,13 @@ impl ServerConfig {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
         }
+        if self.admin_enabled && !self.admin_listen.ip().is_loopback() && self.admin_token.is_none()
+        {
+            return invalid(
+                "admin_token",
+                "is required when admin_listen is not a loopback address — set admin_token (or CYBERBACKUP_ADMIN_TOKEN), or listen on 127.0.0.1",
+            );
+        }
         Ok(())
     }
 
@@ -382,6 +449,9 @@ impl ServerConfig {
             log_format,
             max_file_size,
             registrations_per_minute,
+            admin_enabled,
+            admin_listen,
+            admin_token,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -400,6 +470,11 @@ impl ServerConfig {
         set(&mut self.log_format, log_format);
         set(&mut self.max_file_size, max_file_size);
         set(&mut self.registrations_per_minute, registrations_per_minute);
+        set(&mut self.admin_enabled, admin_enabled);
+        set(&mut self.admin_listen, admin_listen);
+        if admin_token.is_some() {
+            self.admin_token = admin_token;
+        }
     }
 }
 
@@ -424,6 +499,9 @@ impl ConfigOverrides {
             log_format: env_var(env, "LOG_FORMAT")?,
             max_file_size: env_var(env, "MAX_FILE_SIZE")?,
             registrations_per_minute: env_var(env, "REGISTRATIONS_PER_MINUTE")?,
+            admin_enabled: env_var(env, "ADMIN_ENABLED")?,
+            admin_listen: env_var(env, "ADMIN_LISTEN")?,
+            admin_token: env_var(env, "ADMIN_TOKEN")?,
         })
     }
 }
@@ -509,6 +587,30 @@ fn read_file(path: &Path) -> Result<ConfigOverrides, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_off_loopback_needs_a_token_which_is_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let exposed = [("CYBERBACKUP_ADMIN_LISTEN", "0.0.0.0:9091")];
+        let with_token = [
+            ("CYBERBACKUP_ADMIN_LISTEN", "0.0.0.0:9091"),
+            ("CYBERBACKUP_ADMIN_TOKEN", "s3cret-token"),
+        ];
+
+        let refused = load(dir.path(), &ConfigOverrides::default(), &exposed).unwrap_err();
+        let accepted = load(dir.path(), &ConfigOverrides::default(), &with_token)
+            .unwrap()
+            .config;
+
+        assert!(refused.to_string().contains("admin_token"), "{refused}");
+        assert_eq!(accepted.admin_listen.port(), 9091);
+        assert_eq!(
+            accepted.admin_token.as_ref().map(AdminToken::expose),
+            Some("s3cret-token")
+        );
+        assert!(!format!("{accepted:?}").contains("s3cret"));
+        assert!(!accepted.to_toml().unwrap().contains("s3cret"));
+    }
 
     #[test]
     fn defaults_apply_without_any_source() {

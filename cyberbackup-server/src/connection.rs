@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use cyberbackup_core::session::{CloseReason, Output, ServerEvent, ServerSession};
+use cyberbackup_core::session::{CloseReason, Output, ServerEffect, ServerEvent, ServerSession};
 use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,8 +32,16 @@ pub(crate) async fn serve(
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
         let mut effects = Effects::new(shared, peer.ip());
-        let reason = drive(stream, shared, &mut effects, &shutdown, &abort).await;
+        let connection = shared.live.connection_opened();
+        let reason = drive(stream, shared, &mut effects, &shutdown, &abort, connection).await;
         effects.abort_all().await;
+        shared.live.connection_closed(connection);
+        if let CloseReason::Error(error) = &reason {
+            let reason = crate::http::failure_reason(&format!("{error:?}"));
+            shared.live.record(|| {
+                metrics::counter!("cyberbackup_failures_total", "reason" => reason).increment(1);
+            });
+        }
         tracing::debug!(?reason, "connection closed");
     }
     .instrument(span)
@@ -46,6 +54,7 @@ async fn drive(
     effects: &mut Effects<'_>,
     shutdown: &CancellationToken,
     abort: &CancellationToken,
+    connection: u64,
 ) -> CloseReason {
     let mut session = ServerSession::new(shared.session_config.clone(), OsRng, now());
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -62,11 +71,28 @@ async fn drive(
                 }
                 Output::Effect(effect) => {
                     answered |= effect.needs_answer();
+                    shared.live.observe_effect(connection, &effect);
+                    let kind = effect_kind(&effect);
+                    let started = Instant::now();
                     if let Err(err) = effects.run(&mut session, effect).await {
                         tracing::error!(%err, "effect could not be answered");
                     }
+                    let elapsed = started.elapsed().as_secs_f64();
+                    shared.live.record(|| {
+                        metrics::histogram!("cyberbackup_effect_duration_seconds", "effect" => kind)
+                            .record(elapsed);
+                    });
                 }
-                Output::Event(event) => log_event(&event),
+                Output::Event(event) => {
+                    if let ServerEvent::RequestFailed { error } = &event {
+                        let reason = crate::http::failure_reason(&format!("{error:?}"));
+                        shared.live.record(|| {
+                            metrics::counter!("cyberbackup_failures_total", "reason" => reason)
+                                .increment(1);
+                        });
+                    }
+                    log_event(&event);
+                }
                 Output::Close(reason) => {
                     let _ = stream.shutdown().await;
                     return reason;
@@ -123,6 +149,21 @@ fn log_event(event: &ServerEvent) {
             tracing::info!(transfer = transfer.0, "file discarded");
         }
         other => tracing::debug!(event = ?other, "session"),
+    }
+}
+
+/// Label of an effect for the latency histogram (never formats the effect's data).
+fn effect_kind(effect: &ServerEffect) -> &'static str {
+    match effect {
+        ServerEffect::RegisterClient { .. } => "register_client",
+        ServerEffect::LookupClient { .. } => "lookup_client",
+        ServerEffect::StorePublicKey { .. } => "store_public_key",
+        ServerEffect::BeginFile { .. } => "begin_file",
+        ServerEffect::AppendFile { .. } => "append_file",
+        ServerEffect::FinishFile { .. } => "finish_file",
+        ServerEffect::CommitFile { .. } => "commit_file",
+        ServerEffect::AbortFile { .. } => "abort_file",
+        _ => "other",
     }
 }
 

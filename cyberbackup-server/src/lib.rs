@@ -13,6 +13,7 @@ pub mod config;
 mod connection;
 mod effects;
 pub mod error;
+pub mod http;
 pub mod faults;
 pub mod listener;
 pub mod maintenance;

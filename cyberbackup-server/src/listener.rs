@@ -118,6 +118,8 @@ pub(crate) struct Shared {
     pub(crate) storage: Storage,
     pub(crate) stats: Arc<Stats>,
     pub(crate) registrations: RegistrationLimiter,
+    /// Live state for the admin listener (transfers, throughput, metrics, maintenance).
+    pub(crate) live: Arc<crate::http::LiveState>,
 }
 
 /// A server bound to its port, ready to [`serve`](Server::serve).
@@ -176,6 +178,7 @@ impl Server {
                 storage,
                 stats: Arc::new(Stats::default()),
                 registrations,
+                live: crate::http::LiveState::new(crate::http::RecentEvents::global()),
             }),
         })
     }
@@ -196,6 +199,10 @@ impl Server {
         Arc::clone(&self.shared.stats)
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Accepts connections until `shutdown` is cancelled; then stops accepting, gives
     /// running transfers the configured grace period, aborts what is left (their partial
     /// files are deleted) and flushes the catalog.
@@ -204,12 +211,13 @@ impl Server {
     /// A [`ServerError`] if the catalog cannot be flushed at the end.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let shared = self.shared;
-        let maintenance = maintenance::spawn(
+        let maintenance = maintenance::spawn_with_report(
             shared.catalog.clone(),
             shared.storage.clone(),
             shared.config.maintenance_interval(),
             shared.config.abandoned_after(),
             shutdown.clone(),
+            shared.live.maintenance().clone(),
         );
         let limit = usize::try_from(shared.config.max_connections.max(1)).unwrap_or(usize::MAX);
         let permits = Arc::new(Semaphore::new(limit));
@@ -280,8 +288,24 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let address = server.local_addr()?;
     tracing::info!(%address, data_dir = %server.shared.config.data_dir.display(), "cyberbackup-server listening");
     let shutdown = CancellationToken::new();
+    let admin = if server.shared.config.admin_enabled {
+        let admin =
+            crate::http::AdminServer::bind(&server, server.shared.config.admin_listen).await?;
+        tracing::info!(address = %admin.local_addr()?, "admin dashboard listening");
+        Some(tokio::spawn(admin.serve(shutdown.clone())))
+    } else {
+        None
+    };
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    server.serve(shutdown).await
+    let served = server.serve(shutdown).await;
+    if let Some(admin) = admin {
+        match admin.await {
+            Ok(Err(err)) => tracing::warn!(%err, "admin listener failed"),
+            Err(err) => tracing::warn!(%err, "admin listener task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    served
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -191,6 +191,42 @@ pub async fn run_once(
     Ok(report)
 }
 
+/// The outcome of the latest maintenance run, shared with the admin dashboard.
+#[derive(Debug, Clone, Default)]
+pub struct LastMaintenance(std::sync::Arc<std::sync::Mutex<Option<MaintenanceRun>>>);
+
+/// One finished maintenance run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceRun {
+    /// When it finished.
+    pub finished_at: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+    /// What it removed (zero counts when it failed early).
+    pub report: MaintenanceReport,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+impl LastMaintenance {
+    /// The latest run, if any has finished.
+    #[must_use]
+    pub fn get(&self) -> Option<MaintenanceRun> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records a finished run.
+    pub fn set(&self, run: MaintenanceRun) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(run);
+    }
+}
+
 /// Runs [`run_once`] every `interval` (first run immediately) until `shutdown` is cancelled,
 /// logging each report. A failed run is logged and retried at the next tick.
 #[must_use]
@@ -201,6 +237,26 @@ pub fn spawn(
     abandoned_after: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    spawn_with_report(
+        catalog,
+        storage,
+        interval,
+        abandoned_after,
+        shutdown,
+        LastMaintenance::default(),
+    )
+}
+
+/// [`spawn`], also recording every run in `last` (for the admin dashboard).
+#[must_use]
+pub fn spawn_with_report(
+    catalog: Catalog,
+    storage: Storage,
+    interval: Duration,
+    abandoned_after: Duration,
+    shutdown: CancellationToken,
+    last: LastMaintenance,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -209,7 +265,15 @@ pub fn spawn(
                 () = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            match run_once(&catalog, &storage, abandoned_after).await {
+            let started = std::time::Instant::now();
+            let result = run_once(&catalog, &storage, abandoned_after).await;
+            last.set(MaintenanceRun {
+                finished_at: SystemTime::now(),
+                duration: started.elapsed(),
+                report: result.as_ref().copied().unwrap_or_default(),
+                error: result.as_ref().err().map(ToString::to_string),
+            });
+            match result {
                 Ok(report) if report == MaintenanceReport::default() => {
                     tracing::debug!("maintenance: nothing to clean");
                 }

@@ -2,6 +2,8 @@
 //! (default `info`).
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
@@ -16,12 +18,21 @@ pub struct TelemetryError(#[source] Box<dyn std::error::Error + Send + Sync>);
 /// [`TelemetryError`] if a global subscriber is already set.
 pub fn init(format: LogFormat) -> Result<(), TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Warnings and errors are also kept for the admin dashboard (`/api/v1/events`).
+    let recent = crate::http::RecentEvents::global().layer();
+    let registry = tracing_subscriber::registry().with(filter).with(recent);
     match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
     }
-    .map_err(TelemetryError)
+    .map_err(|e| TelemetryError(Box::new(e)))
 }

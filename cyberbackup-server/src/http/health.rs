@@ -1,0 +1,193 @@
+//! `/health` (the process answers), `/ready` (database, storage and disk probes) and
+//! `/metrics` (Prometheus text format).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+
+use super::AdminState;
+use crate::catalog::FileFilter;
+
+pub(crate) async fn health() -> Response {
+    Json(json!({ "status": "alive" })).into_response()
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+/// 200 when every probe passes, else 503 naming the failing checks.
+pub(crate) async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    let checks = vec![
+        database(&state).await,
+        storage(&state).await,
+        disk(&state).await,
+    ];
+    let ready = checks.iter().all(|c| c.ok);
+    let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": ready, "failing": failing, "checks": checks })),
+    )
+        .into_response()
+}
+
+/// A read through the read pool, then a round trip through the single writer: an `UPDATE`
+/// of the reserved all-zero client id, which takes the write lock and changes no row.
+async fn database(state: &AdminState) -> Check {
+    let probe = FileFilter {
+        limit: 1,
+        ..FileFilter::default()
+    };
+    let detail = match state.catalog.list_files(probe).await {
+        Err(err) => Err(format!("catalog read failed: {err}")),
+        Ok(_) => match state.catalog.touch_client([0; 16]).await {
+            Err(err) => Err(format!("catalog write failed: {err}")),
+            Ok(_) => Ok(format!(
+                "{} reads and writes",
+                state.catalog.path().display()
+            )),
+        },
+    };
+    check("database", detail)
+}
+
+async fn storage(state: &AdminState) -> Check {
+    let storage = state.storage.clone();
+    let detail = match tokio::task::spawn_blocking(move || storage.probe_writable()).await {
+        Ok(Ok(())) => Ok(format!("{} is writable", state.storage.root().display())),
+        Ok(Err(err)) => Err(format!(
+            "{err} — check that the directory exists and is writable"
+        )),
+        Err(err) => Err(format!("storage probe did not finish: {err}")),
+    };
+    check("storage", detail)
+}
+
+async fn disk(state: &AdminState) -> Check {
+    let dir = state.config.data_dir.clone();
+    let min = state.config.min_free_disk_bytes();
+    let free = tokio::task::spawn_blocking(move || crate::check::free_space(&dir)).await;
+    let mib = |b: u64| b / (1024 * 1024);
+    let detail = match free {
+        Ok(Ok(free)) if free >= min => Ok(format!("{} MiB free", mib(free))),
+        Ok(Ok(free)) => Err(format!(
+            "only {} MiB free on {}, below min_free_disk_mb = {} — free space or lower the threshold",
+            mib(free),
+            state.config.data_dir.display(),
+            state.config.min_free_disk_mb
+        )),
+        Ok(Err(err)) => Err(format!(
+            "cannot read free space of {}: {err}",
+            state.config.data_dir.display()
+        )),
+        Err(err) => Err(format!("disk probe did not finish: {err}")),
+    };
+    check("disk", detail)
+}
+
+fn check(name: &'static str, detail: Result<String, String>) -> Check {
+    match detail {
+        Ok(detail) => Check {
+            name,
+            ok: true,
+            detail,
+        },
+        Err(detail) => Check {
+            name,
+            ok: false,
+            detail,
+        },
+    }
+}
+
+/// Refreshes the gauges and counters mirrored from [`crate::Stats`] and the catalog, then
+/// renders everything the server recorded.
+pub(crate) async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let totals = state.catalog_stats().await.ok();
+    let stats = &state.stats;
+    state.live.record(|| {
+        describe();
+        metrics::gauge!("cyberbackup_connections").set(stats.connections() as f64);
+        metrics::gauge!("cyberbackup_active_transfers").set(stats.active_transfers() as f64);
+        metrics::counter!("cyberbackup_bytes_received_total").absolute(stats.bytes_received());
+        metrics::counter!("cyberbackup_files_committed_total").absolute(stats.files_committed());
+        metrics::counter!("cyberbackup_transfers_discarded_total")
+            .absolute(stats.transfers_discarded());
+        metrics::gauge!("cyberbackup_uptime_seconds").set(state.live.uptime().as_secs_f64());
+        if let Some(totals) = totals {
+            metrics::gauge!("cyberbackup_catalog_clients").set(totals.clients as f64);
+            metrics::gauge!("cyberbackup_catalog_files").set(totals.files as f64);
+            metrics::gauge!("cyberbackup_catalog_bytes").set(totals.bytes_stored as f64);
+        }
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.live.render_metrics(),
+    )
+        .into_response()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("cyberbackup_connections", "Backup connections open now.");
+    describe_gauge!("cyberbackup_active_transfers", "Files being received now.");
+    describe_counter!(
+        "cyberbackup_bytes_received_total",
+        Unit::Bytes,
+        "Plaintext bytes written to storage since start."
+    );
+    describe_counter!(
+        "cyberbackup_files_committed_total",
+        "Files verified and committed since start."
+    );
+    describe_counter!(
+        "cyberbackup_transfers_discarded_total",
+        "Transfers discarded since start."
+    );
+    describe_counter!(
+        "cyberbackup_failures_total",
+        "Refused requests and failed connections, by reason."
+    );
+    describe_histogram!(
+        "cyberbackup_effect_duration_seconds",
+        Unit::Seconds,
+        "Time to perform a protocol effect (storage and catalog work), by effect."
+    );
+    describe_histogram!(
+        "cyberbackup_http_request_duration_seconds",
+        Unit::Seconds,
+        "Admin HTTP request latency, by route and status."
+    );
+    describe_gauge!("cyberbackup_catalog_clients", "Registered clients.");
+    describe_gauge!(
+        "cyberbackup_catalog_files",
+        "Verified file versions in the catalog."
+    );
+    describe_gauge!(
+        "cyberbackup_catalog_bytes",
+        Unit::Bytes,
+        "Plaintext bytes of verified file versions."
+    );
+    describe_gauge!(
+        "cyberbackup_uptime_seconds",
+        Unit::Seconds,
+        "Seconds since start."
+    );
+}

@@ -1,0 +1,297 @@
+//! The admin HTTP listener: the dashboard (embedded static pages), the JSON API under
+//! `/api/v1/`, `/health`, `/ready` and `/metrics` (Prometheus text format).
+//!
+//! It runs on its own address (`admin_listen`, default 127.0.0.1:9091), separate from the
+//! backup port. Requests from other hosts need the configured `admin_token`
+//! (`Authorization: Bearer <token>` or `?token=<token>`, compared in constant time); without
+//! a token only loopback peers are served. `/health` and `/ready` never need the token, so
+//! probes work without secrets. See `docs/admin-api.md`.
+
+mod api;
+mod health;
+mod live;
+mod recent;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use live::{
+    ActiveTransfer, LiveState, THROUGHPUT_SAMPLE_SECS, ThroughputSample, failure_reason,
+};
+pub use recent::{RecentEvent, RecentEvents, RecentLayer};
+
+use crate::catalog::{Catalog, CatalogStats};
+use crate::config::{AdminToken, ServerConfig};
+use crate::error::ServerError;
+use crate::listener::{Server, Stats};
+use crate::storage::Storage;
+
+/// How long catalog totals (a count over the whole `files` table) are reused.
+const STATS_CACHE: Duration = Duration::from_secs(5);
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const ADMIN_JS: &str = include_str!("assets/admin.js");
+const ADMIN_CSS: &str = include_str!("assets/admin.css");
+
+/// What the handlers share.
+#[derive(Debug)]
+pub(crate) struct AdminState {
+    pub(crate) config: ServerConfig,
+    pub(crate) catalog: Catalog,
+    pub(crate) storage: Storage,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) live: Arc<LiveState>,
+    token: Option<AdminToken>,
+    stats_cache: Mutex<Option<(Instant, CatalogStats)>>,
+}
+
+impl AdminState {
+    /// Catalog totals, cached for [`STATS_CACHE`].
+    pub(crate) async fn catalog_stats(&self) -> Result<CatalogStats, crate::CatalogError> {
+        if let Some((at, stats)) = *self
+            .stats_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            if at.elapsed() < STATS_CACHE {
+                return Ok(stats);
+            }
+        }
+        let stats = self.catalog.stats().await?;
+        *self
+            .stats_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), stats));
+        Ok(stats)
+    }
+}
+
+/// The admin listener, bound and ready to [`serve`](Self::serve).
+#[derive(Debug)]
+pub struct AdminServer {
+    listener: TcpListener,
+    state: Arc<AdminState>,
+}
+
+impl AdminServer {
+    /// Binds the admin listener of `server` at `address` (use the configured
+    /// `admin_listen`, or port 0 in tests).
+    ///
+    /// # Errors
+    /// A [`ServerError`] when the address cannot be bound, saying how to fix it.
+    pub async fn bind(server: &Server, address: SocketAddr) -> Result<Self, ServerError> {
+        let shared = server.shared();
+        let listener = TcpListener::bind(address).await.map_err(|source| {
+            ServerError::io(
+                format!(
+                    "cannot listen for the admin dashboard on {address} (is the port in use? set admin_listen, or admin_enabled = false)"
+                ),
+                source,
+            )
+        })?;
+        Ok(Self {
+            listener,
+            state: Arc::new(AdminState {
+                config: shared.config.clone(),
+                catalog: shared.catalog.clone(),
+                storage: shared.storage.clone(),
+                stats: Arc::clone(&shared.stats),
+                live: Arc::clone(&shared.live),
+                token: shared.config.admin_token.clone(),
+                stats_cache: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.listener
+            .local_addr()
+            .map_err(|source| ServerError::io("cannot read the admin listening address", source))
+    }
+
+    /// Serves until `shutdown` is cancelled; also samples the throughput every
+    /// [`THROUGHPUT_SAMPLE_SECS`].
+    ///
+    /// # Errors
+    /// A [`ServerError`] if the HTTP server fails.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let sampler = tokio::spawn(sample_throughput(
+            Arc::clone(&self.state.stats),
+            Arc::clone(&self.state.live),
+            shutdown.clone(),
+        ));
+        let app = router(self.state);
+        let result = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|source| ServerError::io("the admin HTTP server failed", source));
+        sampler.abort();
+        result
+    }
+}
+
+fn router(state: Arc<AdminState>) -> Router {
+    let protected = Router::new()
+        .route(
+            "/",
+            get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/assets/admin.js",
+            get(|| async { page(ADMIN_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/admin.css",
+            get(|| async { page(ADMIN_CSS, "text/css; charset=utf-8") }),
+        )
+        .route("/metrics", get(health::metrics))
+        .merge(api::routes())
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_token,
+        ));
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            observe_latency,
+        ))
+        .with_state(state)
+}
+
+fn page(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    api::error(
+        StatusCode::NOT_FOUND,
+        "no such page or endpoint — the API lives under /api/v1/ (see docs/admin-api.md)",
+    )
+}
+
+/// Records `cyberbackup_http_request_duration_seconds{path, status}`.
+async fn observe_latency(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    state.live.record(|| {
+        metrics::histogram!(
+            "cyberbackup_http_request_duration_seconds",
+            "path" => path,
+            "status" => status
+        )
+        .record(elapsed);
+    });
+    response
+}
+
+/// Off loopback, or whenever a token is configured for a non-loopback listener, the request
+/// must carry the token.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let loopback = peer.ip().is_loopback();
+    let Some(token) = &state.token else {
+        if loopback {
+            return next.run(request).await;
+        }
+        return api::error(
+            StatusCode::FORBIDDEN,
+            "the admin dashboard only answers loopback clients when no admin_token is configured — set admin_token in the server config",
+        );
+    };
+    if loopback && state.config.admin_listen.ip().is_loopback() {
+        return next.run(request).await;
+    }
+    let presented = bearer(&request).or_else(|| query_token(&request));
+    let valid =
+        presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())));
+    if valid {
+        next.run(request).await
+    } else {
+        api::error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token — send \"Authorization: Bearer <admin_token>\" or add ?token=<admin_token> to the URL",
+        )
+    }
+}
+
+fn bearer(request: &Request) -> Option<String> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    value.strip_prefix("Bearer ").map(str::to_owned)
+}
+
+fn query_token(request: &Request) -> Option<String> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "token").then(|| api::percent_decode(value))
+    })
+}
+
+async fn sample_throughput(stats: Arc<Stats>, live: Arc<LiveState>, shutdown: CancellationToken) {
+    let interval = Duration::from_secs(THROUGHPUT_SAMPLE_SECS);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut last = stats.bytes_received();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = stats.bytes_received();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        live.push_throughput(ThroughputSample {
+            at,
+            bytes_per_sec: now.saturating_sub(last) as f64 / interval.as_secs_f64(),
+        });
+        last = now;
+    }
+}

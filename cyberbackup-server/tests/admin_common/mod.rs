@@ -1,0 +1,175 @@
+//! Shared by the admin HTTP tests and the browser tests: a real server with its admin
+//! listener on 127.0.0.1 (port 0), real backups through the client library, and a minimal
+//! HTTP/1.1 client over a raw socket.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use cyberbackup_client::{Client, ClientOptions, IdentityFile, NoProgress, RetryPolicy};
+use cyberbackup_server::http::AdminServer;
+use cyberbackup_server::{Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// A running server with its admin listener.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: ServerConfig,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub fn config_for(data: &Path) -> ServerConfig {
+    ServerConfig {
+        listen: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        data_dir: data.to_path_buf(),
+        idle_timeout_secs: 10,
+        shutdown_grace_secs: 2,
+        registrations_per_minute: 0,
+        min_free_disk_mb: 1,
+        ..ServerConfig::default()
+    }
+}
+
+pub async fn start(config: ServerConfig) -> Running {
+    let server = Server::bind(config.clone()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let admin = AdminServer::bind(&server, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let serve_admin = tokio::spawn({
+        let token = shutdown.clone();
+        async move { admin.serve(token).await.unwrap() }
+    });
+    let serve = tokio::spawn({
+        let token = shutdown.clone();
+        async move { server.serve(token).await.unwrap() }
+    });
+    Running {
+        addr,
+        admin: admin_addr,
+        config,
+        shutdown,
+        tasks: vec![serve_admin, serve],
+    }
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Backs `files` up as client `name` with the client library; returns the file paths.
+pub async fn backup(
+    server: SocketAddr,
+    dir: &Path,
+    name: &str,
+    files: &[(&str, &[u8])],
+) -> Vec<PathBuf> {
+    let paths: Vec<PathBuf> = files
+        .iter()
+        .map(|(file, content)| {
+            let path = dir.join(file);
+            std::fs::write(&path, content).unwrap();
+            path
+        })
+        .collect();
+    let mut options = ClientOptions::new(
+        server.to_string(),
+        name,
+        IdentityFile::new(dir.join(format!("{name}.me.info"))),
+    );
+    options.retry = RetryPolicy::with_retries(0);
+    let mut client = Client::new(options).unwrap();
+    let report = client.backup(&paths, &mut NoProgress).await.unwrap();
+    client.close(&mut NoProgress).await.unwrap();
+    assert!(report.all_verified(), "{report:?}");
+    paths
+}
+
+/// An HTTP response read to the end.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+}
+
+/// `GET path` with optional extra header lines, `Connection: close`.
+pub async fn get(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str)]) -> Response {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (key, value) in extra_headers {
+        request.push_str(&format!("{key}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("no status");
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        head,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = std::str::from_utf8(&data[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}

@@ -1,0 +1,392 @@
+//! The admin listener over real HTTP on 127.0.0.1: every JSON endpoint, the pages, the token
+//! rule, `/health`, `/ready` (with failing probes) and `/metrics` (parsed as Prometheus text),
+//! against a real server that received real backups from the client library.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin_common;
+
+use std::time::Duration;
+
+use admin_common::{backup, config_for, get, start};
+use cyberbackup_server::config::AdminToken;
+use cyberbackup_server::http::RecentEvents;
+use prometheus_parse::{Scrape, Value};
+use serde_json::Value as Json;
+use tokio::io::AsyncWriteExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+fn install_recent_layer() {
+    // The admin state reads the process-wide buffer; feed it like `telemetry::init` does.
+    let _ = tracing_subscriber::registry()
+        .with(RecentEvents::global().layer())
+        .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_endpoints_serve_catalog_and_live_state() {
+    install_recent_layer();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+    backup(
+        server.addr,
+        dir.path(),
+        "alice",
+        &[
+            ("report.txt", b"quarterly numbers"),
+            ("photo.jpg", &[7u8; 5000]),
+        ],
+    )
+    .await;
+    backup(server.addr, dir.path(), "bob", &[("notes.md", b"# notes")]).await;
+    tracing::warn!("admin-http-test warning marker");
+
+    let overview = get(server.admin, "/api/v1/overview", &[]).await.json();
+    let clients = get(server.admin, "/api/v1/clients", &[]).await.json();
+    let alice_files = get(server.admin, "/api/v1/files?client=alice", &[])
+        .await
+        .json();
+    let by_name = get(server.admin, "/api/v1/files?name=not", &[])
+        .await
+        .json();
+    let unverified = get(server.admin, "/api/v1/files?verified=false", &[])
+        .await
+        .json();
+    let page1 = get(server.admin, "/api/v1/files?limit=2", &[]).await.json();
+    let after = page1["next_after"]
+        .as_i64()
+        .expect("a full page has a cursor");
+    let page2 = get(
+        server.admin,
+        &format!("/api/v1/files?limit=2&after={after}"),
+        &[],
+    )
+    .await
+    .json();
+    let since = get(server.admin, "/api/v1/files?since=2000-01-01", &[])
+        .await
+        .json();
+    let until = get(server.admin, "/api/v1/files?until=2000-01-01", &[])
+        .await
+        .json();
+    let bad = get(server.admin, "/api/v1/files?verified=maybe", &[]).await;
+    let bad_date = get(server.admin, "/api/v1/files?since=last%20week", &[]).await;
+    let csv = get(server.admin, "/api/v1/files.csv?client=alice", &[]).await;
+    let transfers = get(server.admin, "/api/v1/transfers", &[]).await.json();
+    let throughput = get(server.admin, "/api/v1/throughput", &[]).await.json();
+    let maintenance = poll_maintenance(server.admin).await;
+    let events = get(server.admin, "/api/v1/events", &[]).await.json();
+    let missing = get(server.admin, "/api/v1/nope", &[]).await;
+
+    assert_eq!(overview["clients"], 2);
+    assert_eq!(overview["files"], 3);
+    assert_eq!(overview["bytes_stored"], 17 + 5000 + 7);
+    assert_eq!(overview["files_committed"], 3);
+    assert_eq!(overview["bytes_received"], 17 + 5000 + 7);
+    assert_eq!(overview["active_transfers"], Json::Array(vec![]));
+    let alice = find(&clients, "name", "alice");
+    assert_eq!(
+        (alice["files"].as_u64(), alice["bytes"].as_u64()),
+        (Some(2), Some(5017))
+    );
+    assert_eq!(alice["protocol"], 3);
+    assert_eq!(alice["id"].as_str().map(str::len), Some(32));
+    assert!(alice["last_seen"].is_string());
+    assert_eq!(find(&clients, "name", "bob")["files"], 1);
+    assert_eq!(names(&alice_files), ["report.txt", "photo.jpg"]);
+    assert_eq!(names(&by_name), ["notes.md"]);
+    assert!(names(&unverified).is_empty());
+    assert_eq!(names(&page1), ["report.txt", "photo.jpg"]);
+    assert_eq!(names(&page2), ["notes.md"]);
+    assert_eq!(page2["next_after"], Json::Null);
+    assert_eq!(names(&since).len(), 3);
+    assert!(names(&until).is_empty());
+    let first = &alice_files["files"][0];
+    assert_eq!(
+        (first["verified"].as_bool(), first["size"].as_u64()),
+        (Some(true), Some(17))
+    );
+    assert_eq!(first["client"], "alice");
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("use true, false or any")
+    );
+    assert_eq!(bad_date.status, 400);
+    assert!(bad_date.body.contains("YYYY-MM-DD"), "{}", bad_date.body);
+    assert_eq!(csv.status, 200);
+    assert_eq!(
+        csv.header("content-type").as_deref(),
+        Some("text/csv; charset=utf-8")
+    );
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", csv.body);
+    assert!(lines[0].starts_with("row,client,"));
+    assert!(lines[1].contains(",alice,") && lines[1].contains(",report.txt,1,verified,true,17,"));
+    assert_eq!(transfers, Json::Array(vec![]));
+    assert_eq!(throughput["interval_secs"], 10);
+    assert!(throughput["samples"].is_array());
+    assert_eq!(maintenance["last_run"]["error"], Json::Null);
+    assert!(maintenance["last_run"]["finished_at"].is_string());
+    assert_eq!(
+        maintenance["interval_secs"],
+        server.config.maintenance_interval_secs
+    );
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"] == "admin-http-test warning marker" && e["level"] == "WARN"),
+        "{events}"
+    );
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_pages_are_served_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+
+    let index = get(server.admin, "/", &[]).await;
+    let js = get(server.admin, "/assets/admin.js", &[]).await;
+    let css = get(server.admin, "/assets/admin.css", &[]).await;
+
+    assert_eq!(index.status, 200);
+    assert!(index.body.contains("<script src=\"/assets/admin.js\">"));
+    assert!(
+        !index.body.contains("http://") && !index.body.contains("https://"),
+        "no CDN"
+    );
+    assert_eq!(js.status, 200);
+    assert!(
+        js.header("content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(js.body.contains("/api/v1/files"));
+    assert_eq!(css.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_required_when_the_listener_is_not_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&dir.path().join("data"));
+    config.admin_listen = "0.0.0.0:9091".parse().unwrap();
+    config.admin_token = Some(AdminToken::new("open sesame"));
+    let server = start(config).await;
+
+    let none = get(server.admin, "/api/v1/overview", &[]).await;
+    let wrong = get(
+        server.admin,
+        "/api/v1/overview",
+        &[("Authorization", "Bearer nope")],
+    )
+    .await;
+    let header = get(
+        server.admin,
+        "/api/v1/overview",
+        &[("Authorization", "Bearer open sesame")],
+    )
+    .await;
+    let query = get(server.admin, "/metrics?token=open%20sesame", &[]).await;
+    let health = get(server.admin, "/health", &[]).await;
+
+    assert_eq!(none.status, 401);
+    assert!(
+        none.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
+    assert_eq!(wrong.status, 401);
+    assert_eq!(header.status, 200);
+    assert_eq!(query.status, 200);
+    assert_eq!(health.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_names_the_failing_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(config_for(&data)).await;
+    let mut starved = config_for(&dir.path().join("other"));
+    starved.min_free_disk_mb = u64::MAX / (1 << 21);
+    let starved = start(starved).await;
+
+    let health = get(server.admin, "/health", &[]).await;
+    let ready = get(server.admin, "/ready", &[]).await;
+    std::fs::remove_dir_all(data.join("files")).unwrap();
+    let no_storage = get(server.admin, "/ready", &[]).await;
+    let no_disk = get(starved.admin, "/ready", &[]).await;
+
+    assert_eq!(
+        (health.status, health.json()["status"].as_str()),
+        (200, Some("alive"))
+    );
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let checks: Vec<_> = ready.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("database".into(), true),
+            ("storage".into(), true),
+            ("disk".into(), true)
+        ]
+    );
+    assert_eq!(no_storage.status, 503);
+    let body = no_storage.json();
+    assert_eq!(body["failing"], serde_json::json!(["storage"]));
+    assert!(
+        body["checks"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("writable")
+    );
+    assert_eq!(no_disk.status, 503);
+    assert_eq!(no_disk.json()["failing"], serde_json::json!(["disk"]));
+    assert!(no_disk.body.contains("min_free_disk_mb"));
+    server.stop().await;
+    starved.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+    backup(server.addr, dir.path(), "carol", &[("a.bin", &[1u8; 3000])]).await;
+    // A peer that speaks garbage: its request is refused and counted as a failure.
+    let mut junk = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    junk.write_all(&[0xff; 23]).await.unwrap();
+    junk.write_all(&[0xff; 64]).await.unwrap();
+    drop(junk);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = get(server.admin, "/api/v1/overview", &[]).await;
+
+    let response = get(server.admin, "/metrics", &[]).await;
+    let scrape = Scrape::parse(response.body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+                other => panic!("{name} is {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("{name} missing in:\n{}", response.body))
+    };
+    let histogram = |name: &str, label: &str, wanted: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && s.labels.get(label) == Some(wanted))
+            .find_map(|s| match &s.value {
+                Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name}{{{label}={wanted}}} missing in:\n{}", response.body))
+    };
+    let failures: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "cyberbackup_failures_total")
+        .map(|s| match s.value {
+            Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    assert_eq!(value("cyberbackup_files_committed_total"), 1.0);
+    assert_eq!(value("cyberbackup_bytes_received_total"), 3000.0);
+    assert_eq!(value("cyberbackup_active_transfers"), 0.0);
+    assert_eq!(value("cyberbackup_connections"), 0.0);
+    assert_eq!(value("cyberbackup_catalog_files"), 1.0);
+    assert_eq!(value("cyberbackup_catalog_bytes"), 3000.0);
+    assert_eq!(value("cyberbackup_catalog_clients"), 1.0);
+    assert!(
+        histogram(
+            "cyberbackup_effect_duration_seconds",
+            "effect",
+            "append_file"
+        ) >= 1.0
+    );
+    assert_eq!(
+        histogram(
+            "cyberbackup_effect_duration_seconds",
+            "effect",
+            "commit_file"
+        ),
+        1.0
+    );
+    assert!(
+        histogram(
+            "cyberbackup_http_request_duration_seconds",
+            "path",
+            "/api/v1/overview"
+        ) >= 1.0
+    );
+    assert!(failures >= 1.0, "no failure counted:\n{}", response.body);
+    assert!(
+        response
+            .body
+            .contains("# HELP cyberbackup_bytes_received_total")
+    );
+    server.stop().await;
+}
+
+async fn poll_maintenance(admin: std::net::SocketAddr) -> Json {
+    for _ in 0..100 {
+        let m = get(admin, "/api/v1/maintenance", &[]).await.json();
+        if !m["last_run"].is_null() {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("maintenance never reported a run");
+}
+
+fn find<'a>(list: &'a Json, key: &str, wanted: &str) -> &'a Json {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item[key] == wanted)
+        .unwrap_or_else(|| panic!("no {key}={wanted} in {list}"))
+}
+
+fn names(page: &Json) -> Vec<String> {
+    page["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect()
+}
