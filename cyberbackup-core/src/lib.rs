@@ -63,6 +63,7 @@ pub mod frame;
 pub mod identity;
 pub mod limits;
 pub mod session;
+pub mod v4;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,0 +1,267 @@
+//! The Noise parts: parameters, static keys and fingerprints, and the resolver through which
+//! `snow` gets its randomness from the session's RNG (never from the OS), so a seeded RNG
+//! gives reproducible handshakes in tests.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand_core::CryptoRngCore;
+use sha2::{Digest, Sha256};
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::wire::{HELLO_HEADER_LEN, hello_header};
+
+/// The Noise protocol name. Do not modify.
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_SHA256";
+/// First part of the prologue. Do not modify.
+pub const PROLOGUE_LABEL: &[u8] = b"CyberBackup v4 Noise_XX_25519_AESGCM_SHA256\n";
+/// Length of X25519 keys.
+pub const KEY_LEN: usize = 32;
+
+/// The prologue both sides mix in: the label and the hello's magic, version and code.
+#[must_use]
+pub fn prologue() -> Vec<u8> {
+    let header = hello_header();
+    let mut prologue = PROLOGUE_LABEL.to_vec();
+    prologue.extend_from_slice(header.get(..HELLO_HEADER_LEN - 4).unwrap_or(&header));
+    prologue
+}
+
+/// A static X25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; KEY_LEN]);
+
+impl PublicKey {
+    /// The key's fingerprint (SHA-256 of the 32 bytes).
+    #[must_use]
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint(Sha256::digest(self.0).into())
+    }
+
+    /// Reads a key from a slice of exactly 32 bytes.
+    #[must_use]
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.fingerprint())
+    }
+}
+
+/// SHA-256 of a static public key, shown as `sha256:<64 hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A fingerprint that is not `sha256:` followed by 64 hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid fingerprint {text:?}: expected \"sha256:\" followed by 64 hex digits")]
+pub struct BadFingerprint {
+    /// The text given.
+    pub text: String,
+}
+
+impl FromStr for Fingerprint {
+    type Err = BadFingerprint;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadFingerprint { text: s.to_owned() };
+        let digits = s.trim().strip_prefix("sha256:").ok_or_else(bad)?;
+        Ok(Self(decode_hex::<32>(digits).ok_or_else(bad)?))
+    }
+}
+
+/// A static X25519 key pair. The private half is zeroized on drop and never printed.
+#[derive(Clone)]
+pub struct StaticKeypair {
+    private: Zeroizing<[u8; KEY_LEN]>,
+    public: PublicKey,
+}
+
+impl fmt::Debug for StaticKeypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticKeypair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A private key that is not 32 bytes (or 64 hex digits).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid X25519 private key: expected 32 bytes (64 hex digits)")]
+pub struct BadPrivateKey;
+
+impl StaticKeypair {
+    /// A new key pair from 32 bytes of `rng`.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let mut private = Zeroizing::new([0u8; KEY_LEN]);
+        rng.fill_bytes(private.as_mut());
+        Self::from_private(*private)
+    }
+
+    /// The key pair of a private key (X25519 clamps it when used).
+    #[must_use]
+    pub fn from_private(private: [u8; KEY_LEN]) -> Self {
+        let private = Zeroizing::new(private);
+        let public = x25519_public(&private);
+        Self { private, public }
+    }
+
+    /// Parses 64 hex digits.
+    ///
+    /// # Errors
+    /// [`BadPrivateKey`].
+    pub fn from_private_hex(text: &str) -> Result<Self, BadPrivateKey> {
+        let mut bytes = decode_hex::<KEY_LEN>(text.trim()).ok_or(BadPrivateKey)?;
+        let pair = Self::from_private(bytes);
+        bytes.zeroize();
+        Ok(pair)
+    }
+
+    /// The private key as 64 lowercase hex digits, in a zeroizing buffer.
+    #[must_use]
+    pub fn private_hex(&self) -> Zeroizing<String> {
+        let mut text = Zeroizing::new(String::with_capacity(2 * KEY_LEN));
+        for byte in self.private.iter() {
+            text.push(hex_digit(byte >> 4));
+            text.push(hex_digit(byte & 0x0f));
+        }
+        text
+    }
+
+    /// The public key.
+    #[must_use]
+    pub fn public(&self) -> PublicKey {
+        self.public
+    }
+
+    pub(crate) fn private_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.private
+    }
+}
+
+fn x25519_public(private: &[u8; KEY_LEN]) -> PublicKey {
+    let mut public = [0u8; KEY_LEN];
+    if let Some(mut dh) = DefaultResolver.resolve_dh(&DHChoice::Curve25519) {
+        dh.set(private);
+        if let Some(key) = dh.pubkey().get(..KEY_LEN) {
+            public.copy_from_slice(key);
+        }
+    }
+    PublicKey(public)
+}
+
+/// Lowercase hex of `bytes`.
+#[must_use]
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(hex_digit(byte >> 4));
+        text.push(hex_digit(byte & 0x0f));
+    }
+    text
+}
+
+/// Parses exactly `2 * N` hex digits (either case).
+#[must_use]
+pub fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let digits = text.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let hi = char::from(*pair.first()?).to_digit(16)?;
+        let lo = char::from(*pair.get(1)?).to_digit(16)?;
+        *byte = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
+}
+
+/// Builds a handshake state whose only randomness is `seed` (drawn from the session RNG).
+pub(crate) fn handshake(
+    keys: &StaticKeypair,
+    initiator: bool,
+    seed: [u8; 32],
+) -> Result<snow::HandshakeState, snow::Error> {
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse()?;
+    let prologue = prologue();
+    let builder = snow::Builder::with_resolver(params, Box::new(SeededResolver { seed }))
+        .local_private_key(keys.private_bytes())?
+        .prologue(&prologue)?;
+    if initiator {
+        builder.build_initiator()
+    } else {
+        builder.build_responder()
+    }
+}
+
+/// Delegates the primitives to snow's default resolver; randomness comes from a seed.
+struct SeededResolver {
+    seed: [u8; 32],
+}
+
+impl CryptoResolver for SeededResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SeedRandom {
+            bytes: Zeroizing::new(self.seed),
+            used: 0,
+        }))
+    }
+
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+/// Hands out the seed once: exactly the 32 bytes of one ephemeral key. A second request
+/// fails instead of repeating randomness.
+struct SeedRandom {
+    bytes: Zeroizing<[u8; 32]>,
+    used: usize,
+}
+
+impl Random for SeedRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        let end = self.used.saturating_add(dest.len());
+        let Some(source) = self.bytes.get(self.used..end) else {
+            return Err(snow::Error::Rng);
+        };
+        dest.copy_from_slice(source);
+        self.used = end;
+        Ok(())
+    }
+}

@@ -1,0 +1,469 @@
+//! In-memory v4 harness (feature `test-util`): a [`MemStore`] that answers server effects,
+//! a [`MemClient`] that answers client effects, drivers that follow the canonical loop, and
+//! [`run_pair`] connecting both sessions without sockets.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rand_core::CryptoRngCore;
+
+use super::client::{ClientEffect, ClientEvent, ClientSession, OpId};
+use super::noise::PublicKey;
+use super::server::{AuthDecision, ResumePoint, ServerEffect, ServerEvent, ServerSession};
+use super::wire::{ClientAuth, ErrorCode, VersionRecord};
+use super::{CloseReason, ContentDigest, Output, Refusal, V4Error};
+use crate::frame::{ClientId, FileName, NameField};
+
+/// A partial upload kept by [`MemStore`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemPartial {
+    /// Announced size.
+    pub size: u64,
+    /// Bytes written so far.
+    pub data: Vec<u8>,
+    /// Offset of the last checkpoint.
+    pub durable: u64,
+}
+
+/// A committed version and its content.
+pub type StoredVersion = (VersionRecord, Vec<u8>);
+
+/// Server-side storage in memory.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    /// Registration needs one of `tokens`.
+    pub enrollment_required: bool,
+    /// Valid single-use tokens.
+    pub tokens: Vec<String>,
+    /// Registered keys → (id, name).
+    pub clients: BTreeMap<PublicKey, (ClientId, Vec<u8>)>,
+    /// Committed versions per (client, name).
+    pub versions: BTreeMap<(ClientId, Vec<u8>), Vec<StoredVersion>>,
+    /// Partial uploads per (client, name).
+    pub partials: BTreeMap<(ClientId, Vec<u8>), MemPartial>,
+    /// Checkpoint offsets seen, in order.
+    pub checkpoints: Vec<u64>,
+    /// Number of `FinishUpload` effects performed (commits).
+    pub commits: usize,
+    open_upload: Option<(ClientId, Vec<u8>)>,
+    open_version: Option<Vec<u8>>,
+}
+
+impl MemStore {
+    /// Every committed version of every client.
+    #[must_use]
+    pub fn committed(&self) -> usize {
+        self.versions.values().map(Vec::len).sum()
+    }
+
+    /// The connection ended: what was written becomes durable (the driver's final
+    /// checkpoint), as the real server does.
+    pub fn end_connection(&mut self) {
+        if let Some(key) = self.open_upload.take()
+            && let Some(partial) = self.partials.get_mut(&key)
+        {
+            partial.durable = partial.data.len() as u64;
+        }
+        self.open_version = None;
+    }
+
+    /// Like a crash: the connection ended and non-durable bytes are lost.
+    pub fn crash(&mut self) {
+        self.open_upload = None;
+        self.open_version = None;
+        for partial in self.partials.values_mut() {
+            partial
+                .data
+                .truncate(usize::try_from(partial.durable).unwrap_or(usize::MAX));
+        }
+    }
+
+    /// Performs one server effect and answers it.
+    ///
+    /// # Errors
+    /// What the session's `handle_*` returns.
+    pub fn perform<R: CryptoRngCore>(
+        &mut self,
+        session: &mut ServerSession<R>,
+        effect: ServerEffect,
+        now: Instant,
+    ) -> Result<(), V4Error> {
+        match effect {
+            ServerEffect::Authenticate {
+                client_key,
+                request,
+            } => {
+                let decision = self.authenticate(client_key, request);
+                session.handle_auth(now, decision)
+            }
+            ServerEffect::OpenUpload {
+                client_id,
+                name,
+                size,
+                restart,
+            } => {
+                let key = (client_id, name.as_bytes().to_vec());
+                let partial = self.partials.entry(key.clone()).or_default();
+                if restart || partial.size != size {
+                    *partial = MemPartial {
+                        size,
+                        ..MemPartial::default()
+                    };
+                }
+                partial
+                    .data
+                    .truncate(usize::try_from(partial.durable).unwrap_or(usize::MAX));
+                let mut digest = ContentDigest::new();
+                digest.update(&partial.data);
+                let offset = partial.durable;
+                self.open_upload = Some(key);
+                session.handle_upload_opened(now, Ok(ResumePoint { offset, digest }))
+            }
+            ServerEffect::WriteUpload { data } => {
+                if let Some(partial) = self.open_partial() {
+                    partial.data.extend_from_slice(&data);
+                }
+                session.handle_storage(now, Ok(()))
+            }
+            ServerEffect::Checkpoint { offset } => {
+                if let Some(partial) = self.open_partial() {
+                    partial.durable = offset;
+                }
+                self.checkpoints.push(offset);
+                session.handle_storage(now, Ok(()))
+            }
+            ServerEffect::FinishUpload {
+                size,
+                sha256,
+                cksum,
+            } => {
+                let key = self.open_upload.take().unwrap_or_default();
+                let partial = self.partials.remove(&key).unwrap_or_default();
+                let versions = self.versions.entry(key.clone()).or_default();
+                let version = versions.last().map_or(1, |(r, _)| r.version + 1);
+                let name = FileName::validate(NameField::decode(&key.1))
+                    .map_err(|_| V4Error::ApiMisuse("bad stored name"))?;
+                versions.push((
+                    VersionRecord {
+                        name,
+                        version,
+                        size,
+                        created_unix_secs: 1_700_000_000 + u64::from(version),
+                        cksum,
+                        sha256,
+                    },
+                    partial.data,
+                ));
+                self.commits += 1;
+                session.handle_committed(now, Ok(version))
+            }
+            ServerEffect::DiscardUpload => {
+                if let Some(key) = self.open_upload.take() {
+                    self.partials.remove(&key);
+                }
+                Ok(())
+            }
+            ServerEffect::ListVersions { client_id } => {
+                let records = self
+                    .versions
+                    .iter()
+                    .filter(|((id, _), _)| *id == client_id)
+                    .flat_map(|(_, versions)| versions.iter().map(|(r, _)| r.clone()))
+                    .collect();
+                session.handle_listing(now, Ok(records))
+            }
+            ServerEffect::OpenVersion {
+                client_id,
+                name,
+                version,
+            } => {
+                let found = self
+                    .versions
+                    .get(&(client_id, name.as_bytes().to_vec()))
+                    .and_then(|versions| match version {
+                        None => versions.last(),
+                        Some(v) => versions.iter().find(|(r, _)| r.version == v),
+                    })
+                    .cloned();
+                self.open_version = found.as_ref().map(|(_, data)| data.clone());
+                session.handle_version_opened(now, Ok(found.map(|(record, _)| record)))
+            }
+            ServerEffect::ReadVersion { offset, max } => {
+                let data = self.open_version.as_deref().unwrap_or_default();
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                let end = start.saturating_add(max).min(data.len());
+                let piece = Bytes::copy_from_slice(data.get(start..end).unwrap_or_default());
+                session.handle_version_data(now, Ok(piece))
+            }
+            ServerEffect::CloseVersion => {
+                self.open_version = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn open_partial(&mut self) -> Option<&mut MemPartial> {
+        let key = self.open_upload.as_ref()?;
+        self.partials.get_mut(key)
+    }
+
+    fn authenticate(&mut self, key: PublicKey, request: ClientAuth) -> AuthDecision {
+        if let Some((client_id, name)) = self.clients.get(&key) {
+            return AuthDecision::Accepted {
+                client_id: *client_id,
+                name: NameField::decode(name),
+                registered: false,
+            };
+        }
+        match request {
+            ClientAuth::Login => AuthDecision::Refused(Refusal::new(
+                ErrorCode::UNKNOWN_CLIENT,
+                "this key is not registered",
+            )),
+            ClientAuth::Register { name, token } => {
+                if self.enrollment_required {
+                    let Some(index) = self.tokens.iter().position(|t| *t == token) else {
+                        return AuthDecision::Refused(Refusal::new(
+                            ErrorCode::ENROLLMENT_INVALID,
+                            "invalid enrollment token",
+                        ));
+                    };
+                    self.tokens.remove(index);
+                }
+                if self.clients.values().any(|(_, n)| n == name.as_bytes()) {
+                    return AuthDecision::Refused(Refusal::new(
+                        ErrorCode::NAME_TAKEN,
+                        "name taken",
+                    ));
+                }
+                let index = u8::try_from(self.clients.len() + 1).unwrap_or(u8::MAX);
+                let client_id = ClientId([index; 16]);
+                self.clients
+                    .insert(key, (client_id, name.as_bytes().to_vec()));
+                AuthDecision::Accepted {
+                    client_id,
+                    name,
+                    registered: true,
+                }
+            }
+        }
+    }
+}
+
+/// Client-side files in memory.
+#[derive(Debug, Default)]
+pub struct MemClient {
+    /// Source content per upload.
+    pub sources: BTreeMap<OpId, Bytes>,
+    /// Restores being written.
+    pub restoring: BTreeMap<OpId, Vec<u8>>,
+    /// Restores made visible.
+    pub restored: BTreeMap<OpId, Vec<u8>>,
+    /// The key saved by `TrustServerKey`.
+    pub trusted: Option<PublicKey>,
+    /// Every event, in order.
+    pub events: Vec<ClientEvent>,
+}
+
+impl MemClient {
+    /// Performs one client effect and answers it.
+    ///
+    /// # Errors
+    /// What the session's `handle_*` returns.
+    pub fn perform(
+        &mut self,
+        session: &mut ClientSession,
+        effect: ClientEffect,
+        now: Instant,
+    ) -> Result<(), V4Error> {
+        match effect {
+            ClientEffect::TrustServerKey { key } => {
+                self.trusted = Some(key);
+                session.handle_server_key_trusted(now, Ok(()))
+            }
+            ClientEffect::ReadFile { op, offset, max } => {
+                let source = self.sources.get(&op).cloned().unwrap_or_default();
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(source.len());
+                let end = start.saturating_add(max).min(source.len());
+                session.handle_file_data(now, op, source.slice(start..end))
+            }
+            ClientEffect::BeginRestore { op, .. } => {
+                self.restoring.insert(op, Vec::new());
+                session.handle_restore_io(now, op, Ok(()))
+            }
+            ClientEffect::WriteRestore { op, data } => {
+                self.restoring
+                    .entry(op)
+                    .or_default()
+                    .extend_from_slice(&data);
+                session.handle_restore_io(now, op, Ok(()))
+            }
+            ClientEffect::FinishRestore { op } => {
+                let data = self.restoring.remove(&op).unwrap_or_default();
+                self.restored.insert(op, data);
+                session.handle_restore_io(now, op, Ok(()))
+            }
+            ClientEffect::AbortRestore { op } => {
+                self.restoring.remove(&op);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What one drive step produced.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Bytes transmitted, concatenated.
+    pub sent: Vec<u8>,
+    /// The close request, if the session closed.
+    pub close: Option<CloseReason>,
+}
+
+/// Runs the server loop over `buf` until it needs more bytes; returns what it sent.
+pub fn drive_server<R: CryptoRngCore>(
+    session: &mut ServerSession<R>,
+    store: &mut MemStore,
+    buf: &mut BytesMut,
+    events: &mut Vec<ServerEvent>,
+    now: Instant,
+) -> Step {
+    let mut step = Step::default();
+    let _ = session.handle_bytes(now, buf);
+    loop {
+        let mut answered = false;
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Transmit(bytes) => step.sent.extend_from_slice(&bytes),
+                Output::Effect(effect) => {
+                    answered |= effect.needs_answer();
+                    let _ = store.perform(session, effect, now);
+                }
+                Output::Event(event) => events.push(event),
+                Output::Close(reason) => step.close = Some(reason),
+            }
+        }
+        if step.close.is_some() || !answered {
+            return step;
+        }
+        let _ = session.handle_bytes(now, buf);
+    }
+}
+
+/// Runs the client loop over `buf` until it needs more bytes; returns what it sent.
+pub fn drive_client(
+    session: &mut ClientSession,
+    files: &mut MemClient,
+    buf: &mut BytesMut,
+    now: Instant,
+) -> Step {
+    let mut step = Step::default();
+    if !buf.is_empty() {
+        let _ = session.handle_bytes(now, buf);
+    }
+    loop {
+        let mut answered = false;
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Transmit(bytes) => step.sent.extend_from_slice(&bytes),
+                Output::Effect(effect) => {
+                    answered |= effect.needs_answer();
+                    let _ = files.perform(session, effect, now);
+                }
+                Output::Event(event) => files.events.push(event),
+                Output::Close(reason) => step.close = Some(reason),
+            }
+        }
+        if step.close.is_some() || !answered {
+            return step;
+        }
+        let _ = session.handle_bytes(now, buf);
+    }
+}
+
+/// The result of [`run_pair`].
+#[derive(Debug, Default)]
+pub struct PairOutcome {
+    /// Every byte the client sent.
+    pub c2s: Vec<u8>,
+    /// Every byte the server sent.
+    pub s2c: Vec<u8>,
+    /// How the client closed.
+    pub client_close: Option<CloseReason>,
+    /// How the server closed.
+    pub server_close: Option<CloseReason>,
+    /// Server events.
+    pub server_events: Vec<ServerEvent>,
+}
+
+/// Connects a client and a server in memory until both closed or nothing moves. Call
+/// [`MemStore::end_connection`] (or [`MemStore::crash`]) afterwards when it was cut.
+/// `tamper` sees every chunk the client sends (to flip, drop or replay bytes).
+pub fn run_pair<R: CryptoRngCore>(
+    client: &mut ClientSession,
+    files: &mut MemClient,
+    server: &mut ServerSession<R>,
+    store: &mut MemStore,
+    now: Instant,
+    mut tamper: impl FnMut(Vec<u8>) -> Vec<u8>,
+) -> PairOutcome {
+    let mut outcome = PairOutcome::default();
+    let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+    for _ in 0..1_000_000 {
+        let step = drive_client(client, files, &mut to_client, now);
+        outcome.c2s.extend_from_slice(&step.sent);
+        let moved_c = !step.sent.is_empty();
+        to_server.extend_from_slice(&tamper(step.sent));
+        if outcome.client_close.is_none() {
+            outcome.client_close = step.close;
+        }
+        let step = drive_server(
+            server,
+            store,
+            &mut to_server,
+            &mut outcome.server_events,
+            now,
+        );
+        outcome.s2c.extend_from_slice(&step.sent);
+        let moved_s = !step.sent.is_empty();
+        to_client.extend_from_slice(&step.sent);
+        if outcome.server_close.is_none() {
+            outcome.server_close = step.close;
+        }
+        if outcome.server_close.is_some() && outcome.client_close.is_none() && !moved_s {
+            let step = drive_client(client, files, &mut to_client, now);
+            outcome.c2s.extend_from_slice(&step.sent);
+            client.handle_eof(now);
+            let step2 = drive_client(client, files, &mut to_client, now);
+            outcome.client_close = step.close.or(step2.close);
+        }
+        if outcome.client_close.is_some() && outcome.server_close.is_none() && !moved_c {
+            let _ = drive_server(
+                server,
+                store,
+                &mut to_server,
+                &mut outcome.server_events,
+                now,
+            );
+            server.handle_eof(now);
+            let step = drive_server(
+                server,
+                store,
+                &mut to_server,
+                &mut outcome.server_events,
+                now,
+            );
+            outcome.server_close = step.close;
+        }
+        let done = outcome.client_close.is_some() && outcome.server_close.is_some();
+        if done || (!moved_c && !moved_s) {
+            break;
+        }
+    }
+    outcome
+}
