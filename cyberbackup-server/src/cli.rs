@@ -37,6 +37,18 @@ pub enum Command {
     Clients,
     /// List stored files.
     Files(FilesArgs),
+    /// Issue a single-use enrollment token for a v4 client registration.
+    Enroll(EnrollArgs),
+    /// Print the fingerprint of the v4 server key (creating the key if needed).
+    Fingerprint,
+}
+
+/// Arguments of `enroll`.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// Seconds the token stays valid.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl_secs: u64,
 }
 
 /// Arguments of `files`.

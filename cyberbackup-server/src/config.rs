@@ -175,6 +175,15 @@ pub struct ServerConfig {
     /// Token required by the admin listener; mandatory when `admin_listen` is not loopback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<AdminToken>,
+    /// Accept the legacy v3 protocol (insecure; a warning is logged at start-up while true).
+    pub legacy_v3: bool,
+    /// File holding the v4 server key [default: `<data_dir>/server-v4.key`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_key_file: Option<PathBuf>,
+    /// v4 registration needs a token from `cyberbackup-server enroll`.
+    pub enrollment_required: bool,
+    /// Bytes between durable checkpoints of a v4 upload (resume points).
+    pub checkpoint_interval_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -197,6 +206,10 @@ impl Default for ServerConfig {
             admin_enabled: true,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             admin_token: None,
+            legacy_v3: true,
+            identity_key_file: None,
+            enrollment_required: false,
+            checkpoint_interval_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -256,6 +269,18 @@ pub struct ConfigOverrides {
     /// Admin API token, required off loopback [env: CYBERBACKUP_ADMIN_TOKEN]
     #[arg(long, global = true, value_name = "TOKEN")]
     pub admin_token: Option<AdminToken>,
+    /// Accept the legacy v3 protocol [default: true]
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub legacy_v3: Option<bool>,
+    /// v4 server key file [default: <data_dir>/server-v4.key]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub identity_key_file: Option<PathBuf>,
+    /// v4 registration requires an enrollment token [default: false]
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub enrollment_required: Option<bool>,
+    /// Bytes between durable checkpoints of a v4 upload [default: 8388608]
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub checkpoint_interval_bytes: Option<u64>,
 }
 
 /// What `port.info` said.
@@ -366,6 +391,7 @@ impl ServerConfig {
             ("maintenance_interval_secs", self.maintenance_interval_secs),
             ("abandoned_after_secs", self.abandoned_after_secs),
             ("max_file_size", self.max_file_size),
+            ("checkpoint_interval_bytes", self.checkpoint_interval_bytes),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return invalid(key, "must be greater than 0");
@@ -452,6 +478,10 @@ impl ServerConfig {
             admin_enabled,
             admin_listen,
             admin_token,
+            legacy_v3,
+            identity_key_file,
+            enrollment_required,
+            checkpoint_interval_bytes,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -475,6 +505,23 @@ impl ServerConfig {
         if admin_token.is_some() {
             self.admin_token = admin_token;
         }
+        set(&mut self.legacy_v3, legacy_v3);
+        if identity_key_file.is_some() {
+            self.identity_key_file = identity_key_file;
+        }
+        set(&mut self.enrollment_required, enrollment_required);
+        set(
+            &mut self.checkpoint_interval_bytes,
+            checkpoint_interval_bytes,
+        );
+    }
+
+    /// The v4 server key file: `identity_key_file`, else `<data_dir>/server-v4.key`.
+    #[must_use]
+    pub fn v4_identity_path(&self) -> PathBuf {
+        self.identity_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("server-v4.key"))
     }
 }
 
@@ -502,6 +549,10 @@ impl ConfigOverrides {
             admin_enabled: env_var(env, "ADMIN_ENABLED")?,
             admin_listen: env_var(env, "ADMIN_LISTEN")?,
             admin_token: env_var(env, "ADMIN_TOKEN")?,
+            legacy_v3: env_var(env, "LEGACY_V3")?,
+            identity_key_file: env_var(env, "IDENTITY_KEY_FILE")?,
+            enrollment_required: env_var(env, "ENROLLMENT_REQUIRED")?,
+            checkpoint_interval_bytes: env_var(env, "CHECKPOINT_INTERVAL_BYTES")?,
         })
     }
 }

@@ -20,7 +20,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Serves one connection until the session closes, the peer leaves, or shutdown.
 pub(crate) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
     shutdown: CancellationToken,
@@ -31,9 +31,34 @@ pub(crate) async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
+        // Dispatch on the version byte at offset 16 of the first header (docs/protocol-v4.md §2).
+        let (buf, version) =
+            crate::v4::read_version(&mut stream, shared.config.idle_timeout()).await;
+        match version {
+            Some(4) => {
+                let connection = shared.live.connection_opened();
+                crate::v4::serve(stream, buf, peer, shared, &shutdown, &abort).await;
+                shared.live.connection_closed(connection);
+                return;
+            }
+            Some(3) if !shared.config.legacy_v3 => {
+                crate::v4::refuse_v3(&mut stream).await;
+                return;
+            }
+            _ => {}
+        }
         let mut effects = Effects::new(shared, peer.ip());
         let connection = shared.live.connection_opened();
-        let reason = drive(stream, shared, &mut effects, &shutdown, &abort, connection).await;
+        let reason = drive(
+            stream,
+            buf,
+            shared,
+            &mut effects,
+            &shutdown,
+            &abort,
+            connection,
+        )
+        .await;
         effects.abort_all().await;
         shared.live.connection_closed(connection);
         if let CloseReason::Error(error) = &reason {
@@ -50,6 +75,7 @@ pub(crate) async fn serve(
 
 async fn drive(
     mut stream: TcpStream,
+    mut buf: BytesMut,
     shared: &Shared,
     effects: &mut Effects<'_>,
     shutdown: &CancellationToken,
@@ -57,7 +83,9 @@ async fn drive(
     connection: u64,
 ) -> CloseReason {
     let mut session = ServerSession::new(shared.session_config.clone(), OsRng, now());
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    if !buf.is_empty() {
+        let _ = session.handle_bytes(now(), &mut buf);
+    }
     let mut shutting_down = false;
     loop {
         let mut answered = false;

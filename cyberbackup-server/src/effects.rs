@@ -159,6 +159,11 @@ impl<'a> Effects<'a> {
 
     async fn lookup(&self, client_id: ClientId) -> Option<StoredClient> {
         match self.shared.catalog.client_by_id(client_id.0).await {
+            Ok(Some(record)) if record.protocol == Some(crate::catalog::v4::PROTOCOL_V4) => {
+                // Downgrade protection: an identity registered over v4 never uses v3.
+                tracing::warn!(client = %client_id, "v3 reconnect refused: this client registered over protocol v4");
+                None
+            }
             Ok(Some(record)) => {
                 if let Err(err) = self.shared.catalog.touch_client(client_id.0).await {
                     tracing::warn!(%err, "cannot update LastSeen");

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod maintenance;
 pub mod storage;
 pub mod telemetry;
+pub mod v4;
 
 pub use catalog::{Catalog, CatalogError};
 pub use config::{ConfigError, ServerConfig};

@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     pub(crate) registrations: RegistrationLimiter,
     /// Live state for the admin listener (transfers, throughput, metrics, maintenance).
     pub(crate) live: Arc<crate::http::LiveState>,
+    /// Protocol v4: server key, session settings, uploads in progress.
+    pub(crate) v4: Arc<crate::v4::V4State>,
 }
 
 /// A server bound to its port, ready to [`serve`](Server::serve).
@@ -169,6 +171,7 @@ impl Server {
                 .min(cyberbackup_core::limits::MAX_V3_FILE_LEN),
         });
         let registrations = RegistrationLimiter::new(config.registrations_per_minute);
+        let v4 = Arc::new(crate::v4::V4State::open(&config)?);
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -179,6 +182,7 @@ impl Server {
                 stats: Arc::new(Stats::default()),
                 registrations,
                 live: crate::http::LiveState::new(crate::http::RecentEvents::global()),
+                v4,
             }),
         })
     }

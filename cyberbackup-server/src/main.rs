@@ -11,7 +11,7 @@ use clap::Parser;
 use cyberbackup_server::admin;
 use cyberbackup_server::catalog::{Catalog, FileFilter};
 use cyberbackup_server::check::run_checks;
-use cyberbackup_server::cli::{Cli, Command, FilesArgs};
+use cyberbackup_server::cli::{Cli, Command, EnrollArgs, FilesArgs};
 use cyberbackup_server::config::{ENV_PREFIX, LoadedConfig, ServerConfig};
 use cyberbackup_server::{ServerError, telemetry};
 
@@ -93,6 +93,21 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             admin::write_files(&catalog, filter, csv, &mut out).await?;
             out.flush()
                 .map_err(|e| ServerError::io("cannot write to stdout", e))?;
+        }
+        Command::Enroll(EnrollArgs { ttl_secs }) => {
+            let catalog = Catalog::open(config.catalog_path()).await?;
+            let ttl = std::time::Duration::from_secs(ttl_secs);
+            let (token, expires) = cyberbackup_server::v4::enroll(&catalog, ttl).await?;
+            catalog.close().await?;
+            println!("{token}");
+            eprintln!(
+                "single-use enrollment token, valid until {expires}; register with: cyberbackup-client register --name NAME --enroll-token {token}"
+            );
+        }
+        Command::Fingerprint => {
+            let (fingerprint, path) = cyberbackup_server::v4::server_fingerprint(&config)?;
+            println!("{fingerprint}");
+            eprintln!("v4 server key: {}", path.display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ mod model;
 mod queries;
 mod schema;
 mod timestamp;
+pub mod v4;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

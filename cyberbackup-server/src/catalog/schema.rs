@@ -100,6 +100,26 @@ const MIGRATIONS: &[&str] = &[
         WHERE State IN ('receiving', 'received');
     CREATE INDEX files_committing_by_updated ON files(UpdatedAt) WHERE State = 'committing';
     ",
+    // 3: protocol v4 (docs/protocol-v4.md). A v4 client's PublicKey is its 32-byte X25519
+    // static key, unique among v4 clients. Enrollment tokens are stored as SHA-256 only.
+    // A resumable upload is a `files` row in `receiving` (TempPath = its partial file) plus
+    // its size and durable offset here; no foreign key, so a later rebuild of `files` stays
+    // possible.
+    r"
+    CREATE UNIQUE INDEX clients_v4_public_key ON clients(PublicKey) WHERE Protocol = 4;
+    CREATE TABLE enrollment_tokens (
+        TokenHash BLOB PRIMARY KEY CHECK (length(TokenHash) = 32),
+        CreatedAt TEXT NOT NULL,
+        ExpiresAt TEXT NOT NULL,
+        UsedAt    TEXT,
+        UsedBy    BLOB
+    );
+    CREATE TABLE v4_uploads (
+        RowId         INTEGER PRIMARY KEY,
+        Size          INTEGER NOT NULL,
+        DurableOffset INTEGER NOT NULL DEFAULT 0
+    );
+    ",
 ];
 
 /// Newest schema version this build knows.

@@ -1,0 +1,132 @@
+//! One socket driving one v4 `ServerSession` (the canonical loop of
+//! `docs/architecture.md`: feed, drain outputs in order, re-feed after an answered effect,
+//! then wait for bytes, the deadline or shutdown).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use cyberbackup_core::v4::server::{ServerEvent, ServerSession};
+use cyberbackup_core::v4::{CloseReason, Output};
+use rand_core::OsRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::effects::V4Effects;
+use crate::listener::Shared;
+
+/// Bytes asked of the socket per read (a frame is at most 65 539 bytes).
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Serves a v4 connection whose first bytes are already in `buf`.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    peer: SocketAddr,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    abort: &CancellationToken,
+) -> CloseReason {
+    let mut effects = V4Effects::new(shared, peer.ip());
+    let reason = drive(&mut stream, &mut buf, shared, &mut effects, shutdown, abort).await;
+    effects.finish_connection().await;
+    let _ = stream.shutdown().await;
+    match &reason {
+        CloseReason::Error(error) => tracing::info!(%error, "v4 connection failed"),
+        other => tracing::debug!(reason = ?other, "v4 connection closed"),
+    }
+    reason
+}
+
+async fn drive(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    effects: &mut V4Effects<'_>,
+    shutdown: &CancellationToken,
+    abort: &CancellationToken,
+) -> CloseReason {
+    let state = &shared.v4;
+    let mut session = ServerSession::new(
+        state.session_config.clone(),
+        state.keys.clone(),
+        OsRng,
+        now(),
+    );
+    let _ = session.handle_bytes(now(), buf);
+    let mut shutting_down = false;
+    loop {
+        let mut answered = false;
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Transmit(bytes) => {
+                    if let Err(err) = stream.write_all(&bytes).await {
+                        tracing::debug!(%err, "write failed");
+                        session.handle_eof(now());
+                    }
+                }
+                Output::Effect(effect) => {
+                    answered |= effect.needs_answer();
+                    if let Err(err) = effects.run(&mut session, effect).await {
+                        tracing::debug!(%err, "v4 effect answer");
+                    }
+                }
+                Output::Event(event) => log_event(&event),
+                Output::Close(reason) => return reason,
+            }
+        }
+        if answered {
+            let _ = session.handle_bytes(now(), buf);
+            continue;
+        }
+        if shutting_down && !session.has_open_upload() {
+            return CloseReason::Done;
+        }
+        let deadline = session
+            .poll_timeout()
+            .map(|(at, _)| tokio::time::Instant::from_std(at));
+        buf.reserve(READ_CHUNK);
+        tokio::select! {
+            read = stream.read_buf(buf) => match read {
+                Ok(0) | Err(_) => session.handle_eof(now()),
+                Ok(_) => {
+                    let _ = session.handle_bytes(now(), buf);
+                }
+            },
+            () = sleep_until(deadline) => session.handle_timeout(now()),
+            () = shutdown.cancelled(), if !shutting_down => shutting_down = true,
+            () = abort.cancelled() => {
+                tracing::warn!("shutdown grace period over: closing the v4 connection (uploads stay resumable)");
+                session.handle_eof(now());
+            }
+        }
+    }
+}
+
+fn log_event(event: &ServerEvent) {
+    match event {
+        ServerEvent::Authenticated {
+            client_id,
+            registered,
+        } => {
+            tracing::Span::current().record("client", tracing::field::display(client_id));
+            tracing::info!(%client_id, registered, "v4 client authenticated");
+        }
+        ServerEvent::Refused { code, message } => {
+            tracing::warn!(%code, %message, "v4 request refused");
+        }
+        other => tracing::debug!(event = ?other, "v4 session"),
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}

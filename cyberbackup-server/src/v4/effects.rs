@@ -1,0 +1,571 @@
+//! Carries out the effects of one v4 connection against the catalog and storage. Every
+//! catalog query uses the client id the session authenticated, never a value from the wire.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cyberbackup_core::frame::{ClientId, FileName, NameField};
+use cyberbackup_core::v4::noise::PublicKey;
+use cyberbackup_core::v4::server::{AuthDecision, ResumePoint, ServerEffect, ServerSession};
+use cyberbackup_core::v4::wire::{ClientAuth, ErrorCode, VersionRecord};
+use cyberbackup_core::v4::{ContentDigest, Refusal, StorageFailure, V4Error};
+use rand_core::{CryptoRngCore, OsRng, RngCore};
+
+use super::partial::ResumablePartial;
+use super::token_hash;
+use crate::catalog::v4::{V4RegisterOutcome, V4Version};
+use crate::catalog::{FileRowId, ReceivedFile};
+use crate::listener::Shared;
+use crate::storage::Storage;
+
+/// The upload open on this connection.
+#[derive(Debug)]
+struct OpenUpload {
+    client: ClientId,
+    name: Vec<u8>,
+    row: FileRowId,
+    path_name: String,
+    partial: ResumablePartial,
+}
+
+/// Per-connection executor of v4 effects.
+#[derive(Debug)]
+pub(crate) struct V4Effects<'a> {
+    shared: &'a Shared,
+    peer: IpAddr,
+    upload: Option<OpenUpload>,
+    version: Option<Arc<File>>,
+}
+
+impl<'a> V4Effects<'a> {
+    pub(crate) fn new(shared: &'a Shared, peer: IpAddr) -> Self {
+        Self {
+            shared,
+            peer,
+            upload: None,
+            version: None,
+        }
+    }
+
+    /// Performs `effect` and reports its outcome to `session`.
+    pub(crate) async fn run<R: CryptoRngCore>(
+        &mut self,
+        session: &mut ServerSession<R>,
+        effect: ServerEffect,
+    ) -> Result<(), V4Error> {
+        match effect {
+            ServerEffect::Authenticate {
+                client_key,
+                request,
+            } => {
+                let decision = self.authenticate(client_key, request).await;
+                session.handle_auth(now(), decision)
+            }
+            ServerEffect::OpenUpload {
+                client_id,
+                name,
+                size,
+                restart,
+            } => {
+                let outcome = self.open_upload(client_id, &name, size, restart).await;
+                session.handle_upload_opened(now(), outcome)
+            }
+            ServerEffect::WriteUpload { data } => {
+                let result = match &mut self.upload {
+                    Some(open) => open.partial.append(&data).await.map_err(failure("write")),
+                    None => Err(no_upload()),
+                };
+                if result.is_ok() {
+                    self.shared.stats.add_bytes_received(data.len());
+                }
+                session.handle_storage(now(), result)
+            }
+            ServerEffect::Checkpoint { offset } => {
+                let result = self.checkpoint(offset).await;
+                session.handle_storage(now(), result)
+            }
+            ServerEffect::FinishUpload {
+                size,
+                sha256,
+                cksum,
+            } => {
+                let result = self.finish_upload(size, sha256, cksum).await;
+                session.handle_committed(now(), result)
+            }
+            ServerEffect::DiscardUpload => {
+                self.discard_upload().await;
+                Ok(())
+            }
+            ServerEffect::ListVersions { client_id } => {
+                let result = self.list(client_id).await;
+                session.handle_listing(now(), result)
+            }
+            ServerEffect::OpenVersion {
+                client_id,
+                name,
+                version,
+            } => {
+                let result = self.open_version(client_id, &name, version).await;
+                session.handle_version_opened(now(), result)
+            }
+            ServerEffect::ReadVersion { offset, max } => {
+                let result = self.read_version(offset, max).await;
+                session.handle_version_data(now(), result)
+            }
+            ServerEffect::CloseVersion => {
+                self.version = None;
+                Ok(())
+            }
+            other => {
+                tracing::error!(?other, "v4 effect not supported by this server");
+                Err(V4Error::ApiMisuse("unsupported effect"))
+            }
+        }
+    }
+
+    /// The connection ended: what an open upload received is made durable and recorded, so
+    /// the client resumes from there (every byte of it was authenticated).
+    pub(crate) async fn finish_connection(&mut self) {
+        self.version = None;
+        let Some(mut open) = self.upload.take() else {
+            return;
+        };
+        match open.partial.sync().await {
+            Ok(len) => {
+                if let Err(err) = self.shared.catalog.v4_checkpoint(open.row, len).await {
+                    tracing::warn!(%err, "cannot record the final checkpoint");
+                }
+                tracing::info!(
+                    offset = len,
+                    "v4 upload interrupted; resumable from the last durable offset"
+                );
+            }
+            Err(err) => tracing::warn!(%err, "cannot make the interrupted upload durable"),
+        }
+        self.shared.v4.release(open.client, &open.name);
+        self.shared.stats.transfer_ended(false);
+    }
+
+    async fn authenticate(&self, key: PublicKey, request: ClientAuth) -> AuthDecision {
+        let catalog = &self.shared.catalog;
+        match catalog.v4_client_by_key(key.0).await {
+            Ok(Some(client)) => {
+                if let Err(err) = catalog.touch_client(client.id).await {
+                    tracing::warn!(%err, "cannot update LastSeen");
+                }
+                return accepted(client.id, &client.name, false);
+            }
+            Ok(None) => {}
+            Err(err) => return internal(&err),
+        }
+        let ClientAuth::Register { name, token } = request else {
+            return AuthDecision::Refused(Refusal::new(
+                ErrorCode::UNKNOWN_CLIENT,
+                format!(
+                    "the client key {} is not registered on this server; register first (a new identity), or use the identity file you registered with",
+                    key.fingerprint()
+                ),
+            ));
+        };
+        if !self.shared.registrations.allow(self.peer) {
+            return AuthDecision::Refused(Refusal::new(
+                ErrorCode::RATE_LIMITED,
+                "too many registrations from this address; wait a minute and retry",
+            ));
+        }
+        let token = if self.shared.config.enrollment_required {
+            if token.is_empty() {
+                return AuthDecision::Refused(Refusal::new(
+                    ErrorCode::ENROLLMENT_REQUIRED,
+                    "this server requires an enrollment token to register; ask the operator to run `cyberbackup-server enroll` and pass the token with --enroll-token",
+                ));
+            }
+            Some(token_hash(&token))
+        } else {
+            None
+        };
+        for _ in 0..3 {
+            let mut id = [0u8; 16];
+            OsRng.fill_bytes(&mut id);
+            let outcome = catalog
+                .register_v4_client(id, name.as_bytes().to_vec(), key.0, token)
+                .await;
+            match outcome {
+                Ok(V4RegisterOutcome::Registered) => {
+                    tracing::info!(client = %ClientId(id), name = %name.to_string_lossy(), key = %key.fingerprint(), "v4 client registered");
+                    return accepted(id, name.as_bytes(), true);
+                }
+                Ok(V4RegisterOutcome::AlreadyRegistered(client)) => {
+                    return accepted(client.id, &client.name, false);
+                }
+                Ok(V4RegisterOutcome::NameTaken) => {
+                    return AuthDecision::Refused(Refusal::new(
+                        ErrorCode::NAME_TAKEN,
+                        format!(
+                            "the name {:?} is already registered; choose another name",
+                            name.to_string_lossy()
+                        ),
+                    ));
+                }
+                Ok(V4RegisterOutcome::TokenInvalid) => {
+                    return AuthDecision::Refused(Refusal::new(
+                        ErrorCode::ENROLLMENT_INVALID,
+                        "the enrollment token is unknown, already used or expired; ask the operator for a new one",
+                    ));
+                }
+                Ok(V4RegisterOutcome::IdTaken) => {}
+                Err(err) => return internal(&err),
+            }
+        }
+        internal(&"random client ids kept colliding")
+    }
+
+    async fn open_upload(
+        &mut self,
+        client: ClientId,
+        name: &FileName,
+        size: u64,
+        restart: bool,
+    ) -> Result<ResumePoint, Refusal> {
+        let name = name.as_bytes().to_vec();
+        if !self.shared.v4.claim(client, &name) {
+            return Err(Refusal::new(
+                ErrorCode::BUSY,
+                "this file is being uploaded on another connection; retry when it finished",
+            ));
+        }
+        let result = self.open_claimed(client, name.clone(), size, restart).await;
+        if result.is_err() {
+            self.shared.v4.release(client, &name);
+        }
+        result
+    }
+
+    async fn open_claimed(
+        &mut self,
+        client: ClientId,
+        name: Vec<u8>,
+        size: u64,
+        restart: bool,
+    ) -> Result<ResumePoint, Refusal> {
+        let catalog = &self.shared.catalog;
+        let storage = &self.shared.storage;
+        let storage_refusal = |what: &str, err: &dyn std::fmt::Display| {
+            tracing::error!(%err, "{what} failed");
+            Refusal::new(
+                ErrorCode::STORAGE,
+                format!("the server could not {what}; retry later"),
+            )
+        };
+        let existing = catalog
+            .v4_partial(client.0, name.clone())
+            .await
+            .map_err(|e| storage_refusal("look up the partial upload", &e))?;
+        if let Some(partial) = existing {
+            if !restart && partial.size == size {
+                let reopened =
+                    ResumablePartial::reopen(storage, &partial.temp_path, partial.durable)
+                        .await
+                        .map_err(|e| storage_refusal("reopen the partial upload", &e))?;
+                if let Some((file, digest)) = reopened {
+                    let offset = file.len();
+                    self.upload = Some(OpenUpload {
+                        client,
+                        name,
+                        row: partial.row,
+                        path_name: partial.path_name,
+                        partial: file,
+                    });
+                    self.shared.stats.transfer_started();
+                    return Ok(ResumePoint { offset, digest });
+                }
+            }
+            discard_partial(self.shared, partial.row, Some(&partial.temp_path)).await;
+        }
+        let path_name = Storage::relative_path(&client.0, &name).map_err(|e| {
+            Refusal::new(
+                ErrorCode::BAD_NAME,
+                format!("the file name cannot be stored: {e}"),
+            )
+        })?;
+        let partial = ResumablePartial::create(storage, client.0)
+            .await
+            .map_err(|e| storage_refusal("create the upload file", &e))?;
+        let row = match catalog
+            .begin_v4_upload(
+                client.0,
+                name.clone(),
+                path_name.clone(),
+                partial.relative_temp_path().to_owned(),
+                size,
+            )
+            .await
+        {
+            Ok(row) => row,
+            Err(err) => {
+                let _ = partial.remove().await;
+                return Err(storage_refusal("record the upload", &err));
+            }
+        };
+        self.upload = Some(OpenUpload {
+            client,
+            name,
+            row,
+            path_name,
+            partial,
+        });
+        self.shared.stats.transfer_started();
+        Ok(ResumePoint {
+            offset: 0,
+            digest: ContentDigest::new(),
+        })
+    }
+
+    async fn checkpoint(&mut self, offset: u64) -> Result<(), StorageFailure> {
+        let open = self.upload.as_mut().ok_or_else(no_upload)?;
+        let len = open.partial.sync().await.map_err(failure("fsync"))?;
+        if len != offset {
+            return Err(StorageFailure {
+                reason: format!("checkpoint at {offset} but {len} bytes written"),
+            });
+        }
+        self.shared
+            .catalog
+            .v4_checkpoint(open.row, offset)
+            .await
+            .map_err(failure("record checkpoint"))
+    }
+
+    async fn finish_upload(
+        &mut self,
+        size: u64,
+        sha256: [u8; 32],
+        cksum: u32,
+    ) -> Result<u32, StorageFailure> {
+        let mut open = self.upload.take().ok_or_else(no_upload)?;
+        let result = self.commit(&mut open, size, sha256, cksum).await;
+        self.shared.v4.release(open.client, &open.name);
+        self.shared.stats.transfer_ended(result.is_ok());
+        if let Err(err) = &result {
+            tracing::error!(reason = %err.reason, row = %open.row, "v4 commit failed; the upload is discarded");
+            if let Err(err) = self.shared.catalog.discard_file(open.row).await {
+                tracing::warn!(%err, "cannot mark the failed upload discarded");
+            }
+            let _ = open.partial.remove().await;
+        }
+        result
+    }
+
+    async fn commit(
+        &self,
+        open: &mut OpenUpload,
+        size: u64,
+        sha256: [u8; 32],
+        cksum: u32,
+    ) -> Result<u32, StorageFailure> {
+        let catalog = &self.shared.catalog;
+        let len = open.partial.sync().await.map_err(failure("fsync"))?;
+        if len != size {
+            return Err(StorageFailure {
+                reason: format!("stored {len} bytes, the upload announced {size}"),
+            });
+        }
+        catalog
+            .mark_received(
+                open.row,
+                ReceivedFile {
+                    size,
+                    ciphertext_size: size,
+                    cksum,
+                    sha256,
+                },
+            )
+            .await
+            .map_err(failure("record received file"))?;
+        let keep = self.shared.config.keep_versions.max(1);
+        let previous = if keep > 1 {
+            catalog
+                .current_version(open.client.0, open.name.clone())
+                .await
+                .map_err(failure("look up current version"))?
+                .map(|(_, version)| version)
+        } else {
+            None
+        };
+        catalog
+            .begin_commit(open.row, keep)
+            .await
+            .map_err(failure("record commit intent"))?;
+        self.shared
+            .storage
+            .install(open.partial.relative_temp_path(), &open.path_name, previous)
+            .await
+            .map_err(failure("rename into place"))?;
+        let result = catalog
+            .commit_file(open.row, keep)
+            .await
+            .map_err(failure("mark verified"))?;
+        for old in result.superseded {
+            if let Err(err) = self.shared.storage.remove(&old.path_name).await {
+                tracing::warn!(%err, path = %old.path_name, "cannot delete superseded version");
+            }
+        }
+        if let Err(err) = catalog.v4_upload_done(open.row).await {
+            tracing::warn!(%err, "cannot clear the upload's resume record");
+        }
+        tracing::info!(path = %result.path_name, version = result.version, "v4 file verified and committed");
+        Ok(result.version)
+    }
+
+    async fn discard_upload(&mut self) {
+        let Some(open) = self.upload.take() else {
+            return;
+        };
+        let temp = open.partial.relative_temp_path().to_owned();
+        drop(open.partial);
+        discard_partial(self.shared, open.row, Some(&temp)).await;
+        self.shared.v4.release(open.client, &open.name);
+        self.shared.stats.transfer_ended(false);
+    }
+
+    async fn list(&self, client: ClientId) -> Result<Vec<VersionRecord>, StorageFailure> {
+        let versions = self
+            .shared
+            .catalog
+            .v4_versions(client.0)
+            .await
+            .map_err(failure("list versions"))?;
+        Ok(versions.into_iter().filter_map(record).collect())
+    }
+
+    async fn open_version(
+        &mut self,
+        client: ClientId,
+        name: &FileName,
+        version: Option<u32>,
+    ) -> Result<Option<VersionRecord>, Refusal> {
+        let found = self
+            .shared
+            .catalog
+            .v4_version(client.0, name.as_bytes().to_vec(), version)
+            .await
+            .map_err(|e| {
+                tracing::error!(%e, "version lookup failed");
+                Refusal::new(
+                    ErrorCode::STORAGE,
+                    "the server could not look up the file; retry later",
+                )
+            })?;
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let unreadable = |err: &dyn std::fmt::Display| {
+            tracing::error!(%err, path = %found.path_name, "cannot open stored version");
+            Refusal::new(
+                ErrorCode::STORAGE,
+                "the stored file cannot be read; tell the server operator",
+            )
+        };
+        let path = self
+            .shared
+            .storage
+            .resolve(&found.path_name)
+            .map_err(|e| unreadable(&e))?;
+        let file = tokio::task::spawn_blocking(move || File::open(path))
+            .await
+            .map_err(|e| unreadable(&e))?
+            .map_err(|e| unreadable(&e))?;
+        self.version = Some(Arc::new(file));
+        Ok(record(found))
+    }
+
+    async fn read_version(&self, offset: u64, max: usize) -> Result<Bytes, StorageFailure> {
+        let file = self.version.clone().ok_or_else(|| StorageFailure {
+            reason: "no version is open".into(),
+        })?;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; max];
+            let mut filled = 0;
+            while filled < max {
+                let Some(rest) = buf.get_mut(filled..) else {
+                    break;
+                };
+                let n = file.read_at(rest, offset + filled as u64)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            Ok::<_, std::io::Error>(Bytes::from(buf))
+        })
+        .await
+        .map_err(failure("read task"))?
+        .map_err(failure("read stored version"))
+    }
+}
+
+async fn discard_partial(shared: &Shared, row: FileRowId, temp: Option<&str>) {
+    if let Some(temp) = temp
+        && let Err(err) = shared.storage.remove(temp).await
+    {
+        tracing::warn!(%err, "cannot remove the partial upload");
+    }
+    if let Err(err) = shared.catalog.discard_file(row).await {
+        tracing::warn!(%err, "cannot mark the partial upload discarded");
+    }
+    if let Err(err) = shared.catalog.v4_upload_done(row).await {
+        tracing::warn!(%err, "cannot clear the resume record");
+    }
+}
+
+fn record(version: V4Version) -> Option<VersionRecord> {
+    let name = FileName::validate(NameField::new(Bytes::from(version.name)).ok()?).ok()?;
+    Some(VersionRecord {
+        name,
+        version: version.version,
+        size: version.size,
+        created_unix_secs: version.created_unix_secs,
+        cksum: version.cksum,
+        sha256: version.sha256,
+    })
+}
+
+fn accepted(id: [u8; 16], name: &[u8], registered: bool) -> AuthDecision {
+    AuthDecision::Accepted {
+        client_id: ClientId(id),
+        name: NameField::decode(name),
+        registered,
+    }
+}
+
+fn internal(err: &dyn std::fmt::Display) -> AuthDecision {
+    tracing::error!(%err, "v4 authentication failed");
+    AuthDecision::Refused(Refusal::new(
+        ErrorCode::INTERNAL,
+        "the server could not check your key; retry later",
+    ))
+}
+
+fn no_upload() -> StorageFailure {
+    StorageFailure {
+        reason: "no upload is open".into(),
+    }
+}
+
+fn failure<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StorageFailure {
+    move |err| {
+        tracing::error!(%err, "{what} failed");
+        StorageFailure {
+            reason: format!("{what}: {err}"),
+        }
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}

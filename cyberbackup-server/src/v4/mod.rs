@@ -1,0 +1,159 @@
+//! Protocol v4 on the server (`docs/protocol-v4.md`): the server key, the connection driver
+//! of [`cyberbackup_core::v4::server::ServerSession`], its effects against the catalog and
+//! storage, resumable partial files, enrollment tokens, and the dispatch on the first bytes
+//! of a connection (byte 16: 3 → v3, 4 → v4).
+
+mod driver;
+mod effects;
+pub mod identity;
+pub mod partial;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cyberbackup_core::frame::ClientId;
+use cyberbackup_core::v4::noise::{Fingerprint, StaticKeypair, to_hex};
+use cyberbackup_core::v4::server::ServerConfig as SessionConfig;
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub(crate) use driver::serve;
+
+use crate::catalog::Catalog;
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+
+/// Offset of the version byte in the first header of a connection.
+pub const VERSION_OFFSET: usize = 16;
+/// Default validity of an enrollment token: 24 hours.
+pub const DEFAULT_ENROLLMENT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What every v4 connection shares: the server key, the session settings and the uploads in
+/// progress (one connection per client file at a time).
+#[derive(Debug)]
+pub struct V4State {
+    pub(crate) keys: StaticKeypair,
+    pub(crate) session_config: Arc<SessionConfig>,
+    busy: Mutex<HashSet<(ClientId, Vec<u8>)>>,
+}
+
+impl V4State {
+    /// Loads (or creates) the server key and logs the start-up notes: the fingerprint, and a
+    /// warning while `legacy_v3` accepts the insecure v3 protocol.
+    ///
+    /// # Errors
+    /// [`ServerError::Io`] naming the key file and the fix.
+    pub fn open(config: &ServerConfig) -> Result<Self, ServerError> {
+        let path = config.v4_identity_path();
+        let (keys, created) = identity::load_or_create(&path)
+            .map_err(|e| ServerError::io(e.to_string(), std::io::Error::other("v4 server key")))?;
+        let fingerprint = keys.public().fingerprint();
+        if created {
+            tracing::info!(file = %path.display(), %fingerprint, "created the v4 server key; give this fingerprint to clients");
+        } else {
+            tracing::info!(%fingerprint, "v4 server key loaded");
+        }
+        if config.legacy_v3 {
+            tracing::warn!(
+                "legacy_v3 = true: the insecure v3 protocol (no server authentication, RSA-1024, no integrity) is accepted for legacy clients; set legacy_v3 = false once every client speaks v4"
+            );
+        }
+        Ok(Self {
+            keys,
+            session_config: Arc::new(SessionConfig {
+                idle_timeout: config.idle_timeout(),
+                checkpoint_interval: config.checkpoint_interval_bytes.max(1),
+                max_file_len: config.max_file_size,
+                enrollment_required: config.enrollment_required,
+                ..SessionConfig::default()
+            }),
+            busy: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The server key's fingerprint.
+    #[must_use]
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.keys.public().fingerprint()
+    }
+
+    /// Marks `(client, name)` as being uploaded; `false` if another connection has it.
+    pub(crate) fn claim(&self, client: ClientId, name: &[u8]) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((client, name.to_vec()))
+    }
+
+    pub(crate) fn release(&self, client: ClientId, name: &[u8]) {
+        self.busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(client, name.to_vec()));
+    }
+}
+
+/// The fingerprint of the configured server key (created if missing), for
+/// `cyberbackup-server fingerprint`.
+///
+/// # Errors
+/// [`ServerError::Io`] naming the key file.
+pub fn server_fingerprint(config: &ServerConfig) -> Result<(Fingerprint, PathBuf), ServerError> {
+    let path = config.v4_identity_path();
+    let (keys, _) = identity::load_or_create(&path)
+        .map_err(|e| ServerError::io(e.to_string(), std::io::Error::other("v4 server key")))?;
+    Ok((keys.public().fingerprint(), path))
+}
+
+/// A new enrollment token: 32 random bytes as 64 hex digits. Only its SHA-256 is stored.
+/// Returns the token and its expiry (RFC 3339).
+///
+/// # Errors
+/// [`ServerError::Catalog`].
+pub async fn enroll(catalog: &Catalog, ttl: Duration) -> Result<(String, String), ServerError> {
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let token = to_hex(&secret);
+    let expires = catalog
+        .create_enrollment_token(token_hash(&token), ttl)
+        .await?;
+    Ok((token, expires))
+}
+
+/// SHA-256 of a token's text, as stored.
+#[must_use]
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+/// Reads until the version byte (offset 16) of the first header is available. Returns the
+/// bytes read and the version; `None` if the peer closed or was idle before sending it.
+pub(crate) async fn read_version(stream: &mut TcpStream, idle: Duration) -> (BytesMut, Option<u8>) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let deadline = tokio::time::Instant::now() + idle;
+    while buf.len() <= VERSION_OFFSET {
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return (buf, None),
+        }
+    }
+    let version = buf.get(VERSION_OFFSET).copied();
+    (buf, version)
+}
+
+/// `legacy_v3 = false`: answers a v3 request with one 1607 and closes.
+pub(crate) async fn refuse_v3(stream: &mut TcpStream) {
+    tracing::warn!(
+        "refused a protocol v3 connection: legacy_v3 = false on this server (clients must use protocol v4)"
+    );
+    let mut reply = Vec::new();
+    cyberbackup_core::frame::Response::ServerError.encode(&mut reply);
+    let _ = stream.write_all(&reply).await;
+    let _ = stream.shutdown().await;
+}

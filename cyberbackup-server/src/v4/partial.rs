@@ -1,0 +1,317 @@
+//! [`ResumablePartial`]: the temp file of a v4 upload, which — unlike
+//! [`PartialFile`](crate::storage::PartialFile) — survives the connection so the upload can
+//! resume. It lives beside its destination as `.cb-partial-v4-…` (the storage naming, so the
+//! normal maintenance removes abandoned ones), is created with `O_EXCL` and mode 0600, and is
+//! made durable by [`sync`](ResumablePartial::sync) at each checkpoint.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cyberbackup_core::v4::ContentDigest;
+
+use crate::storage::{PARTIAL_PREFIX, Storage, StorageError};
+
+/// Write buffer of one upload.
+const WRITE_BUFFER: usize = 1024 * 1024;
+/// Read size when re-hashing a resumed prefix.
+const HASH_CHUNK: usize = 1024 * 1024;
+
+/// The partial file of a resumable upload.
+#[derive(Debug)]
+pub struct ResumablePartial {
+    temp: PathBuf,
+    relative_temp: String,
+    writer: Option<BufWriter<File>>,
+    len: u64,
+}
+
+impl ResumablePartial {
+    /// Creates a new empty partial file in `client`'s directory.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] / [`StorageError::CreateDir`].
+    pub async fn create(storage: &Storage, client: [u8; 16]) -> Result<Self, StorageError> {
+        let dir = storage.client_dir(&client);
+        let client_hex = hex::encode(client);
+        blocking(move || {
+            create_private_dir(&dir)?;
+            let (temp, file) = create_temp(&dir).map_err(|source| StorageError::Io {
+                op: "create partial upload in",
+                path: dir.clone(),
+                source,
+            })?;
+            let name = temp
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Self {
+                relative_temp: format!("{client_hex}/{name}"),
+                temp,
+                writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+                len: 0,
+            })
+        })
+        .await
+    }
+
+    /// Reopens the partial file at `relative_temp`, cuts it to its durable length `durable`
+    /// (bytes after the last checkpoint may be incomplete after a crash) and re-hashes
+    /// `[0, durable)`. `Ok(None)` when the file is missing or shorter than `durable`.
+    ///
+    /// # Errors
+    /// [`StorageError::OutsideClientDir`] or [`StorageError::Io`].
+    pub async fn reopen(
+        storage: &Storage,
+        relative_temp: &str,
+        durable: u64,
+    ) -> Result<Option<(Self, ContentDigest)>, StorageError> {
+        let temp = storage.resolve(relative_temp)?;
+        let relative_temp = relative_temp.to_owned();
+        blocking(move || {
+            let io_err = |op| {
+                let path = temp.clone();
+                move |source| StorageError::Io { op, path, source }
+            };
+            let mut file = match OpenOptions::new().read(true).write(true).open(&temp) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("open partial upload")(e)),
+            };
+            let len = file
+                .metadata()
+                .map_err(io_err("stat partial upload"))?
+                .len();
+            if len < durable {
+                return Ok(None);
+            }
+            file.set_len(durable)
+                .map_err(io_err("truncate partial upload"))?;
+            let mut digest = ContentDigest::new();
+            let mut buf = vec![0u8; HASH_CHUNK];
+            file.seek(SeekFrom::Start(0)).map_err(io_err("seek"))?;
+            let mut left = durable;
+            while left > 0 {
+                let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                let Some(chunk) = buf.get_mut(..want) else {
+                    break;
+                };
+                file.read_exact(chunk)
+                    .map_err(io_err("re-hash partial upload"))?;
+                digest.update(chunk);
+                left -= want as u64;
+            }
+            file.seek(SeekFrom::End(0)).map_err(io_err("seek"))?;
+            Ok(Some((
+                Self {
+                    temp,
+                    relative_temp,
+                    writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+                    len: durable,
+                },
+                digest,
+            )))
+        })
+        .await
+    }
+
+    /// The catalog's `TempPath` of this file.
+    #[must_use]
+    pub fn relative_temp_path(&self) -> &str {
+        &self.relative_temp
+    }
+
+    /// Bytes written so far.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `data` (buffered; large pieces are written on a blocking thread).
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] or [`StorageError::NotOpen`].
+    pub async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        let mut writer = self.take_writer()?;
+        self.len += data.len() as u64;
+        if writer.capacity() - writer.buffer().len() >= data.len() {
+            writer.write_all(data).map_err(self.io_err("write"))?;
+            self.writer = Some(writer);
+            return Ok(());
+        }
+        let piece = data.to_vec();
+        let temp = self.temp.clone();
+        let writer = blocking(move || {
+            writer
+                .write_all(&piece)
+                .map_err(|source| StorageError::Io {
+                    op: "write",
+                    path: temp,
+                    source,
+                })?;
+            Ok(writer)
+        })
+        .await?;
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    /// Flushes and fsyncs: everything written so far is durable. Returns the length.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] or [`StorageError::NotOpen`].
+    pub async fn sync(&mut self) -> Result<u64, StorageError> {
+        let writer = self.take_writer()?;
+        let temp = self.temp.clone();
+        let writer = blocking(move || {
+            let mut writer = writer;
+            writer.flush().map_err(|source| StorageError::Io {
+                op: "flush",
+                path: temp.clone(),
+                source,
+            })?;
+            writer
+                .get_ref()
+                .sync_data()
+                .map_err(|source| StorageError::Io {
+                    op: "fsync",
+                    path: temp,
+                    source,
+                })?;
+            Ok(writer)
+        })
+        .await?;
+        self.writer = Some(writer);
+        Ok(self.len)
+    }
+
+    /// Deletes the partial file.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if it exists but cannot be removed.
+    pub async fn remove(mut self) -> Result<(), StorageError> {
+        drop(self.writer.take());
+        let temp = self.temp.clone();
+        blocking(move || match fs::remove_file(&temp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StorageError::Io {
+                op: "remove partial upload",
+                path: temp,
+                source,
+            }),
+        })
+        .await
+    }
+
+    fn take_writer(&mut self) -> Result<BufWriter<File>, StorageError> {
+        self.writer
+            .take()
+            .ok_or_else(|| StorageError::NotOpen(self.temp.clone()))
+    }
+
+    fn io_err(&self, op: &'static str) -> impl FnOnce(io::Error) -> StorageError {
+        let path = self.temp.clone();
+        move |source| StorageError::Io { op, path, source }
+    }
+}
+
+/// Creates a fresh `.cb-partial-v4-*` file with `O_EXCL` and mode 0600.
+fn create_temp(dir: &Path) -> io::Result<(PathBuf, File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut attempt = 0;
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(
+            "{PARTIAL_PREFIX}v4-{:x}-{n:x}-{nanos:08x}",
+            std::process::id()
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StorageError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(StorageError::Task)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reopen_cuts_to_the_durable_offset_and_rehashes_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().join("data")).unwrap();
+        let mut partial = ResumablePartial::create(&storage, [1; 16]).await.unwrap();
+        partial.append(&[7u8; 5000]).await.unwrap();
+        partial.sync().await.unwrap();
+        partial.append(&[9u8; 3000]).await.unwrap();
+        partial.sync().await.unwrap();
+        let relative = partial.relative_temp_path().to_owned();
+        drop(partial);
+
+        let (reopened, digest) = ResumablePartial::reopen(&storage, &relative, 5000)
+            .await
+            .unwrap()
+            .unwrap();
+        let missing = ResumablePartial::reopen(&storage, &relative, 9000)
+            .await
+            .unwrap();
+
+        let mut expected = ContentDigest::new();
+        expected.update(&[7u8; 5000]);
+        assert_eq!(reopened.len(), 5000);
+        assert_eq!(digest.finalize(), expected.finalize());
+        assert!(
+            missing.is_none(),
+            "shorter than its durable offset: start again"
+        );
+        let path = storage.resolve(&relative).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 5000);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(relative.contains("/.cb-partial-v4-"));
+    }
+}
