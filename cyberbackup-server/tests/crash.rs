@@ -8,6 +8,7 @@
 //! `CRASH_SEED` (default 0x5EED) makes a run reproducible; `CRASH_ITERATIONS` (default 30)
 //! runs longer. Runtime: about 30–60 s in debug for 30 iterations.
 #![allow(
+    clippy::print_stderr,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::cast_possible_truncation

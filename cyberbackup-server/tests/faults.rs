@@ -3,7 +3,11 @@
 //! failing). Each fault ends the affected transfer with 1607, leaves no temp file and no
 //! live catalog row, keeps the previously verified version, and the server goes on serving
 //! on the same and on new connections. Runtime: about 3 s in debug.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 mod support;
 
@@ -18,10 +22,13 @@ use cyberbackup_server::faults::{FaultInjector, FaultPoint, Faults};
 use sha2::{Digest, Sha256};
 use support::*;
 
+/// Calls left to fail, the error kind, and an errno (which wins over the kind).
+type Armed = (u32, io::ErrorKind, Option<i32>);
+
 /// Fails the next `n` calls of each armed point with the armed error.
 #[derive(Debug, Default)]
 struct Plan {
-    armed: Mutex<BTreeMap<FaultPoint, (u32, io::ErrorKind, Option<i32>)>>,
+    armed: Mutex<BTreeMap<FaultPoint, Armed>>,
 }
 
 impl Plan {

@@ -4,6 +4,7 @@
 //! under their mapped names. Runtime: about 10 s in debug (the 2 000 idle connections wait
 //! for a 1 s idle timeout).
 #![allow(
+    clippy::print_stderr,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::cast_possible_truncation
