@@ -39,6 +39,63 @@ pub enum Command {
     /// Legacy mode: read ./transfer.info and ./me.info, write ./me.info (drop-in for the
     /// old client).
     Legacy(LegacyArgs),
+    /// Serve the local web UI (default http://127.0.0.1:9090/) until Ctrl-C.
+    Ui(UiArgs),
+}
+
+/// Arguments of `ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Address to listen on; anything but loopback needs --token.
+    #[arg(long, value_name = "IP:PORT", default_value = crate::ui::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Token the browser must present (?token=…); required off loopback.
+    #[arg(long, env = "CYBERBACKUP_UI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Largest total size of uploaded files staged at once, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = crate::ui::DEFAULT_MAX_STAGING_MB)]
+    pub max_staging_mb: u64,
+    /// Directory of the UI history [default: $XDG_DATA_HOME/cyberbackup or
+    /// ~/.local/share/cyberbackup].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Identity file [default: as for `backup`].
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Server address proposed until one is saved, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", env = "CYBERBACKUP_SERVER")]
+    pub server: Option<String>,
+    /// Client name proposed until one is saved.
+    #[arg(long, env = "CYBERBACKUP_NAME")]
+    pub name: Option<String>,
+    /// Reconnects after network errors during a backup.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub retries: u32,
+}
+
+impl UiArgs {
+    /// The UI server options these arguments describe.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] when no default location exists for the history or identity.
+    pub fn options(&self) -> Result<crate::ui::UiOptions, ClientError> {
+        let store_path = match &self.data_dir {
+            Some(dir) => dir.join("ui-history.json"),
+            None => crate::ui::UiOptions::default_store_path()?,
+        };
+        let identity = match &self.identity {
+            Some(path) => IdentityFile::new(path),
+            None => IdentityFile::default_location()?,
+        };
+        let mut options = crate::ui::UiOptions::new(store_path, identity);
+        options.listen = self.listen;
+        options.token.clone_from(&self.token);
+        options.max_staging_bytes = self.max_staging_mb.saturating_mul(1024 * 1024);
+        options.retries = self.retries;
+        options.default_server.clone_from(&self.server);
+        options.default_name.clone_from(&self.name);
+        Ok(options)
+    }
 }
 
 /// Arguments of `backup`.
@@ -103,6 +160,7 @@ impl Command {
         match self {
             Self::Backup(args) => args.transfer.json,
             Self::Legacy(args) => args.transfer.json,
+            Self::Ui(_) => false,
         }
     }
 }
@@ -136,6 +194,11 @@ pub async fn execute(
             options.prefer_identity_name = true;
             apply(&mut options, &args.transfer);
             (options, job.transfer.files)
+        }
+        Command::Ui(_) => {
+            return Err(ClientError::Usage {
+                message: "`ui` runs a server, not a backup: call cyberbackup_client::ui".into(),
+            });
         }
     };
     let mut client = Client::new(options)?;

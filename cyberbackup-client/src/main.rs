@@ -45,6 +45,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Command::Ui(args) = &command {
+        return run_ui(args);
+    }
     let json = command.json();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,6 +78,38 @@ fn main() -> ExitCode {
         print_human(&result);
     }
     ExitCode::from(code)
+}
+
+/// `cyberbackup-client ui`: serves the web UI until Ctrl-C.
+fn run_ui(args: &cli::UiArgs) -> ExitCode {
+    let result = args.options().and_then(|options| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|err| ClientError::Usage {
+                message: format!("cannot start the async runtime: {err}"),
+            })?;
+        runtime.block_on(async {
+            let token = options.token.clone();
+            let server = cyberbackup_client::ui::UiServer::bind(options).await?;
+            let address = server.local_addr()?;
+            let suffix = token.map_or_else(String::new, |t| format!("/?token={t}"));
+            eprintln!("CyberBackup UI: open http://{address}{suffix} (Ctrl-C to stop)");
+            server
+                .serve(async {
+                    let _ignored = tokio::signal::ctrl_c().await;
+                })
+                .await
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
 }
 
 fn print_human(result: &Result<BackupReport, ClientError>) {

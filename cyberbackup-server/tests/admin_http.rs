@@ -1,7 +1,12 @@
 //! The admin listener over real HTTP on 127.0.0.1: every JSON endpoint, the pages, the token
 //! rule, `/health`, `/ready` (with failing probes) and `/metrics` (parsed as Prometheus text),
 //! against a real server that received real backups from the client library.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 mod admin_common;
 
@@ -389,4 +394,90 @@ fn names(page: &Json) -> Vec<String> {
         .iter()
         .map(|f| f["name"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Acceptance figure for docs/admin-api.md: the files API over a 1,000,000-row catalog.
+/// Ignored by default (building the catalog takes a while); run with
+/// `cargo test -p cyberbackup-server --release --test admin_http -- --ignored --nocapture`.
+/// It prints timings and asserts only the answers, never a duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds a 1,000,000-row catalog; run by hand for the figure in docs/admin-api.md"]
+async fn files_api_over_a_million_rows() {
+    const ROWS: i64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let catalog = cyberbackup_server::Catalog::open(data.join("defensive.db"))
+        .await
+        .unwrap();
+    catalog.close().await.unwrap();
+    let started = std::time::Instant::now();
+    {
+        let mut conn = rusqlite::Connection::open(data.join("defensive.db")).unwrap();
+        let tx = conn.transaction().unwrap();
+        for c in 0..10u8 {
+            tx.execute(
+                "INSERT INTO clients (ID, Name, LastSeen, Protocol, RegisteredAt) VALUES (?1, ?2, ?3, 3, ?3)",
+                rusqlite::params![[c; 16], format!("client-{c}").into_bytes(), "2024-01-01T00:00:00.000Z"],
+            )
+            .unwrap();
+        }
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO files (ID, FileName, PathName, Verified, Version, State, Size, CreatedAt, UpdatedAt, VerifiedAt)
+                     VALUES (?1, ?2, ?3, 1, 1, 'verified', ?4, ?5, ?5, ?5)",
+                )
+                .unwrap();
+            for i in 0..ROWS {
+                let client = u8::try_from(i % 10).unwrap();
+                let name = format!("file-{i:07}.dat");
+                let day = 1 + (i % 28);
+                let created = format!("2024-02-{day:02}T00:00:00.000Z");
+                insert
+                    .execute(rusqlite::params![
+                        [client; 16],
+                        name.as_bytes(),
+                        format!("{}/{name}", hex_id(client)),
+                        i % 100_000,
+                        created
+                    ])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    println!("generated {ROWS} rows in {:?}", started.elapsed());
+    let server = start(config_for(&data)).await;
+    let queries = [
+        "/api/v1/files?limit=100",
+        "/api/v1/files?limit=100&after=900000",
+        "/api/v1/files?limit=100&client=client-7",
+        "/api/v1/files?limit=100&client=client-7&after=900000",
+        "/api/v1/files?limit=100&since=2024-02-20&verified=true",
+        "/api/v1/files?limit=100&name=file-09999",
+    ];
+    for query in queries {
+        let _warm = get(server.admin, query, &[]).await;
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            let response = get(server.admin, query, &[]).await;
+            times.push(t.elapsed());
+            assert_eq!(response.status, 200, "{}", response.body);
+            rows = response.json()["files"].as_array().unwrap().len();
+        }
+        times.sort();
+        println!(
+            "{query:<60} rows={rows:<4} median={:?} max={:?}",
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+        assert!(rows > 0, "{query} found nothing");
+    }
+    server.stop().await;
+}
+
+fn hex_id(c: u8) -> String {
+    format!("{c:02x}").repeat(16)
 }

@@ -3,6 +3,8 @@
 //! HTTP/1.1 client over a raw socket.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cdp;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -121,13 +123,34 @@ impl Response {
 
 /// `GET path` with optional extra header lines, `Connection: close`.
 pub async fn get(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str)]) -> Response {
+    request(addr, "GET", path, extra_headers, &[]).await
+}
+
+/// Any request with a body (`Content-Length` is added), `Connection: close`.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !extra_headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (key, value) in extra_headers {
         request.push_str(&format!("{key}: {value}\r\n"));
     }
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     parse_response(&raw)

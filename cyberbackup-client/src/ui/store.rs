@@ -1,0 +1,175 @@
+//! The UI's small local store: the last server address and name, and the history of past
+//! backups, in one JSON file (written atomically: temp file, fsync, rename; mode 0600).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// History entries kept (oldest dropped first).
+pub const MAX_HISTORY: usize = 200;
+
+/// Server address and client name, kept between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// `host:port` of the backup server.
+    pub server: String,
+    /// Client name.
+    pub name: String,
+}
+
+/// One finished backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Job number (increasing).
+    pub id: u64,
+    /// RFC 3339 UTC start time.
+    pub started_at: String,
+    /// Seconds the backup took.
+    pub duration_secs: f64,
+    /// Server address.
+    pub server: String,
+    /// Client name.
+    pub name: String,
+    /// Files asked for.
+    pub files: usize,
+    /// Files verified by the server.
+    pub verified: usize,
+    /// Plaintext bytes of the verified files.
+    pub bytes: u64,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub result: String,
+    /// What went wrong, as a sentence, when it did.
+    pub message: Option<String>,
+    /// The stored names of the files.
+    pub file_names: Vec<String>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreData {
+    /// Kept settings.
+    pub settings: Settings,
+    /// Past backups, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The store file.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    /// The store at `path` (created on first save).
+    #[must_use]
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Where the store lives.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the store; a missing file is an empty store.
+    ///
+    /// # Errors
+    /// A sentence naming the file and what to do when it cannot be read or parsed.
+    pub fn load(&self) -> Result<StoreData, String> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| {
+                format!(
+                    "the UI history {} is damaged ({err}) — move it away to start a new history",
+                    self.path.display()
+                )
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(StoreData::default()),
+            Err(err) => Err(format!(
+                "cannot read the UI history {}: {err} — check its permissions",
+                self.path.display()
+            )),
+        }
+    }
+
+    /// Writes the store atomically, keeping at most [`MAX_HISTORY`] entries.
+    ///
+    /// # Errors
+    /// A sentence naming the file when it cannot be written.
+    pub fn save(&self, data: &StoreData) -> Result<(), String> {
+        let mut data = data.clone();
+        let excess = data.history.len().saturating_sub(MAX_HISTORY);
+        data.history.drain(..excess);
+        let fail = |err: std::io::Error| {
+            format!(
+                "cannot save the UI history {}: {err} — check that the directory is writable",
+                self.path.display()
+            )
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+        let json =
+            serde_json::to_vec_pretty(&data).map_err(|err| fail(std::io::Error::other(err)))?;
+        temp.write_all(&json).map_err(fail)?;
+        temp.as_file().sync_all().map_err(fail)?;
+        temp.persist(&self.path).map_err(|err| fail(err.error))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_caps_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("sub").join("ui.json"));
+        let entry = |id| HistoryEntry {
+            id,
+            started_at: "t".into(),
+            duration_secs: 1.0,
+            server: "s:1".into(),
+            name: "n".into(),
+            files: 1,
+            verified: 1,
+            bytes: 3,
+            result: "succeeded".into(),
+            message: None,
+            file_names: vec!["a".into()],
+        };
+        let data = StoreData {
+            settings: Settings {
+                server: "s:1".into(),
+                name: "n".into(),
+            },
+            history: (0..(MAX_HISTORY as u64 + 3)).map(entry).collect(),
+        };
+
+        let empty = store.load().unwrap();
+        store.save(&data).unwrap();
+        let loaded = store.load().unwrap();
+
+        assert_eq!(empty, StoreData::default());
+        assert_eq!(loaded.settings, data.settings);
+        assert_eq!(loaded.history.len(), MAX_HISTORY);
+        assert_eq!(loaded.history.first().map(|e| e.id), Some(3));
+    }
+
+    #[test]
+    fn a_damaged_file_is_reported_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ui.json");
+        std::fs::write(&path, "{not json").unwrap();
+
+        let err = Store::new(&path).load().unwrap_err();
+
+        assert!(err.contains("move it away"), "{err}");
+    }
+}

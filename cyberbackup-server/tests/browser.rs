@@ -1,0 +1,158 @@
+//! Browser tests in headless Chromium (driven over the DevTools protocol): the client's web
+//! UI backs a file up to a real server and shows 100 % and a success row; the server's
+//! dashboard then lists that file. Both pages must run without console errors.
+//!
+//! Without Chromium the test is skipped with a message, unless `CYBERBACKUP_REQUIRE_BROWSER=1`
+//! (set by `.ci/run`), which turns a missing browser into a failure. With
+//! `CYBERBACKUP_UPDATE_SCREENSHOTS=1` the screenshots are written to `docs/images/`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
+mod admin_common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use admin_common::cdp::{Browser, find_chromium};
+use admin_common::{config_for, start};
+use cyberbackup_client::IdentityFile;
+use cyberbackup_client::ui::{UiOptions, UiServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ui_backs_up_and_dashboard_lists_the_file() {
+    let Some(chromium) = find_chromium() else {
+        assert!(
+            std::env::var_os("CYBERBACKUP_REQUIRE_BROWSER").is_none(),
+            "CYBERBACKUP_REQUIRE_BROWSER is set but Chromium is missing — apt-get install -y chromium"
+        );
+        eprintln!("SKIPPED: Chromium not found (apt-get install -y chromium, or set CHROMIUM)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+    let typed = dir.path().join("typed-path.txt");
+    std::fs::write(&typed, vec![b'x'; 300_000]).unwrap();
+    let mut options = UiOptions::new(
+        dir.path().join("ui").join("ui-history.json"),
+        IdentityFile::new(dir.path().join("me.info")),
+    );
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    options.default_server = Some(server.addr.to_string());
+    options.default_name = Some("browser-test".into());
+    let ui = UiServer::bind(options).await.unwrap();
+    let ui_url = format!("http://{}/", ui.local_addr().unwrap());
+    let (stop_ui, stopped) = tokio::sync::oneshot::channel::<()>();
+    let ui_task = tokio::spawn(ui.serve(async {
+        let _ = stopped.await;
+    }));
+    let admin_url = format!("http://{}/", server.admin);
+    let screenshots = screenshot_dir(dir.path());
+    let expected_server = server.addr.to_string();
+
+    let (errors, client_png, files_png, overview_png) = tokio::task::spawn_blocking(move || {
+        let mut browser = Browser::launch(&chromium);
+
+        // The client UI: connect, add one file by drag and drop and one by typed path.
+        browser.navigate(&ui_url);
+        browser.wait_for(
+            "document.getElementById('conn').textContent === 'live'",
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            browser.eval("document.getElementById('server').value"),
+            serde_json::Value::String(expected_server)
+        );
+        browser.eval(
+            "(() => {
+                const dt = new DataTransfer();
+                dt.items.add(new File(['hello from the browser test\\n'.repeat(2000)],
+                                      'browser-upload.txt', { type: 'text/plain' }));
+                const drop = document.getElementById('drop');
+                drop.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+                drop.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+                return true;
+            })()",
+        );
+        browser.eval(&format!(
+            "(() => {{ document.getElementById('path').value = {:?};
+                       document.getElementById('add-path').requestSubmit(); return true; }})()",
+            typed.display().to_string()
+        ));
+        browser.wait_for(
+            "document.querySelectorAll('#items tbody tr:not(:has(td.empty))').length === 2",
+            Duration::from_secs(10),
+        );
+
+        // Start, then watch the progress reach 100 % and the success row appear.
+        browser.eval("document.getElementById('start').click(), true");
+        browser.wait_for(
+            "document.getElementById('overall-percent').textContent === '100%'
+             && document.getElementById('job-state').textContent === 'succeeded'
+             && [...document.querySelectorAll('#job-files tbody tr')]
+                  .every(tr => tr.dataset.status === 'verified')
+             && document.querySelector('#history tbody tr')?.dataset.result === 'succeeded'
+             && document.querySelector('#history tbody tr').textContent.includes('browser-upload.txt')",
+            Duration::from_secs(60),
+        );
+        let client_png = browser.screenshot();
+
+        // The dashboard: the uploaded file is in the files table.
+        browser.navigate(&format!("{admin_url}#files"));
+        browser.eval(
+            "(() => { document.querySelector('#files-filter [name=name]').value = 'browser-upload';
+                      document.getElementById('files-filter').requestSubmit(); return true; })()",
+        );
+        browser.wait_for(
+            "[...document.querySelectorAll('#files-table tbody tr')].some(tr =>
+                tr.textContent.includes('browser-upload.txt') && tr.textContent.includes('browser-test')
+                && tr.textContent.includes('verified'))
+             && document.querySelectorAll('#files-table tbody tr').length === 1",
+            Duration::from_secs(10),
+        );
+        let files_png = browser.screenshot();
+        browser.navigate(&format!("{admin_url}#overview"));
+        browser.wait_for(
+            "document.getElementById('ov-files').textContent === '2'
+             && document.getElementById('ov-clients').textContent === '1'
+             && document.querySelector('#chart text') !== null",
+            Duration::from_secs(10),
+        );
+        let overview_png = browser.screenshot();
+        let errors = browser.errors.clone();
+        (errors, client_png, files_png, overview_png)
+    })
+    .await
+    .unwrap();
+
+    assert!(errors.is_empty(), "the pages reported errors: {errors:#?}");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    for (name, png) in [
+        ("client-ui.png", &client_png),
+        ("admin-files.png", &files_png),
+        ("admin-overview.png", &overview_png),
+    ] {
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name} looks empty"
+        );
+        std::fs::write(screenshots.join(name), png).unwrap();
+    }
+    let _ = stop_ui.send(());
+    ui_task.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+fn screenshot_dir(temp: &std::path::Path) -> PathBuf {
+    if std::env::var_os("CYBERBACKUP_UPDATE_SCREENSHOTS").is_some() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("docs")
+            .join("images")
+    } else {
+        temp.to_path_buf()
+    }
+}
