@@ -32,6 +32,7 @@ pub mod identity;
 pub mod legacy;
 pub mod progress;
 pub mod retry;
+pub mod v4;
 pub mod ui;
 
 use std::collections::BTreeMap;
