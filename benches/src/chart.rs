@@ -1,0 +1,166 @@
+//! The single-file chart (PNG): throughput and RSS over time, drawn with `plotters`' bitmap
+//! backend. Text uses DejaVu Sans embedded by the `dejavu` crate through `ab_glyph`, so no
+//! system font or fontconfig is needed.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{Context, anyhow};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::single_file::Upload;
+
+/// Font family name registered with plotters.
+const FONT: &str = "sans-serif";
+
+fn register_font() -> anyhow::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+            .map_err(|_| anyhow!("the embedded DejaVu Sans font did not load"));
+    });
+    result
+}
+
+/// Draws `upload`'s series into `path` (1000 × 700 PNG): top, client read throughput in
+/// MB/s per 100 ms sample with the CBC ceiling as a line; bottom, server and client RSS.
+///
+/// # Errors
+/// The PNG cannot be written.
+pub(crate) fn single_file(path: &Path, upload: &Upload, cbc_mb_per_s: f64) -> anyhow::Result<()> {
+    register_font()?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            &format!(
+                "single-file: {} over {} ({:.0} MB/s, {:.1} s)",
+                crate::data::human(upload.bytes),
+                upload.protocol,
+                upload.mb_per_s,
+                upload.wall_secs
+            ),
+            (FONT, 22),
+        )?;
+        let (top, bottom) = root.split_vertically(330);
+        let series = &upload.series;
+        let end = series.last().map_or(1.0, |r| r.t_secs).max(0.1);
+
+        // Throughput: client bytes read (rchar) per sample interval.
+        let mut rates = Vec::with_capacity(series.len());
+        for pair in series.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            let read = |r: &crate::procfs::Row| r.procs.get(1).and_then(|p| p.read_bytes);
+            if let (Some(ra), Some(rb)) = (read(a), read(b)) {
+                let dt = (b.t_secs - a.t_secs).max(1e-3);
+                rates.push((b.t_secs, rb.saturating_sub(ra) as f64 / dt / 1e6));
+            }
+        }
+        let max_rate = rates.iter().map(|(_, r)| *r).fold(cbc_mb_per_s, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(&top)
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .caption("throughput (client file reads per 100 ms)", (FONT, 16))
+            .build_cartesian_2d(0.0..end, 0.0..max_rate)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("MB/s")
+            .label_style((FONT, 13))
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(rates.iter().copied(), BLUE.stroke_width(2)))?
+            .label(format!("{} upload", upload.protocol))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, cbc_mb_per_s), (end, cbc_mb_per_s)],
+                RED.stroke_width(1),
+            ))?
+            .label(format!("AES-256-CBC one core: {cbc_mb_per_s:.0} MB/s"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+
+        // Memory: VmRSS of both processes.
+        let rss = |index: usize| -> Vec<(f64, f64)> {
+            series
+                .iter()
+                .filter_map(|r| {
+                    let kib = r.procs.get(index)?.rss_kib?;
+                    Some((r.t_secs, kib as f64 / 1024.0))
+                })
+                .collect()
+        };
+        let (server, client) = (rss(0), rss(1));
+        let max_mib = server
+            .iter()
+            .chain(&client)
+            .map(|(_, m)| *m)
+            .fold(64.0, f64::max)
+            * 1.15;
+        let mut chart = ChartBuilder::on(&bottom)
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .caption("resident memory (VmRSS every 100 ms)", (FONT, 16))
+            .build_cartesian_2d(0.0..end, 0.0..max_mib)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("MiB")
+            .label_style((FONT, 13))
+            .draw()?;
+        let green = RGBColor(0, 140, 0);
+        chart
+            .draw_series(LineSeries::new(server, green.stroke_width(2)))?
+            .label(format!(
+                "server (peak {:.1} MiB)",
+                upload.server.hwm_kib as f64 / 1024.0
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], green.stroke_width(2))
+            });
+        chart
+            .draw_series(LineSeries::new(client, MAGENTA.stroke_width(2)))?
+            .label(format!(
+                "client (peak {:.1} MiB)",
+                upload.client.hwm_kib as f64 / 1024.0
+            ))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MAGENTA.stroke_width(2)));
+        for (limit, label) in [
+            (64.0, "server target 64 MiB"),
+            (32.0, "client target 32 MiB"),
+        ] {
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, limit), (end, limit)],
+                    BLACK.mix(0.4),
+                ))?
+                .label(label)
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("cannot draw the chart {}: {e}", path.display()))
+}

@@ -1,0 +1,157 @@
+//! Reading another process's memory, descriptors and IO counters from `/proc`, and a
+//! sampler thread that records them every 100 ms.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Interval between two samples.
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What `/proc/<pid>` said about one process at one instant (`None`: could not be read,
+/// e.g. the process had not started or had already exited).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProcSample {
+    /// Resident set size (`VmRSS`), KiB.
+    pub(crate) rss_kib: Option<u64>,
+    /// Peak resident set size so far (`VmHWM`), KiB.
+    pub(crate) hwm_kib: Option<u64>,
+    /// Open file descriptors (entries of `/proc/<pid>/fd`).
+    pub(crate) fds: Option<u64>,
+    /// Bytes the process read through `read`-like calls (`rchar` of `/proc/<pid>/io`).
+    pub(crate) read_bytes: Option<u64>,
+}
+
+/// Reads `/proc/<pid>/status`, `/proc/<pid>/io` and (if `count_fds`) `/proc/<pid>/fd`.
+pub(crate) fn sample(pid: u32, count_fds: bool) -> ProcSample {
+    let mut out = ProcSample::default();
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        out.rss_kib = status_kib(&status, "VmRSS:");
+        out.hwm_kib = status_kib(&status, "VmHWM:");
+    }
+    if let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) {
+        out.read_bytes = io
+            .lines()
+            .find_map(|line| line.strip_prefix("rchar:"))
+            .and_then(|v| v.trim().parse().ok());
+    }
+    if count_fds {
+        out.fds = std::fs::read_dir(PathBuf::from(format!("/proc/{pid}/fd")))
+            .ok()
+            .map(|dir| dir.count() as u64);
+    }
+    out
+}
+
+/// The value of a `Vm*:   1234 kB` line.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// One row of the time series: seconds since the sampler started, then one sample per
+/// watched process (in the order given to [`Sampler::start`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Row {
+    /// Seconds since the sampler started.
+    pub(crate) t_secs: f64,
+    /// One sample per watched process.
+    pub(crate) procs: Vec<ProcSample>,
+}
+
+/// A process to watch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Watch {
+    /// Its pid.
+    pub(crate) pid: u32,
+    /// Whether to count its descriptors (costs a directory listing per sample).
+    pub(crate) count_fds: bool,
+}
+
+/// A thread sampling processes every [`SAMPLE_INTERVAL`] until [`Sampler::finish`].
+#[derive(Debug)]
+pub(crate) struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Vec<Row>>,
+}
+
+impl Sampler {
+    /// Starts sampling `watch` at once.
+    pub(crate) fn start(watch: Vec<Watch>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut rows = Vec::new();
+            let mut next = start;
+            loop {
+                rows.push(Row {
+                    t_secs: start.elapsed().as_secs_f64(),
+                    procs: watch.iter().map(|w| sample(w.pid, w.count_fds)).collect(),
+                });
+                if flag.load(Ordering::Relaxed) {
+                    return rows;
+                }
+                next += SAMPLE_INTERVAL;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        Self { stop, handle }
+    }
+
+    /// Takes one last sample and returns the series.
+    pub(crate) fn finish(self) -> Vec<Row> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+/// Peaks of one watched process over a series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Peaks {
+    /// Highest `VmHWM` seen (the kernel's own peak), KiB.
+    pub(crate) hwm_kib: u64,
+    /// Highest sampled `VmRSS`, KiB.
+    pub(crate) rss_kib: u64,
+    /// Most descriptors seen open at once.
+    pub(crate) fds: u64,
+}
+
+/// Peaks of process number `index` in `rows`.
+pub(crate) fn peaks(rows: &[Row], index: usize) -> Peaks {
+    let mut out = Peaks::default();
+    for proc_sample in rows.iter().filter_map(|row| row.procs.get(index)) {
+        out.hwm_kib = out.hwm_kib.max(proc_sample.hwm_kib.unwrap_or(0));
+        out.rss_kib = out.rss_kib.max(proc_sample.rss_kib.unwrap_or(0));
+        out.fds = out.fds.max(proc_sample.fds.unwrap_or(0));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_lines() {
+        let status = "Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t    1024 kB\n";
+
+        assert_eq!(status_kib(status, "VmHWM:"), Some(20_480));
+        assert_eq!(status_kib(status, "VmRSS:"), Some(1_024));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn samples_this_process() {
+        let me = sample(std::process::id(), true);
+
+        assert!(me.rss_kib.is_some_and(|kib| kib > 0));
+        assert!(me.hwm_kib >= me.rss_kib);
+        assert!(me.fds.is_some_and(|n| n >= 3));
+        assert!(me.read_bytes.is_some());
+    }
+}
