@@ -67,7 +67,12 @@ pub(crate) async fn serve(
                 metrics::counter!("cyberbackup_failures_total", "reason" => reason).increment(1);
             });
         }
-        tracing::debug!(?reason, "connection closed");
+        match &reason {
+            CloseReason::Done | CloseReason::PeerClosed => {
+                tracing::debug!(?reason, "connection closed");
+            }
+            _ => tracing::info!(?reason, "connection closed by the server"),
+        }
     }
     .instrument(span)
     .await;
@@ -141,6 +146,9 @@ async fn drive(
             .map(|(at, _)| tokio::time::Instant::from_std(at));
         buf.reserve(READ_CHUNK);
         tokio::select! {
+            // Bytes already waiting win over an expired deadline: a server that was slow to
+            // get round to this connection must not blame the peer for it.
+            biased;
             read = stream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => session.handle_eof(now()),
                 Ok(_) => {
