@@ -41,6 +41,10 @@ pub enum Command {
     Legacy(LegacyArgs),
     /// Serve the local web UI (default http://127.0.0.1:9090/) until Ctrl-C.
     Ui(UiArgs),
+    /// List my files and their versions (protocol v4).
+    List(crate::v4::cli::ListArgs),
+    /// Download a version of one of my files, verified (protocol v4).
+    Restore(crate::v4::cli::RestoreArgs),
 }
 
 /// Arguments of `ui`.
@@ -123,6 +127,9 @@ pub struct BackupArgs {
     /// Transfer options.
     #[command(flatten)]
     pub transfer: TransferArgs,
+    /// Protocol v4 options (v4 is the default).
+    #[command(flatten)]
+    pub v4: crate::v4::cli::V4Args,
 }
 
 /// Arguments of `legacy`.
@@ -161,6 +168,8 @@ impl Command {
             Self::Backup(args) => args.transfer.json,
             Self::Legacy(args) => args.transfer.json,
             Self::Ui(_) => false,
+            Self::List(args) => args.json,
+            Self::Restore(args) => args.json,
         }
     }
 }
@@ -175,6 +184,8 @@ pub async fn execute(
 ) -> Result<BackupReport, ClientError> {
     let (options, files) = match command {
         Command::Backup(args) => {
+            crate::v4::cli::refuse_v3_with_v4_identity(&args.v4, args.identity.as_deref())
+                .map_err(|message| ClientError::Usage { message })?;
             let identity = match &args.identity {
                 Some(path) => IdentityFile::new(path),
                 None => IdentityFile::default_location()?,
@@ -198,6 +209,11 @@ pub async fn execute(
         Command::Ui(_) => {
             return Err(ClientError::Usage {
                 message: "`ui` runs a server, not a backup: call cyberbackup_client::ui".into(),
+            });
+        }
+        Command::List(_) | Command::Restore(_) => {
+            return Err(ClientError::Usage {
+                message: "`list` and `restore` are v4 commands: run them with cyberbackup_client::v4::cli::run".into(),
             });
         }
     };

@@ -48,6 +48,16 @@ fn main() -> ExitCode {
     if let Command::Ui(args) = &command {
         return run_ui(args);
     }
+    if cyberbackup_client::v4::cli::handles(&command) {
+        let outcome = cyberbackup_client::v4::cli::run(command);
+        for line in &outcome.stdout {
+            println!("{line}");
+        }
+        for line in &outcome.stderr {
+            eprintln!("{line}");
+        }
+        return ExitCode::from(outcome.code);
+    }
     let json = command.json();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -101,6 +101,9 @@ fn json_output_is_machine_readable() {
             "--json",
             "--packet-size",
             "1024",
+            // The fake server speaks v3; v4 is the default protocol.
+            "--protocol",
+            "v3",
         ])
         .output()
         .unwrap();

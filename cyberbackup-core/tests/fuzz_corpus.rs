@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use cyberbackup_core::fuzzing;
+use cyberbackup_core::v4::fuzzing as fuzzing_v4;
 
 #[test]
 fn decode_frame_corpus_replays() {
@@ -22,6 +23,16 @@ fn server_session_corpus_replays() {
 #[test]
 fn server_session_keyed_corpus_replays() {
     replay("server_session_keyed", fuzzing::server_session_with_key);
+}
+
+#[test]
+fn decode_v4_corpus_replays() {
+    replay("decode_v4", fuzzing_v4::decode_v4);
+}
+
+#[test]
+fn handshake_v4_corpus_replays() {
+    replay("handshake_v4", fuzzing_v4::handshake_v4);
 }
 
 fn replay(target: &str, entry: fn(&[u8])) {

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 mod connection;
 pub mod identity;
 
@@ -104,10 +105,8 @@ pub enum V4ClientError {
     /// The identity file cannot be used.
     #[error(transparent)]
     Identity(#[from] V4IdentityError),
-    /// The server cannot be reached or the connection broke.
-    #[error(
-        "cannot talk to the server {server}: {source} — check the address and that the server runs"
-    )]
+    /// The server cannot be reached.
+    #[error("cannot connect to {server}: {source} — is the server running and the address right?")]
     Network {
         /// The address.
         server: String,

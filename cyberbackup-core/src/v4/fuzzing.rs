@@ -37,12 +37,7 @@ pub fn decode_v4(data: &[u8]) {
 /// answering every effect with success. Must never panic.
 pub fn handshake_v4(data: &[u8]) {
     let now = Instant::now();
-    let keys = StaticKeypair::from_private(FUZZ_SERVER_PRIVATE_KEY);
-    let config = Arc::new(ServerConfig {
-        checkpoint_interval: 1024,
-        ..ServerConfig::default()
-    });
-    let mut session = ServerSession::new(config, keys, CountingRng(0), now);
+    let mut session = fuzz_server(now);
     let (chunk, body) = match data.split_first() {
         Some((first, rest)) => (usize::from(*first).max(1), rest),
         None => (1, data),
@@ -67,6 +62,18 @@ pub fn handshake_v4(data: &[u8]) {
     }
     session.handle_eof(now);
     while session.poll_output().is_some() {}
+}
+
+/// The server the handshake target drives: fixed key, `CountingRng(0)`, 1 KiB checkpoints.
+/// Deterministic, so a recorded client stream replays through it (the seeds).
+#[must_use]
+pub fn fuzz_server(now: Instant) -> ServerSession<CountingRng> {
+    let keys = StaticKeypair::from_private(FUZZ_SERVER_PRIVATE_KEY);
+    let config = Arc::new(ServerConfig {
+        checkpoint_interval: 1024,
+        ..ServerConfig::default()
+    });
+    ServerSession::new(config, keys, CountingRng(0), now)
 }
 
 fn answer(session: &mut ServerSession<CountingRng>, effect: ServerEffect, now: Instant) {
