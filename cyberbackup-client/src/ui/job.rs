@@ -61,9 +61,12 @@ impl JobView {
                 (sent as f64 * 100.0 / total as f64).min(100.0)
             }
         };
-        let sending = self
-            .sending_since
-            .map_or(0.0, |s| s.elapsed().as_secs_f64());
+        // Seconds spent sending: up to now, or up to the end once the job finished.
+        let sending = self.sending_since.map_or(0.0, |since| {
+            let offset = since.duration_since(self.started).as_secs_f64();
+            self.finished_after
+                .map_or_else(|| since.elapsed().as_secs_f64(), |end| end - offset)
+        });
         let speed = if sending > 0.2 {
             self.overall_sent as f64 / sending
         } else {
