@@ -177,7 +177,7 @@ pub struct ServerConfig {
     pub admin_token: Option<AdminToken>,
     /// Accept the legacy v3 protocol (insecure; a warning is logged at start-up while true).
     pub legacy_v3: bool,
-    /// File holding the v4 server key [default: `<data_dir>/server-v4.key`].
+    /// File holding the v4 server key (default: `<data_dir>/server-v4.key`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_key_file: Option<PathBuf>,
     /// v4 registration needs a token from `cyberbackup-server enroll`.
