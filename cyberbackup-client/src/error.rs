@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use cyberbackup_core::identity::IdentityError;
 use cyberbackup_core::session::SessionError;
 
+use crate::BackupReport;
+
 /// Exit code: every file was backed up and verified.
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the run finished but at least one file failed.
@@ -142,6 +144,34 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+    /// Two files of one backup would be stored under the same name (v3 keeps only the base
+    /// name, so the second would overwrite the first on the server). Nothing was sent.
+    #[error(
+        "{first} and {second} would both be stored as {name:?} (the server keeps only the base name), so one would overwrite the other — rename one of them or leave one out (e.g. with --exclude); nothing was sent"
+    )]
+    DuplicateName {
+        /// The stored name both files map to.
+        name: String,
+        /// The first file with that name.
+        first: PathBuf,
+        /// The next file with that name.
+        second: PathBuf,
+    },
+    /// A fatal error stopped a backup after some files were already settled; `report` says
+    /// which files were verified (and which failed or were not sent). The exit code, kind
+    /// and retryability are those of `cause`.
+    #[error(
+        "{cause} ({} of {} files were backed up before this; the report lists them)",
+        .report.files.iter().filter(|file| file.verified).count(),
+        .report.files.len()
+    )]
+    Incomplete {
+        /// Every requested file: verified, failed, or `not sent` for those never settled.
+        report: Box<BackupReport>,
+        /// What stopped the run.
+        #[source]
+        cause: Box<Self>,
+    },
     /// Reconnecting did not help.
     #[error("giving up after {attempts} connection attempts: {last}")]
     RetriesExhausted {
@@ -171,7 +201,9 @@ impl ClientError {
             | Self::NameTaken { .. }
             | Self::ServerKeptFailing { .. }
             | Self::Protocol { .. }
+            | Self::DuplicateName { .. }
             | Self::RetriesExhausted { .. } => false,
+            Self::Incomplete { cause, .. } => cause.is_retryable(),
         }
     }
 
@@ -179,7 +211,9 @@ impl ClientError {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage { .. } | Self::TransferInfo { .. } => EXIT_USAGE,
+            Self::Usage { .. } | Self::TransferInfo { .. } | Self::DuplicateName { .. } => {
+                EXIT_USAGE
+            }
             Self::Identity { .. }
             | Self::IdentitySave { .. }
             | Self::NameMismatch { .. }
@@ -192,6 +226,7 @@ impl ClientError {
             | Self::Protocol { .. } => EXIT_NETWORK,
             Self::LocalFileAborted { .. } => EXIT_FILES_FAILED,
             Self::RetriesExhausted { last, .. } => last.exit_code(),
+            Self::Incomplete { cause, .. } => cause.exit_code(),
         }
     }
 
@@ -213,6 +248,26 @@ impl ClientError {
             Self::Protocol { .. } => "protocol",
             Self::LocalFileAborted { .. } => "local_file_aborted",
             Self::RetriesExhausted { .. } => "retries_exhausted",
+            Self::DuplicateName { .. } => "duplicate_name",
+            Self::Incomplete { cause, .. } => cause.kind(),
+        }
+    }
+
+    /// The files settled before a fatal error ([`ClientError::Incomplete`]), if any.
+    #[must_use]
+    pub fn partial_report(&self) -> Option<&BackupReport> {
+        match self {
+            Self::Incomplete { report, .. } => Some(report),
+            _ => None,
+        }
+    }
+
+    /// The error that stopped the run: `cause` of [`ClientError::Incomplete`], else `self`.
+    #[must_use]
+    pub fn cause(&self) -> &Self {
+        match self {
+            Self::Incomplete { cause, .. } => cause.cause(),
+            other => other,
         }
     }
 

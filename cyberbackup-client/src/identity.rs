@@ -13,6 +13,25 @@ use crate::error::ClientError;
 /// File name of the identity, as the legacy clients use it.
 pub const IDENTITY_FILE_NAME: &str = "me.info";
 
+/// Longest client name, in characters (the limit `transfer.info` documents; the 255-byte
+/// wire field also caps it at 254 bytes of UTF-8). Applies to `backup --name` and legacy
+/// mode alike.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// Checks a client name to register: 1 to [`MAX_NAME_CHARS`] characters.
+///
+/// # Errors
+/// A message saying what is wrong, naming the limit.
+pub fn check_client_name(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(format!(
+            "the client name must be 1 to {MAX_NAME_CHARS} characters, found {chars} — choose a shorter name"
+        ));
+    }
+    Ok(())
+}
+
 /// One `me.info` file: the only place the client reads or writes its identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityFile {

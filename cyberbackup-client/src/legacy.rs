@@ -7,12 +7,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::ClientError;
-use crate::identity::{IDENTITY_FILE_NAME, IdentityFile};
+use crate::identity::{IDENTITY_FILE_NAME, IdentityFile, MAX_NAME_CHARS, check_client_name};
 
 /// File name of the legacy job description.
 pub const TRANSFER_INFO_FILE_NAME: &str = "transfer.info";
-/// Longest client name `transfer.info` allows, in characters.
-pub const MAX_LEGACY_NAME_CHARS: usize = 100;
+/// Longest client name `transfer.info` allows, in characters (the same rule as
+/// `backup --name`: [`crate::identity::MAX_NAME_CHARS`]).
+pub const MAX_LEGACY_NAME_CHARS: usize = MAX_NAME_CHARS;
 
 /// A parsed `transfer.info`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,12 +94,7 @@ pub fn parse_transfer_info(text: &str) -> Result<TransferInfo, String> {
                 .into(),
         );
     };
-    let chars = name.chars().count();
-    if chars == 0 || chars > MAX_LEGACY_NAME_CHARS {
-        return Err(format!(
-            "line 2: the client name must be 1 to {MAX_LEGACY_NAME_CHARS} characters, found {chars}"
-        ));
-    }
+    check_client_name(name).map_err(|why| format!("line 2: {why}"))?;
     let files: Vec<PathBuf> = lines
         .map(str::trim)
         .filter(|line| !line.is_empty())

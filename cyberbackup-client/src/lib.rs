@@ -32,8 +32,8 @@ pub mod identity;
 pub mod legacy;
 pub mod progress;
 pub mod retry;
-pub mod v4;
 pub mod ui;
+pub mod v4;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub use crate::retry::RetryPolicy;
 pub struct ClientOptions {
     /// Server address, `host:port`.
     pub server: String,
-    /// Client name to register (1 to 254 bytes).
+    /// Client name to register (1 to 100 characters, as in `transfer.info`).
     pub name: String,
     /// Where the identity (`me.info`) is read from and saved to.
     pub identity: IdentityFile,
@@ -204,6 +204,9 @@ impl Client {
     /// [`ClientError::Usage`] for a bad name, [`ClientError::Identity`] for an unreadable
     /// identity file, [`ClientError::NameMismatch`] when it belongs to another name.
     pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
+        identity::check_client_name(&options.name).map_err(|why| ClientError::Usage {
+            message: format!("{why} (got {:?})", options.name),
+        })?;
         let identity = options.identity.load()?;
         let name = match &identity {
             Some(identity) if options.prefer_identity_name => identity.name().clone(),
@@ -306,12 +309,16 @@ impl Client {
     /// on. Connects when there is something to send.
     ///
     /// # Errors
-    /// A fatal error: no connection after the retries, identity, protocol or name errors.
+    /// [`ClientError::DuplicateName`] (before anything is sent) when two paths share a base
+    /// name. A fatal error: no connection after the retries, identity, protocol or name
+    /// errors; when some files were already settled it comes wrapped in
+    /// [`ClientError::Incomplete`] with the report of every file.
     pub async fn backup(
         &mut self,
         paths: &[PathBuf],
         progress: &mut dyn ProgressSink,
     ) -> Result<BackupReport, ClientError> {
+        refuse_duplicate_names(paths)?;
         let mut run = Run::default();
         let mut jobs = Vec::with_capacity(paths.len());
         for (index, path) in paths.iter().enumerate() {
@@ -331,6 +338,31 @@ impl Client {
                 }
             }
         }
+        let outcome = self.send(&mut run, &jobs, progress).await;
+        let settled = !run.reports.is_empty();
+        let report = BackupReport {
+            server: self.options.server.clone(),
+            client_id: self.identity.as_ref().map(|id| id.client_id().to_hex()),
+            registered: self.registered,
+            files: run.into_reports(paths, &jobs, outcome.as_ref().err()),
+        };
+        match outcome {
+            Ok(()) => Ok(report),
+            Err(cause) if settled => Err(ClientError::Incomplete {
+                report: Box::new(report),
+                cause: Box::new(cause),
+            }),
+            Err(cause) => Err(cause),
+        }
+    }
+
+    /// Sends the pending jobs of `run`, reconnecting per the policy.
+    async fn send(
+        &mut self,
+        run: &mut Run,
+        jobs: &[Option<Job>],
+        progress: &mut dyn ProgressSink,
+    ) -> Result<(), ClientError> {
         while !run.pending.is_empty() {
             self.connect_now(progress).await?;
             let Some(mut connection) = self.connection.take() else {
@@ -369,7 +401,7 @@ impl Client {
                         if self.on_event(&event, progress) {
                             continue;
                         }
-                        if run.on_event(event, &mut in_flight, &jobs, progress) {
+                        if run.on_event(event, &mut in_flight, jobs, progress) {
                             // A file finished: the connection works, start the count anew.
                             self.retries = 0;
                         }
@@ -394,12 +426,7 @@ impl Client {
                 Err(error) => self.back_off(error, progress).await?,
             }
         }
-        Ok(BackupReport {
-            server: self.options.server.clone(),
-            client_id: self.identity.as_ref().map(|id| id.client_id().to_hex()),
-            registered: self.registered,
-            files: run.into_reports(paths),
-        })
+        Ok(())
     }
 
     /// Ends the session cleanly (if connected) and closes the connection.
@@ -636,12 +663,28 @@ impl Run {
         }
     }
 
-    fn into_reports(mut self, paths: &[PathBuf]) -> Vec<FileReport> {
+    /// One report per path; files never settled are `not sent`, with the fatal error that
+    /// stopped the run if there was one.
+    fn into_reports(
+        mut self,
+        paths: &[PathBuf],
+        jobs: &[Option<Job>],
+        stopped_by: Option<&ClientError>,
+    ) -> Vec<FileReport> {
+        let why = match stopped_by {
+            Some(error) => format!("not sent: the run stopped first ({error})"),
+            None => "not sent".to_owned(),
+        };
         (0..paths.len())
             .map(|index| {
                 self.reports.remove(&index).unwrap_or_else(|| {
                     let path = paths.get(index).cloned().unwrap_or_default();
-                    FileReport::failed(&path, String::new(), 0, 0, "not sent".into())
+                    let (name, len) = jobs
+                        .get(index)
+                        .and_then(Option::as_ref)
+                        .map(|job| (job.stored_name.clone(), job.len))
+                        .unwrap_or_default();
+                    FileReport::failed(&path, name, len, 0, why.clone())
                 })
             })
             .collect()
@@ -670,6 +713,27 @@ fn describe_failure(job: &Job, failure: &FileFailure) -> (u8, String) {
         ),
         other => (0, format!("{name:?} failed: {other:?}")),
     }
+}
+
+/// Refuses a run in which two paths share a base name: the server would store the second
+/// over the first. (Mapping them to distinct names was rejected: the v3 server has no
+/// directories, so any mapping invents names the user never chose and that a later run
+/// from another directory could collide with.)
+fn refuse_duplicate_names(paths: &[PathBuf]) -> Result<(), ClientError> {
+    let mut seen: BTreeMap<Vec<u8>, &PathBuf> = BTreeMap::new();
+    for path in paths {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if let Some(first) = seen.insert(os_bytes(name), path) {
+            return Err(ClientError::DuplicateName {
+                name: name.to_string_lossy().into_owned(),
+                first: first.clone(),
+                second: path.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `path` is a readable regular file with a usable name.

@@ -135,7 +135,15 @@ fn print_human(result: &Result<BackupReport, ClientError>) {
                 report.server
             );
         }
-        Err(err) => eprintln!("error: {err}"),
+        Err(err) => {
+            // A fatal error after some files were settled: say which ones made it.
+            if let Some(report) = err.partial_report() {
+                for file in &report.files {
+                    println!("{}", file.summary());
+                }
+            }
+            eprintln!("error: {err}");
+        }
     }
 }
 
@@ -150,7 +158,7 @@ fn print_json(result: &Result<BackupReport, ClientError>, code: u8) {
         Err(err) => serde_json::json!({
             "ok": false,
             "exit_code": code,
-            "report": null,
+            "report": err.partial_report(),
             "error": { "kind": err.kind(), "message": err.to_string() },
         }),
     };

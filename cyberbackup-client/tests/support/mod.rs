@@ -1,0 +1,175 @@
+//! The reference server (`cyberbackup_server::Server`) in-process on 127.0.0.1, port 0,
+//! with a real SQLite catalog and real storage in a temp directory, on its own runtime
+//! thread so synchronous tests (child processes, ptys) can use it too; and streaming helpers
+//! for big generated files (never held in memory whole).
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cyberbackup_server::faults::{FaultInjector, Faults};
+use cyberbackup_server::{Server, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// A running reference server; stopped (gracefully) on drop.
+pub struct RealServer {
+    pub addr: SocketAddr,
+    /// `<data>/defensive.db` and `<data>/files/`.
+    pub data: tempfile::TempDir,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RealServer {
+    pub fn start() -> Self {
+        Self::start_with_faults(Faults::none())
+    }
+
+    pub fn start_with_injector(injector: Arc<dyn FaultInjector>) -> Self {
+        Self::start_with_faults(Faults::new(injector))
+    }
+
+    fn start_with_faults(faults: Faults) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            listen: Ipv4Addr::LOCALHOST.into(),
+            port: 0,
+            data_dir: data.path().to_path_buf(),
+            idle_timeout_secs: 60,
+            shutdown_grace_secs: 5,
+            // Every test client comes from 127.0.0.1: the per-address limit would refuse most.
+            registrations_per_minute: 0,
+            // Test data directories live on whatever disk /tmp is.
+            min_free_disk_mb: 0,
+            ..ServerConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let server = Server::bind_with_faults(config, faults).await.unwrap();
+                tx.send(server.local_addr().unwrap()).unwrap();
+                server.serve(token).await.unwrap();
+            });
+        });
+        let addr = rx.recv().expect("the server failed to start");
+        Self {
+            addr,
+            data,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// `host:port` for `--server`.
+    pub fn server(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Where the server stores `name` for the client `client_id_hex`.
+    pub fn stored(&self, client_id_hex: &str, name: &str) -> PathBuf {
+        self.data
+            .path()
+            .join("files")
+            .join(client_id_hex)
+            .join(name)
+    }
+}
+
+impl Drop for RealServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            // A panic in the server thread shows up here (unless we are already panicking).
+            if thread.join().is_err() && !std::thread::panicking() {
+                panic!("the server thread panicked");
+            }
+        }
+    }
+}
+
+/// Writes `len` bytes of a seeded pseudo-random pattern to `path`, 1 MiB at a time.
+pub fn write_pattern(path: &Path, len: u64, seed: u64) {
+    let mut out = BufWriter::new(File::create(path).unwrap());
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in chunk.chunks_exact_mut(8) {
+            // xorshift64*: fast and not compressible, so the transfer is realistic.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            word.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap();
+        out.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    out.flush().unwrap();
+}
+
+/// Whether two files have the same bytes, compared 1 MiB at a time.
+pub fn same_contents(a: &Path, b: &Path) -> bool {
+    let (mut a, mut b) = (File::open(a).unwrap(), File::open(b).unwrap());
+    if a.metadata().unwrap().len() != b.metadata().unwrap().len() {
+        return false;
+    }
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = read_full(&mut a, &mut x);
+        let m = read_full(&mut b, &mut y);
+        if n != m || x[..n] != y[..m] {
+            return false;
+        }
+        if n == 0 {
+            return true;
+        }
+    }
+}
+
+/// The POSIX cksum of a file, streamed.
+pub fn cksum_of(path: &Path) -> u32 {
+    let mut file = File::open(path).unwrap();
+    let mut cksum = cyberbackup_core::crypto::Cksum::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = read_full(&mut file, &mut buf);
+        if n == 0 {
+            return cksum.finalize();
+        }
+        cksum.update(&buf[..n]);
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..]).unwrap();
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    filled
+}
+
+/// The real client binary.
+pub fn client_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cyberbackup-client"))
+}

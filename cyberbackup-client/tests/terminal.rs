@@ -1,0 +1,325 @@
+//! What the real `cyberbackup-client` binary shows, against the reference server
+//! (in-process, real sockets): live progress bars with speed and ETA under a pseudo-terminal
+//! (the byte stream replayed through a terminal emulator, `vt100`, frame by frame), plain
+//! lines without a terminal, JSON with `--json`, and the partial report of a run stopped by a
+//! fatal error, in both forms.
+//!
+//! Runtime (debug test build, optimised dependencies): about 10 s, most of it the 64 MiB
+//! file of the pty test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    clippy::cast_possible_truncation
+)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cyberbackup_server::faults::{FaultInjector, FaultPoint};
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+use rustix::termios::{Winsize, tcsetwinsize};
+use support::{RealServer, cksum_of, client_binary, same_contents, write_pattern};
+
+const MIB: u64 = 1024 * 1024;
+const ROWS: u16 = 100;
+const COLS: u16 = 150;
+
+fn client(dir: &Path, server: &RealServer, paths: &[&str]) -> Command {
+    let mut command = Command::new(client_binary());
+    command
+        .current_dir(dir)
+        .env_remove("CYBERBACKUP_SERVER")
+        .env_remove("CYBERBACKUP_NAME")
+        .env("TERM", "xterm-256color")
+        .arg("backup")
+        .args(paths)
+        .args(["--server", &server.server(), "--name", "alice"])
+        .args([
+            "--protocol",
+            "v3",
+            "--identity",
+            "me.info",
+            "--retries",
+            "0",
+        ]);
+    command
+}
+
+/// What the terminal showed while the program ran.
+struct Screens {
+    /// Every distinct text of a screen row showing a progress bar (`ETA` in it).
+    bar_rows: BTreeSet<String>,
+    /// The most bar rows visible at once.
+    max_bar_rows_at_once: usize,
+    /// The raw bytes written to the terminal.
+    raw: Vec<u8>,
+    /// The screen when the program ended.
+    last: String,
+}
+
+/// Runs `command` with stdin, stdout and stderr on a new pseudo-terminal of ROWS×COLS and
+/// replays everything it writes through a terminal emulator.
+fn run_in_pty(mut command: Command) -> (std::process::ExitStatus, Screens) {
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    tcsetwinsize(
+        &master,
+        Winsize {
+            ws_row: ROWS,
+            ws_col: COLS,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )
+    .unwrap();
+    let slave_path = ptsname(&master, Vec::new()).unwrap();
+    let slave = rustix::fs::open(
+        slave_path.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    command
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    let mut child = command.spawn().unwrap();
+    // The parent's copies of the slave are gone with `command`: reads of the master end
+    // (EIO) once the child has exited.
+    drop(command);
+
+    let mut master = File::from(master);
+    let mut parser = vt100::Parser::new(
+        NonZeroU16::new(ROWS).unwrap(),
+        NonZeroU16::new(COLS).unwrap(),
+        0,
+    );
+    let mut screens = Screens {
+        bar_rows: BTreeSet::new(),
+        max_bar_rows_at_once: 0,
+        raw: Vec::new(),
+        last: String::new(),
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            // Linux answers EIO once no process holds the slave side open.
+            Err(_) => break,
+        };
+        screens.raw.extend_from_slice(&buf[..n]);
+        parser.process(&buf[..n]);
+        let rows: Vec<String> = parser
+            .screen()
+            .rows(0, COLS)
+            .filter(|row| row.contains("ETA"))
+            .collect();
+        screens.max_bar_rows_at_once = screens.max_bar_rows_at_once.max(rows.len());
+        screens.bar_rows.extend(rows);
+    }
+    let status = child.wait().unwrap();
+    screens.last = parser.screen().contents();
+    (status, screens)
+}
+
+#[test]
+fn backup_on_a_terminal_shows_live_bars_with_speed_and_eta() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("big.bin"), 64 * MIB, 5);
+
+    let (status, screens) = run_in_pty(client(dir.path(), &server, &["big.bin"]));
+    let raw = String::from_utf8_lossy(&screens.raw);
+    assert!(status.success(), "{status:?}\n{}", screens.last);
+
+    // Live: the file bar was drawn at several positions, each with bytes, a rate and an ETA.
+    let file_frames: Vec<&String> = screens
+        .bar_rows
+        .iter()
+        .filter(|row| row.trim_start().starts_with("file [") && row.contains("big.bin"))
+        .collect();
+    eprintln!(
+        "{} distinct file-bar frames, e.g. {:?}",
+        file_frames.len(),
+        file_frames.first()
+    );
+    assert!(
+        file_frames.len() >= 2,
+        "the bar was not redrawn while sending: {:?}",
+        screens.bar_rows
+    );
+    for row in &file_frames {
+        assert!(row.contains("/64.00 MiB"), "no byte counts: {row:?}");
+        assert!(row.contains("/s ETA "), "no rate and ETA: {row:?}");
+    }
+    assert!(
+        file_frames.iter().any(|row| row.contains("MiB/s")),
+        "no MiB/s rate in {file_frames:?}"
+    );
+    assert!(
+        screens
+            .bar_rows
+            .iter()
+            .any(|row| row.trim_start().starts_with("overall [")),
+        "no overall bar: {:?}",
+        screens.bar_rows
+    );
+    // Redrawn in place (cursor moves and line clears), not printed as new lines: never more
+    // than the two bars on screen, and none left once the run ended.
+    assert!(raw.contains("\x1b[2K") || raw.contains('\r'), "{raw:?}");
+    assert!(
+        screens.max_bar_rows_at_once <= 2,
+        "bars piled up as lines: {}",
+        screens.max_bar_rows_at_once
+    );
+    assert!(!screens.last.contains("ETA"), "{}", screens.last);
+    assert!(
+        screens.last.contains("verified \"big.bin\"") || screens.last.contains("verified big.bin"),
+        "{}",
+        screens.last
+    );
+    assert!(
+        screens.last.contains("1 of 1 files backed up"),
+        "{}",
+        screens.last
+    );
+}
+
+fn run(command: &mut Command) -> Output {
+    command.stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn without_a_terminal_progress_is_plain_lines_and_json_is_valid() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("mid.bin"), 3 * MIB + 1, 6);
+    std::fs::write(dir.path().join("small.txt"), "hello\n").unwrap();
+
+    let output = run(&mut client(dir.path(), &server, &["mid.bin"]));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    assert!(
+        !stderr.contains('\x1b') && !stdout.contains('\x1b'),
+        "{}",
+        text(&output)
+    );
+    assert!(!stderr.contains('\r'), "{}", text(&output));
+    let lines: Vec<&str> = stderr.lines().collect();
+    let sending = format!("sending mid.bin ({} bytes)", 3 * MIB + 1);
+    assert!(lines.contains(&sending.as_str()), "{}", text(&output));
+    assert!(
+        lines.contains(&"waiting for the server to verify mid.bin"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stdout.contains("1 of 1 files backed up"),
+        "{}",
+        text(&output)
+    );
+
+    let output = run(client(dir.path(), &server, &["mid.bin", "small.txt"]).arg("--json"));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(!output.stdout.contains(&0x1b), "{}", text(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["exit_code"], 0);
+    assert!(json["error"].is_null());
+    let report = &json["report"];
+    assert_eq!(report["registered"], false, "second run reconnects");
+    let id = report["client_id"].as_str().unwrap();
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    for (file, name) in files.iter().zip(["mid.bin", "small.txt"]) {
+        let local = dir.path().join(name);
+        assert_eq!(file["stored_name"], name);
+        assert_eq!(file["verified"], true);
+        assert_eq!(file["attempts"], 1);
+        assert!(file["failure"].is_null());
+        assert_eq!(file["len"], local.metadata().unwrap().len());
+        assert_eq!(file["cksum"], cksum_of(&local));
+        assert!(same_contents(&local, &server.stored(id, name)));
+    }
+}
+
+/// Fails `CreateTemp` (the server answers 1607) for every file after the first.
+#[derive(Debug)]
+struct FailAfterFirst(AtomicUsize);
+
+impl FaultInjector for FailAfterFirst {
+    fn check(&self, point: FaultPoint) -> Option<io::Error> {
+        (point == FaultPoint::CreateTemp && self.0.fetch_add(1, Ordering::SeqCst) >= 1)
+            .then(|| io::Error::other("injected: no space left"))
+    }
+}
+
+#[test]
+fn a_fatal_error_prints_and_reports_the_files_already_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("first.txt"), "first\n").unwrap();
+    std::fs::write(dir.path().join("second.txt"), "second\n").unwrap();
+
+    let server = RealServer::start_with_injector(Arc::new(FailAfterFirst(AtomicUsize::new(0))));
+    let output = run(&mut client(
+        dir.path(),
+        &server,
+        &["first.txt", "second.txt"],
+    ));
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("verified first.txt"), "{}", text(&output));
+    assert!(
+        stdout.contains("FAILED second.txt: not sent"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("1 of 2 files were backed up before this"),
+        "{}",
+        text(&output)
+    );
+    drop(server);
+
+    std::fs::remove_file(dir.path().join("me.info")).unwrap();
+    let server = RealServer::start_with_injector(Arc::new(FailAfterFirst(AtomicUsize::new(0))));
+    let output = run(client(dir.path(), &server, &["first.txt", "second.txt"]).arg("--json"));
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["error"]["kind"], "server_error");
+    let files = json["report"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[0]["stored_name"], "first.txt");
+    assert_eq!(files[0]["verified"], true);
+    assert_eq!(files[1]["verified"], false);
+    let id = json["report"]["client_id"].as_str().unwrap();
+    assert!(same_contents(
+        &dir.path().join("first.txt"),
+        &server.stored(id, "first.txt")
+    ));
+}
