@@ -176,11 +176,7 @@ fn registered(
 fn register_upload_versions_list_and_restore_round_trip() {
     let (server, alice) = (keys(1), keys(2));
     let mut store = MemStore::default();
-    let versions = [
-        content(10_000, 1),
-        content(0, 2),
-        content(3 * 4096, 3),
-    ];
+    let versions = [content(10_000, 1), content(0, 2), content(3 * 4096, 3)];
 
     let mut c = conn(&server, &alice, None, register("alice"), 7);
     for data in &versions {
