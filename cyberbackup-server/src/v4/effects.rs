@@ -18,8 +18,9 @@ use rand_core::{CryptoRngCore, OsRng, RngCore};
 use super::partial::ResumablePartial;
 use super::token_hash;
 use crate::catalog::v4::{V4RegisterOutcome, V4Version};
-use crate::catalog::{FileRowId, ReceivedFile};
+use crate::catalog::{CommittingFile, FileRowId, ReceivedFile};
 use crate::listener::Shared;
+use crate::maintenance::{self, CommitOutcome};
 use crate::storage::Storage;
 
 /// The upload open on this connection.
@@ -30,6 +31,14 @@ struct OpenUpload {
     row: FileRowId,
     path_name: String,
     partial: ResumablePartial,
+}
+
+/// Why a commit failed: before its intent was recorded (discard the upload) or after (the
+/// disk decided through reconciliation; nothing may be discarded blindly).
+#[derive(Debug)]
+enum CommitError {
+    BeforeIntent(StorageFailure),
+    AfterIntent(StorageFailure),
 }
 
 /// Per-connection executor of v4 effects.
@@ -350,14 +359,19 @@ impl<'a> V4Effects<'a> {
         let result = self.commit(&mut open, size, sha256, cksum).await;
         self.shared.v4.release(open.client, &open.name);
         self.shared.stats.transfer_ended(result.is_ok());
-        if let Err(err) = &result {
-            tracing::error!(reason = %err.reason, row = %open.row, "v4 commit failed; the upload is discarded");
-            if let Err(err) = self.shared.catalog.discard_file(open.row).await {
-                tracing::warn!(%err, "cannot mark the failed upload discarded");
+        match result {
+            Ok(version) => Ok(version),
+            Err(CommitError::BeforeIntent(err)) => {
+                tracing::error!(reason = %err.reason, row = %open.row, "v4 commit failed; the upload is discarded");
+                if let Err(err) = self.shared.catalog.discard_file(open.row).await {
+                    tracing::warn!(%err, "cannot mark the failed upload discarded");
+                }
+                let _ = open.partial.remove().await;
+                Err(err)
             }
-            let _ = open.partial.remove().await;
+            // After the intent was recorded, the disk decided (see `commit`): nothing to undo.
+            Err(CommitError::AfterIntent(err)) => Err(err),
         }
-        result
     }
 
     async fn commit(
@@ -366,13 +380,19 @@ impl<'a> V4Effects<'a> {
         size: u64,
         sha256: [u8; 32],
         cksum: u32,
-    ) -> Result<u32, StorageFailure> {
+    ) -> Result<u32, CommitError> {
+        let before = CommitError::BeforeIntent;
         let catalog = &self.shared.catalog;
-        let len = open.partial.sync().await.map_err(failure("fsync"))?;
+        let len = open
+            .partial
+            .sync()
+            .await
+            .map_err(failure("fsync"))
+            .map_err(before)?;
         if len != size {
-            return Err(StorageFailure {
+            return Err(before(StorageFailure {
                 reason: format!("stored {len} bytes, the upload announced {size}"),
-            });
+            }));
         }
         catalog
             .mark_received(
@@ -385,13 +405,15 @@ impl<'a> V4Effects<'a> {
                 },
             )
             .await
-            .map_err(failure("record received file"))?;
+            .map_err(failure("record received file"))
+            .map_err(before)?;
         let keep = self.shared.config.keep_versions.max(1);
         let previous = if keep > 1 {
             catalog
                 .current_version(open.client.0, open.name.clone())
                 .await
-                .map_err(failure("look up current version"))?
+                .map_err(failure("look up current version"))
+                .map_err(before)?
                 .map(|(_, version)| version)
         } else {
             None
@@ -399,16 +421,24 @@ impl<'a> V4Effects<'a> {
         catalog
             .begin_commit(open.row, keep)
             .await
-            .map_err(failure("record commit intent"))?;
-        self.shared
+            .map_err(failure("record commit intent"))
+            .map_err(before)?;
+        let installed = match self
+            .shared
             .storage
             .install(open.partial.relative_temp_path(), &open.path_name, previous)
             .await
-            .map_err(failure("rename into place"))?;
-        let result = catalog
-            .commit_file(open.row, keep)
-            .await
-            .map_err(failure("mark verified"))?;
+        {
+            Ok(_) => catalog
+                .commit_file(open.row, keep)
+                .await
+                .map_err(|err| format!("mark verified: {err}")),
+            Err(err) => Err(format!("rename into place: {err}")),
+        };
+        let result = match installed {
+            Ok(result) => result,
+            Err(err) => return self.reconcile(open, sha256, keep, &err).await,
+        };
         for old in result.superseded {
             if let Err(err) = self.shared.storage.remove(&old.path_name).await {
                 tracing::warn!(%err, path = %old.path_name, "cannot delete superseded version");
@@ -419,6 +449,49 @@ impl<'a> V4Effects<'a> {
         }
         tracing::info!(path = %result.path_name, version = result.version, "v4 file verified and committed");
         Ok(result.version)
+    }
+
+    /// A commit failed after its intent was recorded: the rename may or may not have taken
+    /// effect, so the disk decides (as for v3) instead of discarding a file that may already
+    /// have replaced the previous version.
+    async fn reconcile(
+        &self,
+        open: &OpenUpload,
+        sha256: [u8; 32],
+        keep: u32,
+        err: &str,
+    ) -> Result<u32, CommitError> {
+        tracing::error!(%err, row = %open.row, "v4 commit did not complete; reconciling");
+        let committing = CommittingFile {
+            row: open.row,
+            client_id: open.client.0,
+            file_name: open.name.clone(),
+            path_name: open.path_name.clone(),
+            temp_path: Some(open.partial.relative_temp_path().to_owned()),
+            sha256: Some(sha256.to_vec()),
+            keep_versions: keep,
+        };
+        let outcome =
+            maintenance::reconcile_commit(&self.shared.catalog, &self.shared.storage, committing)
+                .await;
+        let after = |reason: String| CommitError::AfterIntent(StorageFailure { reason });
+        match outcome {
+            Ok(CommitOutcome::Finished) => self
+                .shared
+                .catalog
+                .current_version(open.client.0, open.name.clone())
+                .await
+                .map_err(|err| after(format!("look up committed version: {err}")))?
+                .map(|(_, version)| version)
+                .ok_or_else(|| after("the committed version is not in the catalog".to_owned())),
+            Ok(CommitOutcome::RolledBack) => Err(after(format!(
+                "commit of row {} failed and was rolled back",
+                open.row
+            ))),
+            Err(err) => Err(after(format!(
+                "reconcile commit (left for maintenance): {err}"
+            ))),
+        }
     }
 
     async fn discard_upload(&mut self) {

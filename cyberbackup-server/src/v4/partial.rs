@@ -308,9 +308,9 @@ mod tests {
             "shorter than its durable offset: start again"
         );
         let path = storage.resolve(&relative).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 5000);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 5000);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(relative.contains("/.cb-partial-v4-"));
     }
