@@ -140,17 +140,21 @@ pub(crate) fn single_file(path: &Path, upload: &Upload, cbc_mb_per_s: f64) -> an
                 upload.client.hwm_kib as f64 / 1024.0
             ))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MAGENTA.stroke_width(2)));
-        for (limit, label) in [
-            (64.0, "server target 64 MiB"),
-            (32.0, "client target 32 MiB"),
-        ] {
+        let orange = RGBColor(230, 120, 0);
+        let targets = [
+            (64.0, "server target 64 MiB", orange),
+            (32.0, "client target 32 MiB", MAGENTA),
+        ];
+        for (limit, label, colour) in targets {
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(DashedLineSeries::new(
                     [(0.0, limit), (end, limit)],
-                    BLACK.mix(0.4),
+                    8,
+                    6,
+                    colour.stroke_width(1),
                 ))?
                 .label(label)
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
         }
         chart
             .configure_series_labels()

@@ -22,6 +22,8 @@ pub(crate) struct ProcSample {
     pub(crate) fds: Option<u64>,
     /// Bytes the process read through `read`-like calls (`rchar` of `/proc/<pid>/io`).
     pub(crate) read_bytes: Option<u64>,
+    /// CPU time used so far (user + system, all threads), in clock ticks.
+    pub(crate) cpu_ticks: Option<u64>,
 }
 
 /// Reads `/proc/<pid>/status`, `/proc/<pid>/io` and (if `count_fds`) `/proc/<pid>/fd`.
@@ -37,12 +39,30 @@ pub(crate) fn sample(pid: u32, count_fds: bool) -> ProcSample {
             .find_map(|line| line.strip_prefix("rchar:"))
             .and_then(|v| v.trim().parse().ok());
     }
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        out.cpu_ticks = stat_cpu_ticks(&stat);
+    }
     if count_fds {
         out.fds = std::fs::read_dir(PathBuf::from(format!("/proc/{pid}/fd")))
             .ok()
             .map(|dir| dir.count() as u64);
     }
     out
+}
+
+/// utime + stime (fields 14 and 15) of `/proc/<pid>/stat`; the command name in field 2 may
+/// hold spaces, so count from its closing parenthesis.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second of the `/proc/<pid>/stat` times.
+pub(crate) fn ticks_per_second() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
 }
 
 /// The value of a `Vm*:   1234 kB` line.
@@ -111,7 +131,7 @@ impl Sampler {
 }
 
 /// Peaks of one watched process over a series.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub(crate) struct Peaks {
     /// Highest `VmHWM` seen (the kernel's own peak), KiB.
     pub(crate) hwm_kib: u64,
@@ -119,6 +139,8 @@ pub(crate) struct Peaks {
     pub(crate) rss_kib: u64,
     /// Most descriptors seen open at once.
     pub(crate) fds: u64,
+    /// CPU seconds used (user + system) at the last sample.
+    pub(crate) cpu_secs: f64,
 }
 
 /// Peaks of process number `index` in `rows`.
@@ -128,6 +150,9 @@ pub(crate) fn peaks(rows: &[Row], index: usize) -> Peaks {
         out.hwm_kib = out.hwm_kib.max(proc_sample.hwm_kib.unwrap_or(0));
         out.rss_kib = out.rss_kib.max(proc_sample.rss_kib.unwrap_or(0));
         out.fds = out.fds.max(proc_sample.fds.unwrap_or(0));
+        if let Some(ticks) = proc_sample.cpu_ticks {
+            out.cpu_secs = out.cpu_secs.max(ticks as f64 / ticks_per_second());
+        }
     }
     out
 }
@@ -153,5 +178,13 @@ mod tests {
         assert!(me.hwm_kib >= me.rss_kib);
         assert!(me.fds.is_some_and(|n| n >= 3));
         assert!(me.read_bytes.is_some());
+        assert!(me.cpu_ticks.is_some());
+    }
+
+    #[test]
+    fn cpu_ticks_skip_names_with_spaces() {
+        let stat = "42 (tokio rt) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0";
+
+        assert_eq!(stat_cpu_ticks(stat), Some(280));
     }
 }
