@@ -148,6 +148,8 @@ pub(crate) fn upload(
             .arg("--server")
             .arg(server.addr().to_string())
             .args(["--name", "bench-single", "--json", "--retries", "0"])
+            // The client's default is protocol v4 since issue 5.
+            .args(["--protocol", "v3"])
             .arg("--identity")
             .arg(dir.path().join("me.info"))
             .stdin(Stdio::null())
