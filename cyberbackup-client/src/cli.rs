@@ -14,15 +14,19 @@ use crate::{BackupReport, Client, ClientOptions, legacy};
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0  every file was backed up and verified
-  1  some files failed (each is reported with the reason)
+  0  every file was backed up and verified (list/restore: done)
+  1  some files failed (each is reported with the reason); restore: no such file or
+     version, or the download did not verify
   2  usage or configuration error (command line, transfer.info)
   3  network error (cannot connect, connection lost, server error or protocol violation)
-  4  identity error (me.info unreadable, unwritable or for another name; name taken)
+  4  identity error (me.info or the v4 identity unreadable, unwritable or for another
+     name; name taken; unknown key; enrollment token missing or invalid; server key
+     changed)
 
 Without arguments, if ./transfer.info exists, runs in legacy mode (like `legacy`).";
 
-/// `cyberbackup-client`: back up files to a CyberBackup v3 server.
+/// `cyberbackup-client`: back up files to a CyberBackup server (protocol v4, or the legacy
+/// v3).
 #[derive(Debug, Parser)]
 #[command(name = "cyberbackup-client", version, about, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
@@ -174,7 +178,8 @@ impl Command {
     }
 }
 
-/// Runs a command: builds the options, expands the paths, backs up, closes.
+/// Runs a `backup` (over v4 unless `--protocol v3`) or `legacy` command: builds the
+/// options, expands the paths, backs up, closes.
 ///
 /// # Errors
 /// The fatal [`ClientError`]; per-file failures are in the report.
@@ -183,6 +188,9 @@ pub async fn execute(
     progress: &mut dyn ProgressSink,
 ) -> Result<BackupReport, ClientError> {
     let (options, files) = match command {
+        Command::Backup(args) if args.v4.protocol == crate::v4::cli::Protocol::V4 => {
+            return crate::v4::cli::backup(args, progress).await;
+        }
         Command::Backup(args) => {
             crate::v4::cli::refuse_v3_with_v4_identity(&args.v4, args.identity.as_deref())
                 .map_err(|message| ClientError::Usage { message })?;

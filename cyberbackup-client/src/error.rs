@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use cyberbackup_core::identity::IdentityError;
 use cyberbackup_core::session::SessionError;
 
+use cyberbackup_core::v4::V4Error;
+use cyberbackup_core::v4::wire::ErrorCode;
+
 use crate::BackupReport;
+use crate::v4::V4ClientError;
 
 /// Exit code: every file was backed up and verified.
 pub const EXIT_OK: u8 = 0;
@@ -172,6 +176,15 @@ pub enum ClientError {
         #[source]
         cause: Box<Self>,
     },
+    /// A protocol v4 run failed as a whole: connection, handshake, a fatal refusal, the
+    /// identity or the pinned server key. The message adds what to do.
+    #[error("{}", v4_message(server, error))]
+    V4 {
+        /// `host:port`.
+        server: String,
+        /// What failed.
+        error: V4ClientError,
+    },
     /// Reconnecting did not help.
     #[error("giving up after {attempts} connection attempts: {last}")]
     RetriesExhausted {
@@ -204,6 +217,7 @@ impl ClientError {
             | Self::DuplicateName { .. }
             | Self::RetriesExhausted { .. } => false,
             Self::Incomplete { cause, .. } => cause.is_retryable(),
+            Self::V4 { error, .. } => error.is_transient(),
         }
     }
 
@@ -227,6 +241,7 @@ impl ClientError {
             Self::LocalFileAborted { .. } => EXIT_FILES_FAILED,
             Self::RetriesExhausted { last, .. } => last.exit_code(),
             Self::Incomplete { cause, .. } => cause.exit_code(),
+            Self::V4 { error, .. } => error.exit_code(),
         }
     }
 
@@ -250,6 +265,7 @@ impl ClientError {
             Self::RetriesExhausted { .. } => "retries_exhausted",
             Self::DuplicateName { .. } => "duplicate_name",
             Self::Incomplete { cause, .. } => cause.kind(),
+            Self::V4 { error, .. } => v4_kind(error),
         }
     }
 
@@ -276,6 +292,75 @@ impl ClientError {
             path: path.into(),
             reason: error.to_string(),
         }
+    }
+}
+
+/// The JSON `kind` of a v4 failure.
+fn v4_kind(error: &V4ClientError) -> &'static str {
+    match error {
+        V4ClientError::Usage { .. } => "usage",
+        V4ClientError::Identity(_) => "identity",
+        V4ClientError::NameMismatch { .. } => "name_mismatch",
+        V4ClientError::Network { .. } => "connect",
+        V4ClientError::Failed(_) => "file_failed",
+        V4ClientError::Local { .. } => "local_file",
+        V4ClientError::Session(session) => match session {
+            V4Error::ConnectionClosed => "connection_closed",
+            V4Error::IdleTimeout => "timeout",
+            V4Error::Decrypt => "tampered",
+            V4Error::ServerKeyChanged { .. } => "server_key_changed",
+            V4Error::Local { .. } | V4Error::FileChanged { .. } => "local_file_aborted",
+            V4Error::Refused { code, .. } => match *code {
+                ErrorCode::NAME_TAKEN => "name_taken",
+                ErrorCode::UNKNOWN_CLIENT => "unknown_client",
+                ErrorCode::ENROLLMENT_REQUIRED | ErrorCode::ENROLLMENT_INVALID => "enrollment",
+                ErrorCode::RATE_LIMITED => "rate_limited",
+                _ => "server_error",
+            },
+            _ => "protocol",
+        },
+    }
+}
+
+/// The message of a v4 failure: what happened, where, and what to do.
+fn v4_message(server: &str, error: &V4ClientError) -> String {
+    let V4ClientError::Session(session) = error else {
+        return error.to_string();
+    };
+    match session {
+        V4Error::ConnectionClosed | V4Error::IdleTimeout => format!(
+            "the connection to {server} failed: {session} — check the network and the server's log; run the backup again to resume (the server keeps every checkpointed byte)"
+        ),
+        V4Error::Decrypt => format!(
+            "the connection to {server} was corrupted: {session} — run again; if it keeps happening, something on the path alters the traffic"
+        ),
+        V4Error::ServerKeyChanged { .. } | V4Error::Local { .. } | V4Error::FileChanged { .. } => {
+            session.to_string()
+        }
+        V4Error::Refused { code, .. } => {
+            let hint = match *code {
+                ErrorCode::UNKNOWN_CLIENT => {
+                    "this server does not know the key of the identity file: use the identity registered there (--v4-identity), or move the file away to register anew"
+                }
+                ErrorCode::NAME_TAKEN => {
+                    "another client has this name: choose another --name (or use that client's identity file)"
+                }
+                ErrorCode::ENROLLMENT_REQUIRED => {
+                    "this server needs an enrollment token: ask its operator to run `cyberbackup-server enroll` and pass the token with --enroll-token"
+                }
+                ErrorCode::ENROLLMENT_INVALID => {
+                    "the enrollment token is unknown, used or expired: ask the operator for a new one (`cyberbackup-server enroll`)"
+                }
+                ErrorCode::RATE_LIMITED => {
+                    "too many registrations from this address: wait a minute and try again"
+                }
+                _ => "check the server's log",
+            };
+            format!("{server}: {session} — {hint}")
+        }
+        _ => format!(
+            "the server {server} broke protocol v4: {session} — is it a CyberBackup v4 server? For a server that speaks only v3, use --protocol v3"
+        ),
     }
 }
 

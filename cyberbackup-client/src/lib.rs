@@ -115,12 +115,47 @@ pub struct FileReport {
     pub attempts: u8,
     /// Why it failed, naming the file and what to do.
     pub failure: Option<String>,
+    /// What protocol v4 adds (`None` for v3 runs; flattened into the JSON object, so v4
+    /// file objects carry `sha256`, `version` and `resumed_from` and v3 ones do not).
+    #[serde(flatten)]
+    pub v4: Option<V4FileDetails>,
+}
+
+/// The per-file results only protocol v4 has.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct V4FileDetails {
+    /// SHA-256 of the content as the server verified it, lowercase hex (when verified).
+    pub sha256: Option<String>,
+    /// The version the file became on the server (when verified).
+    pub version: Option<u32>,
+    /// Byte offset the last upload attempt resumed from (0 when it started fresh).
+    pub resumed_from: u64,
 }
 
 impl FileReport {
     /// One line for humans.
     #[must_use]
     pub fn summary(&self) -> String {
+        if let (None, Some(cksum), Some(v4)) = (&self.failure, self.cksum, &self.v4) {
+            let resumed = if v4.resumed_from > 0 {
+                format!(", resumed at byte {}", v4.resumed_from)
+            } else {
+                String::new()
+            };
+            let attempts = if self.attempts > 1 {
+                format!(", {} attempts", self.attempts)
+            } else {
+                String::new()
+            };
+            return format!(
+                "verified {} as {:?} version {} ({} bytes, sha256 {}, cksum {cksum}{resumed}{attempts})",
+                self.path.display(),
+                self.stored_name,
+                v4.version.unwrap_or_default(),
+                self.len,
+                v4.sha256.as_deref().unwrap_or("?"),
+            );
+        }
         match (&self.failure, self.cksum) {
             (Some(failure), _) => format!("FAILED {}: {failure}", self.path.display()),
             (None, Some(cksum)) => format!(
@@ -135,7 +170,13 @@ impl FileReport {
         }
     }
 
-    fn failed(path: &Path, stored_name: String, len: u64, attempts: u8, failure: String) -> Self {
+    pub(crate) fn failed(
+        path: &Path,
+        stored_name: String,
+        len: u64,
+        attempts: u8,
+        failure: String,
+    ) -> Self {
         Self {
             path: path.to_path_buf(),
             stored_name,
@@ -144,6 +185,7 @@ impl FileReport {
             cksum: None,
             attempts,
             failure: Some(failure),
+            v4: None,
         }
     }
 }
@@ -153,6 +195,11 @@ impl FileReport {
 pub struct BackupReport {
     /// `host:port`.
     pub server: String,
+    /// The protocol used: `"v3"` or `"v4"`.
+    pub protocol: &'static str,
+    /// Protocol v4: the fingerprint of the server key the run authenticated (`sha256:…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_fingerprint: Option<String>,
     /// Our client id (32 hex digits), once known.
     pub client_id: Option<String>,
     /// Whether this run registered a new client.
@@ -176,11 +223,11 @@ impl BackupReport {
 
 /// A file the run will try to send.
 #[derive(Debug)]
-struct Job {
-    path: PathBuf,
+pub(crate) struct Job {
+    pub(crate) path: PathBuf,
     name: NameField,
-    stored_name: String,
-    len: u64,
+    pub(crate) stored_name: String,
+    pub(crate) len: u64,
 }
 
 /// A CyberBackup v3 client: one identity, one server, a connection opened on demand.
@@ -342,6 +389,8 @@ impl Client {
         let settled = !run.reports.is_empty();
         let report = BackupReport {
             server: self.options.server.clone(),
+            protocol: "v3",
+            server_fingerprint: None,
             client_id: self.identity.as_ref().map(|id| id.client_id().to_hex()),
             registered: self.registered,
             files: run.into_reports(paths, &jobs, outcome.as_ref().err()),
@@ -638,6 +687,7 @@ impl Run {
                     cksum: Some(cksum),
                     attempts,
                     failure: None,
+                    v4: None,
                 };
                 in_flight.remove(&file);
                 self.finish(index, report, progress);
@@ -719,7 +769,7 @@ fn describe_failure(job: &Job, failure: &FileFailure) -> (u8, String) {
 /// over the first. (Mapping them to distinct names was rejected: the v3 server has no
 /// directories, so any mapping invents names the user never chose and that a later run
 /// from another directory could collide with.)
-fn refuse_duplicate_names(paths: &[PathBuf]) -> Result<(), ClientError> {
+pub(crate) fn refuse_duplicate_names(paths: &[PathBuf]) -> Result<(), ClientError> {
     let mut seen: BTreeMap<Vec<u8>, &PathBuf> = BTreeMap::new();
     for path in paths {
         let Some(name) = path.file_name() else {
@@ -737,7 +787,7 @@ fn refuse_duplicate_names(paths: &[PathBuf]) -> Result<(), ClientError> {
 }
 
 /// Checks that `path` is a readable regular file with a usable name.
-async fn prepare(path: &Path) -> Result<Job, (String, String)> {
+pub(crate) async fn prepare(path: &Path) -> Result<Job, (String, String)> {
     let stored_name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())

@@ -130,9 +130,10 @@ fn print_human(result: &Result<BackupReport, ClientError>) {
             }
             let verified = report.files.iter().filter(|f| f.verified).count();
             println!(
-                "{verified} of {} files backed up to {}",
+                "{verified} of {} files backed up to {} (protocol {})",
                 report.files.len(),
-                report.server
+                report.server,
+                report.protocol
             );
         }
         Err(err) => {

@@ -64,6 +64,32 @@ pub enum ProgressEvent {
     },
     /// The server does not know our id (1606): registering again.
     ReconnectRefused,
+    /// Protocol v4: the server authenticated us with our registered key.
+    LoggedIn {
+        /// The id as 32 hex digits.
+        client_id: String,
+    },
+    /// Protocol v4: no server key was pinned yet; this one was trusted on first use and
+    /// saved in the identity file (later runs require it).
+    ServerKeyTrusted {
+        /// `sha256:…` of the server's static key.
+        fingerprint: String,
+    },
+    /// Protocol v4: an interrupted upload resumes from what the server stored durably.
+    Resumed {
+        /// The stored name.
+        name: String,
+        /// Bytes already on the server.
+        offset: u64,
+        /// The file's length.
+        total: u64,
+    },
+    /// Protocol v4: the content no longer matches the interrupted upload (the file changed
+    /// in between); it is sent again from the start.
+    Restarting {
+        /// The stored name.
+        name: String,
+    },
     /// The identity file was written.
     IdentitySaved {
         /// Where.
@@ -118,6 +144,18 @@ impl ProgressEvent {
             Self::ReconnectRefused => {
                 "the server does not know this client; registering again".to_owned()
             }
+            Self::LoggedIn { client_id } => format!("logged in as client {client_id}"),
+            Self::ServerKeyTrusted { fingerprint } => format!(
+                "trusting the server key {fingerprint} on first use and pinning it (compare it with `cyberbackup-server fingerprint` on the server)"
+            ),
+            Self::Resumed {
+                name,
+                offset,
+                total,
+            } => format!("resuming {name} at byte {offset} of {total} (already on the server)"),
+            Self::Restarting { name } => format!(
+                "{name} changed since its interrupted upload; sending it again from the start"
+            ),
             Self::IdentitySaved { path } => format!("identity saved to {}", path.display()),
             Self::ServerError { request, attempt } => format!(
                 "server responded with an error (request {request}, attempt {attempt}); retrying"

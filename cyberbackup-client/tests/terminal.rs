@@ -2,10 +2,11 @@
 //! (in-process, real sockets): live progress bars with speed and ETA under a pseudo-terminal
 //! (the byte stream replayed through a terminal emulator, `vt100`, frame by frame), plain
 //! lines without a terminal, JSON with `--json`, and the partial report of a run stopped by a
-//! fatal error, in both forms.
+//! fatal error, in both forms. The bar and line/JSON cases run over protocol v3
+//! (`--protocol v3`) and over v4 (the default).
 //!
-//! Runtime (debug test build, optimised dependencies): about 10 s, most of it the 64 MiB
-//! file of the pty test.
+//! Runtime (debug test build, optimised dependencies): about 15 s, most of it the two
+//! 64 MiB files of the pty tests.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -53,6 +54,29 @@ fn client(dir: &Path, server: &RealServer, paths: &[&str]) -> Command {
             "0",
         ]);
     command
+}
+
+/// `backup` over the default protocol (v4), its identity in `dir`.
+fn client_v4(dir: &Path, server: &RealServer, paths: &[&str]) -> Command {
+    let mut command = Command::new(client_binary());
+    command
+        .current_dir(dir)
+        .env_remove("CYBERBACKUP_SERVER")
+        .env_remove("CYBERBACKUP_NAME")
+        .env("TERM", "xterm-256color")
+        .arg("backup")
+        .args(paths)
+        .args(["--server", &server.server(), "--name", "alice"])
+        .args(["--v4-identity", "alice-v4.json", "--retries", "0"]);
+    command
+}
+
+/// The SHA-256 of a file, as the system's `sha256sum` computes it (an oracle independent
+/// of the code under test).
+fn sha256sum(path: &Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(output.status.success(), "sha256sum failed: {output:?}");
+    String::from_utf8(output.stdout).unwrap()[..64].to_owned()
 }
 
 /// What the terminal showed while the program ran.
@@ -142,8 +166,33 @@ fn backup_on_a_terminal_shows_live_bars_with_speed_and_eta() {
     write_pattern(&dir.path().join("big.bin"), 64 * MIB, 5);
 
     let (status, screens) = run_in_pty(client(dir.path(), &server, &["big.bin"]));
-    let raw = String::from_utf8_lossy(&screens.raw);
     assert!(status.success(), "{status:?}\n{}", screens.last);
+    assert_live_bars(&screens);
+}
+
+#[test]
+fn v4_backup_on_a_terminal_shows_the_same_live_bars() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("big.bin"), 64 * MIB, 7);
+
+    let (status, screens) = run_in_pty(client_v4(dir.path(), &server, &["big.bin"]));
+    assert!(status.success(), "{status:?}\n{}", screens.last);
+    assert_live_bars(&screens);
+    // The v4 result line: the version and the SHA-256 the server verified.
+    let sha = sha256sum(&dir.path().join("big.bin"));
+    assert!(
+        screens.last.contains("version 1") && screens.last.contains(&sha),
+        "{}",
+        screens.last
+    );
+    assert!(screens.last.contains("(protocol v4)"), "{}", screens.last);
+}
+
+/// The file and overall bars were live (redrawn with bytes, rate and ETA), stayed in place
+/// and were gone at the end, where the result lines are.
+fn assert_live_bars(screens: &Screens) {
+    let raw = String::from_utf8_lossy(&screens.raw);
 
     // Live: the file bar was drawn at several positions, each with bytes, a rate and an ETA.
     let file_frames: Vec<&String> = screens
@@ -262,6 +311,86 @@ fn without_a_terminal_progress_is_plain_lines_and_json_is_valid() {
         assert!(file["failure"].is_null());
         assert_eq!(file["len"], local.metadata().unwrap().len());
         assert_eq!(file["cksum"], cksum_of(&local));
+        assert!(same_contents(&local, &server.stored(id, name)));
+    }
+}
+
+#[test]
+fn v4_without_a_terminal_progress_is_plain_lines_and_json_has_the_v4_results() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("mid.bin"), 3 * MIB + 1, 8);
+    std::fs::write(dir.path().join("small.txt"), "hello\n").unwrap();
+    std::fs::write(dir.path().join("empty"), "").unwrap();
+
+    let output = run(&mut client_v4(dir.path(), &server, &["mid.bin"]));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    assert!(
+        !stderr.contains('\x1b') && !stdout.contains('\x1b') && !stderr.contains('\r'),
+        "{}",
+        text(&output)
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    let sending = format!("sending mid.bin ({} bytes)", 3 * MIB + 1);
+    for expected in [sending.as_str(), "waiting for the server to verify mid.bin"] {
+        assert!(lines.contains(&expected), "{expected:?}\n{}", text(&output));
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("trusting the server key sha256:")),
+        "first contact pins the server key and says so\n{}",
+        text(&output)
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("registered as client ")),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stdout.contains("1 of 1 files backed up") && stdout.contains("(protocol v4)"),
+        "{}",
+        text(&output)
+    );
+
+    // Second run: logs in with the saved identity; mid.bin becomes version 2.
+    let output =
+        run(client_v4(dir.path(), &server, &["mid.bin", "small.txt", "empty"]).arg("--json"));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(!output.stdout.contains(&0x1b), "{}", text(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["exit_code"], 0);
+    assert!(json["error"].is_null());
+    let report = &json["report"];
+    assert_eq!(report["protocol"], "v4");
+    assert_eq!(report["registered"], false, "second run logs in");
+    assert!(
+        report["server_fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let id = report["client_id"].as_str().unwrap();
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 3);
+    for (file, (name, version)) in
+        files
+            .iter()
+            .zip([("mid.bin", 2), ("small.txt", 1), ("empty", 1)])
+    {
+        let local = dir.path().join(name);
+        assert_eq!(file["stored_name"], name);
+        assert_eq!(file["verified"], true, "{file}");
+        assert_eq!(file["attempts"], 1);
+        assert!(file["failure"].is_null());
+        assert_eq!(file["len"], local.metadata().unwrap().len());
+        assert_eq!(file["cksum"], cksum_of(&local));
+        assert_eq!(file["sha256"], sha256sum(&local));
+        assert_eq!(file["version"], version);
+        assert_eq!(file["resumed_from"], 0);
         assert!(same_contents(&local, &server.stored(id, name)));
     }
 }

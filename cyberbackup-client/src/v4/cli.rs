@@ -1,5 +1,6 @@
-//! The v4 side of the command line: `backup` (v4 unless `--protocol v3`), `list` and
-//! `restore`. Runs the commands and returns what to print; `main.rs` prints.
+//! The v4 side of the command line: `backup` (v4 unless `--protocol v3`; run through
+//! [`crate::cli::execute`] and printed like v3), `list` and `restore` (run here; they
+//! return what to print and `main.rs` prints).
 
 use std::path::{Path, PathBuf};
 
@@ -7,9 +8,10 @@ use clap::{Args, ValueEnum};
 use cyberbackup_core::v4::noise::{Fingerprint, to_hex};
 use cyberbackup_core::v4::wire::VersionRecord;
 
-use super::{V4Client, V4ClientError, V4Identity, V4Options, upload_resuming};
+use super::{V4Client, V4ClientError, V4Options};
 use crate::cli::{BackupArgs, Command};
-use crate::error::{EXIT_FILES_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::error::{EXIT_OK, EXIT_USAGE};
+use crate::{BackupReport, ClientError, ProgressSink, RetryPolicy};
 
 /// Wire protocol of `backup`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -98,14 +100,11 @@ pub struct Outcome {
     pub code: u8,
 }
 
-/// Whether `command` runs over v4 (`list`, `restore`, `backup` without `--protocol v3`).
+/// Whether `command` is one that [`run`] executes (`list`, `restore`). `backup` over v4
+/// goes through [`crate::cli::execute`] like v3, so both print the same way.
 #[must_use]
 pub fn handles(command: &Command) -> bool {
-    match command {
-        Command::List(_) | Command::Restore(_) => true,
-        Command::Backup(args) => args.v4.protocol == Protocol::V4,
-        _ => false,
-    }
+    matches!(command, Command::List(_) | Command::Restore(_))
 }
 
 /// Refuses v3 when a v4 identity exists: an identity created over v4 never falls back.
@@ -132,14 +131,23 @@ pub fn run(command: Command) -> Outcome {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(err) => return failed(EXIT_USAGE, format!("cannot start the async runtime: {err}")),
+        Err(err) => {
+            return failed(
+                EXIT_USAGE,
+                command.json(),
+                format!("cannot start the async runtime: {err}"),
+            );
+        }
     };
     runtime.block_on(async move {
         match command {
             Command::List(args) => list(args).await,
             Command::Restore(args) => restore(args).await,
-            Command::Backup(args) => backup(args).await,
-            _ => failed(EXIT_USAGE, "not a v4 command".into()),
+            _ => failed(
+                EXIT_USAGE,
+                false,
+                "not a `list` or `restore` command".into(),
+            ),
         }
     })
 }
@@ -170,79 +178,34 @@ fn options(
     Ok(options)
 }
 
-async fn backup(args: BackupArgs) -> Outcome {
-    let files = match crate::cli::expand_paths(&args.paths, &args.include, &args.exclude) {
-        Ok(files) => files,
-        Err(err) => return failed(err.exit_code(), err.to_string()),
-    };
-    let options = match options(
+/// `backup` over v4: checks the arguments as the v3 path does, expands the paths and runs
+/// [`super::backup`], reporting progress to `progress`.
+///
+/// # Errors
+/// As [`super::backup`]; [`ClientError::Usage`] for a bad name, address or glob.
+pub async fn backup(
+    args: BackupArgs,
+    progress: &mut dyn ProgressSink,
+) -> Result<BackupReport, ClientError> {
+    crate::identity::check_client_name(&args.name).map_err(|why| ClientError::Usage {
+        message: format!("{why} (got {:?})", args.name),
+    })?;
+    crate::legacy::parse_address(&args.server).map_err(|why| ClientError::Usage {
+        message: format!("--server: {why}"),
+    })?;
+    let files = crate::cli::expand_paths(&args.paths, &args.include, &args.exclude)?;
+    let options = options(
         &args.server,
         Some(args.name.clone()),
         &args.v4,
         args.identity.as_deref(),
-    ) {
-        Ok(options) => options,
-        Err(err) => return failed(err.exit_code(), err.to_string()),
-    };
-    if let Ok(Some(identity)) = V4Identity::load(&options.identity)
-        && identity.name != args.name
-    {
-        return failed(
-            EXIT_USAGE,
-            format!(
-                "the v4 identity {} belongs to {:?}, not {:?}; use --v4-identity for another client",
-                options.identity.display(),
-                identity.name,
-                args.name
-            ),
-        );
-    }
-    let mut outcome = Outcome::default();
-    let attempts = args.transfer.retries.saturating_add(1);
-    let (mut verified, mut failed_files) = (0, 0);
-    for path in &files {
-        match upload_resuming(&options, path, None, attempts).await {
-            Ok(done) => {
-                verified += 1;
-                let resumed = if done.resumed_from > 0 {
-                    format!(", resumed at {}", done.resumed_from)
-                } else {
-                    String::new()
-                };
-                outcome.stdout.push(format!(
-                    "verified {} as {:?} version {} ({} bytes, sha256 {}, cksum {}{resumed})",
-                    path.display(),
-                    done.name,
-                    done.version,
-                    done.size,
-                    to_hex(&done.sha256),
-                    done.cksum
-                ));
-            }
-            Err(err @ (V4ClientError::Failed(_) | V4ClientError::Local { .. })) => {
-                failed_files += 1;
-                outcome
-                    .stdout
-                    .push(format!("FAILED {}: {err}", path.display()));
-            }
-            Err(err) => {
-                outcome.stderr.push(format!("error: {err}"));
-                outcome.code = err.exit_code();
-                return outcome;
-            }
-        }
-    }
-    outcome.stdout.push(format!(
-        "{verified} of {} files backed up to {} (protocol v4)",
-        files.len(),
-        args.server
-    ));
-    outcome.code = if failed_files == 0 {
-        EXIT_OK
-    } else {
-        EXIT_FILES_FAILED
-    };
-    outcome
+    )
+    .map_err(|error| ClientError::V4 {
+        server: args.server.clone(),
+        error,
+    })?;
+    let retry = RetryPolicy::with_retries(args.transfer.retries);
+    super::backup(&options, &files, retry, progress).await
 }
 
 async fn list(args: ListArgs) -> Outcome {
@@ -256,14 +219,23 @@ async fn list(args: ListArgs) -> Outcome {
     .await;
     match result {
         Ok(entries) if args.json => Outcome {
-            stdout: vec![listing_json(&entries)],
+            stdout: vec![
+                serde_json::json!({
+                    "ok": true,
+                    "exit_code": EXIT_OK,
+                    "server": args.server,
+                    "versions": entries.iter().map(record_json).collect::<Vec<_>>(),
+                    "error": null,
+                })
+                .to_string(),
+            ],
             ..Outcome::default()
         },
         Ok(entries) => Outcome {
             stdout: listing_table(&entries),
             ..Outcome::default()
         },
-        Err(err) => failed(err.exit_code(), err.to_string()),
+        Err(error) => failed_v4(&args.server, args.json, error),
     }
 }
 
@@ -281,53 +253,137 @@ async fn restore(args: RestoreArgs) -> Outcome {
     }
     .await;
     match result {
-        Ok(record) if args.json => Outcome {
-            stdout: vec![
-                serde_json::json!({
-                    "restored": record_json(&record),
-                    "output": output.display().to_string(),
-                })
-                .to_string(),
-            ],
-            ..Outcome::default()
-        },
-        Ok(record) => Outcome {
-            stdout: vec![format!(
-                "restored {:?} version {} ({} bytes, sha256 verified) to {}",
+        Ok(record) if args.json => {
+            let mut restored = record_json(&record);
+            restored["output"] = output.display().to_string().into();
+            restored["verified"] = true.into();
+            Outcome {
+                stdout: vec![
+                    serde_json::json!({
+                        "ok": true,
+                        "exit_code": EXIT_OK,
+                        "server": args.server,
+                        "restored": restored,
+                        "error": null,
+                    })
+                    .to_string(),
+                ],
+                ..Outcome::default()
+            }
+        }
+        Ok(record) => {
+            let mut stdout = table(
+                &[
+                    "NAME",
+                    "VERSION",
+                    "SIZE",
+                    "STORED (UTC)",
+                    "SHA-256",
+                    "OUTPUT",
+                ],
+                &[row(&record, Some(&output))],
+            );
+            stdout.push(format!(
+                "restored {:?} version {} to {} (size and SHA-256 verified)",
                 record.name.to_string_lossy(),
                 record.version,
-                record.size,
                 output.display()
-            )],
-            ..Outcome::default()
-        },
-        Err(err) => failed(err.exit_code(), err.to_string()),
+            ));
+            Outcome {
+                stdout,
+                ..Outcome::default()
+            }
+        }
+        Err(error) => failed_v4(&args.server, args.json, error),
     }
 }
 
-/// The listing as aligned lines: name, version, size, stored time, SHA-256.
+/// The listing as an aligned table (name, version, size, stored time in UTC, SHA-256) and
+/// a count.
 #[must_use]
 pub fn listing_table(entries: &[VersionRecord]) -> Vec<String> {
-    let mut lines = vec![format!(
-        "{:<32} {:>7} {:>14} {:>12}  {}",
-        "NAME", "VERSION", "SIZE", "STORED", "SHA-256"
-    )];
-    for record in entries {
-        lines.push(format!(
-            "{:<32} {:>7} {:>14} {:>12}  {}",
-            record.name.to_string_lossy(),
-            record.version,
-            record.size,
-            record.created_unix_secs,
-            to_hex(&record.sha256)
-        ));
-    }
-    lines.push(format!("{} version(s)", entries.len()));
+    let rows: Vec<Vec<String>> = entries.iter().map(|record| row(record, None)).collect();
+    let mut lines = table(
+        &["NAME", "VERSION", "SIZE", "STORED (UTC)", "SHA-256"],
+        &rows,
+    );
+    let files = entries
+        .iter()
+        .map(|record| record.name.as_bytes())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    lines.push(format!("{} version(s) of {files} file(s)", entries.len()));
     lines
 }
 
-fn listing_json(entries: &[VersionRecord]) -> String {
-    serde_json::Value::Array(entries.iter().map(record_json).collect()).to_string()
+fn row(record: &VersionRecord, output: Option<&Path>) -> Vec<String> {
+    let mut cells = vec![
+        record.name.to_string_lossy(),
+        record.version.to_string(),
+        record.size.to_string(),
+        utc_time(record.created_unix_secs, ' '),
+        to_hex(&record.sha256),
+    ];
+    if let Some(output) = output {
+        cells.push(output.display().to_string());
+    }
+    cells
+}
+
+/// Left-aligned text columns, right-aligned numbers (VERSION, SIZE), two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let numeric = |column: &str| matches!(column, "VERSION" | "SIZE");
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for ((cell, width), column) in cells.zip(&widths).zip(header) {
+            if !out.is_empty() {
+                out.push_str("  ");
+            }
+            let pad = width.saturating_sub(cell.chars().count());
+            if numeric(column) {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut lines = vec![line(&mut header.iter().copied())];
+    for row in rows {
+        lines.push(line(&mut row.iter().map(String::as_str)));
+    }
+    lines
+}
+
+/// Unix seconds as `YYYY-MM-DD<sep>HH:MM:SS` (UTC), with a `Z` for the RFC 3339 form.
+fn utc_time(unix_secs: u64, separator: char) -> String {
+    let days = i64::try_from(unix_secs / 86_400).unwrap_or(0);
+    let rem = unix_secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let zone = if separator == 'T' { "Z" } else { "" };
+    format!(
+        "{year:04}-{month:02}-{day:02}{separator}{:02}:{:02}:{:02}{zone}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 fn record_json(record: &VersionRecord) -> serde_json::Value {
@@ -335,16 +391,73 @@ fn record_json(record: &VersionRecord) -> serde_json::Value {
         "name": record.name.to_string_lossy(),
         "version": record.version,
         "size": record.size,
+        "stored": utc_time(record.created_unix_secs, 'T'),
         "stored_unix_secs": record.created_unix_secs,
         "sha256": to_hex(&record.sha256),
         "cksum": record.cksum,
     })
 }
 
-fn failed(code: u8, message: String) -> Outcome {
+fn failed_v4(server: &str, json: bool, error: V4ClientError) -> Outcome {
+    let error = ClientError::V4 {
+        server: server.to_owned(),
+        error,
+    };
+    failed_with_kind(error.exit_code(), json, error.kind(), error.to_string())
+}
+
+fn failed(code: u8, json: bool, message: String) -> Outcome {
+    failed_with_kind(code, json, "usage", message)
+}
+
+/// A failure: the message on stderr, and with `--json` also the JSON envelope on stdout.
+fn failed_with_kind(code: u8, json: bool, kind: &str, message: String) -> Outcome {
+    let stdout = if json {
+        vec![
+            serde_json::json!({
+                "ok": false,
+                "exit_code": code,
+                "error": { "kind": kind, "message": message },
+            })
+            .to_string(),
+        ]
+    } else {
+        Vec::new()
+    };
     Outcome {
-        stdout: Vec::new(),
+        stdout,
         stderr: vec![format!("error: {message}")],
         code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        assert_eq!(utc_time(0, 'T'), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(951_782_400, ' '), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_700_000_000, 'T'), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn tables_align_text_left_and_numbers_right() {
+        let lines = table(
+            &["NAME", "SIZE"],
+            &[
+                vec!["a.txt".into(), "5".into()],
+                vec!["longer-name".into(), "12345".into()],
+            ],
+        );
+        assert_eq!(
+            lines,
+            [
+                "NAME          SIZE",
+                "a.txt            5",
+                "longer-name  12345"
+            ]
+        );
     }
 }

@@ -56,7 +56,7 @@ pub struct V4Client {
     registered: bool,
     sources: HashMap<OpId, (tokio::fs::File, PathBuf)>,
     restores: HashMap<OpId, RestoreTarget>,
-    events: Vec<ClientEvent>,
+    trusted_on_first_use: Option<Fingerprint>,
     closed: Option<CloseReason>,
 }
 
@@ -151,11 +151,14 @@ impl V4Client {
             registered: false,
             sources: HashMap::new(),
             restores: HashMap::new(),
-            events: Vec::new(),
+            trusted_on_first_use: None,
             closed: None,
         };
         client
-            .run_until(|e| matches!(e, ClientEvent::Authenticated { .. }))
+            .run_until(
+                |e| matches!(e, ClientEvent::Authenticated { .. }),
+                &mut |_| {},
+            )
             .await?;
         Ok(client)
     }
@@ -184,6 +187,19 @@ impl V4Client {
         self.identity.server_fingerprint
     }
 
+    /// The server key fingerprint this connection trusted on first use (and saved in the
+    /// identity), when there was no pin yet; `None` when the key was already pinned.
+    #[must_use]
+    pub fn trusted_on_first_use(&self) -> Option<Fingerprint> {
+        self.trusted_on_first_use
+    }
+
+    /// The identity file in use.
+    #[must_use]
+    pub fn identity_path(&self) -> &Path {
+        &self.identity_path
+    }
+
     /// Uploads `path` as `name` (default: its file name), resuming a partial upload of the
     /// same name and size.
     ///
@@ -207,6 +223,23 @@ impl V4Client {
         path: &Path,
         name: Option<&str>,
         restart: bool,
+    ) -> Result<UploadOutcome, V4ClientError> {
+        self.upload_observed(path, name, restart, |_| {}).await
+    }
+
+    /// Like [`upload_with`](Self::upload_with), calling `observe` with every session event
+    /// of the connection while it runs ([`ClientEvent::UploadStarted`] with the resume
+    /// offset, [`ClientEvent::Progress`] after each piece is written to the socket), for
+    /// progress displays.
+    ///
+    /// # Errors
+    /// As [`upload`](Self::upload).
+    pub async fn upload_observed(
+        &mut self,
+        path: &Path,
+        name: Option<&str>,
+        restart: bool,
+        mut observe: impl FnMut(&ClientEvent),
     ) -> Result<UploadOutcome, V4ClientError> {
         let local = |what, source| V4ClientError::Local {
             what,
@@ -237,7 +270,7 @@ impl V4Client {
             restart,
         });
         self.sources.insert(op, (file, path.to_path_buf()));
-        let result = self.run_op(op).await;
+        let result = self.run_op(op, &mut observe).await;
         self.sources.remove(&op);
         match result? {
             ClientEvent::UploadCommitted {
@@ -265,7 +298,7 @@ impl V4Client {
     /// [`V4ClientError::Failed`] or a fatal error.
     pub async fn list(&mut self) -> Result<Vec<VersionRecord>, V4ClientError> {
         let op = self.session.list();
-        match self.run_op(op).await? {
+        match self.run_op(op, &mut |_| {}).await? {
             ClientEvent::Listed { entries, .. } => Ok(entries),
             other => Err(unexpected(&other)),
         }
@@ -294,7 +327,7 @@ impl V4Client {
                 file: None,
             },
         );
-        let result = self.run_op(op).await;
+        let result = self.run_op(op, &mut |_| {}).await;
         if let Some(target) = self.restores.remove(&op) {
             drop(target.file);
             let _ = tokio::fs::remove_file(&target.temp).await;
@@ -311,7 +344,7 @@ impl V4Client {
     /// A fatal error that happened while closing.
     pub async fn close(mut self) -> Result<(), V4ClientError> {
         self.session.finish_when_idle();
-        let result = self.run_until(|_| false).await;
+        let result = self.run_until(|_| false, &mut |_| {}).await;
         let _ = self.stream.shutdown().await;
         match result {
             Err(V4ClientError::Session(V4Error::ConnectionClosed)) | Ok(_) => Ok(()),
@@ -319,15 +352,22 @@ impl V4Client {
         }
     }
 
-    async fn run_op(&mut self, op: OpId) -> Result<ClientEvent, V4ClientError> {
+    async fn run_op<F: FnMut(&ClientEvent)>(
+        &mut self,
+        op: OpId,
+        observe: &mut F,
+    ) -> Result<ClientEvent, V4ClientError> {
         let event = self
-            .run_until(|event| match event {
-                ClientEvent::UploadCommitted { op: o, .. }
-                | ClientEvent::Listed { op: o, .. }
-                | ClientEvent::Restored { op: o, .. }
-                | ClientEvent::OpFailed { op: o, .. } => *o == op,
-                _ => false,
-            })
+            .run_until(
+                |event| match event {
+                    ClientEvent::UploadCommitted { op: o, .. }
+                    | ClientEvent::Listed { op: o, .. }
+                    | ClientEvent::Restored { op: o, .. }
+                    | ClientEvent::OpFailed { op: o, .. } => *o == op,
+                    _ => false,
+                },
+                observe,
+            )
             .await?;
         match event {
             Some(ClientEvent::OpFailed { failure, .. }) => Err(V4ClientError::Failed(failure)),
@@ -337,10 +377,12 @@ impl V4Client {
     }
 
     /// Drives the session until an event matches `done` (returned), or the session closes
-    /// (`Ok(None)` after `Done`, else the error).
-    async fn run_until(
+    /// (`Ok(None)` after `Done`, else the error). Every other event goes to `observe` (and
+    /// is then dropped: nothing accumulates over a long connection).
+    async fn run_until<F: FnMut(&ClientEvent)>(
         &mut self,
         done: impl Fn(&ClientEvent) -> bool,
+        observe: &mut F,
     ) -> Result<Option<ClientEvent>, V4ClientError> {
         loop {
             let mut answered = false;
@@ -362,7 +404,7 @@ impl V4Client {
                         if found.is_none() && done(&event) {
                             found = Some(event);
                         } else {
-                            self.events.push(event);
+                            observe(&event);
                         }
                     }
                     Output::Close(reason) => self.closed = Some(reason),
@@ -424,6 +466,7 @@ impl V4Client {
         match effect {
             ClientEffect::TrustServerKey { key } => {
                 self.identity.server_fingerprint = Some(key.fingerprint());
+                self.trusted_on_first_use = Some(key.fingerprint());
                 let saved = self
                     .identity
                     .save(&self.identity_path)

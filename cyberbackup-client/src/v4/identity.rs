@@ -53,7 +53,7 @@ impl std::fmt::Debug for V4Identity {
 pub enum V4IdentityError {
     /// Reading or writing failed.
     #[error(
-        "cannot {op} the v4 identity file {path}: {source} — check the path (--identity) and the directory's permissions"
+        "cannot {op} the v4 identity file {path}: {source} — check the path (--v4-identity) and the directory's permissions"
     )]
     Io {
         /// What was being done.

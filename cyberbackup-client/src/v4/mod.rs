@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backup;
 pub mod cli;
 mod connection;
 pub mod identity;
@@ -27,6 +28,7 @@ use cyberbackup_core::v4::client::OpFailure;
 use cyberbackup_core::v4::noise::Fingerprint;
 use cyberbackup_core::v4::wire::ErrorCode;
 
+pub use backup::backup;
 pub use connection::{UploadOutcome, V4Client};
 pub use identity::{DEFAULT_IDENTITY_FILE, V4Identity, V4IdentityError};
 
@@ -105,6 +107,18 @@ pub enum V4ClientError {
     /// The identity file cannot be used.
     #[error(transparent)]
     Identity(#[from] V4IdentityError),
+    /// The identity file belongs to another client name than the one asked for.
+    #[error(
+        "the v4 identity file {path} belongs to {found:?}, not {wanted:?} — pass --name {found:?}, or use --v4-identity with another file to register {wanted:?}"
+    )]
+    NameMismatch {
+        /// The identity file.
+        path: PathBuf,
+        /// The name in the file.
+        found: String,
+        /// The name asked for.
+        wanted: String,
+    },
     /// The server cannot be reached.
     #[error("cannot connect to {server}: {source} — is the server running and the address right?")]
     Network {
@@ -140,7 +154,7 @@ impl V4ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage { .. } => EXIT_USAGE,
-            Self::Identity(_) => EXIT_IDENTITY,
+            Self::Identity(_) | Self::NameMismatch { .. } => EXIT_IDENTITY,
             Self::Session(V4Error::Refused { code, .. })
                 if matches!(
                     *code,
