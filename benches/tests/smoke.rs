@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Runs the harness in `--smoke` mode (64 MiB file, 50 clients, 200 files, 20,000 catalog
+//! Runs the harness in `--smoke` mode (64 MiB file over v3 and v4, 50 clients, 200 files, 20,000 catalog
 //! rows) against freshly built server and client binaries, so the harness cannot rot. It
 //! judges no timing: only that every scenario ran, reported its figures and had no failure.
 //! Takes about 1–2 minutes in a debug build, most of it building the two binaries.
@@ -27,7 +27,6 @@ fn smoke_mode_runs_every_scenario_without_failures() {
         "harness failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
-    assert!(stdout.contains("v4: skipped (protocol v4 not implemented)"));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let sections = report["sections"].as_array().unwrap();
@@ -43,11 +42,20 @@ fn smoke_mode_runs_every_scenario_without_failures() {
 
     let single = &section("single-file")["data"];
     assert!(single["cbc_encrypt_mb_per_s"].as_f64().unwrap() > 0.0);
-    let upload = &single["uploads"][0];
-    assert_eq!(upload["bytes"], 64 * 1024 * 1024);
-    assert!(upload["mb_per_s"].as_f64().unwrap() > 0.0);
-    assert!(upload["server"]["hwm_kib"].as_u64().unwrap() > 0);
-    assert!(upload["client"]["hwm_kib"].as_u64().unwrap() > 0);
+    assert!(single["gcm_seal_mb_per_s"].as_f64().unwrap() > 0.0);
+    let uploads = single["uploads"].as_array().unwrap();
+    let protocols: Vec<&str> = uploads
+        .iter()
+        .map(|u| u["protocol"].as_str().unwrap())
+        .collect();
+    assert_eq!(protocols, ["v3", "v4"]);
+    for upload in uploads {
+        assert_eq!(upload["bytes"], 64 * 1024 * 1024);
+        assert!(upload["mb_per_s"].as_f64().unwrap() > 0.0);
+        assert!(upload["server"]["hwm_kib"].as_u64().unwrap() > 0);
+        assert!(upload["client"]["hwm_kib"].as_u64().unwrap() > 0);
+        assert!(upload["client"]["cpu_secs"].as_f64().unwrap() > 0.0);
+    }
     assert!(!single["series"].as_array().unwrap().is_empty());
 
     let clients = &section("many-clients")["data"];
