@@ -5,8 +5,9 @@
 //! then) every 2 ms. The bound, 32 MiB, is a correctness property (the file is streamed
 //! through a 1 MiB buffer), not a timing.
 //!
-//! - `peak_rss_stays_under_32_mib_for_a_64_mib_file` runs by default (about 6 s in a debug
-//!   test build).
+//! - `peak_rss_stays_under_32_mib_for_a_64_mib_file` (v3) and `…_over_v4` (the default
+//!   protocol) run by default (about 1 s each in a debug test build with optimised
+//!   dependencies).
 //! - `peak_rss_stays_under_32_mib_for_a_1_gib_file` is `#[ignore]`d (1 GiB through a debug
 //!   build takes minutes); run it with
 //!   `cargo test -p cyberbackup-client --test memory -- --ignored --nocapture`
@@ -53,8 +54,23 @@ fn wait_sampling_peak_rss(child: &mut Child) -> (ExitStatus, u64) {
     }
 }
 
-/// Backs `file` up with the real binary; returns its peak RSS in KiB and the JSON result.
+/// Backs `file` up with the real binary over v3; returns its peak RSS in KiB and the JSON
+/// result.
 fn backup_measuring_rss(dir: &Path, server: &RealServer, file: &str) -> (u64, serde_json::Value) {
+    backup_measuring_rss_over(
+        dir,
+        server,
+        file,
+        &["--protocol", "v3", "--identity", "me.info"],
+    )
+}
+
+fn backup_measuring_rss_over(
+    dir: &Path,
+    server: &RealServer,
+    file: &str,
+    protocol_args: &[&str],
+) -> (u64, serde_json::Value) {
     let stdout_path = dir.join("stdout.json");
     let stderr_path = dir.join("stderr.txt");
     let mut child = Command::new(client_binary())
@@ -69,15 +85,8 @@ fn backup_measuring_rss(dir: &Path, server: &RealServer, file: &str) -> (u64, se
             "--name",
             "rss",
         ])
-        .args([
-            "--protocol",
-            "v3",
-            "--identity",
-            "me.info",
-            "--retries",
-            "0",
-            "--json",
-        ])
+        .args(protocol_args)
+        .args(["--retries", "0", "--json"])
         .stdin(Stdio::null())
         .stdout(File::create(&stdout_path).unwrap())
         .stderr(File::create(&stderr_path).unwrap())
@@ -127,6 +136,21 @@ fn peak_rss_stays_under_32_mib_for_a_64_mib_file() {
     let dir = tempfile::tempdir().unwrap();
     write_pattern(&dir.path().join("sixty-four.bin"), 64 * MIB, 9);
     let (peak_kib, json) = backup_measuring_rss(dir.path(), &server, "sixty-four.bin");
+    check(dir.path(), &server, "sixty-four.bin", peak_kib, &json);
+}
+
+#[test]
+fn peak_rss_stays_under_32_mib_for_a_64_mib_file_over_v4() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("sixty-four.bin"), 64 * MIB, 10);
+    let (peak_kib, json) = backup_measuring_rss_over(
+        dir.path(),
+        &server,
+        "sixty-four.bin",
+        &["--v4-identity", "rss-v4.json"],
+    );
+    assert_eq!(json["report"]["protocol"], "v4", "{json:#}");
     check(dir.path(), &server, "sixty-four.bin", peak_kib, &json);
 }
 
