@@ -1,7 +1,9 @@
 //! # cyberbackup-client
 //!
-//! An async (tokio) client for CyberBackup v3 servers, built on the sans-IO
-//! [`cyberbackup_core::session::ClientSession`].
+//! An async (tokio) client for CyberBackup servers: [`Client`] for the legacy v3 protocol,
+//! built on the sans-IO [`cyberbackup_core::session::ClientSession`], and [`v4`] for
+//! protocol v4 (the CLI's default), on [`cyberbackup_core::v4::client::ClientSession`]. Both
+//! produce a [`BackupReport`] and report [`ProgressEvent`]s the same way.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cyberbackup_client::ClientError> {

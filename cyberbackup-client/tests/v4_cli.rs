@@ -34,6 +34,13 @@ fn start_server() -> SocketAddr {
 /// that starts has its connection dropped and the server stops listening (a server that
 /// dies in the middle of a run).
 fn start_server_closing_after(commits: Option<usize>) -> SocketAddr {
+    start_server_with(commits, None)
+}
+
+/// The test server: `commits` as in [`start_server_closing_after`]; with `cut: Some(n)` the
+/// first connection is dropped once it has sent more than `n` bytes (a network cut); what
+/// the store received stays durable, so the client can resume.
+fn start_server_with(commits: Option<usize>, cut: Option<usize>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -44,8 +51,10 @@ fn start_server_closing_after(commits: Option<usize>) -> SocketAddr {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             let store = Arc::new(Mutex::new(MemStore::default()));
+            let mut cut = cut;
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
+                let mut received = 0;
                 let mut session = ServerSession::new(
                     Arc::new(ServerConfig::default()),
                     StaticKeypair::from_private(SERVER_KEY),
@@ -86,7 +95,12 @@ fn start_server_closing_after(commits: Option<usize>) -> SocketAddr {
                     }
                     match stream.read_buf(&mut buf).await {
                         Ok(0) | Err(_) => session.handle_eof(Instant::now()),
-                        Ok(_) => {
+                        Ok(n) => {
+                            received += n;
+                            if cut.is_some_and(|limit| received > limit) {
+                                cut = None;
+                                break 'conn;
+                            }
                             let _ = session.handle_bytes(Instant::now(), &mut buf);
                         }
                     }
@@ -304,7 +318,7 @@ fn list_and_restore_print_tables_by_default_and_json_on_request() {
         .output()
         .unwrap();
     assert_eq!(table.status.code(), Some(0), "{}", text(&table));
-    let stdout = String::from_utf8(table.stdout.clone()).unwrap();
+    let stdout = String::from_utf8(table.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     let columns: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
@@ -345,7 +359,7 @@ fn list_and_restore_print_tables_by_default_and_json_on_request() {
         .unwrap();
     assert_eq!(restored.status.code(), Some(0), "{}", text(&restored));
     assert_eq!(std::fs::read(&out).unwrap(), b"alpha");
-    let stdout = String::from_utf8(restored.stdout.clone()).unwrap();
+    let stdout = String::from_utf8(restored.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
         lines[0].starts_with("NAME") && lines[0].ends_with("OUTPUT"),
@@ -545,4 +559,56 @@ fn exit_codes_of_v4_failures_are_the_documented_ones() {
         .output()
         .unwrap();
     assert_eq!(usage.status.code(), Some(2), "{}", text(&usage));
+}
+
+#[test]
+fn a_cut_connection_is_retried_and_the_upload_resumes_where_the_server_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a multiple of the 64 KiB frame: the last frame is short.
+    let data: Vec<u8> = (0..3_000_017u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
+        .collect();
+    std::fs::write(dir.path().join("big.bin"), &data).unwrap();
+    let addr = start_server_with(None, Some(1_000_000)).to_string();
+
+    let output = backup_retrying(dir.path(), &addr, &["big.bin", "--json"], 2)
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let file = &value["report"]["files"][0];
+    assert_eq!(file["verified"], true, "{file}");
+    assert_eq!(file["attempts"], 2, "{file}");
+    let resumed = file["resumed_from"].as_u64().unwrap();
+    assert!(resumed > 0 && resumed < 1_000_000, "{file}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("resuming big.bin at byte {resumed} of 3000017")),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("reconnecting in 0.5 s (retry 1 of 2)"),
+        "{}",
+        text(&output)
+    );
+    let out = dir.path().join("back.bin");
+    let restore = client(dir.path())
+        .args([
+            "restore",
+            "big.bin",
+            "--server",
+            &addr,
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .args(["--v4-identity", "alice-v4.json"])
+        .output()
+        .unwrap();
+    assert_eq!(restore.status.code(), Some(0), "{}", text(&restore));
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "restored bytes differ"
+    );
 }
