@@ -101,7 +101,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             catalog.close().await?;
             println!("{token}");
             eprintln!(
-                "single-use enrollment token, valid until {expires}; register with: cyberbackup-client register --name NAME --enroll-token {token}"
+                "single-use enrollment token, valid until {expires}; give it to the new client: cyberbackup-client backup FILE --server HOST:PORT --name NAME --enroll-token {token}"
             );
         }
         Command::Fingerprint => {

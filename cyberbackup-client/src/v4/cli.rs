@@ -365,25 +365,14 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
 
 /// Unix seconds as `YYYY-MM-DD<sep>HH:MM:SS` (UTC), with a `Z` for the RFC 3339 form.
 fn utc_time(unix_secs: u64, separator: char) -> String {
-    let days = i64::try_from(unix_secs / 86_400).unwrap_or(0);
-    let rem = unix_secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let zone = if separator == 'T' { "Z" } else { "" };
-    format!(
-        "{year:04}-{month:02}-{day:02}{separator}{:02}:{:02}:{:02}{zone}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
+    let text = humantime::format_rfc3339_seconds(time).to_string();
+    if separator == 'T' {
+        text
+    } else {
+        text.trim_end_matches('Z')
+            .replacen('T', &separator.to_string(), 1)
+    }
 }
 
 fn record_json(record: &VersionRecord) -> serde_json::Value {
