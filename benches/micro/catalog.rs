@@ -141,7 +141,7 @@ fn fill(path: &std::path::Path) {
             .prepare(
                 "INSERT INTO files (ID, FileName, PathName, Verified, Version, State, Size,
                                     CreatedAt, UpdatedAt)
-                 VALUES (?1, ?2, ?2, 1, 1, 'verified', 4096, ?3, ?3)",
+                 VALUES (?1, ?2, ?4, 1, 1, 'verified', 4096, ?3, ?3)",
             )
             .unwrap();
         for i in 0..ROWS {
@@ -149,7 +149,8 @@ fn fill(path: &std::path::Path) {
             stmt.execute(rusqlite::params![
                 id(i % CLIENTS).to_vec(),
                 name.as_bytes(),
-                at
+                at,
+                name
             ])
             .unwrap();
         }
