@@ -37,7 +37,7 @@ pub mod retry;
 pub mod ui;
 pub mod v4;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +54,9 @@ pub use crate::progress::{
     BarProgress, LineProgress, NoProgress, Phase, ProgressEvent, ProgressSink, TransferProgress,
 };
 pub use crate::retry::RetryPolicy;
+
+/// Most files a backup holds open (queued on the connection) at once.
+const OPEN_FILES_WINDOW: usize = 32;
 
 /// Everything a [`Client`] needs to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -420,28 +423,18 @@ impl Client {
                 continue;
             };
             let mut in_flight = BTreeMap::new();
-            for index in run.pending.clone() {
-                let Some(job) = jobs.get(index).and_then(Option::as_ref) else {
-                    continue;
-                };
-                match tokio::fs::File::open(&job.path).await {
-                    Ok(file) => {
-                        let id = connection.queue(file, job.name.clone(), job.len);
-                        in_flight.insert(id, index);
-                    }
-                    Err(err) => {
-                        let failure = open_failure(&job.path, &err);
-                        let report = FileReport::failed(
-                            &job.path,
-                            job.stored_name.clone(),
-                            job.len,
-                            0,
-                            failure,
-                        );
-                        run.finish(index, report, progress);
-                    }
-                }
-            }
+            // Files are opened a window at a time, so a backup of many files never holds more
+            // than OPEN_FILES_WINDOW descriptors.
+            let mut waiting: VecDeque<usize> = run.pending.iter().copied().collect();
+            Self::queue_more(
+                &mut connection,
+                &mut waiting,
+                &mut in_flight,
+                run,
+                jobs,
+                progress,
+            )
+            .await;
             let mut result = Ok(());
             while !in_flight.is_empty() {
                 let note = connection
@@ -455,6 +448,15 @@ impl Client {
                         if run.on_event(event, &mut in_flight, jobs, progress) {
                             // A file finished: the connection works, start the count anew.
                             self.retries = 0;
+                            Self::queue_more(
+                                &mut connection,
+                                &mut waiting,
+                                &mut in_flight,
+                                run,
+                                jobs,
+                                progress,
+                            )
+                            .await;
                         }
                     }
                     Ok(Note::IdentitySaved(identity)) => self.on_identity_saved(identity, progress),
@@ -478,6 +480,38 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Opens and queues waiting files until [`OPEN_FILES_WINDOW`] are in flight; a file that
+    /// cannot be opened is reported failed at once.
+    async fn queue_more(
+        connection: &mut Connection,
+        waiting: &mut VecDeque<usize>,
+        in_flight: &mut BTreeMap<FileId, usize>,
+        run: &mut Run,
+        jobs: &[Option<Job>],
+        progress: &mut dyn ProgressSink,
+    ) {
+        while in_flight.len() < OPEN_FILES_WINDOW {
+            let Some(index) = waiting.pop_front() else {
+                return;
+            };
+            let Some(job) = jobs.get(index).and_then(Option::as_ref) else {
+                continue;
+            };
+            match tokio::fs::File::open(&job.path).await {
+                Ok(file) => {
+                    let id = connection.queue(file, job.name.clone(), job.len);
+                    in_flight.insert(id, index);
+                }
+                Err(err) => {
+                    let failure = open_failure(&job.path, &err);
+                    let report =
+                        FileReport::failed(&job.path, job.stored_name.clone(), job.len, 0, failure);
+                    run.finish(index, report, progress);
+                }
+            }
+        }
     }
 
     /// Ends the session cleanly (if connected) and closes the connection.
