@@ -1,7 +1,10 @@
 //! The client's web UI server (`cyberbackup_client::ui`) over real HTTP on 127.0.0.1, backing
 //! up to a real server: the state stream, uploads staged within the limit and deleted after
 //! the backup, typed paths, settings, errors as sentences, cancel, the request guard and the
-//! history file.
+//! history file; over protocol v4 (the default) the list of versions and restores streamed as
+//! one-time downloads; v3 selectable for legacy servers.
+//!
+//! Runtime: about 5 s in a debug build (every test starts its own server).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin_common;
@@ -14,6 +17,7 @@ use admin_common::{Response, config_for, get, request, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const UI: (&str, &str) = ("X-CyberBackup-UI", "1");
@@ -78,6 +82,34 @@ impl RunningUi {
             &body,
         )
         .await
+    }
+
+    async fn put_settings(&self, body: &Value) -> Response {
+        request(
+            self.addr,
+            "PUT",
+            "/api/settings",
+            &[UI, JSON],
+            body.to_string().as_bytes(),
+        )
+        .await
+    }
+
+    /// Adds `path`, starts a backup and returns the state once it finished.
+    async fn back_up(&self, path: &Path) -> Value {
+        let added = self.post_json("/api/paths", &json!({ "path": path })).await;
+        assert_eq!(added.status, 200, "{}", added.body);
+        let started = request(self.addr, "POST", "/api/backup", &[UI], b"").await;
+        assert_eq!(started.status, 200, "{}", started.body);
+        let job_id = started.json()["job"].clone();
+        for _ in 0..300 {
+            let state = self.state().await;
+            if state["job"]["id"] == job_id && state["job"]["state"] != "running" {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the backup never finished: {}", self.state().await);
     }
 
     async fn state(&self) -> Value {
@@ -299,4 +331,241 @@ async fn read_first_sse_event(addr: SocketAddr) -> String {
     let text = String::from_utf8_lossy(&raw).into_owned();
     let start = text.find("event: state").unwrap();
     text[start..].to_owned()
+}
+
+/// Deterministic bytes that differ per `seed` (not all one value, so a shifted or truncated
+/// restore cannot match).
+fn content(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v4_backups_are_listed_and_each_version_restores_as_a_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(cyberbackup_server::ServerConfig {
+        keep_versions: 5,
+        ..config_for(&dir.path().join("data"))
+    })
+    .await;
+    let ui = start_ui(dir.path(), &server.addr.to_string(), 1 << 20).await;
+    let source = dir.path().join("notes.txt");
+    let first = content(300_000, 1);
+    let second = content(70_001, 2);
+
+    let empty = get(ui.addr, "/api/versions", &[]).await;
+    std::fs::write(&source, &first).unwrap();
+    let backed_up_1 = ui.back_up(&source).await;
+    std::fs::write(&source, &second).unwrap();
+    let backed_up_2 = ui.back_up(&source).await;
+    let listed = get(ui.addr, "/api/versions", &[]).await;
+    let prepared_1 = ui
+        .post_json(
+            "/api/restores",
+            &json!({ "name": "notes.txt", "version": 1 }),
+        )
+        .await;
+    let url_1 = prepared_1.json()["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no download URL: {}", prepared_1.body))
+        .to_owned();
+    let download_1 = get(ui.addr, &url_1, &[]).await;
+    let again_1 = get(ui.addr, &url_1, &[]).await;
+    let prepared_newest = ui
+        .post_json("/api/restores", &json!({ "name": "notes.txt" }))
+        .await;
+    let download_newest = get(
+        ui.addr,
+        prepared_newest.json()["url"].as_str().unwrap(),
+        &[],
+    )
+    .await;
+    let unknown = ui
+        .post_json("/api/restores", &json!({ "name": "missing.txt" }))
+        .await;
+    let no_such_version = ui
+        .post_json(
+            "/api/restores",
+            &json!({ "name": "notes.txt", "version": 9 }),
+        )
+        .await;
+    let restore_dir = std::fs::read_dir(dir.path().join("ui")).unwrap().count();
+
+    assert_eq!(empty.status, 200, "{}", empty.body);
+    assert_eq!(empty.json()["versions"], json!([]));
+    assert!(
+        empty.json()["note"]
+            .as_str()
+            .unwrap()
+            .contains("back up a file first"),
+        "{}",
+        empty.body
+    );
+    for (state, version) in [(&backed_up_1, 1), (&backed_up_2, 2)] {
+        assert_eq!(state["job"]["state"], "succeeded", "{state}");
+        assert_eq!(state["job"]["protocol"], "v4");
+        assert_eq!(state["job"]["files"][0]["version"], version);
+        assert_eq!(state["history"][0]["protocol"], "v4");
+    }
+    assert!(dir.path().join("cyberbackup-v4.json").exists());
+    assert!(!dir.path().join("me.info").exists(), "v3 identity created");
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let versions = listed.json()["versions"].clone();
+    assert_eq!(versions.as_array().unwrap().len(), 2, "{versions}");
+    assert_eq!(versions[0]["name"], "notes.txt");
+    assert_eq!(versions[0]["version"], 2);
+    assert_eq!(versions[0]["size"], second.len());
+    assert_eq!(versions[0]["sha256"], sha256_hex(&second));
+    assert_eq!(versions[1]["version"], 1);
+    assert_eq!(versions[1]["size"], first.len());
+    assert_eq!(versions[1]["sha256"], sha256_hex(&first));
+    assert!(
+        versions[1]["stored"].as_str().unwrap().ends_with('Z'),
+        "{versions}"
+    );
+    assert_eq!(prepared_1.status, 200, "{}", prepared_1.body);
+    assert_eq!(prepared_1.json()["verified"], true);
+    assert_eq!(download_1.status, 200);
+    assert_eq!(download_1.bytes.len(), first.len());
+    assert!(download_1.bytes == first, "version 1 restored wrong bytes");
+    assert_eq!(
+        download_1.header("content-disposition").as_deref(),
+        Some("attachment; filename=\"notes.txt\"; filename*=UTF-8''notes.txt")
+    );
+    assert_eq!(
+        download_1.header("x-content-sha256"),
+        Some(sha256_hex(&first))
+    );
+    assert_eq!(again_1.status, 404);
+    assert!(
+        again_1.body.contains("already downloaded"),
+        "{}",
+        again_1.body
+    );
+    assert_eq!(prepared_newest.json()["version"], 2);
+    assert!(
+        download_newest.bytes == second,
+        "newest restored wrong bytes"
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let unknown_message = unknown.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        unknown_message.contains("no such file or version")
+            && unknown_message.contains("press Refresh")
+            && !unknown_message.contains("`list`"),
+        "{unknown_message}"
+    );
+    assert_eq!(no_such_version.status, 404, "{}", no_such_version.body);
+    assert_eq!(restore_dir, 1, "only the history file beside the UI store");
+    ui.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_stays_selectable_and_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+    let ui = start_ui(dir.path(), &server.addr.to_string(), 1 << 20).await;
+    let server_addr = server.addr.to_string();
+    let source = dir.path().join("legacy.txt");
+    std::fs::write(&source, content(5_000, 3)).unwrap();
+
+    let bad_fingerprint = ui
+        .put_settings(
+            &json!({ "server": server_addr, "name": "ui-test", "server_fingerprint": "abc" }),
+        )
+        .await;
+    let to_v3 = ui
+        .put_settings(&json!({
+            "server": server_addr, "name": "ui-test", "protocol": "v3",
+            "enroll_token": "secret-enroll-token",
+        }))
+        .await;
+    let state_v3 = ui.state().await;
+    let raw_state = get(ui.addr, "/api/state", &[]).await;
+    let backed_up = ui.back_up(&source).await;
+    let identities_after_v3 = (
+        dir.path().join("me.info").exists(),
+        dir.path().join("cyberbackup-v4.json").exists(),
+    );
+    let listed_v3 = get(ui.addr, "/api/versions", &[]).await;
+    let restore_v3 = ui
+        .post_json("/api/restores", &json!({ "name": "legacy.txt" }))
+        .await;
+    let to_v4 = ui
+        .put_settings(&json!({ "server": server_addr, "name": "ui-v4", "protocol": "v4", "enroll_token": "" }))
+        .await;
+    let backed_up_v4 = ui.back_up(&source).await;
+    let back_to_v3 = ui
+        .put_settings(&json!({ "server": server_addr, "name": "ui-test", "protocol": "v3" }))
+        .await;
+    ui.post_json("/api/paths", &json!({ "path": source })).await;
+    let refused_v3 = request(ui.addr, "POST", "/api/backup", &[UI], b"").await;
+    let history_file: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("ui").join("ui-history.json")).unwrap(),
+    )
+    .unwrap();
+
+    assert_eq!(bad_fingerprint.status, 400);
+    assert!(
+        bad_fingerprint.body.contains("sha256:")
+            && bad_fingerprint
+                .body
+                .contains("cyberbackup-server fingerprint"),
+        "{}",
+        bad_fingerprint.body
+    );
+    assert_eq!(to_v3.status, 200, "{}", to_v3.body);
+    assert_eq!(state_v3["settings"]["protocol"], "v3");
+    assert_eq!(state_v3["settings"]["enroll_token_set"], true);
+    assert!(
+        !raw_state.body.contains("secret-enroll-token"),
+        "the enrollment token reached the page"
+    );
+    assert_eq!(backed_up["job"]["state"], "succeeded", "{backed_up}");
+    assert_eq!(backed_up["job"]["protocol"], "v3");
+    assert_eq!(backed_up["history"][0]["protocol"], "v3");
+    assert_eq!(identities_after_v3, (true, false), "(me.info, v4 identity)");
+    assert_eq!(listed_v3.status, 200);
+    assert_eq!(listed_v3.json()["versions"], json!([]));
+    assert!(
+        listed_v3.json()["note"]
+            .as_str()
+            .unwrap()
+            .contains("choose protocol v4"),
+        "{}",
+        listed_v3.body
+    );
+    assert_eq!(restore_v3.status, 409);
+    assert!(
+        restore_v3.body.contains("protocol v4"),
+        "{}",
+        restore_v3.body
+    );
+    assert_eq!(to_v4.status, 200);
+    assert_eq!(backed_up_v4["job"]["state"], "succeeded", "{backed_up_v4}");
+    assert_eq!(backed_up_v4["job"]["protocol"], "v4");
+    assert_eq!(back_to_v3.status, 200);
+    assert_eq!(refused_v3.status, 409);
+    assert!(
+        refused_v3.body.contains("never fall back to v3")
+            && refused_v3.body.contains("choose protocol v4"),
+        "{}",
+        refused_v3.body
+    );
+    assert_eq!(history_file["settings"]["protocol"], "v3");
+    assert!(history_file["settings"].get("enroll_token").is_none());
+    ui.shutdown().await;
+    server.stop().await;
 }

@@ -1,6 +1,7 @@
-//! One backup started from the UI: runs the [`Client`] in-process on its own thread (the
-//! progress sink is not `Send`), turns [`ProgressEvent`]s into the per-file and overall view
-//! the page shows, and records the result in the history.
+//! One backup started from the UI: runs [`crate::v4::backup`] (protocol v4, the default) or
+//! the v3 [`Client`] in-process on its own thread (the progress sink is not `Send`), turns
+//! [`ProgressEvent`]s into the per-file and overall view the page shows, and records the
+//! result in the history.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::Ui;
-use super::store::HistoryEntry;
+use super::store::{HistoryEntry, UiProtocol};
 use crate::progress::{Phase, ProgressEvent};
 use crate::{Client, ClientError, ClientOptions, RetryPolicy};
 
@@ -25,12 +26,15 @@ struct FileView {
     sent: u64,
     status: &'static str,
     error: Option<String>,
+    /// Protocol v4: the version the file became on the server.
+    version: Option<u32>,
 }
 
 /// What the page shows of the current (or last) backup.
 #[derive(Debug, Clone)]
 pub(super) struct JobView {
     id: u64,
+    protocol: UiProtocol,
     state: &'static str,
     phase: String,
     files: Vec<FileView>,
@@ -87,11 +91,13 @@ impl JobView {
                     "percent": percent(f.sent, f.size, f.status == "verified"),
                     "status": f.status,
                     "error": f.error,
+                    "version": f.version,
                 })
             })
             .collect();
         json!({
             "id": self.id,
+            "protocol": self.protocol,
             "state": self.state,
             "phase": self.phase,
             "started_at": self.started_at,
@@ -123,7 +129,9 @@ impl JobView {
                 };
                 true
             }
-            ProgressEvent::Registered { .. } | ProgressEvent::Reconnected { .. } => {
+            ProgressEvent::Registered { .. }
+            | ProgressEvent::Reconnected { .. }
+            | ProgressEvent::LoggedIn { .. } => {
                 self.phase = "sending".into();
                 true
             }
@@ -147,6 +155,7 @@ impl JobView {
                     if report.verified {
                         file.status = "verified";
                         file.sent = file.size;
+                        file.version = report.v4.as_ref().and_then(|v4| v4.version);
                     } else {
                         file.status = "failed";
                         file.error.clone_from(&report.failure);
@@ -164,9 +173,15 @@ impl JobView {
     }
 }
 
+/// How the backup thread reaches the server.
+enum Plan {
+    V4(Box<crate::v4::V4Options>, RetryPolicy),
+    V3(Box<ClientOptions>),
+}
+
 /// Starts a backup of every listed item; returns the job id.
 pub(super) fn start(ui: &Arc<Ui>) -> Result<u64, (StatusCode, String)> {
-    let (paths, options, id) = {
+    let (paths, plan, id) = {
         let mut inner = ui.lock();
         if inner.job.as_ref().is_some_and(JobView::is_running) {
             return Err((
@@ -186,12 +201,33 @@ pub(super) fn start(ui: &Arc<Ui>) -> Result<u64, (StatusCode, String)> {
                 "enter the server address and a client name, then save them".into(),
             ));
         }
-        let mut options = ClientOptions::new(
-            inner.settings.server.clone(),
-            inner.settings.name.clone(),
-            ui.options.identity.clone(),
-        );
-        options.retry = RetryPolicy::with_retries(ui.options.retries);
+        let retry = RetryPolicy::with_retries(ui.options.retries);
+        let protocol = inner.settings.protocol;
+        let plan = match protocol {
+            UiProtocol::V4 => {
+                let options = super::remote::v4_options(ui, &inner.settings, true)
+                    .map_err(|message| (StatusCode::BAD_REQUEST, message))?;
+                Plan::V4(Box::new(options), retry)
+            }
+            UiProtocol::V3 => {
+                if ui.options.v4_identity.exists() {
+                    return Err((
+                        StatusCode::CONFLICT,
+                        format!(
+                            "protocol v3 is refused: this computer has a v4 identity ({}) and v4 identities never fall back to v3 — choose protocol v4 in the server settings",
+                            ui.options.v4_identity.display()
+                        ),
+                    ));
+                }
+                let mut options = ClientOptions::new(
+                    inner.settings.server.clone(),
+                    inner.settings.name.clone(),
+                    ui.options.identity.clone(),
+                );
+                options.retry = retry;
+                Plan::V3(Box::new(options))
+            }
+        };
         let id = inner.next_job;
         inner.next_job += 1;
         let files: Vec<FileView> = inner
@@ -204,11 +240,13 @@ pub(super) fn start(ui: &Arc<Ui>) -> Result<u64, (StatusCode, String)> {
                 sent: 0,
                 status: "waiting",
                 error: None,
+                version: None,
             })
             .collect();
         let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
         inner.job = Some(JobView {
             id,
+            protocol,
             state: "running",
             phase: "starting".into(),
             overall_total: files.iter().map(|f| f.size).sum(),
@@ -221,7 +259,7 @@ pub(super) fn start(ui: &Arc<Ui>) -> Result<u64, (StatusCode, String)> {
             message: None,
         });
         inner.notice = None;
-        (paths, options, id)
+        (paths, plan, id)
     };
     let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
     ui.lock().cancel = Some(cancel_tx);
@@ -229,7 +267,7 @@ pub(super) fn start(ui: &Arc<Ui>) -> Result<u64, (StatusCode, String)> {
     let worker = Arc::clone(ui);
     let spawned = std::thread::Builder::new()
         .name(format!("ui-backup-{id}"))
-        .spawn(move || run(&worker, options, &paths, cancel_rx));
+        .spawn(move || run(&worker, plan, &paths, cancel_rx));
     if let Err(err) = spawned {
         finish(
             ui,
@@ -249,12 +287,7 @@ enum Outcome {
     Cancelled,
 }
 
-fn run(
-    ui: &Arc<Ui>,
-    options: ClientOptions,
-    paths: &[PathBuf],
-    cancel: tokio::sync::oneshot::Receiver<()>,
-) {
+fn run(ui: &Arc<Ui>, plan: Plan, paths: &[PathBuf], cancel: tokio::sync::oneshot::Receiver<()>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
@@ -273,15 +306,22 @@ fn run(
                 }
             };
             let work = async {
-                let mut client = Client::new(options)?;
-                let report = client.backup(paths, &mut sink).await?;
-                let _ignored = client.close(&mut sink).await;
-                Ok::<_, ClientError>(report)
+                match plan {
+                    Plan::V4(options, retry) => {
+                        crate::v4::backup(&options, paths, retry, &mut sink).await
+                    }
+                    Plan::V3(options) => {
+                        let mut client = Client::new(*options)?;
+                        let report = client.backup(paths, &mut sink).await?;
+                        let _ignored = client.close(&mut sink).await;
+                        Ok::<_, ClientError>(report)
+                    }
+                }
             };
             tokio::select! {
                 result = work => match result {
                     Ok(report) => Outcome::Done(report),
-                    Err(err) => Outcome::Failed(err.to_string()),
+                    Err(err) => Outcome::Failed(super::remote::for_the_page(&err.to_string())),
                 },
                 _ = cancel => Outcome::Cancelled,
             }
@@ -360,6 +400,7 @@ fn finish(ui: &Arc<Ui>, outcome: Outcome) {
             result: job.state.to_owned(),
             message: job.message.clone(),
             file_names: job.files.iter().map(|f| f.name.clone()).collect(),
+            protocol: Some(job.protocol.as_str().to_owned()),
         };
         inner.history.push(entry);
         if let Err(message) = ui.save_store(&inner) {

@@ -9,6 +9,13 @@
 //! Cancel stops the backup in-process. Finished backups go to a small history file
 //! ([`store`]).
 //!
+//! Backups use protocol v4 ([`crate::v4::backup`], identity `cyberbackup-v4.json`) unless the
+//! settings choose v3 for a legacy server ([`crate::Client`], `me.info`). Over v4 the page
+//! also lists the user's files and versions on the server (`GET /api/versions`) and restores
+//! one: `POST /api/restores` has the library download it into the staging directory and
+//! verify its size and SHA-256, and the page then downloads it once from
+//! `GET /api/restores/{id}`, streamed from that verified file ([`remote`]).
+//!
 //! Off loopback a token is required (`--token`): `Authorization: Bearer <token>` or
 //! `?token=<token>`, compared in constant time. Requests that change anything must carry the
 //! header `X-CyberBackup-UI: 1` (a cross-site page cannot send it without a CORS preflight,
@@ -16,6 +23,7 @@
 //! address (no DNS rebinding).
 
 mod job;
+mod remote;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -40,7 +48,7 @@ use tokio::sync::watch;
 
 use crate::error::ClientError;
 use crate::identity::IdentityFile;
-use store::{HistoryEntry, Settings, Store, StoreData};
+use store::{HistoryEntry, Settings, Store, StoreData, UiProtocol};
 
 /// Default listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
@@ -64,8 +72,10 @@ pub struct UiOptions {
     pub max_staging_bytes: u64,
     /// History and settings file.
     pub store_path: PathBuf,
-    /// Identity file used for backups.
+    /// Identity file used for protocol v3 backups (`me.info`).
     pub identity: IdentityFile,
+    /// Identity file used for protocol v4 (backups, list, restore).
+    pub v4_identity: PathBuf,
     /// Reconnects after network errors during a backup.
     pub retries: u32,
     /// Server address proposed when the store has none.
@@ -75,15 +85,23 @@ pub struct UiOptions {
 }
 
 impl UiOptions {
-    /// Options with the defaults: 127.0.0.1:9090, 1 GiB staging, 2 retries.
+    /// Options with the defaults: 127.0.0.1:9090, 1 GiB staging, 2 retries, and the v4
+    /// identity `cyberbackup-v4.json` beside the v3 `identity` (as the CLI does with
+    /// `--identity`).
     #[must_use]
     pub fn new(store_path: PathBuf, identity: IdentityFile) -> Self {
+        let v4_identity = identity
+            .path()
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(crate::v4::DEFAULT_IDENTITY_FILE);
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
             max_staging_bytes: DEFAULT_MAX_STAGING_MB * 1024 * 1024,
             store_path,
             identity,
+            v4_identity,
             retries: 2,
             default_server: None,
             default_name: None,
@@ -133,6 +151,8 @@ struct Inner {
     cancel: Option<tokio::sync::oneshot::Sender<()>>,
     next_job: u64,
     notice: Option<String>,
+    /// Verified restores waiting for the page to download them, by id.
+    restores: std::collections::BTreeMap<String, remote::Prepared>,
 }
 
 /// Shared state of the UI server.
@@ -161,8 +181,15 @@ impl Ui {
 
     fn snapshot(&self, inner: &Inner) -> serde_json::Value {
         let history: Vec<&HistoryEntry> = inner.history.iter().rev().take(50).collect();
+        let settings = &inner.settings;
         json!({
-            "settings": inner.settings,
+            "settings": {
+                "server": settings.server,
+                "name": settings.name,
+                "protocol": settings.protocol,
+                "server_fingerprint": settings.server_fingerprint,
+                "enroll_token_set": settings.enroll_token.is_some(),
+            },
             "items": inner.items,
             "staging": { "used": inner.staged_bytes, "limit": self.options.max_staging_bytes },
             "job": inner.job.as_ref().map(job::JobView::to_json),
@@ -250,6 +277,7 @@ impl UiServer {
                 cancel: None,
                 next_job,
                 notice: None,
+                restores: std::collections::BTreeMap::new(),
             }),
             state_tx,
             shutdown,
@@ -325,6 +353,9 @@ fn router(ui: Arc<Ui>) -> Router {
         .route("/api/items/{id}", delete(remove_item))
         .route("/api/backup", post(start_backup))
         .route("/api/cancel", post(cancel))
+        .route("/api/versions", get(remote::versions))
+        .route("/api/restores", post(remote::prepare))
+        .route("/api/restores/{id}", get(remote::download))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -475,6 +506,12 @@ async fn events(State(ui): State<Arc<Ui>>) -> Response {
 struct SettingsBody {
     server: String,
     name: String,
+    /// Absent: keep the current protocol.
+    protocol: Option<UiProtocol>,
+    /// Absent: keep; empty: no pin.
+    server_fingerprint: Option<String>,
+    /// Absent: keep; empty: forget the token.
+    enroll_token: Option<String>,
 }
 
 async fn settings(State(ui): State<Arc<Ui>>, Json(body): Json<SettingsBody>) -> Response {
@@ -489,9 +526,37 @@ async fn settings(State(ui): State<Arc<Ui>>, Json(body): Json<SettingsBody>) -> 
             "enter a client name (the name this computer registers with on the server)",
         );
     }
+    let fingerprint = body
+        .server_fingerprint
+        .map(|f| f.trim().to_owned())
+        .map(|f| (!f.is_empty()).then_some(f));
+    if let Some(Some(text)) = &fingerprint {
+        if text
+            .parse::<cyberbackup_core::v4::noise::Fingerprint>()
+            .is_err()
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "server fingerprint {text:?} is not sha256: followed by 64 hex digits — copy it from `cyberbackup-server fingerprint`, or leave the field empty to trust the server's key on first use"
+                ),
+            );
+        }
+    }
+    let token = body
+        .enroll_token
+        .map(|t| t.trim().to_owned())
+        .map(|t| (!t.is_empty()).then_some(t));
     let saved = {
         let mut inner = ui.lock();
-        inner.settings = Settings { server, name };
+        let old = inner.settings.clone();
+        inner.settings = Settings {
+            server,
+            name,
+            protocol: body.protocol.unwrap_or(old.protocol),
+            server_fingerprint: fingerprint.unwrap_or(old.server_fingerprint),
+            enroll_token: token.unwrap_or(old.enroll_token),
+        };
         ui.save_store(&inner)
     };
     ui.publish();

@@ -9,13 +9,48 @@ use serde::{Deserialize, Serialize};
 /// History entries kept (oldest dropped first).
 pub const MAX_HISTORY: usize = 200;
 
-/// Server address and client name, kept between runs.
+/// The wire protocol the UI backs up with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UiProtocol {
+    /// Protocol v4 (the default): authenticated, resumable, with list and restore.
+    #[default]
+    V4,
+    /// The legacy protocol, for servers that speak only v3 (backup only, `me.info`).
+    V3,
+}
+
+impl UiProtocol {
+    /// `"v4"` or `"v3"`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V4 => "v4",
+            Self::V3 => "v3",
+        }
+    }
+}
+
+/// Server address, client name and protocol options, kept between runs.
+///
+/// Files written before the protocol fields existed load with v4 and no pin or token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     /// `host:port` of the backup server.
     pub server: String,
     /// Client name.
     pub name: String,
+    /// Protocol used for backups (v4 unless the user chose v3 for a legacy server).
+    #[serde(default)]
+    pub protocol: UiProtocol,
+    /// Protocol v4: the server key fingerprint (`sha256:…`) to require instead of trusting
+    /// the first key seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_fingerprint: Option<String>,
+    /// Protocol v4: the enrollment token for servers that require one (used when the
+    /// identity registers; never sent to the page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll_token: Option<String>,
 }
 
 /// One finished backup.
@@ -43,6 +78,9 @@ pub struct HistoryEntry {
     pub message: Option<String>,
     /// The stored names of the files.
     pub file_names: Vec<String>,
+    /// `v4` or `v3` (absent in entries written before the UI spoke v4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 /// The whole file.
@@ -143,11 +181,15 @@ mod tests {
             result: "succeeded".into(),
             message: None,
             file_names: vec!["a".into()],
+            protocol: Some("v4".into()),
         };
         let data = StoreData {
             settings: Settings {
                 server: "s:1".into(),
                 name: "n".into(),
+                protocol: UiProtocol::V3,
+                server_fingerprint: None,
+                enroll_token: Some("t".into()),
             },
             history: (0..(MAX_HISTORY as u64 + 3)).map(entry).collect(),
         };
@@ -160,6 +202,42 @@ mod tests {
         assert_eq!(loaded.settings, data.settings);
         assert_eq!(loaded.history.len(), MAX_HISTORY);
         assert_eq!(loaded.history.first().map(|e| e.id), Some(3));
+    }
+
+    #[test]
+    fn files_without_protocol_fields_load_as_v4() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ui.json");
+        std::fs::write(
+            &path,
+            r#"{"settings":{"server":"s:1","name":"n"},"history":[{"id":1,"started_at":"t","duration_secs":1.0,"server":"s:1","name":"n","files":1,"verified":1,"bytes":3,"result":"succeeded","message":null,"file_names":["a"]}]}"#,
+        )
+        .unwrap();
+
+        let loaded = Store::new(&path).load().unwrap();
+
+        assert_eq!(loaded.settings.protocol, UiProtocol::V4);
+        assert_eq!(loaded.settings.enroll_token, None);
+        assert_eq!(
+            loaded.history.first().and_then(|h| h.protocol.clone()),
+            None
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("ui.json"));
+
+        store.save(&StoreData::default()).unwrap();
+
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -104,7 +104,10 @@ pub async fn backup(
 pub struct Response {
     pub status: u16,
     pub head: String,
+    /// The body as text (invalid UTF-8 replaced; use `bytes` for binary bodies).
     pub body: String,
+    /// The body exactly as received (de-chunked).
+    pub bytes: Vec<u8>,
 }
 
 impl Response {
@@ -178,7 +181,8 @@ fn parse_response(raw: &[u8]) -> Response {
     Response {
         status,
         head,
-        body: String::from_utf8(body).expect("UTF-8 body"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
     }
 }
 

@@ -4,6 +4,9 @@
 
 const token = new URLSearchParams(location.search).get("token");
 let settingsTouched = false;
+let protocol = "v4";
+let lastJob = null;
+let versionsLoaded = false;
 
 function withToken(path) {
   return token ? path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : path;
@@ -71,7 +74,12 @@ function render(state) {
   if (!settingsTouched) {
     document.getElementById("server").value = state.settings.server;
     document.getElementById("name").value = state.settings.name;
+    document.getElementById("protocol").value = state.settings.protocol;
+    document.getElementById("fingerprint").value = state.settings.server_fingerprint || "";
   }
+  protocol = state.settings.protocol;
+  document.getElementById("token-set").textContent =
+    state.settings.enroll_token_set ? "a token is saved (type a new one to replace it)" : "";
   const job = state.job;
   const running = job !== null && job.state === "running";
   rows("items", state.items, (item) => {
@@ -103,17 +111,103 @@ function render(state) {
     document.getElementById("job-message").className = job.state === "failed" ? "error" : "";
     rows("job-files", job.files, (f, tr) => {
       tr.dataset.status = f.status;
+      const status = f.version ? f.status + " (version " + f.version + ")" : f.status;
       return [f.name, bar(f.percent), bytes(f.sent) + " / " + bytes(f.size) + " (" + Math.floor(f.percent) + "%)",
-        f.error ? f.status + ": " + f.error : f.status];
+        f.error ? f.status + ": " + f.error : status];
     }, "");
   }
   rows("history", state.history, (h, tr) => {
     tr.className = h.result === "succeeded" ? "ok" : "bad";
     tr.dataset.result = h.result;
-    return [h.started_at, h.server + " as " + h.name, h.verified + " of " + h.files + ": " + h.file_names.join(", "),
+    return [h.started_at, h.server + " as " + h.name + (h.protocol ? " (" + h.protocol + ")" : ""), h.verified + " of " + h.files + ": " + h.file_names.join(", "),
       bytes(h.bytes), h.result + (h.message ? " — " + h.message : "")];
   }, "no backup yet");
   if (state.notice) showError(new Error(state.notice));
+  // The restore list: load it once, and again whenever a backup finishes.
+  const jobKey = job ? job.id + ":" + job.state : null;
+  const finished = job !== null && job.state !== "running" && lastJob !== null && lastJob !== jobKey;
+  lastJob = jobKey;
+  if (!versionsLoaded || (finished && protocol === "v4")) {
+    versionsLoaded = true;
+    loadVersions();
+  }
+}
+
+function restoreStatus(text, isError) {
+  const status = document.getElementById("restore-status");
+  status.textContent = text;
+  status.className = isError ? "error" : "hint";
+}
+
+async function loadVersions() {
+  const button = document.getElementById("versions-refresh");
+  button.disabled = true;
+  restoreStatus("asking the server for your files…", false);
+  try {
+    const answer = await call("GET", "/api/versions");
+    const files = new Set(answer.versions.map((v) => v.name)).size;
+    restoreStatus(answer.note ||
+      (answer.versions.length + " version(s) of " + files + " file(s) on " + answer.server), false);
+    rows("versions", answer.versions, (v, tr) => {
+      tr.dataset.name = v.name;
+      tr.dataset.version = v.version;
+      const restore = document.createElement("button");
+      restore.type = "button";
+      restore.className = "restore";
+      restore.textContent = "Restore";
+      restore.onclick = () => restoreVersion(v, restore);
+      const hash = document.createElement("span");
+      hash.textContent = v.sha256.slice(0, 16) + "…";
+      hash.title = v.sha256;
+      hash.className = "hash";
+      hash.dataset.sha256 = v.sha256;
+      return [v.name, String(v.version), bytes(v.size), v.stored.replace("T", " ").replace("Z", ""), hash, restore];
+    }, "no file on the server yet");
+  } catch (err) {
+    restoreStatus(err.message, true);
+    rows("versions", [], () => [], "nothing listed");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function restoreVersion(v, button) {
+  button.disabled = true;
+  restoreStatus("restoring " + v.name + " version " + v.version + " and checking it…", false);
+  try {
+    const ready = await call("POST", "/api/restores", { name: v.name, version: v.version });
+    const link = document.createElement("a");
+    link.href = withToken(ready.url);
+    link.download = ready.name;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    restoreStatus(ready.name + " version " + ready.version + " restored (" + bytes(ready.size) +
+      ", size and SHA-256 verified) — your browser saves it as a download", false);
+  } catch (err) {
+    restoreStatus(err.message, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function settingsBody() {
+  const body = {
+    server: document.getElementById("server").value,
+    name: document.getElementById("name").value,
+    protocol: document.getElementById("protocol").value,
+    server_fingerprint: document.getElementById("fingerprint").value,
+  };
+  const enroll = document.getElementById("enroll-token");
+  if (enroll.value !== "") body.enroll_token = enroll.value;
+  return body;
+}
+
+async function saveSettings() {
+  await call("PUT", "/api/settings", settingsBody());
+  settingsTouched = false;
+  document.getElementById("enroll-token").value = "";
+  versionsLoaded = false;
 }
 
 function connect() {
@@ -146,11 +240,7 @@ document.getElementById("settings").addEventListener("input", () => { settingsTo
 document.getElementById("settings").addEventListener("submit", async (e) => {
   e.preventDefault();
   try {
-    await call("PUT", "/api/settings", {
-      server: document.getElementById("server").value,
-      name: document.getElementById("name").value,
-    });
-    settingsTouched = false;
+    await saveSettings();
     document.getElementById("settings-saved").textContent = "saved";
     showError(null);
   } catch (err) {
@@ -182,19 +272,14 @@ document.getElementById("picker").addEventListener("change", (e) => {
 });
 document.getElementById("start").addEventListener("click", async () => {
   try {
-    if (settingsTouched) {
-      await call("PUT", "/api/settings", {
-        server: document.getElementById("server").value,
-        name: document.getElementById("name").value,
-      });
-      settingsTouched = false;
-    }
+    if (settingsTouched) await saveSettings();
     await call("POST", "/api/backup");
     showError(null);
   } catch (err) {
     showError(err);
   }
 });
+document.getElementById("versions-refresh").addEventListener("click", () => loadVersions());
 document.getElementById("cancel").addEventListener("click", () => {
   call("POST", "/api/cancel").then(() => showError(null), showError);
 });
