@@ -114,14 +114,21 @@ fn not_ready(ui: &Ui, settings: &Settings) -> Option<String> {
     None
 }
 
-/// Settings for a list or restore: v4, with an identity that already exists; else the
-/// reason as `Err(Ok(note))`, or `Err(Err(response))` for unusable settings.
-fn ready(ui: &Ui) -> Result<V4Options, Result<String, Response>> {
+/// Why a list or restore cannot run.
+enum NotReady {
+    /// Nothing to list yet, or not over v3 (a state, not a bad request).
+    Note(String),
+    /// The saved settings cannot be used.
+    BadSettings(String),
+}
+
+/// Settings for a list or restore: v4, with an identity that already exists.
+fn ready(ui: &Ui) -> Result<V4Options, NotReady> {
     let settings = ui.lock().settings.clone();
     if let Some(note) = not_ready(ui, &settings) {
-        return Err(Ok(note));
+        return Err(NotReady::Note(note));
     }
-    v4_options(ui, &settings, false).map_err(|message| Err(error(StatusCode::BAD_REQUEST, message)))
+    v4_options(ui, &settings, false).map_err(NotReady::BadSettings)
 }
 
 /// A v4 failure as a response: the library's sentence (with the page's fixes), 404 when the
@@ -159,11 +166,11 @@ fn record_json(record: &VersionRecord) -> serde_json::Value {
 pub(super) async fn versions(State(ui): State<Arc<Ui>>) -> Response {
     let options = match ready(&ui) {
         Ok(options) => options,
-        Err(Ok(note)) => {
+        Err(NotReady::Note(note)) => {
             let server = ui.lock().settings.server.clone();
             return Json(json!({ "server": server, "versions": [], "note": note })).into_response();
         }
-        Err(Err(response)) => return response,
+        Err(NotReady::BadSettings(message)) => return error(StatusCode::BAD_REQUEST, message),
     };
     let listed = async {
         let mut client = V4Client::connect(&options).await?;
@@ -203,8 +210,8 @@ pub(super) struct RestoreBody {
 pub(super) async fn prepare(State(ui): State<Arc<Ui>>, Json(body): Json<RestoreBody>) -> Response {
     let options = match ready(&ui) {
         Ok(options) => options,
-        Err(Ok(note)) => return error(StatusCode::CONFLICT, note),
-        Err(Err(response)) => return response,
+        Err(NotReady::Note(note)) => return error(StatusCode::CONFLICT, note),
+        Err(NotReady::BadSettings(message)) => return error(StatusCode::BAD_REQUEST, message),
     };
     if body.name.is_empty() {
         return error(

@@ -1,6 +1,7 @@
 //! A minimal Chrome DevTools Protocol driver for headless Chromium: launch, navigate,
-//! evaluate JavaScript, wait for a condition, take screenshots, and collect every console
-//! error, uncaught exception and failed load the page reports.
+//! evaluate JavaScript, wait for a condition, take screenshots, allow downloads into a
+//! directory, and collect every console error, uncaught exception and failed load the page
+//! reports.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -228,6 +229,34 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Lets the page download files, saving them in `dir` under their suggested names.
+    pub fn allow_downloads_to(&mut self, dir: &Path) {
+        self.call_browser(
+            "Browser.setDownloadBehavior",
+            json!({ "behavior": "allow", "downloadPath": dir.display().to_string() }),
+        );
+    }
+
+    /// A PNG of the whole page (beyond the viewport), up to `max_height` pixels tall.
+    pub fn screenshot_page(&mut self, max_height: u64) -> Vec<u8> {
+        let height = self
+            .eval("document.documentElement.scrollHeight")
+            .as_u64()
+            .unwrap_or(1000)
+            .min(max_height);
+        let shot = self.call(
+            "Page.captureScreenshot",
+            json!({
+                "format": "png",
+                "captureBeyondViewport": true,
+                "clip": { "x": 0, "y": 0, "width": 1280, "height": height, "scale": 1 },
+            }),
+        );
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap()
     }
 
     /// A PNG of the viewport.
