@@ -14,7 +14,7 @@
 //! also lists the user's files and versions on the server (`GET /api/versions`) and restores
 //! one: `POST /api/restores` has the library download it into the staging directory and
 //! verify its size and SHA-256, and the page then downloads it once from
-//! `GET /api/restores/{id}`, streamed from that verified file ([`remote`]).
+//! `GET /api/restores/{id}`, streamed from that verified file (`ui/remote.rs`).
 //!
 //! Off loopback a token is required (`--token`): `Authorization: Bearer <token>` or
 //! `?token=<token>`, compared in constant time. Requests that change anything must carry the
