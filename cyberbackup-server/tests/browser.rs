@@ -4,7 +4,7 @@
 //! download whose bytes must equal the original; the server's dashboard then lists that
 //! file. Both pages must run without console errors.
 //!
-//! Runtime: about 10 s in a debug build (Chromium start-up included).
+//! Runtime: about 2–3 s in a debug build (Chromium start-up included).
 //!
 //! Without Chromium the test is skipped with a message, unless `CYBERBACKUP_REQUIRE_BROWSER=1`
 //! (set by `.ci/run`), which turns a missing browser into a failure. With

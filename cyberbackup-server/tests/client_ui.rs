@@ -4,7 +4,7 @@
 //! history file; over protocol v4 (the default) the list of versions and restores streamed as
 //! one-time downloads; v3 selectable for legacy servers.
 //!
-//! Runtime: about 5 s in a debug build (every test starts its own server).
+//! Runtime: under 1 s of test time in a debug build (every test starts its own server).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin_common;

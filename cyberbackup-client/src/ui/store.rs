@@ -1,5 +1,6 @@
-//! The UI's small local store: the last server address and name, and the history of past
-//! backups, in one JSON file (written atomically: temp file, fsync, rename; mode 0600).
+//! The UI's small local store: the last server address, name and protocol settings (with
+//! an enrollment token when one was given, hence private), and the history of past backups,
+//! in one JSON file (written atomically: temp file, fsync, rename; mode 0600).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
