@@ -81,8 +81,8 @@ pub(super) fn for_the_page(message: &str) -> String {
         ),
         ("choose another --name", "choose another client name"),
         (
-            "run `list` to see your files and versions",
-            "press Refresh in the restore list to see your files and versions",
+            "list your files to see the names and versions stored",
+            "press Refresh in the restore list to see the names and versions stored",
         ),
         (
             "use the identity registered there (--v4-identity), or move the file away to register anew",

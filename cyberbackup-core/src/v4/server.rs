@@ -501,7 +501,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             }
             Ok(None) => self.refuse(Refusal::new(
                 ErrorCode::NOT_FOUND,
-                "no such file or version; run `list` to see your files and versions",
+                "no such file or version; list your files to see the names and versions stored",
             )),
             Err(refusal) => self.refuse(refusal),
         };
