@@ -28,9 +28,9 @@ use crate::faults::{FaultPoint, Faults};
 
 pub use error::CatalogError;
 pub use model::{
-    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, CommitResult, CommittingFile,
-    DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion, KeyOutcome,
-    ReceivedFile, RegisterOutcome, SupersededFile,
+    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, ClientTotals, CommitResult,
+    CommittingFile, DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion,
+    KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
 pub use schema::latest_version as latest_schema_version;
 pub use timestamp::format_rfc3339;
@@ -411,6 +411,16 @@ impl Catalog {
     /// A [`CatalogError`] if the database fails.
     pub async fn stats(&self) -> Result<CatalogStats, CatalogError> {
         self.read(queries::stats).await
+    }
+
+    /// Verified files and bytes per client id; clients without verified files are absent.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn client_totals(
+        &self,
+    ) -> Result<std::collections::BTreeMap<ClientId, ClientTotals>, CatalogError> {
+        self.read(queries::client_totals).await
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, CatalogError>

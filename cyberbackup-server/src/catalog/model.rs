@@ -257,3 +257,12 @@ pub struct CatalogStats {
     /// Sum of plaintext sizes of verified file versions.
     pub bytes_stored: u64,
 }
+
+/// Verified files of one client, from [`Catalog::client_totals`](super::Catalog::client_totals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientTotals {
+    /// Number of verified file versions.
+    pub files: u64,
+    /// Sum of their plaintext sizes.
+    pub bytes: u64,
+}

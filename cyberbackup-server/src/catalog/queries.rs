@@ -1,14 +1,16 @@
 //! All SQL of the catalog. Functions here are synchronous and run either on the writer thread
 //! (mutations) or on a read-pool connection (queries); `now` is the caller's RFC 3339 timestamp.
 
+use std::collections::BTreeMap;
+
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use super::error::{CatalogError, query_err};
 use super::model::{
-    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, CommitResult, CommittingFile,
-    DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion, KeyOutcome,
-    ReceivedFile, RegisterOutcome, SupersededFile,
+    AbandonedTransfer, CatalogStats, ClientId, ClientRecord, ClientTotals, CommitResult,
+    CommittingFile, DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion,
+    KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
 use super::timestamp::format_rfc3339;
 use crate::storage::versioned_path;
@@ -448,82 +450,246 @@ pub(crate) fn abandoned_transfers(
     Ok(rows)
 }
 
+/// Candidates the trigram index may hand to [`list_files`] for one page before the listing
+/// continues with the scan from the last candidate. The index finds names fast, but when the
+/// other filters reject most of its candidates (a common name within one client or a narrow
+/// date range), the index of those filters is the better driver; the budget bounds the work
+/// spent before switching (about 1.5 µs per candidate).
+pub(crate) const TRIGRAM_CANDIDATE_BUDGET: usize = 2_000;
+
+/// How [`list_files_with`] finds names containing [`FileFilter::name_contains`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameSearch {
+    /// The trigram index (`files_name_trigram`, schema migration 4) when the substring allows
+    /// it, for at most `budget` candidates per page; the scan otherwise.
+    Trigram {
+        /// Candidates examined before falling back to the scan.
+        budget: usize,
+    },
+    /// `instr` on every row the other filters select (what the trigram search is tested
+    /// against).
+    #[cfg(test)]
+    Scan,
+}
+
 /// One page of files matching `filter`, ordered by row id.
 pub(crate) fn list_files(
     conn: &Connection,
     filter: &FileFilter,
 ) -> Result<Vec<FileRecord>, CatalogError> {
+    list_files_with(
+        conn,
+        filter,
+        NameSearch::Trigram {
+            budget: TRIGRAM_CANDIDATE_BUDGET,
+        },
+    )
+}
+
+/// [`list_files`] with an explicit name-search strategy. Every strategy returns the same rows.
+pub(crate) fn list_files_with(
+    conn: &Connection,
+    filter: &FileFilter,
+    search: NameSearch,
+) -> Result<Vec<FileRecord>, CatalogError> {
     const OP: &str = "list_files";
-    let mut sql = String::from(
-        "SELECT f.RowId, f.ID, c.Name, f.FileName, f.PathName, f.Version, f.State, f.Verified,
-                f.Size, f.CiphertextSize, f.Cksum, f.Sha256, f.CreatedAt, f.UpdatedAt, f.VerifiedAt
-         FROM files f JOIN clients c ON c.ID = f.ID WHERE 1 = 1",
-    );
-    let mut args: Vec<Value> = Vec::new();
-    let mut push = |sql: &mut String, clause: &str, value: Value| {
-        args.push(value);
-        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    let limit = usize::try_from(page_limit(filter)).unwrap_or(usize::MAX);
+    let indexed = match (search, filter.name_contains.as_deref()) {
+        (NameSearch::Trigram { budget }, Some(part)) => {
+            trigram_phrase(part).map(|phrase| (phrase, budget))
+        }
+        _ => None,
     };
+    let Some((phrase, budget)) = indexed else {
+        return scan_files(conn, filter);
+    };
+
+    // The index drives, in row-id order; each candidate row carries whether it passes the
+    // other filters and the exact byte test, so the page is the same as the scan's.
+    let mut query = SqlBuilder::new(&format!("SELECT {FILE_COLUMNS}, CASE WHEN 1 = 1"));
+    push_conditions(&mut query, filter);
+    query.text.push_str(
+        " THEN 1 ELSE 0 END
+         FROM files_name_trigram t JOIN files f ON f.RowId = t.rowid
+              JOIN clients c ON c.ID = f.ID
+         WHERE files_name_trigram MATCH ?",
+    );
+    query.bind_last(Value::Text(phrase));
+    if let Some(after) = filter.after_row {
+        query.push(" AND t.rowid > ?", Value::Integer(after.0));
+    }
+    query.text.push_str(" ORDER BY t.rowid");
+
+    let mut stmt = conn.prepare(&query.text).map_err(query_err(OP))?;
+    let mut rows = stmt
+        .query(params_from_iter(query.args))
+        .map_err(query_err(OP))?;
+    let mut page = Vec::new();
+    let mut examined = 0usize;
+    while let Some(row) = rows.next().map_err(query_err(OP))? {
+        let candidate = FileRowId(row.get(0).map_err(query_err(OP))?);
+        if row
+            .get::<_, bool>(FILE_COLUMN_COUNT)
+            .map_err(query_err(OP))?
+        {
+            page.push(file_from_row(row).map_err(query_err(OP))?);
+            if page.len() >= limit {
+                return Ok(page);
+            }
+        }
+        examined += 1;
+        if examined >= budget {
+            let rest = FileFilter {
+                after_row: Some(candidate),
+                limit: u32::try_from(limit - page.len()).unwrap_or(u32::MAX),
+                ..filter.clone()
+            };
+            page.extend(scan_files(conn, &rest)?);
+            return Ok(page);
+        }
+    }
+    Ok(page)
+}
+
+/// The scan: the other filters pick the index, `instr` tests each name.
+fn scan_files(conn: &Connection, filter: &FileFilter) -> Result<Vec<FileRecord>, CatalogError> {
+    const OP: &str = "list_files";
+    let mut query = SqlBuilder::new(&format!(
+        "SELECT {FILE_COLUMNS} FROM files f JOIN clients c ON c.ID = f.ID WHERE 1 = 1"
+    ));
+    push_conditions(&mut query, filter);
+    if let Some(after) = filter.after_row {
+        query.push(" AND f.RowId > ?", Value::Integer(after.0));
+    }
+    query.push(
+        " ORDER BY f.RowId LIMIT ?",
+        Value::Integer(i64::from(page_limit(filter))),
+    );
+
+    let mut stmt = conn.prepare(&query.text).map_err(query_err(OP))?;
+    let rows = stmt
+        .query_map(params_from_iter(query.args), file_from_row)
+        .map_err(query_err(OP))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(query_err(OP))?;
+    Ok(rows)
+}
+
+/// The FTS5 query for names containing `part`, or `None` when the trigram index cannot
+/// answer it and the scan must.
+///
+/// Names are indexed as their bytes read as UTF-8 (schema migration 4). When `part` is valid
+/// UTF-8 and occurs in a name's bytes, the tokenizer decodes that stretch of the name exactly
+/// as it decodes `part`: a sequence before it cannot swallow its first byte (never a
+/// continuation byte), and inside it every character is complete. Only the last character
+/// can differ: a non-ASCII one swallows continuation bytes that follow it in an invalid name,
+/// so it is left out of the query. Whatever the index returns is then confirmed with `instr`.
+/// The trigram tokenizer needs three characters; a NUL would end the FTS5 query text.
+fn trigram_phrase(part: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(part).ok()?;
+    if text.contains('\0') {
+        return None;
+    }
+    let last = text.chars().next_back()?;
+    let text = if last.is_ascii() {
+        text
+    } else {
+        text.get(..text.len() - last.len_utf8())?
+    };
+    if text.chars().count() < 3 {
+        return None;
+    }
+    Some(format!("\"{}\"", text.replace('"', "\"\"")))
+}
+
+/// Appends the filter's conditions except the cursor, each as ` AND …` on `f` (files).
+fn push_conditions(query: &mut SqlBuilder, filter: &FileFilter) {
     if let Some(client) = &filter.client_name {
         // A subquery keeps the plan on files_by_client instead of scanning clients.
-        push(
-            &mut sql,
+        query.push(
             " AND f.ID = (SELECT ID FROM clients WHERE Name = ?)",
             Value::Blob(client.clone()),
         );
     }
     if let Some(part) = &filter.name_contains {
-        push(
-            &mut sql,
-            " AND instr(f.FileName, ?) > 0",
-            Value::Blob(part.clone()),
-        );
+        query.push(" AND instr(f.FileName, ?) > 0", Value::Blob(part.clone()));
     }
     if let Some(verified) = filter.verified {
-        push(
-            &mut sql,
-            " AND f.Verified = ?",
-            Value::Integer(i64::from(verified)),
-        );
+        query.push(" AND f.Verified = ?", Value::Integer(i64::from(verified)));
     }
     if let Some(since) = filter.since {
-        push(
-            &mut sql,
-            " AND f.CreatedAt >= ?",
-            Value::Text(format_rfc3339(since)),
-        );
+        query.push(" AND f.CreatedAt >= ?", Value::Text(format_rfc3339(since)));
     }
     if let Some(until) = filter.until {
-        push(
-            &mut sql,
-            " AND f.CreatedAt < ?",
-            Value::Text(format_rfc3339(until)),
-        );
+        query.push(" AND f.CreatedAt < ?", Value::Text(format_rfc3339(until)));
     }
     if !filter.include_discarded {
-        sql.push_str(" AND f.State <> 'discarded'");
+        query.text.push_str(" AND f.State <> 'discarded'");
     }
-    if let Some(after) = filter.after_row {
-        push(&mut sql, " AND f.RowId > ?", Value::Integer(after.0));
-    }
-    let limit = if filter.limit == 0 {
+}
+
+fn page_limit(filter: &FileFilter) -> u32 {
+    if filter.limit == 0 {
         DEFAULT_PAGE
     } else {
         filter.limit
-    };
-    push(
-        &mut sql,
-        " ORDER BY f.RowId LIMIT ?",
-        Value::Integer(i64::from(limit)),
-    );
+    }
+}
 
-    let mut stmt = conn.prepare(&sql).map_err(query_err(OP))?;
-    let rows = stmt
-        .query_map(params_from_iter(args), file_from_row)
-        .map_err(query_err(OP))?
-        .collect::<Result<Vec<_>, _>>()
+/// SQL text with numbered placeholders (`?1`, `?2`, … in the order values are pushed).
+struct SqlBuilder {
+    text: String,
+    args: Vec<Value>,
+}
+
+impl SqlBuilder {
+    fn new(text: &str) -> Self {
+        Self {
+            text: text.to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Appends `clause`, whose single `?` is bound to `value`.
+    fn push(&mut self, clause: &str, value: Value) {
+        self.args.push(value);
+        self.text
+            .push_str(&clause.replace('?', &format!("?{}", self.args.len())));
+    }
+
+    /// Binds `value` to a trailing `?` already in the text.
+    fn bind_last(&mut self, value: Value) {
+        self.args.push(value);
+        self.text.push_str(&self.args.len().to_string());
+    }
+}
+
+/// Verified files and bytes per client id (clients without verified files are absent).
+pub(crate) fn client_totals(
+    conn: &Connection,
+) -> Result<BTreeMap<ClientId, ClientTotals>, CatalogError> {
+    const OP: &str = "client_totals";
+    let mut stmt = conn
+        .prepare(
+            "SELECT ID, COUNT(*), COALESCE(SUM(Size), 0) FROM files
+             WHERE State = 'verified' GROUP BY ID",
+        )
         .map_err(query_err(OP))?;
-    Ok(rows)
+    let mut rows = stmt.query([]).map_err(query_err(OP))?;
+    let mut totals = BTreeMap::new();
+    while let Some(row) = rows.next().map_err(query_err(OP))? {
+        let id: ClientId = row.get(0).map_err(query_err(OP))?;
+        let files: i64 = row.get(1).map_err(query_err(OP))?;
+        let bytes: i64 = row.get(2).map_err(query_err(OP))?;
+        totals.insert(
+            id,
+            ClientTotals {
+                files: to_u64("files", files)?,
+                bytes: to_u64("bytes", bytes)?,
+            },
+        );
+    }
+    Ok(totals)
 }
 
 /// Runs `PRAGMA integrity_check`; `true` when SQLite answers `ok`.
@@ -572,6 +738,12 @@ fn client_from_row(r: &Row<'_>) -> rusqlite::Result<ClientRecord> {
         registered_at: r.get(5)?,
     })
 }
+
+/// The columns [`file_from_row`] reads, from `files f JOIN clients c`.
+const FILE_COLUMNS: &str = "f.RowId, f.ID, c.Name, f.FileName, f.PathName, f.Version, f.State, \
+     f.Verified, f.Size, f.CiphertextSize, f.Cksum, f.Sha256, f.CreatedAt, f.UpdatedAt, f.VerifiedAt";
+/// Number of [`FILE_COLUMNS`]; a query may add columns after them.
+const FILE_COLUMN_COUNT: usize = 15;
 
 fn file_from_row(r: &Row<'_>) -> rusqlite::Result<FileRecord> {
     let state: String = r.get(6)?;
@@ -652,4 +824,381 @@ fn state_error(
 /// between; an immediate one waits on the busy timeout instead.
 fn immediate(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::schema;
+
+    const CLIENTS: [&[u8]; 3] = [b"alice", b"bob", "bj\u{f6}rk".as_bytes()];
+
+    /// Names that trip naive substring search: LIKE wildcards, quotes, FTS5 query syntax,
+    /// non-ASCII, and bytes that are not UTF-8 (a lone continuation byte, a cut sequence,
+    /// continuation bytes after a complete character).
+    const TRICKY: [&[u8]; 24] = [
+        b"100% done.txt",
+        b"100_percent.txt",
+        b"it's \"quoted\".doc",
+        b"O'Brien's notes",
+        b"a*b?c[d].glob",
+        b"NEAR(x y) AND z OR w NOT v",
+        b"col:value ^start",
+        b"back\\slash\\path",
+        "r\u{e9}sum\u{e9}.pdf".as_bytes(),
+        "R\u{c9}SUM\u{c9}.PDF".as_bytes(),
+        "\u{65e5}\u{672c}\u{8a9e}\u{306e}\u{30d5}\u{30a1}\u{30a4}\u{30eb}.txt".as_bytes(),
+        "emoji \u{1f600}\u{1f4be} backup".as_bytes(),
+        "\u{fffd} replacement".as_bytes(),
+        b"latin1 caf\xe9 menu",
+        b"lone \x80 continuation",
+        b"cut \xe6\x97 sequence",
+        b"caf\xc3\xa9\x80\x80 swallowed",
+        b"\xff\xfe\xfd invalid lead",
+        b"tab\there",
+        b"new\nline",
+        b"%%%___",
+        b"file-0001.dat",
+        b"FILE-0001.DAT",
+        b"   spaces   ",
+    ];
+
+    #[test]
+    fn trigram_search_equals_the_scan_on_tricky_names() {
+        let (_dir, conn) = catalog_with(&generated_names(1500));
+        let everything = all_rows(&conn);
+        let mut needles: Vec<Vec<u8>> = [
+            &b"%"[..],
+            b"_",
+            b"%%",
+            b"0% ",
+            b"\"quoted\"",
+            b"'s ",
+            b"it's \"",
+            b"*b?",
+            b"[d]",
+            b"NEAR(",
+            b"AND z",
+            b"col:",
+            b"^st",
+            b"\\sl",
+            "sum\u{e9}".as_bytes(),
+            "r\u{e9}s".as_bytes(),
+            "SUM\u{c9}".as_bytes(),
+            "caf\u{e9}".as_bytes(),
+            "\u{672c}\u{8a9e}\u{306e}".as_bytes(),
+            "\u{1f600}\u{1f4be}".as_bytes(),
+            "\u{fffd} r".as_bytes(),
+            b"caf\xe9",
+            b" \x80 ",
+            b"\xe6\x97 s",
+            b"\x80\x80 sw",
+            b"\xff\xfe",
+            b"b\th",
+            b"w\nl",
+            b"file-0",
+            b"FILE",
+            b"ile",
+            b".dat",
+            b"-0001.",
+            b"   ",
+            b"no such name anywhere",
+            b"a\0b",
+        ]
+        .iter()
+        .map(|n| n.to_vec())
+        .collect();
+        // Windows of generated names, some cutting characters in half.
+        let mut rng = Lcg(7);
+        for _ in 0..60 {
+            let name = &everything[rng.below(everything.len())].file_name;
+            let len = 1 + rng.below(7.min(name.len()));
+            let start = rng.below(name.len() - len + 1);
+            needles.push(name[start..start + len].to_vec());
+        }
+        let mut indexed_hits = 0;
+
+        for needle in &needles {
+            for filter in filters(needle) {
+                let expected: Vec<FileRowId> = everything
+                    .iter()
+                    .filter(|f| oracle(&filter, f))
+                    .map(|f| f.row)
+                    .collect();
+
+                let scan = all_pages(&conn, &filter, NameSearch::Scan);
+                let indexed = all_pages(&conn, &filter, NameSearch::Trigram { budget: 2_000 });
+                let fallback = all_pages(&conn, &filter, NameSearch::Trigram { budget: 3 });
+
+                let shown = String::from_utf8_lossy(needle);
+                assert_eq!(scan, expected, "scan, {shown:?}, {filter:?}");
+                assert_eq!(indexed, expected, "trigram, {shown:?}, {filter:?}");
+                assert_eq!(fallback, expected, "trigram+scan, {shown:?}, {filter:?}");
+                if trigram_phrase(needle).is_some() {
+                    indexed_hits += expected.len();
+                }
+            }
+        }
+        assert!(
+            indexed_hits > 1000,
+            "the index answered {indexed_hits} rows"
+        );
+    }
+
+    #[test]
+    fn names_of_three_characters_or_more_come_from_the_index() {
+        let (_dir, conn) = catalog_with(&[b"report.txt".to_vec(), b"xy".to_vec()]);
+        let search = |conn: &Connection, part: &[u8]| -> usize {
+            let filter = FileFilter {
+                name_contains: Some(part.to_vec()),
+                include_discarded: true,
+                ..FileFilter::default()
+            };
+            list_files(conn, &filter).unwrap().len()
+        };
+        let before = (search(&conn, b"port"), search(&conn, b"xy"));
+
+        // Emptying the index leaves `files` alone: only the short name is still found.
+        conn.execute(
+            "INSERT INTO files_name_trigram (files_name_trigram) VALUES ('delete-all')",
+            [],
+        )
+        .unwrap();
+        let after = (search(&conn, b"port"), search(&conn, b"xy"));
+
+        assert_eq!(before, (1, 1));
+        assert_eq!(after, (0, 1));
+    }
+
+    #[test]
+    fn triggers_follow_inserts_renames_and_deletes() {
+        let (_dir, conn) = catalog_with(&[b"alpha.txt".to_vec(), b"beta.txt".to_vec()]);
+        let found = |conn: &Connection, part: &str| -> Vec<Vec<u8>> {
+            let filter = FileFilter {
+                name_contains: Some(part.as_bytes().to_vec()),
+                include_discarded: true,
+                ..FileFilter::default()
+            };
+            list_files(conn, &filter)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.file_name)
+                .collect()
+        };
+        let inserted = found(&conn, "pha");
+
+        conn.execute(
+            "UPDATE files SET FileName = CAST('omega.txt' AS BLOB) WHERE FileName = CAST('alpha.txt' AS BLOB)",
+            [],
+        )
+        .unwrap();
+        let renamed = (found(&conn, "pha"), found(&conn, "ega"));
+        conn.execute("UPDATE files SET State = 'discarded'", [])
+            .unwrap();
+        let other_update = found(&conn, ".txt").len();
+        conn.execute(
+            "DELETE FROM files WHERE FileName = CAST('beta.txt' AS BLOB)",
+            [],
+        )
+        .unwrap();
+        let deleted = (found(&conn, "eta"), found(&conn, ".txt").len());
+        let integrity: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+
+        assert_eq!(inserted, [b"alpha.txt".to_vec()]);
+        assert_eq!(renamed, (vec![], vec![b"omega.txt".to_vec()]));
+        assert_eq!(other_update, 2);
+        assert_eq!(deleted, (vec![], 1));
+        assert_eq!(integrity, "ok");
+    }
+
+    #[test]
+    fn trigram_phrase_needs_three_characters_and_drops_a_final_non_ascii_one() {
+        assert_eq!(trigram_phrase(b"abc").as_deref(), Some("\"abc\""));
+        assert_eq!(trigram_phrase(b"ab").as_deref(), None);
+        assert_eq!(trigram_phrase(b"a\"b").as_deref(), Some("\"a\"\"b\""));
+        assert_eq!(
+            trigram_phrase("sum\u{e9}".as_bytes()).as_deref(),
+            Some("\"sum\"")
+        );
+        assert_eq!(trigram_phrase("um\u{e9}".as_bytes()), None);
+        assert_eq!(
+            trigram_phrase("\u{e9}t\u{e9}s".as_bytes()).as_deref(),
+            Some("\"\u{e9}t\u{e9}s\"")
+        );
+        assert_eq!(trigram_phrase(b"ab\xffcd"), None);
+        assert_eq!(trigram_phrase(b"abc\0d"), None);
+    }
+
+    #[test]
+    fn client_totals_count_verified_files_per_client() {
+        let (_dir, conn) = catalog_with(&generated_names(300));
+
+        let totals = client_totals(&conn).unwrap();
+
+        let rows = all_rows(&conn);
+        for (i, client) in CLIENTS.iter().enumerate() {
+            let mine = rows
+                .iter()
+                .filter(|f| f.client_name == *client && f.state == FileState::Verified);
+            let expected = ClientTotals {
+                files: mine.clone().count() as u64,
+                bytes: mine.map(|f| f.size.unwrap_or(0)).sum(),
+            };
+            assert!(expected.files > 0);
+            assert_eq!(totals.get(&client_id(i)), Some(&expected), "client {i}");
+        }
+        assert_eq!(totals.len(), CLIENTS.len());
+    }
+
+    /// The filters each needle is tried with, with pages of 7 rows.
+    fn filters(needle: &[u8]) -> Vec<FileFilter> {
+        let base = FileFilter {
+            name_contains: Some(needle.to_vec()),
+            limit: 7,
+            ..FileFilter::default()
+        };
+        vec![
+            base.clone(),
+            FileFilter {
+                verified: Some(false),
+                ..base.clone()
+            },
+            FileFilter {
+                client_name: Some(CLIENTS[2].to_vec()),
+                include_discarded: true,
+                ..base.clone()
+            },
+            FileFilter {
+                since: Some(time(400)),
+                until: Some(time(1200)),
+                ..base.clone()
+            },
+            FileFilter {
+                after_row: Some(FileRowId(700)),
+                verified: Some(true),
+                ..base
+            },
+        ]
+    }
+
+    /// The filter applied in Rust to a row read without any filter.
+    fn oracle(filter: &FileFilter, f: &FileRecord) -> bool {
+        let contains = |part: &[u8]| f.file_name.windows(part.len()).any(|w| w == part);
+        filter.name_contains.as_deref().is_none_or(contains)
+            && filter
+                .client_name
+                .as_ref()
+                .is_none_or(|c| *c == f.client_name)
+            && filter.verified.is_none_or(|v| v == f.verified)
+            && filter
+                .since
+                .is_none_or(|s| f.created_at >= format_rfc3339(s))
+            && filter
+                .until
+                .is_none_or(|u| f.created_at < format_rfc3339(u))
+            && (filter.include_discarded || f.state != FileState::Discarded)
+            && filter.after_row.is_none_or(|a| f.row > a)
+    }
+
+    fn all_pages(conn: &Connection, filter: &FileFilter, search: NameSearch) -> Vec<FileRowId> {
+        let mut rows = Vec::new();
+        let mut filter = filter.clone();
+        loop {
+            let page = list_files_with(conn, &filter, search).unwrap();
+            assert!(page.len() <= filter.limit as usize);
+            rows.extend(page.iter().map(|f| f.row));
+            if page.len() < filter.limit as usize {
+                return rows;
+            }
+            filter.after_row = page.last().map(|f| f.row);
+        }
+    }
+
+    fn all_rows(conn: &Connection) -> Vec<FileRecord> {
+        let filter = FileFilter {
+            include_discarded: true,
+            limit: u32::MAX,
+            ..FileFilter::default()
+        };
+        list_files_with(conn, &filter, NameSearch::Scan).unwrap()
+    }
+
+    /// `n` names: the tricky ones in turn with a counter and a random suffix.
+    fn generated_names(n: usize) -> Vec<Vec<u8>> {
+        let mut rng = Lcg(42);
+        (0..n)
+            .map(|i| {
+                let mut name = TRICKY[i % TRICKY.len()].to_vec();
+                if i >= TRICKY.len() {
+                    let extra = TRICKY[rng.below(TRICKY.len())];
+                    let cut = rng.below(extra.len() + 1);
+                    name.extend_from_slice(format!("-{i}-").as_bytes());
+                    name.extend_from_slice(&extra[..cut]);
+                }
+                name
+            })
+            .collect()
+    }
+
+    /// A migrated catalog of the three clients and one row per name, spread over clients,
+    /// states and creation times (`time(i)` for row `i`).
+    fn catalog_with(names: &[Vec<u8>]) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = schema::open_writer(&dir.path().join("defensive.db")).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        for (i, name) in CLIENTS.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO clients (ID, Name, RegisteredAt) VALUES (?1, ?2, 'x')",
+                params![client_id(i), name],
+            )
+            .unwrap();
+        }
+        for (i, name) in names.iter().enumerate() {
+            let (state, verified) = match i % 5 {
+                0 => ("discarded", 0),
+                1 => ("receiving", 0),
+                _ => ("verified", 1),
+            };
+            tx.execute(
+                "INSERT INTO files (ID, FileName, PathName, Verified, Version, State, Size,
+                                    CreatedAt, UpdatedAt)
+                 VALUES (?1, ?2, 'p', ?3, 1, ?4, ?5, ?6, ?6)",
+                params![
+                    client_id(i % 3),
+                    name,
+                    verified,
+                    state,
+                    i as i64,
+                    format_rfc3339(time(i as u64))
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        (dir, conn)
+    }
+
+    fn client_id(i: usize) -> ClientId {
+        [u8::try_from(i + 1).unwrap(); 16]
+    }
+
+    fn time(i: u64) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + 60 * i)
+    }
+
+    /// A small deterministic generator (tests must be reproducible).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            usize::try_from(self.0 >> 33).unwrap() % n.max(1)
+        }
+    }
 }

@@ -120,6 +120,35 @@ const MIGRATIONS: &[&str] = &[
         DurableOffset INTEGER NOT NULL DEFAULT 0
     );
     ",
+    // 4: substring search on file names (`FileFilter::name_contains`, docs/admin-api.md).
+    // A contentless FTS5 table with the trigram tokenizer (case sensitive, like `instr`)
+    // indexes each name's bytes read as UTF-8 text: `CAST(FileName AS TEXT)` converts
+    // nothing, and the tokenizer decodes invalid sequences into stand-in code points the same
+    // way for names and queries. `queries::list_files` uses it for substrings of three or more
+    // characters and confirms every candidate with `instr` on the stored bytes. Its rowid is
+    // `files.RowId`; the triggers keep it in step with every insert, delete and rename. A
+    // later rebuild of `files` (as in migration 2) must recreate the triggers and refill it.
+    r"
+    CREATE VIRTUAL TABLE files_name_trigram USING fts5(
+        Name, content = '', tokenize = 'trigram case_sensitive 1'
+    );
+    INSERT INTO files_name_trigram (rowid, Name)
+        SELECT RowId, CAST(FileName AS TEXT) FROM files;
+    CREATE TRIGGER files_name_trigram_insert AFTER INSERT ON files BEGIN
+        INSERT INTO files_name_trigram (rowid, Name)
+            VALUES (new.RowId, CAST(new.FileName AS TEXT));
+    END;
+    CREATE TRIGGER files_name_trigram_delete AFTER DELETE ON files BEGIN
+        INSERT INTO files_name_trigram (files_name_trigram, rowid, Name)
+            VALUES ('delete', old.RowId, CAST(old.FileName AS TEXT));
+    END;
+    CREATE TRIGGER files_name_trigram_update AFTER UPDATE OF RowId, FileName ON files BEGIN
+        INSERT INTO files_name_trigram (files_name_trigram, rowid, Name)
+            VALUES ('delete', old.RowId, CAST(old.FileName AS TEXT));
+        INSERT INTO files_name_trigram (rowid, Name)
+            VALUES (new.RowId, CAST(new.FileName AS TEXT));
+    END;
+    ",
 ];
 
 /// Newest schema version this build knows.

@@ -11,7 +11,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use rusqlite::OpenFlags;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -96,57 +95,26 @@ async fn clients(State(state): State<Arc<AdminState>>) -> Response {
         Ok(records) => records,
         Err(err) => return internal("listing clients", err),
     };
-    let path = state.catalog.path().to_path_buf();
-    let totals = tokio::task::spawn_blocking(move || client_totals(&path)).await;
-    let totals = match totals {
-        Ok(Ok(totals)) => totals,
-        Ok(Err(err)) => return internal("counting files per client", err),
+    let totals = match state.catalog.client_totals().await {
+        Ok(totals) => totals,
         Err(err) => return internal("counting files per client", err),
     };
     let rows: Vec<ClientRow> = records
         .into_iter()
         .map(|c| {
-            let (files, bytes) = totals.get(&c.id).copied().unwrap_or((0, 0));
+            let totals = totals.get(&c.id).copied().unwrap_or_default();
             ClientRow {
                 id: hex::encode(c.id),
                 name: String::from_utf8_lossy(&c.name).into_owned(),
                 last_seen: c.last_seen,
                 registered_at: c.registered_at,
                 protocol: c.protocol,
-                files,
-                bytes,
+                files: totals.files,
+                bytes: totals.bytes,
             }
         })
         .collect();
     Json(rows).into_response()
-}
-
-/// Verified files and bytes per client id. A read-only connection of our own: the catalog
-/// API has no per-client totals yet.
-fn client_totals(
-    path: &std::path::Path,
-) -> rusqlite::Result<std::collections::BTreeMap<[u8; 16], (u64, u64)>> {
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let mut stmt = conn.prepare(
-        "SELECT ID, COUNT(*), COALESCE(SUM(Size), 0) FROM files WHERE State = 'verified' GROUP BY ID",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let id: [u8; 16] = r.get(0)?;
-        let files: i64 = r.get(1)?;
-        let bytes: i64 = r.get(2)?;
-        Ok((
-            id,
-            (
-                u64::try_from(files).unwrap_or(0),
-                u64::try_from(bytes).unwrap_or(0),
-            ),
-        ))
-    })?;
-    rows.collect()
 }
 
 /// Query parameters of `/api/v1/files` and `/api/v1/files.csv`.
