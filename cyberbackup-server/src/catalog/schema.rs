@@ -343,4 +343,37 @@ mod tests {
             "{abandoned}"
         );
     }
+
+    #[test]
+    fn name_index_is_filled_from_rows_older_than_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_writer(&dir.path().join("defensive.db")).unwrap();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        for (version, sql) in (1..=3).zip(MIGRATIONS) {
+            let tx = conn.transaction().unwrap();
+            apply(&tx, sql, version).unwrap();
+            tx.commit().unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO clients (ID, Name, RegisteredAt) VALUES (x'01010101010101010101010101010101', 'a', 'x');
+             INSERT INTO files (ID, FileName, PathName, Version, State, CreatedAt, UpdatedAt)
+                 VALUES (x'01010101010101010101010101010101', CAST('old-report.txt' AS BLOB), 'p', 1,
+                         'verified', 'x', 'x');",
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+        let found: Vec<i64> = conn
+            .prepare(
+                "SELECT rowid FROM files_name_trigram WHERE files_name_trigram MATCH '\"report\"'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+
+        assert_eq!(found, [1]);
+    }
 }
