@@ -455,6 +455,10 @@ async fn files_api_over_a_million_rows() {
         "/api/v1/files?limit=100&client=client-7&after=900000",
         "/api/v1/files?limit=100&since=2024-02-20&verified=true",
         "/api/v1/files?limit=100&name=file-09999",
+        "/api/v1/files?limit=100&name=file-0999999",
+        "/api/v1/files?limit=100&name=file-09999&client=client-7",
+        "/api/v1/files?limit=100&name=.dat&verified=true&after=900000",
+        "/api/v1/files?limit=50&name=-0",
     ];
     for query in queries {
         let _warm = get(server.admin, query, &[]).await;
