@@ -179,7 +179,7 @@ fn run_inner(work: &Path, rows: usize, section: &mut Section) -> anyhow::Result<
             expect_full_page: rows >= 10 * FILES_PER_CLIENT,
         },
         Query {
-            label: "admin: name filter matching one row (scans every row)".into(),
+            label: "admin: name filter matching one row (worst case for a scan)".into(),
             filter: FileFilter {
                 name_contains: Some(rare),
                 limit: PAGE,
