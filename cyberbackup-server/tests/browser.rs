@@ -71,7 +71,7 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
         browser.navigate(&ui_url);
         browser.wait_for(
             "document.getElementById('conn').textContent === 'live'",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         );
         assert_eq!(
             browser.eval("document.getElementById('server').value"),
@@ -95,7 +95,7 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
         ));
         browser.wait_for(
             "document.querySelectorAll('#items tbody tr:not(:has(td.empty))').length === 2",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         );
 
         // Start, then watch the progress reach 100 % and the success row appear.
@@ -112,7 +112,7 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
 
         // The restore view lists the file (reloaded after the backup) with its SHA-256.
         let row = "document.querySelector('#versions tbody tr[data-name=\"browser-upload.txt\"]')";
-        browser.wait_for(&format!("{row} !== null"), Duration::from_secs(20));
+        browser.wait_for(&format!("{row} !== null"), Duration::from_secs(45));
         assert_eq!(
             browser.eval(&format!("{row}.querySelector('[data-sha256]').dataset.sha256")),
             serde_json::Value::String(uploaded_sha256)
@@ -125,7 +125,7 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
         browser.eval(&format!("{row}.querySelector('button.restore').click(), true"));
         browser.wait_for(
             "document.getElementById('restore-status').textContent.includes('SHA-256 verified')",
-            Duration::from_secs(20),
+            Duration::from_secs(45),
         );
         let downloaded = wait_for_download(&download_dir.join("browser-upload.txt"), uploaded_len);
         let client_png = browser.screenshot_page(1800);
@@ -141,7 +141,7 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
                 tr.textContent.includes('browser-upload.txt') && tr.textContent.includes('browser-test')
                 && tr.textContent.includes('verified'))
              && document.querySelectorAll('#files-table tbody tr').length === 1",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         );
         let files_png = browser.screenshot();
         browser.navigate(&format!("{admin_url}#overview"));
@@ -149,7 +149,7 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
             "document.getElementById('ov-files').textContent === '2'
              && document.getElementById('ov-clients').textContent === '1'
              && document.querySelector('#chart text') !== null",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         );
         let overview_png = browser.screenshot();
         let errors = browser.errors.clone();
@@ -184,7 +184,7 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
 
 /// Waits until Chromium has saved `path` completely (it writes `*.crdownload` first).
 fn wait_for_download(path: &std::path::Path, len: usize) -> Vec<u8> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         if let Ok(data) = std::fs::read(path) {
             if data.len() >= len {
