@@ -188,6 +188,7 @@ pub async fn run_once(
     reconcile_all(catalog, storage, Some(cutoff), &mut report).await?;
     discard_abandoned(catalog, storage, cutoff, &mut report).await?;
     report.removed_temp_files += storage.remove_leftovers(abandoned_after).await?;
+    catalog.merge_name_index().await?;
     Ok(report)
 }
 

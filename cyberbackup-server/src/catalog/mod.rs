@@ -405,6 +405,14 @@ impl Catalog {
         self.read(queries::integrity_check).await
     }
 
+    /// Compacts part of the file-name search index (run by maintenance).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn merge_name_index(&self) -> Result<(), CatalogError> {
+        self.write(|c| queries::merge_name_index(c)).await
+    }
+
     /// Client count, verified file count and stored bytes.
     ///
     /// # Errors

@@ -700,6 +700,17 @@ pub(crate) fn integrity_check(conn: &Connection) -> Result<bool, CatalogError> {
     Ok(answer == "ok")
 }
 
+/// Merges a bounded amount of the file-name search index (FTS5 `merge`): inserts leave it
+/// in many small segments, which slows deep pages; this keeps it compact a step at a time.
+pub(crate) fn merge_name_index(conn: &Connection) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT INTO files_name_trigram (files_name_trigram, rank) VALUES ('merge', 500)",
+        [],
+    )
+    .map_err(query_err("merge_name_index"))?;
+    Ok(())
+}
+
 /// Counts clients, verified files and their bytes.
 pub(crate) fn stats(conn: &Connection) -> Result<CatalogStats, CatalogError> {
     const OP: &str = "stats";
