@@ -57,32 +57,32 @@ pub enum Timer {
 
 /// Deadline bookkeeping shared by both sessions.
 #[derive(Clone, Copy, Debug)]
-struct IdleTimer {
+pub(crate) struct IdleTimer {
     timeout: Duration,
     deadline: Option<Instant>,
 }
 
 impl IdleTimer {
-    fn new(timeout: Duration, now: Instant) -> Self {
+    pub(crate) fn new(timeout: Duration, now: Instant) -> Self {
         Self {
             timeout,
             deadline: now.checked_add(timeout),
         }
     }
 
-    fn reset(&mut self, now: Instant) {
+    pub(crate) fn reset(&mut self, now: Instant) {
         self.deadline = now.checked_add(self.timeout);
     }
 
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.deadline = None;
     }
 
-    fn expired(&self, now: Instant) -> bool {
+    pub(crate) fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|deadline| now >= deadline)
     }
 
-    fn poll(&self) -> Option<(Instant, Timer)> {
+    pub(crate) fn poll(&self) -> Option<(Instant, Timer)> {
         self.deadline.map(|deadline| (deadline, Timer::Idle))
     }
 }

@@ -19,7 +19,6 @@ pub mod server;
 pub mod testing;
 pub mod wire;
 
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -27,7 +26,7 @@ use sha2::{Digest, Sha256};
 pub use error::{Refusal, StorageFailure, V4Error};
 
 use crate::crypto::Cksum;
-use crate::session::Timer;
+use crate::session::IdleTimer;
 
 /// One thing a v4 session asks its driver to do, drained in order with `poll_output`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,37 +96,6 @@ impl ContentDigest {
     }
 }
 
-/// Deadline bookkeeping for one idle/response timer.
-#[derive(Clone, Copy, Debug)]
-struct IdleTimer {
-    timeout: Duration,
-    deadline: Option<Instant>,
-}
-
-impl IdleTimer {
-    fn new(timeout: Duration, now: Instant) -> Self {
-        Self {
-            timeout,
-            deadline: now.checked_add(timeout),
-        }
-    }
-
-    fn reset(&mut self, now: Instant) {
-        self.deadline = now.checked_add(self.timeout);
-    }
-
-    fn disarm(&mut self) {
-        self.deadline = None;
-    }
-
-    fn expired(&self, now: Instant) -> bool {
-        self.deadline.is_some_and(|deadline| now >= deadline)
-    }
-
-    fn poll(&self) -> Option<(Instant, Timer)> {
-        self.deadline.map(|deadline| (deadline, Timer::Idle))
-    }
-}
 
 /// Seals `plaintext` as one `TRANSPORT` frame (header, ciphertext, tag).
 fn seal(transport: &mut snow::TransportState, plaintext: &[u8]) -> Result<Bytes, V4Error> {
