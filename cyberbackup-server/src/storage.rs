@@ -302,7 +302,7 @@ impl Storage {
             path: self.root.clone(),
             source,
         };
-        let (path, mut file) = create_temp(&self.root).map_err(not_writable)?;
+        let (path, mut file) = create_temp_tagged(&self.root, "").map_err(not_writable)?;
         let written = file
             .write_all(b"cyberbackup probe\n")
             .and_then(|()| file.sync_all());
@@ -339,7 +339,7 @@ impl Storage {
             let dir = dir.clone();
             move || {
                 create_private_dir(&dir)?;
-                create_temp(&dir).map_err(|source| StorageError::Io {
+                create_temp_tagged(&dir, "").map_err(|source| StorageError::Io {
                     op: "create temp file in",
                     path: dir.clone(),
                     source,
@@ -663,8 +663,9 @@ fn create_private_dir(path: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Creates a fresh `.cb-partial-*` file in `dir` with `O_EXCL` and mode 0600.
-fn create_temp(dir: &Path) -> io::Result<(PathBuf, File)> {
+/// Creates a fresh `.cb-partial-<tag>*` file in `dir` with `O_EXCL` and mode 0600, open for
+/// writing (and reading, for resumable partials that re-hash what is already there).
+pub(crate) fn create_temp_tagged(dir: &Path, tag: &str) -> io::Result<(PathBuf, File)> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut attempt = 0;
     loop {
@@ -674,11 +675,12 @@ fn create_temp(dir: &Path) -> io::Result<(PathBuf, File)> {
             .unwrap_or_default();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(
-            "{PARTIAL_PREFIX}{:x}-{n:x}-{nanos:08x}",
+            "{PARTIAL_PREFIX}{tag}{:x}-{n:x}-{nanos:08x}",
             std::process::id()
         ));
         match OpenOptions::new()
             .write(true)
+            .read(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)

@@ -19,7 +19,6 @@ pub mod server;
 pub mod testing;
 pub mod wire;
 
-
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
@@ -95,7 +94,6 @@ impl ContentDigest {
         (self.sha256.finalize().into(), self.cksum.finalize())
     }
 }
-
 
 /// Seals `plaintext` as one `TRANSPORT` frame (header, ciphertext, tag).
 fn seal(transport: &mut snow::TransportState, plaintext: &[u8]) -> Result<Bytes, V4Error> {

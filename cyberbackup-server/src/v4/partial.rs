@@ -6,14 +6,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cyberbackup_core::v4::ContentDigest;
 
-use crate::storage::{PARTIAL_PREFIX, Storage, StorageError};
+use crate::storage::{Storage, StorageError, create_temp_tagged};
 
 /// Write buffer of one upload.
 const WRITE_BUFFER: usize = 1024 * 1024;
@@ -39,11 +36,12 @@ impl ResumablePartial {
         let client_hex = hex::encode(client);
         blocking(move || {
             create_private_dir(&dir)?;
-            let (temp, file) = create_temp(&dir).map_err(|source| StorageError::Io {
-                op: "create partial upload in",
-                path: dir.clone(),
-                source,
-            })?;
+            let (temp, file) =
+                create_temp_tagged(&dir, "v4-").map_err(|source| StorageError::Io {
+                    op: "create partial upload in",
+                    path: dir.clone(),
+                    source,
+                })?;
             let name = temp
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -222,34 +220,6 @@ impl ResumablePartial {
     fn io_err(&self, op: &'static str) -> impl FnOnce(io::Error) -> StorageError {
         let path = self.temp.clone();
         move |source| StorageError::Io { op, path, source }
-    }
-}
-
-/// Creates a fresh `.cb-partial-v4-*` file with `O_EXCL` and mode 0600.
-fn create_temp(dir: &Path) -> io::Result<(PathBuf, File)> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut attempt = 0;
-    loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(
-            "{PARTIAL_PREFIX}v4-{:x}-{n:x}-{nanos:08x}",
-            std::process::id()
-        ));
-        match OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
-            Err(e) => return Err(e),
-        }
     }
 }
 
