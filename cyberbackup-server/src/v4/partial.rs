@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use cyberbackup_core::v4::ContentDigest;
 
-use crate::storage::{Storage, StorageError, create_temp_tagged};
+use crate::storage::{Storage, StorageError, WriteBehind, create_temp_tagged};
 
 /// Write buffer of one upload.
 const WRITE_BUFFER: usize = 1024 * 1024;
@@ -23,6 +23,7 @@ pub struct ResumablePartial {
     temp: PathBuf,
     relative_temp: String,
     writer: Option<BufWriter<File>>,
+    write_behind: WriteBehind,
     len: u64,
 }
 
@@ -50,6 +51,7 @@ impl ResumablePartial {
                 relative_temp: format!("{client_hex}/{name}"),
                 temp,
                 writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+                write_behind: WriteBehind::starting_at(0),
                 len: 0,
             })
         })
@@ -108,6 +110,7 @@ impl ResumablePartial {
                     temp,
                     relative_temp,
                     writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+                    write_behind: WriteBehind::starting_at(durable),
                     len: durable,
                 },
                 digest,
@@ -148,7 +151,8 @@ impl ResumablePartial {
         }
         let piece = data.to_vec();
         let temp = self.temp.clone();
-        let writer = blocking(move || {
+        let (len, mut write_behind) = (self.len, self.write_behind);
+        let (writer, write_behind) = blocking(move || {
             writer
                 .write_all(&piece)
                 .map_err(|source| StorageError::Io {
@@ -156,10 +160,13 @@ impl ResumablePartial {
                     path: temp,
                     source,
                 })?;
-            Ok(writer)
+            let in_file = len - writer.buffer().len() as u64;
+            write_behind.advance(writer.get_ref(), in_file);
+            Ok((writer, write_behind))
         })
         .await?;
         self.writer = Some(writer);
+        self.write_behind = write_behind;
         Ok(())
     }
 
