@@ -1033,7 +1033,7 @@ mod tests {
         while expected.len() < 20 * 1024 * 1024 {
             n += 1;
             let piece: Vec<u8> = (0..(n % 7 + 1) * 37_000)
-                .map(|i| (i ^ n.wrapping_mul(2_654_435_761)) as u8)
+                .map(|i| (i ^ n.wrapping_mul(2_654_435_761)).to_le_bytes()[0])
                 .collect();
             partial.append(&piece).await.unwrap();
             expected.extend_from_slice(&piece);
