@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release -p cyberbackup-bench -- single-file --compare-sizes
 //! cargo run --release -p cyberbackup-bench -- many-clients many-files catalog peer
+//! cargo run --release -p cyberbackup-bench -- soak --clients 1000 --minutes 10 --seed 1
 //! cargo run --release -p cyberbackup-bench -- --smoke
 //! ```
 //!
@@ -27,6 +28,7 @@ mod procfs;
 mod report;
 mod server;
 mod single_file;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,9 @@ enum Scenario {
     Catalog,
     /// restic on the same file, when installed.
     Peer,
+    /// Load and soak: N clients for --minutes, random sizes, disconnects and reconnects;
+    /// server RSS and descriptors over time. Only when named (not in the default set).
+    Soak,
 }
 
 /// End-to-end benchmarks of CyberBackup against the real server binary.
@@ -68,7 +73,7 @@ struct Cli {
     /// single-file: the larger size for --compare-sizes [default: 3 × --size].
     #[arg(long, value_parser = data::parse_size)]
     compare_size: Option<u64>,
-    /// many-clients: number of clients [default: 1000; smoke 50].
+    /// many-clients / soak: number of clients [default: 1000; smoke 50, soak smoke 20].
     #[arg(long)]
     clients: Option<usize>,
     /// many-files: number of files [default: 10000; smoke 200].
@@ -77,6 +82,12 @@ struct Cli {
     /// many-files: size of each file [default: 4KiB].
     #[arg(long, value_parser = data::parse_size, default_value = "4KiB")]
     file_size: u64,
+    /// soak: how long the clients keep uploading, in minutes [default: 10; smoke 1/3].
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// soak: seed of file sizes, contents and disconnects.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// catalog: file rows [default: 1000000; smoke 20000].
     #[arg(long)]
     rows: Option<usize>,
@@ -134,7 +145,12 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&work)
         .with_context(|| format!("cannot create the work directory {}", work.display()))?;
     let scenarios = if cli.scenarios.is_empty() {
-        Scenario::value_variants().to_vec()
+        // The soak runs for minutes: only when asked for by name.
+        Scenario::value_variants()
+            .iter()
+            .copied()
+            .filter(|s| *s != Scenario::Soak)
+            .collect()
     } else {
         cli.scenarios.clone()
     };
@@ -188,6 +204,18 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 single_file::run(&bins, &work, &options)
             }
             Scenario::ManyClients => many_clients::run(&bins, &work, clients),
+            Scenario::Soak => {
+                let minutes = cli.minutes.unwrap_or(if smoke { 1.0 / 3.0 } else { 10.0 });
+                if !(minutes.is_finite() && minutes > 0.0) {
+                    anyhow::bail!("--minutes must be a positive number of minutes, e.g. 10 or 0.5");
+                }
+                let options = soak::Options {
+                    clients: cli.clients.unwrap_or(if smoke { 20 } else { 1000 }),
+                    duration: std::time::Duration::from_secs_f64(minutes * 60.0),
+                    seed: cli.seed,
+                };
+                soak::run(&bins, &work, options)
+            }
             Scenario::ManyFiles => many_files::run(&bins, &work, files, cli.file_size),
             Scenario::Catalog => catalog::run(&work, rows),
             Scenario::Peer => match peer::restic_version() {

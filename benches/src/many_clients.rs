@@ -26,7 +26,7 @@ const SERVER_RSS_TARGET_KIB: u64 = 256 * 1024;
 ///
 /// # Errors
 /// Key generation failed.
-fn generate_keys(n: usize) -> anyhow::Result<Vec<ClientKeyPair>> {
+pub(crate) fn generate_keys(n: usize) -> anyhow::Result<Vec<ClientKeyPair>> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let per_thread = n.div_ceil(threads);
     let handles: Vec<_> = (0..threads)
