@@ -147,7 +147,9 @@ impl ServerProcess {
         let config = format!(
             "listen = \"127.0.0.1\"\nport = {port}\ndata_dir = {data_dir:?}\n\
              max_connections = {}\nregistrations_per_minute = {}\nmax_file_size = {}\n\
-             min_free_disk_mb = 100\n",
+             min_free_disk_mb = 100\n\
+             # the admin dashboard's fixed port would clash between runs; not measured here\n\
+             admin_enabled = false\n",
             settings.max_connections, settings.registrations_per_minute, settings.max_file_size,
         );
         let config_path = dir.join("cyberbackup-server.toml");
