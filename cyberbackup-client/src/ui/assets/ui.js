@@ -125,7 +125,8 @@ function render(state) {
   if (state.notice) showError(new Error(state.notice));
   // The restore list: load it once, and again whenever a backup finishes.
   const jobKey = job ? job.id + ":" + job.state : null;
-  const finished = job !== null && job.state !== "running" && lastJob !== null && lastJob !== jobKey;
+  // A job first seen already finished (it can end between two updates) counts too.
+  const finished = job !== null && job.state !== "running" && lastJob !== jobKey;
   lastJob = jobKey;
   if (!versionsLoaded || (finished && protocol === "v4")) {
     versionsLoaded = true;
