@@ -611,29 +611,39 @@ impl Client {
         error: ClientError,
         progress: &mut dyn ProgressSink,
     ) -> Result<(), ClientError> {
-        if !error.is_retryable() {
+        back_off(self.options.retry, &mut self.retries, error, progress).await
+    }
+}
+
+/// After a failed connection (either protocol): counts the retry, then sleeps per `policy`
+/// and reports it, or gives up with the error when it is not retryable or retries ran out.
+pub(crate) async fn back_off(
+    policy: RetryPolicy,
+    retries: &mut u32,
+    error: ClientError,
+    progress: &mut dyn ProgressSink,
+) -> Result<(), ClientError> {
+    if !error.is_retryable() {
+        return Err(error);
+    }
+    *retries += 1;
+    let Some(delay) = policy.delay(*retries) else {
+        if policy.max_retries == 0 {
             return Err(error);
         }
-        self.retries += 1;
-        let policy = self.options.retry;
-        let Some(delay) = policy.delay(self.retries) else {
-            if policy.max_retries == 0 {
-                return Err(error);
-            }
-            return Err(ClientError::RetriesExhausted {
-                attempts: self.retries,
-                last: Box::new(error),
-            });
-        };
-        progress.on_progress(&ProgressEvent::Retrying {
-            attempt: self.retries,
-            max: policy.max_retries,
-            delay,
-            error: error.to_string(),
+        return Err(ClientError::RetriesExhausted {
+            attempts: *retries,
+            last: Box::new(error),
         });
-        tokio::time::sleep(delay).await;
-        Ok(())
-    }
+    };
+    progress.on_progress(&ProgressEvent::Retrying {
+        attempt: *retries,
+        max: policy.max_retries,
+        delay,
+        error: error.to_string(),
+    });
+    tokio::time::sleep(delay).await;
+    Ok(())
 }
 
 /// Book-keeping of one `backup` call.

@@ -337,27 +337,7 @@ impl<'a> Run<'a> {
         error: ClientError,
         progress: &mut dyn ProgressSink,
     ) -> Result<(), ClientError> {
-        if !error.is_retryable() {
-            return Err(error);
-        }
-        self.retries += 1;
-        let Some(delay) = self.retry.delay(self.retries) else {
-            if self.retry.max_retries == 0 {
-                return Err(error);
-            }
-            return Err(ClientError::RetriesExhausted {
-                attempts: self.retries,
-                last: Box::new(error),
-            });
-        };
-        progress.on_progress(&ProgressEvent::Retrying {
-            attempt: self.retries,
-            max: self.retry.max_retries,
-            delay,
-            error: error.to_string(),
-        });
-        tokio::time::sleep(delay).await;
-        Ok(())
+        crate::back_off(self.retry, &mut self.retries, error, progress).await
     }
 
     /// One report per path; files never settled are `not sent`, with the fatal error that
