@@ -22,7 +22,7 @@ pub use server::{
 /// One thing a session asks its driver to do, drained in order with `poll_output`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
-pub enum Output<E, V> {
+pub enum Output<E, V, C = CloseReason> {
     /// Write these bytes to the peer.
     Transmit(Bytes),
     /// Carry out this effect; if it needs an answer, report it before anything else.
@@ -30,7 +30,7 @@ pub enum Output<E, V> {
     /// Something happened that the driver may show or count.
     Event(V),
     /// Close the connection (after writing every earlier `Transmit`).
-    Close(CloseReason),
+    Close(C),
 }
 
 /// Why a session asks to close the connection.

@@ -27,19 +27,9 @@ pub use error::{Refusal, StorageFailure, V4Error};
 use crate::crypto::Cksum;
 use crate::session::IdleTimer;
 
-/// One thing a v4 session asks its driver to do, drained in order with `poll_output`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[must_use]
-pub enum Output<E, V> {
-    /// Write these bytes to the peer.
-    Transmit(Bytes),
-    /// Carry out this effect; if it needs an answer, report it before anything else.
-    Effect(E),
-    /// Something happened that the driver may show or count.
-    Event(V),
-    /// Close the connection (after writing every earlier `Transmit`).
-    Close(CloseReason),
-}
+/// One thing a v4 session asks its driver to do, drained in order with `poll_output`: the
+/// v3 sessions' [`Output`](crate::session::Output) with v4's [`CloseReason`].
+pub type Output<E, V> = crate::session::Output<E, V, CloseReason>;
 
 /// Why a v4 session asks to close the connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
