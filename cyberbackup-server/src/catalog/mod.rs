@@ -3,8 +3,17 @@
 //! All writes go through one owner: a dedicated thread holding the only writer connection, fed
 //! by a bounded channel of jobs that answer on oneshot channels. SQLite allows one writer at a
 //! time anyway; serialising in-process avoids `SQLITE_BUSY` storms and makes every write a
-//! short, ordered transaction. Reads use a small pool of read-only connections on
-//! `spawn_blocking` (WAL lets them run while the writer commits).
+//! short, ordered transaction. Reads use a fixed pool of [`READ_POOL_SIZE`] read-only
+//! connections on `spawn_blocking` (WAL lets them run while the writer commits).
+//!
+//! The read pool is opened whole by [`Catalog::open`] and never grows: a read waits (async)
+//! for a free connection instead of opening another. So the catalog's descriptors are the
+//! same from start-up on, whatever the load: the writer's database, WAL and shared-memory
+//! files plus the database and WAL of each reader. Opening extra readers under load and
+//! closing them afterwards would not give their descriptors back: SQLite keeps the
+//! descriptor of a closed connection open while another connection of the process holds a
+//! POSIX lock on the file (in WAL mode every open connection does), so they stayed open
+//! until the catalog was closed (the soak run of issue 8 saw 13 such descriptors).
 //!
 //! `synchronous=FULL`: when a write returns, its transaction is durable. The server only
 //! acknowledges a file (1603/1604) after the matching write has returned.
@@ -22,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::faults::{FaultPoint, Faults};
 
@@ -40,8 +49,9 @@ pub const CATALOG_FILE_NAME: &str = "defensive.db";
 
 /// Queued write jobs before senders wait (back-pressure on the writer).
 const WRITE_QUEUE: usize = 256;
-/// Idle read connections kept open.
-const READ_POOL_MAX: usize = 4;
+/// Read-only connections, all opened by [`Catalog::open`]; at most this many reads run at
+/// once, the others wait for a connection.
+pub const READ_POOL_SIZE: usize = 4;
 
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -68,21 +78,25 @@ impl fmt::Debug for Catalog {
 
 struct ReadPool {
     path: PathBuf,
+    /// Connections not in use; never more than [`READ_POOL_SIZE`].
     idle: Mutex<Vec<Connection>>,
+    /// One permit per pooled connection; closed by [`Catalog::close`].
+    permits: Arc<Semaphore>,
 }
 
 impl Catalog {
-    /// Opens (creating if needed) the catalog at `path`, runs migrations and starts the writer
-    /// thread. Blocking work runs on `spawn_blocking`.
+    /// Opens (creating if needed) the catalog at `path`, runs migrations, starts the writer
+    /// thread and opens the [`READ_POOL_SIZE`] read connections. Blocking work runs on
+    /// `spawn_blocking`.
     ///
     /// # Errors
     /// [`CatalogError::CreateDir`], [`CatalogError::Open`], [`CatalogError::Migrate`],
     /// [`CatalogError::SchemaTooNew`] or [`CatalogError::SpawnWriter`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
         let path = path.as_ref().to_path_buf();
-        let conn = tokio::task::spawn_blocking({
+        let (conn, readers) = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || -> Result<Connection, CatalogError> {
+            move || -> Result<(Connection, Vec<Connection>), CatalogError> {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(|source| CatalogError::CreateDir {
                         path: parent.to_path_buf(),
@@ -91,7 +105,10 @@ impl Catalog {
                 }
                 let mut conn = schema::open_writer(&path)?;
                 schema::migrate(&mut conn)?;
-                Ok(conn)
+                let readers = (0..READ_POOL_SIZE)
+                    .map(|_| schema::open_reader(&path))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((conn, readers))
             }
         })
         .await
@@ -106,7 +123,8 @@ impl Catalog {
             writer: tx,
             readers: Arc::new(ReadPool {
                 path,
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(readers),
+                permits: Arc::new(Semaphore::new(READ_POOL_SIZE)),
             }),
             faults: Faults::none(),
         })
@@ -229,11 +247,7 @@ impl Catalog {
             .await
             .map_err(|_| CatalogError::Closed)?;
         rx.await.map_err(|_| CatalogError::Closed)??;
-        self.readers
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.readers.close();
         Ok(())
     }
 
@@ -456,11 +470,17 @@ impl Catalog {
         if self.writer.is_closed() {
             return Err(CatalogError::Closed);
         }
+        // Waiting here, not on a blocking thread: a burst of reads queues as tasks.
+        let permit = Arc::clone(&self.readers.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| CatalogError::Closed)?;
         let pool = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
             let result = f(&conn);
             pool.give_back(conn);
+            drop(permit);
             result
         })
         .await
@@ -469,6 +489,8 @@ impl Catalog {
 }
 
 impl ReadPool {
+    /// An idle connection; the caller holds a permit, so one is idle unless a read panicked
+    /// and lost its connection, which is then replaced.
     fn take(&self) -> Result<Connection, CatalogError> {
         let idle = self
             .idle
@@ -481,11 +503,21 @@ impl ReadPool {
         }
     }
 
+    /// Returns a connection taken with [`take`](Self::take); after [`close`](Self::close) it
+    /// is closed instead.
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < READ_POOL_MAX {
+        if !self.permits.is_closed() && idle.len() < READ_POOL_SIZE {
             idle.push(conn);
         }
+    }
+
+    /// Refuses further reads and closes the idle connections (a read still running closes
+    /// its own when it ends).
+    fn close(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        self.permits.close();
+        idle.clear();
     }
 }
 

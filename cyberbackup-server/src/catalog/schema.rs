@@ -182,7 +182,9 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, CatalogError> {
     Ok(conn)
 }
 
-/// Opens a read-only connection for the read pool.
+/// Opens a read-only connection for the read pool and reads the schema once, so that the
+/// connection holds every descriptor it will ever hold (SQLite opens the WAL of a connection
+/// at its first read).
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, CatalogError> {
     let open_err = |source| CatalogError::Open {
         path: path.to_path_buf(),
@@ -193,6 +195,8 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, CatalogError> {
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(open_err)?;
     Ok(conn)
 }
 
