@@ -8,7 +8,7 @@ use std::str::FromStr;
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
-use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -221,7 +221,8 @@ pub(crate) fn handshake(
     }
 }
 
-/// Delegates the primitives to snow's default resolver; randomness comes from a seed.
+/// Delegates the primitives to snow's resolvers (ring for the AEAD, the default one for the
+/// rest); randomness comes from a seed.
 struct SeededResolver {
     seed: [u8; 32],
 }
@@ -242,8 +243,11 @@ impl CryptoResolver for SeededResolver {
         DefaultResolver.resolve_hash(choice)
     }
 
+    /// ring's AEAD: the same AES-256-GCM, several times faster than the default resolver's.
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        RingResolver
+            .resolve_cipher(choice)
+            .or_else(|| DefaultResolver.resolve_cipher(choice))
     }
 }
 
@@ -263,5 +267,54 @@ impl Random for SeedRandom {
         dest.copy_from_slice(source);
         self.used = end;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn aes_gcm(resolver: &dyn CryptoResolver) -> Box<dyn Cipher> {
+        let mut cipher = resolver.resolve_cipher(&CipherChoice::AESGCM).unwrap();
+        cipher.set(&[0x42; 32]);
+        cipher
+    }
+
+    /// The transport's cipher (ring) and snow's default one (RustCrypto `aes-gcm`) are the same
+    /// AES-256-GCM with the same nonce layout: each opens what the other sealed, byte for byte,
+    /// so a peer built on another Noise library interoperates.
+    #[test]
+    fn ring_and_default_aes_gcm_are_interchangeable() {
+        let ring = aes_gcm(&SeededResolver { seed: [0; 32] });
+        let default = aes_gcm(&DefaultResolver);
+        for (nonce, len) in [
+            (0u64, 0usize),
+            (1, 1),
+            (7, 16),
+            (1 << 40, 1000),
+            (u64::MAX - 1, 65_519),
+        ] {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let ad = nonce.to_le_bytes();
+            let mut by_ring = vec![0u8; len + 16];
+            let mut by_default = vec![0u8; len + 16];
+            assert_eq!(ring.encrypt(nonce, &ad, &plaintext, &mut by_ring), len + 16);
+            assert_eq!(
+                default.encrypt(nonce, &ad, &plaintext, &mut by_default),
+                len + 16
+            );
+            assert_eq!(by_ring, by_default, "nonce {nonce}, {len} bytes");
+
+            let mut opened = vec![0u8; len];
+            assert_eq!(
+                default.decrypt(nonce, &ad, &by_ring, &mut opened).unwrap(),
+                len
+            );
+            assert_eq!(opened, plaintext);
+            by_ring[len / 2] ^= 1;
+            assert!(ring.decrypt(nonce, &ad, &by_ring, &mut opened).is_err());
+        }
     }
 }
