@@ -18,9 +18,7 @@ use cyberbackup_core::v4::wire::ErrorCode;
 use cyberbackup_server::ServerConfig;
 use cyberbackup_server::faults::Faults;
 use rand_chacha_free::Lcg;
-use support::{Raw, name, request, start_with, test_config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::{Raw, cutting_proxy, name, request, start_with, test_config};
 
 /// A tiny deterministic generator (tests only; no crypto use).
 mod rand_chacha_free {
@@ -133,41 +131,6 @@ async fn clients_cannot_see_or_fetch_each_others_files() {
     assert_eq!(std::fs::read(&mine).unwrap(), b"alice's secret");
     assert_eq!(alice_list.len(), 1, "bob's upload is not alice's version");
     server.stop().await;
-}
-
-/// Forwards one connection to `target`, closing both sides once `budget` client bytes
-/// were forwarded.
-async fn cutting_proxy(target: std::net::SocketAddr, budget: usize) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut client, _) = listener.accept().await.unwrap();
-        let mut server = TcpStream::connect(target).await.unwrap();
-        let (mut cr, mut cw) = client.split();
-        let (mut sr, mut sw) = server.split();
-        let upstream = async {
-            let mut left = budget;
-            let mut buf = vec![0u8; 64 * 1024];
-            while left > 0 {
-                let n = match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n.min(left),
-                };
-                if sw.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-                left -= n;
-            }
-        };
-        let downstream = async {
-            let _ = tokio::io::copy(&mut sr, &mut cw).await;
-        };
-        tokio::select! {
-            () = upstream => {}
-            () = downstream => {}
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

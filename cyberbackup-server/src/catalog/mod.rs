@@ -380,7 +380,8 @@ impl Catalog {
     }
 
     /// Marks an unfinished row `discarded` (after 1031, an abort, a failed commit or
-    /// abandonment); `false` if the row was not `receiving`/`received`/`committing`.
+    /// abandonment) and deletes its v4 resume record, if any; `false` if the row was not
+    /// `receiving`/`received`/`committing`.
     ///
     /// # Errors
     /// A [`CatalogError`] if the database fails.

@@ -328,6 +328,7 @@ pub(crate) fn commit_file(
         params![row.0, now],
     )
     .map_err(query_err(OP))?;
+    forget_resume_record(&tx, row).map_err(query_err(OP))?;
 
     let others = {
         let mut stmt = tx
@@ -407,21 +408,34 @@ pub(crate) fn current_version(
     .map_err(query_err("current_version"))
 }
 
-/// Marks an unfinished (`receiving`/`received`/`committing`) row discarded; `false` if it was
-/// not unfinished.
+/// Marks an unfinished (`receiving`/`received`/`committing`) row discarded and forgets its v4
+/// resume record, if any (an abandoned upload cannot be resumed); `false` if it was not
+/// unfinished.
 pub(crate) fn discard_file(
-    conn: &Connection,
+    conn: &mut Connection,
     row: FileRowId,
     now: &str,
 ) -> Result<bool, CatalogError> {
-    let n = conn
+    const OP: &str = "discard_file";
+    let tx = immediate(conn).map_err(query_err(OP))?;
+    let n = tx
         .execute(
             "UPDATE files SET State = 'discarded', Verified = 0, TempPath = NULL, UpdatedAt = ?2
              WHERE RowId = ?1 AND State IN ('receiving', 'received', 'committing')",
             params![row.0, now],
         )
-        .map_err(query_err("discard_file"))?;
+        .map_err(query_err(OP))?;
+    if n == 1 {
+        forget_resume_record(&tx, row).map_err(query_err(OP))?;
+    }
+    tx.commit().map_err(query_err(OP))?;
     Ok(n == 1)
+}
+
+/// Deletes the v4 resume record (`v4_uploads`) of a row that left state `receiving` for
+/// good (committed or discarded).
+fn forget_resume_record(conn: &Connection, row: FileRowId) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM v4_uploads WHERE RowId = ?1", [row.0])
 }
 
 /// Unfinished rows whose `UpdatedAt` is before `cutoff`.

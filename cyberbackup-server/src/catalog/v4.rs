@@ -514,4 +514,51 @@ mod tests {
             None
         );
     }
+
+    /// Committing or discarding an upload deletes its resume record in the same transaction
+    /// (maintenance discards abandoned uploads with `discard_file` alone).
+    #[tokio::test]
+    async fn resume_records_end_with_the_upload() {
+        let (dir, catalog) = open().await;
+        catalog
+            .register_v4_client(ALICE, b"a".to_vec(), KEY, None)
+            .await
+            .unwrap();
+        let begin = |name: &'static str| {
+            let catalog = catalog.clone();
+            async move {
+                catalog
+                    .begin_v4_upload(
+                        ALICE,
+                        name.as_bytes().to_vec(),
+                        format!("x/{name}"),
+                        format!("x/.cb-partial-v4-{name}"),
+                        10,
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let (committed, discarded, open) = (begin("c").await, begin("d").await, begin("o").await);
+        let facts = crate::catalog::ReceivedFile {
+            size: 10,
+            ciphertext_size: 10,
+            cksum: 1,
+            sha256: [1; 32],
+        };
+        catalog.mark_received(committed, facts).await.unwrap();
+        catalog.commit_file(committed, 1).await.unwrap();
+        catalog.discard_file(discarded).await.unwrap();
+
+        let conn = Connection::open(dir.path().join("defensive.db")).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT RowId FROM v4_uploads ORDER BY RowId")
+            .unwrap();
+        let left: Vec<i64> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, [open.0]);
+    }
 }

@@ -20,7 +20,7 @@ use cyberbackup_server::faults::Faults;
 use cyberbackup_server::{Server, ServerConfig};
 use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 pub const REGISTERED: u16 = 1600;
@@ -408,4 +408,39 @@ pub fn keys() -> ClientKeyPair {
     static KEYS: std::sync::OnceLock<ClientKeyPair> = std::sync::OnceLock::new();
     KEYS.get_or_init(|| ClientKeyPair::generate(&mut OsRng).unwrap())
         .clone()
+}
+
+/// Forwards one connection to `target`, closing both sides once `budget` client bytes
+/// were forwarded: an upload cut at a chosen byte.
+pub async fn cutting_proxy(target: SocketAddr, budget: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut client, _) = listener.accept().await.unwrap();
+        let mut server = TcpStream::connect(target).await.unwrap();
+        let (mut cr, mut cw) = client.split();
+        let (mut sr, mut sw) = server.split();
+        let upstream = async {
+            let mut left = budget;
+            let mut buf = vec![0u8; 64 * 1024];
+            while left > 0 {
+                let n = match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n.min(left),
+                };
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                left -= n;
+            }
+        };
+        let downstream = async {
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        };
+        tokio::select! {
+            () = upstream => {}
+            () = downstream => {}
+        }
+    });
+    addr
 }

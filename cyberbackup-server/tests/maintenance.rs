@@ -1,0 +1,172 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Maintenance against a real server's data: the in-process server on 127.0.0.1, the
+//! `cyberbackup_client::v4` library, the real catalog file, and `maintenance::run_once` (what
+//! the server's periodic task runs) on a second catalog handle.
+//!
+//! - Issue 5 property 5: an abandoned v4 partial upload (a real upload cut mid-way) is left
+//!   alone while younger than the configured age and removed — file, catalog row, resume
+//!   record — once older, while verified files and kept versions stay; the client then starts
+//!   the upload afresh.
+//!
+//! Runtime: about 1 s (debug).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use cyberbackup_client::v4::{V4Client, V4Options, upload_resuming};
+use cyberbackup_server::catalog::{FileFilter, FileState};
+use cyberbackup_server::faults::Faults;
+use cyberbackup_server::maintenance::{MaintenanceReport, run_once};
+use cyberbackup_server::{Catalog, ServerConfig, Storage};
+use support::{all_files, cutting_proxy, partials, pattern, start_with, test_config};
+
+fn options(addr: std::net::SocketAddr, dir: &Path) -> V4Options {
+    V4Options::new(addr.to_string(), dir.join("alice-v4.json")).with_name("alice")
+}
+
+/// Rows of the v4 resume bookkeeping table.
+fn resume_records(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT count(*) FROM v4_uploads", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// `(version, state, path)` of every row of `name`, discarded ones included.
+async fn rows_of(catalog: &Catalog, name: &[u8]) -> Vec<(u32, FileState, String)> {
+    let filter = FileFilter {
+        name_contains: Some(name.to_vec()),
+        include_discarded: true,
+        ..FileFilter::default()
+    };
+    let mut rows: Vec<_> = catalog
+        .list_files(filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.file_name == name)
+        .map(|f| (f.version, f.state, f.path_name))
+        .collect();
+    rows.sort_by_key(|(version, _, _)| *version);
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_v4_partial_upload_is_removed_after_the_configured_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = ServerConfig {
+        keep_versions: 3,
+        checkpoint_interval_bytes: 64 * 1024,
+        ..test_config(&data)
+    };
+    let server = start_with(config, Faults::none()).await;
+    let kept = dir.path().join("kept.txt");
+    let mut client = V4Client::connect(&options(server.addr, dir.path()))
+        .await
+        .unwrap();
+    let id = client.client_id().unwrap();
+    let hex = id.to_hex();
+    for seed in [1, 2] {
+        std::fs::write(&kept, pattern(50_000, seed)).unwrap();
+        client.upload(&kept, None).await.unwrap();
+    }
+    client.close().await.unwrap();
+    let big = dir.path().join("big.bin");
+    let big_data = pattern(1024 * 1024, 3);
+    std::fs::write(&big, &big_data).unwrap();
+
+    // The upload is cut after the handshake and about 600 KiB of the file.
+    let proxy = cutting_proxy(server.addr, 200 + 600 * 1024).await;
+    let mut cut = options(proxy, dir.path());
+    cut.response_timeout = Duration::from_secs(5);
+    let mut client = V4Client::connect(&cut).await.unwrap();
+    let err = client.upload(&big, None).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    drop(client);
+
+    let db = data.join("defensive.db");
+    let catalog = Catalog::open(&db).await.unwrap();
+    let storage = Storage::open(&data).unwrap();
+    // The server keeps the partial for resume, checkpointed.
+    let mut waited = Duration::ZERO;
+    let partial = loop {
+        let found = catalog.v4_partial(id.0, b"big.bin".to_vec()).await.unwrap();
+        if let Some(p) = found.filter(|p| p.durable > 0) {
+            break p;
+        }
+        assert!(
+            waited < Duration::from_secs(10),
+            "no checkpointed partial upload"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    };
+    let partial_file = storage.resolve(&partial.temp_path).unwrap();
+    assert!(partial.durable < big_data.len() as u64);
+    assert!(partial_file.is_file());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let young = run_once(&catalog, &storage, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let survived = partial_file.is_file();
+    let old = run_once(&catalog, &storage, Duration::ZERO).await.unwrap();
+
+    assert_eq!(young, MaintenanceReport::default(), "younger than the age");
+    assert!(
+        survived,
+        "a partial younger than the age is kept for resume"
+    );
+    assert_eq!(old.discarded_rows, 1, "{old:?}");
+    assert_eq!(old.removed_temp_files, 1, "{old:?}");
+    assert!(
+        !partial_file.exists(),
+        "partial file left: {partial_file:?}"
+    );
+    assert!(partials(&data).is_empty(), "{:?}", partials(&data));
+    assert!(
+        catalog
+            .v4_partial(id.0, b"big.bin".to_vec())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let big_rows = rows_of(&catalog, b"big.bin").await;
+    assert_eq!(
+        big_rows,
+        [(1, FileState::Discarded, format!("{hex}/big.bin"))]
+    );
+    assert_eq!(resume_records(&db), 0, "the resume record is removed too");
+    // Verified versions are untouched, on disk and in the catalog.
+    assert_eq!(
+        rows_of(&catalog, b"kept.txt").await,
+        [
+            (1, FileState::Verified, format!("{hex}/kept.txt.~1~")),
+            (2, FileState::Verified, format!("{hex}/kept.txt"))
+        ]
+    );
+    assert_eq!(
+        all_files(&data),
+        [format!("{hex}/kept.txt"), format!("{hex}/kept.txt.~1~")]
+    );
+    let files = data.join("files").join(&hex);
+    assert_eq!(
+        std::fs::read(files.join("kept.txt")).unwrap(),
+        pattern(50_000, 2)
+    );
+    assert_eq!(
+        std::fs::read(files.join("kept.txt.~1~")).unwrap(),
+        pattern(50_000, 1)
+    );
+
+    // The client starts that upload again from the beginning.
+    let outcome = upload_resuming(&options(server.addr, dir.path()), &big, None, 3)
+        .await
+        .unwrap();
+    assert_eq!(outcome.resumed_from, 0);
+    assert_eq!(std::fs::read(files.join("big.bin")).unwrap(), big_data);
+    catalog.close().await.unwrap();
+    server.stop().await;
+}
