@@ -3,7 +3,6 @@
 //! every session event to its caller, one [`Note`] at a time.
 
 use std::collections::BTreeMap;
-use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +14,12 @@ use cyberbackup_core::session::{
     SessionError, TransferPhase,
 };
 use rand_core::OsRng;
-use tokio::fs::File;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 
 use crate::error::ClientError;
 use crate::identity::IdentityFile;
+use crate::source::SourceFile;
 
 /// Socket write buffer: coalesces headers with content without holding much.
 const WRITE_BUFFER_LEN: usize = 64 * 1024;
@@ -41,9 +40,8 @@ pub(crate) enum Note {
 /// An open file being backed up on this connection.
 #[derive(Debug)]
 struct OpenFile {
-    file: File,
+    file: SourceFile,
     name: String,
-    position: u64,
 }
 
 /// One connection to the server, driving one session.
@@ -111,7 +109,7 @@ impl Connection {
     }
 
     /// Queues an opened file; the session sends it after the ones queued before.
-    pub(crate) fn queue(&mut self, file: File, name: NameField, len: u64) -> FileId {
+    pub(crate) fn queue(&mut self, file: SourceFile, name: NameField, len: u64) -> FileId {
         let display = name.to_string_lossy();
         let id = self.session.backup(FileSpec { name, len });
         self.files.insert(
@@ -119,7 +117,6 @@ impl Connection {
             OpenFile {
                 file,
                 name: display,
-                position: 0,
             },
         );
         id
@@ -267,26 +264,10 @@ impl Connection {
         let Some(open) = self.files.get_mut(&file) else {
             return Err("the file is not open".to_owned());
         };
-        if open.position != offset {
-            open.file
-                .seek(SeekFrom::Start(offset))
-                .await
-                .map_err(|err| format!("cannot seek in {}: {err}", open.name))?;
-            open.position = offset;
-        }
-        let mut buf = BytesMut::with_capacity(max);
-        while buf.len() < max {
-            let mut limited = (&mut open.file).take((max - buf.len()) as u64);
-            let n = limited
-                .read_buf(&mut buf)
-                .await
-                .map_err(|err| format!("cannot read {}: {err}", open.name))?;
-            if n == 0 {
-                break;
-            }
-        }
-        open.position += buf.len() as u64;
-        Ok(buf.freeze())
+        open.file
+            .read_at(offset, max)
+            .await
+            .map_err(|err| format!("cannot read {}: {err}", open.name))
     }
 
     fn track(&mut self, event: &ClientEvent) {

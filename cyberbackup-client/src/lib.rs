@@ -34,6 +34,7 @@ pub mod identity;
 pub mod legacy;
 pub mod progress;
 pub mod retry;
+mod source;
 pub mod ui;
 pub mod v4;
 
@@ -499,7 +500,7 @@ impl Client {
             let Some(job) = jobs.get(index).and_then(Option::as_ref) else {
                 continue;
             };
-            match tokio::fs::File::open(&job.path).await {
+            match source::SourceFile::open(&job.path).await {
                 Ok(file) => {
                     let id = connection.queue(file, job.name.clone(), job.len);
                     in_flight.insert(id, index);

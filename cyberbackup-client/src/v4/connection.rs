@@ -14,10 +14,11 @@ use cyberbackup_core::v4::client::{
 use cyberbackup_core::v4::noise::Fingerprint;
 use cyberbackup_core::v4::wire::{ClientAuth, VersionRecord};
 use cyberbackup_core::v4::{CloseReason, Output, V4Error};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{V4ClientError, V4Identity, V4Options};
+use crate::source::SourceFile;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 256 * 1024;
@@ -54,7 +55,7 @@ pub struct V4Client {
     identity: V4Identity,
     identity_path: PathBuf,
     registered: bool,
-    sources: HashMap<OpId, (tokio::fs::File, PathBuf)>,
+    sources: HashMap<OpId, (SourceFile, PathBuf)>,
     restores: HashMap<OpId, RestoreTarget>,
     trusted_on_first_use: Option<Fingerprint>,
     closed: Option<CloseReason>,
@@ -256,14 +257,10 @@ impl V4Client {
                 })?,
         };
         let file_name = file_name(&remote)?;
-        let file = tokio::fs::File::open(path)
+        let file = SourceFile::open(path)
             .await
             .map_err(|e| local("cannot open", e))?;
-        let size = file
-            .metadata()
-            .await
-            .map_err(|e| local("cannot stat", e))?
-            .len();
+        let size = file.len();
         let op = self.session.upload(UploadSpec {
             name: file_name,
             size,
@@ -479,7 +476,7 @@ impl V4Client {
                         .session
                         .handle_file_error(now(), op, "no such upload".into());
                 };
-                match read_at(file, offset, max).await {
+                match file.read_at(offset, max).await {
                     Ok(data) => self.session.handle_file_data(now(), op, data),
                     Err(err) => {
                         let reason = format!("{}: {err}", path.display());
@@ -526,24 +523,6 @@ impl V4Client {
             _ => Err(V4Error::ApiMisuse("unsupported effect")),
         }
     }
-}
-
-async fn read_at(file: &mut tokio::fs::File, offset: u64, max: usize) -> std::io::Result<Bytes> {
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut buf = BytesMut::zeroed(max);
-    let mut filled = 0;
-    while filled < max {
-        let Some(rest) = buf.get_mut(filled..) else {
-            break;
-        };
-        let n = file.read(rest).await?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    buf.truncate(filled);
-    Ok(buf.freeze())
 }
 
 async fn create_private(path: &Path) -> std::io::Result<tokio::fs::File> {
