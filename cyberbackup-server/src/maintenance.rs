@@ -1,5 +1,7 @@
-//! Periodic cleanup: discards transfers abandoned in `receiving`/`received` (deleting their
-//! temp files) and removes stray `.cb-partial-*` files (e.g. after a crash).
+//! Periodic cleanup: finishes or rolls back interrupted commits, deletes kept versions
+//! (`<name>.~<v>~`) that the catalog no longer refers to, discards transfers abandoned in
+//! `receiving`/`received` (deleting their temp files) and removes stray `.cb-partial-*` files
+//! (e.g. after a crash).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +25,8 @@ pub struct MaintenanceReport {
     pub finished_commits: usize,
     /// Interrupted commits rolled back (the previous version stays current).
     pub rolled_back_commits: usize,
+    /// Orphaned kept versions (`<name>.~<v>~` files without a catalog row) deleted.
+    pub removed_orphan_versions: usize,
 }
 
 /// How [`reconcile_commit`] resolved a `committing` row.
@@ -115,6 +119,7 @@ pub async fn recover(
         tracing::info!(
             finished_commits = report.finished_commits,
             rolled_back_commits = report.rolled_back_commits,
+            removed_orphan_versions = report.removed_orphan_versions,
             discarded_rows = report.discarded_rows,
             removed_temp_files = report.removed_temp_files,
             "start-up recovery done"
@@ -123,7 +128,58 @@ pub async fn recover(
     Ok(report)
 }
 
+/// Resolves interrupted commits ([`reconcile_commit`]) last updated before `updated_before`
+/// (all with `None`), then deletes orphaned kept versions ([`sweep_orphan_versions`]).
 async fn reconcile_all(
+    catalog: &Catalog,
+    storage: &Storage,
+    updated_before: Option<SystemTime>,
+    report: &mut MaintenanceReport,
+) -> Result<(), ServerError> {
+    reconcile_commits(catalog, storage, updated_before, report).await?;
+    sweep_orphan_versions(catalog, storage, report).await
+}
+
+/// Kept-version files checked against the catalog at a time.
+const SWEEP_BATCH: usize = 256;
+
+/// Deletes every kept-version file (`<name>.~<v>~`) that the catalog does not refer to
+/// ([`Catalog::unreferenced_version_files`]): with `keep_versions > 1` a commit deletes the
+/// rows of superseded versions first and their files after, so a crash or a failed delete in
+/// between leaves the file behind. A file that holds a verified version is referred to by its
+/// row at every moment (while a commit moves it from `<name>` to `<name>.~<v>~` by the row at
+/// `<name>` with version `v`), and each file is checked after it was seen on disk, so a live
+/// commit cannot lose a version to this sweep.
+///
+/// # Errors
+/// [`ServerError::Catalog`] or [`ServerError::Storage`].
+pub async fn sweep_orphan_versions(
+    catalog: &Catalog,
+    storage: &Storage,
+    report: &mut MaintenanceReport,
+) -> Result<(), ServerError> {
+    let mut found = storage.version_files();
+    let mut batch = Vec::with_capacity(SWEEP_BATCH);
+    loop {
+        let next = found.recv().await.transpose()?;
+        let done = next.is_none();
+        batch.extend(next);
+        if batch.len() == SWEEP_BATCH || (done && !batch.is_empty()) {
+            let checked = std::mem::take(&mut batch);
+            for orphan in catalog.unreferenced_version_files(checked).await? {
+                if storage.remove(&orphan.path_name).await? {
+                    tracing::info!(path = %orphan.path_name, "orphaned kept version removed");
+                    report.removed_orphan_versions += 1;
+                }
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+async fn reconcile_commits(
     catalog: &Catalog,
     storage: &Storage,
     updated_before: Option<SystemTime>,
@@ -170,8 +226,9 @@ async fn discard_abandoned(
     Ok(())
 }
 
-/// Runs maintenance once: transfers not updated for `abandoned_after` are discarded and their
-/// temp files removed, then `.cb-partial-*` files older than `abandoned_after` are removed.
+/// Runs maintenance once: commits interrupted for `abandoned_after` are reconciled, orphaned
+/// kept versions deleted, transfers not updated for `abandoned_after` discarded and their
+/// temp files removed, then `.cb-partial-*` files older than `abandoned_after` removed.
 ///
 /// # Errors
 /// [`ServerError::Catalog`] or [`ServerError::Storage`]; rows handled before the failure stay
@@ -279,6 +336,9 @@ pub fn spawn_with_report(
                     tracing::debug!("maintenance: nothing to clean");
                 }
                 Ok(report) => tracing::info!(
+                    finished_commits = report.finished_commits,
+                    rolled_back_commits = report.rolled_back_commits,
+                    removed_orphan_versions = report.removed_orphan_versions,
                     discarded_rows = report.discarded_rows,
                     removed_temp_files = report.removed_temp_files,
                     refused_paths = report.refused_paths,

@@ -206,6 +206,76 @@ pub fn versioned_path(path: &str, version: u32) -> String {
     format!("{path}.~{version}~")
 }
 
+/// The inverse of [`versioned_path`]: `(path, version)` for `<path>.~<version>~` written as
+/// [`versioned_path`] writes it (decimal without leading zeros, non-empty `path`).
+#[must_use]
+pub fn split_versioned_path(versioned: &str) -> Option<(&str, u32)> {
+    let (path, digits) = versioned.strip_suffix('~')?.rsplit_once(".~")?;
+    let version = digits
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| digits.parse::<u32>().ok())??;
+    (!path.is_empty() && versioned_path(path, version) == versioned).then_some((path, version))
+}
+
+/// The wire name that [`map_file_name`] maps to `mapped`, if it is such a mapping and not a
+/// shortened one (whose original cannot be recovered).
+#[must_use]
+pub fn unmap_file_name(mapped: &str) -> Option<Vec<u8>> {
+    let bytes = mapped.as_bytes();
+    let mut name = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if byte == b'%' {
+            let hex = mapped.get(i + 1..i + 3)?;
+            name.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            name.push(byte);
+            i += 1;
+        }
+    }
+    (map_file_name(&name).ok()? == mapped).then_some(name)
+}
+
+/// A file in a client directory named like a kept version (`<mapped>.~<version>~`), found
+/// by [`Storage::version_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionFile {
+    /// The client whose directory holds it.
+    pub client: [u8; 16],
+    /// Its catalog path, `<client-hex>/<mapped>.~<version>~`.
+    pub path_name: String,
+    /// The catalog path of the current version it was renamed from, `<client-hex>/<mapped>`.
+    pub base_path_name: String,
+    /// The version in its name.
+    pub version: u32,
+    /// The wire name whose mapping is `<mapped>` ([`unmap_file_name`]); `None` for a
+    /// shortened mapping.
+    pub file_name: Option<Vec<u8>>,
+}
+
+impl VersionFile {
+    /// Parses the file `name` found in the directory of `client`.
+    fn parse(client: [u8; 16], name: &str) -> Option<Self> {
+        let (base, version) = split_versioned_path(name)?;
+        if base.starts_with('.') {
+            return None;
+        }
+        let client_hex = hex::encode(client);
+        Some(Self {
+            client,
+            path_name: format!("{client_hex}/{name}"),
+            base_path_name: format!("{client_hex}/{base}"),
+            version,
+            file_name: unmap_file_name(base),
+        })
+    }
+}
+
+/// Version files sent ahead of the consumer by [`Storage::version_files`].
+const VERSION_FILES_AHEAD: usize = 256;
+
 /// Outcome of [`PartialFile::finish`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FinishedFile {
@@ -433,6 +503,22 @@ impl Storage {
             }),
         })
         .await
+    }
+
+    /// Every file named like a kept version ([`VersionFile`]) in every client directory,
+    /// streamed from a blocking directory walk (at most a few hundred ahead of the receiver,
+    /// so memory stays bounded however many files are stored). A directory that cannot be
+    /// read ends the stream with its error.
+    #[must_use]
+    pub fn version_files(&self) -> tokio::sync::mpsc::Receiver<Result<VersionFile, StorageError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(VERSION_FILES_AHEAD);
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = walk_version_files(&root, &tx) {
+                let _ = tx.blocking_send(Err(error));
+            }
+        });
+        rx
     }
 
     /// Deletes `.cb-partial-*` files (in the root and every client directory) last modified
@@ -789,6 +875,41 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 
 fn read_dir(dir: &Path) -> Result<fs::ReadDir, StorageError> {
     fs::read_dir(dir).map_err(io_err("read directory", dir))
+}
+
+/// Sends every [`VersionFile`] under `root` to `tx`; stops early (`Ok`) when the receiver
+/// is gone.
+fn walk_version_files(
+    root: &Path,
+    tx: &tokio::sync::mpsc::Sender<Result<VersionFile, StorageError>>,
+) -> Result<(), StorageError> {
+    for entry in read_dir(root)? {
+        let entry = entry.map_err(io_err("read directory", root))?;
+        // Client directories only: 32 lowercase hex digits, as `client_dir` names them.
+        let dir_name = entry.file_name();
+        let client = hex::decode(dir_name.as_encoded_bytes())
+            .ok()
+            .and_then(|id| <[u8; 16]>::try_from(id).ok())
+            .filter(|id| dir_name.to_str() == Some(hex::encode(id).as_str()));
+        let Some(client) = client.filter(|_| entry.file_type().is_ok_and(|t| t.is_dir())) else {
+            continue;
+        };
+        let dir = entry.path();
+        for file in read_dir(&dir)? {
+            let file = file.map_err(io_err("read directory", &dir))?;
+            if !file.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let name = file.file_name();
+            let Some(found) = name.to_str().and_then(|n| VersionFile::parse(client, n)) else {
+                continue;
+            };
+            if tx.blocking_send(Ok(found)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn remove_old_partials(dir: &Path, cutoff: SystemTime) -> Result<usize, StorageError> {
@@ -1170,6 +1291,105 @@ mod tests {
         assert_eq!((young, old), (0, 1));
         assert_eq!(partials(&storage), 0);
         assert!(stored.exists());
+    }
+
+    #[test]
+    fn versioned_paths_split_back() {
+        for (path, version) in [("ab/a.txt", 1), ("ab/x.~3~", 12), ("ab/b", u32::MAX)] {
+            let versioned = versioned_path(path, version);
+            assert_eq!(split_versioned_path(&versioned), Some((path, version)));
+        }
+        for not in [
+            "a.txt",
+            "a.txt.~~",
+            "a.txt.~01~",
+            "a.txt.~1",
+            "a.txt~1~",
+            ".~1~",
+            "a.~x~",
+            "a.~+1~",
+            "a.~4294967296~",
+        ] {
+            assert_eq!(split_versioned_path(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn unmapping_inverts_unshortened_mappings_only() {
+        for name in [
+            b"a.txt".as_slice(),
+            b".hidden",
+            b"CON",
+            b"100%",
+            b"caf\xc3\xa9",
+        ] {
+            let mapped = map_file_name(name).unwrap();
+            assert_eq!(unmap_file_name(&mapped).as_deref(), Some(name), "{mapped}");
+        }
+        let shortened = map_file_name(&[b'a'; 300]).unwrap();
+        assert_eq!(unmap_file_name(&shortened), None);
+        // Not what the mapping writes: an unescaped leading dot, lowercase or broken escapes.
+        for not in [".hidden", "%2e", "%4", "%zz", "a~b", "CON"] {
+            assert_eq!(unmap_file_name(not), None, "{not}");
+        }
+    }
+
+    #[tokio::test]
+    async fn version_files_are_found_in_client_dirs_only() {
+        let (_dir, storage) = open();
+        let client_dir = storage.client_dir(&CLIENT);
+        fs::create_dir_all(&client_dir).unwrap();
+        for name in [
+            "a.txt",
+            "a.txt.~1~",
+            "a.txt.~x~",
+            ".cb-partial-1.~2~",
+            "CON.~3~",
+        ] {
+            fs::write(client_dir.join(name), b"x").unwrap();
+        }
+        fs::create_dir(client_dir.join("d.~4~")).unwrap();
+        let long = map_file_name(&[b'b'; 300]).unwrap();
+        fs::write(client_dir.join(versioned_path(&long, 5)), b"x").unwrap();
+        let upper = storage.root().join(hex::encode_upper(CLIENT));
+        fs::create_dir(&upper).unwrap();
+        fs::write(upper.join("u.~6~"), b"x").unwrap();
+        fs::write(storage.root().join("root.~7~"), b"x").unwrap();
+
+        let mut found = Vec::new();
+        let mut rx = storage.version_files();
+        while let Some(file) = rx.recv().await {
+            found.push(file.unwrap());
+        }
+        found.sort_by_key(|f| f.version);
+
+        let hex = hex::encode(CLIENT);
+        assert_eq!(
+            found,
+            [
+                VersionFile {
+                    client: CLIENT,
+                    path_name: format!("{hex}/a.txt.~1~"),
+                    base_path_name: format!("{hex}/a.txt"),
+                    version: 1,
+                    file_name: Some(b"a.txt".to_vec()),
+                },
+                VersionFile {
+                    client: CLIENT,
+                    path_name: format!("{hex}/CON.~3~"),
+                    base_path_name: format!("{hex}/CON"),
+                    version: 3,
+                    file_name: None,
+                },
+                VersionFile {
+                    client: CLIENT,
+                    path_name: format!("{hex}/{}", versioned_path(&long, 5)),
+                    base_path_name: format!("{hex}/{long}"),
+                    version: 5,
+                    file_name: None,
+                },
+            ]
+        );
     }
 
     fn open() -> (tempfile::TempDir, Storage) {

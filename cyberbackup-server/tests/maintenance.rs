@@ -7,6 +7,10 @@
 //!   alone while younger than the configured age and removed — file, catalog row, resume
 //!   record — once older, while verified files and kept versions stay; the client then starts
 //!   the upload afresh.
+//! - Orphaned kept versions (`<name>.~<v>~` without a catalog row, as a crash between a
+//!   commit's catalog write and its deletion of superseded files leaves them) are deleted by
+//!   the reconcile step of maintenance and of start-up recovery; kept versions, also one a
+//!   crash left mid-move and ones with shortened names, stay.
 //!
 //! Runtime: about 1 s (debug).
 
@@ -168,5 +172,106 @@ async fn an_abandoned_v4_partial_upload_is_removed_after_the_configured_age() {
     assert_eq!(outcome.resumed_from, 0);
     assert_eq!(std::fs::read(files.join("big.bin")).unwrap(), big_data);
     catalog.close().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_kept_versions_are_swept_and_kept_versions_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = ServerConfig {
+        keep_versions: 2,
+        ..test_config(&data)
+    };
+    let server = start_with(config.clone(), Faults::none()).await;
+    let mut client = V4Client::connect(&options(server.addr, dir.path()))
+        .await
+        .unwrap();
+    let hex = client.client_id().unwrap().to_hex();
+    // A name whose mapping is shortened (`%C3%A9` × 60 is over 240 bytes).
+    let long = "\u{e9}".repeat(60);
+    let source = dir.path().join("source");
+    let mut upload = async |name: &str, seed: u32| {
+        std::fs::write(&source, pattern(20_000, seed)).unwrap();
+        client.upload(&source, Some(name)).await.unwrap();
+    };
+    for seed in 1..=3 {
+        upload("a.txt", seed).await;
+    }
+    upload("b.txt", 4).await;
+    upload(&long, 5).await;
+    upload(&long, 6).await;
+    let files = data.join("files").join(&hex);
+    let mapped_long = all_files(&data)
+        .into_iter()
+        .filter_map(|p| p.strip_prefix(&format!("{hex}/")).map(str::to_owned))
+        .find(|p| p.contains('~') && !p.ends_with('~'))
+        .expect("the shortened name is stored");
+    let stored = |name: &str| format!("{hex}/{name}");
+    let expected_before = {
+        let mut v = vec![
+            stored("a.txt"),
+            stored("a.txt.~2~"),
+            stored("b.txt"),
+            stored(&mapped_long),
+            stored(&format!("{mapped_long}.~1~")),
+        ];
+        v.sort();
+        v
+    };
+    assert_eq!(all_files(&data), expected_before);
+
+    // Orphans: version 1 of a.txt (its row went when version 3 was committed), a name with
+    // no rows at all, a shortened name's version that has no row.
+    std::fs::write(files.join("a.txt.~1~"), b"orphan a").unwrap();
+    std::fs::write(files.join("gone.txt.~4~"), b"orphan gone").unwrap();
+    std::fs::write(files.join(format!("{mapped_long}.~9~")), b"orphan long").unwrap();
+    // A crash between the two renames of a commit: b.txt moved to its kept name while its
+    // row still says b.txt (reconciliation finishes or rolls back the commit; the sweep
+    // must not take the only copy of version 1 meanwhile).
+    std::fs::rename(files.join("b.txt"), files.join("b.txt.~1~")).unwrap();
+    // Not kept-version names: left alone.
+    std::fs::write(files.join("c.txt.~x~"), b"not a version").unwrap();
+
+    let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();
+    let storage = Storage::open(&data).unwrap();
+    let report = run_once(&catalog, &storage, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    catalog.close().await.unwrap();
+
+    assert_eq!(report.removed_orphan_versions, 3, "{report:?}");
+    let mut expected = vec![
+        stored("a.txt"),
+        stored("a.txt.~2~"),
+        stored("b.txt.~1~"),
+        stored("c.txt.~x~"),
+        stored(&mapped_long),
+        stored(&format!("{mapped_long}.~1~")),
+    ];
+    expected.sort();
+    assert_eq!(all_files(&data), expected);
+    let read = |name: &str| std::fs::read(files.join(name)).unwrap();
+    assert_eq!(read("a.txt"), pattern(20_000, 3));
+    assert_eq!(read("a.txt.~2~"), pattern(20_000, 2));
+    assert_eq!(read("b.txt.~1~"), pattern(20_000, 4));
+    assert_eq!(read(&mapped_long), pattern(20_000, 6));
+    assert_eq!(read(&format!("{mapped_long}.~1~")), pattern(20_000, 5));
+    let out = dir.path().join("restored");
+    client.restore("a.txt", Some(2), &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), pattern(20_000, 2));
+    client.restore(&long, Some(1), &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), pattern(20_000, 5));
+    client.close().await.unwrap();
+
+    // Start-up recovery sweeps too, before the server serves.
+    std::fs::rename(files.join("b.txt.~1~"), files.join("b.txt")).unwrap();
+    std::fs::write(files.join("a.txt.~1~"), b"orphan again").unwrap();
+    server.stop().await;
+    let server = start_with(config, Faults::none()).await;
+    expected.retain(|p| *p != stored("b.txt.~1~"));
+    expected.push(stored("b.txt"));
+    expected.sort();
+    assert_eq!(all_files(&data), expected);
     server.stop().await;
 }

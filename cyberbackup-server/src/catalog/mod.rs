@@ -34,6 +34,7 @@ use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::faults::{FaultPoint, Faults};
+use crate::storage::VersionFile;
 
 pub use error::CatalogError;
 pub use model::{
@@ -402,6 +403,30 @@ impl Catalog {
         let cutoff = format_rfc3339(updated_before);
         self.read(move |c| queries::abandoned_transfers(c, &cutoff))
             .await
+    }
+
+    /// Those of `files` that no catalog row refers to: neither a row stored at the file's
+    /// path nor a row (not discarded) at its base path with its version. Such a kept version
+    /// is an orphan (its row was removed as superseded, but a crash or an IO error kept the
+    /// file from being deleted); a file that holds a verified version is always referred to,
+    /// also while a commit moves it, so checking after the file was seen is safe.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn unreferenced_version_files(
+        &self,
+        files: Vec<VersionFile>,
+    ) -> Result<Vec<VersionFile>, CatalogError> {
+        self.read(move |c| {
+            let mut orphans = Vec::new();
+            for file in files {
+                if !queries::version_file_referenced(c, &file)? {
+                    orphans.push(file);
+                }
+            }
+            Ok(orphans)
+        })
+        .await
     }
 
     /// One page of files matching `filter` (keyset paging on the row id).

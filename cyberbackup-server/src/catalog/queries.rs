@@ -13,7 +13,7 @@ use super::model::{
     KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
 use super::timestamp::format_rfc3339;
-use crate::storage::versioned_path;
+use crate::storage::{VersionFile, versioned_path};
 
 /// Inserts a client unless its name (or id) is taken.
 pub(crate) fn register_client(
@@ -436,6 +436,62 @@ pub(crate) fn discard_file(
 /// good (committed or discarded).
 fn forget_resume_record(conn: &Connection, row: FileRowId) -> rusqlite::Result<usize> {
     conn.execute("DELETE FROM v4_uploads WHERE RowId = ?1", [row.0])
+}
+
+/// Whether a catalog row refers to the kept-version file `file`: a row stored at its path,
+/// or a row that is not discarded stored at its base path with its version (a version that
+/// a commit is moving to `<base>.~<version>~`, or one whose move a crash interrupted).
+///
+/// The lookup by (client, name, version) uses the `files_by_client_name` index; only when it
+/// finds nothing (an orphan, or a shortened or foreign name) does the lookup by path scan
+/// the client's rows, so that a file is never called unreferenced because its name did not
+/// decode to the row's `FileName`.
+pub(crate) fn version_file_referenced(
+    conn: &Connection,
+    file: &VersionFile,
+) -> Result<bool, CatalogError> {
+    const OP: &str = "version_file_referenced";
+    if let Some(name) = &file.file_name {
+        let by_name = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM files
+                 WHERE ID = ?1 AND FileName = ?2 AND Version = ?3
+                   AND (PathName = ?4 OR (PathName = ?5 AND State <> 'discarded')))",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        file.client,
+                        name,
+                        file.version,
+                        file.path_name,
+                        file.base_path_name
+                    ],
+                    |r| r.get::<_, bool>(0),
+                )
+            })
+            .map_err(query_err(OP))?;
+        if by_name {
+            return Ok(true);
+        }
+    }
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM files
+         WHERE ID = ?1
+           AND (PathName = ?2 OR (PathName = ?3 AND Version = ?4 AND State <> 'discarded')))",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row(
+            params![
+                file.client,
+                file.path_name,
+                file.base_path_name,
+                file.version
+            ],
+            |r| r.get::<_, bool>(0),
+        )
+    })
+    .map_err(query_err(OP))
 }
 
 /// Unfinished rows whose `UpdatedAt` is before `cutoff`.

@@ -346,6 +346,15 @@ mod tests {
             abandoned.contains("files_unfinished_by_updated"),
             "{abandoned}"
         );
+        // The maintenance sweep's lookup of each kept-version file.
+        let kept_version = plan(
+            "SELECT EXISTS (SELECT 1 FROM files WHERE ID = x'00' AND FileName = x'61'
+             AND Version = 1 AND (PathName = 'p.~1~' OR (PathName = 'p' AND State <> 'discarded')))",
+        );
+        assert!(
+            kept_version.contains("files_by_client_name (ID=? AND FileName=? AND Version=?)"),
+            "{kept_version}"
+        );
     }
 
     #[test]
