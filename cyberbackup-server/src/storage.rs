@@ -78,6 +78,139 @@ impl WriteBehind {
     }
 }
 
+/// A temp file appended to through a write buffer, with [`WriteBehind`]: the part that
+/// [`PartialFile`] (v3) and [`ResumablePartial`](crate::v4::partial::ResumablePartial) (v4)
+/// share. Memory stays bounded: the write buffer plus one piece. An operation that fails
+/// (or is cancelled) leaves it closed: later ones fail with [`StorageError::NotOpen`].
+#[derive(Debug)]
+pub(crate) struct TempWriter {
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    write_behind: WriteBehind,
+    len: u64,
+}
+
+/// How [`TempWriter::sync`] makes the written bytes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncMode {
+    /// `fsync`: data and all metadata.
+    All,
+    /// `fdatasync`: data and the metadata needed to read it back (the length).
+    Data,
+}
+
+impl TempWriter {
+    /// Writes to `file` (at `path`) after its first `len` bytes, through a buffer of
+    /// `capacity` bytes.
+    pub(crate) fn new(path: PathBuf, file: File, capacity: usize, len: u64) -> Self {
+        Self {
+            path,
+            writer: Some(BufWriter::with_capacity(capacity, file)),
+            write_behind: WriteBehind::starting_at(len),
+            len,
+        }
+    }
+
+    /// Path of the file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes in the file, counting those still in the buffer.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// [`StorageError::NotOpen`] once closed.
+    pub(crate) fn ensure_open(&self) -> Result<(), StorageError> {
+        if self.writer.is_some() {
+            Ok(())
+        } else {
+            Err(StorageError::NotOpen(self.path.clone()))
+        }
+    }
+
+    /// Appends `data`: a copy into the buffer when it fits, else a write on a blocking
+    /// thread (after which [`WriteBehind`] hands finished windows to the kernel).
+    pub(crate) async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        let mut writer = self.take_writer()?;
+        self.len += u64::try_from(data.len()).unwrap_or(u64::MAX);
+        if writer.capacity() - writer.buffer().len() >= data.len() {
+            // Fits in the buffer: a memcpy, no system call.
+            writer
+                .write_all(data)
+                .map_err(io_err("write", &self.path))?;
+            self.writer = Some(writer);
+            return Ok(());
+        }
+        let piece = data.to_vec();
+        let path = self.path.clone();
+        let (len, mut write_behind) = (self.len, self.write_behind);
+        let (writer, write_behind) = run_blocking(move || {
+            writer.write_all(&piece).map_err(io_err("write", &path))?;
+            let in_file = len - writer.buffer().len() as u64;
+            write_behind.advance(writer.get_ref(), in_file);
+            Ok((writer, write_behind))
+        })
+        .await?;
+        self.writer = Some(writer);
+        self.write_behind = write_behind;
+        Ok(())
+    }
+
+    /// Flushes the buffer and syncs the file as `mode` says; returns the length, now
+    /// durable. The file stays open.
+    pub(crate) async fn sync(&mut self, mode: SyncMode) -> Result<u64, StorageError> {
+        let mut writer = self.take_writer()?;
+        let path = self.path.clone();
+        let writer = run_blocking(move || {
+            writer.flush().map_err(io_err("flush", &path))?;
+            let file = writer.get_ref();
+            match mode {
+                SyncMode::All => file.sync_all(),
+                SyncMode::Data => file.sync_data(),
+            }
+            .map_err(io_err("fsync", &path))?;
+            Ok(writer)
+        })
+        .await?;
+        self.writer = Some(writer);
+        Ok(self.len)
+    }
+
+    /// Closes the file (what is still buffered is written, errors ignored).
+    pub(crate) fn close(&mut self) {
+        drop(self.writer.take());
+    }
+
+    /// Closes and deletes the file; a file already gone is not an error. `op` names the
+    /// operation in the error.
+    pub(crate) async fn remove(&mut self, op: &'static str) -> Result<(), StorageError> {
+        self.close();
+        let path = self.path.clone();
+        run_blocking(move || match remove_if_exists(&path) {
+            Ok(_) => Ok(()),
+            Err(source) => Err(StorageError::Io { op, path, source }),
+        })
+        .await
+    }
+
+    fn take_writer(&mut self) -> Result<BufWriter<File>, StorageError> {
+        self.writer
+            .take()
+            .ok_or_else(|| StorageError::NotOpen(self.path.clone()))
+    }
+}
+
+/// Deletes `path`; `Ok(false)` if it did not exist.
+fn remove_if_exists(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn drop_pages(file: &File, start: u64) {
     let len = std::num::NonZeroU64::new(WRITE_BEHIND_WINDOW);
@@ -476,11 +609,8 @@ impl Storage {
             relative,
             dir,
             dest,
-            temp,
-            writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-            write_behind: WriteBehind::starting_at(0),
+            file: TempWriter::new(temp, file, WRITE_BUFFER, 0),
             hasher: Sha256::new(),
-            len: 0,
             finished: false,
             done: false,
             faults: self.faults.clone(),
@@ -493,16 +623,7 @@ impl Storage {
     /// [`StorageError::OutsideClientDir`] or [`StorageError::Io`].
     pub async fn remove(&self, relative: &str) -> Result<bool, StorageError> {
         let path = self.resolve(relative)?;
-        run_blocking(move || match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(StorageError::Io {
-                op: "remove",
-                path,
-                source,
-            }),
-        })
-        .await
+        run_blocking(move || remove_if_exists(&path).map_err(io_err("remove", &path))).await
     }
 
     /// Every file named like a kept version ([`VersionFile`]) in every client directory,
@@ -556,11 +677,8 @@ pub struct PartialFile {
     relative_temp: String,
     dir: PathBuf,
     dest: PathBuf,
-    temp: PathBuf,
-    writer: Option<BufWriter<File>>,
-    write_behind: WriteBehind,
+    file: TempWriter,
     hasher: Sha256,
-    len: u64,
     finished: bool,
     done: bool,
     faults: Faults,
@@ -582,7 +700,7 @@ impl PartialFile {
     /// Absolute path of the temp file.
     #[must_use]
     pub fn temp_path(&self) -> &Path {
-        &self.temp
+        self.file.path()
     }
 
     /// Absolute path of the destination.
@@ -594,13 +712,13 @@ impl PartialFile {
     /// Bytes appended so far.
     #[must_use]
     pub fn len(&self) -> u64 {
-        self.len
+        self.file.len()
     }
 
     /// Whether nothing was appended yet.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.file.len() == 0
     }
 
     /// Appends plaintext. Memory stays bounded: at most the write buffer plus one piece.
@@ -609,66 +727,39 @@ impl PartialFile {
     /// [`StorageError::Io`] (e.g. disk full) or [`StorageError::NotOpen`] after a failure,
     /// cancellation or [`finish`](Self::finish).
     pub async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        let mut writer = self.take_writer()?;
+        self.file.ensure_open()?;
         if let Some(source) = self.faults.check(FaultPoint::Write) {
+            self.file.close();
             return Err(StorageError::Io {
                 op: "write",
-                path: self.temp.clone(),
+                path: self.file.path().to_path_buf(),
                 source,
             });
         }
         self.hasher.update(data);
-        self.len += u64::try_from(data.len()).unwrap_or(u64::MAX);
-        if writer.capacity() - writer.buffer().len() >= data.len() {
-            // Fits in the buffer: a memcpy, no system call.
-            writer
-                .write_all(data)
-                .map_err(io_err("write", &self.temp))?;
-            self.writer = Some(writer);
-            return Ok(());
-        }
-        let piece = data.to_vec();
-        let temp = self.temp.clone();
-        let (len, mut write_behind) = (self.len, self.write_behind);
-        let (writer, write_behind) = run_blocking(move || {
-            writer.write_all(&piece).map_err(io_err("write", &temp))?;
-            let in_file = len - writer.buffer().len() as u64;
-            write_behind.advance(writer.get_ref(), in_file);
-            Ok((writer, write_behind))
-        })
-        .await?;
-        self.writer = Some(writer);
-        self.write_behind = write_behind;
-        Ok(())
+        self.file.append(data).await
     }
 
     /// Flushes and fsyncs the temp file: the content is durable but not yet visible under
-    /// its final name.
+    /// its final name. The file is closed: nothing can be appended after this.
     ///
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn finish(&mut self) -> Result<FinishedFile, StorageError> {
-        let writer = self.take_writer()?;
-        let temp = self.temp.clone();
+        self.file.ensure_open()?;
         if let Some(source) = self.faults.check(FaultPoint::Fsync) {
+            self.file.close();
             return Err(StorageError::Io {
                 op: "fsync",
-                path: temp,
+                path: self.file.path().to_path_buf(),
                 source,
             });
         }
-        run_blocking(move || {
-            let file = writer.into_inner().map_err(|e| StorageError::Io {
-                op: "flush",
-                path: temp.clone(),
-                source: e.into_error(),
-            })?;
-            file.sync_all().map_err(io_err("fsync", &temp))
-        })
-        .await?;
+        let len = self.file.sync(SyncMode::All).await?;
+        self.file.close();
         self.finished = true;
         Ok(FinishedFile {
-            len: self.len,
+            len,
             sha256: self.hasher.clone().finalize().into(),
         })
     }
@@ -687,7 +778,11 @@ impl PartialFile {
         if !self.finished {
             self.finish().await?;
         }
-        let (temp, dest, dir) = (self.temp.clone(), self.dest.clone(), self.dir.clone());
+        let (temp, dest, dir) = (
+            self.file.path().to_path_buf(),
+            self.dest.clone(),
+            self.dir.clone(),
+        );
         if let Some(source) = self.faults.check(FaultPoint::Rename) {
             return Err(StorageError::Io {
                 op: "rename temp file to",
@@ -705,25 +800,8 @@ impl PartialFile {
     /// # Errors
     /// [`StorageError::Io`] if the temp file exists but cannot be removed.
     pub async fn abort(mut self) -> Result<(), StorageError> {
-        drop(self.writer.take());
-        let temp = self.temp.clone();
         self.done = true;
-        run_blocking(move || match fs::remove_file(&temp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StorageError::Io {
-                op: "remove temp file",
-                path: temp,
-                source,
-            }),
-        })
-        .await
-    }
-
-    fn take_writer(&mut self) -> Result<BufWriter<File>, StorageError> {
-        self.writer
-            .take()
-            .ok_or_else(|| StorageError::NotOpen(self.temp.clone()))
+        self.file.remove("remove temp file").await
     }
 }
 
@@ -732,11 +810,9 @@ impl Drop for PartialFile {
         if self.done {
             return;
         }
-        drop(self.writer.take());
-        if let Err(error) = fs::remove_file(&self.temp)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.temp.display(), %error, "cannot remove temp file of an unfinished transfer");
+        self.file.close();
+        if let Err(error) = remove_if_exists(self.file.path()) {
+            tracing::warn!(path = %self.file.path().display(), %error, "cannot remove temp file of an unfinished transfer");
         }
     }
 }
@@ -944,7 +1020,8 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageErr
     move |source| StorageError::Io { op, path, source }
 }
 
-async fn run_blocking<T, F>(f: F) -> Result<T, StorageError>
+/// Runs blocking file work on tokio's blocking pool.
+pub(crate) async fn run_blocking<T, F>(f: F) -> Result<T, StorageError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,

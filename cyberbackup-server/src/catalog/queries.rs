@@ -190,22 +190,33 @@ pub(crate) fn begin_file(
 ) -> Result<(FileRowId, u32), CatalogError> {
     const OP: &str = "begin_file";
     let tx = immediate(conn).map_err(query_err(OP))?;
-    let version: u32 = tx
-        .query_row(
-            "SELECT COALESCE(MAX(Version), 0) + 1 FROM files WHERE ID = ?1 AND FileName = ?2",
-            params![client, name],
-            |r| r.get(0),
-        )
-        .map_err(query_err(OP))?;
+    let begun =
+        insert_receiving(&tx, client, name, path_name, temp_path, now).map_err(query_err(OP))?;
+    tx.commit().map_err(query_err(OP))?;
+    Ok(begun)
+}
+
+/// The insert of [`begin_file`], inside the caller's write transaction (the v4 upload adds
+/// its resume record in the same one).
+pub(crate) fn insert_receiving(
+    tx: &rusqlite::Transaction<'_>,
+    client: &ClientId,
+    name: &[u8],
+    path_name: &str,
+    temp_path: Option<&str>,
+    now: &str,
+) -> rusqlite::Result<(FileRowId, u32)> {
+    let version: u32 = tx.query_row(
+        "SELECT COALESCE(MAX(Version), 0) + 1 FROM files WHERE ID = ?1 AND FileName = ?2",
+        params![client, name],
+        |r| r.get(0),
+    )?;
     tx.execute(
         "INSERT INTO files (ID, FileName, PathName, Verified, Version, State, CreatedAt, UpdatedAt, TempPath)
          VALUES (?1, ?2, ?3, 0, ?4, 'receiving', ?5, ?5, ?6)",
         params![client, name, path_name, version, now, temp_path],
-    )
-    .map_err(query_err(OP))?;
-    let row = FileRowId(tx.last_insert_rowid());
-    tx.commit().map_err(query_err(OP))?;
-    Ok((row, version))
+    )?;
+    Ok((FileRowId(tx.last_insert_rowid()), version))
 }
 
 /// Records content facts and moves a `receiving` row to `received`.

@@ -371,27 +371,16 @@ fn begin_upload(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(query_err(OP))?;
-    let version: u32 = tx
-        .query_row(
-            "SELECT COALESCE(MAX(Version), 0) + 1 FROM files WHERE ID = ?1 AND FileName = ?2",
-            params![client, name],
-            |r| r.get(0),
-        )
-        .map_err(query_err(OP))?;
-    tx.execute(
-        "INSERT INTO files (ID, FileName, PathName, Verified, Version, State, CreatedAt, UpdatedAt, TempPath)
-         VALUES (?1, ?2, ?3, 0, ?4, 'receiving', ?5, ?5, ?6)",
-        params![client, name, path_name, version, now, temp_path],
-    )
-    .map_err(query_err(OP))?;
-    let row = tx.last_insert_rowid();
+    let (row, _) =
+        super::queries::insert_receiving(&tx, client, name, path_name, Some(temp_path), now)
+            .map_err(query_err(OP))?;
     tx.execute(
         "INSERT INTO v4_uploads (RowId, Size, DurableOffset) VALUES (?1, ?2, 0)",
-        params![row, size],
+        params![row.0, size],
     )
     .map_err(query_err(OP))?;
     tx.commit().map_err(query_err(OP))?;
-    Ok(FileRowId(row))
+    Ok(row)
 }
 
 #[cfg(test)]

@@ -4,13 +4,15 @@
 //! normal maintenance removes abandoned ones), is created with `O_EXCL` and mode 0600, and is
 //! made durable by [`sync`](ResumablePartial::sync) at each checkpoint.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
 
 use cyberbackup_core::v4::ContentDigest;
 
-use crate::storage::{Storage, StorageError, WriteBehind, create_temp_tagged};
+use crate::storage::{
+    Storage, StorageError, SyncMode, TempWriter, create_temp_tagged, run_blocking,
+};
 
 /// Write buffer of one upload.
 const WRITE_BUFFER: usize = 1024 * 1024;
@@ -20,11 +22,8 @@ const HASH_CHUNK: usize = 1024 * 1024;
 /// The partial file of a resumable upload.
 #[derive(Debug)]
 pub struct ResumablePartial {
-    temp: PathBuf,
     relative_temp: String,
-    writer: Option<BufWriter<File>>,
-    write_behind: WriteBehind,
-    len: u64,
+    file: TempWriter,
 }
 
 impl ResumablePartial {
@@ -35,7 +34,7 @@ impl ResumablePartial {
     pub async fn create(storage: &Storage, client: [u8; 16]) -> Result<Self, StorageError> {
         let dir = storage.client_dir(&client);
         let client_hex = hex::encode(client);
-        blocking(move || {
+        run_blocking(move || {
             create_private_dir(&dir)?;
             let (temp, file) =
                 create_temp_tagged(&dir, "v4-").map_err(|source| StorageError::Io {
@@ -49,10 +48,7 @@ impl ResumablePartial {
                 .unwrap_or_default();
             Ok(Self {
                 relative_temp: format!("{client_hex}/{name}"),
-                temp,
-                writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-                write_behind: WriteBehind::starting_at(0),
-                len: 0,
+                file: TempWriter::new(temp, file, WRITE_BUFFER, 0),
             })
         })
         .await
@@ -71,7 +67,7 @@ impl ResumablePartial {
     ) -> Result<Option<(Self, ContentDigest)>, StorageError> {
         let temp = storage.resolve(relative_temp)?;
         let relative_temp = relative_temp.to_owned();
-        blocking(move || {
+        run_blocking(move || {
             let io_err = |op| {
                 let path = temp.clone();
                 move |source| StorageError::Io { op, path, source }
@@ -107,11 +103,8 @@ impl ResumablePartial {
             file.seek(SeekFrom::End(0)).map_err(io_err("seek"))?;
             Ok(Some((
                 Self {
-                    temp,
                     relative_temp,
-                    writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-                    write_behind: WriteBehind::starting_at(durable),
-                    len: durable,
+                    file: TempWriter::new(temp, file, WRITE_BUFFER, durable),
                 },
                 digest,
             )))
@@ -128,13 +121,13 @@ impl ResumablePartial {
     /// Bytes written so far.
     #[must_use]
     pub fn len(&self) -> u64 {
-        self.len
+        self.file.len()
     }
 
     /// Whether nothing was written.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.file.len() == 0
     }
 
     /// Appends `data` (buffered; large pieces are written on a blocking thread).
@@ -142,61 +135,16 @@ impl ResumablePartial {
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        let mut writer = self.take_writer()?;
-        self.len += data.len() as u64;
-        if writer.capacity() - writer.buffer().len() >= data.len() {
-            writer.write_all(data).map_err(self.io_err("write"))?;
-            self.writer = Some(writer);
-            return Ok(());
-        }
-        let piece = data.to_vec();
-        let temp = self.temp.clone();
-        let (len, mut write_behind) = (self.len, self.write_behind);
-        let (writer, write_behind) = blocking(move || {
-            writer
-                .write_all(&piece)
-                .map_err(|source| StorageError::Io {
-                    op: "write",
-                    path: temp,
-                    source,
-                })?;
-            let in_file = len - writer.buffer().len() as u64;
-            write_behind.advance(writer.get_ref(), in_file);
-            Ok((writer, write_behind))
-        })
-        .await?;
-        self.writer = Some(writer);
-        self.write_behind = write_behind;
-        Ok(())
+        self.file.append(data).await
     }
 
-    /// Flushes and fsyncs: everything written so far is durable. Returns the length.
+    /// Flushes and fsyncs (`fdatasync`): everything written so far is durable. Returns the
+    /// length.
     ///
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn sync(&mut self) -> Result<u64, StorageError> {
-        let writer = self.take_writer()?;
-        let temp = self.temp.clone();
-        let writer = blocking(move || {
-            let mut writer = writer;
-            writer.flush().map_err(|source| StorageError::Io {
-                op: "flush",
-                path: temp.clone(),
-                source,
-            })?;
-            writer
-                .get_ref()
-                .sync_data()
-                .map_err(|source| StorageError::Io {
-                    op: "fsync",
-                    path: temp,
-                    source,
-                })?;
-            Ok(writer)
-        })
-        .await?;
-        self.writer = Some(writer);
-        Ok(self.len)
+        self.file.sync(SyncMode::Data).await
     }
 
     /// Deletes the partial file.
@@ -204,29 +152,7 @@ impl ResumablePartial {
     /// # Errors
     /// [`StorageError::Io`] if it exists but cannot be removed.
     pub async fn remove(mut self) -> Result<(), StorageError> {
-        drop(self.writer.take());
-        let temp = self.temp.clone();
-        blocking(move || match fs::remove_file(&temp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StorageError::Io {
-                op: "remove partial upload",
-                path: temp,
-                source,
-            }),
-        })
-        .await
-    }
-
-    fn take_writer(&mut self) -> Result<BufWriter<File>, StorageError> {
-        self.writer
-            .take()
-            .ok_or_else(|| StorageError::NotOpen(self.temp.clone()))
-    }
-
-    fn io_err(&self, op: &'static str) -> impl FnOnce(io::Error) -> StorageError {
-        let path = self.temp.clone();
-        move |source| StorageError::Io { op, path, source }
+        self.file.remove("remove partial upload").await
     }
 }
 
@@ -240,16 +166,6 @@ fn create_private_dir(path: &Path) -> Result<(), StorageError> {
             source,
         }),
     }
-}
-
-async fn blocking<T, F>(f: F) -> Result<T, StorageError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(StorageError::Task)?
 }
 
 #[cfg(test)]
