@@ -3,6 +3,7 @@
 //! `receiving`/`received` (deleting their temp files) and removes stray `.cb-partial-*` files
 //! (e.g. after a crash).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
@@ -27,6 +28,8 @@ pub struct MaintenanceReport {
     pub rolled_back_commits: usize,
     /// Orphaned kept versions (`<name>.~<v>~` files without a catalog row) deleted.
     pub removed_orphan_versions: usize,
+    /// Interrupted v4 uploads kept for resume by start-up recovery.
+    pub kept_resumable_uploads: usize,
 }
 
 /// How [`reconcile_commit`] resolved a `committing` row.
@@ -100,9 +103,13 @@ async fn finish_commit(
 }
 
 /// Start-up recovery, before the server accepts connections (so no transfer is live):
-/// resolves every interrupted commit ([`reconcile_commit`]), discards every unfinished
-/// transfer left by the previous process and removes its temp file, and removes every
-/// `.cb-partial-*` file whatever its age.
+/// resolves every interrupted commit ([`reconcile_commit`]) and deletes orphaned kept
+/// versions, discards every unfinished transfer left by the previous process and removes its
+/// temp file, and removes every `.cb-partial-*` file whatever its age — except v4 uploads
+/// that can be resumed (a `receiving` row with its resume record): they stay, with their
+/// partial files, until maintenance finds them older than `abandoned_after` like any other.
+/// Their partial file may hold bytes after the durable offset that a crash left incomplete;
+/// a resume cuts it to that offset first.
 ///
 /// # Errors
 /// [`ServerError::Catalog`] or [`ServerError::Storage`].
@@ -113,8 +120,9 @@ pub async fn recover(
     let mut report = MaintenanceReport::default();
     reconcile_all(catalog, storage, None, &mut report).await?;
     let everything = SystemTime::now() + Duration::from_secs(24 * 3600);
-    discard_abandoned(catalog, storage, everything, &mut report).await?;
-    report.removed_temp_files += storage.remove_leftovers(Duration::ZERO).await?;
+    let resumable = discard_abandoned(catalog, storage, everything, true, &mut report).await?;
+    report.kept_resumable_uploads = resumable.len();
+    report.removed_temp_files += storage.remove_leftovers(Duration::ZERO, &resumable).await?;
     if report != MaintenanceReport::default() {
         tracing::info!(
             finished_commits = report.finished_commits,
@@ -122,6 +130,7 @@ pub async fn recover(
             removed_orphan_versions = report.removed_orphan_versions,
             discarded_rows = report.discarded_rows,
             removed_temp_files = report.removed_temp_files,
+            kept_resumable_uploads = report.kept_resumable_uploads,
             "start-up recovery done"
         );
     }
@@ -201,13 +210,21 @@ async fn reconcile_commits(
     Ok(())
 }
 
+/// Discards the transfers not updated since `cutoff` and removes their temp files; with
+/// `keep_resumable`, resumable v4 uploads are left alone and their temp paths returned.
 async fn discard_abandoned(
     catalog: &Catalog,
     storage: &Storage,
     cutoff: SystemTime,
+    keep_resumable: bool,
     report: &mut MaintenanceReport,
-) -> Result<(), ServerError> {
+) -> Result<BTreeSet<String>, ServerError> {
+    let mut kept = BTreeSet::new();
     for transfer in catalog.abandoned_transfers(cutoff).await? {
+        if keep_resumable && transfer.resumable {
+            kept.extend(transfer.temp_path);
+            continue;
+        }
         if let Some(temp) = &transfer.temp_path {
             match storage.remove(temp).await {
                 Ok(true) => report.removed_temp_files += 1,
@@ -223,7 +240,7 @@ async fn discard_abandoned(
             report.discarded_rows += 1;
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Runs maintenance once: commits interrupted for `abandoned_after` are reconciled, orphaned
@@ -243,8 +260,10 @@ pub async fn run_once(
         .checked_sub(abandoned_after)
         .unwrap_or(UNIX_EPOCH);
     reconcile_all(catalog, storage, Some(cutoff), &mut report).await?;
-    discard_abandoned(catalog, storage, cutoff, &mut report).await?;
-    report.removed_temp_files += storage.remove_leftovers(abandoned_after).await?;
+    discard_abandoned(catalog, storage, cutoff, false, &mut report).await?;
+    report.removed_temp_files += storage
+        .remove_leftovers(abandoned_after, &BTreeSet::new())
+        .await?;
     catalog.merge_name_index().await?;
     Ok(report)
 }

@@ -11,6 +11,7 @@
 //! `<mapped>.~<version>~` ([`versioned_path`], the numbered-backup style of GNU `cp`) before the
 //! new one takes its place.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Write as _};
@@ -643,23 +644,29 @@ impl Storage {
     }
 
     /// Deletes `.cb-partial-*` files (in the root and every client directory) last modified
-    /// more than `older_than` ago; returns how many were removed.
+    /// more than `older_than` ago, except those whose catalog paths are in `keep`; returns
+    /// how many were removed.
     ///
     /// # Errors
     /// [`StorageError::Io`] if a directory cannot be read; files that vanish meanwhile are
     /// ignored.
-    pub async fn remove_leftovers(&self, older_than: Duration) -> Result<usize, StorageError> {
+    pub async fn remove_leftovers(
+        &self,
+        older_than: Duration,
+        keep: &BTreeSet<String>,
+    ) -> Result<usize, StorageError> {
         let root = self.root.clone();
+        let keep: BTreeSet<PathBuf> = keep.iter().filter_map(|p| self.resolve(p).ok()).collect();
         run_blocking(move || {
             let cutoff = SystemTime::now()
                 .checked_sub(older_than)
                 .unwrap_or(UNIX_EPOCH);
-            let mut removed = remove_old_partials(&root, cutoff)?;
+            let mut removed = remove_old_partials(&root, cutoff, &keep)?;
             for entry in read_dir(&root)? {
                 let entry = entry.map_err(io_err("read directory", &root))?;
                 let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
                 if is_dir {
-                    removed += remove_old_partials(&entry.path(), cutoff)?;
+                    removed += remove_old_partials(&entry.path(), cutoff, &keep)?;
                 }
             }
             Ok(removed)
@@ -988,7 +995,11 @@ fn walk_version_files(
     Ok(())
 }
 
-fn remove_old_partials(dir: &Path, cutoff: SystemTime) -> Result<usize, StorageError> {
+fn remove_old_partials(
+    dir: &Path,
+    cutoff: SystemTime,
+    keep: &BTreeSet<PathBuf>,
+) -> Result<usize, StorageError> {
     let mut removed = 0;
     for entry in read_dir(dir)? {
         let entry = entry.map_err(io_err("read directory", dir))?;
@@ -998,7 +1009,7 @@ fn remove_old_partials(dir: &Path, cutoff: SystemTime) -> Result<usize, StorageE
             .starts_with(PARTIAL_PREFIX);
         let Ok(meta) = entry.metadata() else { continue };
         let old = meta.modified().is_ok_and(|m| m <= cutoff);
-        if is_partial && meta.is_file() && old {
+        if is_partial && meta.is_file() && old && !keep.contains(&entry.path()) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1355,18 +1366,24 @@ mod tests {
         std::mem::forget(partial);
         let stored = write_and_commit(&storage, b"keep.txt", b"k", None).await;
 
+        let kept = storage.create_partial(CLIENT, b"b").await.unwrap();
+        let keep = BTreeSet::from([kept.relative_temp_path().to_owned()]);
+        let kept_temp = kept.temp_path().to_path_buf();
+        std::mem::forget(kept);
+
         let young = storage
-            .remove_leftovers(Duration::from_secs(3600))
+            .remove_leftovers(Duration::from_secs(3600), &keep)
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let old = storage
-            .remove_leftovers(Duration::from_millis(1))
+            .remove_leftovers(Duration::from_millis(1), &keep)
             .await
             .unwrap();
 
         assert_eq!((young, old), (0, 1));
-        assert_eq!(partials(&storage), 0);
+        assert_eq!(partials(&storage), 1);
+        assert!(kept_temp.exists());
         assert!(stored.exists());
     }
 

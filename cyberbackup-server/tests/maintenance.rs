@@ -7,6 +7,8 @@
 //!   alone while younger than the configured age and removed — file, catalog row, resume
 //!   record — once older, while verified files and kept versions stay; the client then starts
 //!   the upload afresh.
+//! - A v4 upload cut before the server restarts resumes after the restart from its durable
+//!   offset (start-up recovery keeps resumable uploads; a stray partial file is removed).
 //! - Orphaned kept versions (`<name>.~<v>~` without a catalog row, as a crash between a
 //!   commit's catalog write and its deletion of superseded files leaves them) are deleted by
 //!   the reconcile step of maintenance and of start-up recovery; kept versions, also one a
@@ -107,19 +109,7 @@ async fn an_abandoned_v4_partial_upload_is_removed_after_the_configured_age() {
     let catalog = Catalog::open(&db).await.unwrap();
     let storage = Storage::open(&data).unwrap();
     // The server keeps the partial for resume, checkpointed.
-    let mut waited = Duration::ZERO;
-    let partial = loop {
-        let found = catalog.v4_partial(id.0, b"big.bin".to_vec()).await.unwrap();
-        if let Some(p) = found.filter(|p| p.durable > 0) {
-            break p;
-        }
-        assert!(
-            waited < Duration::from_secs(10),
-            "no checkpointed partial upload"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    };
+    let partial = checkpointed_partial(&catalog, id.0, b"big.bin").await;
     let partial_file = storage.resolve(&partial.temp_path).unwrap();
     assert!(partial.durable < big_data.len() as u64);
     assert!(partial_file.is_file());
@@ -185,6 +175,78 @@ async fn an_abandoned_v4_partial_upload_is_removed_after_the_configured_age() {
     assert_eq!(outcome.resumed_from, 0);
     assert_eq!(std::fs::read(files.join("big.bin")).unwrap(), big_data);
     catalog.close().await.unwrap();
+    server.stop().await;
+}
+
+/// Waits until the server recorded a checkpoint of the partial upload of `name`.
+async fn checkpointed_partial(
+    catalog: &Catalog,
+    client: [u8; 16],
+    name: &[u8],
+) -> cyberbackup_server::catalog::v4::V4Partial {
+    for _ in 0..500 {
+        let found = catalog.v4_partial(client, name.to_vec()).await.unwrap();
+        if let Some(partial) = found.filter(|p| p.durable > 0) {
+            return partial;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no checkpointed partial upload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v4_upload_cut_before_a_restart_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = ServerConfig {
+        checkpoint_interval_bytes: 64 * 1024,
+        ..test_config(&data)
+    };
+    let server = start_with(config.clone(), Faults::none()).await;
+    let big = dir.path().join("big.bin");
+    let big_data = pattern(1024 * 1024, 7);
+    std::fs::write(&big, &big_data).unwrap();
+    let client = V4Client::connect(&options(server.addr, dir.path()))
+        .await
+        .unwrap();
+    let id = client.client_id().unwrap();
+    client.close().await.unwrap();
+    let proxy = cutting_proxy(server.addr, 200 + 600 * 1024).await;
+    let mut cut = options(proxy, dir.path());
+    cut.response_timeout = Duration::from_secs(5);
+    let err = V4Client::connect(&cut)
+        .await
+        .unwrap()
+        .upload(&big, None)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();
+    let partial = checkpointed_partial(&catalog, id.0, b"big.bin").await;
+    catalog.close().await.unwrap();
+    let files = data.join("files").join(id.to_hex());
+    std::fs::write(files.join(".cb-partial-v4-stray"), b"x").unwrap();
+
+    server.stop().await;
+    let server = start_with(config, Faults::none()).await;
+    let after_restart = names_in(&files);
+    let outcome = upload_resuming(&options(server.addr, dir.path()), &big, None, 3)
+        .await
+        .unwrap();
+
+    let partial_name = partial.temp_path.rsplit('/').next().unwrap();
+    assert_eq!(
+        after_restart,
+        names(&[partial_name]),
+        "stray removed, partial kept"
+    );
+    // From the offset the server made durable when the cut connection ended.
+    assert!(
+        outcome.resumed_from >= partial.durable && outcome.resumed_from <= 600 * 1024,
+        "{outcome:?}"
+    );
+    assert_eq!(std::fs::read(files.join("big.bin")).unwrap(), big_data);
+    assert_eq!(names_in(&files), names(&["big.bin"]));
     server.stop().await;
 }
 

@@ -759,6 +759,7 @@ mod tests {
         assert!(old_cutoff.is_empty(), "{old_cutoff:?}");
         let rows: Vec<_> = future_cutoff.iter().map(|a| a.row).collect();
         assert_eq!(rows, [receiving, received]);
+        assert!(future_cutoff.iter().all(|a| !a.resumable), "v3 transfers");
         assert_eq!(
             future_cutoff[0].temp_path.as_deref(),
             Some("a1/.cb-partial-r.txt")

@@ -183,6 +183,9 @@ pub struct AbandonedTransfer {
     pub row: FileRowId,
     /// Relative path of its temp file, if one was recorded.
     pub temp_path: Option<String>,
+    /// A v4 upload in `receiving` with its resume record: the client can resume it from its
+    /// durable offset, also after a restart of the server.
+    pub resumable: bool,
 }
 
 /// One row of the `files` table joined with its client's name.

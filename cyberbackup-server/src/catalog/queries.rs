@@ -513,9 +513,11 @@ pub(crate) fn abandoned_transfers(
     const OP: &str = "abandoned_transfers";
     let mut stmt = conn
         .prepare(
-            "SELECT RowId, TempPath FROM files
-             WHERE State IN ('receiving', 'received') AND UpdatedAt < ?1
-             ORDER BY RowId",
+            "SELECT f.RowId, f.TempPath,
+                    f.State = 'receiving' AND f.TempPath IS NOT NULL AND u.RowId IS NOT NULL
+             FROM files f LEFT JOIN v4_uploads u ON u.RowId = f.RowId
+             WHERE f.State IN ('receiving', 'received') AND f.UpdatedAt < ?1
+             ORDER BY f.RowId",
         )
         .map_err(query_err(OP))?;
     let rows = stmt
@@ -523,6 +525,7 @@ pub(crate) fn abandoned_transfers(
             Ok(AbandonedTransfer {
                 row: FileRowId(r.get(0)?),
                 temp_path: r.get(1)?,
+                resumable: r.get(2)?,
             })
         })
         .map_err(query_err(OP))?

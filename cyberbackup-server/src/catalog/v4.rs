@@ -497,6 +497,18 @@ mod tests {
             })
         );
         assert_eq!(other, None);
+        let abandoned = catalog
+            .abandoned_transfers(SystemTime::now() + Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(
+            abandoned,
+            [crate::catalog::AbandonedTransfer {
+                row,
+                temp_path: Some("x/.cb-partial-v4-1".into()),
+                resumable: true
+            }]
+        );
         catalog.discard_file(row).await.unwrap();
         assert_eq!(
             catalog.v4_partial(ALICE, b"f".to_vec()).await.unwrap(),
