@@ -14,12 +14,13 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, BufWriter, Write as _};
+use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 
 use crate::faults::{FaultPoint, Faults};
@@ -34,8 +35,8 @@ pub const MAX_MAPPED_LEN: usize = 240;
 /// Name of the directory under the data directory that holds client directories.
 pub const FILES_DIR: &str = "files";
 
-/// Capacity of the write buffer of one transfer.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Block of a v3 transfer's [`TempWriter`] (one staged and one in flight at most).
+const WRITE_BLOCK: usize = 128 * 1024;
 
 /// Bytes of the mapped name kept before the hash suffix of a shortened name.
 const SHORT_PREFIX_MAX: usize = MAX_MAPPED_LEN - 1 - 64;
@@ -79,16 +80,99 @@ impl WriteBehind {
     }
 }
 
-/// A temp file appended to through a write buffer, with [`WriteBehind`]: the part that
-/// [`PartialFile`] (v3) and [`ResumablePartial`](crate::v4::partial::ResumablePartial) (v4)
-/// share. Memory stays bounded: the write buffer plus one piece. An operation that fails
-/// (or is cancelled) leaves it closed: later ones fail with [`StorageError::NotOpen`].
+/// A temp file appended to in blocks written on the blocking pool, with [`WriteBehind`]: the
+/// part that [`PartialFile`] (v3) and [`ResumablePartial`](crate::v4::partial::ResumablePartial)
+/// (v4) share.
+///
+/// Appends are pipelined: bytes are staged until a block of `block_len` is full, then the
+/// block is written (and, if asked, hashed) on a blocking thread while the caller goes on
+/// receiving and decrypting the next one. At most one block is in flight, so memory stays
+/// bounded by two blocks. A failed write surfaces at the next append or at [`sync`](Self::sync),
+/// which waits for everything: nothing is reported durable before it is. An operation that
+/// fails (or is cancelled) leaves the writer closed: later ones fail with
+/// [`StorageError::NotOpen`].
 #[derive(Debug)]
 pub(crate) struct TempWriter {
     path: PathBuf,
-    writer: Option<BufWriter<File>>,
-    write_behind: WriteBehind,
+    block_len: usize,
+    /// The file while no block is in flight; `None` when closed or while in flight.
+    sink: Option<Sink>,
+    in_flight: Option<tokio::task::JoinHandle<Result<Sink, StorageError>>>,
+    staged: BytesMut,
     len: u64,
+}
+
+/// The file side of a [`TempWriter`]: moved to the blocking thread with each block.
+#[derive(Debug)]
+struct Sink {
+    path: PathBuf,
+    file: File,
+    write_behind: WriteBehind,
+    written: u64,
+    sha256: Option<Sha256>,
+}
+
+impl Sink {
+    fn write(&mut self, block: &[u8]) -> Result<(), StorageError> {
+        if block.is_empty() {
+            return Ok(());
+        }
+        if let Some(hasher) = &mut self.sha256 {
+            hasher.update(block);
+        }
+        self.file
+            .write_all(block)
+            .map_err(io_err("write", &self.path))?;
+        self.written += block.len() as u64;
+        self.write_behind.advance(&self.file, self.written);
+        Ok(())
+    }
+}
+
+/// Bytes already handed to the kernel, made durable by [`wait`](Self::wait) (`fdatasync`
+/// of a second descriptor) while the writer goes on; from [`TempWriter::hand_over`].
+#[derive(Debug)]
+pub struct DurableSync {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    faults: Faults,
+}
+
+impl DurableSync {
+    /// How many bytes [`wait`](Self::wait) makes durable.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether there is nothing to make durable.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `fdatasync` on a blocking thread; returns the now durable length.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`].
+    pub async fn wait(self) -> Result<u64, StorageError> {
+        let Self {
+            file,
+            path,
+            len,
+            faults,
+        } = self;
+        if let Some(source) = faults.check(FaultPoint::Fsync) {
+            return Err(StorageError::Io {
+                op: "fsync",
+                path,
+                source,
+            });
+        }
+        run_blocking(move || file.sync_data().map_err(io_err("fsync", &path))).await?;
+        Ok(len)
+    }
 }
 
 /// How [`TempWriter::sync`] makes the written bytes durable.
@@ -101,15 +185,31 @@ pub(crate) enum SyncMode {
 }
 
 impl TempWriter {
-    /// Writes to `file` (at `path`) after its first `len` bytes, through a buffer of
-    /// `capacity` bytes.
-    pub(crate) fn new(path: PathBuf, file: File, capacity: usize, len: u64) -> Self {
+    /// Writes to `file` (at `path`) after its first `len` bytes, in blocks of `block_len`.
+    pub(crate) fn new(path: PathBuf, file: File, block_len: usize, len: u64) -> Self {
         Self {
+            sink: Some(Sink {
+                path: path.clone(),
+                file,
+                write_behind: WriteBehind::starting_at(len),
+                written: len,
+                sha256: None,
+            }),
             path,
-            writer: Some(BufWriter::with_capacity(capacity, file)),
-            write_behind: WriteBehind::starting_at(len),
+            block_len: block_len.max(1),
+            in_flight: None,
+            staged: BytesMut::new(),
             len,
         }
+    }
+
+    /// Also computes the SHA-256 of everything appended (on the writing thread), for
+    /// [`sha256`](Self::sha256). Only for a writer that starts empty.
+    pub(crate) fn hashing(mut self) -> Self {
+        if let Some(sink) = &mut self.sink {
+            sink.sha256 = Some(Sha256::new());
+        }
+        self
     }
 
     /// Path of the file.
@@ -117,76 +217,112 @@ impl TempWriter {
         &self.path
     }
 
-    /// Bytes in the file, counting those still in the buffer.
+    /// Bytes in the file, counting those not yet written.
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     /// [`StorageError::NotOpen`] once closed.
     pub(crate) fn ensure_open(&self) -> Result<(), StorageError> {
-        if self.writer.is_some() {
+        if self.sink.is_some() || self.in_flight.is_some() {
             Ok(())
         } else {
             Err(StorageError::NotOpen(self.path.clone()))
         }
     }
 
-    /// Appends `data`: a copy into the buffer when it fits, else a write on a blocking
-    /// thread (after which [`WriteBehind`] hands finished windows to the kernel).
-    pub(crate) async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        let mut writer = self.take_writer()?;
-        self.len += u64::try_from(data.len()).unwrap_or(u64::MAX);
-        if writer.capacity() - writer.buffer().len() >= data.len() {
-            // Fits in the buffer: a memcpy, no system call.
-            writer
-                .write_all(data)
-                .map_err(io_err("write", &self.path))?;
-            self.writer = Some(writer);
-            return Ok(());
+    /// Appends `data`: a copy into the staging block; each full block is handed to a blocking
+    /// thread (after the previous one is written).
+    pub(crate) async fn append(&mut self, mut data: &[u8]) -> Result<(), StorageError> {
+        self.ensure_open()?;
+        self.len += data.len() as u64;
+        while !data.is_empty() {
+            let room = self.block_len - self.staged.len();
+            let (now, later) = data.split_at(room.min(data.len()));
+            if self.staged.is_empty() {
+                self.staged.reserve(self.block_len);
+            }
+            self.staged.extend_from_slice(now);
+            data = later;
+            if self.staged.len() == self.block_len {
+                let mut sink = self.settle().await?;
+                let block = self.staged.split().freeze();
+                self.in_flight = Some(tokio::task::spawn_blocking(move || {
+                    sink.write(&block)?;
+                    Ok(sink)
+                }));
+            }
         }
-        let piece = data.to_vec();
-        let path = self.path.clone();
-        let (len, mut write_behind) = (self.len, self.write_behind);
-        let (writer, write_behind) = run_blocking(move || {
-            writer.write_all(&piece).map_err(io_err("write", &path))?;
-            let in_file = len - writer.buffer().len() as u64;
-            write_behind.advance(writer.get_ref(), in_file);
-            Ok((writer, write_behind))
-        })
-        .await?;
-        self.writer = Some(writer);
-        self.write_behind = write_behind;
         Ok(())
     }
 
-    /// Flushes the buffer and syncs the file as `mode` says; returns the length, now
-    /// durable. The file stays open.
+    /// Writes what is staged, waits for the block in flight and syncs the file as `mode`
+    /// says; returns the length, now durable. The file stays open.
     pub(crate) async fn sync(&mut self, mode: SyncMode) -> Result<u64, StorageError> {
-        let mut writer = self.take_writer()?;
-        let path = self.path.clone();
-        let writer = run_blocking(move || {
-            writer.flush().map_err(io_err("flush", &path))?;
-            let file = writer.get_ref();
+        let mut sink = self.settle().await?;
+        let block = self.staged.split().freeze();
+        let sink = run_blocking(move || {
+            sink.write(&block)?;
             match mode {
-                SyncMode::All => file.sync_all(),
-                SyncMode::Data => file.sync_data(),
+                SyncMode::All => sink.file.sync_all(),
+                SyncMode::Data => sink.file.sync_data(),
             }
-            .map_err(io_err("fsync", &path))?;
-            Ok(writer)
+            .map_err(io_err("fsync", &sink.path))?;
+            Ok(sink)
         })
         .await?;
-        self.writer = Some(writer);
+        self.sink = Some(sink);
         Ok(self.len)
     }
 
-    /// Closes the file (what is still buffered is written, errors ignored).
-    pub(crate) fn close(&mut self) {
-        drop(self.writer.take());
+    /// Hands everything appended to the kernel (the staged bytes and the block in flight)
+    /// and returns that length with a second descriptor of the file: syncing it — on another
+    /// thread, while appends go on — makes at least that many bytes durable. `faults` are
+    /// checked by that sync.
+    pub(crate) async fn hand_over(&mut self, faults: Faults) -> Result<DurableSync, StorageError> {
+        let mut sink = self.settle().await?;
+        let block = self.staged.split().freeze();
+        let len = self.len;
+        let (sink, file) = run_blocking(move || {
+            sink.write(&block)?;
+            let file = sink
+                .file
+                .try_clone()
+                .map_err(io_err("duplicate the descriptor of", &sink.path))?;
+            Ok((sink, file))
+        })
+        .await?;
+        let path = sink.path.clone();
+        self.sink = Some(sink);
+        Ok(DurableSync {
+            file,
+            path,
+            len,
+            faults,
+        })
     }
 
-    /// Closes and deletes the file; a file already gone is not an error. `op` names the
-    /// operation in the error.
+    /// The SHA-256 of everything written, if [`hashing`](Self::hashing); complete after a
+    /// [`sync`](Self::sync).
+    pub(crate) fn sha256(&self) -> Option<[u8; 32]> {
+        let hasher = self.sink.as_ref()?.sha256.as_ref()?;
+        Some(hasher.clone().finalize().into())
+    }
+
+    /// Closes the file. Bytes not yet synced may or may not reach it: only what
+    /// [`sync`](Self::sync) returned is promised.
+    pub(crate) fn close(&mut self) {
+        drop(self.sink.take());
+        drop(self.in_flight.take());
+        self.staged = BytesMut::new();
+    }
+
+    /// Closes and deletes the file (after the block in flight, if any, is done); a file
+    /// already gone is not an error. `op` names the operation in the error.
     pub(crate) async fn remove(&mut self, op: &'static str) -> Result<(), StorageError> {
+        if let Some(in_flight) = self.in_flight.take() {
+            drop(in_flight.await);
+        }
         self.close();
         let path = self.path.clone();
         run_blocking(move || match remove_if_exists(&path) {
@@ -196,8 +332,23 @@ impl TempWriter {
         .await
     }
 
-    fn take_writer(&mut self) -> Result<BufWriter<File>, StorageError> {
-        self.writer
+    /// The file, once the block in flight (if any) is written. On failure (or cancellation)
+    /// the writer is closed.
+    async fn settle(&mut self) -> Result<Sink, StorageError> {
+        if let Some(in_flight) = self.in_flight.take() {
+            match in_flight.await {
+                Ok(Ok(sink)) => return Ok(sink),
+                Ok(Err(err)) => {
+                    self.close();
+                    return Err(err);
+                }
+                Err(join) => {
+                    self.close();
+                    return Err(StorageError::Task(join));
+                }
+            }
+        }
+        self.sink
             .take()
             .ok_or_else(|| StorageError::NotOpen(self.path.clone()))
     }
@@ -443,6 +594,11 @@ impl Storage {
         })
     }
 
+    /// The faults injected into this storage (none in production).
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
     /// This storage with `faults` injected into temp-file creation, writes, fsync and rename
     /// (tests only; see [`crate::faults`]).
     #[must_use]
@@ -610,8 +766,7 @@ impl Storage {
             relative,
             dir,
             dest,
-            file: TempWriter::new(temp, file, WRITE_BUFFER, 0),
-            hasher: Sha256::new(),
+            file: TempWriter::new(temp, file, WRITE_BLOCK, 0).hashing(),
             finished: false,
             done: false,
             faults: self.faults.clone(),
@@ -685,7 +840,6 @@ pub struct PartialFile {
     dir: PathBuf,
     dest: PathBuf,
     file: TempWriter,
-    hasher: Sha256,
     finished: bool,
     done: bool,
     faults: Faults,
@@ -743,7 +897,6 @@ impl PartialFile {
                 source,
             });
         }
-        self.hasher.update(data);
         self.file.append(data).await
     }
 
@@ -763,12 +916,10 @@ impl PartialFile {
             });
         }
         let len = self.file.sync(SyncMode::All).await?;
+        let sha256 = self.file.sha256().unwrap_or_default();
         self.file.close();
         self.finished = true;
-        Ok(FinishedFile {
-            len,
-            sha256: self.hasher.clone().finalize().into(),
-        })
+        Ok(FinishedFile { len, sha256 })
     }
 
     /// Makes the file visible: if `keep_previous` is `Some(v)` and a file exists at the
@@ -1048,6 +1199,56 @@ mod tests {
     use proptest::prelude::*;
 
     const CLIENT: [u8; 16] = [0xAB; 16];
+
+    /// Pieces of odd sizes around the block size land in order; the digest is computed on
+    /// the writing thread over exactly those bytes; `sync` reports the durable length.
+    #[tokio::test]
+    async fn pipelined_appends_write_and_hash_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let file = File::create(&path).unwrap();
+        let mut writer = TempWriter::new(path.clone(), file, 1000, 0).hashing();
+        let content: Vec<u8> = (0..=250u8).cycle().take(10_007).collect();
+        let mut rest = &content[..];
+        for size in [1, 999, 1000, 1001, 2500, 3].iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, later) = rest.split_at((*size).min(rest.len()));
+            writer.append(piece).await.unwrap();
+            rest = later;
+        }
+        assert_eq!(writer.sync(SyncMode::All).await.unwrap(), 10_007);
+        assert_eq!(fs::read(&path).unwrap(), content);
+        let digest: [u8; 32] = Sha256::digest(&content).into();
+        assert_eq!(writer.sha256(), Some(digest));
+        writer.append(b"more").await.unwrap();
+        assert_eq!(writer.sync(SyncMode::Data).await.unwrap(), 10_011);
+        assert_eq!(fs::read(&path).unwrap().len(), 10_011);
+    }
+
+    /// A block that fails on the writing thread fails the next append or the sync — never
+    /// a sync that reports the bytes durable — and the writer is closed afterwards.
+    #[tokio::test]
+    async fn a_failed_block_write_surfaces_before_sync_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        fs::write(&path, b"").unwrap();
+        // Read-only descriptor: every write fails with EBADF.
+        let file = File::open(&path).unwrap();
+        let mut writer = TempWriter::new(path.clone(), file, 100, 0);
+        let first = writer.append(&[7; 150]).await;
+        assert!(first.is_ok(), "the failing block is still in flight");
+        let err = match writer.append(&[7; 100]).await {
+            Err(err) => err,
+            Ok(()) => writer.sync(SyncMode::All).await.unwrap_err(),
+        };
+        assert!(matches!(err, StorageError::Io { op: "write", .. }), "{err}");
+        assert!(matches!(
+            writer.sync(SyncMode::All).await,
+            Err(StorageError::NotOpen(_))
+        ));
+    }
 
     #[test]
     fn mapping_table() {

@@ -250,3 +250,57 @@ async fn rows_of(data: &std::path::Path, client: &str) -> Vec<FileRecord> {
         .await
         .unwrap()
 }
+
+/// v4 checkpoints run in the background (the connection does not wait for their fsync):
+/// a checkpoint whose fsync fails must still fail the upload — at the next checkpoint —
+/// with the v4 storage error, record no offset beyond what is durable, commit nothing, and
+/// leave the server serving: the retry resumes and commits a byte-identical file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_background_checkpoint_fails_the_v4_upload_and_the_retry_resumes() {
+    use cyberbackup_client::v4::{V4Client, V4Options};
+    use cyberbackup_core::v4::wire::ErrorCode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let plan = Arc::new(Plan::default());
+    let config = cyberbackup_server::ServerConfig {
+        checkpoint_interval_bytes: 64 * 1024,
+        ..test_config(&data)
+    };
+    let srv = start_with(config, Faults::new(plan.clone())).await;
+    let options = V4Options::new(srv.addr.to_string(), dir.path().join("v4.json")).with_name("cp");
+    let source = dir.path().join("big.bin");
+    let content = pattern(1024 * 1024, 9);
+    std::fs::write(&source, &content).unwrap();
+
+    let mut client = V4Client::connect(&options).await.unwrap();
+    plan.arm(FaultPoint::Fsync, 1, Some(EIO), io::ErrorKind::Other);
+    let err = client.upload(&source, None).await.unwrap_err();
+    assert_eq!(plan.pending(), 0, "the checkpoint's fsync was attempted");
+    assert_eq!(err.code(), Some(ErrorCode::STORAGE), "{err}");
+    drop(client);
+
+    let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();
+    let rows = catalog.list_files(FileFilter::default()).await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.state != FileState::Verified),
+        "nothing committed: {rows:?}"
+    );
+
+    // The server keeps serving; the retry resumes from what was made durable.
+    let mut client = V4Client::connect(&options).await.unwrap();
+    let committed = client.upload(&source, None).await.unwrap();
+    let restored = dir.path().join("restored.bin");
+    client.restore("big.bin", None, &restored).await.unwrap();
+    client.close().await.unwrap();
+    assert_eq!(committed.version, 1);
+    assert!(
+        std::fs::read(&restored).unwrap() == content,
+        "restored file differs"
+    );
+    assert!(
+        partials(&data).is_empty(),
+        "partial files left after commit"
+    );
+    srv.stop().await;
+}

@@ -31,6 +31,23 @@ struct OpenUpload {
     row: FileRowId,
     path_name: String,
     partial: ResumablePartial,
+    /// The last checkpoint, being made durable and recorded while the upload goes on.
+    checkpointing: Option<tokio::task::JoinHandle<Result<(), StorageFailure>>>,
+}
+
+impl OpenUpload {
+    /// Waits until the checkpoint in progress is durable and recorded (anything that
+    /// depends on it — the next checkpoint, the commit, a discard — comes after).
+    async fn settle_checkpoint(&mut self) -> Result<(), StorageFailure> {
+        match self.checkpointing.take() {
+            None => Ok(()),
+            Some(task) => task.await.unwrap_or_else(|join| {
+                Err(StorageFailure {
+                    reason: format!("checkpoint task failed: {join}"),
+                })
+            }),
+        }
+    }
 }
 
 /// Why a commit failed: before its intent was recorded (discard the upload) or after (the
@@ -143,6 +160,9 @@ impl<'a> V4Effects<'a> {
         let Some(mut open) = self.upload.take() else {
             return;
         };
+        if let Err(err) = open.settle_checkpoint().await {
+            tracing::warn!(reason = %err.reason, "the last checkpoint failed");
+        }
         match open.partial.sync().await {
             Ok(len) => {
                 if let Err(err) = self.shared.catalog.v4_checkpoint(open.row, len).await {
@@ -288,6 +308,7 @@ impl<'a> V4Effects<'a> {
                         row: partial.row,
                         path_name: partial.path_name,
                         partial: file,
+                        checkpointing: None,
                     });
                     self.shared.stats.transfer_started();
                     return Ok(ResumePoint { offset, digest });
@@ -326,6 +347,7 @@ impl<'a> V4Effects<'a> {
             row,
             path_name,
             partial,
+            checkpointing: None,
         });
         self.shared.stats.transfer_started();
         Ok(ResumePoint {
@@ -334,19 +356,31 @@ impl<'a> V4Effects<'a> {
         })
     }
 
+    /// Starts a checkpoint without stalling the connection: the bytes up to `offset` go to
+    /// the kernel now; their `fdatasync`, then the catalog record of the offset, run in the
+    /// background while later bytes arrive. Order is kept (the record only after the sync,
+    /// each checkpoint after the previous one), and a failure surfaces at the next
+    /// checkpoint or at the commit, which fails the upload: no offset is recorded before it
+    /// is durable.
     async fn checkpoint(&mut self, offset: u64) -> Result<(), StorageFailure> {
         let open = self.upload.as_mut().ok_or_else(no_upload)?;
-        let len = open.partial.sync().await.map_err(failure("fsync"))?;
-        if len != offset {
+        open.settle_checkpoint().await?;
+        let sync = open.partial.start_sync().await.map_err(failure("write"))?;
+        if sync.len() != offset {
             return Err(StorageFailure {
-                reason: format!("checkpoint at {offset} but {len} bytes written"),
+                reason: format!("checkpoint at {offset} but {} bytes written", sync.len()),
             });
         }
-        self.shared
-            .catalog
-            .v4_checkpoint(open.row, offset)
-            .await
-            .map_err(failure("record checkpoint"))
+        let catalog = self.shared.catalog.clone();
+        let row = open.row;
+        open.checkpointing = Some(tokio::spawn(async move {
+            sync.wait().await.map_err(failure("fsync"))?;
+            catalog
+                .v4_checkpoint(row, offset)
+                .await
+                .map_err(failure("record checkpoint"))
+        }));
+        Ok(())
     }
 
     async fn finish_upload(
@@ -383,6 +417,7 @@ impl<'a> V4Effects<'a> {
     ) -> Result<u32, CommitError> {
         let before = CommitError::BeforeIntent;
         let catalog = &self.shared.catalog;
+        open.settle_checkpoint().await.map_err(before)?;
         let len = open
             .partial
             .sync()
@@ -495,9 +530,11 @@ impl<'a> V4Effects<'a> {
     }
 
     async fn discard_upload(&mut self) {
-        let Some(open) = self.upload.take() else {
+        let Some(mut open) = self.upload.take() else {
             return;
         };
+        // A checkpoint still running would record its offset after the discard.
+        let _failed_checkpoint_is_moot = open.settle_checkpoint().await;
         let temp = open.partial.relative_temp_path().to_owned();
         drop(open.partial);
         discard_partial(self.shared, open.row, Some(&temp)).await;

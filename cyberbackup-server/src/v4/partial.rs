@@ -10,12 +10,13 @@ use std::path::Path;
 
 use cyberbackup_core::v4::ContentDigest;
 
+use crate::faults::{FaultPoint, Faults};
 use crate::storage::{
-    Storage, StorageError, SyncMode, TempWriter, create_temp_tagged, run_blocking,
+    DurableSync, Storage, StorageError, SyncMode, TempWriter, create_temp_tagged, run_blocking,
 };
 
-/// Write buffer of one upload.
-const WRITE_BUFFER: usize = 1024 * 1024;
+/// Write block of one upload (one staged and one in flight at most).
+const WRITE_BLOCK: usize = 512 * 1024;
 /// Read size when re-hashing a resumed prefix.
 const HASH_CHUNK: usize = 1024 * 1024;
 
@@ -24,6 +25,7 @@ const HASH_CHUNK: usize = 1024 * 1024;
 pub struct ResumablePartial {
     relative_temp: String,
     file: TempWriter,
+    faults: Faults,
 }
 
 impl ResumablePartial {
@@ -34,6 +36,7 @@ impl ResumablePartial {
     pub async fn create(storage: &Storage, client: [u8; 16]) -> Result<Self, StorageError> {
         let dir = storage.client_dir(&client);
         let client_hex = hex::encode(client);
+        let faults = storage.faults().clone();
         run_blocking(move || {
             create_private_dir(&dir)?;
             let (temp, file) =
@@ -48,7 +51,8 @@ impl ResumablePartial {
                 .unwrap_or_default();
             Ok(Self {
                 relative_temp: format!("{client_hex}/{name}"),
-                file: TempWriter::new(temp, file, WRITE_BUFFER, 0),
+                file: TempWriter::new(temp, file, WRITE_BLOCK, 0),
+                faults,
             })
         })
         .await
@@ -66,6 +70,7 @@ impl ResumablePartial {
         durable: u64,
     ) -> Result<Option<(Self, ContentDigest)>, StorageError> {
         let temp = storage.resolve(relative_temp)?;
+        let faults = storage.faults().clone();
         let relative_temp = relative_temp.to_owned();
         run_blocking(move || {
             let io_err = |op| {
@@ -104,7 +109,8 @@ impl ResumablePartial {
             Ok(Some((
                 Self {
                     relative_temp,
-                    file: TempWriter::new(temp, file, WRITE_BUFFER, durable),
+                    file: TempWriter::new(temp, file, WRITE_BLOCK, durable),
+                    faults,
                 },
                 digest,
             )))
@@ -130,11 +136,21 @@ impl ResumablePartial {
         self.file.len() == 0
     }
 
-    /// Appends `data` (buffered; large pieces are written on a blocking thread).
+    /// Appends `data` (staged; full blocks are written on a blocking thread while the
+    /// connection goes on).
     ///
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        self.file.ensure_open()?;
+        if let Some(source) = self.faults.check(FaultPoint::Write) {
+            self.file.close();
+            return Err(StorageError::Io {
+                op: "write",
+                path: self.file.path().to_path_buf(),
+                source,
+            });
+        }
         self.file.append(data).await
     }
 
@@ -144,7 +160,26 @@ impl ResumablePartial {
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn sync(&mut self) -> Result<u64, StorageError> {
+        self.file.ensure_open()?;
+        if let Some(source) = self.faults.check(FaultPoint::Fsync) {
+            self.file.close();
+            return Err(StorageError::Io {
+                op: "fsync",
+                path: self.file.path().to_path_buf(),
+                source,
+            });
+        }
         self.file.sync(SyncMode::Data).await
+    }
+
+    /// Hands everything appended so far to the kernel and returns the sync that makes it
+    /// durable, to be awaited while appends go on (a checkpoint that does not stall the
+    /// connection).
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] or [`StorageError::NotOpen`].
+    pub async fn start_sync(&mut self) -> Result<DurableSync, StorageError> {
+        self.file.hand_over(self.faults.clone()).await
     }
 
     /// Deletes the partial file.
