@@ -100,6 +100,7 @@ pub(crate) struct TempWriter {
     in_flight: Option<tokio::task::JoinHandle<Result<Sink, StorageError>>>,
     staged: BytesMut,
     len: u64,
+    faults: Faults,
 }
 
 /// The file side of a [`TempWriter`]: moved to the blocking thread with each block.
@@ -185,8 +186,16 @@ pub(crate) enum SyncMode {
 }
 
 impl TempWriter {
-    /// Writes to `file` (at `path`) after its first `len` bytes, in blocks of `block_len`.
-    pub(crate) fn new(path: PathBuf, file: File, block_len: usize, len: u64) -> Self {
+    /// Writes to `file` (at `path`) after its first `len` bytes, in blocks of `block_len`;
+    /// `faults` are checked before each append ([`FaultPoint::Write`]) and sync
+    /// ([`FaultPoint::Fsync`]).
+    pub(crate) fn new(
+        path: PathBuf,
+        file: File,
+        block_len: usize,
+        len: u64,
+        faults: Faults,
+    ) -> Self {
         Self {
             sink: Some(Sink {
                 path: path.clone(),
@@ -200,6 +209,7 @@ impl TempWriter {
             in_flight: None,
             staged: BytesMut::new(),
             len,
+            faults,
         }
     }
 
@@ -234,7 +244,7 @@ impl TempWriter {
     /// Appends `data`: a copy into the staging block; each full block is handed to a blocking
     /// thread (after the previous one is written).
     pub(crate) async fn append(&mut self, mut data: &[u8]) -> Result<(), StorageError> {
-        self.ensure_open()?;
+        self.check(FaultPoint::Write, "write")?;
         self.len += data.len() as u64;
         while !data.is_empty() {
             let room = self.block_len - self.staged.len();
@@ -259,6 +269,7 @@ impl TempWriter {
     /// Writes what is staged, waits for the block in flight and syncs the file as `mode`
     /// says; returns the length, now durable. The file stays open.
     pub(crate) async fn sync(&mut self, mode: SyncMode) -> Result<u64, StorageError> {
+        self.check(FaultPoint::Fsync, "fsync")?;
         let mut sink = self.settle().await?;
         let block = self.staged.split().freeze();
         let sink = run_blocking(move || {
@@ -277,9 +288,9 @@ impl TempWriter {
 
     /// Hands everything appended to the kernel (the staged bytes and the block in flight)
     /// and returns that length with a second descriptor of the file: syncing it — on another
-    /// thread, while appends go on — makes at least that many bytes durable. `faults` are
-    /// checked by that sync.
-    pub(crate) async fn hand_over(&mut self, faults: Faults) -> Result<DurableSync, StorageError> {
+    /// thread, while appends go on — makes at least that many bytes durable (checking
+    /// [`FaultPoint::Fsync`] first).
+    pub(crate) async fn hand_over(&mut self) -> Result<DurableSync, StorageError> {
         let mut sink = self.settle().await?;
         let block = self.staged.split().freeze();
         let len = self.len;
@@ -298,7 +309,7 @@ impl TempWriter {
             file,
             path,
             len,
-            faults,
+            faults: self.faults.clone(),
         })
     }
 
@@ -330,6 +341,22 @@ impl TempWriter {
             Err(source) => Err(StorageError::Io { op, path, source }),
         })
         .await
+    }
+
+    /// Fails (and closes the writer) when closed or when `point` is injected as a fault.
+    fn check(&mut self, point: FaultPoint, op: &'static str) -> Result<(), StorageError> {
+        self.ensure_open()?;
+        match self.faults.check(point) {
+            None => Ok(()),
+            Some(source) => {
+                self.close();
+                Err(StorageError::Io {
+                    op,
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
     }
 
     /// The file, once the block in flight (if any) is written. On failure (or cancellation)
@@ -766,7 +793,7 @@ impl Storage {
             relative,
             dir,
             dest,
-            file: TempWriter::new(temp, file, WRITE_BLOCK, 0).hashing(),
+            file: TempWriter::new(temp, file, WRITE_BLOCK, 0, self.faults.clone()).hashing(),
             finished: false,
             done: false,
             faults: self.faults.clone(),
@@ -888,15 +915,6 @@ impl PartialFile {
     /// [`StorageError::Io`] (e.g. disk full) or [`StorageError::NotOpen`] after a failure,
     /// cancellation or [`finish`](Self::finish).
     pub async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        self.file.ensure_open()?;
-        if let Some(source) = self.faults.check(FaultPoint::Write) {
-            self.file.close();
-            return Err(StorageError::Io {
-                op: "write",
-                path: self.file.path().to_path_buf(),
-                source,
-            });
-        }
         self.file.append(data).await
     }
 
@@ -906,15 +924,6 @@ impl PartialFile {
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn finish(&mut self) -> Result<FinishedFile, StorageError> {
-        self.file.ensure_open()?;
-        if let Some(source) = self.faults.check(FaultPoint::Fsync) {
-            self.file.close();
-            return Err(StorageError::Io {
-                op: "fsync",
-                path: self.file.path().to_path_buf(),
-                source,
-            });
-        }
         let len = self.file.sync(SyncMode::All).await?;
         let sha256 = self.file.sha256().unwrap_or_default();
         self.file.close();
@@ -1207,7 +1216,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
         let file = File::create(&path).unwrap();
-        let mut writer = TempWriter::new(path.clone(), file, 1000, 0).hashing();
+        let mut writer = TempWriter::new(path.clone(), file, 1000, 0, Faults::none()).hashing();
         let content: Vec<u8> = (0..=250u8).cycle().take(10_007).collect();
         let mut rest = &content[..];
         for size in [1, 999, 1000, 1001, 2500, 3].iter().cycle() {
@@ -1236,7 +1245,7 @@ mod tests {
         fs::write(&path, b"").unwrap();
         // Read-only descriptor: every write fails with EBADF.
         let file = File::open(&path).unwrap();
-        let mut writer = TempWriter::new(path.clone(), file, 100, 0);
+        let mut writer = TempWriter::new(path.clone(), file, 100, 0, Faults::none());
         let first = writer.append(&[7; 150]).await;
         assert!(first.is_ok(), "the failing block is still in flight");
         let err = match writer.append(&[7; 100]).await {

@@ -10,7 +10,6 @@ use std::path::Path;
 
 use cyberbackup_core::v4::ContentDigest;
 
-use crate::faults::{FaultPoint, Faults};
 use crate::storage::{
     DurableSync, Storage, StorageError, SyncMode, TempWriter, create_temp_tagged, run_blocking,
 };
@@ -25,7 +24,6 @@ const HASH_CHUNK: usize = 1024 * 1024;
 pub struct ResumablePartial {
     relative_temp: String,
     file: TempWriter,
-    faults: Faults,
 }
 
 impl ResumablePartial {
@@ -51,8 +49,7 @@ impl ResumablePartial {
                 .unwrap_or_default();
             Ok(Self {
                 relative_temp: format!("{client_hex}/{name}"),
-                file: TempWriter::new(temp, file, WRITE_BLOCK, 0),
-                faults,
+                file: TempWriter::new(temp, file, WRITE_BLOCK, 0, faults),
             })
         })
         .await
@@ -109,8 +106,7 @@ impl ResumablePartial {
             Ok(Some((
                 Self {
                     relative_temp,
-                    file: TempWriter::new(temp, file, WRITE_BLOCK, durable),
-                    faults,
+                    file: TempWriter::new(temp, file, WRITE_BLOCK, durable, faults),
                 },
                 digest,
             )))
@@ -142,15 +138,6 @@ impl ResumablePartial {
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        self.file.ensure_open()?;
-        if let Some(source) = self.faults.check(FaultPoint::Write) {
-            self.file.close();
-            return Err(StorageError::Io {
-                op: "write",
-                path: self.file.path().to_path_buf(),
-                source,
-            });
-        }
         self.file.append(data).await
     }
 
@@ -160,15 +147,6 @@ impl ResumablePartial {
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn sync(&mut self) -> Result<u64, StorageError> {
-        self.file.ensure_open()?;
-        if let Some(source) = self.faults.check(FaultPoint::Fsync) {
-            self.file.close();
-            return Err(StorageError::Io {
-                op: "fsync",
-                path: self.file.path().to_path_buf(),
-                source,
-            });
-        }
         self.file.sync(SyncMode::Data).await
     }
 
@@ -179,7 +157,7 @@ impl ResumablePartial {
     /// # Errors
     /// [`StorageError::Io`] or [`StorageError::NotOpen`].
     pub async fn start_sync(&mut self) -> Result<DurableSync, StorageError> {
-        self.file.hand_over(self.faults.clone()).await
+        self.file.hand_over().await
     }
 
     /// Deletes the partial file.
