@@ -135,6 +135,20 @@ async fn json_endpoints_serve_catalog_and_live_state() {
     assert!(throughput["samples"].is_array());
     assert_eq!(maintenance["last_run"]["error"], Json::Null);
     assert!(maintenance["last_run"]["finished_at"].is_string());
+    for count in [
+        "discarded_rows",
+        "removed_temp_files",
+        "refused_paths",
+        "finished_commits",
+        "rolled_back_commits",
+        "removed_orphan_versions",
+        "kept_resumable_uploads",
+    ] {
+        assert!(
+            maintenance["last_run"][count].is_u64(),
+            "{count}: {maintenance}"
+        );
+    }
     assert_eq!(
         maintenance["interval_secs"],
         server.config.maintenance_interval_secs

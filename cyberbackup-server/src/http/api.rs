@@ -309,6 +309,10 @@ async fn maintenance(State(state): State<Arc<AdminState>>) -> Response {
             "discarded_rows": run.report.discarded_rows,
             "removed_temp_files": run.report.removed_temp_files,
             "refused_paths": run.report.refused_paths,
+            "finished_commits": run.report.finished_commits,
+            "rolled_back_commits": run.report.rolled_back_commits,
+            "removed_orphan_versions": run.report.removed_orphan_versions,
+            "kept_resumable_uploads": run.report.kept_resumable_uploads,
             "error": run.error,
         })
     });

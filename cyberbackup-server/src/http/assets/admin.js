@@ -169,6 +169,10 @@ async function loadMaintenance() {
   item("Abandoned transfers discarded", r.discarded_rows);
   item("Temporary files removed", r.removed_temp_files);
   item("Refused paths", r.refused_paths);
+  item("Interrupted commits finished / rolled back",
+    r.finished_commits + " / " + r.rolled_back_commits);
+  item("Orphaned kept versions removed", r.removed_orphan_versions);
+  item("Interrupted v4 uploads kept for resume", r.kept_resumable_uploads);
 }
 
 async function loadEvents() {
