@@ -45,9 +45,40 @@ fn limit_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
 
+/// How often [`start_malloc_trimmer`] returns free heap pages to the kernel.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts a thread that calls `malloc_trim(0)` every [`MALLOC_TRIM_INTERVAL`]. glibc keeps
+/// freed memory in its arenas, so without it the RSS stays at the highest load seen (in the
+/// soak, each new burst of concurrent transfers raised it for good while the bytes in use
+/// went back down); trimming lets the RSS follow what is in use.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn start_malloc_trimmer() {
+    let trimmer = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(MALLOC_TRIM_INTERVAL);
+                // SAFETY: `malloc_trim` takes and returns plain integers (no pointer, no
+                // memory handed over) and glibc locks each arena while it trims it, so it is
+                // sound from any thread at any time; it only releases pages malloc holds free.
+                let _released = unsafe { libc::malloc_trim(0) };
+            }
+        });
+    if let Err(err) = trimmer {
+        eprintln!("warning: cannot start the malloc-trim thread ({err}); memory is not trimmed");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn start_malloc_trimmer() {}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    start_malloc_trimmer();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
