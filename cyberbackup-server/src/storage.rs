@@ -131,7 +131,8 @@ impl Sink {
 }
 
 /// Bytes already handed to the kernel, made durable by [`wait`](Self::wait) (`fdatasync`
-/// of a second descriptor) while the writer goes on; from [`TempWriter::hand_over`].
+/// of a second descriptor) while the writer goes on; from
+/// [`ResumablePartial::start_sync`](crate::v4::partial::ResumablePartial::start_sync).
 #[derive(Debug)]
 pub struct DurableSync {
     file: File,
