@@ -223,6 +223,8 @@ impl Server {
             shutdown.clone(),
             shared.live.maintenance().clone(),
         );
+        let metrics_upkeep =
+            tokio::spawn(Arc::clone(&shared.live).keep_metrics_bounded(shutdown.clone()));
         let limit = usize::try_from(shared.config.max_connections.max(1)).unwrap_or(usize::MAX);
         let permits = Arc::new(Semaphore::new(limit));
         let mut tasks = JoinSet::new();
@@ -277,6 +279,7 @@ impl Server {
             }
         }
         let _ = maintenance.await;
+        let _ = metrics_upkeep.await;
         shared.catalog.close().await?;
         tracing::info!("server stopped");
         Ok(())

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cyberbackup_core::session::ServerEffect;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::recent::RecentEvents;
 use crate::maintenance::LastMaintenance;
@@ -18,6 +19,8 @@ use crate::maintenance::LastMaintenance;
 pub const THROUGHPUT_SAMPLE_SECS: u64 = 10;
 /// Samples kept: one hour.
 const THROUGHPUT_SAMPLES: usize = 360;
+/// How often recorded histogram samples are folded into their distributions.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Histogram buckets (seconds) for request and effect latencies.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -121,6 +124,28 @@ impl LiveState {
     /// `metrics::counter!` and friends inside land in this server's `/metrics`.
     pub fn record<T>(&self, f: impl FnOnce() -> T) -> T {
         metrics::with_local_recorder(&self.recorder, f)
+    }
+
+    /// Folds the histogram samples recorded since the last call into their distributions.
+    /// The recorder keeps every raw sample until then (it expects a scrape or this upkeep),
+    /// so without it memory grows with every recorded effect: in the 1,000-client soak,
+    /// heaptrack found ~25 MB of samples after 4 minutes, the server's slow RSS climb.
+    pub fn run_metrics_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// Calls [`run_metrics_upkeep`](Self::run_metrics_upkeep) every
+    /// [`METRICS_UPKEEP_INTERVAL`] until `shutdown`, whether or not anything scrapes
+    /// `/metrics` (the admin listener may be off).
+    pub async fn keep_metrics_bounded(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => self.run_metrics_upkeep(),
+            }
+        }
     }
 
     /// The Prometheus text exposition of everything recorded.
@@ -278,5 +303,34 @@ mod tests {
 
         assert_eq!(samples.len(), THROUGHPUT_SAMPLES);
         assert_eq!(samples.first().map(|s| s.at), Some(5));
+    }
+}
+
+#[cfg(test)]
+mod upkeep_tests {
+    use super::*;
+
+    /// Upkeep folds the raw samples into the rendered distribution without losing any, and
+    /// the background task ends with the shutdown token.
+    #[tokio::test]
+    async fn upkeep_keeps_every_sample_and_stops_on_shutdown() {
+        let live = LiveState::new(RecentEvents::new(4));
+        for i in 0..1000_u32 {
+            live.record(|| {
+                metrics::histogram!("cb_test_seconds").record(f64::from(i % 7) / 1000.0);
+            });
+        }
+        live.run_metrics_upkeep();
+        live.record(|| metrics::histogram!("cb_test_seconds").record(0.5));
+        let text = live.render_metrics();
+        assert!(text.contains("cb_test_seconds_count 1001"), "{text}");
+
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&live).keep_metrics_bounded(shutdown.clone()));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the upkeep task ends on shutdown")
+            .expect("the upkeep task does not panic");
     }
 }
