@@ -134,9 +134,8 @@ impl LiveState {
         self.handle.run_upkeep();
     }
 
-    /// Calls [`run_metrics_upkeep`](Self::run_metrics_upkeep) every
-    /// [`METRICS_UPKEEP_INTERVAL`] until `shutdown`, whether or not anything scrapes
-    /// `/metrics` (the admin listener may be off).
+    /// Calls [`run_metrics_upkeep`](Self::run_metrics_upkeep) every 5 seconds until
+    /// `shutdown`, whether or not anything scrapes `/metrics` (the admin listener may be off).
     pub async fn keep_metrics_bounded(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
