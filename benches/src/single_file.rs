@@ -86,32 +86,46 @@ pub(crate) struct Upload {
     pub(crate) series: Vec<Row>,
 }
 
-/// Single-core throughput of `CbcEncryptor` over a `len`-byte buffer fed in 1 MiB pieces
-/// (the client's read size): median over the runs, per wall-clock second and per CPU-second
-/// of the encrypting thread (the latter does not drop when other processes take the core).
+/// Single-core throughput of a cipher over a `len`-byte buffer: median over the runs, per
+/// wall-clock second and per CPU-second of the measuring thread (the latter does not drop
+/// when other processes take the core).
 #[derive(Clone, Copy, Debug, serde::Serialize)]
-pub(crate) struct CbcCeiling {
+pub(crate) struct Ceiling {
     /// MB (10^6 bytes) per wall-clock second.
     pub(crate) wall_mb_per_s: f64,
-    /// MB per CPU-second of the encrypting thread.
+    /// MB per CPU-second of the measuring thread.
     pub(crate) cpu_mb_per_s: f64,
 }
 
-/// Measures the [`CbcCeiling`].
-pub(crate) fn cbc_encrypt_ceiling(len: usize) -> CbcCeiling {
+/// Times `run` (one pass over `len` bytes) [`CBC_RUNS`] times on this thread.
+fn measure_ceiling(len: usize, mut run: impl FnMut()) -> Ceiling {
     let thread_cpu = || {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
         t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
     };
-    let mut input = vec![0u8; len];
-    Noise::new(1).fill(&mut input);
-    let key = AesKey::from_bytes([7; 32]);
-    let mut out = BytesMut::with_capacity(CBC_PIECE_LEN + 16);
     let mut wall_rates = Vec::with_capacity(CBC_RUNS);
     let mut cpu_rates = Vec::with_capacity(CBC_RUNS);
     for _ in 0..CBC_RUNS {
         let start = Instant::now();
         let cpu_start = thread_cpu();
+        run();
+        let cpu = (thread_cpu() - cpu_start).max(1e-6);
+        wall_rates.push(len as f64 / start.elapsed().as_secs_f64() / 1e6);
+        cpu_rates.push(len as f64 / cpu / 1e6);
+    }
+    Ceiling {
+        wall_mb_per_s: crate::report::median(&wall_rates),
+        cpu_mb_per_s: crate::report::median(&cpu_rates),
+    }
+}
+
+/// `CbcEncryptor` over a `len`-byte buffer fed in 1 MiB pieces (the client's read size).
+pub(crate) fn cbc_encrypt_ceiling(len: usize) -> Ceiling {
+    let mut input = vec![0u8; len];
+    Noise::new(1).fill(&mut input);
+    let key = AesKey::from_bytes([7; 32]);
+    let mut out = BytesMut::with_capacity(CBC_PIECE_LEN + 16);
+    measure_ceiling(len, || {
         let mut encryptor = CbcEncryptor::new(&key);
         for piece in input.chunks(CBC_PIECE_LEN) {
             out.clear();
@@ -121,25 +135,14 @@ pub(crate) fn cbc_encrypt_ceiling(len: usize) -> CbcCeiling {
         out.clear();
         encryptor.finish(&mut out);
         std::hint::black_box(&out);
-        let cpu = (thread_cpu() - cpu_start).max(1e-6);
-        wall_rates.push(len as f64 / start.elapsed().as_secs_f64() / 1e6);
-        cpu_rates.push(len as f64 / cpu / 1e6);
-    }
-    CbcCeiling {
-        wall_mb_per_s: crate::report::median(&wall_rates),
-        cpu_mb_per_s: crate::report::median(&cpu_rates),
-    }
+    })
 }
 
-/// Single-core AES-256-GCM seal throughput of the cipher the v4 transport uses (snow's ring
-/// resolver, through the same `Cipher` trait and its copy into the output buffer) over a
-/// `len`-byte buffer in 64 KiB frames, as a [`CbcCeiling`]-shaped pair.
-pub(crate) fn gcm_seal_ceiling(len: usize) -> CbcCeiling {
+/// AES-256-GCM seal with the cipher the v4 transport uses (snow's ring resolver, through the
+/// same `Cipher` trait and its copy into the output buffer) over a `len`-byte buffer in
+/// 64 KiB frames.
+pub(crate) fn gcm_seal_ceiling(len: usize) -> Ceiling {
     use snow::resolvers::{CryptoResolver, RingResolver};
-    let thread_cpu = || {
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
-    };
     let mut buf = vec![0u8; len];
     Noise::new(2).fill(&mut buf);
     let Some(mut cipher) = RingResolver.resolve_cipher(&snow::params::CipherChoice::AESGCM) else {
@@ -147,23 +150,12 @@ pub(crate) fn gcm_seal_ceiling(len: usize) -> CbcCeiling {
     };
     cipher.set(&[9u8; 32]);
     let mut out = vec![0u8; GCM_FRAME_LEN + 16];
-    let mut wall_rates = Vec::with_capacity(CBC_RUNS);
-    let mut cpu_rates = Vec::with_capacity(CBC_RUNS);
-    for _ in 0..CBC_RUNS {
-        let start = Instant::now();
-        let cpu_start = thread_cpu();
+    measure_ceiling(len, || {
         for (n, frame) in buf.chunks(GCM_FRAME_LEN).enumerate() {
             let written = cipher.encrypt(n as u64, b"", frame, &mut out);
             std::hint::black_box(&out[..written]);
         }
-        let cpu = (thread_cpu() - cpu_start).max(1e-6);
-        wall_rates.push(len as f64 / start.elapsed().as_secs_f64() / 1e6);
-        cpu_rates.push(len as f64 / cpu / 1e6);
-    }
-    CbcCeiling {
-        wall_mb_per_s: crate::report::median(&wall_rates),
-        cpu_mb_per_s: crate::report::median(&cpu_rates),
-    }
+    })
 }
 
 /// Backs up a `size`-byte file once over `protocol`.
