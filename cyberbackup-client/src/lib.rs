@@ -373,24 +373,14 @@ impl Client {
     ) -> Result<BackupReport, ClientError> {
         refuse_duplicate_names(paths)?;
         let mut run = Run::default();
-        let mut jobs = Vec::with_capacity(paths.len());
-        for (index, path) in paths.iter().enumerate() {
-            match prepare(path).await {
-                Ok(job) => {
-                    run.overall_total += job.len;
-                    run.pending.push(index);
-                    jobs.push(Some(job));
-                }
-                Err((stored_name, failure)) => {
-                    jobs.push(None);
-                    run.finish(
-                        index,
-                        FileReport::failed(path, stored_name, 0, 0, failure),
-                        progress,
-                    );
-                }
+        let jobs = prepare_all(paths, |index, prepared| match prepared {
+            Ok(job) => {
+                run.overall_total += job.len;
+                run.pending.push(index);
             }
-        }
+            Err(report) => run.finish(index, report, progress),
+        })
+        .await;
         let outcome = self.send(&mut run, &jobs, progress).await;
         let settled = !run.reports.is_empty();
         let report = BackupReport {
@@ -401,14 +391,7 @@ impl Client {
             registered: self.registered,
             files: run.into_reports(paths, &jobs, outcome.as_ref().err()),
         };
-        match outcome {
-            Ok(()) => Ok(report),
-            Err(cause) if settled => Err(ClientError::Incomplete {
-                report: Box::new(report),
-                cause: Box::new(cause),
-            }),
-            Err(cause) => Err(cause),
-        }
+        backup_result(report, outcome, settled)
     }
 
     /// Sends the pending jobs of `run`, reconnecting per the policy.
@@ -831,6 +814,48 @@ pub(crate) fn refuse_duplicate_names(paths: &[PathBuf]) -> Result<(), ClientErro
         }
     }
     Ok(())
+}
+
+/// [`prepare`]s every path in order, telling `each` about it as soon as it is checked: the
+/// job, or the report of a path that cannot be backed up.
+pub(crate) async fn prepare_all(
+    paths: &[PathBuf],
+    mut each: impl FnMut(usize, Result<&Job, FileReport>),
+) -> Vec<Option<Job>> {
+    let mut jobs = Vec::with_capacity(paths.len());
+    for (index, path) in paths.iter().enumerate() {
+        match prepare(path).await {
+            Ok(job) => {
+                each(index, Ok(&job));
+                jobs.push(Some(job));
+            }
+            Err((stored_name, failure)) => {
+                jobs.push(None);
+                each(
+                    index,
+                    Err(FileReport::failed(path, stored_name, 0, 0, failure)),
+                );
+            }
+        }
+    }
+    jobs
+}
+
+/// The result of a backup run: the report when `outcome` is `Ok`; otherwise the error, wrapped
+/// in [`ClientError::Incomplete`] with the report when some files were already `settled`.
+pub(crate) fn backup_result(
+    report: BackupReport,
+    outcome: Result<(), ClientError>,
+    settled: bool,
+) -> Result<BackupReport, ClientError> {
+    match outcome {
+        Ok(()) => Ok(report),
+        Err(cause) if settled => Err(ClientError::Incomplete {
+            report: Box::new(report),
+            cause: Box::new(cause),
+        }),
+        Err(cause) => Err(cause),
+    }
 }
 
 /// Checks that `path` is a readable regular file with a usable name.

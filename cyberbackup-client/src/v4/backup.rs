@@ -46,34 +46,15 @@ pub async fn backup(
     };
     check_identity_name(options).map_err(v4_error)?;
     let mut run = Run::new(options, retry);
-    let mut jobs = Vec::with_capacity(paths.len());
-    for (index, path) in paths.iter().enumerate() {
-        match crate::prepare(path).await {
-            Ok(job) => {
-                run.overall_total += job.len;
-                jobs.push(Some(job));
-            }
-            Err((stored_name, failure)) => {
-                jobs.push(None);
-                run.finish(
-                    index,
-                    FileReport::failed(path, stored_name, 0, 0, failure),
-                    progress,
-                );
-            }
-        }
-    }
+    let jobs = crate::prepare_all(paths, |index, prepared| match prepared {
+        Ok(job) => run.overall_total += job.len,
+        Err(report) => run.finish(index, report, progress),
+    })
+    .await;
     let outcome = run.send(&jobs, progress).await;
     let settled = !run.reports.is_empty();
     let report = run.into_report(paths, &jobs, outcome.as_ref().err());
-    match outcome {
-        Ok(()) => Ok(report),
-        Err(cause) if settled => Err(ClientError::Incomplete {
-            report: Box::new(report),
-            cause: Box::new(cause),
-        }),
-        Err(cause) => Err(cause),
-    }
+    crate::backup_result(report, outcome, settled)
 }
 
 /// An existing identity must belong to the name asked for (as `me.info` in v3).
