@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use cyberbackup_core::v4::server::{ServerEvent, ServerSession};
 use cyberbackup_core::v4::{CloseReason, Output};
 use rand_core::OsRng;
@@ -56,26 +56,31 @@ async fn drive(
     );
     let _ = session.handle_bytes(now(), buf);
     let mut shutting_down = false;
+    // Transmits wait here until the next effect, the end of the drain or the close: a
+    // closing connection settles its upload (and releases its claim on the name) before its
+    // last frame, often an error the client answers by reconnecting at once, is sent.
+    let mut unsent: Vec<Bytes> = Vec::new();
     loop {
         let mut answered = false;
         while let Some(output) = session.poll_output() {
             match output {
-                Output::Transmit(bytes) => {
-                    if let Err(err) = stream.write_all(&bytes).await {
-                        tracing::debug!(%err, "write failed");
-                        session.handle_eof(now());
-                    }
-                }
+                Output::Transmit(bytes) => unsent.push(bytes),
                 Output::Effect(effect) => {
+                    flush(stream, &mut unsent, &mut session).await;
                     answered |= effect.needs_answer();
                     if let Err(err) = effects.run(&mut session, effect).await {
                         tracing::debug!(%err, "v4 effect answer");
                     }
                 }
                 Output::Event(event) => log_event(&event),
-                Output::Close(reason) => return reason,
+                Output::Close(reason) => {
+                    effects.finish_connection().await;
+                    flush(stream, &mut unsent, &mut session).await;
+                    return reason;
+                }
             }
         }
+        flush(stream, &mut unsent, &mut session).await;
         if answered {
             let _ = session.handle_bytes(now(), buf);
             continue;
@@ -100,6 +105,21 @@ async fn drive(
                 tracing::warn!("shutdown grace period over: closing the v4 connection (uploads stay resumable)");
                 session.handle_eof(now());
             }
+        }
+    }
+}
+
+/// Writes the transmits gathered so far; a failed write ends the session as an EOF would.
+async fn flush<R: rand_core::CryptoRngCore>(
+    stream: &mut TcpStream,
+    unsent: &mut Vec<Bytes>,
+    session: &mut ServerSession<R>,
+) {
+    for bytes in unsent.drain(..) {
+        if let Err(err) = stream.write_all(&bytes).await {
+            tracing::debug!(%err, "write failed");
+            session.handle_eof(now());
+            break;
         }
     }
 }
