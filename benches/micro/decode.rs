@@ -6,8 +6,9 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use cyberbackup_core::codec::{Inbound, RequestDecoder};
-use cyberbackup_core::frame::{ClientId, FileMeta, NameField};
+use cyberbackup_core::names::{ClientId, NameField};
+use cyberbackup_core::v3::codec::{Inbound, RequestDecoder};
+use cyberbackup_core::v3::frame::FileMeta;
 
 mod common;
 

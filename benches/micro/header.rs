@@ -4,8 +4,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use cyberbackup_core::frame::{ClientId, RequestCode, RequestHeader};
 use cyberbackup_core::limits::{PROTOCOL_VERSION_V3, REQUEST_HEADER_LEN};
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::v3::frame::{RequestCode, RequestHeader};
 
 mod common;
 

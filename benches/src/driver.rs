@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use bytes::BytesMut;
 use cyberbackup_core::crypto::ClientKeyPair;
-use cyberbackup_core::frame::NameField;
 use cyberbackup_core::identity::Identity;
-use cyberbackup_core::session::{
-    ClientConfig, ClientEffect, ClientEvent, ClientSession, CloseReason, FileSpec, Output,
+use cyberbackup_core::names::NameField;
+use cyberbackup_core::session::Output;
+use cyberbackup_core::v3::{
+    ClientConfig, ClientEffect, ClientEvent, ClientSession, CloseReason, FileSpec,
 };
 use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use cyberbackup_core::crypto::ClientKeyPair;
-use cyberbackup_core::session::ClientConfig;
+use cyberbackup_core::v3::ClientConfig;
 use rand_core::OsRng;
 
 use crate::data;

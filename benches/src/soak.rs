@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cyberbackup_core::crypto::ClientKeyPair;
-use cyberbackup_core::frame::NameField;
 use cyberbackup_core::identity::Identity;
-use cyberbackup_core::session::{ClientConfig, ClientSession};
+use cyberbackup_core::names::NameField;
+use cyberbackup_core::v3::{ClientConfig, ClientSession};
 use rand_core::OsRng;
 use tokio::net::TcpStream;
 

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cyberbackup_core::frame::NameField;
 use cyberbackup_core::identity::Identity;
-use cyberbackup_core::session::{
-    ClientConfig, ClientEffect, ClientEvent, ClientSession, CloseReason, FileId, FileSpec, Output,
+use cyberbackup_core::names::NameField;
+use cyberbackup_core::session::Output;
+use cyberbackup_core::v3::{
+    ClientConfig, ClientEffect, ClientEvent, ClientSession, CloseReason, FileId, FileSpec,
     SessionError, TransferPhase,
 };
 use rand_core::OsRng;

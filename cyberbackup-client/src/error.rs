@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use cyberbackup_core::identity::IdentityError;
-use cyberbackup_core::session::SessionError;
+use cyberbackup_core::v3::SessionError;
 
 use cyberbackup_core::v4::V4Error;
 use cyberbackup_core::v4::wire::ErrorCode;

@@ -173,7 +173,7 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use cyberbackup_core::crypto::ClientKeyPair;
-    use cyberbackup_core::frame::{ClientId, NameField};
+    use cyberbackup_core::names::{ClientId, NameField};
 
     fn identity(name: &str) -> Identity {
         let key = ClientKeyPair::generate(&mut rand_core::OsRng).unwrap();

@@ -1,7 +1,7 @@
 //! # cyberbackup-client
 //!
 //! An async (tokio) client for CyberBackup servers: [`Client`] for the legacy v3 protocol,
-//! built on the sans-IO [`cyberbackup_core::session::ClientSession`], and [`v4`] for
+//! built on the sans-IO [`cyberbackup_core::v3::ClientSession`], and [`v4`] for
 //! protocol v4 (the CLI's default), on [`cyberbackup_core::v4::client::ClientSession`]. Both
 //! produce a [`BackupReport`] and report [`ProgressEvent`]s the same way.
 //!
@@ -43,10 +43,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cyberbackup_core::frame::NameField;
 use cyberbackup_core::identity::Identity;
 use cyberbackup_core::limits::{DEFAULT_PACKET_CONTENT_LEN, DEFAULT_READ_CHUNK_LEN};
-use cyberbackup_core::session::{ClientConfig, ClientEvent, FileFailure, FileId, TransferPhase};
+use cyberbackup_core::names::NameField;
+use cyberbackup_core::v3::{ClientConfig, ClientEvent, FileFailure, FileId, TransferPhase};
 
 use crate::connection::{Connection, Note};
 pub use crate::error::ClientError;

@@ -7,10 +7,9 @@ use std::time::Instant;
 use bytes::BytesMut;
 use rand_core::{CryptoRng, RngCore};
 
-use crate::codec::{RequestDecoder, ResponseDecoder};
-use crate::session::{
-    Output, RegistrationOutcome, ServerConfig, ServerEffect, ServerSession, StoredClient,
-};
+use crate::session::Output;
+use crate::v3::codec::{RequestDecoder, ResponseDecoder};
+use crate::v3::{RegistrationOutcome, ServerConfig, ServerEffect, ServerSession, StoredClient};
 
 /// Decodes arbitrary bytes as a client-to-server stream, then as a server-to-client stream.
 /// Must never panic.
@@ -38,9 +37,9 @@ pub fn server_session(data: &[u8]) {
 pub fn server_session_with_key(data: &[u8]) {
     let now = Instant::now();
     let mut session = ServerSession::new(Arc::new(ServerConfig::default()), CountingRng(0), now);
-    let name = crate::frame::NameField::decode(b"fuzz");
+    let name = crate::names::NameField::decode(b"fuzz");
     session.inject_session_key(
-        crate::frame::ClientId::ZERO,
+        crate::names::ClientId::ZERO,
         name,
         crate::crypto::AesKey::from_bytes(FUZZ_SESSION_KEY),
     );

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
 
 use crate::crypto::{ClientKeyPair, CryptoError};
-use crate::frame::{ClientId, NameField};
+use crate::names::{ClientId, NameField};
 
 /// Column at which the Base64 key is wrapped, as Crypto++'s `Base64Encoder` does.
 const BASE64_WRAP_COLUMNS: usize = 72;

@@ -1,8 +1,11 @@
 //! # cyberbackup-core
 //!
-//! The CyberBackup v3 wire protocol as a sans-IO library: frame codecs over `bytes`,
-//! streaming crypto (POSIX cksum, AES-256-CBC, RSA-OAEP key transport) and the transfer
-//! state machines [`session::ServerSession`] and [`session::ClientSession`].
+//! The CyberBackup protocols as a sans-IO library, side by side: [`v3`], the legacy wire
+//! protocol (frame codecs over `bytes`, the transfer state machines [`v3::ServerSession`]
+//! and [`v3::ClientSession`], with the streaming crypto of [`crypto`]: POSIX cksum,
+//! AES-256-CBC, RSA-OAEP key transport), and [`v4`] (Noise XX, AEAD frames, resume). What
+//! they share — the output queue and idle deadline ([`session`]) and names and client ids
+//! ([`names`]) — sits beside them.
 //!
 //! ## The sans-IO contract
 //! Nothing in this crate touches sockets, files, clocks or OS randomness. The caller (a
@@ -15,10 +18,11 @@
 //!
 //! ## The canonical driver loop
 //! ```no_run
-//! # use cyberbackup_core::session::{Output, ServerSession, ServerConfig};
+//! # use cyberbackup_core::session::Output;
+//! # use cyberbackup_core::v3::{ServerConfig, ServerSession};
 //! # fn socket_read(_: &mut bytes::BytesMut) -> usize { 0 }
 //! # fn socket_write(_: &[u8]) {}
-//! # fn perform(_: &cyberbackup_core::session::ServerEffect, _: &mut ServerSession<rand_core::OsRng>) {}
+//! # fn perform(_: &cyberbackup_core::v3::ServerEffect, _: &mut ServerSession<rand_core::OsRng>) {}
 //! let now = std::time::Instant::now();
 //! let mut session = ServerSession::new(ServerConfig::default().into(), rand_core::OsRng, now);
 //! let mut buf = bytes::BytesMut::new();
@@ -57,12 +61,12 @@
     )
 )]
 
-pub mod codec;
 pub mod crypto;
-pub mod frame;
 pub mod identity;
 pub mod limits;
+pub mod names;
 pub mod session;
+pub mod v3;
 pub mod v4;
 
 #[doc(hidden)]

@@ -15,12 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use cyberbackup_core::codec::{Inbound, RequestDecoder};
 use cyberbackup_core::crypto::AesKey;
-use cyberbackup_core::frame::{ClientId, FileMeta, NameField};
 use cyberbackup_core::fuzzing::CountingRng;
 use cyberbackup_core::limits::{FILE_META_LEN, MAX_FILE_FRAME_PAYLOAD, MAX_V3_FILE_LEN};
-use cyberbackup_core::session::{Output, ServerConfig, ServerEffect, ServerSession};
+use cyberbackup_core::names::{ClientId, NameField};
+use cyberbackup_core::session::Output;
+use cyberbackup_core::v3::codec::{Inbound, RequestDecoder};
+use cyberbackup_core::v3::frame::FileMeta;
+use cyberbackup_core::v3::{ServerConfig, ServerEffect, ServerSession};
 
 const READ_LEN: usize = 64 * 1024;
 const CONTENT_LEN: usize = 64 * 1024 * 1024;

@@ -16,17 +16,18 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockModeEncrypt, KeyIvInit};
-use cyberbackup_core::codec::{Inbound, RequestDecoder, ResponseDecoder};
 use cyberbackup_core::crypto::{AesKey, CbcDecryptor, CbcEncryptor, Cksum, cbc_ciphertext_len};
-use cyberbackup_core::frame::{
-    ClientId, FileMeta, NameField, Request, RequestCode, RequestHeader, Response, ResponseCode,
-    ResponseHeader,
-};
 use cyberbackup_core::fuzzing::{self, CountingRng};
 use cyberbackup_core::limits::{
     FILE_META_LEN, FILE_RECEIVED_LEN, MAX_CONTENT_PIECE, NAME_FIELD_LEN, PROTOCOL_VERSION_V3,
 };
-use cyberbackup_core::session::{Output, ServerConfig, ServerEffect, ServerSession};
+use cyberbackup_core::names::{ClientId, NameField};
+use cyberbackup_core::session::Output;
+use cyberbackup_core::v3::codec::{Inbound, RequestDecoder, ResponseDecoder};
+use cyberbackup_core::v3::frame::{
+    FileMeta, Request, RequestCode, RequestHeader, Response, ResponseCode, ResponseHeader,
+};
+use cyberbackup_core::v3::{ServerConfig, ServerEffect, ServerSession};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;

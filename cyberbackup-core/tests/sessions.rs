@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use cyberbackup_core::codec::ResponseDecoder;
 use cyberbackup_core::crypto::{AesKey, CbcEncryptor, ClientKeyPair};
-use cyberbackup_core::frame::{ClientId, FileMeta, NameField, RequestHeader, Response};
 use cyberbackup_core::fuzzing::CountingRng;
-use cyberbackup_core::session::{
+use cyberbackup_core::names::{ClientId, NameField};
+use cyberbackup_core::testing::{MemStore, ServerRun, drive_server, run_pair};
+use cyberbackup_core::v3::codec::ResponseDecoder;
+use cyberbackup_core::v3::frame::{FileMeta, RequestHeader, Response};
+use cyberbackup_core::v3::{
     ClientConfig, ClientEvent, ClientSession, CloseReason, FileFailure, FileId, FileSpec,
     PacketScheme, ServerConfig, ServerEvent, ServerSession,
 };
-use cyberbackup_core::testing::{MemStore, ServerRun, drive_server, run_pair};
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
@@ -342,7 +343,7 @@ fn request(code: u16, version: u8, payload: &[u8]) -> Vec<u8> {
     RequestHeader {
         client_id: ClientId([1; 16]),
         version,
-        code: cyberbackup_core::frame::RequestCode(code),
+        code: cyberbackup_core::v3::frame::RequestCode(code),
         payload_len: payload.len() as u32,
     }
     .encode(&mut out);

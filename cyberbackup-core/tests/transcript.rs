@@ -19,16 +19,17 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use common::{aes_key, json, read};
-use cyberbackup_core::codec::ResponseDecoder;
 use cyberbackup_core::crypto::ClientKeyPair;
-use cyberbackup_core::frame::{ClientId, NameField, Response};
 use cyberbackup_core::fuzzing::CountingRng;
 use cyberbackup_core::identity::Identity;
-use cyberbackup_core::session::{
+use cyberbackup_core::names::{ClientId, NameField};
+use cyberbackup_core::testing::{ClientRun, MemStore, ServerRun, drive_client, drive_server};
+use cyberbackup_core::v3::codec::ResponseDecoder;
+use cyberbackup_core::v3::frame::Response;
+use cyberbackup_core::v3::{
     ClientConfig, ClientEvent, ClientSession, FileId, FileSpec, PacketScheme, ServerConfig,
     ServerEvent, ServerSession,
 };
-use cyberbackup_core::testing::{ClientRun, MemStore, ServerRun, drive_client, drive_server};
 
 struct Recorded {
     folder: &'static str,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cyberbackup_core::frame::{FileName, NameField};
+use cyberbackup_core::names::{FileName, NameField};
 use cyberbackup_core::v4::client::{ClientConfig, ClientSession, UploadSpec};
 use cyberbackup_core::v4::fuzzing::{FUZZ_SERVER_PRIVATE_KEY, fuzz_server};
 use cyberbackup_core::v4::noise::StaticKeypair;

@@ -4,7 +4,7 @@
 //! server session. Runs in about 2 s.
 
 use bytes::{Bytes, BytesMut};
-use cyberbackup_core::frame::{ClientId, FileName, NameField};
+use cyberbackup_core::names::{ClientId, FileName, NameField};
 use cyberbackup_core::v4::codec::{Frame, FrameDecoder, Side};
 use cyberbackup_core::v4::fuzzing;
 use cyberbackup_core::v4::wire::{

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use cyberbackup_core::frame::{FileName, NameField};
+use cyberbackup_core::names::{FileName, NameField};
 use cyberbackup_core::v4::client::{
     ClientConfig, ClientEvent, ClientSession, OpFailure, OpId, UploadSpec,
 };

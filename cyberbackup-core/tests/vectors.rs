@@ -12,12 +12,12 @@ mod common;
 use base64::Engine;
 use bytes::BytesMut;
 use common::{dir, hex_bytes, json, read};
-use cyberbackup_core::codec::{Inbound, RequestDecoder, ResponseDecoder};
 use cyberbackup_core::crypto::{
     AesKey, CbcDecryptor, CbcEncryptor, Cksum, ClientKeyPair, CryptoError, PublicKey,
 };
-use cyberbackup_core::frame::{RequestHeader, ResponseHeader};
 use cyberbackup_core::identity::Identity;
+use cyberbackup_core::v3::codec::{Inbound, RequestDecoder, ResponseDecoder};
+use cyberbackup_core::v3::frame::{RequestHeader, ResponseHeader};
 
 fn standalone_key() -> AesKey {
     let index = json("standalone/index.json");

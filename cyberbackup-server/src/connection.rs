@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use cyberbackup_core::session::{CloseReason, Output, ServerEffect, ServerEvent, ServerSession};
+use cyberbackup_core::session::Output;
+use cyberbackup_core::v3::{CloseReason, ServerEffect, ServerEvent, ServerSession};
 use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use cyberbackup_core::frame::{ClientId, FileName, NameField};
-use cyberbackup_core::session::{
+use cyberbackup_core::names::{ClientId, FileName, NameField};
+use cyberbackup_core::v3::{
     RegistrationOutcome, ServerEffect, ServerSession, SessionError, StorageFailure, StoredClient,
     TransferId,
 };

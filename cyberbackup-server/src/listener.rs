@@ -113,7 +113,7 @@ impl RegistrationLimiter {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
-    pub(crate) session_config: Arc<cyberbackup_core::session::ServerConfig>,
+    pub(crate) session_config: Arc<cyberbackup_core::v3::ServerConfig>,
     pub(crate) catalog: Catalog,
     pub(crate) storage: Storage,
     pub(crate) stats: Arc<Stats>,
@@ -164,7 +164,7 @@ impl Server {
                 source,
             )
         })?;
-        let session_config = Arc::new(cyberbackup_core::session::ServerConfig {
+        let session_config = Arc::new(cyberbackup_core::v3::ServerConfig {
             idle_timeout: config.idle_timeout(),
             max_file_len: config
                 .max_file_size

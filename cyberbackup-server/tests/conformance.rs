@@ -11,7 +11,8 @@
 mod support;
 
 use cyberbackup_core::crypto::cbc_ciphertext_len;
-use cyberbackup_core::frame::{ClientId, FileMeta, RequestCode};
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::v3::frame::{FileMeta, RequestCode};
 use cyberbackup_server::Catalog;
 use cyberbackup_server::catalog::FileFilter;
 use support::*;

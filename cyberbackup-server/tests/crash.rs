@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cyberbackup_core::crypto::ClientKeyPair;
-use cyberbackup_core::frame::ClientId;
+use cyberbackup_core::names::ClientId;
 use cyberbackup_server::Catalog;
 use cyberbackup_server::catalog::{FileFilter, FileState};
 use sha2::{Digest, Sha256};
@@ -137,7 +137,7 @@ async fn client_session(
     };
     let hello = request(
         ident.id,
-        &cyberbackup_core::frame::Request::Reconnect {
+        &cyberbackup_core::v3::frame::Request::Reconnect {
             name: name(ident.name.as_bytes()),
         },
     );
@@ -185,7 +185,7 @@ async fn client_session(
         assert_eq!(cksum_of(&received), cksum(&plain));
         let verdict = request(
             ident.id,
-            &cyberbackup_core::frame::Request::CrcOk {
+            &cyberbackup_core::v3::frame::Request::CrcOk {
                 file_name: name(file.as_bytes()),
             },
         );

@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use cyberbackup_core::crypto::ClientKeyPair;
-use cyberbackup_core::frame::NameField;
 use cyberbackup_core::identity::Identity;
-use cyberbackup_core::session::{
-    ClientConfig, ClientEffect, ClientEvent, ClientSession, FileId, FileSpec, Output,
+use cyberbackup_core::names::NameField;
+use cyberbackup_core::session::Output;
+use cyberbackup_core::v3::{
+    ClientConfig, ClientEffect, ClientEvent, ClientSession, FileId, FileSpec,
 };
 use cyberbackup_server::catalog::FileFilter;
 use cyberbackup_server::{Catalog, Server, ServerConfig};

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use cyberbackup_core::frame::RequestCode;
+use cyberbackup_core::v3::frame::RequestCode;
 use cyberbackup_server::Catalog;
 use cyberbackup_server::catalog::{FileFilter, FileRecord, FileState};
 use cyberbackup_server::faults::{FaultInjector, FaultPoint, Faults};

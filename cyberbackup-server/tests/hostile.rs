@@ -15,7 +15,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cyberbackup_core::frame::{ClientId, Request, RequestCode};
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::v3::frame::{Request, RequestCode};
 use cyberbackup_server::faults::Faults;
 use support::*;
 use tokio::io::AsyncWriteExt;

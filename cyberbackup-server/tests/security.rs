@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cyberbackup_core::crypto::ClientKeyPair;
-use cyberbackup_core::frame::RequestCode;
+use cyberbackup_core::v3::frame::RequestCode;
 use rand_core::OsRng;
 use support::*;
 

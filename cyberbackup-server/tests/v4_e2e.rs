@@ -12,7 +12,8 @@ mod support;
 use std::path::Path;
 
 use cyberbackup_client::v4::{V4Client, V4ClientError, V4Options, upload_resuming};
-use cyberbackup_core::frame::{ClientId, Request};
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::v3::frame::Request;
 use cyberbackup_core::v4::V4Error;
 use cyberbackup_core::v4::wire::ErrorCode;
 use cyberbackup_server::ServerConfig;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use cyberbackup_core::frame::{ClientId, FileName, NameField};
+use cyberbackup_core::names::{ClientId, FileName, NameField};
 use cyberbackup_core::v4::client::{
     ClientConfig, ClientEffect, ClientEvent, ClientSession, OpId, UploadSpec,
 };

@@ -16,11 +16,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use cyberbackup_core::codec::{Inbound, RequestDecoder};
 use cyberbackup_core::crypto::{AesKey, CbcDecryptor, Cksum, PublicKey};
-use cyberbackup_core::frame::NameField;
-use cyberbackup_core::session::{
-    Output, RegistrationOutcome, ServerConfig, ServerEffect, ServerSession, StoredClient,
+use cyberbackup_core::names::NameField;
+use cyberbackup_core::session::Output;
+use cyberbackup_core::v3::codec::{Inbound, RequestDecoder};
+use cyberbackup_core::v3::{
+    RegistrationOutcome, ServerConfig, ServerEffect, ServerSession, StoredClient,
 };
 use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

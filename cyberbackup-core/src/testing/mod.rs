@@ -7,9 +7,10 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
-use crate::frame::ClientId;
-use crate::session::{
-    ClientEffect, ClientEvent, ClientSession, CloseReason, FileId, Output, RegistrationOutcome,
+use crate::names::ClientId;
+use crate::session::Output;
+use crate::v3::{
+    ClientEffect, ClientEvent, ClientSession, CloseReason, FileId, RegistrationOutcome,
     ServerEffect, ServerEvent, ServerSession, StoredClient, TransferId,
 };
 
@@ -50,7 +51,7 @@ impl MemStore {
         session: &mut ServerSession<R>,
         now: Instant,
         effect: ServerEffect,
-    ) -> Result<bool, crate::session::SessionError> {
+    ) -> Result<bool, crate::v3::SessionError> {
         match effect {
             ServerEffect::RegisterClient { client_id, name } => {
                 let taken = self

@@ -15,7 +15,7 @@ use super::wire::{
     ServerHello, ServerMessage, VersionRecord, hello_header,
 };
 use super::{CloseReason, ContentDigest, IdleTimer, Output, V4Error};
-use crate::frame::{ClientId, FileName, NameField};
+use crate::names::{ClientId, FileName, NameField};
 use crate::session::Timer;
 
 /// Default largest `ReadFile`.

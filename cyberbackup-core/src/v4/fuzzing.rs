@@ -11,8 +11,8 @@ use super::noise::StaticKeypair;
 use super::server::{AuthDecision, ResumePoint, ServerConfig, ServerEffect, ServerSession};
 use super::wire::{ClientAuth, ClientMessage, ServerHello, ServerMessage};
 use super::{ContentDigest, Output};
-use crate::frame::{ClientId, NameField};
 use crate::fuzzing::CountingRng;
+use crate::names::{ClientId, NameField};
 
 /// The fixed server key of the handshake target, so seeds can be built against it.
 pub const FUZZ_SERVER_PRIVATE_KEY: [u8; 32] = [0x24; 32];

@@ -18,7 +18,7 @@ use super::wire::{
     VersionRecord, encode_frame, kind,
 };
 use super::{CloseReason, ContentDigest, IdleTimer, Output, Refusal, StorageFailure, V4Error};
-use crate::frame::{ClientId, FileName, NameField};
+use crate::names::{ClientId, FileName, NameField};
 use crate::session::Timer;
 
 /// Default bytes between durable checkpoints: 8 MiB.

@@ -13,7 +13,7 @@ use super::noise::PublicKey;
 use super::server::{AuthDecision, ResumePoint, ServerEffect, ServerEvent, ServerSession};
 use super::wire::{ClientAuth, ErrorCode, VersionRecord};
 use super::{CloseReason, ContentDigest, Output, Refusal, V4Error};
-use crate::frame::{ClientId, FileName, NameField};
+use crate::names::{ClientId, FileName, NameField};
 
 /// A partial upload kept by [`MemStore`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::frame::{ClientId, FileName, InvalidFileName, NameField};
+use crate::names::{ClientId, FileName, InvalidFileName, NameField};
 
 /// Version byte of v4 (offset 16 of the hello, offset 0 of every later frame).
 pub const PROTOCOL_VERSION_V4: u8 = 4;

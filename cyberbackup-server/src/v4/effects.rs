@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cyberbackup_core::frame::{ClientId, FileName, NameField};
+use cyberbackup_core::names::{ClientId, FileName, NameField};
 use cyberbackup_core::v4::noise::PublicKey;
 use cyberbackup_core::v4::server::{AuthDecision, ResumePoint, ServerEffect, ServerSession};
 use cyberbackup_core::v4::wire::{ClientAuth, ErrorCode, VersionRecord};

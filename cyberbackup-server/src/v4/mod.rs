@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use cyberbackup_core::frame::ClientId;
+use cyberbackup_core::names::ClientId;
 use cyberbackup_core::v4::noise::{Fingerprint, StaticKeypair, to_hex};
 use cyberbackup_core::v4::server::ServerConfig as SessionConfig;
 use rand_core::{OsRng, RngCore};
@@ -153,7 +153,7 @@ pub(crate) async fn refuse_v3(stream: &mut TcpStream) {
         "refused a protocol v3 connection: legacy_v3 = false on this server (clients must use protocol v4)"
     );
     let mut reply = Vec::new();
-    cyberbackup_core::frame::Response::ServerError.encode(&mut reply);
+    cyberbackup_core::v3::frame::Response::ServerError.encode(&mut reply);
     let _ = stream.write_all(&reply).await;
     let _ = stream.shutdown().await;
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cyberbackup_core::crypto::{AesKey, CbcEncryptor, ClientKeyPair};
-use cyberbackup_core::frame::{ClientId, FileMeta, NameField, Request, RequestCode, RequestHeader};
+use cyberbackup_core::names::{ClientId, NameField};
+use cyberbackup_core::v3::frame::{FileMeta, Request, RequestCode, RequestHeader};
 use cyberbackup_server::faults::Faults;
 use cyberbackup_server::{Server, ServerConfig};
 use rand_core::OsRng;

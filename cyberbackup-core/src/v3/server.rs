@@ -25,10 +25,11 @@ use bytes::{Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
 use super::{CloseReason, IdleTimer, Output, PeerMisbehaved, SessionError, Timer};
-use crate::codec::{Inbound, RequestDecoder};
 use crate::crypto::{AesKey, CbcDecryptor, Cksum, PublicKey, cbc_ciphertext_len};
-use crate::frame::{ClientId, FileMeta, FileName, NameField, Request, RequestCode, Response};
 use crate::limits::{CLIENT_ID_LEN, DEFAULT_IDLE_TIMEOUT, MAX_NAME_TEXT_LEN, MAX_V3_FILE_LEN};
+use crate::names::{ClientId, FileName, NameField};
+use crate::v3::codec::{Inbound, RequestDecoder};
+use crate::v3::frame::{FileMeta, Request, RequestCode, Response};
 
 /// Settings of a server session (plain data, shared between connections).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,7 +205,7 @@ pub enum ServerEvent {
 }
 
 /// Output of a server session.
-pub type ServerOutput = Output<ServerEffect, ServerEvent>;
+pub type ServerOutput = Output<ServerEffect, ServerEvent, CloseReason>;
 
 /// The client identified on this connection.
 #[derive(Debug)]
@@ -1196,7 +1197,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
         self.pending = None;
         self.abort_transfer();
         if let Some(code) = error.response()
-            && code == crate::frame::ResponseCode::SERVER_ERROR
+            && code == crate::v3::frame::ResponseCode::SERVER_ERROR
         {
             self.respond(Response::ServerError);
         }

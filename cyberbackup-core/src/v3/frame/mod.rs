@@ -2,10 +2,8 @@
 
 mod code;
 mod header;
-mod name;
 mod payload;
 
 pub use code::{RequestCode, ResponseCode};
-pub use header::{ClientId, RequestHeader, ResponseHeader};
-pub use name::{FileName, InvalidFileName, NameField, NameTooLong};
+pub use header::{RequestHeader, ResponseHeader};
 pub use payload::{FileMeta, Request, Response};

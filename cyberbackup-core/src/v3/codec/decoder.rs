@@ -4,13 +4,13 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::DecodeError;
-use crate::frame::{
-    FileMeta, Request, RequestCode, RequestHeader, Response, ResponseCode, ResponseHeader,
-};
 use crate::limits::{
     CLIENT_ID_LEN, FILE_META_LEN, FILE_META_LEN_U32, FILE_RECEIVED_LEN, MAX_CONTENT_PIECE,
     MAX_ENCRYPTED_KEY_LEN, MAX_FILE_FRAME_PAYLOAD, MAX_PUBLIC_KEY_FIELD_LEN, NAME_FIELD_LEN,
     PROTOCOL_VERSION_V3, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
+};
+use crate::v3::frame::{
+    FileMeta, Request, RequestCode, RequestHeader, Response, ResponseCode, ResponseHeader,
 };
 
 /// One decoded unit of the client-to-server stream.

@@ -3,12 +3,13 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use super::{ClientId, NameField, RequestCode, RequestHeader, ResponseCode, ResponseHeader};
-use crate::codec::DecodeError;
+use super::{RequestCode, RequestHeader, ResponseCode, ResponseHeader};
 use crate::limits::{
     CLIENT_ID_LEN, FILE_META_LEN, FILE_META_LEN_U32, FILE_RECEIVED_LEN, NAME_FIELD_LEN,
     PROTOCOL_VERSION_V3,
 };
+use crate::names::{ClientId, NameField};
+use crate::v3::codec::DecodeError;
 
 /// A request other than 1028 (whose content is streamed), with its decoded payload.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,28 +1,13 @@
-//! Transfer state machines for both ends of a v3 connection, plus what they share: the
-//! output queue, timers and errors.
-
-mod client;
-mod error;
-mod server;
+//! What every session (v3 and v4) shares: the ordered output queue and the idle deadline.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use client::{
-    ClientConfig, ClientEffect, ClientEvent, ClientOutput, ClientSession, FileFailure, FileId,
-    FileSpec, PacketScheme, TransferPhase,
-};
-pub use error::{PeerMisbehaved, SessionError};
-pub use server::{
-    RegistrationOutcome, ServerConfig, ServerEffect, ServerEvent, ServerOutput, ServerSession,
-    StorageFailure, StoredClient, TransferId,
-};
-
 /// One thing a session asks its driver to do, drained in order with `poll_output`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
-pub enum Output<E, V, C = CloseReason> {
+pub enum Output<E, V, C> {
     /// Write these bytes to the peer.
     Transmit(Bytes),
     /// Carry out this effect; if it needs an answer, report it before anything else.
@@ -31,20 +16,6 @@ pub enum Output<E, V, C = CloseReason> {
     Event(V),
     /// Close the connection (after writing every earlier `Transmit`).
     Close(C),
-}
-
-/// Why a session asks to close the connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CloseReason {
-    /// The session finished its work.
-    Done,
-    /// The peer closed its side.
-    PeerClosed,
-    /// The peer was silent longer than the idle timeout.
-    IdleTimeout,
-    /// A fatal error; the reply (if any) was queued before this.
-    Error(SessionError),
 }
 
 /// The deadlines a session may arm.

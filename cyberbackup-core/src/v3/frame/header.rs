@@ -1,72 +1,10 @@
 //! The 23-byte request header and the 7-byte response header. All integers are little-endian.
 
-use std::fmt;
-
 use bytes::{Buf, BufMut};
 
 use super::{RequestCode, ResponseCode};
 use crate::limits::{CLIENT_ID_LEN, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
-
-/// A client id: 16 raw bytes assigned by the server at registration.
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct ClientId(pub [u8; CLIENT_ID_LEN]);
-
-impl ClientId {
-    /// The all-zero id our client sends in 1025.
-    pub const ZERO: Self = Self([0; CLIENT_ID_LEN]);
-
-    /// Parses 32 hexadecimal digits in either case (me.info writers differ).
-    ///
-    /// # Errors
-    /// Returns `None` when the text is not exactly 32 hex digits.
-    #[must_use]
-    pub fn from_hex(text: &str) -> Option<Self> {
-        let digits = text.as_bytes();
-        if digits.len() != CLIENT_ID_LEN * 2 {
-            return None;
-        }
-        let mut id = [0u8; CLIENT_ID_LEN];
-        for (byte, pair) in id.iter_mut().zip(digits.chunks_exact(2)) {
-            let (hi, lo) = match pair {
-                [hi, lo] => (hex_value(*hi)?, hex_value(*lo)?),
-                _ => return None,
-            };
-            *byte = (hi << 4) | lo;
-        }
-        Some(Self(id))
-    }
-
-    /// Lowercase hexadecimal form, as written to me.info.
-    #[must_use]
-    pub fn to_hex(&self) -> String {
-        self.to_string()
-    }
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
-}
-
-impl fmt::Display for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientId({self})")
-    }
-}
+use crate::names::ClientId;
 
 /// The 23-byte header in front of every request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

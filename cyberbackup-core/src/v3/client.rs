@@ -14,15 +14,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
 use super::{CloseReason, IdleTimer, Output, SessionError, Timer};
-use crate::codec::ResponseDecoder;
 use crate::crypto::{AesKey, CbcEncryptor, Cksum, ClientKeyPair, cbc_ciphertext_len};
-use crate::frame::{ClientId, FileMeta, NameField, Request, RequestCode, Response};
 use crate::identity::Identity;
 use crate::limits::{
     AES_BLOCK_LEN, DEFAULT_IDLE_TIMEOUT, DEFAULT_PACKET_CONTENT_LEN, DEFAULT_READ_CHUNK_LEN,
     FILE_META_LEN_U32, MAX_FILE_SENDS, MAX_PACKETS, MAX_REQUEST_ATTEMPTS, MAX_V3_FILE_LEN,
     NAME_FIELD_LEN,
 };
+use crate::names::{ClientId, NameField};
+use crate::v3::codec::ResponseDecoder;
+use crate::v3::frame::{FileMeta, Request, RequestCode, Response};
 
 /// How a file's ciphertext is cut into 1028 packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,7 +200,7 @@ pub enum ClientEvent {
 }
 
 /// Output of a client session.
-pub type ClientOutput = Output<ClientEffect, ClientEvent>;
+pub type ClientOutput = Output<ClientEffect, ClientEvent, CloseReason>;
 
 /// How a new client gets its key pair.
 #[derive(Debug)]

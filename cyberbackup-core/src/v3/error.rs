@@ -1,8 +1,9 @@
 //! Session errors: typed, comparable, and each knows the response (if any) to send.
 
-use crate::codec::DecodeError;
 use crate::crypto::CryptoError;
-use crate::frame::{InvalidFileName, ResponseCode};
+use crate::names::InvalidFileName;
+use crate::v3::codec::DecodeError;
+use crate::v3::frame::ResponseCode;
 
 /// Why a session failed or refused a request.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

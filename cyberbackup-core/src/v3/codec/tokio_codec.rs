@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::{DecodeError, Inbound, RequestDecoder, ResponseDecoder};
-use crate::frame::{ClientId, Request, Response, ResponseHeader};
+use crate::names::ClientId;
+use crate::v3::frame::{Request, Response, ResponseHeader};
 
 /// Error of the tokio adapters: a decode error or an I/O error of the transport.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +55,7 @@ impl Encoder<Response> for ServerCodec {
 }
 
 /// Client-side codec: decodes responses, encodes requests or passes pre-encoded bytes
-/// (file frames produced by [`ClientSession`](crate::session::ClientSession)).
+/// (file frames produced by [`ClientSession`](crate::v3::ClientSession)).
 #[derive(Debug, Default)]
 pub struct ClientCodec {
     decoder: ResponseDecoder,
