@@ -2,7 +2,8 @@
 //!
 //! The CyberBackup v3 wire protocol as a sans-IO library: frame codecs over `bytes`,
 //! streaming crypto (POSIX cksum, AES-256-CBC, RSA-OAEP key transport) and the transfer
-//! state machines [`session::ServerSession`] and [`session::ClientSession`].
+//! state machines [`session::ServerSession`] and [`session::ClientSession`]. The snapshot
+//! repository format (keyed chunking, sealed blobs, packs, trees, snapshots) is [`repo`].
 //!
 //! ## The sans-IO contract
 //! Nothing in this crate touches sockets, files, clocks or OS randomness. The caller (a
@@ -62,6 +63,7 @@ pub mod crypto;
 pub mod frame;
 pub mod identity;
 pub mod limits;
+pub mod repo;
 pub mod session;
 pub mod v4;
 
