@@ -11,6 +11,11 @@ use crate::session::Output;
 use crate::v3::codec::{RequestDecoder, ResponseDecoder};
 use crate::v3::{RegistrationOutcome, ServerConfig, ServerEffect, ServerSession, StoredClient};
 
+pub use crate::repo::fuzzing::{
+    repo_config, repo_key_object, repo_pack_header, repo_ref_chunk, repo_sealed_blob,
+    repo_snapshot, repo_tree,
+};
+
 /// Decodes arbitrary bytes as a client-to-server stream, then as a server-to-client stream.
 /// Must never panic.
 pub fn decode_frames(data: &[u8]) {

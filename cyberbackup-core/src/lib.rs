@@ -3,9 +3,10 @@
 //! The CyberBackup protocols as a sans-IO library, side by side: [`v3`], the legacy wire
 //! protocol (frame codecs over `bytes`, the transfer state machines [`v3::ServerSession`]
 //! and [`v3::ClientSession`], with the streaming crypto of [`crypto`]: POSIX cksum,
-//! AES-256-CBC, RSA-OAEP key transport), and [`v4`] (Noise XX, AEAD frames, resume). What
-//! they share — the output queue and idle deadline ([`session`]) and names and client ids
-//! ([`names`]) — sits beside them.
+//! AES-256-CBC, RSA-OAEP key transport) and [`v4`] (Noise XX, AEAD frames, resume), and
+//! beside them the snapshot repository format [`repo`] (keyed chunking, sealed blobs, packs,
+//! trees, snapshots). What the protocols share — the output queue and idle deadline
+//! ([`session`]) and names and client ids ([`names`]) — sits beside them too.
 //!
 //! ## The sans-IO contract
 //! Nothing in this crate touches sockets, files, clocks or OS randomness. The caller (a
@@ -65,6 +66,7 @@ pub mod crypto;
 pub mod identity;
 pub mod limits;
 pub mod names;
+pub mod repo;
 pub mod session;
 pub mod v3;
 pub mod v4;

@@ -35,9 +35,32 @@ fn handshake_v4_corpus_replays() {
     replay("handshake_v4", fuzzing_v4::handshake_v4);
 }
 
+/// The repository targets (`fuzz/fuzz_targets/repo_*.rs`) replay their seeds
+/// (`fuzz/make_repo_seeds.py`, from the repository vectors); they get a `corpus/` directory
+/// with their first fuzz run.
+#[test]
+fn repo_targets_seeds_replay() {
+    let targets: [(&str, fn(&[u8])); 7] = [
+        ("repo_pack_header", fuzzing::repo_pack_header),
+        ("repo_sealed_blob", fuzzing::repo_sealed_blob),
+        ("repo_tree", fuzzing::repo_tree),
+        ("repo_snapshot", fuzzing::repo_snapshot),
+        ("repo_key_object", fuzzing::repo_key_object),
+        ("repo_config", fuzzing::repo_config),
+        ("repo_ref_chunk", fuzzing::repo_ref_chunk),
+    ];
+    for (target, entry) in targets {
+        replay_kinds(target, &["seeds"], entry);
+    }
+}
+
 fn replay(target: &str, entry: fn(&[u8])) {
+    replay_kinds(target, &["corpus", "seeds"], entry);
+}
+
+fn replay_kinds(target: &str, kinds: &[&str], entry: fn(&[u8])) {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    for kind in ["corpus", "seeds"] {
+    for kind in kinds {
         let dir = fuzz.join(kind).join(target);
         let files = files_in(&dir);
         assert!(
