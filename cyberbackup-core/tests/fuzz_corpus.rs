@@ -40,7 +40,7 @@ fn handshake_v4_corpus_replays() {
 /// with their first fuzz run.
 #[test]
 fn repo_targets_seeds_replay() {
-    let targets: [(&str, fn(&[u8])); 7] = [
+    let targets: [(&str, Entry); 7] = [
         ("repo_pack_header", fuzzing::repo_pack_header),
         ("repo_sealed_blob", fuzzing::repo_sealed_blob),
         ("repo_tree", fuzzing::repo_tree),
@@ -54,11 +54,14 @@ fn repo_targets_seeds_replay() {
     }
 }
 
-fn replay(target: &str, entry: fn(&[u8])) {
+/// A fuzz entry point.
+type Entry = fn(&[u8]);
+
+fn replay(target: &str, entry: Entry) {
     replay_kinds(target, &["corpus", "seeds"], entry);
 }
 
-fn replay_kinds(target: &str, kinds: &[&str], entry: fn(&[u8])) {
+fn replay_kinds(target: &str, kinds: &[&str], entry: Entry) {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     for kind in kinds {
         let dir = fuzz.join(kind).join(target);

@@ -220,7 +220,7 @@ proptest! {
         prop_assume!(names.len() == entries.len());
         let tree = Tree::new(entries.clone()).unwrap();
         let bytes = tree.encode().unwrap();
-        prop_assert_eq!(Tree::decode(&bytes).unwrap(), tree.clone());
+        prop_assert_eq!(Tree::decode(&bytes).unwrap(), tree);
         let mut reversed = entries;
         reversed.reverse();
         prop_assert_eq!(Tree::new(reversed).unwrap().encode().unwrap(), bytes);
@@ -308,7 +308,7 @@ proptest! {
         for chunk in &before {
             prop_assert_eq!(&RefChunk::decode_verified(&chunk.encode(), &chunk.id()).unwrap(), chunk);
         }
-        let mut more = ids.clone();
+        let mut more = ids;
         prop_assume!(more.insert(extra));
         let after = build(&more);
         let changed = after.iter().filter(|c| !before.contains(c)).count();

@@ -119,7 +119,7 @@ fn build() -> Vec<(String, Vec<u8>)> {
                 let sealed = sealer.seal(BlobKind::Data, id, chunk, rng).unwrap();
                 out.push((
                     format!("{label}_chunk{i}_len"),
-                    (chunk.len() as u32).to_le_bytes().to_vec(),
+                    u32::try_from(chunk.len()).unwrap().to_le_bytes().to_vec(),
                 ));
                 out.push((format!("{label}_chunk{i}_id"), id.0.to_vec()));
                 out.push((format!("{label}_chunk{i}_sealed"), sealed.bytes.to_vec()));
