@@ -64,6 +64,7 @@ pub mod identity;
 pub mod limits;
 pub mod session;
 pub mod v4;
+pub mod web;
 
 #[doc(hidden)]
 pub mod fuzzing;
