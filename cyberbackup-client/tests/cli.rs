@@ -288,3 +288,15 @@ fn connection_refused_exits_3_with_a_hint() {
         text(&output)
     );
 }
+
+#[test]
+fn help_describes_the_v4_client() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let output = client(dir.path()).arg("--help").output().unwrap();
+
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(!help.contains("v3 client"), "{help}");
+    assert!(help.contains("protocol v4"), "{help}");
+}

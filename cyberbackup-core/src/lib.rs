@@ -70,6 +70,7 @@ pub mod repo;
 pub mod session;
 pub mod v3;
 pub mod v4;
+pub mod web;
 
 #[doc(hidden)]
 pub mod fuzzing;

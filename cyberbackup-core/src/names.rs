@@ -23,18 +23,8 @@ impl ClientId {
     /// Returns `None` when the text is not exactly 32 hex digits.
     #[must_use]
     pub fn from_hex(text: &str) -> Option<Self> {
-        let digits = text.as_bytes();
-        if digits.len() != CLIENT_ID_LEN * 2 {
-            return None;
-        }
         let mut id = [0u8; CLIENT_ID_LEN];
-        for (byte, pair) in id.iter_mut().zip(digits.chunks_exact(2)) {
-            let (hi, lo) = match pair {
-                [hi, lo] => (hex_value(*hi)?, hex_value(*lo)?),
-                _ => return None,
-            };
-            *byte = (hi << 4) | lo;
-        }
+        hex::decode_to_slice(text, &mut id).ok()?;
         Some(Self(id))
     }
 
@@ -45,21 +35,9 @@ impl ClientId {
     }
 }
 
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
-}
-
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 

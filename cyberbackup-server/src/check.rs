@@ -1,7 +1,8 @@
-//! Start-up checks (`--check`, and before serving): each failure says what to fix.
+//! Start-up checks (`--check`): each failure says what to fix. They change nothing on disk: a
+//! data directory or catalog that does not exist yet is reported as created by `run`.
 
 use std::fmt;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 
 use crate::catalog::Catalog;
@@ -50,48 +51,43 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// Runs every check: port bindable, data directory usable (created, not world-writable,
-/// writable), catalog openable and sound, free disk above `min_free_disk_mb`.
+/// Runs every check: backup port and (when enabled) admin listener bindable, data directory
+/// usable (not world-writable, writable), catalog openable and sound, free disk above
+/// `min_free_disk_mb`.
 ///
-/// The port check binds and releases the port, so it fails while a server is running on it.
+/// The bind checks bind and release the addresses, so they fail while a server runs on them.
+/// Nothing is created: a missing data directory passes when `run` can create it (its nearest
+/// existing parent is writable), a missing catalog passes as "created by `run`".
 pub async fn run_checks(config: &ServerConfig) -> CheckReport {
-    let mut items = Vec::new();
-    let addr = (config.listen, config.port);
-    items.push(CheckItem {
+    let mut items = vec![CheckItem {
         name: "port",
-        outcome: TcpListener::bind(addr)
-            .map(|_| format!("{}:{} is bindable", config.listen, config.port))
-            .map_err(|e| {
-                format!(
-                    "cannot bind {}:{}: {e} — stop the process using it, pick another --port, or run with privileges for ports < 1024",
-                    config.listen, config.port
-                )
-            }),
-    });
+        outcome: check_bind(
+            SocketAddr::new(config.listen, config.port),
+            "pick another --port",
+        ),
+    }];
+    if config.admin_enabled {
+        items.push(CheckItem {
+            name: "admin",
+            outcome: check_bind(
+                config.admin_listen,
+                "set admin_listen to a free address, or admin_enabled = false",
+            ),
+        });
+    }
 
-    let storage = Storage::open(&config.data_dir).and_then(|s| s.probe_writable().map(|()| s));
     items.push(CheckItem {
         name: "data_dir",
-        outcome: storage
-            .as_ref()
-            .map(|s| format!("{} is writable", s.root().display()))
-            .map_err(ToString::to_string),
+        outcome: check_data_dir(&config.data_dir),
     });
 
-    let catalog_outcome = match Catalog::open(config.catalog_path()).await {
-        Ok(catalog) => {
-            let sound = catalog.integrity_check().await;
-            let closed = catalog.close().await;
-            match (sound, closed) {
-                (Ok(true), Ok(())) => Ok(format!("{} is sound", config.catalog_path().display())),
-                (Ok(false), _) => Err(format!(
-                    "{} failed PRAGMA integrity_check — restore it from a backup",
-                    config.catalog_path().display()
-                )),
-                (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-            }
-        }
-        Err(e) => Err(e.to_string()),
+    let catalog_outcome = if !config.catalog_path().exists() {
+        Ok(format!(
+            "{} does not exist yet; `run` creates it",
+            config.catalog_path().display()
+        ))
+    } else {
+        check_catalog(config).await
     };
     items.push(CheckItem {
         name: "catalog",
@@ -105,6 +101,63 @@ pub async fn run_checks(config: &ServerConfig) -> CheckReport {
     CheckReport { items }
 }
 
+/// Binds `addr` and releases it at once.
+fn check_bind(addr: SocketAddr, fix: &str) -> Result<String, String> {
+    TcpListener::bind(addr)
+        .map(|_| format!("{addr} is bindable"))
+        .map_err(|e| {
+            format!(
+                "cannot bind {addr}: {e} — stop the process using it, {fix}, or run with privileges for ports < 1024"
+            )
+        })
+}
+
+/// An existing data directory is opened and probed (the probe file is removed again); a
+/// missing one only needs a writable parent.
+fn check_data_dir(data_dir: &Path) -> Result<String, String> {
+    if data_dir.exists() {
+        let storage = Storage::open(data_dir).and_then(|s| s.probe_writable().map(|()| s));
+        return storage
+            .map(|s| format!("{} is writable", s.root().display()))
+            .map_err(|e| e.to_string());
+    }
+    let parent = existing_ancestor(data_dir);
+    rustix::fs::access(parent, rustix::fs::Access::WRITE_OK)
+        .map(|()| format!("{} does not exist yet; `run` creates it", data_dir.display()))
+        .map_err(|e| {
+            format!(
+                "{} does not exist and cannot be created: {} is not writable ({e}) — create it, or choose another --data-dir",
+                data_dir.display(),
+                parent.display()
+            )
+        })
+}
+
+/// `path`, or its nearest parent that exists.
+fn existing_ancestor(path: &Path) -> &Path {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("."))
+}
+
+async fn check_catalog(config: &ServerConfig) -> Result<String, String> {
+    match Catalog::open(config.catalog_path()).await {
+        Ok(catalog) => {
+            let sound = catalog.integrity_check().await;
+            let closed = catalog.close().await;
+            match (sound, closed) {
+                (Ok(true), Ok(())) => Ok(format!("{} is sound", config.catalog_path().display())),
+                (Ok(false), _) => Err(format!(
+                    "{} failed PRAGMA integrity_check — restore it from a backup",
+                    config.catalog_path().display()
+                )),
+                (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Bytes available to unprivileged users on the file system holding `path`.
 ///
 /// # Errors
@@ -115,6 +168,7 @@ pub fn free_space(path: &Path) -> std::io::Result<u64> {
 }
 
 fn check_free_space(path: &Path, min_bytes: u64) -> Result<String, String> {
+    let path = existing_ancestor(path);
     let free = free_space(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
     let mib = |b: u64| b / (1024 * 1024);
     if free < min_bytes {
@@ -134,15 +188,39 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
-    async fn checks_pass_on_a_fresh_data_dir() {
+    async fn checks_pass_on_a_fresh_data_dir_and_create_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_for(dir.path(), 0);
 
         let report = run_checks(&config).await;
 
         assert!(report.is_ok(), "{report}");
-        assert_eq!(report.items.len(), 4);
-        assert!(dir.path().join("data").join("defensive.db").is_file());
+        let names: Vec<_> = report.items.iter().map(|i| i.name).collect();
+        assert_eq!(names, ["port", "admin", "data_dir", "catalog", "disk"]);
+        assert!(report.to_string().contains("`run` creates it"), "{report}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_taken_admin_port_fails_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = config_for(dir.path(), 0);
+        config.admin_listen = busy.local_addr().unwrap();
+
+        let report = run_checks(&config).await;
+        config.admin_enabled = false;
+        let without_admin = run_checks(&config).await;
+
+        let failed: Vec<_> = report
+            .items
+            .iter()
+            .filter(|i| i.outcome.is_err())
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(failed, ["admin"], "{report}");
+        assert!(report.to_string().contains("admin_listen"), "{report}");
+        assert!(without_admin.is_ok(), "{without_admin}");
     }
 
     #[tokio::test]
@@ -170,6 +248,7 @@ mod tests {
         ServerConfig {
             listen: "127.0.0.1".parse().unwrap(),
             port: free_port(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             data_dir: dir.join("data"),
             min_free_disk_mb,
             ..ServerConfig::default()

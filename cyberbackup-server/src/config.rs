@@ -175,6 +175,9 @@ pub struct ServerConfig {
     /// Token required by the admin listener; mandatory when `admin_listen` is not loopback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<AdminToken>,
+    /// Host names (without port) the admin listener answers besides `localhost` and IP
+    /// addresses, e.g. the public name of a reverse proxy in front of it.
+    pub admin_hosts: Vec<String>,
     /// Accept the legacy v3 protocol (insecure; a warning is logged at start-up while true).
     pub legacy_v3: bool,
     /// File holding the v4 server key (default: `<data_dir>/server-v4.key`).
@@ -206,6 +209,7 @@ impl Default for ServerConfig {
             admin_enabled: true,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             admin_token: None,
+            admin_hosts: Vec::new(),
             legacy_v3: true,
             identity_key_file: None,
             enrollment_required: false,
@@ -269,6 +273,9 @@ pub struct ConfigOverrides {
     /// Admin API token, required off loopback [env: CYBERBACKUP_ADMIN_TOKEN]
     #[arg(long, global = true, value_name = "TOKEN")]
     pub admin_token: Option<AdminToken>,
+    /// Host names the admin listener answers besides localhost and IP addresses, comma-separated
+    #[arg(long, global = true, value_name = "NAMES", value_delimiter = ',')]
+    pub admin_hosts: Option<Vec<String>>,
     /// Accept the legacy v3 protocol [default: true]
     #[arg(long, global = true, value_name = "BOOL")]
     pub legacy_v3: Option<bool>,
@@ -406,6 +413,18 @@ impl ServerConfig {
                 "is required when admin_listen is not a loopback address — set admin_token (or CYBERBACKUP_ADMIN_TOKEN), or listen on 127.0.0.1",
             );
         }
+        let bare_name = |name: &String| {
+            !name.is_empty()
+                && !name
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, ':' | '/' | '[' | ']' | '@'))
+        };
+        if !self.admin_hosts.iter().all(bare_name) {
+            return invalid(
+                "admin_hosts",
+                "takes host names without scheme or port, e.g. [\"backup.example.com\"] (IP addresses and localhost are always answered)",
+            );
+        }
         Ok(())
     }
 
@@ -478,6 +497,7 @@ impl ServerConfig {
             admin_enabled,
             admin_listen,
             admin_token,
+            admin_hosts,
             legacy_v3,
             identity_key_file,
             enrollment_required,
@@ -505,6 +525,7 @@ impl ServerConfig {
         if admin_token.is_some() {
             self.admin_token = admin_token;
         }
+        set(&mut self.admin_hosts, admin_hosts);
         set(&mut self.legacy_v3, legacy_v3);
         if identity_key_file.is_some() {
             self.identity_key_file = identity_key_file;
@@ -549,6 +570,9 @@ impl ConfigOverrides {
             admin_enabled: env_var(env, "ADMIN_ENABLED")?,
             admin_listen: env_var(env, "ADMIN_LISTEN")?,
             admin_token: env_var(env, "ADMIN_TOKEN")?,
+            admin_hosts: env
+                .get(&format!("{ENV_PREFIX}ADMIN_HOSTS"))
+                .map(|names| names.split(',').map(|n| n.trim().to_owned()).collect()),
             legacy_v3: env_var(env, "LEGACY_V3")?,
             identity_key_file: env_var(env, "IDENTITY_KEY_FILE")?,
             enrollment_required: env_var(env, "ENROLLMENT_REQUIRED")?,

@@ -38,7 +38,7 @@ pub(crate) async fn serve(
         match version {
             Some(4) => {
                 let connection = shared.live.connection_opened();
-                crate::v4::serve(stream, buf, peer, shared, &shutdown, &abort).await;
+                crate::v4::serve(stream, buf, peer, shared, &shutdown, &abort, connection).await;
                 shared.live.connection_closed(connection);
                 return;
             }
@@ -69,10 +69,8 @@ pub(crate) async fn serve(
             });
         }
         match &reason {
-            CloseReason::Done | CloseReason::PeerClosed => {
-                tracing::debug!(?reason, "connection closed");
-            }
-            _ => tracing::info!(?reason, "connection closed by the server"),
+            CloseReason::Done | CloseReason::PeerClosed => effects.summary().log(None),
+            other => effects.summary().log(Some(&format_args!("{other:?}"))),
         }
     }
     .instrument(span)
@@ -175,12 +173,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn log_event(event: &ServerEvent) {
     match event {
-        ServerEvent::Registered { client_id }
-        | ServerEvent::Reconnected { client_id }
-        | ServerEvent::KeyExchanged { client_id } => {
+        // Recorded once: a span shows each recording of a field again.
+        ServerEvent::Registered { client_id } | ServerEvent::Reconnected { client_id } => {
             tracing::Span::current().record("client", tracing::field::display(client_id));
             tracing::info!(?event, "session");
         }
+        ServerEvent::KeyExchanged { .. } => tracing::info!(?event, "session"),
         ServerEvent::RequestFailed { error } => tracing::warn!(%error, "request refused with 1607"),
         ServerEvent::FileDiscarded { transfer } => {
             tracing::info!(transfer = transfer.0, "file discarded");

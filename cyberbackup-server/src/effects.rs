@@ -17,6 +17,7 @@ use crate::catalog::{CommittingFile, FileRowId, KeyOutcome, ReceivedFile, Regist
 use crate::listener::Shared;
 use crate::maintenance::{self, CommitOutcome};
 use crate::storage::PartialFile;
+use crate::telemetry::ConnectionSummary;
 
 /// Protocol version recorded for clients registered over v3.
 const PROTOCOL_V3: u8 = 3;
@@ -38,6 +39,7 @@ pub(crate) struct Effects<'a> {
     shared: &'a Shared,
     peer: IpAddr,
     open: BTreeMap<TransferId, OpenTransfer>,
+    summary: ConnectionSummary,
 }
 
 impl<'a> Effects<'a> {
@@ -46,7 +48,13 @@ impl<'a> Effects<'a> {
             shared,
             peer,
             open: BTreeMap::new(),
+            summary: ConnectionSummary::new(PROTOCOL_V3),
         }
+    }
+
+    /// What this connection stored so far.
+    pub(crate) fn summary(&self) -> &ConnectionSummary {
+        &self.summary
     }
 
     /// Performs `effect` and reports its outcome to `session`.
@@ -86,6 +94,7 @@ impl<'a> Effects<'a> {
                 };
                 if result.is_ok() {
                     self.shared.stats.add_bytes_received(data.len());
+                    self.summary.received(data.len());
                 }
                 session.handle_storage(now(), result)
             }
@@ -102,6 +111,9 @@ impl<'a> Effects<'a> {
             }
             ServerEffect::CommitFile { transfer } => {
                 let result = self.commit(transfer).await;
+                if result.is_ok() {
+                    self.summary.committed();
+                }
                 session.handle_storage(now(), result)
             }
             ServerEffect::AbortFile { transfer } => {
@@ -194,7 +206,8 @@ impl<'a> Effects<'a> {
                 reason: format!("client {client_id} is not in the catalog"),
             }),
             Ok(KeyOutcome::KeyAlreadySet) => {
-                tracing::warn!(client = %client_id, "1026 refused: the client already has a different public key");
+                // The connection's span already names the client.
+                tracing::warn!("1026 refused: the client already has a different public key");
                 Err(StorageFailure {
                     reason: format!(
                         "client {client_id} already has a public key; a different key is refused"
@@ -361,7 +374,7 @@ impl<'a> Effects<'a> {
             }
         }
         self.shared.stats.transfer_ended(true);
-        tracing::info!(path = %result.path_name, version = result.version, "file verified and committed");
+        tracing::debug!(path = %result.path_name, version = result.version, "file verified and committed");
         Ok(())
     }
 

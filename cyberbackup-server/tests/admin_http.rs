@@ -235,8 +235,83 @@ async fn token_is_required_when_the_listener_is_not_loopback() {
     server.stop().await;
 }
 
+/// DNS rebinding: a page of evil.example whose name later resolves to 127.0.0.1 reaches the
+/// dashboard from the operator's browser with `Host: evil.example`. Only the listener's own
+/// names are answered (421 otherwise); probes stay open; every answer refuses framing and
+/// MIME sniffing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_names_the_failing_probe() {
+async fn only_the_listeners_own_host_names_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&dir.path().join("data"));
+    config.admin_hosts = vec!["backup.example.com".into()];
+    let server = start(config).await;
+    backup(server.addr, dir.path(), "victim", &[("secret.txt", b"s")]).await;
+    let port = server.admin.port();
+
+    let mut answered = Vec::new();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "localhost:8080".to_owned(),
+        "Backup.Example.COM".to_owned(),
+    ] {
+        let response = get(server.admin, "/api/v1/clients", &[("Host", &host)]).await;
+        answered.push((host, response.status));
+    }
+    let rebound = get(
+        server.admin,
+        "/api/v1/clients",
+        &[("Host", &format!("evil.example:{port}"))],
+    )
+    .await;
+    let page = get(server.admin, "/", &[("Host", "evil.example")]).await;
+    let probe = get(server.admin, "/health", &[("Host", "10.1.2.3.nip.example")]).await;
+
+    for (host, status) in &answered {
+        assert_eq!(*status, 200, "Host: {host}");
+    }
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    assert!(rebound.body.contains("admin_hosts"), "{}", rebound.body);
+    assert!(!rebound.body.contains("victim"), "{}", rebound.body);
+    assert_eq!(page.status, 421);
+    assert_eq!(probe.status, 200);
+    let index = get(server.admin, "/", &[]).await;
+    let api = get(server.admin, "/api/v1/overview", &[]).await;
+    let missing = get(server.admin, "/nope", &[]).await;
+    for response in [&index, &api, &missing, &rebound] {
+        assert_security_headers(response);
+    }
+    server.stop().await;
+}
+
+/// The headers both UIs send with every answer (also checked on the client UI).
+fn assert_security_headers(response: &admin_common::Response) {
+    assert_eq!(
+        response.header("x-frame-options").as_deref(),
+        Some("DENY"),
+        "{}",
+        response.head
+    );
+    assert_eq!(
+        response.header("content-security-policy").as_deref(),
+        Some("frame-ancestors 'none'"),
+        "{}",
+        response.head
+    );
+    assert_eq!(
+        response.header("x-content-type-options").as_deref(),
+        Some("nosniff"),
+        "{}",
+        response.head
+    );
+}
+
+/// `/ready` needs no token, so its body says only pass/fail per check: no paths, no error
+/// text. The detail of a failing check is in the server log (and `/api/v1/events`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_names_the_failing_probe_and_reveals_nothing_else() {
+    install_recent_layer();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start(config_for(&data)).await;
@@ -249,43 +324,57 @@ async fn ready_names_the_failing_probe() {
     std::fs::remove_dir_all(data.join("files")).unwrap();
     let no_storage = get(server.admin, "/ready", &[]).await;
     let no_disk = get(starved.admin, "/ready", &[]).await;
+    let events = get(server.admin, "/api/v1/events", &[]).await.json();
 
     assert_eq!(
         (health.status, health.json()["status"].as_str()),
         (200, Some("alive"))
     );
     assert_eq!(ready.status, 200, "{}", ready.body);
-    let checks: Vec<_> = ready.json()["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap().to_owned(),
-                c["ok"].as_bool().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        checks,
-        [
-            ("database".into(), true),
-            ("storage".into(), true),
-            ("disk".into(), true)
-        ]
+        ready.json(),
+        serde_json::json!({
+            "ready": true,
+            "failing": [],
+            "checks": [
+                {"name": "database", "ok": true},
+                {"name": "storage", "ok": true},
+                {"name": "disk", "ok": true},
+            ],
+        })
     );
     assert_eq!(no_storage.status, 503);
-    let body = no_storage.json();
-    assert_eq!(body["failing"], serde_json::json!(["storage"]));
-    assert!(
-        body["checks"][1]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("writable")
+    assert_eq!(
+        no_storage.json(),
+        serde_json::json!({
+            "ready": false,
+            "failing": ["storage"],
+            "checks": [
+                {"name": "database", "ok": true},
+                {"name": "storage", "ok": false},
+                {"name": "disk", "ok": true},
+            ],
+        })
     );
     assert_eq!(no_disk.status, 503);
     assert_eq!(no_disk.json()["failing"], serde_json::json!(["disk"]));
-    assert!(no_disk.body.contains("min_free_disk_mb"));
+    let root = dir.path().to_string_lossy().into_owned();
+    for body in [&ready.body, &no_storage.body, &no_disk.body] {
+        assert!(!body.contains(&root), "a path in /ready: {body}");
+        assert!(!body.contains("detail"), "details in /ready: {body}");
+    }
+    let logged = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .any(|m| {
+            m.starts_with("readiness check failed")
+                && m.contains("check=storage")
+                && m.contains(&root)
+                && m.contains("writable")
+        });
+    assert!(logged, "the failing check's detail is not logged: {events}");
     server.stop().await;
     starved.stop().await;
 }
@@ -379,6 +468,94 @@ async fn metrics_are_valid_prometheus_text() {
             .body
             .contains("# HELP cyberbackup_bytes_received_total")
     );
+    server.stop().await;
+}
+
+/// A v4 upload (the client's default protocol) is listed in `/api/v1/transfers` and in the
+/// overview the dashboard page draws while it runs, and its effects land in the
+/// effect-duration histogram under v4 names. The client runs on its own thread and is held
+/// inside its progress callback, so the upload is in flight while the API is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v4_upload_is_listed_while_it_runs_and_timed_by_effect() {
+    use cyberbackup_client::v4::{V4Client, V4Options};
+    use cyberbackup_core::v4::client::ClientEvent;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+    let source = dir.path().join("big.bin");
+    std::fs::write(&source, vec![5u8; 4 << 20]).unwrap();
+    let (reached, on_progress) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let options =
+        V4Options::new(server.addr.to_string(), dir.path().join("v4.json")).with_name("dana");
+    let uploader = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut client = V4Client::connect(&options).await.unwrap();
+            let id = client.client_id().unwrap().to_hex();
+            let mut held = false;
+            let outcome = client
+                .upload_observed(&source, None, false, |event| {
+                    if matches!(event, ClientEvent::Progress { .. }) && !held {
+                        held = true;
+                        reached.send(()).unwrap();
+                        released.recv().unwrap();
+                    }
+                })
+                .await
+                .unwrap();
+            client.close().await.unwrap();
+            (id, outcome.size)
+        })
+    });
+    tokio::task::spawn_blocking(move || on_progress.recv().unwrap())
+        .await
+        .unwrap();
+
+    let mut during = Json::Null;
+    for _ in 0..200 {
+        during = get(server.admin, "/api/v1/transfers", &[]).await.json();
+        if during[0]["bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let overview = get(server.admin, "/api/v1/overview", &[]).await.json();
+    release.send(()).unwrap();
+    let (client_id, size) = tokio::task::spawn_blocking(move || uploader.join().unwrap())
+        .await
+        .unwrap();
+    let after = get(server.admin, "/api/v1/transfers", &[]).await.json();
+    let metrics = get(server.admin, "/metrics", &[]).await;
+
+    let listed = during.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{during}");
+    assert_eq!(listed[0]["file_name"], "big.bin");
+    assert_eq!(listed[0]["client_id"], client_id.as_str());
+    assert!(listed[0]["bytes"].as_u64().unwrap() > 0, "{during}");
+    assert_eq!(overview["active_transfers"][0]["file_name"], "big.bin");
+    assert_eq!(size, 4 << 20);
+    assert_eq!(after, Json::Array(vec![]));
+    let scrape = Scrape::parse(metrics.body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    for effect in [
+        "authenticate",
+        "open_upload",
+        "write_upload",
+        "finish_upload",
+    ] {
+        let timed = scrape.samples.iter().any(|s| {
+            s.metric == "cyberbackup_effect_duration_seconds"
+                && s.labels.get("effect") == Some(effect)
+        });
+        assert!(
+            timed,
+            "no {effect} in the effect histogram:\n{}",
+            metrics.body
+        );
+    }
     server.stop().await;
 }
 

@@ -569,3 +569,34 @@ async fn v3_stays_selectable_and_settings_are_checked() {
     ui.shutdown().await;
     server.stop().await;
 }
+
+/// Every answer of the UI, pages and API alike, refuses framing by another site and MIME
+/// sniffing (the same headers as the server's dashboard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_refuses_framing_and_sniffing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ui = start_ui(dir.path(), "127.0.0.1:9", 1024).await;
+
+    let page = get(ui.addr, "/", &[]).await;
+    let script = get(ui.addr, "/assets/ui.js", &[]).await;
+    let state = get(ui.addr, "/api/state", &[]).await;
+    let refused = get(ui.addr, "/api/state", &[("Host", "evil.example:9090")]).await;
+
+    assert_eq!(page.status, 200);
+    assert_eq!(refused.status, 403);
+    for response in [&page, &script, &state, &refused] {
+        for (name, value) in [
+            ("x-frame-options", "DENY"),
+            ("content-security-policy", "frame-ancestors 'none'"),
+            ("x-content-type-options", "nosniff"),
+        ] {
+            assert_eq!(
+                response.header(name).as_deref(),
+                Some(value),
+                "{}",
+                response.head
+            );
+        }
+    }
+    ui.shutdown().await;
+}

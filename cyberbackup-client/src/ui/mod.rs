@@ -19,8 +19,10 @@
 //! Off loopback a token is required (`--token`): `Authorization: Bearer <token>` or
 //! `?token=<token>`, compared in constant time. Requests that change anything must carry the
 //! header `X-CyberBackup-UI: 1` (a cross-site page cannot send it without a CORS preflight,
-//! which this server never grants), and without a token the `Host` header must name a loopback
-//! address (no DNS rebinding).
+//! which this server never grants), and without a token the `Host` header must name
+//! `localhost` or a loopback address (no DNS rebinding; the rule is
+//! [`cyberbackup_core::web::host_allowed`], shared with the server's dashboard). Every answer
+//! carries [`cyberbackup_core::web::SECURITY_HEADERS`] (no framing, no MIME sniffing).
 
 mod job;
 mod remote;
@@ -34,11 +36,12 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
+use cyberbackup_core::web;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -363,7 +366,18 @@ fn router(ui: Arc<Ui>) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(Arc::clone(&ui), guard))
+        .layer(middleware::map_response(security_headers))
         .with_state(ui)
+}
+
+async fn security_headers(mut response: Response) -> Response {
+    for (name, value) in web::SECURITY_HEADERS {
+        response.headers_mut().insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -390,7 +404,7 @@ async fn guard(State(ui): State<Arc<Ui>>, request: Request, next: Next) -> Respo
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned)
-            .or_else(|| query_token(request.uri().query()));
+            .or_else(|| query_token(request.uri()));
         let valid = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())));
         if !valid {
             return error(
@@ -398,7 +412,7 @@ async fn guard(State(ui): State<Arc<Ui>>, request: Request, next: Next) -> Respo
                 "this UI needs its token — open the address printed by `cyberbackup-client ui`, which ends in ?token=…",
             );
         }
-    } else if !host_is_loopback(&request) {
+    } else if !host_is_loopback(&request, ui.options.listen) {
         return error(
             StatusCode::FORBIDDEN,
             "this UI only answers requests addressed to 127.0.0.1 or localhost — open http://127.0.0.1:<port>/",
@@ -413,56 +427,26 @@ async fn guard(State(ui): State<Arc<Ui>>, request: Request, next: Next) -> Respo
     next.run(request).await
 }
 
-fn host_is_loopback(request: &Request) -> bool {
-    let Some(host) = request
+/// Without a token the UI listens on loopback only (`cyberbackup-client ui` refuses
+/// otherwise), so the names it answers are `localhost` and loopback addresses.
+fn host_is_loopback(request: &Request, listen: SocketAddr) -> bool {
+    request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-    else {
-        return false;
-    };
-    let name = if host.starts_with('[') {
-        host.split(']').next().map(|h| h.trim_start_matches('['))
-    } else {
-        host.split(':').next()
-    };
-    match name {
-        Some("localhost") => true,
-        Some(name) => name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
+        .is_some_and(|host| web::host_allowed(host, listen.ip(), &[]))
 }
 
-fn query_token(query: Option<&str>) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == "token").then(|| percent_decode(value))
-    })
-}
-
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let escaped = (b == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, escaped) {
-            (_, Some(v)) => {
-                out.push(v);
-                i += 2;
-            }
-            (b'+', None) => out.push(b' '),
-            (other, None) => out.push(other),
-        }
-        i += 1;
+/// The `token` parameter of the URL's query, percent-decoded.
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
     }
-    String::from_utf8_lossy(&out).into_owned()
+    axum::extract::Query::<TokenQuery>::try_from_uri(uri)
+        .ok()?
+        .0
+        .token
 }
 
 async fn state(State(ui): State<Arc<Ui>>) -> Response {
@@ -817,7 +801,12 @@ mod tests {
 
     #[test]
     fn token_query_is_decoded() {
-        assert_eq!(query_token(Some("a=1&token=x%2By+z")), Some("x+y z".into()));
-        assert_eq!(query_token(Some("a=1")), None);
+        let uri = |text: &str| text.parse::<axum::http::Uri>().unwrap();
+        assert_eq!(
+            query_token(&uri("/?a=1&token=x%2By+z")),
+            Some("x+y z".into())
+        );
+        assert_eq!(query_token(&uri("/?a=1")), None);
+        assert_eq!(query_token(&uri("/")), None);
     }
 }

@@ -60,11 +60,7 @@ pub struct Fingerprint(pub [u8; 32]);
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        write!(f, "sha256:{}", hex::encode(self.0))
     }
 }
 
@@ -142,12 +138,9 @@ impl StaticKeypair {
     /// The private key as 64 lowercase hex digits, in a zeroizing buffer.
     #[must_use]
     pub fn private_hex(&self) -> Zeroizing<String> {
-        let mut text = Zeroizing::new(String::with_capacity(2 * KEY_LEN));
-        for byte in self.private.iter() {
-            text.push(hex_digit(byte >> 4));
-            text.push(hex_digit(byte & 0x0f));
-        }
-        text
+        // `hex::encode` reserves the exact length first (its iterator has an exact size), so
+        // the one buffer moved into `Zeroizing` is the only copy.
+        Zeroizing::new(hex::encode(self.private.as_slice()))
     }
 
     /// The public key.
@@ -172,35 +165,18 @@ fn x25519_public(private: &[u8; KEY_LEN]) -> PublicKey {
     PublicKey(public)
 }
 
-/// Lowercase hex of `bytes`.
+/// Lowercase hex of `bytes` (the `hex` crate).
 #[must_use]
 pub fn to_hex(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(hex_digit(byte >> 4));
-        text.push(hex_digit(byte & 0x0f));
-    }
-    text
+    hex::encode(bytes)
 }
 
 /// Parses exactly `2 * N` hex digits (either case).
 #[must_use]
 pub fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let digits = text.as_bytes();
-    if digits.len() != 2 * N {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        let hi = char::from(*pair.first()?).to_digit(16)?;
-        let lo = char::from(*pair.get(1)?).to_digit(16)?;
-        *byte = u8::try_from(hi * 16 + lo).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
-}
-
-fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
 }
 
 /// Builds a handshake state whose only randomness is `seed` (drawn from the session RNG).

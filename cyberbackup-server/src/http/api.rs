@@ -1,8 +1,7 @@
 //! The JSON API under `/api/v1/` (documented in `docs/admin-api.md`).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::Router;
@@ -15,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::AdminState;
-use crate::catalog::{FileFilter, FileRecord, FileRowId, format_rfc3339};
+use crate::admin::{FileRow, write_files_csv};
+use crate::catalog::{FileFilter, FileRowId, format_rfc3339};
 
 /// Largest page the files endpoint returns.
 pub(crate) const MAX_PAGE: u32 = 1000;
@@ -168,43 +168,6 @@ impl FilesQuery {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct FileRow {
-    row: i64,
-    client_id: String,
-    client: String,
-    name: String,
-    path: String,
-    version: u32,
-    state: &'static str,
-    verified: bool,
-    size: Option<u64>,
-    cksum: Option<u32>,
-    sha256: Option<String>,
-    created_at: String,
-    verified_at: Option<String>,
-}
-
-impl From<FileRecord> for FileRow {
-    fn from(f: FileRecord) -> Self {
-        Self {
-            row: f.row.0,
-            client_id: hex::encode(f.client_id),
-            client: String::from_utf8_lossy(&f.client_name).into_owned(),
-            name: String::from_utf8_lossy(&f.file_name).into_owned(),
-            path: f.path_name,
-            version: f.version,
-            state: f.state.as_str(),
-            verified: f.verified,
-            size: f.size,
-            cksum: f.cksum,
-            sha256: f.sha256.map(hex::encode),
-            created_at: f.created_at,
-            verified_at: f.verified_at,
-        }
-    }
-}
-
 async fn files(State(state): State<Arc<AdminState>>, query: Query<FilesQuery>) -> Response {
     let filter = match query.filter() {
         Ok(filter) => filter,
@@ -217,7 +180,7 @@ async fn files(State(state): State<Arc<AdminState>>, query: Query<FilesQuery>) -
     };
     let full_page = u32::try_from(records.len()).is_ok_and(|n| n == limit);
     let next_after = records.last().filter(|_| full_page).map(|r| r.row.0);
-    let rows: Vec<FileRow> = records.into_iter().map(FileRow::from).collect();
+    let rows: Vec<FileRow> = records.iter().map(FileRow::from).collect();
     Json(json!({ "files": rows, "next_after": next_after })).into_response()
 }
 
@@ -229,23 +192,19 @@ async fn files_csv(State(state): State<Arc<AdminState>>, query: Query<FilesQuery
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     filter.limit = MAX_PAGE;
-    let header_line = "row,client,client_id,name,version,state,verified,size,cksum,sha256,created_at,verified_at\n";
     let stream = futures_util::stream::unfold((Some(filter), true), move |(filter, first)| {
         let state = Arc::clone(&state);
         async move {
             let mut filter = filter?;
-            let mut out = String::new();
-            if first {
-                out.push_str(header_line);
-            }
             let page = match state.catalog.list_files(filter.clone()).await {
                 Ok(page) => page,
                 Err(err) => {
                     return Some((Err(std::io::Error::other(err.to_string())), (None, false)));
                 }
             };
-            for f in &page {
-                write_csv_row(&mut out, f);
+            let mut out = Vec::new();
+            if let Err(err) = write_files_csv(&mut out, &page, first) {
+                return Some((Err(err.into()), (None, false)));
             }
             let next = if page.len() == MAX_PAGE as usize {
                 filter.after_row = page.last().map(|r| r.row);
@@ -270,35 +229,6 @@ async fn files_csv(State(state): State<Arc<AdminState>>, query: Query<FilesQuery
         Body::from_stream(stream),
     )
         .into_response()
-}
-
-fn write_csv_row(out: &mut String, f: &FileRecord) {
-    let opt = |v: Option<String>| v.unwrap_or_default();
-    let fields = [
-        f.row.0.to_string(),
-        String::from_utf8_lossy(&f.client_name).into_owned(),
-        hex::encode(f.client_id),
-        String::from_utf8_lossy(&f.file_name).into_owned(),
-        f.version.to_string(),
-        f.state.as_str().to_owned(),
-        f.verified.to_string(),
-        opt(f.size.map(|s| s.to_string())),
-        opt(f.cksum.map(|c| c.to_string())),
-        opt(f.sha256.as_ref().map(hex::encode)),
-        f.created_at.clone(),
-        opt(f.verified_at.clone()),
-    ];
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        if field.contains([',', '"', '\n', '\r']) {
-            let _ = write!(out, "\"{}\"", field.replace('"', "\"\""));
-        } else {
-            out.push_str(field);
-        }
-    }
-    out.push('\n');
 }
 
 async fn maintenance(State(state): State<Arc<AdminState>>) -> Response {
@@ -328,80 +258,22 @@ async fn events(State(state): State<Arc<AdminState>>) -> Response {
     Json(state.live.recent().snapshot()).into_response()
 }
 
-/// Parses `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDTHH:MM:SSZ`.
+/// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 UTC time `YYYY-MM-DDTHH:MM:SSZ`.
 fn parse_time(text: &str, key: &str) -> Result<SystemTime, String> {
-    let bad =
-        || format!("{key}={text:?} is not a date — use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)");
-    let (date, time) = match text.split_once('T') {
-        Some((date, time)) => (date, Some(time.strip_suffix('Z').ok_or_else(bad)?)),
-        None => (text, None),
+    let moment = if text.contains('T') {
+        humantime::parse_rfc3339(text)
+    } else {
+        humantime::parse_rfc3339(&format!("{text}T00:00:00Z"))
     };
-    let mut parts = date.split('-').map(str::parse::<i64>);
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d)), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
-        return Err(bad());
-    }
-    let mut secs = days_from_civil(y, m, d) * 86_400;
-    if let Some(time) = time {
-        let mut hms = time.split(':').map(str::parse::<i64>);
-        let (Some(Ok(h)), Some(Ok(mi)), Some(Ok(s)), None) =
-            (hms.next(), hms.next(), hms.next(), hms.next())
-        else {
-            return Err(bad());
-        };
-        if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..61).contains(&s) {
-            return Err(bad());
-        }
-        secs += h * 3600 + mi * 60 + s;
-    }
-    let secs = u64::try_from(secs).map_err(|_| bad())?;
-    Ok(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Decodes `%XX` escapes and `+` of a query value.
-pub(crate) fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                if let Some(v) = hex {
-                    out.push(v);
-                    i += 2;
-                } else {
-                    out.push(b'%');
-                }
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    moment.map_err(|_| {
+        format!("{key}={text:?} is not a date — use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)")
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
 
     #[test]
@@ -423,40 +295,14 @@ mod tests {
                 .contains("YYYY-MM-DD")
         );
         assert!(parse_time("2024-13-01", "since").is_err());
-    }
-
-    #[test]
-    fn csv_fields_are_quoted_when_needed() {
-        let mut out = String::new();
-        let record = FileRecord {
-            row: FileRowId(7),
-            client_id: [0xab; 16],
-            client_name: b"alice".to_vec(),
-            file_name: b"a,\"b\".txt".to_vec(),
-            path_name: "x/y".into(),
-            version: 1,
-            state: crate::catalog::FileState::Verified,
-            verified: true,
-            size: Some(3),
-            ciphertext_size: Some(16),
-            cksum: Some(9),
-            sha256: None,
-            created_at: "t".into(),
-            updated_at: "t".into(),
-            verified_at: None,
-        };
-
-        write_csv_row(&mut out, &record);
-
-        assert!(out.starts_with("7,alice,abab"), "{out}");
-        assert!(
-            out.contains(",\"a,\"\"b\"\".txt\",1,verified,true,3,9,,t,\n"),
-            "{out}"
+        assert!(parse_time("2024-02-30", "since").is_err());
+        assert!(parse_time("2024-03-01T12:30:05", "since").is_err());
+        assert_eq!(
+            parse_time("2024-03-01T12:30:05.5Z", "since")
+                .unwrap()
+                .duration_since(moment)
+                .unwrap(),
+            Duration::from_millis(500)
         );
-    }
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        assert_eq!(percent_decode("a%20b+c%2Fd%zz"), "a b c/d%zz");
     }
 }

@@ -17,14 +17,19 @@ pub(crate) async fn health() -> Response {
     Json(json!({ "status": "alive" })).into_response()
 }
 
+/// One probe's outcome. Only `name` and `ok` reach the unauthenticated `/ready` body; the
+/// detail (paths, errors) goes to the log.
 #[derive(Debug, Serialize)]
 struct Check {
     name: &'static str,
     ok: bool,
+    #[serde(skip)]
     detail: String,
 }
 
-/// 200 when every probe passes, else 503 naming the failing checks.
+/// 200 when every probe passes, else 503 naming the failing checks. The body says only
+/// pass/fail per check (it needs no token, so it must not reveal paths or errors); the
+/// details of failing checks are logged when the set of failing checks changes.
 pub(crate) async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     let checks = vec![
         database(&state).await,
@@ -32,7 +37,15 @@ pub(crate) async fn ready(State(state): State<Arc<AdminState>>) -> Response {
         disk(&state).await,
     ];
     let ready = checks.iter().all(|c| c.ok);
-    let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    let failing: Vec<&'static str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    if state.ready_failing_changed(&failing) {
+        for check in checks.iter().filter(|c| !c.ok) {
+            tracing::warn!(check = check.name, detail = %check.detail, "readiness check failed");
+        }
+        if ready {
+            tracing::info!("readiness checks pass again");
+        }
+    }
     let status = if ready {
         StatusCode::OK
     } else {

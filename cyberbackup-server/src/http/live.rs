@@ -164,37 +164,53 @@ impl LiveState {
             .retain(|(conn, _), _| *conn != connection);
     }
 
-    /// Updates the active-transfer table from an effect about to run.
+    /// Updates the active-transfer table from a v3 effect about to run.
     pub fn observe_effect(&self, connection: u64, effect: &ServerEffect) {
-        let mut transfers = self.transfers_lock();
         match effect {
             ServerEffect::BeginFile {
                 transfer,
                 client_id,
                 file_name,
-            } => {
-                transfers.insert(
-                    (connection, transfer.0),
-                    ActiveTransfer {
-                        client_id: client_id.to_hex(),
-                        file_name: file_name.to_string_lossy(),
-                        bytes: 0,
-                        elapsed_secs: 0.0,
-                        bytes_per_sec: 0.0,
-                        started: Some(Instant::now()),
-                    },
-                );
-            }
+            } => self.transfer_began(
+                (connection, transfer.0),
+                client_id.to_hex(),
+                file_name.to_string_lossy(),
+            ),
             ServerEffect::AppendFile { transfer, data } => {
-                if let Some(t) = transfers.get_mut(&(connection, transfer.0)) {
-                    t.bytes = t.bytes.saturating_add(data.len() as u64);
-                }
+                self.transfer_received((connection, transfer.0), data.len());
             }
             ServerEffect::CommitFile { transfer } | ServerEffect::AbortFile { transfer } => {
-                transfers.remove(&(connection, transfer.0));
+                self.transfer_ended((connection, transfer.0));
             }
             _ => {}
         }
+    }
+
+    /// A file began to arrive: `transfer` is (connection, transfer number on it).
+    pub fn transfer_began(&self, transfer: (u64, u64), client_id: String, file_name: String) {
+        self.transfers_lock().insert(
+            transfer,
+            ActiveTransfer {
+                client_id,
+                file_name,
+                bytes: 0,
+                elapsed_secs: 0.0,
+                bytes_per_sec: 0.0,
+                started: Some(Instant::now()),
+            },
+        );
+    }
+
+    /// `len` more plaintext bytes of `transfer` were written.
+    pub fn transfer_received(&self, transfer: (u64, u64), len: usize) {
+        if let Some(t) = self.transfers_lock().get_mut(&transfer) {
+            t.bytes = t.bytes.saturating_add(len as u64);
+        }
+    }
+
+    /// `transfer` was committed or given up.
+    pub fn transfer_ended(&self, transfer: (u64, u64)) {
+        self.transfers_lock().remove(&transfer);
     }
 
     /// The transfers running now, with their elapsed time and rate.

@@ -5,7 +5,11 @@
 //! backup port. Requests from other hosts need the configured `admin_token`
 //! (`Authorization: Bearer <token>` or `?token=<token>`, compared in constant time); without
 //! a token only loopback peers are served. `/health` and `/ready` never need the token, so
-//! probes work without secrets. See `docs/admin-api.md`.
+//! probes work without secrets. Every other request must name this listener in its `Host`
+//! header (`localhost`, an IP address, or a name in `admin_hosts`; else 421), so a
+//! DNS-rebinding page cannot read the API through a browser on the server's machine. Every
+//! answer carries the security headers of [`cyberbackup_core::web::SECURITY_HEADERS`]. See
+//! `docs/admin-api.md`.
 
 mod api;
 mod health;
@@ -17,11 +21,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cyberbackup_core::web;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +58,11 @@ pub(crate) struct AdminState {
     pub(crate) stats: Arc<Stats>,
     pub(crate) live: Arc<LiveState>,
     token: Option<AdminToken>,
+    /// The address the listener is bound to (the `Host` check accepts it).
+    listen: SocketAddr,
     stats_cache: Mutex<Option<(Instant, CatalogStats)>>,
+    /// The checks `/ready` found failing last time (their details are logged on a change).
+    ready_failing: Mutex<Vec<&'static str>>,
 }
 
 impl AdminState {
@@ -74,6 +83,19 @@ impl AdminState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), stats));
         Ok(stats)
+    }
+
+    /// Records the checks `/ready` found failing now; whether that differs from last time.
+    fn ready_failing_changed(&self, failing: &[&'static str]) -> bool {
+        let mut last = self
+            .ready_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.as_slice() == failing {
+            return false;
+        }
+        *last = failing.to_vec();
+        true
     }
 }
 
@@ -100,6 +122,9 @@ impl AdminServer {
                 source,
             )
         })?;
+        let listen = listener
+            .local_addr()
+            .map_err(|source| ServerError::io("cannot read the admin listening address", source))?;
         Ok(Self {
             listener,
             state: Arc::new(AdminState {
@@ -109,7 +134,9 @@ impl AdminServer {
                 stats: Arc::clone(&shared.stats),
                 live: Arc::clone(&shared.live),
                 token: shared.config.admin_token.clone(),
+                listen,
                 stats_cache: Mutex::new(None),
+                ready_failing: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -167,17 +194,55 @@ fn router(state: Arc<AdminState>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_own_host,
         ));
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .merge(protected)
         .fallback(not_found)
+        .layer(middleware::map_response(security_headers))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             observe_latency,
         ))
         .with_state(state)
+}
+
+async fn security_headers(mut response: Response) -> Response {
+    for (name, value) in web::SECURITY_HEADERS {
+        response.headers_mut().insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
+}
+
+/// A request must name this listener in its `Host` header (see the module docs).
+async fn require_own_host(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if web::host_allowed(host, state.listen.ip(), &state.config.admin_hosts) {
+        return next.run(request).await;
+    }
+    api::error(
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "this dashboard answers requests addressed to localhost, an IP address of this server or a name in admin_hosts, not Host: {host:?} — open http://127.0.0.1:{}/ (or through an SSH tunnel), or add the name to admin_hosts in the server config",
+            state.listen.port()
+        ),
+    )
 }
 
 fn page(body: &'static str, content_type: &'static str) -> Response {
@@ -266,11 +331,16 @@ fn bearer(request: &Request) -> Option<String> {
     value.strip_prefix("Bearer ").map(str::to_owned)
 }
 
+/// The `token` parameter of the URL's query, percent-decoded.
 fn query_token(request: &Request) -> Option<String> {
-    request.uri().query()?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == "token").then(|| api::percent_decode(value))
-    })
+    #[derive(serde::Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
+    }
+    Query::<TokenQuery>::try_from_uri(request.uri())
+        .ok()?
+        .0
+        .token
 }
 
 async fn sample_throughput(stats: Arc<Stats>, live: Arc<LiveState>, shutdown: CancellationToken) {

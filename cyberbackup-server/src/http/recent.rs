@@ -124,9 +124,18 @@ impl MessageVisitor {
     }
 }
 
+impl MessageVisitor {
+    /// The first `message` is the event's text; any other field, including a second
+    /// `message` (an event may name a field so), is listed as ` key=value`, never glued to
+    /// the text.
+    fn is_text(&self, field: &Field) -> bool {
+        field.name() == "message" && self.message.is_empty()
+    }
+}
+
 impl Visit for MessageVisitor {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
+        if self.is_text(field) {
             self.message.push_str(value);
         } else {
             let _ = write!(self.fields, " {}={value}", field.name());
@@ -134,7 +143,7 @@ impl Visit for MessageVisitor {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
+        if self.is_text(field) {
             let _ = write!(self.message, "{value:?}");
         } else {
             let _ = write!(self.fields, " {}={value:?}", field.name());
@@ -163,5 +172,22 @@ mod tests {
         let messages: Vec<_> = events.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(messages, ["third", "second code=7"]);
         assert_eq!(events.get(1).map(|e| e.level.as_str()), Some("ERROR"));
+    }
+
+    #[test]
+    fn a_field_named_message_is_not_glued_to_the_text() {
+        let recent = RecentEvents::new(2);
+        let subscriber = tracing_subscriber::registry().with(recent.layer());
+        let message = "no such file";
+
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(code = 7, %message, "request refused");
+        });
+
+        let events = recent.snapshot();
+        assert_eq!(
+            events.first().map(|e| e.message.as_str()),
+            Some("request refused code=7 message=no such file")
+        );
     }
 }

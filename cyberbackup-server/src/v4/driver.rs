@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use cyberbackup_core::v4::server::{ServerEvent, ServerSession};
+use cyberbackup_core::v4::wire::ErrorCode;
 use cyberbackup_core::v4::{CloseReason, Output};
 use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,14 +28,16 @@ pub(crate) async fn serve(
     shared: &Shared,
     shutdown: &CancellationToken,
     abort: &CancellationToken,
+    connection: u64,
 ) -> CloseReason {
-    let mut effects = V4Effects::new(shared, peer.ip());
+    let mut effects = V4Effects::new(shared, peer.ip(), connection);
     let reason = drive(&mut stream, &mut buf, shared, &mut effects, shutdown, abort).await;
     effects.finish_connection().await;
     let _ = stream.shutdown().await;
     match &reason {
-        CloseReason::Error(error) => tracing::info!(%error, "v4 connection failed"),
-        other => tracing::debug!(reason = ?other, "v4 connection closed"),
+        CloseReason::Done | CloseReason::PeerClosed => effects.summary().log(None),
+        CloseReason::Error(error) => effects.summary().log(Some(error)),
+        other => effects.summary().log(Some(&format_args!("{other:?}"))),
     }
     reason
 }
@@ -131,13 +134,36 @@ fn log_event(event: &ServerEvent) {
             registered,
         } => {
             tracing::Span::current().record("client", tracing::field::display(client_id));
-            tracing::info!(%client_id, registered, "v4 client authenticated");
+            // The connection's span now names the client.
+            tracing::info!(registered, "v4 client authenticated");
+        }
+        // A refusal the user caused (a typo in a restore, a taken name) is not a server
+        // problem: it stays out of the dashboard's warnings.
+        ServerEvent::Refused { code, message } if is_user_mistake(*code) => {
+            tracing::info!(%code, reason = %message, "v4 request refused");
         }
         ServerEvent::Refused { code, message } => {
-            tracing::warn!(%code, %message, "v4 request refused");
+            tracing::warn!(%code, reason = %message, "v4 request refused");
         }
         other => tracing::debug!(event = ?other, "v4 session"),
     }
+}
+
+/// Refusals that answer what the user asked for (no such file, a name in use, a file too
+/// large, no or a wrong enrollment token), as opposed to the server failing or a peer
+/// misbehaving.
+fn is_user_mistake(code: ErrorCode) -> bool {
+    [
+        ErrorCode::UNKNOWN_CLIENT,
+        ErrorCode::NAME_TAKEN,
+        ErrorCode::ENROLLMENT_REQUIRED,
+        ErrorCode::ENROLLMENT_INVALID,
+        ErrorCode::NOT_FOUND,
+        ErrorCode::TOO_LARGE,
+        ErrorCode::BAD_NAME,
+        ErrorCode::BUSY,
+    ]
+    .contains(&code)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

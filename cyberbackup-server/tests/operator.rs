@@ -1,0 +1,222 @@
+//! What a new operator meets, with the real binary as a child process: `--check` (it checks
+//! the admin listener too and changes nothing on disk) and the log of a running server
+//! (no colour codes off a terminal, one summary line per connection, `client=` once per line,
+//! a user's typo not listed as a server warning).
+//!
+//! Runtime: a few seconds in a debug build.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin_common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use admin_common::{backup, get};
+use cyberbackup_client::v4::{V4Client, V4Options};
+use cyberbackup_core::v4::wire::ErrorCode;
+
+/// Longest wait for the server to start (a failure guard, not a synchronisation).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[test]
+fn check_changes_nothing_on_disk_and_checks_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_addr();
+
+    let fresh = check(dir.path(), admin);
+    let taken = TcpListener::bind(admin).unwrap();
+    let busy = check(dir.path(), admin);
+    drop(taken);
+
+    assert_eq!(fresh.status.code(), Some(0), "{}", text(&fresh));
+    let created: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(created.is_empty(), "--check created {created:?}");
+    let report = String::from_utf8_lossy(&fresh.stdout);
+    assert!(
+        report.contains(&format!("ok    admin      {admin}")),
+        "{report}"
+    );
+    assert_eq!(busy.status.code(), Some(1), "{}", text(&busy));
+    let report = String::from_utf8_lossy(&busy.stdout);
+    assert!(report.contains("FAIL  admin"), "{report}");
+    assert!(report.contains("admin_listen"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_plain_text_with_one_summary_line_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = (free_addr(), free_addr());
+    let (mut child, lines) = start_server(dir.path(), addr, admin);
+    let mut log = wait_for(&lines, "admin dashboard listening");
+
+    backup(
+        addr,
+        dir.path(),
+        "olive",
+        &[("a.txt", b"first file"), ("b.txt", &[9u8; 3000])],
+    )
+    .await;
+    let source = dir.path().join("c.bin");
+    std::fs::write(&source, [4u8; 5000]).unwrap();
+    let options = V4Options::new(addr.to_string(), dir.path().join("v4.json")).with_name("pat");
+    let mut client = V4Client::connect(&options).await.unwrap();
+    client.upload(&source, None).await.unwrap();
+    let typo = client
+        .restore("c.bni", None, &dir.path().join("out"))
+        .await
+        .unwrap_err();
+    client.close().await.unwrap();
+    let events = get(admin, "/api/v1/events", &[]).await.json();
+    stop(&mut child);
+    log.extend(lines.iter());
+
+    assert_eq!(typo.code(), Some(ErrorCode::NOT_FOUND), "{typo:?}");
+    let all = log.join("\n");
+    assert!(!all.contains('\x1b'), "colour codes in a piped log:\n{all}");
+    let summaries = |protocol: &str| -> (u64, u64, usize) {
+        let mut totals = (0, 0, 0);
+        for line in log.iter().filter(|l| {
+            l.contains("connection closed") && l.contains(&format!("protocol={protocol}"))
+        }) {
+            assert!(line.contains("duration_ms="), "{line}");
+            totals.0 += field(line, "files");
+            totals.1 += field(line, "bytes");
+            totals.2 += 1;
+        }
+        totals
+    };
+    let (v3_files, v3_bytes, v3_lines) = summaries("3");
+    let (v4_files, v4_bytes, v4_lines) = summaries("4");
+    assert_eq!((v3_files, v3_bytes), (2, 10 + 3000), "{all}");
+    assert!(v3_lines >= 1, "{all}");
+    assert_eq!((v4_files, v4_bytes, v4_lines), (1, 5000, 1), "{all}");
+    assert!(
+        !all.contains("verified and committed"),
+        "per-file lines at INFO:\n{all}"
+    );
+    for line in &log {
+        assert!(
+            line.matches("client=").count() <= 1,
+            "client= twice: {line}"
+        );
+    }
+    let refused = log
+        .iter()
+        .find(|l| l.contains("v4 request refused"))
+        .unwrap_or_else(|| panic!("the refusal is not logged:\n{all}"));
+    assert!(refused.contains(" INFO "), "{refused}");
+    assert!(
+        !events.to_string().contains("v4 request refused"),
+        "a user's typo is listed as a server warning: {events}"
+    );
+}
+
+/// `cyberbackup-server --check` with a data directory and port in `dir`.
+fn check(dir: &Path, admin: SocketAddr) -> Output {
+    server_command(dir, free_addr(), admin)
+        .arg("--check")
+        .output()
+        .unwrap()
+}
+
+fn server_command(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cyberbackup-server"));
+    command
+        .current_dir(dir)
+        .args(["--listen", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--registrations-per-minute", "0", "--min-free-disk-mb", "1"])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env_remove("CYBERBACKUP_CONFIG");
+    command
+}
+
+/// Starts `run` with stderr on a pipe; its lines arrive on the returned channel.
+fn start_server(
+    dir: &Path,
+    addr: SocketAddr,
+    admin: SocketAddr,
+) -> (Child, mpsc::Receiver<String>) {
+    let mut child = server_command(dir, addr, admin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// Waits for a log line containing `marker`; returns the lines up to it.
+fn wait_for(lines: &mpsc::Receiver<String>, marker: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(START_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no {marker:?} in the server log {seen:#?}: {e}"));
+        let found = line.contains(marker);
+        seen.push(line);
+        if found {
+            return seen;
+        }
+    }
+}
+
+/// SIGTERM, then waits for the graceful exit.
+fn stop(child: &mut Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// The number after ` name=` in a log line.
+fn field(line: &str, name: &str) -> u64 {
+    let marker = format!("{name}=");
+    let at = line
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name}= in {line}"));
+    line[at + marker.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
