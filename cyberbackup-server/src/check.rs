@@ -4,7 +4,6 @@ use std::fmt;
 use std::net::TcpListener;
 use std::path::Path;
 
-use crate::catalog::Catalog;
 use crate::config::ServerConfig;
 use crate::storage::Storage;
 
@@ -78,21 +77,10 @@ pub async fn run_checks(config: &ServerConfig) -> CheckReport {
             .map_err(ToString::to_string),
     });
 
-    let catalog_outcome = match Catalog::open(config.catalog_path()).await {
-        Ok(catalog) => {
-            let sound = catalog.integrity_check().await;
-            let closed = catalog.close().await;
-            match (sound, closed) {
-                (Ok(true), Ok(())) => Ok(format!("{} is sound", config.catalog_path().display())),
-                (Ok(false), _) => Err(format!(
-                    "{} failed PRAGMA integrity_check — restore it from a backup",
-                    config.catalog_path().display()
-                )),
-                (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-            }
-        }
-        Err(e) => Err(e.to_string()),
-    };
+    let catalog_outcome = crate::catalog::integrity::inspect(config)
+        .await
+        .map(|()| format!("{} is sound", config.catalog_path().display()))
+        .map_err(|e| e.to_string());
     items.push(CheckItem {
         name: "catalog",
         outcome: catalog_outcome,
@@ -142,7 +130,8 @@ mod tests {
 
         assert!(report.is_ok(), "{report}");
         assert_eq!(report.items.len(), 4);
-        assert!(dir.path().join("data").join("defensive.db").is_file());
+        // Inspected, not created: the server creates it when it starts.
+        assert!(!dir.path().join("data").join("defensive.db").exists());
     }
 
     #[tokio::test]

@@ -19,8 +19,10 @@
 //! acknowledges a file (1603/1604) after the matching write has returned.
 
 mod error;
+pub mod integrity;
 mod model;
 mod queries;
+pub mod rebuild;
 mod schema;
 mod timestamp;
 pub mod v4;
@@ -208,8 +210,12 @@ impl Catalog {
         let Some(error) = self.faults.check(point) else {
             return Ok(());
         };
+        let full = error.kind() == std::io::ErrorKind::StorageFull
+            || error.raw_os_error() == Some(libc::ENOSPC);
         let code = if error.kind() == std::io::ErrorKind::WouldBlock {
             rusqlite::ffi::SQLITE_BUSY
+        } else if full {
+            rusqlite::ffi::SQLITE_FULL
         } else {
             rusqlite::ffi::SQLITE_IOERR
         };
@@ -392,7 +398,22 @@ impl Catalog {
             .await
     }
 
-    /// Unfinished transfers last updated before `updated_before`.
+    /// Deletes registrations older than `registered_before` that never stored a public key
+    /// and own no files; returns how many.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn remove_keyless_clients(
+        &self,
+        registered_before: SystemTime,
+    ) -> Result<usize, CatalogError> {
+        let cutoff = format_rfc3339(registered_before);
+        self.write(move |c| queries::remove_keyless_clients(c, &cutoff))
+            .await
+    }
+
+    /// Unfinished transfers last updated before `updated_before`, least recently updated
+    /// first.
     ///
     /// # Errors
     /// A [`CatalogError`] if the database fails.
