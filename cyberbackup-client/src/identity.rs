@@ -2,8 +2,8 @@
 //! written — atomically (temporary file in the same directory, fsync, rename) and readable
 //! by its owner only (mode 0600).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use cyberbackup_core::identity::Identity;

@@ -489,7 +489,10 @@ pub enum StorageError {
 pub fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(err) = next {
-        if matches!(err.downcast_ref(), Some(StorageError::Full { .. })) {
+        if matches!(
+            err.downcast_ref::<StorageError>(),
+            Some(StorageError::Full { .. })
+        ) {
             return true;
         }
         if let Some(io) = err.downcast_ref::<io::Error>() {

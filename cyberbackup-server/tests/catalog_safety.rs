@@ -9,7 +9,8 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use support::{Raw, keys, start};
@@ -32,14 +33,16 @@ async fn data_dir_with_two_versions(data: &Path) -> [Vec<u8>; 2] {
 
 /// The server binary on `data` (admin listener off, a free port), with `args` after the
 /// common flags; `run` exits at once when start-up fails, so a test that expects a refusal
-/// gets the output without waiting.
+/// gets the output without waiting (a server that starts instead is killed after a minute
+/// and the test fails).
 fn server(data: &Path, args: &[&str]) -> Output {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    Command::new(BINARY)
+    assert_cmd::Command::new(BINARY)
+        .timeout(Duration::from_secs(60))
         .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
         .arg("--data-dir")
         .arg(data)

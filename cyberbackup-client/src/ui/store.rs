@@ -2,7 +2,6 @@
 //! an enrollment token when one was given, hence private), and the history of past backups,
 //! in one JSON file (written atomically: temp file, fsync, rename; mode 0600).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

@@ -11,9 +11,9 @@
 //! }
 //! ```
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cyberbackup_core::v4::noise::{Fingerprint, StaticKeypair};

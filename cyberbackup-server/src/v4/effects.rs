@@ -658,7 +658,7 @@ fn accepted(id: [u8; 16], name: &[u8], registered: bool) -> AuthDecision {
 }
 
 /// The refusal of an operation that failed because the disk is full.
-fn storage_full(what: &str, err: &dyn std::fmt::Display) -> Refusal {
+fn storage_full(what: &str, err: &(dyn std::error::Error + 'static)) -> Refusal {
     tracing::warn!(%err, "server storage is full: cannot {what}");
     Refusal::new(
         ErrorCode::STORAGE,

@@ -2,9 +2,9 @@
 //! start, written atomically (temp file, fsync, rename, fsync directory) with mode 0600, and
 //! refused when group or others may read it.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cyberbackup_core::v4::noise::{StaticKeypair, to_hex};
