@@ -607,7 +607,7 @@ mod tests {
 
     async fn setup() -> (tempfile::TempDir, Catalog, Storage) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(dir.path().join("data")).unwrap();
         let catalog = Catalog::open(dir.path().join("defensive.db"))
             .await
             .unwrap();

@@ -1452,7 +1452,7 @@ mod tests {
     #[test]
     fn resolve_refuses_paths_outside_client_dirs() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(dir.path().join("data")).unwrap();
         let hex = hex::encode(CLIENT);
 
         let good = storage.resolve(&format!("{hex}/a.txt")).unwrap();
@@ -1793,7 +1793,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Storage) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(dir.path().join("data")).unwrap();
         (dir, storage)
     }
 

@@ -101,9 +101,13 @@ impl Catalog {
             let path = path.clone();
             move || -> Result<(Connection, Vec<Connection>), CatalogError> {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|source| CatalogError::CreateDir {
-                        path: parent.to_path_buf(),
-                        source,
+                    // 0700 like the rest of the data directory (`Storage::open` refuses it
+                    // readable by others).
+                    cyberbackup_fs::create_private_dir(parent).map_err(|source| {
+                        CatalogError::CreateDir {
+                            path: parent.to_path_buf(),
+                            source,
+                        }
                     })?;
                 }
                 let mut conn = schema::open_writer(&path)?;
