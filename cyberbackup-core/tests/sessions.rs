@@ -671,6 +671,7 @@ fn the_rest_of_a_failed_file_is_dropped_silently_however_many_packets_follow() {
     frames.extend((4..=40).map(|n| file_frame(b"w.bin", 1008, 999, n, 3, &cipher[..16])));
 
     let codes = raw.feed(&frames.concat());
+    let after = raw.feed(&file_frame(b"ok.bin", 16, 2, 1, 1, &encrypt(&key, b"ok")));
     let dropped: Vec<u64> = raw
         .run
         .events
@@ -680,7 +681,6 @@ fn the_rest_of_a_failed_file_is_dropped_silently_however_many_packets_follow() {
             _ => None,
         })
         .collect();
-    let after = raw.feed(&file_frame(b"ok.bin", 16, 2, 1, 1, &encrypt(&key, b"ok")));
 
     // One 1607, nothing for the 37 packets after it.
     assert_eq!(codes, [1607]);
