@@ -221,6 +221,13 @@ impl ClientError {
         }
     }
 
+    /// Whether the server refused because too many clients registered (`rate_limited`): a
+    /// retry then waits longer ([`RetryPolicy::rate_limited_delay`](crate::retry::RetryPolicy::rate_limited_delay)).
+    #[must_use]
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, Self::V4 { error, .. } if error.code() == Some(ErrorCode::RATE_LIMITED))
+    }
+
     /// The process exit code for this error (see the `EXIT_*` constants).
     #[must_use]
     pub fn exit_code(&self) -> u8 {
@@ -352,7 +359,7 @@ fn v4_message(server: &str, error: &V4ClientError) -> String {
                     "the enrollment token is unknown, used or expired: ask the operator for a new one (`cyberbackup-server enroll`)"
                 }
                 ErrorCode::RATE_LIMITED => {
-                    "too many registrations from this address: wait a minute and try again"
+                    "the server is limiting registrations (too many from this address or in total): the client retried with growing pauses; wait a minute and run again, or raise --retries"
                 }
                 _ => "check the server's log",
             };

@@ -2,8 +2,8 @@
 //! written — atomically (temporary file in the same directory, fsync, rename) and readable
 //! by its owner only (mode 0600).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use cyberbackup_core::identity::Identity;
@@ -102,71 +102,13 @@ impl IdentityFile {
         let text = identity
             .to_me_info()
             .map_err(|err| ClientError::identity(&self.path, &err))?;
-        self.write_atomically(text.as_bytes())
-            .map_err(|source| ClientError::IdentitySave {
+        cyberbackup_fs::write_private(&self.path, text.as_bytes()).map_err(|source| {
+            ClientError::IdentitySave {
                 path: self.path.clone(),
                 source,
-            })
+            }
+        })
     }
-
-    fn write_atomically(&self, contents: &[u8]) -> io::Result<()> {
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        create_private_dir(&dir)?;
-        let file_name = self
-            .path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(file_name);
-        temp_name.push(format!(".tmp-{}", std::process::id()));
-        let temp = dir.join(temp_name);
-        let result =
-            write_new_private(&temp, contents).and_then(|()| fs::rename(&temp, &self.path));
-        if let Err(err) = result {
-            let _ignored = fs::remove_file(&temp);
-            return Err(err);
-        }
-        // Make the rename itself durable.
-        File::open(&dir)?.sync_all()?;
-        Ok(())
-    }
-}
-
-fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    {
-        // A stale temp file keeps its old mode: tighten it explicitly.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    }
-    file.write_all(contents)?;
-    file.sync_all()?;
-    Ok(())
-}
-
-fn create_private_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
 }
 
 #[cfg(test)]

@@ -611,7 +611,12 @@ pub(crate) async fn back_off(
         return Err(error);
     }
     *retries += 1;
-    let Some(delay) = policy.delay(*retries) else {
+    let delay = if error.is_rate_limited() {
+        policy.rate_limited_delay(*retries)
+    } else {
+        policy.delay(*retries)
+    };
+    let Some(delay) = delay else {
         if policy.max_retries == 0 {
             return Err(error);
         }

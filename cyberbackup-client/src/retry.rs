@@ -3,6 +3,13 @@
 
 use std::time::Duration;
 
+/// Shortest wait before retrying after `rate_limited` (the server's default per-address budget
+/// refills one registration every 2 s).
+pub const RATE_LIMITED_DELAY: Duration = Duration::from_secs(2);
+
+/// Longest wait before retrying after `rate_limited`.
+pub const RATE_LIMITED_MAX_DELAY: Duration = Duration::from_secs(60);
+
 /// How often and how patiently to reconnect after a network error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -49,6 +56,21 @@ impl RetryPolicy {
         Some(delay.min(self.max_delay))
     }
 
+    /// The delay before retry number `retry` after the server answered `rate_limited`: the
+    /// usual delay, but at least [`RATE_LIMITED_DELAY`] doubled per retry (a registration
+    /// budget refills over seconds, so quick retries would all be refused too); `None` once
+    /// the policy is exhausted.
+    #[must_use]
+    pub fn rate_limited_delay(&self, retry: u32) -> Option<Duration> {
+        let usual = self.delay(retry)?;
+        let factor = 2u32.checked_pow(retry - 1).unwrap_or(u32::MAX);
+        let floor = RATE_LIMITED_DELAY
+            .checked_mul(factor)
+            .unwrap_or(RATE_LIMITED_MAX_DELAY)
+            .min(RATE_LIMITED_MAX_DELAY);
+        Some(usual.max(floor))
+    }
+
     /// Every delay of the schedule, in order.
     pub fn schedule(&self) -> impl Iterator<Item = Duration> + '_ {
         (1..=self.max_retries).filter_map(|retry| self.delay(retry))
@@ -70,6 +92,17 @@ mod tests {
         assert_eq!(ms, [100, 200, 400, 500, 500]);
         assert_eq!(policy.delay(6), None);
         assert_eq!(policy.delay(0), None);
+    }
+
+    #[test]
+    fn rate_limited_retries_wait_at_least_two_seconds_doubling() {
+        let policy = RetryPolicy::with_retries(8);
+        let secs: Vec<u64> = (1..=8)
+            .filter_map(|retry| policy.rate_limited_delay(retry))
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(policy.rate_limited_delay(9), None);
     }
 
     #[test]

@@ -432,17 +432,38 @@ fn escaping_file_names_are_refused_before_anything_is_written() {
 }
 
 #[test]
-fn bad_padding_and_misaligned_content_discard_the_file() {
-    let (mut raw, key) = Raw::keyed();
+fn bad_padding_or_misaligned_content_fails_the_file_and_closes_the_connection() {
+    let (mut padding, key) = Raw::keyed();
     let mut cipher = encrypt(&key, b"twenty bytes of text");
     cipher[15] ^= 1;
-    assert_eq!(raw.feed(&file_frame(b"a", 32, 20, 1, 1, &cipher)), [1607]);
-    assert_eq!(raw.feed(&file_frame(b"a", 15, 14, 1, 1, &[0; 15])), [1607]);
-    assert!(raw.store.partial.is_empty() && raw.store.committed.is_empty());
-    assert_eq!(raw.store.aborted.len(), 2);
-    // The connection still works: a good file is accepted.
-    let cipher = encrypt(&key, b"ok");
-    assert_eq!(raw.feed(&file_frame(b"a", 16, 2, 1, 1, &cipher)), [1603]);
+    let (mut misaligned, _) = Raw::keyed();
+    let good = encrypt(&key, b"ok");
+
+    let padding_codes = padding.feed(
+        &[
+            file_frame(b"a", 32, 20, 1, 1, &cipher),
+            file_frame(b"a", 16, 2, 1, 1, &good),
+        ]
+        .concat(),
+    );
+    let misaligned_codes = misaligned.feed(&file_frame(b"a", 15, 14, 1, 1, &[0; 15]));
+
+    // One 1607, then nothing more is read: the next file gets no reply.
+    assert_eq!(padding_codes, [1607]);
+    assert_eq!(misaligned_codes, [1607]);
+    for raw in [&padding, &misaligned] {
+        assert!(matches!(raw.run.closed, Some(CloseReason::Error(_))));
+        assert!(raw.store.partial.is_empty() && raw.store.committed.is_empty());
+        assert_eq!(raw.store.aborted.len(), 1);
+        assert!(
+            raw.run
+                .events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::DecryptFailed { .. })),
+            "{:?}",
+            raw.run.events
+        );
+    }
 }
 
 #[test]
@@ -618,12 +639,11 @@ fn verdict_without_a_file_is_an_error_but_1030_is_silent() {
 fn a_surplus_packet_after_a_failed_file_gets_no_second_reply() {
     let (mut raw, key) = Raw::keyed();
     let plain = pattern(8000, 4);
-    let mut second = encrypt(&key, &plain[4000..]);
-    let last = second.len() - 1;
-    second[last - 16] ^= 1; // breaks the padding of packet 2
+    let second = encrypt(&key, &plain[4000..]);
     let frames = [
         file_frame(b"s.bin", 4016, 4000, 1, 2, &encrypt(&key, &plain[..4000])),
-        file_frame(b"s.bin", 4016, 4000, 2, 2, &second),
+        // orig_file_size changes in packet 2: the file fails.
+        file_frame(b"s.bin", 4016, 3999, 2, 2, &second),
         file_frame(b"s.bin", 16, 0, 3, 2, &encrypt(&key, &[])),
     ]
     .concat();
@@ -635,6 +655,38 @@ fn a_surplus_packet_after_a_failed_file_gets_no_second_reply() {
     ]
     .concat();
     assert_eq!(raw.feed(&frames), [1603]);
+}
+
+#[test]
+fn the_rest_of_a_failed_file_is_dropped_silently_however_many_packets_follow() {
+    let (mut raw, key) = Raw::keyed();
+    let plain = pattern(1000, 5);
+    let cipher = encrypt(&key, &plain);
+    // total_packets 3 (as a 16-bit counter wraps), then packets 4 … 40 of the same file.
+    // orig_file_size says 999: the file fails in packet 3, when the 1000th byte decrypts.
+    let mut frames = vec![
+        file_frame(b"w.bin", 1008, 999, 1, 3, &cipher[..336]),
+        file_frame(b"w.bin", 1008, 999, 2, 3, &cipher[336..672]),
+        file_frame(b"w.bin", 1008, 999, 3, 3, &cipher[672..]),
+    ];
+    frames.extend((4..=40).map(|n| file_frame(b"w.bin", 1008, 999, n, 3, &cipher[..16])));
+
+    let codes = raw.feed(&frames.concat());
+    let after = raw.feed(&file_frame(b"ok.bin", 16, 2, 1, 1, &encrypt(&key, b"ok")));
+    let dropped: Vec<u64> = raw
+        .run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::PacketsDropped { packets } => Some(*packets),
+            _ => None,
+        })
+        .collect();
+
+    // One 1607, nothing for the 37 packets after it.
+    assert_eq!(codes, [1607]);
+    assert_eq!(after, [1603]);
+    assert_eq!(dropped, [37], "counted once, when the next file starts");
 }
 
 #[test]

@@ -5,7 +5,6 @@ use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 
-use crate::catalog::Catalog;
 use crate::config::ServerConfig;
 use crate::storage::Storage;
 
@@ -81,13 +80,13 @@ pub async fn run_checks(config: &ServerConfig) -> CheckReport {
         outcome: check_data_dir(&config.data_dir),
     });
 
-    let catalog_outcome = if !config.catalog_path().exists() {
-        Ok(format!(
+    let catalog_outcome = match crate::catalog::integrity::inspect(config).await {
+        Ok(()) if !config.catalog_path().exists() => Ok(format!(
             "{} does not exist yet; `run` creates it",
             config.catalog_path().display()
-        ))
-    } else {
-        check_catalog(config).await
+        )),
+        Ok(()) => Ok(format!("{} is sound", config.catalog_path().display())),
+        Err(e) => Err(e.to_string()),
     };
     items.push(CheckItem {
         name: "catalog",
@@ -138,24 +137,6 @@ fn existing_ancestor(path: &Path) -> &Path {
     path.ancestors()
         .find(|p| p.exists())
         .unwrap_or_else(|| Path::new("."))
-}
-
-async fn check_catalog(config: &ServerConfig) -> Result<String, String> {
-    match Catalog::open(config.catalog_path()).await {
-        Ok(catalog) => {
-            let sound = catalog.integrity_check().await;
-            let closed = catalog.close().await;
-            match (sound, closed) {
-                (Ok(true), Ok(())) => Ok(format!("{} is sound", config.catalog_path().display())),
-                (Ok(false), _) => Err(format!(
-                    "{} failed PRAGMA integrity_check — restore it from a backup",
-                    config.catalog_path().display()
-                )),
-                (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-            }
-        }
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// Bytes available to unprivileged users on the file system holding `path`.

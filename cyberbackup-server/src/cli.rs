@@ -41,6 +41,18 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Print the fingerprint of the v4 server key (creating the key if needed).
     Fingerprint,
+    /// Catalog maintenance (`catalog rebuild`).
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+/// Subcommands of `catalog`.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Rebuild the catalog from the stored files (server stopped): the old catalog is moved
+    /// aside, every stored file is registered again as a verified version of its client, with
+    /// its hashes recomputed.
+    Rebuild,
 }
 
 /// Arguments of `enroll`.
@@ -100,6 +112,24 @@ mod tests {
         };
         assert_eq!(files.client.as_deref(), Some("alice"));
         assert!(files.csv);
+    }
+
+    #[test]
+    fn catalog_rebuild_parses_with_the_data_dir() {
+        let cli = Cli::try_parse_from([
+            "cyberbackup-server",
+            "catalog",
+            "rebuild",
+            "--data-dir",
+            "/srv/cb",
+        ])
+        .unwrap();
+
+        assert!(matches!(
+            cli.command,
+            Some(Command::Catalog(CatalogCommand::Rebuild))
+        ));
+        assert_eq!(cli.overrides.data_dir, Some(PathBuf::from("/srv/cb")));
     }
 
     #[test]

@@ -187,6 +187,12 @@ pub struct ServerConfig {
     pub enrollment_required: bool,
     /// Bytes between durable checkpoints of a v4 upload (resume points).
     pub checkpoint_interval_bytes: u64,
+    /// Start even when the catalog fails `PRAGMA quick_check` (the operator accepts the risk).
+    pub allow_damaged_catalog: bool,
+    /// Registrations (v3 and v4) accepted per minute from all addresses together; 0 disables.
+    pub registrations_per_minute_total: u32,
+    /// v3 files that may fail to decrypt per client id per hour before its uploads are refused.
+    pub v3_failed_files_per_hour: u32,
 }
 
 impl Default for ServerConfig {
@@ -199,7 +205,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 60,
             read_timeout_secs: 30,
             shutdown_grace_secs: 30,
-            keep_versions: 1,
+            keep_versions: 10,
             maintenance_interval_secs: 300,
             abandoned_after_secs: 3600,
             min_free_disk_mb: 100,
@@ -214,6 +220,9 @@ impl Default for ServerConfig {
             identity_key_file: None,
             enrollment_required: false,
             checkpoint_interval_bytes: 8 * 1024 * 1024,
+            allow_damaged_catalog: false,
+            registrations_per_minute_total: 300,
+            v3_failed_files_per_hour: 5,
         }
     }
 }
@@ -243,7 +252,7 @@ pub struct ConfigOverrides {
     /// Shutdown grace period in seconds [default: 30]
     #[arg(long, global = true, value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
-    /// Verified versions kept per file [default: 1]
+    /// Verified versions kept per file [default: 10]
     #[arg(long, global = true, value_name = "N")]
     pub keep_versions: Option<u32>,
     /// Seconds between maintenance runs [default: 300]
@@ -288,6 +297,15 @@ pub struct ConfigOverrides {
     /// Bytes between durable checkpoints of a v4 upload [default: 8388608]
     #[arg(long, global = true, value_name = "BYTES")]
     pub checkpoint_interval_bytes: Option<u64>,
+    /// Start although the catalog fails its integrity check [default: false]
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub allow_damaged_catalog: Option<bool>,
+    /// Registrations per minute from all addresses together, 0 = unlimited [default: 300]
+    #[arg(long, global = true, value_name = "N")]
+    pub registrations_per_minute_total: Option<u32>,
+    /// v3 files failing to decrypt per client id per hour before refusing it, 0 = unlimited [default: 5]
+    #[arg(long, global = true, value_name = "N")]
+    pub v3_failed_files_per_hour: Option<u32>,
 }
 
 /// What `port.info` said.
@@ -502,6 +520,9 @@ impl ServerConfig {
             identity_key_file,
             enrollment_required,
             checkpoint_interval_bytes,
+            allow_damaged_catalog,
+            registrations_per_minute_total,
+            v3_failed_files_per_hour,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -535,6 +556,12 @@ impl ServerConfig {
             &mut self.checkpoint_interval_bytes,
             checkpoint_interval_bytes,
         );
+        set(&mut self.allow_damaged_catalog, allow_damaged_catalog);
+        set(
+            &mut self.registrations_per_minute_total,
+            registrations_per_minute_total,
+        );
+        set(&mut self.v3_failed_files_per_hour, v3_failed_files_per_hour);
     }
 
     /// The v4 server key file: `identity_key_file`, else `<data_dir>/server-v4.key`.
@@ -577,6 +604,9 @@ impl ConfigOverrides {
             identity_key_file: env_var(env, "IDENTITY_KEY_FILE")?,
             enrollment_required: env_var(env, "ENROLLMENT_REQUIRED")?,
             checkpoint_interval_bytes: env_var(env, "CHECKPOINT_INTERVAL_BYTES")?,
+            allow_damaged_catalog: env_var(env, "ALLOW_DAMAGED_CATALOG")?,
+            registrations_per_minute_total: env_var(env, "REGISTRATIONS_PER_MINUTE_TOTAL")?,
+            v3_failed_files_per_hour: env_var(env, "V3_FAILED_FILES_PER_HOUR")?,
         })
     }
 }

@@ -116,6 +116,12 @@ async fn drive(
                     });
                 }
                 Output::Event(event) => {
+                    if let ServerEvent::DecryptFailed { client_id } = &event {
+                        effects.decrypt_failed(*client_id);
+                        shared.live.record(|| {
+                            metrics::counter!("cyberbackup_v3_decrypt_failures_total").increment(1);
+                        });
+                    }
                     if let ServerEvent::RequestFailed { error } = &event {
                         let reason = crate::http::failure_reason(&format!("{error:?}"));
                         shared.live.record(|| {
@@ -182,6 +188,16 @@ fn log_event(event: &ServerEvent) {
         ServerEvent::RequestFailed { error } => tracing::warn!(%error, "request refused with 1607"),
         ServerEvent::FileDiscarded { transfer } => {
             tracing::info!(transfer = transfer.0, "file discarded");
+        }
+        ServerEvent::DecryptFailed { client_id } => tracing::warn!(
+            client = %client_id,
+            "a file failed to decrypt (wrong key or forged data): closing the connection"
+        ),
+        ServerEvent::PacketsDropped { packets } => {
+            tracing::info!(
+                packets,
+                "dropped the rest of the failed file without replies"
+            );
         }
         other => tracing::debug!(event = ?other, "session"),
     }

@@ -127,6 +127,12 @@ impl<'a> Effects<'a> {
         }
     }
 
+    /// Counts a file of `client` that failed to decrypt against its budget
+    /// (`v3_failed_files_per_hour`).
+    pub(crate) fn decrypt_failed(&self, client: ClientId) {
+        self.shared.decrypt_failures.record(client, now());
+    }
+
     /// Discards every transfer still open (the connection ended).
     pub(crate) async fn abort_all(&mut self) {
         let open: Vec<TransferId> = self.open.keys().copied().collect();
@@ -136,10 +142,10 @@ impl<'a> Effects<'a> {
     }
 
     async fn register(&self, client_id: ClientId, name: &NameField) -> RegistrationOutcome {
-        if !self.shared.registrations.allow(self.peer) {
-            tracing::warn!(peer = %self.peer, "registration rate limit reached");
+        if let Err(refused) = self.shared.registrations.allow(self.peer) {
+            tracing::warn!(peer = %self.peer, ?refused, "registration rate limit reached");
             return RegistrationOutcome::Failed(StorageFailure {
-                reason: "registration rate limit reached for this address".to_owned(),
+                reason: refused.message().to_owned(),
             });
         }
         match self
@@ -224,10 +230,20 @@ impl<'a> Effects<'a> {
         client_id: ClientId,
         file_name: &FileName,
     ) -> Result<(), StorageFailure> {
+        if self.shared.decrypt_failures.is_exhausted(client_id, now()) {
+            tracing::warn!(client = %client_id, "file refused: too many files of this client failed to decrypt in the last hour");
+            return Err(StorageFailure {
+                reason: format!(
+                    "client {client_id} sent too many files that failed to decrypt; refused for up to an hour"
+                ),
+            });
+        }
         let name = file_name.as_bytes().to_vec();
-        let file = self
-            .shared
-            .storage
+        let storage = &self.shared.storage;
+        storage
+            .ensure_room(self.shared.config.min_free_disk_bytes())
+            .map_err(failure("accept a new file"))?;
+        let file = storage
             .create_partial(client_id.0, &name)
             .await
             .map_err(failure("create temporary file"))?;
@@ -400,8 +416,15 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-fn failure<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StorageFailure {
+/// The failure to report for `err`; a full disk is logged as such (v3 can only answer 1607).
+fn failure<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> StorageFailure {
     move |err| {
+        if crate::storage::is_storage_full(&err) {
+            tracing::warn!(%err, "server storage is full: {what} failed");
+            return StorageFailure {
+                reason: format!("server storage is full: {what}: {err}"),
+            };
+        }
         tracing::error!(%err, "{what} failed");
         StorageFailure {
             reason: format!("{what}: {err}"),

@@ -17,6 +17,7 @@ pub mod faults;
 pub mod http;
 pub mod listener;
 pub mod maintenance;
+mod rate_limit;
 pub mod storage;
 pub mod telemetry;
 pub mod v4;

@@ -1,11 +1,10 @@
 //! The accept loop: binds the backup port, enforces the connection limit, starts one task
 //! per connection, runs maintenance, and shuts down gracefully.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -17,6 +16,7 @@ use crate::config::ServerConfig;
 use crate::connection;
 use crate::error::ServerError;
 use crate::maintenance;
+use crate::rate_limit::{FailureBudget, RegistrationLimiter};
 use crate::storage::Storage;
 
 /// Live counters of a running server, readable by tests and the admin side.
@@ -78,37 +78,6 @@ impl Stats {
     }
 }
 
-/// Per-address limit on registrations (1025) per minute.
-#[derive(Debug)]
-pub(crate) struct RegistrationLimiter {
-    per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl RegistrationLimiter {
-    fn new(per_minute: u32) -> Self {
-        Self {
-            per_minute,
-            windows: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts one registration from `peer`; `false` when the limit is reached.
-    pub(crate) fn allow(&self, peer: IpAddr) -> bool {
-        if self.per_minute == 0 {
-            return true;
-        }
-        let now = Instant::now();
-        let Ok(mut windows) = self.windows.lock() else {
-            return true;
-        };
-        windows.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
-        let (_, count) = windows.entry(peer).or_insert((now, 0));
-        *count += 1;
-        *count <= self.per_minute
-    }
-}
-
 /// What every connection task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -118,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) storage: Storage,
     pub(crate) stats: Arc<Stats>,
     pub(crate) registrations: RegistrationLimiter,
+    /// v3 files that failed to decrypt, per client id.
+    pub(crate) decrypt_failures: FailureBudget,
     /// Live state for the admin listener (transfers, throughput, metrics, maintenance).
     pub(crate) live: Arc<crate::http::LiveState>,
     /// Protocol v4: server key, session settings, uploads in progress.
@@ -151,7 +122,7 @@ impl Server {
         faults: crate::faults::Faults,
     ) -> Result<Self, ServerError> {
         let storage = Storage::open(&config.data_dir)?.with_faults(faults.clone());
-        let catalog = Catalog::open(config.catalog_path())
+        let catalog = crate::catalog::integrity::open_checked(&config)
             .await?
             .with_faults(faults);
         maintenance::recover(&catalog, &storage).await?;
@@ -170,7 +141,11 @@ impl Server {
                 .max_file_size
                 .min(cyberbackup_core::limits::MAX_V3_FILE_LEN),
         });
-        let registrations = RegistrationLimiter::new(config.registrations_per_minute);
+        let registrations = RegistrationLimiter::new(
+            config.registrations_per_minute,
+            config.registrations_per_minute_total,
+        );
+        let decrypt_failures = FailureBudget::per_hour(config.v3_failed_files_per_hour);
         let v4 = Arc::new(crate::v4::V4State::open(&config)?);
         Ok(Self {
             listener,
@@ -181,6 +156,7 @@ impl Server {
                 storage,
                 stats: Arc::new(Stats::default()),
                 registrations,
+                decrypt_failures,
                 live: crate::http::LiveState::new(crate::http::RecentEvents::global()),
                 v4,
             }),
@@ -220,6 +196,7 @@ impl Server {
             shared.storage.clone(),
             shared.config.maintenance_interval(),
             shared.config.abandoned_after(),
+            shared.config.min_free_disk_bytes(),
             shutdown.clone(),
             shared.live.maintenance().clone(),
         );

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cyberbackup_server::admin;
-use cyberbackup_server::catalog::{Catalog, FileFilter};
+use cyberbackup_server::catalog::{Catalog, FileFilter, integrity, rebuild};
 use cyberbackup_server::check::run_checks;
-use cyberbackup_server::cli::{Cli, Command, EnrollArgs, FilesArgs};
+use cyberbackup_server::cli::{CatalogCommand, Cli, Command, EnrollArgs, FilesArgs};
 use cyberbackup_server::config::{ENV_PREFIX, LoadedConfig, ServerConfig};
 use cyberbackup_server::{ServerError, telemetry};
 
@@ -157,7 +157,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
                 .map_err(|e| ServerError::io("cannot write to stdout", e))?;
         }
         Command::Enroll(EnrollArgs { ttl_secs }) => {
-            let catalog = Catalog::open(config.catalog_path()).await?;
+            let catalog = integrity::open_checked(&config).await?;
             let ttl = std::time::Duration::from_secs(ttl_secs);
             let (token, expires) = cyberbackup_server::v4::enroll(&catalog, ttl).await?;
             catalog.close().await?;
@@ -167,9 +167,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             );
         }
         Command::Fingerprint => {
+            // The catalog exists whenever the key does: a key without a catalog means a lost one.
+            integrity::open_checked(&config).await?.close().await?;
             let (fingerprint, path) = cyberbackup_server::v4::server_fingerprint(&config)?;
             println!("{fingerprint}");
             eprintln!("v4 server key: {}", path.display());
+        }
+        Command::Catalog(CatalogCommand::Rebuild) => {
+            let report = rebuild::rebuild(&config).await?;
+            print!("{report}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -30,7 +30,16 @@ pub struct MaintenanceReport {
     pub removed_orphan_versions: usize,
     /// Interrupted v4 uploads kept for resume by start-up recovery.
     pub kept_resumable_uploads: usize,
+    /// Registrations without a public key (and without files) deleted.
+    pub removed_keyless_clients: usize,
+    /// Unfinished transfers discarded early because free space was below `min_free_disk_mb`.
+    pub reclaimed_for_space: usize,
 }
+
+/// Under disk pressure, unfinished transfers not updated for this long count as abandoned
+/// (instead of `abandoned_after`): a live v4 upload checkpoints far more often, and while the
+/// disk is full no upload can progress anyway.
+pub const RECLAIM_IDLE: Duration = Duration::from_secs(300);
 
 /// How [`reconcile_commit`] resolved a `committing` row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,8 +273,47 @@ pub async fn run_once(
     report.removed_temp_files += storage
         .remove_leftovers(abandoned_after, &BTreeSet::new())
         .await?;
+    report.removed_keyless_clients = catalog.remove_keyless_clients(cutoff).await?;
     catalog.merge_name_index().await?;
     Ok(report)
+}
+
+/// When free space is below `min_free_bytes`, discards unfinished transfers not updated for
+/// `idle` (the server passes [`RECLAIM_IDLE`]), least recently updated first, until there is
+/// room again (partial v4 uploads can hold many megabytes each); returns how many were
+/// discarded.
+///
+/// # Errors
+/// [`ServerError::Catalog`] or [`ServerError::Storage`].
+pub async fn reclaim_space(
+    catalog: &Catalog,
+    storage: &Storage,
+    min_free_bytes: u64,
+    idle: Duration,
+) -> Result<usize, ServerError> {
+    if storage.ensure_room(min_free_bytes).is_ok() {
+        return Ok(0);
+    }
+    let cutoff = SystemTime::now().checked_sub(idle).unwrap_or(UNIX_EPOCH);
+    let mut reclaimed = 0;
+    for transfer in catalog.abandoned_transfers(cutoff).await? {
+        if storage.ensure_room(min_free_bytes).is_ok() {
+            break;
+        }
+        if let Some(temp) = &transfer.temp_path {
+            storage.remove(temp).await?;
+        }
+        if catalog.discard_file(transfer.row).await? {
+            reclaimed += 1;
+        }
+    }
+    if reclaimed > 0 {
+        tracing::warn!(
+            reclaimed,
+            "server storage is full: discarded the oldest unfinished uploads to make room"
+        );
+    }
+    Ok(reclaimed)
 }
 
 /// The outcome of the latest maintenance run, shared with the admin dashboard.
@@ -305,7 +353,8 @@ impl LastMaintenance {
 }
 
 /// Runs [`run_once`] every `interval` (first run immediately) until `shutdown` is cancelled,
-/// logging each report. A failed run is logged and retried at the next tick.
+/// logging each report. A failed run is logged and retried at the next tick. Space is not
+/// reclaimed early ([`spawn_with_report`] does that).
 #[must_use]
 pub fn spawn(
     catalog: Catalog,
@@ -319,18 +368,21 @@ pub fn spawn(
         storage,
         interval,
         abandoned_after,
+        0,
         shutdown,
         LastMaintenance::default(),
     )
 }
 
-/// [`spawn`], also recording every run in `last` (for the admin dashboard).
+/// [`spawn`], also recording every run in `last` (for the admin dashboard), and first
+/// reclaiming space ([`reclaim_space`]) while free space is below `min_free_bytes`.
 #[must_use]
 pub fn spawn_with_report(
     catalog: Catalog,
     storage: Storage,
     interval: Duration,
     abandoned_after: Duration,
+    min_free_bytes: u64,
     shutdown: CancellationToken,
     last: LastMaintenance,
 ) -> JoinHandle<()> {
@@ -343,7 +395,18 @@ pub fn spawn_with_report(
                 _ = ticker.tick() => {}
             }
             let started = std::time::Instant::now();
-            let result = run_once(&catalog, &storage, abandoned_after).await;
+            let reclaimed = reclaim_space(&catalog, &storage, min_free_bytes, RECLAIM_IDLE).await;
+            let result = match reclaimed {
+                Ok(reclaimed) => {
+                    run_once(&catalog, &storage, abandoned_after)
+                        .await
+                        .map(|report| MaintenanceReport {
+                            reclaimed_for_space: reclaimed,
+                            ..report
+                        })
+                }
+                Err(err) => Err(err),
+            };
             last.set(MaintenanceRun {
                 finished_at: SystemTime::now(),
                 duration: started.elapsed(),
@@ -361,6 +424,8 @@ pub fn spawn_with_report(
                     discarded_rows = report.discarded_rows,
                     removed_temp_files = report.removed_temp_files,
                     refused_paths = report.refused_paths,
+                    removed_keyless_clients = report.removed_keyless_clients,
+                    reclaimed_for_space = report.reclaimed_for_space,
                     "maintenance done"
                 ),
                 Err(error) => tracing::warn!(%error, "maintenance failed"),
@@ -456,6 +521,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keyless_registrations_without_files_are_removed_once_abandoned() {
+        let (_dir, catalog, storage) = setup().await;
+        catalog
+            .register_client([0x22; 16], b"flood".to_vec(), 3)
+            .await
+            .unwrap();
+        catalog
+            .store_first_public_key(CLIENT, vec![1, 2, 3])
+            .await
+            .unwrap();
+
+        let fresh = run_once(&catalog, &storage, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let stale = run_once(&catalog, &storage, Duration::from_millis(1))
+            .await
+            .unwrap();
+        let left: Vec<_> = catalog
+            .list_clients()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+
+        assert_eq!(fresh.removed_keyless_clients, 0);
+        assert_eq!(stale.removed_keyless_clients, 1);
+        assert_eq!(left, [CLIENT], "the client with a key stays");
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_reclaims_unfinished_uploads() {
+        let (_dir, catalog, storage) = setup().await;
+        let mut temps = Vec::new();
+        for name in [&b"old.bin"[..], b"new.bin"] {
+            let partial = storage.create_partial(CLIENT, name).await.unwrap();
+            catalog
+                .begin_file(
+                    CLIENT,
+                    name.to_vec(),
+                    partial.relative_path().into(),
+                    Some(partial.relative_temp_path().into()),
+                )
+                .await
+                .unwrap();
+            temps.push(partial.temp_path().to_path_buf());
+            std::mem::forget(partial);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        let roomy = reclaim_space(&catalog, &storage, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        let kept = temps.iter().all(|t| t.exists());
+        let full = reclaim_space(&catalog, &storage, u64::MAX, Duration::ZERO)
+            .await
+            .unwrap();
+
+        assert_eq!(roomy, 0, "enough space: nothing is touched");
+        assert!(kept);
+        assert_eq!(full, 2);
+        assert!(temps.iter().all(|t| !t.exists()));
+    }
+
+    #[tokio::test]
     async fn spawned_task_stops_on_shutdown() {
         let (_dir, catalog, storage) = setup().await;
         let shutdown = CancellationToken::new();
@@ -476,7 +607,7 @@ mod tests {
 
     async fn setup() -> (tempfile::TempDir, Catalog, Storage) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(dir.path().join("data")).unwrap();
         let catalog = Catalog::open(dir.path().join("defensive.db"))
             .await
             .unwrap();

@@ -425,6 +425,24 @@ pub enum StorageError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A storage directory can be read or searched by every user.
+    #[error("storage directory {path} is readable by other users (mode {mode:o}): they could read client names, keys and file names — run `chmod o-rwx {}` (or `chmod 700`) or choose another data directory", path.display())]
+    ReadableByOthers {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Free space on the data directory's file system is below `min_free_disk_mb`.
+    #[error("server storage is full: {} MiB free in {}, below min_free_disk_mb = {} — free disk space (or lower min_free_disk_mb); new uploads are refused until then", free_bytes / (1024 * 1024), path.display(), min_bytes / (1024 * 1024))]
+    Full {
+        /// The storage root.
+        path: PathBuf,
+        /// Bytes available.
+        free_bytes: u64,
+        /// The configured minimum in bytes.
+        min_bytes: u64,
+    },
     /// Writing a probe file failed.
     #[error(
         "storage directory {path} is not writable: {source} — check ownership, permissions and free space"
@@ -463,6 +481,34 @@ pub enum StorageError {
     /// A blocking task panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
+}
+
+/// Whether `err` (or one of its sources) says the disk is full: [`StorageError::Full`], an IO
+/// error `ENOSPC` / `EDQUOT`, or SQLite's "database or disk is full".
+#[must_use]
+pub fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if matches!(
+            err.downcast_ref::<StorageError>(),
+            Some(StorageError::Full { .. })
+        ) {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            let full = io.kind() == io::ErrorKind::StorageFull;
+            if full || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                return true;
+            }
+        }
+        if let Some(sqlite) = err.downcast_ref::<rusqlite::Error>() {
+            if sqlite.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// Maps a wire file name to the name stored on disk.
@@ -607,10 +653,11 @@ pub struct Storage {
 
 impl Storage {
     /// Creates `<data_dir>` and `<data_dir>/files` (mode 0700 when created) and refuses
-    /// world-writable ones.
+    /// ones that other users may write, read or search.
     ///
     /// # Errors
-    /// [`StorageError::CreateDir`] or [`StorageError::WorldWritable`].
+    /// [`StorageError::CreateDir`], [`StorageError::WorldWritable`] or
+    /// [`StorageError::ReadableByOthers`].
     pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, StorageError> {
         let data_dir = data_dir.as_ref();
         let root = data_dir.join(FILES_DIR);
@@ -729,6 +776,28 @@ impl Storage {
             return Err(outside());
         }
         inside(&self.root.join(dir), file).ok_or_else(outside)
+    }
+
+    /// Checks that at least `min_bytes` are free on the storage's file system (0 disables the
+    /// check); a failing `statvfs` does not refuse anything (writes then report real errors).
+    ///
+    /// # Errors
+    /// [`StorageError::Full`].
+    pub fn ensure_room(&self, min_bytes: u64) -> Result<(), StorageError> {
+        if min_bytes == 0 {
+            return Ok(());
+        }
+        let Ok(free_bytes) = crate::check::free_space(&self.root) else {
+            return Ok(());
+        };
+        if free_bytes >= min_bytes {
+            return Ok(());
+        }
+        Err(StorageError::Full {
+            path: self.root.clone(),
+            free_bytes,
+            min_bytes,
+        })
     }
 
     /// Writes, fsyncs and removes a probe file in the storage root.
@@ -1042,6 +1111,12 @@ fn create_private_dir(path: &Path) -> Result<(), StorageError> {
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o002 != 0 {
         return Err(StorageError::WorldWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if mode & 0o005 != 0 {
+        return Err(StorageError::ReadableByOthers {
             path: path.to_path_buf(),
             mode,
         });
@@ -1377,7 +1452,7 @@ mod tests {
     #[test]
     fn resolve_refuses_paths_outside_client_dirs() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(dir.path().join("data")).unwrap();
         let hex = hex::encode(CLIENT);
 
         let good = storage.resolve(&format!("{hex}/a.txt")).unwrap();
@@ -1542,6 +1617,25 @@ mod tests {
     }
 
     #[test]
+    fn data_dir_readable_by_others_is_refused_with_the_chmod_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let err = Storage::open(&data).unwrap_err();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o750)).unwrap();
+        let group_only = Storage::open(&data);
+
+        assert!(
+            matches!(err, StorageError::ReadableByOthers { mode: 0o755, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod o-rwx"), "{err}");
+        assert!(group_only.is_ok(), "{:?}", group_only.err());
+    }
+
+    #[test]
     fn world_writable_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -1699,7 +1793,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Storage) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let storage = Storage::open(dir.path().join("data")).unwrap();
         (dir, storage)
     }
 

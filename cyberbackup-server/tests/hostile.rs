@@ -283,10 +283,11 @@ fn catalogue() -> Vec<Case> {
         ErrorKeepOpen,
         Box::new(|raw| file_frame(raw.id, 17, 5, 1, 1, b"odd", &[1u8; 17])),
     ));
+    // A file that fails to decrypt closes the connection (a padding oracle otherwise).
     cases.push(case(
         "bad PKCS#7 padding",
         Keyed,
-        ErrorKeepOpen,
+        ErrorThenClose,
         // The first block of the encryption of 16 zero bytes decrypts to zeros: pad byte 0.
         Box::new(|raw| {
             file_frame(
@@ -473,6 +474,13 @@ async fn the_hostile_input_catalogue() {
 
     let mut found: BTreeSet<String> = all_files(&data).into_iter().collect();
     found.retain(|f| !f.ends_with("/probe") || expected.contains(f));
+    // Earlier versions of the legal files are kept too (history is on: keep_versions = 10).
+    found.retain(|f| {
+        !expected.iter().any(|e| {
+            f.strip_prefix(&format!("{e}.~"))
+                .is_some_and(|v| v.ends_with('~'))
+        })
+    });
     assert_eq!(
         found, expected,
         "files other than the legal ones were written"
@@ -580,4 +588,148 @@ fn nofile_soft_limit() -> usize {
                 .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(1024)
+}
+
+/// A file that decrypts to bad padding: the first block of the encryption of 16 zero bytes
+/// decrypts to zeros, whose last byte is no PKCS#7 pad (what a forger's random block gives
+/// 255 times in 256).
+fn forged_file(raw: &Raw, file: &[u8]) -> Vec<u8> {
+    file_frame(
+        raw.id,
+        16,
+        15,
+        1,
+        1,
+        file,
+        &encrypt(raw.aes(), &[0u8; 16])[..16],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_v3_files_close_the_connection_are_budgeted_and_never_replace_the_verified_version()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.v3_failed_files_per_hour = 2;
+    let srv = start_with(config, Faults::none()).await;
+    let keys = keys();
+    let original = pattern(50_000, 7);
+    let mut victim = Raw::keyed(srv.addr, b"victim", &keys).await;
+    victim.upload_verified(b"report.txt", &original).await;
+    let id = victim.id;
+    drop(victim);
+
+    // Two forgeries, each on a fresh connection with a fresh session key (1027).
+    for attempt in 0..2 {
+        let mut forger = Raw::connect(srv.addr).await;
+        assert_eq!(
+            forger.reconnect(id, b"victim", &keys).await.code,
+            RECONNECTED
+        );
+        let forged = forged_file(&forger, b"report.txt");
+        forger.send(&forged).await;
+        assert_eq!(forger.expect(SERVER_ERROR).await.code, SERVER_ERROR);
+        // The second forged file on the same connection is never read.
+        let _ = forger.send_lossy(&forged).await;
+        assert!(
+            forger.closed_within(REPLY_WAIT).await,
+            "attempt {attempt}: the connection stays open after a failed decrypt"
+        );
+    }
+    // The budget is used up: even a well-formed file of this client id is refused now.
+    let mut after = Raw::connect(srv.addr).await;
+    assert_eq!(
+        after.reconnect(id, b"victim", &keys).await.code,
+        RECONNECTED
+    );
+    let refused = after
+        .upload(b"report.txt", &pattern(100, 8), 64 * 1024)
+        .await;
+    let stored = std::fs::read(srv.stored_path(id, "report.txt")).unwrap();
+    srv.stop().await;
+
+    assert_eq!(refused.code, SERVER_ERROR, "{refused:?}");
+    assert_eq!(stored, original, "the verified version is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_of_a_failed_file_gets_no_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(&dir.path().join("data")).await;
+    let mut raw = Raw::keyed(srv.addr, b"flooder", &keys()).await;
+    let plain = pattern(3000, 3);
+    let cipher = encrypt(raw.aes(), &plain);
+    // A client whose 16-bit packet counter wrapped: total_packets 2, then packets 3 … 200
+    // of the same file. Packet 2 fails (orig_file_size changes).
+    let mut frames = vec![
+        file_frame(raw.id, 3008, 3000, 1, 2, b"big.bin", &cipher[..1504]),
+        file_frame(raw.id, 3008, 2999, 2, 2, b"big.bin", &cipher[1504..]),
+    ];
+    frames
+        .extend((3..=200).map(|n| file_frame(raw.id, 3008, 3000, n, 2, b"big.bin", &cipher[..16])));
+    raw.send(&frames.concat()).await;
+
+    let first = raw.reply().await.unwrap();
+    // The next reply belongs to the next file: nothing was sent for the 198 packets.
+    let next = raw.upload(b"next.bin", &pattern(100, 4), 64 * 1024).await;
+    srv.stop().await;
+
+    assert_eq!(first.code, SERVER_ERROR);
+    assert_eq!(next.code, FILE_RECEIVED, "{next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_v4_client_retries_with_back_off_and_registers() {
+    use cyberbackup_client::retry::RetryPolicy;
+    use cyberbackup_client::v4::V4Options;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.registrations_per_minute = 30;
+    let srv = start_with(config, Faults::none()).await;
+    // An office behind one address used up its budget (30 at once, then one per 2 s).
+    for i in 0..30 {
+        let mut raw = Raw::connect(srv.addr).await;
+        let reply = raw
+            .register(ClientId::ZERO, format!("office-{i}").as_bytes())
+            .await;
+        assert_eq!(reply.code, REGISTERED);
+    }
+    let source = dir.path().join("notes.txt");
+    std::fs::write(&source, pattern(1000, 9)).unwrap();
+    let options =
+        V4Options::new(srv.addr.to_string(), dir.path().join("late-v4.json")).with_name("late");
+    let mut progress = Retries::default();
+
+    let report = cyberbackup_client::v4::backup(
+        &options,
+        &[source],
+        RetryPolicy::with_retries(3),
+        &mut progress,
+    )
+    .await;
+    srv.stop().await;
+
+    let report = report.unwrap();
+    assert_eq!(report.files.len(), 1);
+    assert!(!progress.0.is_empty(), "the first attempt was rate limited");
+    assert!(
+        progress
+            .0
+            .iter()
+            .all(|delay| *delay >= Duration::from_secs(2)),
+        "{:?}",
+        progress.0
+    );
+}
+
+/// The delays of the client's `Retrying` events.
+#[derive(Debug, Default)]
+struct Retries(Vec<Duration>);
+
+impl cyberbackup_client::ProgressSink for Retries {
+    fn on_progress(&mut self, event: &cyberbackup_client::ProgressEvent) {
+        if let cyberbackup_client::ProgressEvent::Retrying { delay, .. } = event {
+            self.0.push(*delay);
+        }
+    }
 }

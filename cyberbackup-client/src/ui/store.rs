@@ -2,7 +2,6 @@
 //! an enrollment token when one was given, hence private), and the history of past backups,
 //! in one JSON file (written atomically: temp file, fsync, rename; mode 0600).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -146,18 +145,9 @@ impl Store {
                 self.path.display()
             )
         };
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| Path::new("."));
-        std::fs::create_dir_all(dir).map_err(fail)?;
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
         let json =
             serde_json::to_vec_pretty(&data).map_err(|err| fail(std::io::Error::other(err)))?;
-        temp.write_all(&json).map_err(fail)?;
-        temp.as_file().sync_all().map_err(fail)?;
-        temp.persist(&self.path).map_err(|err| fail(err.error))?;
+        cyberbackup_fs::write_private(&self.path, &json).map_err(fail)?;
         Ok(())
     }
 }

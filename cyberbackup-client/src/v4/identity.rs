@@ -11,9 +11,9 @@
 //! }
 //! ```
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cyberbackup_core::v4::noise::{Fingerprint, StaticKeypair};
@@ -200,31 +200,11 @@ impl V4Identity {
                 reason: e.to_string(),
             }
         })?);
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(io_err("create the directory of"))?;
-        let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
-        temp_name.push(format!(".tmp-{}", std::process::id()));
-        let temp = dir.join(temp_name);
-        let result = (|| {
-            let _ = fs::remove_file(&temp);
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp)?;
-            out.write_all(text.as_bytes())?;
-            out.write_all(b"\n")?;
-            out.sync_all()?;
-            fs::rename(&temp, path)?;
-            fs::File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result.map_err(io_err("write"))
+        // Sized up front: growing the buffer would leave an unzeroized copy of the key behind.
+        let mut contents = zeroize::Zeroizing::new(Vec::with_capacity(text.len() + 1));
+        contents.extend_from_slice(text.as_bytes());
+        contents.push(b'\n');
+        cyberbackup_fs::write_private(path, &contents).map_err(io_err("write"))
     }
 }
 
@@ -250,6 +230,15 @@ mod tests {
         assert_eq!(registered.server_fingerprint, identity.server_fingerprint);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let dir_mode = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            dir_mode & 0o777,
+            0o700,
+            "docs/client.md: the directory is 0700"
+        );
         assert!(!format!("{registered:?}").contains(identity.keys.private_hex().as_str()));
     }
 

@@ -182,7 +182,7 @@ impl V4ClientError {
                 | Self::Session(
                     V4Error::ConnectionClosed | V4Error::IdleTimeout | V4Error::Decrypt
                 )
-        ) || self.code() == Some(ErrorCode::BUSY)
+        ) || matches!(self.code(), Some(ErrorCode::BUSY | ErrorCode::RATE_LIMITED))
     }
 
     /// The server's error code, when the server refused.

@@ -43,7 +43,7 @@ impl RealServer {
         let config = ServerConfig {
             listen: Ipv4Addr::LOCALHOST.into(),
             port: 0,
-            data_dir: data.path().to_path_buf(),
+            data_dir: data.path().join("data"),
             idle_timeout_secs: 60,
             shutdown_grace_secs: 5,
             // Every test client comes from 127.0.0.1: the per-address limit would refuse most.
@@ -85,6 +85,7 @@ impl RealServer {
     pub fn stored(&self, client_id_hex: &str, name: &str) -> PathBuf {
         self.data
             .path()
+            .join("data")
             .join("files")
             .join(client_id_hex)
             .join(name)

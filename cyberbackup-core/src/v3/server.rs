@@ -16,6 +16,15 @@
 //!   itay, urihor); bytes past `C` (zero padding) are ignored.
 //!
 //! Empty packets are skipped; a surplus packet `T + 1` after the last is discarded.
+//!
+//! ## Failed files
+//! A file that fails gets one 1607; the rest of its packets (any packet but a packet 1, until
+//! the next request or packet 1) is dropped silently, and their count reported once
+//! ([`ServerEvent::PacketsDropped`]). A file that fails to decrypt (bad PKCS#7 padding, or
+//! ciphertext not a multiple of 16 bytes) also closes the connection
+//! ([`ServerEvent::DecryptFailed`]): v3 cannot authenticate a file, and an attacker who holds a
+//! session key wrapped for someone else's id would otherwise try random ciphertexts until the
+//! padding happens to be valid.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -25,7 +34,7 @@ use bytes::{Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
 use super::{CloseReason, IdleTimer, Output, PeerMisbehaved, SessionError, Timer};
-use crate::crypto::{AesKey, CbcDecryptor, Cksum, PublicKey, cbc_ciphertext_len};
+use crate::crypto::{AesKey, CbcDecryptor, Cksum, CryptoError, PublicKey, cbc_ciphertext_len};
 use crate::limits::{CLIENT_ID_LEN, DEFAULT_IDLE_TIMEOUT, MAX_NAME_TEXT_LEN, MAX_V3_FILE_LEN};
 use crate::names::{ClientId, FileName, NameField};
 use crate::v3::codec::{Inbound, RequestDecoder};
@@ -201,6 +210,16 @@ pub enum ServerEvent {
     RequestFailed {
         /// Why.
         error: SessionError,
+    },
+    /// A file failed to decrypt; the session answered 1607 and closes the connection.
+    DecryptFailed {
+        /// The client the file was sent as.
+        client_id: ClientId,
+    },
+    /// The packets of a failed file that arrived after its 1607 were dropped without a reply.
+    PacketsDropped {
+        /// How many.
+        packets: u64,
     },
 }
 
@@ -535,8 +554,8 @@ pub struct ServerSession<R> {
     transfer: Option<Transfer>,
     pending: Option<Pending>,
     frame_content: FrameContent,
-    /// After a failed file: skip its packets up to this total.
-    discard_until: Option<u16>,
+    /// After a failed file: packets of its rest dropped so far (`None`: not dropping).
+    dropping: Option<u64>,
     next_transfer: u64,
     idle: IdleTimer,
     failed: Option<SessionError>,
@@ -556,7 +575,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             transfer: None,
             pending: None,
             frame_content: FrameContent::Use,
-            discard_until: None,
+            dropping: None,
             next_transfer: 0,
             idle,
             failed: None,
@@ -779,7 +798,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
     fn process(&mut self, item: Inbound) {
         match item {
             Inbound::Request { header, request } => {
-                self.discard_until = None;
+                self.stop_dropping();
                 self.on_request(header.client_id, request);
             }
             Inbound::FileHeader {
@@ -967,14 +986,12 @@ impl<R: CryptoRngCore> ServerSession<R> {
             return;
         }
         if meta.packet_number != 1
-            && let Some(total) = self.discard_until
+            && let Some(dropped) = self.dropping.as_mut()
         {
-            if meta.packet_number >= total {
-                self.discard_until = None;
-            }
+            *dropped += 1;
             return;
         }
-        self.discard_until = None;
+        self.stop_dropping();
         let result = if meta.packet_number == 1 {
             self.begin_transfer(meta.clone(), content_len)
         } else {
@@ -996,10 +1013,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
         };
         match result {
             Ok(()) => self.frame_content = FrameContent::Use,
-            Err(err) => {
-                self.transfer_failed(err);
-                self.discard_until = Some(meta.total_packets.saturating_add(1));
-            }
+            Err(err) => self.transfer_failed(err),
         }
     }
 
@@ -1156,18 +1170,33 @@ impl<R: CryptoRngCore> ServerSession<R> {
         self.effect(effect);
     }
 
-    /// A file failed (bad data or storage): discard it, answer 1607, keep the connection.
+    /// A file failed (bad data or storage): discard it, answer 1607 once and drop the rest of
+    /// its packets silently; keep the connection, unless the file failed to decrypt.
     fn transfer_failed(&mut self, error: SessionError) {
         self.frame_content = FrameContent::Skip;
-        if let Some(transfer) = &self.transfer
-            && transfer.phase == Phase::Receiving
+        // Its remaining packets, and the surplus packet total+1 that shlomi-style clients
+        // send after the last: one request, one response.
+        self.dropping = Some(0);
+        if let SessionError::Crypto(CryptoError::BadPadding | CryptoError::NotBlockAligned { .. }) =
+            error
         {
-            // Skip the file's remaining packets, and the surplus packet total+1 that
-            // shlomi-style clients send after the last: one request, one response.
-            self.discard_until = Some(transfer.first.total_packets.saturating_add(1));
+            if let Some(client_id) = self.client_id() {
+                self.event(ServerEvent::DecryptFailed { client_id });
+            }
+            self.fail(error);
+            return;
         }
         self.abort_transfer();
         self.refuse(error);
+    }
+
+    /// Ends dropping a failed file's packets, reporting how many were dropped.
+    fn stop_dropping(&mut self) {
+        if let Some(packets) = self.dropping.take()
+            && packets > 0
+        {
+            self.event(ServerEvent::PacketsDropped { packets });
+        }
     }
 
     fn abort_transfer(&mut self) {
@@ -1212,6 +1241,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
         if self.failed.is_some() {
             return;
         }
+        self.stop_dropping();
         self.pending = None;
         self.abort_transfer();
         self.idle.disarm();

@@ -91,11 +91,31 @@ impl V4Error {
     }
 }
 
-/// A storage or catalog failure reported by a driver; the reason is logged, never sent.
+/// A storage or catalog failure reported by a driver; the reason is logged, never sent
+/// (except that the disk is full, [`StorageFailure::full`]: the client is told so).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageFailure {
     /// What failed.
     pub reason: String,
+}
+
+impl StorageFailure {
+    /// The reason of [`full`](Self::full).
+    pub const FULL: &'static str = "server storage is full";
+
+    /// The failure of an operation that found the server's disk full.
+    #[must_use]
+    pub fn full() -> Self {
+        Self {
+            reason: Self::FULL.to_owned(),
+        }
+    }
+
+    /// Whether this is [`full`](Self::full).
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.reason == Self::FULL
+    }
 }
 
 /// An operation the server refuses without closing (sent as a non-fatal `ERROR`).

@@ -406,10 +406,15 @@ impl<R: CryptoRngCore> ServerSession<R> {
         let result = match outcome {
             Ok(()) => self.pump_upload(),
             Err(failure) => {
+                let message = if failure.is_full() {
+                    "server storage is full: ask the server's operator to free disk space, then retry (the upload resumes from the last checkpoint)"
+                } else {
+                    "the server could not store the upload; retry later (it resumes from the last checkpoint)"
+                };
                 let _ = self.send(&ServerMessage::Error {
                     code: ErrorCode::STORAGE,
                     fatal: true,
-                    message: "the server could not store the upload; retry later (it resumes from the last checkpoint)".into(),
+                    message: message.into(),
                 });
                 Err(V4Error::Storage {
                     reason: failure.reason,

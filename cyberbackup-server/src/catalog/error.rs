@@ -19,6 +19,17 @@ pub enum CatalogError {
         #[source]
         source: std::io::Error,
     },
+    /// The database file could not be created with mode 0600, or made private.
+    #[error(
+        "cannot make catalog file {path} private (mode 0600): {source} — check that the server user owns the data directory"
+    )]
+    Private {
+        /// The file.
+        path: PathBuf,
+        /// Underlying IO error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database file could not be opened or configured.
     #[error(
         "cannot open catalog {path}: {source} — check the data directory is writable and the file is a SQLite database"
@@ -90,6 +101,50 @@ pub enum CatalogError {
     /// The catalog was closed (or its writer thread died); the server is stopping.
     #[error("catalog is closed — the server is shutting down")]
     Closed,
+    /// The data directory holds stored files or a v4 server key, but no catalog.
+    #[error(
+        "no catalog at {path}, but the data directory holds {found}: the catalog was deleted or lost, and starting on an empty one would hide every stored file — restore defensive.db from a backup, or run `cyberbackup-server catalog rebuild` (same --data-dir) to re-register the stored files from disk (docs/operations.md, \"Catalog recovery\")"
+    )]
+    Missing {
+        /// Where the catalog should be.
+        path: PathBuf,
+        /// What was found instead, e.g. "stored files of 2 client(s) under …".
+        found: String,
+    },
+    /// The catalog fails `PRAGMA quick_check` or cannot be read as a database.
+    #[error(
+        "catalog {path} is damaged ({detail}) — stop the server and restore defensive.db from a backup, or run `cyberbackup-server catalog rebuild` to rebuild it from the stored files; to start on it anyway, accepting errors and lost rows, set allow_damaged_catalog = true (CYBERBACKUP_ALLOW_DAMAGED_CATALOG=true)"
+    )]
+    Damaged {
+        /// Path of the database file.
+        path: PathBuf,
+        /// What SQLite reported.
+        detail: String,
+    },
+    /// Stored files belong to clients the catalog does not know (rows lost, e.g. with the
+    /// WAL after a crash).
+    #[error(
+        "catalog {path} does not know the clients of {clients} stored file director(ies) (e.g. {}): it lost rows (a deleted or truncated file, or its -wal lost after a crash) — restore defensive.db from a backup, or run `cyberbackup-server catalog rebuild`; to start anyway set allow_damaged_catalog = true", example.display()
+    )]
+    Unreferenced {
+        /// Path of the database file.
+        path: PathBuf,
+        /// How many client directories are unknown.
+        clients: usize,
+        /// One of them.
+        example: PathBuf,
+    },
+    /// `catalog rebuild` could not move the old catalog aside or read the stored files.
+    #[error(
+        "catalog rebuild: cannot read or move {path}: {source} — check the data directory's permissions and that the server is stopped"
+    )]
+    Rebuild {
+        /// The file or directory.
+        path: PathBuf,
+        /// Underlying IO error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A blocking read task panicked or was cancelled.
     #[error("catalog read task failed: {0}")]
     Task(#[source] tokio::task::JoinError),

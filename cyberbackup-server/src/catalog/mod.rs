@@ -19,8 +19,10 @@
 //! acknowledges a file (1603/1604) after the matching write has returned.
 
 mod error;
+pub mod integrity;
 mod model;
 mod queries;
+pub mod rebuild;
 mod schema;
 mod timestamp;
 pub mod v4;
@@ -99,9 +101,13 @@ impl Catalog {
             let path = path.clone();
             move || -> Result<(Connection, Vec<Connection>), CatalogError> {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|source| CatalogError::CreateDir {
-                        path: parent.to_path_buf(),
-                        source,
+                    // 0700 like the rest of the data directory (`Storage::open` refuses it
+                    // readable by others).
+                    cyberbackup_fs::create_private_dir(parent).map_err(|source| {
+                        CatalogError::CreateDir {
+                            path: parent.to_path_buf(),
+                            source,
+                        }
                     })?;
                 }
                 let mut conn = schema::open_writer(&path)?;
@@ -208,8 +214,12 @@ impl Catalog {
         let Some(error) = self.faults.check(point) else {
             return Ok(());
         };
+        let full = error.kind() == std::io::ErrorKind::StorageFull
+            || error.raw_os_error() == Some(libc::ENOSPC);
         let code = if error.kind() == std::io::ErrorKind::WouldBlock {
             rusqlite::ffi::SQLITE_BUSY
+        } else if full {
+            rusqlite::ffi::SQLITE_FULL
         } else {
             rusqlite::ffi::SQLITE_IOERR
         };
@@ -392,7 +402,22 @@ impl Catalog {
             .await
     }
 
-    /// Unfinished transfers last updated before `updated_before`.
+    /// Deletes registrations older than `registered_before` that never stored a public key
+    /// and own no files; returns how many.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn remove_keyless_clients(
+        &self,
+        registered_before: SystemTime,
+    ) -> Result<usize, CatalogError> {
+        let cutoff = format_rfc3339(registered_before);
+        self.write(move |c| queries::remove_keyless_clients(c, &cutoff))
+            .await
+    }
+
+    /// Unfinished transfers last updated before `updated_before`, least recently updated
+    /// first.
     ///
     /// # Errors
     /// A [`CatalogError`] if the database fails.

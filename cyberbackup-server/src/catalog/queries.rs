@@ -517,7 +517,7 @@ pub(crate) fn abandoned_transfers(
                     f.State = 'receiving' AND f.TempPath IS NOT NULL AND u.RowId IS NOT NULL
              FROM files f LEFT JOIN v4_uploads u ON u.RowId = f.RowId
              WHERE f.State IN ('receiving', 'received') AND f.UpdatedAt < ?1
-             ORDER BY f.RowId",
+             ORDER BY f.UpdatedAt, f.RowId",
         )
         .map_err(query_err(OP))?;
     let rows = stmt
@@ -532,6 +532,21 @@ pub(crate) fn abandoned_transfers(
         .collect::<Result<Vec<_>, _>>()
         .map_err(query_err(OP))?;
     Ok(rows)
+}
+
+/// Deletes clients registered before `cutoff` that never stored a public key and own no file
+/// row (a registration that went no further, or a flood of them); returns how many.
+pub(crate) fn remove_keyless_clients(
+    conn: &Connection,
+    cutoff: &str,
+) -> Result<usize, CatalogError> {
+    conn.execute(
+        "DELETE FROM clients
+         WHERE PublicKey IS NULL AND RegisteredAt < ?1
+           AND NOT EXISTS (SELECT 1 FROM files WHERE files.ID = clients.ID)",
+        [cutoff],
+    )
+    .map_err(query_err("remove_keyless_clients"))
 }
 
 /// Candidates the trigram index may hand to [`list_files`] for one page before the listing

@@ -165,6 +165,10 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, CatalogError> {
         path: path.to_path_buf(),
         source,
     };
+    create_private(path).map_err(|source| CatalogError::Private {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     let mode: String = conn
@@ -180,6 +184,37 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, CatalogError> {
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_err)?;
     Ok(conn)
+}
+
+/// Creates the database file with mode 0600 when missing and takes group and other access
+/// away from an existing one and its `-wal` / `-shm` (SQLite gives those the database's mode):
+/// the catalog holds names, public keys, file names and hashes.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                let private = meta.permissions().mode() & 0o7700;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(private))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Opens a read-only connection for the read pool and reads the schema once, so that the
@@ -283,6 +318,27 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(sync, 2, "synchronous=FULL is 2");
+    }
+
+    #[test]
+    fn catalog_files_are_private_even_when_they_existed_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh.db");
+        let old = dir.path().join("old.db");
+        drop(Connection::open(&old).unwrap());
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+        let mut conn = open_writer(&fresh).unwrap();
+        migrate(&mut conn).unwrap();
+        let old_conn = open_writer(&old).unwrap();
+
+        assert_eq!(mode(&fresh), 0o600);
+        assert_eq!(mode(&dir.path().join("fresh.db-wal")), 0o600);
+        assert_eq!(mode(&dir.path().join("fresh.db-shm")), 0o600);
+        assert_eq!(mode(&old), 0o600);
+        drop((conn, old_conn));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::error::{CatalogError, query_err};
 use super::model::{ClientId, FileRowId};
 use super::timestamp::format_rfc3339;
 use super::{Catalog, now};
+use crate::faults::FaultPoint;
 
 /// Protocol number recorded for clients registered over v4.
 pub const PROTOCOL_V4: u8 = 4;
@@ -98,6 +99,7 @@ impl Catalog {
         key: [u8; 32],
         token_hash: Option<[u8; 32]>,
     ) -> Result<V4RegisterOutcome, CatalogError> {
+        self.inject(FaultPoint::CatalogRegister, "register_v4_client")?;
         let now = now();
         self.write(move |c| register(c, &id, &name, &key, token_hash.as_ref(), &now))
             .await

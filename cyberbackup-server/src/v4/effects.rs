@@ -250,11 +250,9 @@ impl<'a> V4Effects<'a> {
                 ),
             ));
         };
-        if !self.shared.registrations.allow(self.peer) {
-            return AuthDecision::Refused(Refusal::new(
-                ErrorCode::RATE_LIMITED,
-                "too many registrations from this address; wait a minute and retry",
-            ));
+        if let Err(refused) = self.shared.registrations.allow(self.peer) {
+            tracing::warn!(peer = %self.peer, ?refused, "v4 registration rate limit reached");
+            return AuthDecision::Refused(Refusal::new(ErrorCode::RATE_LIMITED, refused.message()));
         }
         let token = if self.shared.config.enrollment_required {
             if token.is_empty() {
@@ -300,7 +298,7 @@ impl<'a> V4Effects<'a> {
                 Err(err) => return internal(&err),
             }
         }
-        internal(&"random client ids kept colliding")
+        internal(&std::io::Error::other("random client ids kept colliding"))
     }
 
     async fn open_upload(
@@ -333,13 +331,19 @@ impl<'a> V4Effects<'a> {
     ) -> Result<ResumePoint, Refusal> {
         let catalog = &self.shared.catalog;
         let storage = &self.shared.storage;
-        let storage_refusal = |what: &str, err: &dyn std::fmt::Display| {
+        let storage_refusal = |what: &str, err: &(dyn std::error::Error + 'static)| {
+            if crate::storage::is_storage_full(err) {
+                return storage_full(what, err);
+            }
             tracing::error!(%err, "{what} failed");
             Refusal::new(
                 ErrorCode::STORAGE,
                 format!("the server could not {what}; retry later"),
             )
         };
+        storage
+            .ensure_room(self.shared.config.min_free_disk_bytes())
+            .map_err(|e| storage_refusal("accept a new upload", &e))?;
         let existing = catalog
             .v4_partial(client.0, name.clone())
             .await
@@ -703,7 +707,21 @@ fn accepted(id: [u8; 16], name: &[u8], registered: bool) -> AuthDecision {
     }
 }
 
-fn internal(err: &dyn std::fmt::Display) -> AuthDecision {
+/// The refusal of an operation that failed because the disk is full.
+fn storage_full(what: &str, err: &(dyn std::error::Error + 'static)) -> Refusal {
+    tracing::warn!(%err, "server storage is full: cannot {what}");
+    Refusal::new(
+        ErrorCode::STORAGE,
+        format!(
+            "server storage is full: the server cannot {what}; ask its operator to free disk space, then retry"
+        ),
+    )
+}
+
+fn internal(err: &(dyn std::error::Error + 'static)) -> AuthDecision {
+    if crate::storage::is_storage_full(err) {
+        return AuthDecision::Refused(storage_full("register or check your key", err));
+    }
     tracing::error!(%err, "v4 authentication failed");
     AuthDecision::Refused(Refusal::new(
         ErrorCode::INTERNAL,
@@ -717,8 +735,12 @@ fn no_upload() -> StorageFailure {
     }
 }
 
-fn failure<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StorageFailure {
+fn failure<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> StorageFailure {
     move |err| {
+        if crate::storage::is_storage_full(&err) {
+            tracing::warn!(%err, "server storage is full: {what} failed");
+            return StorageFailure::full();
+        }
         tracing::error!(%err, "{what} failed");
         StorageFailure {
             reason: format!("{what}: {err}"),

@@ -2,9 +2,9 @@
 //! start, written atomically (temp file, fsync, rename, fsync directory) with mode 0600, and
 //! refused when group or others may read it.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cyberbackup_core::v4::noise::{StaticKeypair, to_hex};
@@ -114,11 +114,6 @@ fn write_atomically(path: &Path, keys: &StaticKeypair) -> Result<(), IdentityErr
         let path = path.to_path_buf();
         move |source| IdentityError::Io { op, path, source }
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err("create the directory of"))?;
     let file = KeyFile {
         format: SERVER_KEY_FORMAT.to_owned(),
         private_key: keys.private_hex().to_string(),
@@ -130,25 +125,11 @@ fn write_atomically(path: &Path, keys: &StaticKeypair) -> Result<(), IdentityErr
             reason: e.to_string(),
         }
     })?);
-    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = dir.join(temp_name);
-    let result = (|| {
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        out.write_all(text.as_bytes())?;
-        out.write_all(b"\n")?;
-        out.sync_all()?;
-        fs::rename(&temp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(io_err("write"))
+    // Sized up front: growing the buffer would leave an unzeroized copy of the key behind.
+    let mut contents = zeroize::Zeroizing::new(Vec::with_capacity(text.len() + 1));
+    contents.extend_from_slice(text.as_bytes());
+    contents.push(b'\n');
+    cyberbackup_fs::write_private(path, &contents).map_err(io_err("write"))
 }
 
 #[cfg(test)]
