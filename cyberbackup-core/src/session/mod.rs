@@ -15,8 +15,8 @@ pub use client::{
 };
 pub use error::{PeerMisbehaved, SessionError};
 pub use server::{
-    RegistrationOutcome, ServerConfig, ServerEffect, ServerEvent, ServerOutput, ServerSession,
-    StorageFailure, StoredClient, TransferId,
+    ClientQuirk, DiscardReason, RegistrationOutcome, ServerConfig, ServerEffect, ServerEvent,
+    ServerOutput, ServerSession, StorageFailure, StoredClient, TransferId,
 };
 
 /// One thing a session asks its driver to do, drained in order with `poll_output`.
