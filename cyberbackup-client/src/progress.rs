@@ -322,7 +322,7 @@ impl ProgressSink for BarProgress {
             ProgressEvent::Transfer(progress) => {
                 self.overall.set_length(progress.overall_total);
                 self.overall.set_position(progress.overall_sent);
-                let bar = self.file_bar(progress);
+                let bar = self.file_bar(progress).clone();
                 bar.set_length(progress.total);
                 bar.set_position(progress.sent);
                 if progress.phase == Phase::Verifying {
@@ -331,7 +331,7 @@ impl ProgressSink for BarProgress {
                 if std::mem::take(&mut self.jumped) {
                     // Bytes already on the server were not sent now: the rate counts from
                     // here (the estimators record the jump, then forget it).
-                    for bar in [&self.overall, bar] {
+                    for bar in [&self.overall, &bar] {
                         bar.tick();
                         bar.reset_eta();
                     }

@@ -481,7 +481,7 @@ fn stalling_proxy(target: std::net::SocketAddr, budget: usize) -> std::net::Sock
                 if n == 0 {
                     break;
                 }
-                std::io::Write::write_all(&mut upstream, &buf[..n]).unwrap();
+                io::Write::write_all(&mut upstream, &buf[..n]).unwrap();
                 forwarded += n;
             }
             // Hold both sockets open without reading: the client's writes back up.
@@ -533,7 +533,7 @@ fn ctrl_c_clears_the_bars_and_says_so() {
     );
     assert!(
         screens.last.contains("interrupted (Ctrl-C)")
-            && screens.last.contains("run the same command again"),
+            && screens.last.contains("Run the same command again"),
         "{}",
         screens.last
     );

@@ -361,6 +361,11 @@ fn every_malformed_or_unexpected_message_gets_a_fatal_protocol_error_before_the_
     end.extend_from_slice(&[0; 32]);
     cases.push(("UPLOAD_END without an upload".into(), end));
     cases.push(("UPLOAD_END truncated".into(), vec![0x03, 0, 0]));
+    cases.push(("UPLOAD_END with a trailing byte".into(), {
+        let mut end = vec![0x03];
+        end.extend_from_slice(&[0; 33]);
+        end
+    }));
     assert!(cases.len() >= 30, "{}", cases.len());
     for (context, plaintext) in &cases {
         assert_fatal_protocol(plaintext, context);
