@@ -289,6 +289,8 @@ pub struct ServerSession<R> {
     failed: Option<V4Error>,
     /// A fatal `ERROR` was sent (the connection closes after it).
     fatal_error_sent: bool,
+    /// The frame decoder failed: the byte stream is unusable.
+    stream_broken: bool,
 }
 
 impl<R: CryptoRngCore> ServerSession<R> {
@@ -309,6 +311,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             out: VecDeque::new(),
             failed: None,
             fatal_error_sent: false,
+            stream_broken: false,
         }
     }
 
@@ -576,7 +579,9 @@ impl<R: CryptoRngCore> ServerSession<R> {
             && self.failed.is_none()
             && !matches!(err, V4Error::ApiMisuse(_))
         {
-            if !self.fatal_error_sent {
+            // A frame the codec refuses or that fails its tag may be damage on the way (the
+            // client reconnects and resumes): the connection ends without a reply, as before.
+            if !self.fatal_error_sent && !self.stream_broken && !matches!(err, V4Error::Decrypt) {
                 // Every fatal error is answered before closing once transport keys exist
                 // (`docs/protocol-v4.md` §5.3); before that nothing can be sealed.
                 let code = match err {
@@ -625,8 +630,13 @@ impl<R: CryptoRngCore> ServerSession<R> {
 
     fn consume(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), V4Error> {
         while self.pending.is_none() && self.restore.is_none() && !self.is_closed() {
-            let Some(frame) = self.decoder.decode(buf)? else {
-                return Ok(());
+            let frame = match self.decoder.decode(buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    self.stream_broken = true;
+                    return Err(err.into());
+                }
             };
             self.idle.reset(now);
             self.on_frame(frame)?;
