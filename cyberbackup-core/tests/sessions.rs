@@ -662,7 +662,9 @@ fn a_zero_block_before_the_content_is_stripped_when_content_size_says_so() {
 #[test]
 fn every_other_length_mismatch_is_still_refused() {
     let plain = pattern(1000, 10);
-    let cases: [(&str, fn(&AesKey, &[u8]) -> (Vec<u8>, u32)); 3] = [
+    /// The content and its content_size.
+    type Build = fn(&AesKey, &[u8]) -> (Vec<u8>, u32);
+    let cases: [(&str, Build); 3] = [
         // 16 extra bytes that are not zero.
         ("non-zero block", |key, plain| {
             (zero_prefixed(key, plain, 1), 1024)
