@@ -289,7 +289,7 @@ fn list_escapes_control_characters_and_aligns_wide_names() {
         .output()
         .unwrap();
     assert_eq!(list.status.code(), Some(0), "{}", text(&list));
-    let stdout = String::from_utf8(list.stdout.clone()).unwrap();
+    let stdout = String::from_utf8(list.stdout).unwrap();
     assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
     let lines: Vec<&str> = stdout.lines().collect();
     // A header, one line per version, the count.
