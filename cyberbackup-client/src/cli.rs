@@ -150,7 +150,9 @@ pub struct LegacyArgs {
 /// Options shared by both modes.
 #[derive(Debug, Args, Default)]
 pub struct TransferArgs {
-    /// Ciphertext bytes per 1028 packet (1024 suits servers that read with one recv).
+    /// Ciphertext bytes per 1028 packet. A smaller size does not help servers that read a
+    /// packet with one recv (measured: it does not); for servers that mishandle multi-packet
+    /// files use --single-packet.
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(16..))]
     pub packet_size: u32,
     /// Send every file as a single packet.

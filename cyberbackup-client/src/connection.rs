@@ -327,6 +327,9 @@ impl Connection {
                 during,
             },
             SessionError::NameTaken { name } => ClientError::NameTaken { name },
+            SessionError::PublicKeyRefused { attempts } => {
+                ClientError::PublicKeyRefused { server, attempts }
+            }
             SessionError::ServerKeptFailing { request, attempts } => {
                 ClientError::ServerKeptFailing { request, attempts }
             }

@@ -23,6 +23,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_NETWORK: u8 = 3;
 /// Exit code: me.info could not be read or written, or the server refused our name.
 pub const EXIT_IDENTITY: u8 = 4;
+/// Exit code: the run was interrupted (Ctrl-C), as shells report SIGINT (128 + 2).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Why a backup run failed as a whole (a single file failing is a [`crate::FileReport`]).
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +79,21 @@ pub enum ClientError {
     },
     /// The server refused to register our name (1601).
     #[error(
-        "the server refused to register the name {name:?}: it is already taken — choose another name, or restore the me.info of that client"
+        "the server refused to register the name {name:?}: it is already taken — run again with another --name, or restore the me.info of that client"
     )]
     NameTaken {
         /// The name.
         name: String,
+    },
+    /// The server answered every 1026 with 1607: it does not accept our public key.
+    #[error(
+        "the server {server} refused our public key (1607 to each of {attempts} requests 1026), so no files can be sent — it may not accept RSA-1024 keys in this form; check its log. The name is now registered there without a key: ask its operator to remove it, or use another --name and move the identity file away"
+    )]
+    PublicKeyRefused {
+        /// `host:port`.
+        server: String,
+        /// Attempts made.
+        attempts: u8,
     },
     /// No TCP connection could be made.
     #[error("cannot connect to {server}: {source} — is the server running and the address right?")]
@@ -212,6 +224,7 @@ impl ClientError {
             | Self::IdentitySave { .. }
             | Self::NameMismatch { .. }
             | Self::NameTaken { .. }
+            | Self::PublicKeyRefused { .. }
             | Self::ServerKeptFailing { .. }
             | Self::Protocol { .. }
             | Self::DuplicateName { .. }
@@ -238,7 +251,8 @@ impl ClientError {
             Self::Identity { .. }
             | Self::IdentitySave { .. }
             | Self::NameMismatch { .. }
-            | Self::NameTaken { .. } => EXIT_IDENTITY,
+            | Self::NameTaken { .. }
+            | Self::PublicKeyRefused { .. } => EXIT_IDENTITY,
             Self::Connect { .. }
             | Self::Network { .. }
             | Self::ConnectionClosed { .. }
@@ -262,6 +276,7 @@ impl ClientError {
             Self::IdentitySave { .. } => "identity_save",
             Self::NameMismatch { .. } => "name_mismatch",
             Self::NameTaken { .. } => "name_taken",
+            Self::PublicKeyRefused { .. } => "public_key_refused",
             Self::Connect { .. } => "connect",
             Self::Network { .. } => "network",
             Self::ConnectionClosed { .. } => "connection_closed",
@@ -350,7 +365,7 @@ fn v4_message(server: &str, error: &V4ClientError) -> String {
                     "this server does not know the key of the identity file: use the identity registered there (--v4-identity), or move the file away to register anew"
                 }
                 ErrorCode::NAME_TAKEN => {
-                    "another client has this name: choose another --name (or use that client's identity file)"
+                    "another client has this name: run again with another --name (the identity file was not registered, so it takes the new name), or use that client's identity file with --v4-identity"
                 }
                 ErrorCode::ENROLLMENT_REQUIRED => {
                     "this server needs an enrollment token: ask its operator to run `cyberbackup-server enroll` and pass the token with --enroll-token"

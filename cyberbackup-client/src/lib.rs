@@ -43,9 +43,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cyberbackup_core::names::{FileName, NameField};
 use cyberbackup_core::identity::Identity;
 use cyberbackup_core::limits::{DEFAULT_PACKET_CONTENT_LEN, DEFAULT_READ_CHUNK_LEN};
-use cyberbackup_core::names::NameField;
 use cyberbackup_core::v3::{ClientConfig, ClientEvent, FileFailure, FileId, TransferPhase};
 
 use crate::connection::{Connection, Note};
@@ -68,7 +68,8 @@ pub struct ClientOptions {
     pub name: String,
     /// Where the identity (`me.info`) is read from and saved to.
     pub identity: IdentityFile,
-    /// Ciphertext bytes per 1028 packet (default 1 MiB; 1024 suits single-`recv` servers).
+    /// Ciphertext bytes per 1028 packet (default 1 MiB; see [`cli::TransferArgs`] on small
+    /// sizes).
     pub packet_size: u32,
     /// Send every file as one packet.
     pub single_packet: bool,
@@ -706,6 +707,14 @@ impl Run {
                 }
                 false
             }
+            ClientEvent::ResendingAsOnePacket { file, .. } => {
+                if let Some((_, job)) = job_of(&file) {
+                    progress.on_progress(&ProgressEvent::ResendingAsOnePacket {
+                        name: job.stored_name.clone(),
+                    });
+                }
+                false
+            }
             ClientEvent::FileVerified {
                 file,
                 cksum,
@@ -888,6 +897,14 @@ pub(crate) async fn prepare(path: &Path) -> Result<Job, (String, String)> {
             path.display()
         ))
     })?;
+    // The server's own validator: a name it would refuse fails this file alone, before
+    // anything is sent (a v3 server answers an invalid name by closing the connection).
+    let name = FileName::validate(name).map_err(|err| {
+        fail(format!(
+            "the server would refuse the name of {}: {err} — rename the file (names are stored without directories)",
+            path.display()
+        ))
+    })?;
     // Fail early (before connecting) on files we cannot open.
     drop(
         tokio::fs::File::open(path)
@@ -896,7 +913,7 @@ pub(crate) async fn prepare(path: &Path) -> Result<Job, (String, String)> {
     );
     Ok(Job {
         path: path.to_path_buf(),
-        name,
+        name: name.field().clone(),
         stored_name: stored_name.clone(),
         len: metadata.len(),
     })

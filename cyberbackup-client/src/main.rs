@@ -1,13 +1,13 @@
 //! `cyberbackup-client` binary: parses the command line, runs the library, prints the
-//! outcome and maps it to an exit code. The only place that prints.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+//! outcome and maps it to an exit code. The only place that prints; a closed stdout or
+//! stderr (`list | head -2`) ends the output, never the process with a panic.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use cyberbackup_client::cli::{self, Cli, Command, LegacyArgs, TransferArgs};
-use cyberbackup_client::error::{EXIT_FILES_FAILED, EXIT_OK, EXIT_USAGE};
+use cyberbackup_client::error::{EXIT_FILES_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use cyberbackup_client::{
     BackupReport, BarProgress, ClientError, LineProgress, ProgressSink, legacy,
 };
@@ -39,8 +39,8 @@ fn main() -> ExitCode {
         }
         None => {
             let _ignored = Cli::command().print_help();
-            eprintln!(
-                "\nerror: nothing to do — give a command, or run in a directory with transfer.info"
+            err_line(
+                "\nerror: nothing to do — give a command, or run in a directory with transfer.info",
             );
             return ExitCode::from(EXIT_USAGE);
         }
@@ -50,11 +50,9 @@ fn main() -> ExitCode {
     }
     if cyberbackup_client::v4::cli::handles(&command) {
         let outcome = cyberbackup_client::v4::cli::run(command);
-        for line in &outcome.stdout {
-            println!("{line}");
-        }
+        out_lines(&outcome.stdout);
         for line in &outcome.stderr {
-            eprintln!("{line}");
+            err_line(line);
         }
         return ExitCode::from(outcome.code);
     }
@@ -66,7 +64,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            err_line(&format!("error: cannot start the async runtime: {err}"));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -75,8 +73,21 @@ fn main() -> ExitCode {
     } else {
         Box::new(LineProgress::new(std::io::stderr()))
     };
-    let result = runtime.block_on(cli::execute(command, progress.as_mut()));
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = cli::execute(command, progress.as_mut()) => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    // Clears the bars (before anything else is printed).
     drop(progress);
+    let Some(result) = result else {
+        // The run's connection is dropped with it; what the server holds stays consistent.
+        err_line(
+            "interrupted (Ctrl-C): the backup stopped. Run the same command again: verified files are not sent again, and over v4 an interrupted upload resumes from the server's last checkpoint",
+        );
+        return ExitCode::from(EXIT_INTERRUPTED);
+    };
     let code = match &result {
         Ok(report) if report.all_verified() => EXIT_OK,
         Ok(_) => EXIT_FILES_FAILED,
@@ -105,7 +116,9 @@ fn run_ui(args: &cli::UiArgs) -> ExitCode {
             let server = cyberbackup_client::ui::UiServer::bind(options).await?;
             let address = server.local_addr()?;
             let suffix = token.map_or_else(String::new, |t| format!("/?token={t}"));
-            eprintln!("CyberBackup UI: open http://{address}{suffix} (Ctrl-C to stop)");
+            err_line(&format!(
+                "CyberBackup UI: open http://{address}{suffix} (Ctrl-C to stop)"
+            ));
             server
                 .serve(async {
                     let _ignored = tokio::signal::ctrl_c().await;
@@ -116,7 +129,7 @@ fn run_ui(args: &cli::UiArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(err) => {
-            eprintln!("error: {err}");
+            err_line(&format!("error: {err}"));
             ExitCode::from(err.exit_code())
         }
     }
@@ -125,25 +138,30 @@ fn run_ui(args: &cli::UiArgs) -> ExitCode {
 fn print_human(result: &Result<BackupReport, ClientError>) {
     match result {
         Ok(report) => {
-            for file in &report.files {
-                println!("{}", file.summary());
-            }
             let verified = report.files.iter().filter(|f| f.verified).count();
-            println!(
+            let total = format!(
                 "{verified} of {} files backed up to {} (protocol {})",
                 report.files.len(),
                 report.server,
                 report.protocol
             );
+            let lines = report
+                .files
+                .iter()
+                .map(cyberbackup_client::FileReport::summary);
+            out_lines(lines.chain(std::iter::once(total)));
         }
         Err(err) => {
             // A fatal error after some files were settled: say which ones made it.
             if let Some(report) = err.partial_report() {
-                for file in &report.files {
-                    println!("{}", file.summary());
-                }
+                out_lines(
+                    report
+                        .files
+                        .iter()
+                        .map(cyberbackup_client::FileReport::summary),
+                );
             }
-            eprintln!("error: {err}");
+            err_line(&format!("error: {err}"));
         }
     }
 }
@@ -163,5 +181,29 @@ fn print_json(result: &Result<BackupReport, ClientError>, code: u8) {
             "error": { "kind": err.kind(), "message": err.to_string() },
         }),
     };
-    println!("{value:#}");
+    out_lines([format!("{value:#}")]);
+}
+
+/// Writes `lines` to stdout. A reader that went away (`| head`) ends the output quietly: a
+/// closed pipe is a normal end, and the exit code stays the run's.
+fn out_lines<I>(lines: I)
+where
+    I: IntoIterator,
+    I::Item: std::fmt::Display,
+{
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
+        if let Err(err) = writeln!(stdout, "{line}") {
+            if err.kind() != std::io::ErrorKind::BrokenPipe {
+                err_line(&format!("error: cannot write to stdout: {err}"));
+            }
+            return;
+        }
+    }
+    let _ignored = stdout.flush();
+}
+
+/// Writes one line to stderr, best effort (it may be a closed pipe too).
+fn err_line(line: &str) {
+    let _ignored = writeln!(std::io::stderr().lock(), "{line}");
 }

@@ -113,6 +113,11 @@ pub enum ProgressEvent {
         /// Whether the next send encrypts every packet on its own.
         switched_to_per_packet: bool,
     },
+    /// The server refused a file sent in packets (1607); it is sent again as one packet.
+    ResendingAsOnePacket {
+        /// The stored name.
+        name: String,
+    },
     /// A file is finished (verified or failed).
     FileDone(FileReport),
     /// The connection failed; reconnecting after `delay`.
@@ -172,6 +177,9 @@ impl ProgressEvent {
                     ""
                 };
                 format!("checksum mismatch for {name} after send {attempt}{extra}")
+            }
+            Self::ResendingAsOnePacket { name } => {
+                format!("the server refused {name} sent in packets; resending it as one packet")
             }
             Self::FileDone(report) => report.summary(),
             Self::Retrying {
@@ -260,6 +268,8 @@ pub struct BarProgress {
     multi: MultiProgress,
     overall: ProgressBar,
     file: Option<(PathBuf, ProgressBar)>,
+    /// A resumed upload jumps to bytes sent by an earlier run: the rates restart there.
+    jumped: bool,
 }
 
 impl Default for BarProgress {
@@ -279,6 +289,7 @@ impl BarProgress {
             multi,
             overall,
             file: None,
+            jumped: false,
         }
     }
 
@@ -311,11 +322,25 @@ impl ProgressSink for BarProgress {
             ProgressEvent::Transfer(progress) => {
                 self.overall.set_length(progress.overall_total);
                 self.overall.set_position(progress.overall_sent);
-                let bar = self.file_bar(progress);
+                let bar = self.file_bar(progress).clone();
                 bar.set_length(progress.total);
                 bar.set_position(progress.sent);
                 if progress.phase == Phase::Verifying {
                     bar.set_message(format!("{} (verifying)", progress.name));
+                }
+                if std::mem::take(&mut self.jumped) {
+                    // Bytes already on the server were not sent now: the rate counts from
+                    // here (the estimators record the jump, then forget it).
+                    for bar in [&self.overall, &bar] {
+                        bar.tick();
+                        bar.reset_eta();
+                    }
+                }
+            }
+            ProgressEvent::Resumed { .. } => {
+                self.jumped = true;
+                if let Some(line) = event.describe() {
+                    let _ignored = self.multi.println(line);
                 }
             }
             ProgressEvent::FileDone(report) => {
@@ -354,6 +379,40 @@ fn bar_style(label: &str) -> ProgressStyle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn transfer_of(name: &str, sent: u64, total: u64) -> ProgressEvent {
+        ProgressEvent::Transfer(TransferProgress {
+            path: name.into(),
+            name: name.into(),
+            sent,
+            total,
+            phase: Phase::Sending,
+            overall_sent: sent,
+            overall_total: total,
+        })
+    }
+
+    /// A resume at byte 60 MiB is not 60 MiB sent in no time: the bars showed `27.44 TiB/s`.
+    #[test]
+    fn a_resumed_upload_does_not_count_the_bytes_already_on_the_server_in_the_rate() {
+        const MIB: u64 = 1024 * 1024;
+        let mut bars = BarProgress::new();
+        bars.multi.set_draw_target(ProgressDrawTarget::hidden());
+        bars.on_progress(&ProgressEvent::Resumed {
+            name: "big.bin".into(),
+            offset: 60 * MIB,
+            total: 64 * MIB,
+        });
+        bars.on_progress(&transfer_of("big.bin", 60 * MIB, 64 * MIB));
+        let file = bars.file.as_ref().map(|(_, bar)| bar.clone()).unwrap();
+        for bar in [&bars.overall, &file] {
+            // What the next redraw does: the estimator records the position.
+            bar.tick();
+            assert_eq!(bar.position(), 60 * MIB);
+            // Nothing was sent since the resume.
+            assert!(bar.per_sec() < 1.0, "{} B/s", bar.per_sec());
+        }
+    }
 
     fn transfer(phase: Phase, sent: u64) -> ProgressEvent {
         ProgressEvent::Transfer(TransferProgress {

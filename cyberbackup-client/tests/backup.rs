@@ -341,6 +341,77 @@ async fn a_1607_is_reported_as_a_server_error_and_retried() {
     );
 }
 
+/// Issue 12 item 22: urihor's server cuts the last packet of a multi-packet file, so its
+/// padding check fails and it answers 1607 — every time, for the same layout (a 5 MB file
+/// failed four runs in a row while `--single-packet` worked). The resend is one packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1607_for_a_multi_packet_file_is_resent_as_one_packet() {
+    let (addr, handle) = raw_server(Quirks {
+        truncate_last_packet: true,
+        ..Quirks::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(5000, 6);
+    let file = write(dir.path(), "cut.bin", &data);
+    let mut options = options(&addr, dir.path());
+    options.packet_size = 1024;
+    let mut events = Vec::new();
+    let mut client = Client::new(options).unwrap();
+    let report = client
+        .backup(&[file], &mut |event: &ProgressEvent| {
+            events.push(event.clone())
+        })
+        .await
+        .unwrap();
+    client.close(&mut NoProgress).await.unwrap();
+    let log = tokio::task::spawn_blocking(move || handle.join().unwrap())
+        .await
+        .unwrap();
+    assert!(report.all_verified(), "{report:?}");
+    assert_eq!(log.files.get("cut.bin"), Some(&data));
+    // Five packets were refused, then the file went whole.
+    assert_eq!(log.totals, [5, 5, 5, 5, 5, 1], "{:?}", log.requests);
+    let lines: Vec<String> = events.iter().filter_map(ProgressEvent::describe).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "the server refused cut.bin sent in packets; resending it as one packet"),
+        "{lines:?}"
+    );
+}
+
+/// Issue 12 item 22: a server that refuses our public key (1607 to 1026) is reported as
+/// that, with what to do — not as a generic server error, nor later as "name taken".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_our_public_key_says_so() {
+    let (addr, handle) = raw_server(Quirks {
+        refuse_public_key: true,
+        ..Quirks::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "a.txt", b"a");
+    let mut client = Client::new(options(&addr, dir.path())).unwrap();
+    let err = client.backup(&[file], &mut NoProgress).await.unwrap_err();
+    drop(client);
+    let log = tokio::task::spawn_blocking(move || handle.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(log.requests, [1025, 1026, 1026, 1026]);
+    assert!(
+        matches!(
+            err.cause(),
+            ClientError::PublicKeyRefused { attempts: 3, .. }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("refused our public key") && !message.contains("taken"),
+        "{message}"
+    );
+    assert_eq!(err.exit_code(), cyberbackup_client::error::EXIT_IDENTITY);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_error_mid_file_fails_that_file_and_the_rest_still_goes() {
     // Opening /proc/self/mem works, reading it at offset 0 fails (EIO): a read error that

@@ -93,7 +93,15 @@ struct Screens {
 
 /// Runs `command` with stdin, stdout and stderr on a new pseudo-terminal of ROWS×COLS and
 /// replays everything it writes through a terminal emulator.
-fn run_in_pty(mut command: Command) -> (std::process::ExitStatus, Screens) {
+fn run_in_pty(command: Command) -> (std::process::ExitStatus, Screens) {
+    run_in_pty_watching(command, |_, _| {})
+}
+
+/// [`run_in_pty`], calling `watch` with the child's pid and the bar rows after every write.
+fn run_in_pty_watching(
+    mut command: Command,
+    mut watch: impl FnMut(u32, &[String]),
+) -> (std::process::ExitStatus, Screens) {
     let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
     grantpt(&master).unwrap();
     unlockpt(&master).unwrap();
@@ -152,6 +160,7 @@ fn run_in_pty(mut command: Command) -> (std::process::ExitStatus, Screens) {
             .filter(|row| row.contains("ETA"))
             .collect();
         screens.max_bar_rows_at_once = screens.max_bar_rows_at_once.max(rows.len());
+        watch(child.id(), &rows);
         screens.bar_rows.extend(rows);
     }
     let status = child.wait().unwrap();
@@ -451,4 +460,81 @@ fn a_fatal_error_prints_and_reports_the_files_already_verified() {
         &dir.path().join("first.txt"),
         &server.stored(id, "first.txt")
     ));
+}
+
+/// A proxy to `target` that forwards the client's first `budget` bytes and then stops
+/// reading them (a server that went quiet mid-upload), keeping the connection open.
+fn stalling_proxy(target: std::net::SocketAddr, budget: usize) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let mut client = client.unwrap();
+            let mut upstream = std::net::TcpStream::connect(target).unwrap();
+            let (mut down_from, mut down_to) =
+                (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || io::copy(&mut down_from, &mut down_to));
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut forwarded = 0;
+            while forwarded < budget {
+                let n = client.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                io::Write::write_all(&mut upstream, &buf[..n]).unwrap();
+                forwarded += n;
+            }
+            // Hold both sockets open without reading: the client's writes back up.
+            std::thread::park();
+        }
+    });
+    addr
+}
+
+/// Issue 12 item 17: Ctrl-C in the middle of an upload left frozen bars and no message.
+/// Now the bars are cleared, a line says what happened and what to do, and the exit code is
+/// 130.
+#[test]
+fn ctrl_c_clears_the_bars_and_says_so() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_pattern(&dir.path().join("big.bin"), 64 * MIB, 9);
+    let proxy = stalling_proxy(server.addr, 1 << 20);
+    let mut command = Command::new(client_binary());
+    command
+        .current_dir(dir.path())
+        .env_remove("CYBERBACKUP_SERVER")
+        .env_remove("CYBERBACKUP_NAME")
+        .env("TERM", "xterm-256color")
+        .args([
+            "backup",
+            "big.bin",
+            "--server",
+            &proxy.to_string(),
+            "--name",
+            "alice",
+        ])
+        .args(["--v4-identity", "alice-v4.json", "--retries", "0"]);
+
+    let mut interrupted = false;
+    let (status, screens) = run_in_pty_watching(command, |pid, rows| {
+        if !interrupted && rows.iter().any(|row| row.contains("big.bin")) {
+            interrupted = true;
+            let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        }
+    });
+    assert!(interrupted, "no bar was drawn: {}", screens.last);
+    assert_eq!(status.code(), Some(130), "{status:?}\n{}", screens.last);
+    assert!(
+        !screens.last.contains("ETA"),
+        "bars left behind:\n{}",
+        screens.last
+    );
+    assert!(
+        screens.last.contains("interrupted (Ctrl-C)")
+            && screens.last.contains("Run the same command again"),
+        "{}",
+        screens.last
+    );
 }

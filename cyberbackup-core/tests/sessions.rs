@@ -18,7 +18,7 @@ use cyberbackup_core::testing::{MemStore, ServerRun, drive_server, run_pair};
 use cyberbackup_core::v3::codec::ResponseDecoder;
 use cyberbackup_core::v3::frame::{FileMeta, RequestHeader, Response};
 use cyberbackup_core::v3::{
-    ClientConfig, ClientEvent, ClientSession, CloseReason, FileFailure, FileId, FileSpec,
+    ClientConfig, ClientEvent, ClientQuirk, ClientSession, CloseReason, FileFailure, FileId, FileSpec,
     PacketScheme, ServerConfig, ServerEvent, ServerSession,
 };
 
@@ -556,6 +556,161 @@ fn urihor_zero_padding_empty_last_packet_and_surplus_packet_are_tolerated() {
     let stored: Vec<_> = raw.store.committed.values().collect();
     assert_eq!(stored.len(), 3);
     assert!(raw.store.committed.values().any(|v| *v == plain));
+}
+
+/// `len` bytes of `cipher` cut into `packet`-byte slices, numbered as a 16-bit client does
+/// (modulo 65 536, `total` too), each announcing the total sizes (H3's form).
+fn wrapped_frames(name: &[u8], cipher: &[u8], orig: u32, packet: usize) -> Vec<u8> {
+    let packets = cipher.len().div_ceil(packet);
+    let mut out = Vec::with_capacity(cipher.len() + packets * 300);
+    for (index, slice) in cipher.chunks(packet).enumerate() {
+        out.extend_from_slice(&file_frame(
+            name,
+            cipher.len() as u32,
+            orig,
+            ((index + 1) % 65_536) as u16,
+            (packets % 65_536) as u16,
+            slice,
+        ));
+    }
+    out
+}
+
+#[test]
+fn packet_numbers_wrapping_at_16_bits_are_accepted_when_content_size_gives_the_count() {
+    // 65 538 packets of 16 bytes: numbered 1 … 65 535, 0, 1, 2 with total_packets = 2.
+    let plain = pattern(65_538 * 16 - 16, 6);
+    let (mut raw, key) = Raw::keyed();
+    let cipher = encrypt(&key, &plain);
+    assert_eq!(cipher.len(), 65_538 * 16);
+    let codes = raw.feed(&wrapped_frames(b"w.bin", &cipher, plain.len() as u32, 16));
+    assert_eq!(codes, [1603]);
+    assert_eq!(raw.feed(&request(1029, 3, &name_field(b"w.bin"))), [1604]);
+    assert!(raw.store.committed.values().any(|v| *v == plain));
+    assert!(raw.run.events.contains(&ServerEvent::NonConformingClient {
+        transfer: cyberbackup_core::v3::TransferId(0),
+        quirk: ClientQuirk::WrappedPacketNumbers { packets: 65_538 },
+    }));
+}
+
+#[test]
+fn a_wrapped_numbering_that_is_not_exact_is_still_refused() {
+    let plain = pattern(65_538 * 16 - 16, 7);
+    type Mangle = fn(&mut Vec<Vec<u8>>);
+    let cases: [(&str, Mangle); 3] = [
+        // total_packets 3 (mod 65 536) does not match the 65 538 packets content_size gives.
+        ("wrong total", |frames| {
+            for frame in frames.iter_mut() {
+                frame[23 + 10..23 + 12].copy_from_slice(&3u16.to_le_bytes());
+            }
+        }),
+        // Packet "0" (65 536) left out: 65 535 is followed by 1.
+        ("skips 0", |frames| {
+            frames.remove(65_535);
+        }),
+        // The last packet never comes.
+        ("short", |frames| {
+            frames.pop();
+        }),
+    ];
+    for (what, mangle) in cases {
+        let (mut raw, key) = Raw::keyed();
+        let cipher = encrypt(&key, &plain);
+        let mut frames: Vec<Vec<u8>> = cipher
+            .chunks(16)
+            .enumerate()
+            .map(|(index, slice)| {
+                file_frame(
+                    b"w.bin",
+                    cipher.len() as u32,
+                    plain.len() as u32,
+                    ((index + 1) % 65_536) as u16,
+                    2,
+                    slice,
+                )
+            })
+            .collect();
+        mangle(&mut frames);
+        let codes = raw.feed(&frames.concat());
+        assert!(!codes.contains(&1603), "{what}: {codes:?}");
+        assert!(raw.store.committed.is_empty(), "{what}");
+    }
+}
+
+/// `16 zero bytes ‖ plain`, encrypted: what a client that misplaces its zero IV sends.
+fn zero_prefixed(key: &AesKey, plain: &[u8], block: u8) -> Vec<u8> {
+    let mut prefixed = vec![block; 16];
+    prefixed.extend_from_slice(plain);
+    encrypt(key, &prefixed)
+}
+
+#[test]
+fn a_zero_block_before_the_content_is_stripped_when_content_size_says_so() {
+    let (mut raw, key) = Raw::keyed();
+    // One packet: content_size is the ciphertext of orig_file_size + 16 bytes.
+    let plain = pattern(1000, 8);
+    let content = zero_prefixed(&key, &plain, 0);
+    assert_eq!(content.len(), 1024);
+    assert_eq!(
+        raw.feed(&file_frame(b"z.txt", 1024, 1000, 1, 1, &content)),
+        [1603]
+    );
+    let sent = &raw.run.sent;
+    let cksum = u32::from_le_bytes(sent[sent.len() - 4..].try_into().unwrap());
+    assert_eq!(cksum, cyberbackup_core::crypto::Cksum::of(&plain));
+    assert_eq!(raw.feed(&request(1029, 3, &name_field(b"z.txt"))), [1604]);
+    assert!(raw.store.committed.values().any(|v| *v == plain));
+    assert!(raw.run.events.iter().any(|e| matches!(
+        e,
+        ServerEvent::NonConformingClient {
+            quirk: ClientQuirk::ZeroBlockPrefix,
+            ..
+        }
+    )));
+
+    // Several packets of a total-size sender (H3's form): 3 000 bytes, 3 024 of ciphertext.
+    let plain = pattern(3000, 9);
+    let cipher = zero_prefixed(&key, &plain, 0);
+    let frames: Vec<u8> = cipher
+        .chunks(1024)
+        .enumerate()
+        .flat_map(|(i, slice)| file_frame(b"m.bin", 3024, 3000, i as u16 + 1, 3, slice))
+        .collect();
+    assert_eq!(raw.feed(&frames), [1603]);
+    assert_eq!(raw.feed(&request(1029, 3, &name_field(b"m.bin"))), [1604]);
+    assert!(raw.store.committed.values().any(|v| *v == plain));
+}
+
+#[test]
+fn every_other_length_mismatch_is_still_refused() {
+    let plain = pattern(1000, 10);
+    /// The content and its content_size.
+    type Build = fn(&AesKey, &[u8]) -> (Vec<u8>, u32);
+    let cases: [(&str, Build); 3] = [
+        // 16 extra bytes that are not zero.
+        ("non-zero block", |key, plain| {
+            (zero_prefixed(key, plain, 1), 1024)
+        }),
+        // 32 extra zero bytes.
+        ("two blocks", |key, plain| {
+            let mut prefixed = vec![0; 32];
+            prefixed.extend_from_slice(plain);
+            (encrypt(key, &prefixed), 1040)
+        }),
+        // 16 extra bytes at the end instead of the start.
+        ("block at the end", |key, plain| {
+            let mut longer = plain.to_vec();
+            longer.extend_from_slice(&[0; 16]);
+            (encrypt(key, &longer), 1024)
+        }),
+    ];
+    for (what, build) in cases {
+        let (mut raw, key) = Raw::keyed();
+        let (content, content_size) = build(&key, &plain);
+        let codes = raw.feed(&file_frame(b"z.txt", content_size, 1000, 1, 1, &content));
+        assert_eq!(codes, [1607], "{what}");
+        assert!(raw.store.committed.is_empty(), "{what}");
+    }
 }
 
 #[test]

@@ -186,9 +186,27 @@ fn log_event(event: &ServerEvent) {
         }
         ServerEvent::KeyExchanged { .. } => tracing::info!(?event, "session"),
         ServerEvent::RequestFailed { error } => tracing::warn!(%error, "request refused with 1607"),
-        ServerEvent::FileDiscarded { transfer } => {
-            tracing::info!(transfer = transfer.0, "file discarded");
-        }
+        ServerEvent::FileDiscarded {
+            transfer,
+            file_name,
+            received,
+            reason,
+        } => tracing::info!(
+            transfer = transfer.0,
+            file = %file_name.to_string_lossy(),
+            received_bytes = received,
+            %reason,
+            "file discarded"
+        ),
+        ServerEvent::RegistrationRefused { name } => tracing::info!(
+            name = %name.to_string_lossy(),
+            "registration refused with 1601: the name is taken"
+        ),
+        ServerEvent::NonConformingClient { transfer, quirk } => tracing::warn!(
+            transfer = transfer.0,
+            %quirk,
+            "non-conforming v3 client: accepted"
+        ),
         ServerEvent::DecryptFailed { client_id } => tracing::warn!(
             client = %client_id,
             "a file failed to decrypt (wrong key or forged data): closing the connection"

@@ -57,13 +57,14 @@ pub async fn backup(
     crate::backup_result(report, outcome, settled)
 }
 
-/// An existing identity must belong to the name asked for (as `me.info` in v3).
+/// An existing identity must belong to the name asked for (as `me.info` in v3). One that
+/// was never registered (the server refused its name) takes the new name instead.
 fn check_identity_name(options: &V4Options) -> Result<(), V4ClientError> {
     let (Some(wanted), Some(identity)) = (&options.name, V4Identity::load(&options.identity)?)
     else {
         return Ok(());
     };
-    if identity.name != *wanted {
+    if identity.name != *wanted && identity.client_id.is_some() {
         return Err(V4ClientError::NameMismatch {
             path: options.identity.clone(),
             found: identity.name,

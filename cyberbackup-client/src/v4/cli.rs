@@ -72,7 +72,8 @@ pub struct RestoreArgs {
     /// Version to restore [default: the newest].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub version: Option<u32>,
-    /// Where to write it [default: ./NAME]. Written to a temp file, verified, then renamed.
+    /// Where to write it [default: ./NAME]; an existing directory gets DIR/NAME. Written to
+    /// a temp file, verified, then renamed.
     #[arg(long, value_name = "PATH")]
     pub output: Option<PathBuf>,
     /// Server address, HOST:PORT.
@@ -240,10 +241,12 @@ async fn list(args: ListArgs) -> Outcome {
 }
 
 async fn restore(args: RestoreArgs) -> Outcome {
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| Path::new(".").join(&args.file));
+    let output = match &args.output {
+        // The name is checked as a file name (no separators) before anything is written.
+        Some(dir) if dir.is_dir() => dir.join(&args.file),
+        Some(path) => path.clone(),
+        None => Path::new(".").join(&args.file),
+    };
     let result = async {
         let options = options(&args.server, args.name.clone(), &args.v4, None)?;
         let mut client = V4Client::connect(&options).await?;
@@ -318,7 +321,7 @@ pub fn listing_table(entries: &[VersionRecord]) -> Vec<String> {
 
 fn row(record: &VersionRecord, output: Option<&Path>) -> Vec<String> {
     let mut cells = vec![
-        record.name.to_string_lossy(),
+        printable(&record.name.to_string_lossy()),
         record.version.to_string(),
         record.size.to_string(),
         utc_time(record.created_unix_secs, ' '),
@@ -330,22 +333,46 @@ fn row(record: &VersionRecord, output: Option<&Path>) -> Vec<String> {
     cells
 }
 
-/// Left-aligned text columns, right-aligned numbers (VERSION, SIZE), two spaces apart.
+/// A name as a table shows it: control characters (a newline, an escape sequence) and the
+/// bidirectional overrides that reorder text on screen are written as `\u{..}` escapes
+/// (`\n`, `\t`), so one row is one line and shows what is stored. Names cannot contain
+/// `\`, so the escapes are unambiguous.
+fn printable(name: &str) -> String {
+    let mut shown = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
+/// Columns a cell takes on a terminal (wide CJK characters take two).
+fn width(cell: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(cell)
+}
+
+/// Left-aligned text columns, right-aligned numbers (VERSION, SIZE), two spaces apart,
+/// aligned by terminal width.
 fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
     for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+        for (column, cell) in widths.iter_mut().zip(row) {
+            *column = (*column).max(width(cell));
         }
     }
     let numeric = |column: &str| matches!(column, "VERSION" | "SIZE");
     let line = |cells: &mut dyn Iterator<Item = &str>| {
         let mut out = String::new();
-        for ((cell, width), column) in cells.zip(&widths).zip(header) {
+        for ((cell, column_width), column) in cells.zip(&widths).zip(header) {
             if !out.is_empty() {
                 out.push_str("  ");
             }
-            let pad = width.saturating_sub(cell.chars().count());
+            let pad = column_width.saturating_sub(width(cell));
             if numeric(column) {
                 out.push_str(&" ".repeat(pad));
                 out.push_str(cell);
@@ -429,6 +456,29 @@ mod tests {
         assert_eq!(utc_time(0, 'T'), "1970-01-01T00:00:00Z");
         assert_eq!(utc_time(951_782_400, ' '), "2000-02-29 00:00:00");
         assert_eq!(utc_time(1_700_000_000, 'T'), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn names_are_shown_on_one_line_without_escape_sequences() {
+        assert_eq!(printable("a\nb.txt"), "a\\nb.txt");
+        assert_eq!(printable("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(printable("x\u{202e}txt.exe"), "x\\u{202e}txt.exe");
+        assert_eq!(printable("报告 café.txt"), "报告 café.txt");
+    }
+
+    #[test]
+    fn wide_names_keep_the_columns_aligned() {
+        let lines = table(
+            &["NAME", "SIZE"],
+            &[
+                vec!["报告.txt".into(), "5".into()],
+                vec!["ab.txt".into(), "12345".into()],
+            ],
+        );
+        assert_eq!(
+            lines,
+            ["NAME       SIZE", "报告.txt      5", "ab.txt    12345"]
+        );
     }
 
     #[test]

@@ -72,7 +72,8 @@ impl std::fmt::Debug for V4Client {
 
 impl V4Client {
     /// Connects and authenticates. Without an identity file, a new key pair is generated and
-    /// saved first (mode 0600), then registered under `options.name`. The server key is
+    /// saved first (mode 0600), then registered under `options.name`; an identity that was
+    /// never registered (its name was taken) is registered under `options.name`. The server key is
     /// pinned: the identity's fingerprint, else `options.server_fingerprint`, else trusted
     /// on first use and saved.
     ///
@@ -98,6 +99,13 @@ impl V4Client {
                 identity
             }
         };
+        if let Some(name) = options.name.as_ref().filter(|name| **name != identity.name)
+            && identity.client_id.is_none()
+        {
+            check_name(name)?;
+            identity.name.clone_from(name);
+            identity.save(&path)?;
+        }
         let pin = match (identity.server_fingerprint, options.server_fingerprint) {
             (Some(saved), Some(given)) if saved != given => {
                 return Err(V4ClientError::Session(V4Error::ServerKeyChanged {

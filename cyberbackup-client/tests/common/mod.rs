@@ -269,12 +269,19 @@ pub struct Quirks {
     pub close_after_1604: bool,
     /// Answer the first 1025 with 1607.
     pub error_first_register: bool,
+    /// Answer every 1026 with 1607 (a server that does not accept our key).
+    pub refuse_public_key: bool,
+    /// Cut the last packet of a multi-packet file 16 bytes short (urihor's server truncates
+    /// it): its padding check fails, answered 1607.
+    pub truncate_last_packet: bool,
 }
 
 /// What the raw server saw.
 #[derive(Debug, Default)]
 pub struct RawLog {
     pub requests: Vec<u16>,
+    /// total_packets of every 1028 frame.
+    pub totals: Vec<u16>,
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
@@ -312,6 +319,7 @@ pub fn raw_server(quirks: Quirks) -> (String, std::thread::JoinHandle<RawLog>) {
                         respond(&mut stream, 1600, &id, None);
                     }
                 }
+                1026 if quirks.refuse_public_key => respond(&mut stream, 1607, &[], None),
                 1026 => {
                     let public = PublicKey::from_spki_field(&payload[255..]).unwrap();
                     let aes = AesKey::generate(&mut OsRng);
@@ -325,13 +333,20 @@ pub fn raw_server(quirks: Quirks) -> (String, std::thread::JoinHandle<RawLog>) {
                 1028 => {
                     let packet = u16::from_le_bytes([payload[8], payload[9]]);
                     let total = u16::from_le_bytes([payload[10], payload[11]]);
+                    log.totals.push(total);
                     cipher.extend_from_slice(&payload[267..]);
+                    if quirks.truncate_last_packet && total > 1 && packet == total {
+                        // What cutting the last packet short comes to: a padding error.
+                        cipher.clear();
+                        respond(&mut stream, 1607, &[], None);
+                        continue;
+                    }
                     if packet == total {
                         let mut decryptor = CbcDecryptor::new(key.as_ref().unwrap());
                         let mut plain = BytesMut::new();
                         decryptor.update(&cipher, &mut plain);
-                        decryptor.finish(&mut plain).unwrap();
                         cipher.clear();
+                        decryptor.finish(&mut plain).unwrap();
                         let name = NameField::decode(&payload[12..267]);
                         let mut cksum = Cksum::of(&plain);
                         if quirks.ack_after_1030 && !mismatched {

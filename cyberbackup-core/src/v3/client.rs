@@ -168,6 +168,14 @@ pub enum ClientEvent {
         /// Phase.
         phase: TransferPhase,
     },
+    /// The server refused a multi-packet send of the file with 1607 (a server that cuts or
+    /// mis-joins packets fails its padding or size check); the next send is one packet.
+    ResendingAsOnePacket {
+        /// The file.
+        file: FileId,
+        /// 1607 answers to this file so far.
+        attempt: u8,
+    },
     /// The server's checksum did not match; the file is sent again (or given up).
     CrcMismatch {
         /// The file.
@@ -608,7 +616,12 @@ impl<R: CryptoRngCore> ClientSession<R> {
                     reconnect: false,
                 },
                 Response::ServerError,
-            ) => self.retry(RequestCode::PUBLIC_KEY, attempt, Self::send_public_key),
+            ) => self.retry_or(
+                RequestCode::PUBLIC_KEY,
+                attempt,
+                Self::send_public_key,
+                |attempts| SessionError::PublicKeyRefused { attempts },
+            ),
             (State::AwaitFileReceived, Response::FileReceived { cksum, .. }) => {
                 self.on_file_received(cksum);
             }
@@ -634,15 +647,28 @@ impl<R: CryptoRngCore> ClientSession<R> {
     }
 
     fn retry(&mut self, request: RequestCode, attempt: u8, resend: impl FnOnce(&mut Self, u8)) {
+        self.retry_or(request, attempt, resend, |attempts| {
+            SessionError::ServerKeptFailing {
+                request: request.0,
+                attempts,
+            }
+        });
+    }
+
+    /// After a 1607: resends, or fails with `give_up(attempts)` after the last attempt.
+    fn retry_or(
+        &mut self,
+        request: RequestCode,
+        attempt: u8,
+        resend: impl FnOnce(&mut Self, u8),
+        give_up: impl FnOnce(u8) -> SessionError,
+    ) {
         self.event(ClientEvent::ServerError {
             request: request.0,
             attempt,
         });
         if attempt >= MAX_REQUEST_ATTEMPTS {
-            self.fail(SessionError::ServerKeptFailing {
-                request: request.0,
-                attempts: attempt,
-            });
+            self.fail(give_up(attempt));
         } else {
             resend(self, attempt + 1);
         }
@@ -717,7 +743,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
             });
             return self.start_next_file();
         }
-        let plan = self.plan(file.spec.len, self.config.scheme);
+        let plan = self.plan(file.spec.len, self.config.scheme, self.config.single_packet);
         self.upload = Some(Upload {
             file,
             plan,
@@ -733,7 +759,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
         self.start_send();
     }
 
-    fn plan(&self, len: u64, scheme: PacketScheme) -> Plan {
+    fn plan(&self, len: u64, scheme: PacketScheme, single_packet: bool) -> Plan {
         let ciphertext_len = cbc_ciphertext_len(len);
         let block = AES_BLOCK_LEN as u64;
         let max_packets = u64::from(MAX_PACKETS);
@@ -744,7 +770,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
             .min(largest);
         match scheme {
             PacketScheme::Sliced => {
-                let per_packet = if self.config.single_packet {
+                let per_packet = if single_packet {
                     ciphertext_len
                 } else {
                     wanted.max(ciphertext_len.div_ceil(max_packets))
@@ -1002,7 +1028,7 @@ impl<R: CryptoRngCore> ClientSession<R> {
         });
         if switch {
             let len = self.upload.as_ref().map_or(0, |u| u.file.spec.len);
-            let plan = self.plan(len, PacketScheme::PerPacket);
+            let plan = self.plan(len, PacketScheme::PerPacket, false);
             if let Some(upload) = self.upload.as_mut() {
                 upload.plan = plan;
             }
@@ -1019,6 +1045,11 @@ impl<R: CryptoRngCore> ClientSession<R> {
         upload.errors += 1;
         let attempt = upload.errors;
         upload.sends = upload.sends.saturating_sub(1);
+        let (file, len, multi_packet) = (
+            upload.file.id,
+            upload.file.spec.len,
+            upload.plan.total_packets > 1,
+        );
         self.event(ClientEvent::ServerError {
             request: RequestCode::SEND_FILE.0,
             attempt,
@@ -1028,9 +1059,19 @@ impl<R: CryptoRngCore> ClientSession<R> {
                 request: RequestCode::SEND_FILE.0,
                 attempts: attempt,
             });
-        } else {
-            self.start_send();
+            return;
         }
+        // A server that refuses a file sent in packets (its padding or size check fails on
+        // how it joins them; urihor's server cuts the last packet) may take it whole: as
+        // after a checksum mismatch, the resend changes scheme.
+        let whole = self.plan(len, PacketScheme::Sliced, true);
+        if multi_packet && whole.total_packets == 1 {
+            if let Some(upload) = self.upload.as_mut() {
+                upload.plan = whole;
+            }
+            self.event(ClientEvent::ResendingAsOnePacket { file, attempt });
+        }
+        self.start_send();
     }
 
     fn send_verdict(&mut self, code: RequestCode, attempt: u8) {

@@ -45,6 +45,15 @@ pub enum SessionError {
         /// The name refused.
         name: String,
     },
+    /// The server answered 1607 to every 1026: it does not accept our public key (the name
+    /// is registered, but without a key).
+    #[error(
+        "the server refused our public key (1607 to each of {attempts} requests 1026): the name is registered there, but without a key"
+    )]
+    PublicKeyRefused {
+        /// Attempts made.
+        attempts: u8,
+    },
     /// The server answered 1607 to every attempt of a request.
     #[error("the server responded with an error {attempts} times to request {request}; giving up")]
     ServerKeptFailing {
@@ -88,6 +97,7 @@ impl SessionError {
                 Some(ResponseCode::SERVER_ERROR)
             }
             Self::NameTaken { .. }
+            | Self::PublicKeyRefused { .. }
             | Self::ServerKeptFailing { .. }
             | Self::UnexpectedResponse { .. }
             | Self::LocalFile { .. }

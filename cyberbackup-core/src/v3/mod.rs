@@ -16,8 +16,8 @@ pub use client::{
 };
 pub use error::{PeerMisbehaved, SessionError};
 pub use server::{
-    RegistrationOutcome, ServerConfig, ServerEffect, ServerEvent, ServerOutput, ServerSession,
-    StorageFailure, StoredClient, TransferId,
+    ClientQuirk, DiscardReason, RegistrationOutcome, ServerConfig, ServerEffect, ServerEvent,
+    ServerOutput, ServerSession, StorageFailure, StoredClient, TransferId,
 };
 
 /// Why a session asks to close the connection.

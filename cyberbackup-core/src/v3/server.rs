@@ -17,6 +17,12 @@
 //!
 //! Empty packets are skipped; a surplus packet `T + 1` after the last is discarded.
 //!
+//! Two deviations of real clients are accepted without weakening any check (see
+//! [`ClientQuirk`]): packet numbers that wrap at 16 bits (a total-size sender whose
+//! `content_size` needs more than 65 535 packets of the first packet's length), and a
+//! 16-byte zero block before the content (`C` is the ciphertext of `O + 16` bytes and the
+//! first 16 decrypted bytes are zero).
+//!
 //! ## Failed files
 //! A file that fails gets one 1607; the rest of its packets (any packet but a packet 1, until
 //! the next request or packet 1) is dropped silently, and their count reported once
@@ -205,6 +211,24 @@ pub enum ServerEvent {
     FileDiscarded {
         /// The transfer.
         transfer: TransferId,
+        /// The file.
+        file_name: FileName,
+        /// Plaintext bytes received (and stored in its temp file) before it was discarded.
+        received: u64,
+        /// Why.
+        reason: DiscardReason,
+    },
+    /// A client broke the v3 spec in a way the server tolerates; the file is kept.
+    NonConformingClient {
+        /// The transfer.
+        transfer: TransferId,
+        /// What it did.
+        quirk: ClientQuirk,
+    },
+    /// A registration (1025) was refused with 1601: the name is taken.
+    RegistrationRefused {
+        /// The name asked for.
+        name: NameField,
     },
     /// A request was refused with 1607.
     RequestFailed {
@@ -225,6 +249,68 @@ pub enum ServerEvent {
 
 /// Output of a server session.
 pub type ServerOutput = Output<ServerEffect, ServerEvent, CloseReason>;
+
+/// Why a transfer was discarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiscardReason {
+    /// The client asked to send it again (1030).
+    ClientRetry,
+    /// The client gave up after checksum mismatches (1031).
+    ClientGaveUp,
+    /// A new file started before this one was verified.
+    NewFile,
+    /// A request arrived in the middle of the file.
+    Interrupted,
+    /// The file was refused (the 1607 that follows says why).
+    Refused,
+    /// The connection ended (closed, timed out, failed or shut down) first.
+    ConnectionEnded,
+}
+
+impl std::fmt::Display for DiscardReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ClientRetry => "the client sends it again (1030)",
+            Self::ClientGaveUp => "the client gave up after checksum mismatches (1031)",
+            Self::NewFile => "a new file started before this one was verified",
+            Self::Interrupted => "a request arrived in the middle of the file",
+            Self::Refused => "the file was refused with 1607",
+            Self::ConnectionEnded => "the connection ended first",
+        })
+    }
+}
+
+/// A deviation from the v3 spec that the server accepts (`docs/protocol.md` §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientQuirk {
+    /// `packet_number` and `total_packets` wrapped at 65 536; `content_size` gave the true
+    /// number of packets.
+    WrappedPacketNumbers {
+        /// Packets the file really had.
+        packets: u32,
+    },
+    /// The content began with a 16-byte zero block (a misplaced IV); it was stripped.
+    ZeroBlockPrefix,
+}
+
+impl std::fmt::Display for ClientQuirk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::WrappedPacketNumbers { packets } => write!(
+                f,
+                "packet numbers wrapped at 16 bits ({packets} packets; the spec allows 65535)"
+            ),
+            Self::ZeroBlockPrefix => f.write_str(
+                "the content began with a 16-byte zero block (a misplaced IV); it was stripped",
+            ),
+        }
+    }
+}
+
+/// Bytes of the zero block some clients put before the content.
+const ZERO_PREFIX_LEN: usize = 16;
 
 /// The client identified on this connection.
 #[derive(Debug)]
@@ -274,6 +360,14 @@ struct Transfer {
     packet_plaintext_len: u64,
     /// Largest plaintext the server accepts for one file.
     max_len: u64,
+    /// Packets the file has: `total_packets`, or more when the numbering wraps.
+    packets: u32,
+    /// Number of the current packet, counted without wrapping (1-based).
+    index: u32,
+    /// The content starts with a zero block to strip (`content_size` says so).
+    zero_prefix: bool,
+    /// Bytes of that zero block not yet stripped.
+    prefix_left: usize,
 }
 
 impl Transfer {
@@ -287,7 +381,11 @@ impl Transfer {
         max_len: u64,
     ) -> Result<Self, PeerMisbehaved> {
         let (c, o, l) = (meta.content_size, meta.orig_file_size, content_len);
+        let wrapped = wrapped_packet_count(c, l, meta.total_packets);
         let scheme = match meta.total_packets {
+            _ if wrapped.is_some() => Scheme::Sliced {
+                total_ciphertext: Some(c),
+            },
             0 => {
                 return Err(PeerMisbehaved::BadPacketNumber {
                     got: 1,
@@ -318,6 +416,16 @@ impl Transfer {
                 });
             }
         };
+        // A total-size sender whose content_size is the ciphertext of 16 more bytes than the
+        // file: the only valid reading is a zero block before the content.
+        let prefix_left = match scheme {
+            Scheme::Sliced {
+                total_ciphertext: Some(total),
+            } if u64::from(total) == cbc_ciphertext_len(u64::from(o)) + ZERO_PREFIX_LEN as u64 => {
+                ZERO_PREFIX_LEN
+            }
+            _ => 0,
+        };
         let mut transfer = Self {
             id,
             client_id,
@@ -334,6 +442,10 @@ impl Transfer {
             ciphertext_len: 0,
             packet_plaintext_len: 0,
             max_len,
+            packets: wrapped.unwrap_or(u32::from(meta.total_packets)),
+            index: 1,
+            zero_prefix: prefix_left > 0,
+            prefix_left,
         };
         if let Scheme::Sliced { .. } = scheme {
             transfer.decryptor = Some(CbcDecryptor::new(&transfer.key));
@@ -342,13 +454,27 @@ impl Transfer {
         Ok(transfer)
     }
 
+    /// The wire number of the next packet (modulo 65 536 when the numbering wraps), if the
+    /// file has one more.
+    fn next_packet_number(&self) -> Option<u16> {
+        let next = self
+            .index
+            .checked_add(1)
+            .filter(|&next| next <= self.packets)?;
+        Some(wire_number(next))
+    }
+
+    /// Whether the file's numbering wraps at 16 bits.
+    fn wraps(&self) -> bool {
+        self.packets > u32::from(u16::MAX)
+    }
+
     /// Checks a later packet's metadata against the first and starts it.
     fn next_packet(&mut self, meta: FileMeta, content_len: u32) -> Result<(), PeerMisbehaved> {
-        let expected = self.packet.packet_number.saturating_add(1);
-        if meta.packet_number != expected || meta.packet_number > self.first.total_packets {
+        if self.next_packet_number() != Some(meta.packet_number) {
             return Err(PeerMisbehaved::BadPacketNumber {
                 got: meta.packet_number,
-                expected,
+                expected: wire_number(self.index.saturating_add(1)),
                 total: self.first.total_packets,
             });
         }
@@ -381,6 +507,7 @@ impl Transfer {
         if !consistent {
             return Err(changed("content_size/orig_file_size"));
         }
+        self.index += 1;
         self.start_packet(meta, content_len);
         Ok(())
     }
@@ -400,7 +527,44 @@ impl Transfer {
     }
 
     fn is_last_packet(&self) -> bool {
-        self.packet.packet_number >= self.first.total_packets
+        self.index >= self.packets
+    }
+
+    /// Whether `packet_number` is the surplus packet after the last (shlomi).
+    fn is_surplus(&self, packet_number: u16) -> bool {
+        let surplus = if self.wraps() {
+            wire_number(self.packets.saturating_add(1))
+        } else {
+            self.first.total_packets.saturating_add(1)
+        };
+        packet_number == surplus
+    }
+
+    /// Removes the expected zero block from the front of `plain`; a non-zero byte in it is
+    /// a length mismatch (the file is 16 bytes longer than announced).
+    fn strip_prefix(&mut self, mut plain: Bytes) -> Result<Bytes, PeerMisbehaved> {
+        if self.prefix_left == 0 {
+            return Ok(plain);
+        }
+        let take = self.prefix_left.min(plain.len());
+        let block = plain.split_to(take);
+        if block.iter().any(|&b| b != 0) {
+            return Err(PeerMisbehaved::PlaintextSizeMismatch {
+                got: u64::from(self.first.orig_file_size) + ZERO_PREFIX_LEN as u64,
+                announced: u64::from(self.first.orig_file_size),
+            });
+        }
+        self.prefix_left -= take;
+        Ok(plain)
+    }
+
+    /// The deviations this file showed, once received.
+    fn quirks(&self) -> impl Iterator<Item = ClientQuirk> {
+        let wrapped = self.wraps().then_some(ClientQuirk::WrappedPacketNumbers {
+            packets: self.packets,
+        });
+        let prefixed = self.zero_prefix.then_some(ClientQuirk::ZeroBlockPrefix);
+        wrapped.into_iter().chain(prefixed)
     }
 
     /// Decrypts the usable part of a content piece; bytes past the budget are padding.
@@ -414,8 +578,9 @@ impl Transfer {
             decryptor.update(used, &mut plain);
             self.ciphertext_len += take as u64;
         }
+        let plain = self.strip_prefix(plain.freeze())?;
         self.account(&plain)?;
-        Ok(plain.freeze())
+        Ok(plain)
     }
 
     /// Ends the current packet: returns the plaintext the held-back block releases.
@@ -427,6 +592,7 @@ impl Transfer {
             decryptor.finish(&mut plain)?;
             finished = true;
         }
+        let plain = self.strip_prefix(plain.freeze())?;
         self.account(&plain)?;
         if self.scheme == Scheme::PerPacket
             && finished
@@ -441,7 +607,7 @@ impl Transfer {
         if self.is_last_packet() {
             self.check_totals()?;
         }
-        Ok(plain.freeze())
+        Ok(plain)
     }
 
     fn check_totals(&self) -> Result<(), PeerMisbehaved> {
@@ -456,7 +622,7 @@ impl Transfer {
             });
         }
         if let Scheme::Sliced { .. } = self.scheme
-            && self.plaintext_len != u64::from(self.first.orig_file_size)
+            && (self.plaintext_len != u64::from(self.first.orig_file_size) || self.prefix_left > 0)
         {
             return Err(PeerMisbehaved::PlaintextSizeMismatch {
                 got: self.plaintext_len,
@@ -642,7 +808,10 @@ impl<R: CryptoRngCore> ServerSession<R> {
                         session_key: None,
                     });
                 }
-                RegistrationOutcome::NameTaken => self.respond(Response::RegistrationFailed),
+                RegistrationOutcome::NameTaken => {
+                    self.respond(Response::RegistrationFailed);
+                    self.event(ServerEvent::RegistrationRefused { name });
+                }
                 RegistrationOutcome::Failed(failure) => self.refuse(storage_error(failure)),
             },
             Some(Pending::RegisterForKey {
@@ -816,7 +985,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             .is_some_and(|t| t.phase == Phase::Receiving)
         {
             // A request in the middle of a file ends the file: its rest will not come.
-            self.abort_transfer();
+            self.abort_transfer(DiscardReason::Interrupted);
         }
         match request {
             Request::Register { name } => self.on_register(name),
@@ -967,21 +1136,21 @@ impl<R: CryptoRngCore> ServerSession<R> {
         match (code, awaiting) {
             (RequestCode::CRC_OK, true) => self.storage_effect(StorageStep::Commit),
             (RequestCode::CRC_ABORT, true) => {
-                self.abort_transfer();
+                self.abort_transfer(DiscardReason::ClientGaveUp);
                 self.acknowledge();
             }
             // 1030 gets no reply: the file comes again.
-            (RequestCode::CRC_RETRY, _) => self.abort_transfer(),
+            (RequestCode::CRC_RETRY, _) => self.abort_transfer(DiscardReason::ClientRetry),
             (code, _) => self.refuse(PeerMisbehaved::VerdictWithoutFile { code: code.0 }.into()),
         }
     }
 
     fn on_file_header(&mut self, meta: FileMeta, content_len: u32) {
         self.frame_content = FrameContent::Skip;
-        let surplus = self.transfer.as_ref().is_some_and(|t| {
-            t.phase == Phase::AwaitVerdict
-                && meta.packet_number == t.first.total_packets.saturating_add(1)
-        });
+        let surplus = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.phase == Phase::AwaitVerdict && t.is_surplus(meta.packet_number));
         if surplus {
             return;
         }
@@ -992,7 +1161,11 @@ impl<R: CryptoRngCore> ServerSession<R> {
             return;
         }
         self.stop_dropping();
-        let result = if meta.packet_number == 1 {
+        // A wrapped numbering reaches 1 again: that is the file's next packet, not a new file.
+        let continues = self.transfer.as_ref().is_some_and(|t| {
+            t.phase == Phase::Receiving && t.next_packet_number() == Some(meta.packet_number)
+        });
+        let result = if meta.packet_number == 1 && !continues {
             self.begin_transfer(meta.clone(), content_len)
         } else {
             match self
@@ -1020,7 +1193,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
     fn begin_transfer(&mut self, meta: FileMeta, content_len: u32) -> Result<(), SessionError> {
         if self.transfer.is_some() {
             // A new file while one awaits its verdict: the unverified one is discarded.
-            self.abort_transfer();
+            self.abort_transfer(DiscardReason::NewFile);
         }
         let Some((client_id, key)) = self
             .peer
@@ -1133,7 +1306,17 @@ impl<R: CryptoRngCore> ServerSession<R> {
                     len: transfer.plaintext_len,
                     cksum,
                 };
+                let quirks: Vec<ServerEvent> = transfer
+                    .quirks()
+                    .map(|quirk| ServerEvent::NonConformingClient {
+                        transfer: transfer.id,
+                        quirk,
+                    })
+                    .collect();
                 self.respond(response);
+                for quirk in quirks {
+                    self.event(quirk);
+                }
                 self.event(event);
             }
             StorageStep::Commit => {
@@ -1186,7 +1369,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             self.fail(error);
             return;
         }
-        self.abort_transfer();
+        self.abort_transfer(DiscardReason::Refused);
         self.refuse(error);
     }
 
@@ -1199,13 +1382,16 @@ impl<R: CryptoRngCore> ServerSession<R> {
         }
     }
 
-    fn abort_transfer(&mut self) {
+    fn abort_transfer(&mut self, reason: DiscardReason) {
         if let Some(transfer) = self.transfer.take() {
             self.effect(ServerEffect::AbortFile {
                 transfer: transfer.id,
             });
             self.event(ServerEvent::FileDiscarded {
                 transfer: transfer.id,
+                file_name: transfer.file_name,
+                received: transfer.plaintext_len,
+                reason,
             });
         }
     }
@@ -1224,7 +1410,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
     /// Fails the session: 1607 if the error calls for it, then close.
     fn fail(&mut self, error: SessionError) -> SessionError {
         self.pending = None;
-        self.abort_transfer();
+        self.abort_transfer(DiscardReason::ConnectionEnded);
         if let Some(code) = error.response()
             && code == crate::v3::frame::ResponseCode::SERVER_ERROR
         {
@@ -1243,7 +1429,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
         }
         self.stop_dropping();
         self.pending = None;
-        self.abort_transfer();
+        self.abort_transfer(DiscardReason::ConnectionEnded);
         self.idle.disarm();
         self.outputs.push_back(Output::Close(reason));
         self.failed = Some(error);
@@ -1275,6 +1461,24 @@ impl<R: CryptoRngCore> ServerSession<R> {
     fn event(&mut self, event: ServerEvent) {
         self.outputs.push_back(Output::Event(event));
     }
+}
+
+/// A packet number as it travels: modulo 65 536.
+fn wire_number(index: u32) -> u16 {
+    u16::try_from(index % 65_536).unwrap_or_default()
+}
+
+/// The true number of packets of a total-size sender (`content_size` = total ciphertext
+/// `c` > this packet's `l` bytes) whose numbering wrapped at 16 bits: more than 65 535, of
+/// `l` bytes each but the last (or with H3's empty last packet), and congruent to the
+/// announced `total` modulo 65 536. `None` when the numbering did not wrap.
+fn wrapped_packet_count(c: u32, l: u32, total: u16) -> Option<u32> {
+    if l == 0 || c <= l {
+        return None;
+    }
+    [c.div_ceil(l), c / l + 1]
+        .into_iter()
+        .find(|&n| n > u32::from(u16::MAX) && n % 65_536 == u32::from(total))
 }
 
 fn is_same_client(stored: &StoredClient, client_id: ClientId, name: &NameField) -> bool {

@@ -287,6 +287,10 @@ pub struct ServerSession<R> {
     idle: IdleTimer,
     out: VecDeque<ServerOutput>,
     failed: Option<V4Error>,
+    /// A fatal `ERROR` was sent (the connection closes after it).
+    fatal_error_sent: bool,
+    /// The frame decoder failed: the byte stream is unusable.
+    stream_broken: bool,
 }
 
 impl<R: CryptoRngCore> ServerSession<R> {
@@ -306,6 +310,8 @@ impl<R: CryptoRngCore> ServerSession<R> {
             idle,
             out: VecDeque::new(),
             failed: None,
+            fatal_error_sent: false,
+            stream_broken: false,
         }
     }
 
@@ -578,6 +584,21 @@ impl<R: CryptoRngCore> ServerSession<R> {
             && self.failed.is_none()
             && !matches!(err, V4Error::ApiMisuse(_))
         {
+            // A frame the codec refuses or that fails its tag may be damage on the way (the
+            // client reconnects and resumes): the connection ends without a reply, as before.
+            if !self.fatal_error_sent && !self.stream_broken && !matches!(err, V4Error::Decrypt) {
+                // Every fatal error is answered before closing once transport keys exist
+                // (`docs/protocol-v4.md` §5.3); before that nothing can be sealed.
+                let code = match err {
+                    V4Error::Storage { .. } | V4Error::Local { .. } => ErrorCode::INTERNAL,
+                    _ => ErrorCode::PROTOCOL,
+                };
+                let _ = self.send(&ServerMessage::Error {
+                    code,
+                    fatal: true,
+                    message: fatal_message(code, err),
+                });
+            }
             self.failed = Some(err.clone());
             self.close(CloseReason::Error(err.clone()));
         }
@@ -614,8 +635,13 @@ impl<R: CryptoRngCore> ServerSession<R> {
 
     fn consume(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), V4Error> {
         while self.pending.is_none() && self.restore.is_none() && !self.is_closed() {
-            let Some(frame) = self.decoder.decode(buf)? else {
-                return Ok(());
+            let frame = match self.decoder.decode(buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    self.stream_broken = true;
+                    return Err(err.into());
+                }
             };
             self.idle.reset(now);
             self.on_frame(frame)?;
@@ -661,7 +687,6 @@ impl<R: CryptoRngCore> ServerSession<R> {
                 let len = hs
                     .read_message(&msg3, &mut payload)
                     .map_err(|e| V4Error::handshake("message 3", &e))?;
-                let request = ClientAuth::decode(payload.get(..len).unwrap_or_default())?;
                 let client_key = hs
                     .get_remote_static()
                     .and_then(PublicKey::from_slice)
@@ -669,7 +694,9 @@ impl<R: CryptoRngCore> ServerSession<R> {
                 let transport = hs
                     .into_transport_mode()
                     .map_err(|e| V4Error::handshake("split", &e))?;
+                // Transport keys first: a malformed ClientAuth is answered with an ERROR.
                 self.stage = Stage::Transport(Box::new(transport));
+                let request = ClientAuth::decode(payload.get(..len).unwrap_or_default())?;
                 self.effect(
                     ServerEffect::Authenticate {
                         client_key,
@@ -682,13 +709,29 @@ impl<R: CryptoRngCore> ServerSession<R> {
             (Stage::Transport(mut transport), Frame::Transport(ciphertext)) => {
                 let plaintext = super::open(&mut transport, &ciphertext);
                 self.stage = Stage::Transport(transport);
-                let message = ClientMessage::decode(plaintext?)?;
-                self.on_message(message)
+                match ClientMessage::decode(plaintext?) {
+                    Ok(message) => self.on_message(message),
+                    Err(err) if err.is_bad_file_name() && self.upload.is_none() => {
+                        self.refuse(Refusal::new(
+                            ErrorCode::BAD_NAME,
+                            format!(
+                                "{err}: a file name is 1 to 254 bytes without '/', '\\' or NUL, not '.' or '..', and does not start with a drive letter"
+                            ),
+                        ))
+                    }
+                    Err(err) => Err(err.into()),
+                }
             }
-            (_, frame) => Err(V4Error::Protocol(format!(
-                "unexpected {} frame at this point of the handshake",
-                frame_name(&frame)
-            ))),
+            (stage, frame) => {
+                // Keep the transport keys, so the violation is answered with an ERROR.
+                if matches!(stage, Stage::Transport(_)) {
+                    self.stage = stage;
+                }
+                Err(V4Error::Protocol(format!(
+                    "unexpected {} frame at this point of the session",
+                    frame_name(&frame)
+                )))
+            }
         }
     }
 
@@ -967,11 +1010,6 @@ impl<R: CryptoRngCore> ServerSession<R> {
     }
 
     fn violation(&mut self, what: &str) -> Result<(), V4Error> {
-        let _ = self.send(&ServerMessage::Error {
-            code: ErrorCode::PROTOCOL,
-            fatal: true,
-            message: format!("protocol violation: {what}"),
-        });
         Err(V4Error::Protocol(what.to_owned()))
     }
 
@@ -983,7 +1021,20 @@ impl<R: CryptoRngCore> ServerSession<R> {
         message.encode(&mut plaintext);
         let frame = super::seal(transport, &plaintext)?;
         self.out.push_back(Output::Transmit(frame));
+        if let ServerMessage::Error { fatal: true, .. } = message {
+            self.fatal_error_sent = true;
+        }
         Ok(())
+    }
+}
+
+/// The text of the fatal `ERROR` that answers `err`.
+fn fatal_message(code: ErrorCode, err: &V4Error) -> String {
+    match code {
+        ErrorCode::INTERNAL => {
+            "the server failed; see its log (the upload stays resumable)".to_owned()
+        }
+        _ => err.to_string(),
     }
 }
 

@@ -169,6 +169,15 @@ pub enum WireError {
     },
 }
 
+impl WireError {
+    /// Whether this is a file-name fault of an otherwise well-formed message (answered
+    /// with the non-fatal `BAD_NAME`, `docs/protocol-v4.md` §5.3).
+    #[must_use]
+    pub fn is_bad_file_name(&self) -> bool {
+        matches!(self, Self::BadFileName(_) | Self::BadName { .. })
+    }
+}
+
 /// The 23-byte hello header.
 #[must_use]
 pub fn hello_header() -> [u8; HELLO_HEADER_LEN] {
@@ -466,7 +475,10 @@ impl ClientMessage {
     /// Parses a decrypted plaintext; `Data` shares `plaintext`'s buffer.
     ///
     /// # Errors
-    /// A [`WireError`].
+    /// A [`WireError`]. A well-formed `UPLOAD` or `RESTORE` whose only fault is its file
+    /// name fails with [`WireError::BadFileName`] or [`WireError::BadName`] (every other
+    /// field, and the absence of trailing bytes, is checked first): see
+    /// [`WireError::is_bad_file_name`].
     pub fn decode(plaintext: Bytes) -> Result<Self, WireError> {
         let Some((&kind, mut src)) = plaintext.split_first() else {
             return Err(WireError::FrameTooShort { len: 0 });
@@ -483,12 +495,13 @@ impl ClientMessage {
                         value: u64::from(flags),
                     });
                 }
-                let name = take_file_name(&mut src, M)?;
-                Self::Upload {
-                    name,
+                let name = take_raw_name(&mut src, M)?;
+                end(src, M)?;
+                return Ok(Self::Upload {
+                    name: file_name(name, M)?,
                     size,
                     restart: flags & 1 == 1,
-                }
+                });
             }
             msg::DATA => {
                 if src.is_empty() {
@@ -507,8 +520,12 @@ impl ClientMessage {
                 const M: &str = "RESTORE";
                 need(src, 4, M)?;
                 let version = src.get_u32_le();
-                let name = take_file_name(&mut src, M)?;
-                Self::Restore { name, version }
+                let name = take_raw_name(&mut src, M)?;
+                end(src, M)?;
+                return Ok(Self::Restore {
+                    name: file_name(name, M)?,
+                    version,
+                });
             }
             msg::BYE => Self::Bye,
             other => return Err(WireError::UnknownMessage { kind: other }),
@@ -863,11 +880,17 @@ fn take_hash(src: &mut &[u8]) -> [u8; 32] {
 }
 
 fn take_name<'a>(src: &mut &'a [u8], message: &'static str) -> Result<&'a [u8], WireError> {
-    need(src, 1, message)?;
-    let len = usize::from(src.get_u8());
-    if len == 0 || len > MAX_NAME_LEN {
+    let name = take_raw_name(src, message)?;
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(WireError::BadName { message });
     }
+    Ok(name)
+}
+
+/// A `u8`-length-prefixed name of any length (0 … 255): the framing only.
+fn take_raw_name<'a>(src: &mut &'a [u8], message: &'static str) -> Result<&'a [u8], WireError> {
+    need(src, 1, message)?;
+    let len = usize::from(src.get_u8());
     need(src, len, message)?;
     let (name, rest) = src.split_at(len);
     *src = rest;
@@ -875,7 +898,15 @@ fn take_name<'a>(src: &mut &'a [u8], message: &'static str) -> Result<&'a [u8], 
 }
 
 fn take_file_name(src: &mut &[u8], message: &'static str) -> Result<FileName, WireError> {
-    let name = take_name(src, message)?;
+    let name = take_raw_name(src, message)?;
+    file_name(name, message)
+}
+
+/// Validates a file name field's bytes with the one file-name validator.
+fn file_name(name: &[u8], message: &'static str) -> Result<FileName, WireError> {
+    if name.is_empty() {
+        return Err(WireError::BadFileName(InvalidFileName::Empty));
+    }
     if name.contains(&0) {
         return Err(WireError::BadFileName(InvalidFileName::EmbeddedNul));
     }
