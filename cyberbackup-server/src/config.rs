@@ -184,6 +184,9 @@ pub struct ServerConfig {
     pub enrollment_required: bool,
     /// Bytes between durable checkpoints of a v4 upload (resume points).
     pub checkpoint_interval_bytes: u64,
+    /// Concurrent connections accepted from one source address (IPv6: one /64); more are
+    /// closed at once, so one address cannot take every slot.
+    pub max_connections_per_address: u32,
 }
 
 impl Default for ServerConfig {
@@ -210,6 +213,7 @@ impl Default for ServerConfig {
             identity_key_file: None,
             enrollment_required: false,
             checkpoint_interval_bytes: 8 * 1024 * 1024,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -281,6 +285,9 @@ pub struct ConfigOverrides {
     /// Bytes between durable checkpoints of a v4 upload [default: 8388608]
     #[arg(long, global = true, value_name = "BYTES")]
     pub checkpoint_interval_bytes: Option<u64>,
+    /// Concurrent connections from one source address (IPv6: per /64) [default: 256]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_connections_per_address: Option<u32>,
 }
 
 /// What `port.info` said.
@@ -378,6 +385,12 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
+        }
+        if self.max_connections_per_address == 0 {
+            return invalid(
+                "max_connections_per_address",
+                "must be at least 1 (set it to max_connections to disable the per-address cap)",
+            );
         }
         if self.keep_versions == 0 {
             return invalid(
@@ -482,6 +495,7 @@ impl ServerConfig {
             identity_key_file,
             enrollment_required,
             checkpoint_interval_bytes,
+            max_connections_per_address,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -513,6 +527,10 @@ impl ServerConfig {
         set(
             &mut self.checkpoint_interval_bytes,
             checkpoint_interval_bytes,
+        );
+        set(
+            &mut self.max_connections_per_address,
+            max_connections_per_address,
         );
     }
 
@@ -553,6 +571,7 @@ impl ConfigOverrides {
             identity_key_file: env_var(env, "IDENTITY_KEY_FILE")?,
             enrollment_required: env_var(env, "ENROLLMENT_REQUIRED")?,
             checkpoint_interval_bytes: env_var(env, "CHECKPOINT_INTERVAL_BYTES")?,
+            max_connections_per_address: env_var(env, "MAX_CONNECTIONS_PER_ADDRESS")?,
         })
     }
 }
