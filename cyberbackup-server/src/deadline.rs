@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Bytes per second a started request must at least arrive at, on top of
 /// `read_timeout_secs`: 1 KiB/s, far below any real link, far above a trickle.
-pub const MIN_RECEIVE_RATE: u64 = 1024;
+pub(crate) const MIN_RECEIVE_RATE: u64 = 1024;
 
 /// When the request being received must be complete.
 ///

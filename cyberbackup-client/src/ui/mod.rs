@@ -217,9 +217,9 @@ impl std::fmt::Debug for Ui {
 /// Limits of the UI's HTTP listener: a request's headers (and a kept-alive connection's next
 /// request) within 10 s, 64 connections at once, 5 s for open requests at shutdown.
 pub const UI_HTTP_LIMITS: cyberbackup_http::HttpLimits = cyberbackup_http::HttpLimits {
-    header_read_timeout: std::time::Duration::from_secs(10),
+    header_read_timeout: Duration::from_secs(10),
     max_connections: 64,
-    shutdown_grace: std::time::Duration::from_secs(5),
+    shutdown_grace: Duration::from_secs(5),
 };
 
 /// The UI server, bound and ready to [`serve`](Self::serve).
