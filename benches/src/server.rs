@@ -148,9 +148,14 @@ impl ServerProcess {
             "listen = \"127.0.0.1\"\nport = {port}\ndata_dir = {data_dir:?}\n\
              max_connections = {}\nregistrations_per_minute = {}\nmax_file_size = {}\n\
              min_free_disk_mb = 100\n\
+             # every benchmark client comes from 127.0.0.1: no per-address cap\n\
+             max_connections_per_address = {}\n\
              # the admin dashboard's fixed port would clash between runs; not measured here\n\
              admin_enabled = false\n",
-            settings.max_connections, settings.registrations_per_minute, settings.max_file_size,
+            settings.max_connections,
+            settings.registrations_per_minute,
+            settings.max_file_size,
+            settings.max_connections,
         );
         let config_path = dir.join("cyberbackup-server.toml");
         std::fs::write(&config_path, config)

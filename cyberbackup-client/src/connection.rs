@@ -141,8 +141,10 @@ impl Connection {
             while let Some(output) = self.session.poll_output() {
                 match output {
                     Output::Transmit(bytes) => {
-                        let result = self.io.write_all(&bytes).await;
-                        result.map_err(|source| self.network_error(source))?;
+                        let written =
+                            tokio::time::timeout(self.response_timeout, self.io.write_all(&bytes))
+                                .await;
+                        self.written(written)?;
                     }
                     Output::Effect(effect) => {
                         if let Some(note) =
@@ -156,16 +158,14 @@ impl Connection {
                         return Ok(Note::Event(event));
                     }
                     Output::Close(CloseReason::Done) => {
-                        self.io
-                            .flush()
-                            .await
-                            .map_err(|source| self.network_error(source))?;
+                        self.flush().await?;
                         // The server may already have closed (shlomi's does after 1604).
-                        let _ignored = self.io.shutdown().await;
+                        let _ignored =
+                            tokio::time::timeout(self.response_timeout, self.io.shutdown()).await;
                         return Ok(Note::Closed);
                     }
                     Output::Close(CloseReason::Error(error)) => {
-                        let _ignored = self.io.flush().await;
+                        let _ignored = self.flush().await;
                         return Err(self.session_error(error));
                     }
                     Output::Close(_) => {
@@ -181,10 +181,7 @@ impl Connection {
                 continue;
             }
             self.feed_pending = false;
-            self.io
-                .flush()
-                .await
-                .map_err(|source| self.network_error(source))?;
+            self.flush().await?;
             let deadline = self
                 .session
                 .poll_timeout()
@@ -299,6 +296,32 @@ impl Connection {
         };
     }
 
+    /// Flushes the write buffer within the response timeout.
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        let flushed = tokio::time::timeout(self.response_timeout, self.io.flush()).await;
+        self.written(flushed)
+    }
+
+    /// The outcome of a write bounded by the response timeout: a server that stops reading
+    /// fails the connection with the same error as one that stops answering.
+    fn written(
+        &self,
+        result: Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+    ) -> Result<(), ClientError> {
+        match result {
+            Ok(written) => written.map_err(|source| self.network_error(source)),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    fn timeout_error(&self) -> ClientError {
+        ClientError::Timeout {
+            server: self.server.clone(),
+            seconds: self.response_timeout.as_secs(),
+            during: self.doing.clone(),
+        }
+    }
+
     fn network_error(&self, source: std::io::Error) -> ClientError {
         use std::io::ErrorKind;
         if matches!(
@@ -321,11 +344,7 @@ impl Connection {
         let during = self.doing.clone();
         match error {
             SessionError::ConnectionClosed => ClientError::ConnectionClosed { server, during },
-            SessionError::IdleTimeout => ClientError::Timeout {
-                server,
-                seconds: self.response_timeout.as_secs(),
-                during,
-            },
+            SessionError::IdleTimeout => self.timeout_error(),
             SessionError::NameTaken { name } => ClientError::NameTaken { name },
             SessionError::PublicKeyRefused { attempts } => {
                 ClientError::PublicKeyRefused { server, attempts }

@@ -43,9 +43,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cyberbackup_core::names::{FileName, NameField};
 use cyberbackup_core::identity::Identity;
 use cyberbackup_core::limits::{DEFAULT_PACKET_CONTENT_LEN, DEFAULT_READ_CHUNK_LEN};
+use cyberbackup_core::names::{FileName, NameField};
 use cyberbackup_core::v3::{ClientConfig, ClientEvent, FileFailure, FileId, TransferPhase};
 
 use crate::connection::{Connection, Note};

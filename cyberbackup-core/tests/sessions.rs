@@ -18,8 +18,8 @@ use cyberbackup_core::testing::{MemStore, ServerRun, drive_server, run_pair};
 use cyberbackup_core::v3::codec::ResponseDecoder;
 use cyberbackup_core::v3::frame::{FileMeta, RequestHeader, Response};
 use cyberbackup_core::v3::{
-    ClientConfig, ClientEvent, ClientQuirk, ClientSession, CloseReason, FileFailure, FileId, FileSpec,
-    PacketScheme, ServerConfig, ServerEvent, ServerSession,
+    ClientConfig, ClientEvent, ClientQuirk, ClientSession, CloseReason, FileFailure, FileId,
+    FileSpec, PacketScheme, ServerConfig, ServerEvent, ServerSession,
 };
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {

@@ -193,6 +193,9 @@ pub struct ServerConfig {
     pub registrations_per_minute_total: u32,
     /// v3 files that may fail to decrypt per client id per hour before its uploads are refused.
     pub v3_failed_files_per_hour: u32,
+    /// Concurrent connections accepted from one source address (IPv6: one /64); more are
+    /// closed at once, so one address cannot take every slot.
+    pub max_connections_per_address: u32,
 }
 
 impl Default for ServerConfig {
@@ -223,6 +226,7 @@ impl Default for ServerConfig {
             allow_damaged_catalog: false,
             registrations_per_minute_total: 300,
             v3_failed_files_per_hour: 5,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -306,6 +310,9 @@ pub struct ConfigOverrides {
     /// v3 files failing to decrypt per client id per hour before refusing it, 0 = unlimited [default: 5]
     #[arg(long, global = true, value_name = "N")]
     pub v3_failed_files_per_hour: Option<u32>,
+    /// Concurrent connections from one source address (IPv6: per /64) [default: 256]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_connections_per_address: Option<u32>,
 }
 
 /// What `port.info` said.
@@ -403,6 +410,12 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
+        }
+        if self.max_connections_per_address == 0 {
+            return invalid(
+                "max_connections_per_address",
+                "must be at least 1 (set it to max_connections to disable the per-address cap)",
+            );
         }
         if self.keep_versions == 0 {
             return invalid(
@@ -523,6 +536,7 @@ impl ServerConfig {
             allow_damaged_catalog,
             registrations_per_minute_total,
             v3_failed_files_per_hour,
+            max_connections_per_address,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -562,6 +576,10 @@ impl ServerConfig {
             registrations_per_minute_total,
         );
         set(&mut self.v3_failed_files_per_hour, v3_failed_files_per_hour);
+        set(
+            &mut self.max_connections_per_address,
+            max_connections_per_address,
+        );
     }
 
     /// The v4 server key file: `identity_key_file`, else `<data_dir>/server-v4.key`.
@@ -607,6 +625,7 @@ impl ConfigOverrides {
             allow_damaged_catalog: env_var(env, "ALLOW_DAMAGED_CATALOG")?,
             registrations_per_minute_total: env_var(env, "REGISTRATIONS_PER_MINUTE_TOTAL")?,
             v3_failed_files_per_hour: env_var(env, "V3_FAILED_FILES_PER_HOUR")?,
+            max_connections_per_address: env_var(env, "MAX_CONNECTIONS_PER_ADDRESS")?,
         })
     }
 }

@@ -1,5 +1,6 @@
-//! One socket driving one `ServerSession`: reads into a bounded buffer, feeds the session,
-//! writes its replies, performs its effects, and enforces its deadlines.
+//! One socket driving one `ServerSession`: dispatches on the protocol version, reads into a
+//! bounded buffer, feeds the session, writes its replies, performs its effects, and enforces
+//! its deadlines (one idle period from accept, the request deadline, the write deadline).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -13,16 +14,20 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::deadline::{self, RequestDeadline};
 use crate::effects::Effects;
 use crate::listener::Shared;
+use crate::v4::VERSION_OFFSET;
 
 /// Bytes asked of the socket per read: the read buffer never holds much more than this.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Serves one connection until the session closes, the peer leaves, or shutdown.
+/// Serves one connection accepted at `accepted` until the session closes, the peer leaves,
+/// or shutdown.
 pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
+    accepted: Instant,
     shared: &Shared,
     shutdown: CancellationToken,
     abort: CancellationToken,
@@ -32,18 +37,30 @@ pub(crate) async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
-        // Dispatch on the version byte at offset 16 of the first header (docs/protocol-v4.md §2).
-        let (buf, version) =
-            crate::v4::read_version(&mut stream, shared.config.idle_timeout()).await;
+        let mut request = RequestDeadline::new(shared.config.read_timeout());
+        // Dispatch on the version byte at offset 16 of the first header (docs/protocol-v4.md
+        // §2). No request has started yet, so shutdown ends the connection at once.
+        let idle_deadline = accepted + shared.config.idle_timeout();
+        let dispatched = tokio::select! {
+            () = shutdown.cancelled() => None,
+            read = read_version(&mut stream, idle_deadline, &mut request) => read,
+        };
+        let Some((buf, version)) = dispatched else {
+            tracing::debug!("closed before a first request arrived");
+            return;
+        };
         match version {
-            Some(4) => {
+            4 => {
                 let connection = shared.live.connection_opened();
-                crate::v4::serve(stream, buf, peer, shared, &shutdown, &abort, connection).await;
+                crate::v4::serve(
+                    stream, buf, request, peer, shared, &shutdown, &abort, connection,
+                )
+                .await;
                 shared.live.connection_closed(connection);
                 return;
             }
-            Some(3) if !shared.config.legacy_v3 => {
-                crate::v4::refuse_v3(&mut stream).await;
+            3 if !shared.config.legacy_v3 => {
+                crate::v4::refuse_v3(&mut stream, shared.config.idle_timeout(), &abort).await;
                 return;
             }
             _ => {}
@@ -53,6 +70,7 @@ pub(crate) async fn serve(
         let reason = drive(
             stream,
             buf,
+            request,
             shared,
             &mut effects,
             &shutdown,
@@ -77,9 +95,48 @@ pub(crate) async fn serve(
     .await;
 }
 
+/// Reads until the version byte of the first header is available; returns the bytes read
+/// and the version. `None` when the peer closed, sent nothing before `idle_deadline` (one
+/// idle period from accept: the session that follows does not start another), or did not
+/// complete the header within the request deadline.
+async fn read_version(
+    stream: &mut TcpStream,
+    idle_deadline: Instant,
+    request: &mut RequestDeadline,
+) -> Option<(BytesMut, u8)> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if let Some(&version) = buf.get(VERSION_OFFSET) {
+            return Some((buf, version));
+        }
+        let deadline = request.deadline().unwrap_or(idle_deadline);
+        let read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => request.on_received(now(), n),
+            Ok(_) => return None,
+            Err(_) => {
+                log_request_timeout(request);
+                return None;
+            }
+        }
+    }
+}
+
+/// Logs a request that did not arrive within its deadline (a trickle, or a stalled link).
+pub(crate) fn log_request_timeout(request: &RequestDeadline) {
+    let (secs, bytes) = request.progress(now());
+    tracing::info!(
+        secs,
+        bytes,
+        "closing: a request did not arrive within read_timeout_secs (at least {} bytes/s are needed once a request started)",
+        deadline::MIN_RECEIVE_RATE
+    );
+}
+
 async fn drive(
     mut stream: TcpStream,
     mut buf: BytesMut,
+    mut request: RequestDeadline,
     shared: &Shared,
     effects: &mut Effects<'_>,
     shutdown: &CancellationToken,
@@ -96,8 +153,10 @@ async fn drive(
         while let Some(output) = session.poll_output() {
             match output {
                 Output::Transmit(bytes) => {
-                    if let Err(err) = stream.write_all(&bytes).await {
-                        tracing::debug!(%err, "write failed");
+                    request.on_reply();
+                    let limit = shared.config.idle_timeout();
+                    if let Err(err) = deadline::write_all(&mut stream, &bytes, limit, abort).await {
+                        log_write_failure(&err);
                         session.handle_eof(now());
                     }
                 }
@@ -146,9 +205,8 @@ async fn drive(
             let _ = stream.shutdown().await;
             return CloseReason::Done;
         }
-        let deadline = session
-            .poll_timeout()
-            .map(|(at, _)| tokio::time::Instant::from_std(at));
+        let deadline =
+            deadline::earliest(session.poll_timeout().map(|(at, _)| at), request.deadline());
         buf.reserve(READ_CHUNK);
         tokio::select! {
             // Bytes already waiting win over an expired deadline: a server that was slow to
@@ -156,11 +214,19 @@ async fn drive(
             biased;
             read = stream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => session.handle_eof(now()),
-                Ok(_) => {
+                Ok(n) => {
+                    request.on_received(now(), n);
                     let _ = session.handle_bytes(now(), &mut buf);
                 }
             },
-            () = sleep_until(deadline) => session.handle_timeout(now()),
+            () = deadline::sleep_until(deadline) => {
+                if request.expired(now()) {
+                    log_request_timeout(&request);
+                    session.handle_eof(now());
+                } else {
+                    session.handle_timeout(now());
+                }
+            }
             () = shutdown.cancelled(), if !shutting_down => shutting_down = true,
             () = abort.cancelled() => {
                 tracing::warn!("aborting the transfer: shutdown grace period is over");
@@ -170,10 +236,12 @@ async fn drive(
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// Logs a failed write: at INFO when the peer stopped reading, else at DEBUG (it left).
+pub(crate) fn log_write_failure(err: &std::io::Error) {
+    if err.kind() == std::io::ErrorKind::TimedOut {
+        tracing::info!(%err, "closing: the peer stopped reading (idle_timeout_secs)");
+    } else {
+        tracing::debug!(%err, "write failed");
     }
 }
 

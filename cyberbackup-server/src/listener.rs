@@ -1,9 +1,10 @@
 //! The accept loop: binds the backup port, enforces the connection limit, starts one task
 //! per connection, runs maintenance, and shuts down gracefully.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -75,6 +76,81 @@ impl Stats {
         } else {
             self.transfers_discarded.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Connections open per source address, capped at `max_connections_per_address` so that one
+/// address cannot take the slots every other client needs. IPv6 peers count per /64 (one
+/// host usually holds a whole /64); IPv4-mapped IPv6 peers count as their IPv4 address.
+#[derive(Debug)]
+struct AddressSlots {
+    limit: usize,
+    /// Open connections and whether a refusal was logged since the address connected.
+    open: Mutex<HashMap<IpAddr, (usize, bool)>>,
+}
+
+impl AddressSlots {
+    fn new(limit: u32) -> Arc<Self> {
+        Arc::new(Self {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for a connection from `peer`; `None` when its address is at the cap.
+    fn acquire(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
+        let source = source_of(peer);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (count, warned) = open.entry(source).or_insert((0, false));
+        if *count >= self.limit {
+            if !std::mem::replace(warned, true) {
+                tracing::warn!(
+                    %source,
+                    limit = self.limit,
+                    "refusing connections from this address: it holds max_connections_per_address connections already"
+                );
+            }
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            slots: Arc::clone(self),
+            source,
+        })
+    }
+
+    fn release(&self, source: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((count, _)) = open.get_mut(&source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&source);
+            }
+        }
+    }
+}
+
+/// The address a connection counts against (see [`AddressSlots`]).
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// One connection's place in [`AddressSlots`], given back on drop.
+#[derive(Debug)]
+struct AddressSlot {
+    slots: Arc<AddressSlots>,
+    source: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.slots.release(self.source);
     }
 }
 
@@ -204,6 +280,7 @@ impl Server {
             tokio::spawn(Arc::clone(&shared.live).keep_metrics_bounded(shutdown.clone()));
         let limit = usize::try_from(shared.config.max_connections.max(1)).unwrap_or(usize::MAX);
         let permits = Arc::new(Semaphore::new(limit));
+        let addresses = AddressSlots::new(shared.config.max_connections_per_address);
         let mut tasks = JoinSet::new();
         let connections_done = CancellationToken::new();
         loop {
@@ -225,13 +302,24 @@ impl Server {
                     }
                 },
             };
+            let accepted = tokio::time::Instant::now().into_std();
+            let Some(slot) = addresses.acquire(peer.ip()) else {
+                tracing::debug!(%peer, "connection refused: max_connections_per_address reached");
+                shared.live.record(|| {
+                    metrics::counter!("cyberbackup_connections_refused_total", "reason" => "per_address_limit")
+                        .increment(1);
+                });
+                drop(stream);
+                continue;
+            };
             let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
             let abort = connections_done.clone();
             tasks.spawn(async move {
                 shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-                connection::serve(stream, peer, &shared, shutdown, abort).await;
+                connection::serve(stream, peer, accepted, &shared, shutdown, abort).await;
                 shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}
@@ -263,11 +351,14 @@ impl Server {
     }
 }
 
-/// Runs the server from `config` until SIGINT or SIGTERM.
+/// Runs the server from `config` until SIGINT or SIGTERM. First raises the descriptor limit
+/// ([`crate::fd_limit`]).
 ///
 /// # Errors
-/// A [`ServerError`] if start-up fails (data directory, catalog, port).
+/// A [`ServerError`] if start-up fails (descriptor limit too low for `max_connections`,
+/// data directory, catalog, port).
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    crate::fd_limit::raise_and_check(config.max_connections)?;
     let server = Server::bind(config).await?;
     let address = server.local_addr()?;
     tracing::info!(%address, data_dir = %server.shared.config.data_dir.display(), "cyberbackup-server listening");

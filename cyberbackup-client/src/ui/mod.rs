@@ -217,6 +217,14 @@ impl std::fmt::Debug for Ui {
     }
 }
 
+/// Limits of the UI's HTTP listener: a request's headers (and a kept-alive connection's next
+/// request) within 10 s, 64 connections at once, 5 s for open requests at shutdown.
+pub const UI_HTTP_LIMITS: cyberbackup_http::HttpLimits = cyberbackup_http::HttpLimits {
+    header_read_timeout: Duration::from_secs(10),
+    max_connections: 64,
+    shutdown_grace: Duration::from_secs(5),
+};
+
 /// The UI server, bound and ready to [`serve`](Self::serve).
 #[derive(Debug)]
 pub struct UiServer {
@@ -301,22 +309,18 @@ impl UiServer {
             })
     }
 
-    /// Serves until `shutdown` completes; then cancels a running backup, ends the event
-    /// streams and removes the staging directory.
+    /// Serves until `shutdown` completes (within [`UI_HTTP_LIMITS`]); then cancels a running
+    /// backup, ends the event streams and removes the staging directory.
     ///
     /// # Errors
-    /// [`ClientError::Usage`] if the HTTP server fails.
+    /// None today; the `Result` leaves room for listener failures.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ClientError> {
         let ui = Arc::clone(&self.ui);
         let app = router(Arc::clone(&self.ui));
-        let result = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        cyberbackup_http::serve(self.listener, app, UI_HTTP_LIMITS, async move {
             shutdown.await;
             ui.shutdown.send_replace(true);
             if let Some(cancel) = ui.lock().cancel.take() {
@@ -324,9 +328,7 @@ impl UiServer {
             }
         })
         .await;
-        result.map_err(|err| ClientError::Usage {
-            message: format!("the UI server failed: {err}"),
-        })
+        Ok(())
     }
 }
 

@@ -59,6 +59,9 @@ pub struct V4Client {
     restores: HashMap<OpId, RestoreTarget>,
     trusted_on_first_use: Option<Fingerprint>,
     closed: Option<CloseReason>,
+    /// Deadline of one write (the response timeout): a server that stops reading fails the
+    /// connection as one that stops answering does.
+    write_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for V4Client {
@@ -162,6 +165,7 @@ impl V4Client {
             restores: HashMap::new(),
             trusted_on_first_use: None,
             closed: None,
+            write_timeout: options.response_timeout,
         };
         client
             .run_until(
@@ -395,9 +399,17 @@ impl V4Client {
             while let Some(output) = self.session.poll_output() {
                 match output {
                     Output::Transmit(bytes) => {
-                        if self.stream.write_all(&bytes).await.is_err() {
+                        let written =
+                            tokio::time::timeout(self.write_timeout, self.stream.write_all(&bytes))
+                                .await;
+                        match written {
+                            Ok(Ok(())) => {}
                             // The session reports the broken connection.
-                            self.session.handle_eof(Instant::now());
+                            Ok(Err(_)) => self.session.handle_eof(Instant::now()),
+                            Err(_) => {
+                                self.closed.get_or_insert(CloseReason::IdleTimeout);
+                                break;
+                            }
                         }
                     }
                     Output::Effect(effect) => {

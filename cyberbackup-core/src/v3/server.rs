@@ -1166,7 +1166,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             t.phase == Phase::Receiving && t.next_packet_number() == Some(meta.packet_number)
         });
         let result = if meta.packet_number == 1 && !continues {
-            self.begin_transfer(meta.clone(), content_len)
+            self.begin_transfer(meta, content_len)
         } else {
             match self
                 .transfer
@@ -1174,7 +1174,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
                 .filter(|t| t.phase == Phase::Receiving)
             {
                 Some(transfer) => transfer
-                    .next_packet(meta.clone(), content_len)
+                    .next_packet(meta, content_len)
                     .map_err(SessionError::from),
                 None => Err(PeerMisbehaved::BadPacketNumber {
                     got: meta.packet_number,

@@ -42,6 +42,13 @@ use crate::error::ServerError;
 use crate::listener::{Server, Stats};
 use crate::storage::Storage;
 
+/// Time a client of the admin listener has to send a request's headers (and, on a kept-alive
+/// connection, to start its next request).
+pub const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the admin listener serves at once; more wait in its backlog. The listener
+/// shares the backup server's descriptors, so it must not take them all.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// How long catalog totals (a count over the whole `files` table) are reused.
 const STATS_CACHE: Duration = Duration::from_secs(5);
 
@@ -151,27 +158,31 @@ impl AdminServer {
             .map_err(|source| ServerError::io("cannot read the admin listening address", source))
     }
 
-    /// Serves until `shutdown` is cancelled; also samples the throughput every
-    /// [`THROUGHPUT_SAMPLE_SECS`].
+    /// Serves until `shutdown` is cancelled (open requests then get `shutdown_grace_secs`);
+    /// also samples the throughput every [`THROUGHPUT_SAMPLE_SECS`]. Connections are capped
+    /// at [`ADMIN_MAX_CONNECTIONS`] and closed when a request's headers do not arrive within
+    /// [`ADMIN_HEADER_READ_TIMEOUT`].
     ///
     /// # Errors
-    /// A [`ServerError`] if the HTTP server fails.
+    /// None today; the `Result` leaves room for listener failures.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let sampler = tokio::spawn(sample_throughput(
             Arc::clone(&self.state.stats),
             Arc::clone(&self.state.live),
             shutdown.clone(),
         ));
+        let limits = cyberbackup_http::HttpLimits {
+            header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            shutdown_grace: self.state.config.shutdown_grace(),
+        };
         let app = router(self.state);
-        let result = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|source| ServerError::io("the admin HTTP server failed", source));
+        cyberbackup_http::serve(self.listener, app, limits, async move {
+            shutdown.cancelled().await;
+        })
+        .await;
         sampler.abort();
-        result
+        Ok(())
     }
 }
 

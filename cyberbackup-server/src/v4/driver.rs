@@ -15,15 +15,19 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::effects::V4Effects;
+use crate::connection::{log_request_timeout, log_write_failure};
+use crate::deadline::{self, RequestDeadline};
 use crate::listener::Shared;
 
 /// Bytes asked of the socket per read (a frame is at most 65 539 bytes).
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Serves a v4 connection whose first bytes are already in `buf`.
+/// Serves a v4 connection whose first bytes are already in `buf` (their request started
+/// `request`).
 pub(crate) async fn serve(
     mut stream: TcpStream,
     mut buf: BytesMut,
+    mut request: RequestDeadline,
     peer: SocketAddr,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -31,7 +35,13 @@ pub(crate) async fn serve(
     connection: u64,
 ) -> CloseReason {
     let mut effects = V4Effects::new(shared, peer.ip(), connection);
-    let reason = drive(&mut stream, &mut buf, shared, &mut effects, shutdown, abort).await;
+    let mut link = Link {
+        stream: &mut stream,
+        request: &mut request,
+        write_limit: shared.config.idle_timeout(),
+        abort,
+    };
+    let reason = drive(&mut link, &mut buf, shared, &mut effects, shutdown).await;
     effects.finish_connection().await;
     let _ = stream.shutdown().await;
     match &reason {
@@ -42,13 +52,20 @@ pub(crate) async fn serve(
     reason
 }
 
+/// The socket with the deadlines the peer is held to.
+struct Link<'a> {
+    stream: &'a mut TcpStream,
+    request: &'a mut RequestDeadline,
+    write_limit: std::time::Duration,
+    abort: &'a CancellationToken,
+}
+
 async fn drive(
-    stream: &mut TcpStream,
+    link: &mut Link<'_>,
     buf: &mut BytesMut,
     shared: &Shared,
     effects: &mut V4Effects<'_>,
     shutdown: &CancellationToken,
-    abort: &CancellationToken,
 ) -> CloseReason {
     let state = &shared.v4;
     let mut session = ServerSession::new(
@@ -69,7 +86,7 @@ async fn drive(
             match output {
                 Output::Transmit(bytes) => unsent.push(bytes),
                 Output::Effect(effect) => {
-                    flush(stream, &mut unsent, &mut session).await;
+                    flush(link, &mut unsent, &mut session).await;
                     answered |= effect.needs_answer();
                     if let Err(err) = effects.run(&mut session, effect).await {
                         tracing::debug!(%err, "v4 effect answer");
@@ -78,12 +95,12 @@ async fn drive(
                 Output::Event(event) => log_event(&event),
                 Output::Close(reason) => {
                     effects.finish_connection().await;
-                    flush(stream, &mut unsent, &mut session).await;
+                    flush(link, &mut unsent, &mut session).await;
                     return reason;
                 }
             }
         }
-        flush(stream, &mut unsent, &mut session).await;
+        flush(link, &mut unsent, &mut session).await;
         if answered {
             let _ = session.handle_bytes(now(), buf);
             continue;
@@ -91,20 +108,29 @@ async fn drive(
         if shutting_down && !session.has_open_upload() {
             return CloseReason::Done;
         }
-        let deadline = session
-            .poll_timeout()
-            .map(|(at, _)| tokio::time::Instant::from_std(at));
+        let deadline = deadline::earliest(
+            session.poll_timeout().map(|(at, _)| at),
+            link.request.deadline(),
+        );
         buf.reserve(READ_CHUNK);
         tokio::select! {
-            read = stream.read_buf(buf) => match read {
+            read = link.stream.read_buf(buf) => match read {
                 Ok(0) | Err(_) => session.handle_eof(now()),
-                Ok(_) => {
+                Ok(n) => {
+                    link.request.on_received(now(), n);
                     let _ = session.handle_bytes(now(), buf);
                 }
             },
-            () = sleep_until(deadline) => session.handle_timeout(now()),
+            () = deadline::sleep_until(deadline) => {
+                if link.request.expired(now()) {
+                    log_request_timeout(link.request);
+                    session.handle_eof(now());
+                } else {
+                    session.handle_timeout(now());
+                }
+            }
             () = shutdown.cancelled(), if !shutting_down => shutting_down = true,
-            () = abort.cancelled() => {
+            () = link.abort.cancelled() => {
                 tracing::warn!("shutdown grace period over: closing the v4 connection (uploads stay resumable)");
                 session.handle_eof(now());
             }
@@ -112,15 +138,21 @@ async fn drive(
     }
 }
 
-/// Writes the transmits gathered so far; a failed write ends the session as an EOF would.
+/// Writes the transmits gathered so far (a reply: the request was received whole); a failed
+/// or stalled write ends the session as an EOF would.
 async fn flush<R: rand_core::CryptoRngCore>(
-    stream: &mut TcpStream,
+    link: &mut Link<'_>,
     unsent: &mut Vec<Bytes>,
     session: &mut ServerSession<R>,
 ) {
+    if !unsent.is_empty() {
+        link.request.on_reply();
+    }
     for bytes in unsent.drain(..) {
-        if let Err(err) = stream.write_all(&bytes).await {
-            tracing::debug!(%err, "write failed");
+        if let Err(err) =
+            deadline::write_all(link.stream, &bytes, link.write_limit, link.abort).await
+        {
+            log_write_failure(&err);
             session.handle_eof(now());
             break;
         }
@@ -164,13 +196,6 @@ fn is_user_mistake(code: ErrorCode) -> bool {
         ErrorCode::BUSY,
     ]
     .contains(&code)
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn now() -> Instant {

@@ -1,7 +1,7 @@
 //! Protocol v4 on the server (`docs/protocol-v4.md`): the server key, the connection driver
 //! of [`cyberbackup_core::v4::server::ServerSession`], its effects against the catalog and
-//! storage, resumable partial files, enrollment tokens, and the dispatch on the first bytes
-//! of a connection (byte 16: 3 → v3, 4 → v4).
+//! storage, resumable partial files, enrollment tokens, and the version byte the connection
+//! dispatches on (byte 16: 3 → v3, 4 → v4).
 
 mod driver;
 mod effects;
@@ -19,7 +19,7 @@ use cyberbackup_core::v4::noise::{Fingerprint, StaticKeypair, to_hex};
 use cyberbackup_core::v4::server::ServerConfig as SessionConfig;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub(crate) use driver::serve;
@@ -131,29 +131,17 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.trim().as_bytes()).into()
 }
 
-/// Reads until the version byte (offset 16) of the first header is available. Returns the
-/// bytes read and the version; `None` if the peer closed or was idle before sending it.
-pub(crate) async fn read_version(stream: &mut TcpStream, idle: Duration) -> (BytesMut, Option<u8>) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let deadline = tokio::time::Instant::now() + idle;
-    while buf.len() <= VERSION_OFFSET {
-        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
-        match read {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return (buf, None),
-        }
-    }
-    let version = buf.get(VERSION_OFFSET).copied();
-    (buf, version)
-}
-
 /// `legacy_v3 = false`: answers a v3 request with one 1607 and closes.
-pub(crate) async fn refuse_v3(stream: &mut TcpStream) {
+pub(crate) async fn refuse_v3(
+    stream: &mut TcpStream,
+    write_limit: Duration,
+    abort: &tokio_util::sync::CancellationToken,
+) {
     tracing::warn!(
         "refused a protocol v3 connection: legacy_v3 = false on this server (clients must use protocol v4)"
     );
     let mut reply = Vec::new();
     cyberbackup_core::v3::frame::Response::ServerError.encode(&mut reply);
-    let _ = stream.write_all(&reply).await;
+    let _ = crate::deadline::write_all(stream, &reply, write_limit, abort).await;
     let _ = stream.shutdown().await;
 }
