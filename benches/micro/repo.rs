@@ -162,7 +162,7 @@ fn aead_seal(c: &mut Criterion) {
                 let tag = key
                     .seal_in_place_separate_tag(nonce, aead::Aad::empty(), piece)
                     .unwrap();
-                black_box(tag);
+                let _sealed = black_box(tag);
             }
         });
     });

@@ -82,10 +82,9 @@ async fn enospc_during_a_v4_registration_says_storage_full() {
     .await;
 
     plan.arm(FaultPoint::CatalogRegister);
-    let register = V4Client::connect(&options(srv.addr, dir.path(), "bob"))
-        .await
-        .err()
-        .expect("the registration fails");
+    let Err(register) = V4Client::connect(&options(srv.addr, dir.path(), "bob")).await else {
+        panic!("the registration fails");
+    };
     let again = V4Client::connect(&options(srv.addr, dir.path(), "bob")).await;
     srv.stop().await;
 

@@ -206,7 +206,7 @@ fn fill(
         }
     }
     for file in &found {
-        if !clients.contains_key(&file.client) {
+        if let std::collections::btree_map::Entry::Vacant(unknown) = clients.entry(file.client) {
             let name = format!("recovered-{}", hex::encode(file.client));
             tx.execute(
                 "INSERT INTO clients (ID, Name, PublicKey, LastSeen, AESKey, Protocol, RegisteredAt)
@@ -214,7 +214,7 @@ fn fill(
                 params![file.client, name.as_bytes(), now],
             )
             .map_err(query_err("rebuild"))?;
-            clients.insert(file.client, true);
+            unknown.insert(true);
         }
         let version = file.kept_version.unwrap_or_else(|| {
             current_version

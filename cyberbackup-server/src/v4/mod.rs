@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use cyberbackup_core::names::ClientId;
 use cyberbackup_core::v4::noise::{Fingerprint, StaticKeypair, to_hex};
 use cyberbackup_core::v4::server::ServerConfig as SessionConfig;
