@@ -83,6 +83,8 @@ fn spawn_server(data: &Path, port: u16) -> Child {
         .arg("--data-dir")
         .arg(data)
         .args(["--registrations-per-minute", "0", "--min-free-disk-mb", "1"])
+        // The model keeps one version per name.
+        .args(["--keep-versions", "1"])
         .env("CYBERBACKUP_ADMIN_ENABLED", "false")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
