@@ -34,31 +34,40 @@ pub(crate) const SALT_LEN: usize = 24;
 /// Bytes of the AES-256-GCM tag.
 pub(crate) const TAG_LEN: usize = 16;
 
+/// The constructors and accessor every 256-bit secret key newtype here shares.
+macro_rules! secret_key_bytes {
+    ($key:ident) => {
+        impl $key {
+            /// Draws a new key from the injected RNG (the driver passes the OS RNG).
+            pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+                let mut key = [0u8; 32];
+                rng.fill_bytes(&mut key);
+                Self(key)
+            }
+
+            /// Wraps stored key bytes (from the identity file).
+            #[must_use]
+            pub fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+
+            /// The key bytes, for the identity file (write it with mode 0600).
+            #[must_use]
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+        }
+    };
+}
+
 /// A repository's 256-bit master key: generated once, kept in the client's identity file and
 /// in key objects. Zeroized on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey([u8; 32]);
 
+secret_key_bytes!(MasterKey);
+
 impl MasterKey {
-    /// Draws a new master key from the injected RNG (the driver passes the OS RNG).
-    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        let mut key = [0u8; 32];
-        rng.fill_bytes(&mut key);
-        Self(key)
-    }
-
-    /// Wraps stored key bytes (from the identity file).
-    #[must_use]
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The key bytes, for the identity file (write it with mode 0600).
-    #[must_use]
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
     /// Derives the repository's sub-keys.
     #[must_use]
     pub fn derive(&self) -> RepoKeys {
@@ -106,26 +115,7 @@ impl fmt::Debug for RepoKeys {
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct DeviceKey([u8; 32]);
 
-impl DeviceKey {
-    /// Draws a new device key from the injected RNG.
-    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        let mut key = [0u8; 32];
-        rng.fill_bytes(&mut key);
-        Self(key)
-    }
-
-    /// Wraps stored key bytes.
-    #[must_use]
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The key bytes, for the identity file.
-    #[must_use]
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
+secret_key_bytes!(DeviceKey);
 
 impl fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
