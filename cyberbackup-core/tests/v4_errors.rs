@@ -20,8 +20,9 @@ use bytes::{Bytes, BytesMut};
 use cyberbackup_core::names::{ClientId, FileName, NameField};
 use cyberbackup_core::v4::codec::{Frame, FrameDecoder, Side};
 use cyberbackup_core::v4::noise::{StaticKeypair, prologue};
+use cyberbackup_core::v4::repository::{RepoReply, RepoRequest};
 use cyberbackup_core::v4::server::{
-    AuthDecision, ResumePoint, ServerConfig, ServerEffect, ServerSession,
+    AuthDecision, RepoAnswer, ResumePoint, ServerConfig, ServerEffect, ServerSession,
 };
 use cyberbackup_core::v4::wire::{
     ErrorCode, ServerMessage, VersionRecord, encode_frame, hello_header, kind,
@@ -223,6 +224,16 @@ impl RawClient {
                 let end = (start + max).min(content.len());
                 server.handle_version_data(now, Ok(Bytes::copy_from_slice(&content[start..end])))
             }
+            ServerEffect::Repository { request, .. } => server.handle_repository(
+                now,
+                Ok(match request {
+                    RepoRequest::Put { .. } => RepoAnswer::PutReady,
+                    RepoRequest::Have { ids } => RepoAnswer::Have(vec![false; ids.len()]),
+                    _ => RepoAnswer::Done,
+                }),
+            ),
+            ServerEffect::WritePut { .. } => server.handle_storage(now, Ok(())),
+            ServerEffect::FinishPut => server.handle_repository(now, Ok(RepoAnswer::Stored)),
             _ => Ok(()),
         };
     }
@@ -398,6 +409,78 @@ fn every_malformed_or_unexpected_message_gets_a_fatal_protocol_error_before_the_
         );
         assert!(client.closed, "{context}");
     }
+}
+
+fn put(class: u8, size: u64) -> Vec<u8> {
+    let mut message = vec![0x14, class];
+    message.extend_from_slice(&[7; 32]);
+    message.extend_from_slice(&size.to_le_bytes());
+    message
+}
+
+/// The repository messages of §9a: a malformed body, a `PUT_END` or `DATA` outside a put,
+/// and, inside a put, anything but its `DATA` and `PUT_END` are fatal `PROTOCOL` errors.
+#[test]
+fn malformed_or_misplaced_repository_messages_are_fatal_protocol_errors() {
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("REPO_OPEN with a trailing byte", vec![0x10, 0]),
+        ("REPO_CREATE truncated", vec![0x11, 5, 0, 1]),
+        ("KEY_ADD without its key", vec![0x12]),
+        ("HAVE of no id", vec![0x13, 0, 0]),
+        ("HAVE shorter than its count", vec![0x13, 2, 0, 1, 2, 3]),
+        ("PUT of an unknown class", put(9, 10)),
+        ("PUT of a blob", put(3, 10)),
+        ("PUT of an empty object", put(1, 0)),
+        ("PUT_END without a PUT", vec![0x15]),
+        ("GET of a pack", {
+            let mut get = vec![0x16, 1];
+            get.extend_from_slice(&[0; 32]);
+            get
+        }),
+        ("FORGET truncated", vec![0x18, 1, 2]),
+        ("SNAPSHOTS with a trailing byte", vec![0x17, 1]),
+    ];
+    let mut too_many = vec![0x13];
+    too_many.extend_from_slice(&2001u16.to_le_bytes());
+    too_many.extend(std::iter::repeat_n(0u8, 2001 * 32));
+    cases.push(("HAVE of 2001 ids", too_many));
+    for (context, plaintext) in &cases {
+        assert_fatal_protocol(plaintext, context);
+    }
+    for (context, second) in [
+        ("DATA beyond the announced object size", vec![0x02; 12]),
+        ("PUT_END before all bytes", vec![0x15]),
+        ("HAVE in the middle of a PUT", {
+            let mut have = vec![0x13, 1, 0];
+            have.extend_from_slice(&[0; 32]);
+            have
+        }),
+        ("UPLOAD in the middle of a PUT", upload(3, 0, b"b.txt")),
+    ] {
+        let mut client = RawClient::logged_in(Answers::default());
+        client.send(&put(1, 10));
+        assert_eq!(
+            client.recv_all(),
+            [ServerMessage::Repo(RepoReply::PutReady)],
+            "{context}"
+        );
+        client.send(&second);
+        let (code, fatal, message) = only_error(&client.recv_all(), context);
+        assert_eq!(
+            (code, fatal),
+            (ErrorCode::PROTOCOL, true),
+            "{context}: {message}"
+        );
+        assert!(client.closed, "{context}");
+    }
+    // A complete put is answered PUT_DONE and the connection goes on.
+    let mut client = RawClient::logged_in(Answers::default());
+    client.send(&put(1, 3));
+    client.recv_all();
+    client.send(&[0x02, 1, 2, 3]);
+    client.send(&[0x15]);
+    assert_eq!(client.recv_all(), [ServerMessage::Repo(RepoReply::PutDone)]);
+    client.assert_still_usable("after a PUT");
 }
 
 /// Row 1 for the handshake: a ClientAuth (§4) that breaks its layout is answered with a

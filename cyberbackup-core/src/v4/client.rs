@@ -1,5 +1,5 @@
 //! The client side of a v4 connection: handshake with server-key pinning, then a queue of
-//! operations (upload, list, restore) run one at a time.
+//! operations (upload, list, restore, repository requests) run one at a time.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,12 +10,16 @@ use rand_core::CryptoRngCore;
 
 use super::codec::{Frame, FrameDecoder, Side};
 use super::noise::{Fingerprint, PublicKey, StaticKeypair, handshake};
+use super::repository::{
+    GetTarget, MAX_HAVE_BATCH, PutTarget, RepoReply, RepoRequest, SnapshotEntry,
+};
 use super::wire::{
     ClientAuth, ClientMessage, ErrorCode, HELLO_HEADER_LEN, MAX_DATA_LEN, MAX_FRAME_LEN,
     ServerHello, ServerMessage, VersionRecord, hello_header,
 };
 use super::{CloseReason, ContentDigest, IdleTimer, Output, V4Error};
 use crate::names::{ClientId, FileName, NameField};
+use crate::repo::{BlobId, SnapshotId};
 use crate::session::Timer;
 
 /// Default largest `ReadFile`.
@@ -53,6 +57,66 @@ pub struct UploadSpec {
     /// Discard any partial upload on the server and start at 0.
     pub restart: bool,
 }
+
+/// A repository operation (`docs/protocol-v4.md` §9a), queued with
+/// [`ClientSession::repository`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoCall {
+    /// Read the config and key objects.
+    Open,
+    /// Create the repository.
+    Create {
+        /// Encoded config object.
+        config: Bytes,
+        /// Encoded first key object.
+        key: Bytes,
+    },
+    /// Add a key object.
+    AddKey {
+        /// Encoded key object.
+        key: Bytes,
+    },
+    /// Which of these blobs the server stores (1 ..= [`MAX_HAVE_BATCH`] IDs).
+    Have(Vec<BlobId>),
+    /// Store a pack or a snapshot object (storing a snapshot commits it).
+    Put {
+        /// What is stored.
+        target: PutTarget,
+        /// Its bytes (at least one).
+        object: Bytes,
+    },
+    /// Read a blob or snapshot object.
+    Get(GetTarget),
+    /// List the snapshots.
+    Snapshots,
+    /// Delete a snapshot.
+    Forget(SnapshotId),
+}
+
+/// The result of a [`RepoCall`], in [`ClientEvent::RepoDone`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoResult {
+    /// `Open`: the config (`None`: no repository yet) and key objects.
+    State {
+        /// Encoded config object.
+        config: Option<Bytes>,
+        /// Encoded key objects.
+        keys: Vec<Bytes>,
+    },
+    /// `Create`, `AddKey`, `Forget`: done.
+    Done,
+    /// `Have`: one answer per ID, in order.
+    Have(Vec<bool>),
+    /// `Put`: durably stored (a snapshot: committed).
+    Stored,
+    /// `Get`: the object's bytes, unverified (the caller opens them with its keys).
+    Object(Bytes),
+    /// `Snapshots`: the listing.
+    Snapshots(Vec<SnapshotEntry>),
+}
+
+/// Largest object a `GET` may return: a bound on what a server can make the client hold.
+pub const MAX_GET_OBJECT_LEN: u64 = 1 << 30;
 
 /// Work the driver carries out for a v4 client session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +264,13 @@ pub enum ClientEvent {
         /// What was restored.
         record: VersionRecord,
     },
+    /// A repository operation completed.
+    RepoDone {
+        /// The operation.
+        op: OpId,
+        /// Its result.
+        result: RepoResult,
+    },
     /// An operation failed; the connection goes on.
     OpFailed {
         /// The operation.
@@ -219,6 +290,20 @@ enum Op {
     Upload(UploadSpec),
     List,
     Restore { name: FileName, version: u32 },
+    Repo(RepoCall),
+}
+
+/// What a repository operation waits for next.
+#[derive(Debug)]
+enum RepoWait {
+    State,
+    Ok,
+    Have(usize),
+    PutReady(Bytes),
+    PutDone,
+    Object,
+    ObjectData { data: BytesMut, size: u64 },
+    Snapshots(Vec<SnapshotEntry>),
 }
 
 #[derive(Debug)]
@@ -238,6 +323,7 @@ enum Phase {
     Listing(OpId, Vec<VersionRecord>),
     AwaitRestoreBegin(OpId),
     Restoring(OpId, Box<RestoreRun>),
+    Repo(OpId, RepoWait),
     Done,
 }
 
@@ -361,6 +447,12 @@ impl ClientSession {
             name,
             version: version.unwrap_or(0),
         })
+    }
+
+    /// Queues a repository operation; its result arrives as [`ClientEvent::RepoDone`] (or
+    /// [`ClientEvent::OpFailed`] when the server refuses it).
+    pub fn repository(&mut self, call: RepoCall) -> OpId {
+        self.enqueue(Op::Repo(call))
     }
 
     /// Sends `BYE` and closes (`Close(Done)`) once every queued operation finished.
@@ -858,6 +950,7 @@ impl ClientSession {
                 self.phase = Phase::Restoring(op, run);
                 Ok(())
             }
+            (Phase::Repo(op, wait), message) => self.on_repo_message(op, wait, message),
             (phase, ServerMessage::Error { code, message, .. }) => {
                 let (op, resumed_from) = match &phase {
                     Phase::AwaitUploadReady(op, _) | Phase::AwaitRestoreBegin(op) => (*op, 0),
@@ -925,8 +1018,151 @@ impl ClientSession {
                 self.send(&ClientMessage::Restore { name, version })?;
                 self.phase = Phase::AwaitRestoreBegin(op);
             }
+            Op::Repo(call) => self.start_repo(op, call)?,
         }
         Ok(())
+    }
+
+    fn start_repo(&mut self, op: OpId, call: RepoCall) -> Result<(), V4Error> {
+        let (request, wait) = match call {
+            RepoCall::Open => (RepoRequest::Open, RepoWait::State),
+            RepoCall::Create { config, key } => (RepoRequest::Create { config, key }, RepoWait::Ok),
+            RepoCall::AddKey { key } => (RepoRequest::AddKey { key }, RepoWait::Ok),
+            RepoCall::Have(ids) => {
+                if ids.is_empty() || ids.len() > MAX_HAVE_BATCH {
+                    return Err(V4Error::ApiMisuse("HAVE takes 1 to MAX_HAVE_BATCH ids"));
+                }
+                let count = ids.len();
+                (RepoRequest::Have { ids }, RepoWait::Have(count))
+            }
+            RepoCall::Put { target, object } => {
+                if object.is_empty() {
+                    return Err(V4Error::ApiMisuse("an object to put has at least one byte"));
+                }
+                let size = object.len() as u64;
+                (
+                    RepoRequest::Put { target, size },
+                    RepoWait::PutReady(object),
+                )
+            }
+            RepoCall::Get(target) => (RepoRequest::Get { target }, RepoWait::Object),
+            RepoCall::Snapshots => (RepoRequest::Snapshots, RepoWait::Snapshots(Vec::new())),
+            RepoCall::Forget(id) => (RepoRequest::Forget { id }, RepoWait::Ok),
+        };
+        self.send(&ClientMessage::Repo(request))?;
+        self.phase = Phase::Repo(op, wait);
+        Ok(())
+    }
+
+    /// A server message while a repository operation waits.
+    fn on_repo_message(
+        &mut self,
+        op: OpId,
+        wait: RepoWait,
+        message: ServerMessage,
+    ) -> Result<(), V4Error> {
+        let result = match (wait, message) {
+            (RepoWait::State, ServerMessage::Repo(RepoReply::State { config, keys })) => {
+                RepoResult::State { config, keys }
+            }
+            (RepoWait::Ok, ServerMessage::Repo(RepoReply::Ok)) => RepoResult::Done,
+            (RepoWait::Have(count), ServerMessage::Repo(RepoReply::HaveResult { stored }))
+                if stored.len() == count =>
+            {
+                RepoResult::Have(stored)
+            }
+            (RepoWait::PutReady(object), ServerMessage::Repo(RepoReply::PutReady)) => {
+                let mut rest = object;
+                while !rest.is_empty() {
+                    let piece = rest.split_to(rest.len().min(MAX_DATA_LEN));
+                    self.send(&ClientMessage::Data(piece))?;
+                }
+                self.send(&ClientMessage::Repo(RepoRequest::PutEnd))?;
+                self.phase = Phase::Repo(op, RepoWait::PutDone);
+                return Ok(());
+            }
+            (
+                RepoWait::PutReady(_) | RepoWait::PutDone,
+                ServerMessage::Repo(RepoReply::PutDone),
+            ) => RepoResult::Stored,
+            (RepoWait::Object, ServerMessage::Repo(RepoReply::Object { size })) => {
+                if size > MAX_GET_OBJECT_LEN {
+                    return Err(V4Error::Protocol(format!(
+                        "the server announced a {size}-byte object; at most {MAX_GET_OBJECT_LEN} are accepted"
+                    )));
+                }
+                let data = BytesMut::new();
+                self.phase = Phase::Repo(op, RepoWait::ObjectData { data, size });
+                return Ok(());
+            }
+            (RepoWait::ObjectData { mut data, size }, ServerMessage::Data(piece)) => {
+                if data.len() as u64 + piece.len() as u64 > size {
+                    return Err(V4Error::Protocol(
+                        "object DATA beyond the announced size".into(),
+                    ));
+                }
+                data.extend_from_slice(&piece);
+                self.phase = Phase::Repo(op, RepoWait::ObjectData { data, size });
+                return Ok(());
+            }
+            (RepoWait::ObjectData { data, size }, ServerMessage::Repo(RepoReply::ObjectEnd)) => {
+                if data.len() as u64 != size {
+                    return Err(V4Error::Protocol(format!(
+                        "OBJECT_END after {} of {size} announced bytes",
+                        data.len()
+                    )));
+                }
+                RepoResult::Object(data.freeze())
+            }
+            (
+                RepoWait::Snapshots(mut entries),
+                ServerMessage::Repo(RepoReply::SnapshotEntry(entry)),
+            ) => {
+                entries.push(entry);
+                self.phase = Phase::Repo(op, RepoWait::Snapshots(entries));
+                return Ok(());
+            }
+            (
+                RepoWait::Snapshots(entries),
+                ServerMessage::Repo(RepoReply::SnapshotsEnd { count }),
+            ) => {
+                if usize::try_from(count).ok() != Some(entries.len()) {
+                    return Err(V4Error::Protocol(format!(
+                        "SNAPSHOTS_END counts {count} entries, {} arrived",
+                        entries.len()
+                    )));
+                }
+                RepoResult::Snapshots(entries)
+            }
+            (
+                RepoWait::State
+                | RepoWait::Ok
+                | RepoWait::Have(_)
+                | RepoWait::PutReady(_)
+                | RepoWait::PutDone
+                | RepoWait::Object
+                | RepoWait::Snapshots(_),
+                ServerMessage::Error { code, message, .. },
+            ) => {
+                self.out.push_back(Output::Event(ClientEvent::OpFailed {
+                    op,
+                    failure: OpFailure::Refused { code, message },
+                    resumed_from: 0,
+                }));
+                self.phase = Phase::Ready;
+                return self.start_next();
+            }
+            (_, other) => {
+                return Err(V4Error::Protocol(format!(
+                    "unexpected {} from the server during a repository operation",
+                    other.label()
+                )));
+            }
+        };
+        self.out
+            .push_back(Output::Event(ClientEvent::RepoDone { op, result }));
+        self.phase = Phase::Ready;
+        self.start_next()
     }
 
     fn next_read(&mut self) -> Result<(), V4Error> {

@@ -6,6 +6,7 @@
 //! - [`wire`]: constants, frame headers, handshake payloads and application messages;
 //! - [`codec`]: the frame decoder;
 //! - [`noise`]: keys, fingerprints and the seeded Noise builder;
+//! - [`repository`]: the repository messages (snapshots, packs, blobs);
 //! - [`server`] / [`client`]: the two session state machines.
 
 pub mod client;
@@ -14,6 +15,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod noise;
+pub mod repository;
 pub mod server;
 #[cfg(feature = "test-util")]
 pub mod testing;

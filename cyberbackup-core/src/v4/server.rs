@@ -13,6 +13,7 @@ use rand_core::CryptoRngCore;
 
 use super::codec::{Frame, FrameDecoder, Side};
 use super::noise::{PublicKey, StaticKeypair, handshake};
+use super::repository::{PutTarget, RepoReply, RepoRequest, SnapshotEntry};
 use super::wire::{
     ClientAuth, ClientMessage, ErrorCode, MAX_DATA_LEN, MAX_FRAME_LEN, ServerHello, ServerMessage,
     VersionRecord, encode_frame, kind,
@@ -122,13 +123,37 @@ pub enum ServerEffect {
     },
     /// Close the opened version. No answer.
     CloseVersion,
+    /// A repository request (`docs/protocol-v4.md` §9a) other than the bytes of a `PUT`.
+    /// Answer: [`ServerSession::handle_repository`] with the [`RepoAnswer`] that fits the
+    /// request (`Put` → `PutReady` or `Stored`, `Get` → `Object`, …).
+    Repository {
+        /// The authenticated client: every request is confined to its repository.
+        client_id: ClientId,
+        /// What it asked.
+        request: RepoRequest,
+    },
+    /// Append to the object being put. Answer: [`ServerSession::handle_storage`].
+    WritePut {
+        /// Authenticated bytes of the object, in order.
+        data: Bytes,
+    },
+    /// Every byte of the object arrived: verify it (hash, structure, and for a snapshot the
+    /// presence of everything it references), make it durable and visible. Answer:
+    /// [`ServerSession::handle_repository`] with [`RepoAnswer::Stored`] or a refusal.
+    FinishPut,
+    /// The object being put is abandoned (refused, connection closed or failed): delete
+    /// what was staged. No answer.
+    AbortPut,
 }
 
 impl ServerEffect {
     /// Whether the session waits for the driver's answer to this effect.
     #[must_use]
     pub fn needs_answer(&self) -> bool {
-        !matches!(self, Self::DiscardUpload | Self::CloseVersion)
+        !matches!(
+            self,
+            Self::DiscardUpload | Self::CloseVersion | Self::AbortPut
+        )
     }
 }
 
@@ -166,6 +191,30 @@ impl ResumePoint {
             digest: ContentDigest::new(),
         }
     }
+}
+
+/// The driver's answer to a [`ServerEffect::Repository`] or [`ServerEffect::FinishPut`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoAnswer {
+    /// `Open`: the config (`None`: no repository) and every key object.
+    State {
+        /// Encoded config object.
+        config: Option<Bytes>,
+        /// Encoded key objects.
+        keys: Vec<Bytes>,
+    },
+    /// `Create`, `AddKey`, `Forget`: done.
+    Done,
+    /// `Have`: one answer per asked ID, in order.
+    Have(Vec<bool>),
+    /// `Put`: staged; the client may send the bytes.
+    PutReady,
+    /// `Put` of an object already stored, or `FinishPut`: durable and visible.
+    Stored,
+    /// `Get`: the whole object.
+    Object(Bytes),
+    /// `Snapshots`: every committed snapshot.
+    Snapshots(Vec<SnapshotEntry>),
 }
 
 /// Something that happened in a v4 server session, for logs and metrics.
@@ -209,6 +258,13 @@ pub enum ServerEvent {
         /// Version.
         version: u32,
     },
+    /// A repository object was stored (a snapshot object: committed).
+    ObjectStored {
+        /// What was stored.
+        target: PutTarget,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// An operation was refused with a non-fatal error.
     Refused {
         /// The error sent.
@@ -231,6 +287,29 @@ enum Pending {
     Listing,
     OpenVersion,
     ReadVersion,
+    Repo(RepoOp),
+    PutWrite,
+}
+
+/// The repository request awaiting its answer, to check that the answer fits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RepoOp {
+    Open,
+    Done,
+    Have(usize),
+    Put,
+    Finish,
+    Get,
+    Snapshots,
+}
+
+#[derive(Debug)]
+struct Put {
+    target: PutTarget,
+    size: u64,
+    received: u64,
+    /// `PUT_READY` was sent: `DATA` and `PUT_END` may follow.
+    ready: bool,
 }
 
 #[derive(Debug)]
@@ -284,6 +363,7 @@ pub struct ServerSession<R> {
     pending: Option<Pending>,
     upload: Option<Upload>,
     restore: Option<Restore>,
+    put: Option<Put>,
     idle: IdleTimer,
     out: VecDeque<ServerOutput>,
     failed: Option<V4Error>,
@@ -307,6 +387,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             pending: None,
             upload: None,
             restore: None,
+            put: None,
             idle,
             out: VecDeque::new(),
             failed: None,
@@ -407,9 +488,11 @@ impl<R: CryptoRngCore> ServerSession<R> {
     ) -> Result<(), V4Error> {
         match self.pending {
             Some(Pending::Write) => self.answer(now, Pending::Write)?,
+            Some(Pending::PutWrite) => self.answer(now, Pending::PutWrite)?,
             _ => self.answer(now, Pending::Checkpoint)?,
         }
         let result = match outcome {
+            Ok(()) if self.put.is_some() => Ok(()),
             Ok(()) => self.pump_upload(),
             Err(failure) => {
                 let message = if failure.is_full() {
@@ -533,6 +616,27 @@ impl<R: CryptoRngCore> ServerSession<R> {
         self.fail_on(result)
     }
 
+    /// Answers [`ServerEffect::Repository`] and [`ServerEffect::FinishPut`]. A refusal is
+    /// sent as a non-fatal `ERROR`; the connection goes on.
+    ///
+    /// # Errors
+    /// [`V4Error::ApiMisuse`] when not pending, or a fatal error (also when the answer does
+    /// not fit the request).
+    pub fn handle_repository(
+        &mut self,
+        now: Instant,
+        outcome: Result<RepoAnswer, Refusal>,
+    ) -> Result<(), V4Error> {
+        let Some(Pending::Repo(op)) = self.pending else {
+            return Err(V4Error::ApiMisuse(
+                "answered a repository effect that is not pending",
+            ));
+        };
+        self.answer(now, Pending::Repo(op))?;
+        let result = self.repository_answered(op, outcome);
+        self.fail_on(result)
+    }
+
     /// Next output, in order.
     pub fn poll_output(&mut self) -> Option<ServerOutput> {
         self.out.pop_front()
@@ -562,7 +666,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
     /// Whether an upload is open (received data not yet committed).
     #[must_use]
     pub fn has_open_upload(&self) -> bool {
-        self.upload.is_some()
+        self.upload.is_some() || self.put.is_some()
     }
 
     /// The authenticated client, once accepted.
@@ -609,6 +713,9 @@ impl<R: CryptoRngCore> ServerSession<R> {
         if self.restore.take().is_some() {
             self.out
                 .push_back(Output::Effect(ServerEffect::CloseVersion));
+        }
+        if self.put.take().is_some() {
+            self.out.push_back(Output::Effect(ServerEffect::AbortPut));
         }
         self.stage = Stage::Closed;
         self.pending = None;
@@ -739,6 +846,9 @@ impl<R: CryptoRngCore> ServerSession<R> {
         let Some(client_id) = self.client else {
             return Err(V4Error::Protocol("request before authentication".into()));
         };
+        if self.put.is_some() {
+            return self.on_put_message(message);
+        }
         if let Some(upload) = &mut self.upload {
             return match message {
                 ClientMessage::Data(data) => {
@@ -816,6 +926,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
                 self.close(CloseReason::Done);
                 Ok(())
             }
+            ClientMessage::Repo(request) => self.on_repo_request(client_id, request),
             other => self.violation(&format!("{} without an open upload", other.label())),
         }
     }
@@ -913,6 +1024,138 @@ impl<R: CryptoRngCore> ServerSession<R> {
             );
         }
         Ok(())
+    }
+
+    fn on_repo_request(
+        &mut self,
+        client_id: ClientId,
+        request: RepoRequest,
+    ) -> Result<(), V4Error> {
+        let op = match &request {
+            RepoRequest::Open => RepoOp::Open,
+            RepoRequest::Create { .. }
+            | RepoRequest::AddKey { .. }
+            | RepoRequest::Forget { .. } => RepoOp::Done,
+            RepoRequest::Have { ids } => RepoOp::Have(ids.len()),
+            RepoRequest::Put { target, size } => {
+                if *size > self.config.max_file_len {
+                    return self.refuse(Refusal::new(
+                        ErrorCode::TOO_LARGE,
+                        format!(
+                            "the object is {size} bytes; this server accepts at most {} (use a smaller pack size)",
+                            self.config.max_file_len
+                        ),
+                    ));
+                }
+                self.put = Some(Put {
+                    target: *target,
+                    size: *size,
+                    received: 0,
+                    ready: false,
+                });
+                RepoOp::Put
+            }
+            RepoRequest::Get { .. } => RepoOp::Get,
+            RepoRequest::Snapshots => RepoOp::Snapshots,
+            RepoRequest::PutEnd => return self.violation("PUT_END without an open PUT"),
+        };
+        self.effect(
+            ServerEffect::Repository { client_id, request },
+            Some(Pending::Repo(op)),
+        );
+        Ok(())
+    }
+
+    /// `DATA` and `PUT_END` of the object being put; anything else is a violation.
+    fn on_put_message(&mut self, message: ClientMessage) -> Result<(), V4Error> {
+        let Some(put) = &mut self.put else {
+            return Err(V4Error::ApiMisuse("no put is open"));
+        };
+        if !put.ready {
+            return self.violation(&format!("{} before PUT_READY", message.label()));
+        }
+        match message {
+            ClientMessage::Data(data) => {
+                let len = data.len() as u64;
+                if put.received + len > put.size {
+                    return self.violation("DATA beyond the announced object size");
+                }
+                put.received += len;
+                self.effect(ServerEffect::WritePut { data }, Some(Pending::PutWrite));
+                Ok(())
+            }
+            ClientMessage::Repo(RepoRequest::PutEnd) => {
+                if put.received != put.size {
+                    return self.violation("PUT_END before all announced bytes");
+                }
+                self.effect(ServerEffect::FinishPut, Some(Pending::Repo(RepoOp::Finish)));
+                Ok(())
+            }
+            other => self.violation(&format!("{} in the middle of a PUT", other.label())),
+        }
+    }
+
+    fn repository_answered(
+        &mut self,
+        op: RepoOp,
+        outcome: Result<RepoAnswer, Refusal>,
+    ) -> Result<(), V4Error> {
+        let answer = match outcome {
+            Ok(answer) => answer,
+            Err(refusal) => {
+                // A refused PUT stages nothing; a refused finish leaves a staged object.
+                if self.put.take().is_some() && op == RepoOp::Finish {
+                    self.out.push_back(Output::Effect(ServerEffect::AbortPut));
+                }
+                return self.refuse(refusal);
+            }
+        };
+        match (op, answer) {
+            (RepoOp::Open, RepoAnswer::State { config, keys }) => {
+                self.send(&ServerMessage::Repo(RepoReply::State { config, keys }))
+            }
+            (RepoOp::Done, RepoAnswer::Done) => self.send(&ServerMessage::Repo(RepoReply::Ok)),
+            (RepoOp::Have(count), RepoAnswer::Have(stored)) if stored.len() == count => {
+                self.send(&ServerMessage::Repo(RepoReply::HaveResult { stored }))
+            }
+            (RepoOp::Put, RepoAnswer::PutReady) => {
+                if let Some(put) = &mut self.put {
+                    put.ready = true;
+                }
+                self.send(&ServerMessage::Repo(RepoReply::PutReady))
+            }
+            (RepoOp::Put | RepoOp::Finish, RepoAnswer::Stored) => {
+                let Some(put) = self.put.take() else {
+                    return Err(V4Error::ApiMisuse("no put is open"));
+                };
+                self.out.push_back(Output::Event(ServerEvent::ObjectStored {
+                    target: put.target,
+                    size: put.size,
+                }));
+                self.send(&ServerMessage::Repo(RepoReply::PutDone))
+            }
+            (RepoOp::Get, RepoAnswer::Object(object)) => {
+                self.send(&ServerMessage::Repo(RepoReply::Object {
+                    size: object.len() as u64,
+                }))?;
+                let mut rest = object;
+                while !rest.is_empty() {
+                    let piece = rest.split_to(rest.len().min(MAX_DATA_LEN));
+                    self.send(&ServerMessage::Data(piece))?;
+                }
+                self.send(&ServerMessage::Repo(RepoReply::ObjectEnd))
+            }
+            (RepoOp::Snapshots, RepoAnswer::Snapshots(entries)) => {
+                let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+                for entry in entries {
+                    self.send(&ServerMessage::Repo(RepoReply::SnapshotEntry(entry)))?;
+                }
+                self.send(&ServerMessage::Repo(RepoReply::SnapshotsEnd { count }))
+            }
+            (op, answer) => Err(V4Error::Storage {
+                reason: format!("the driver answered {op:?} with {answer:?}"),
+            }),
+        }
     }
 
     fn send_listing(&mut self, records: Vec<VersionRecord>) -> Result<(), V4Error> {

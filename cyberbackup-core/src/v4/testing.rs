@@ -10,10 +10,14 @@ use rand_core::CryptoRngCore;
 
 use super::client::{ClientEffect, ClientEvent, ClientSession, OpId};
 use super::noise::PublicKey;
-use super::server::{AuthDecision, ResumePoint, ServerEffect, ServerEvent, ServerSession};
+use super::repository::{GetTarget, PutTarget, RepoRequest, SnapshotEntry};
+use super::server::{
+    AuthDecision, RepoAnswer, ResumePoint, ServerEffect, ServerEvent, ServerSession,
+};
 use super::wire::{ClientAuth, ErrorCode, VersionRecord};
 use super::{CloseReason, ContentDigest, Output, Refusal, V4Error};
 use crate::names::{ClientId, FileName, NameField};
+use crate::repo::{BlobId, PackHeader, PackId, RefChunk, SnapshotEnvelope};
 
 /// A partial upload kept by [`MemStore`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,8 +50,69 @@ pub struct MemStore {
     pub checkpoints: Vec<u64>,
     /// Number of `FinishUpload` effects performed (commits).
     pub commits: usize,
+    /// Repositories per client.
+    pub repos: BTreeMap<ClientId, MemRepo>,
     open_upload: Option<(ClientId, Vec<u8>)>,
     open_version: Option<Vec<u8>>,
+    open_put: Option<(ClientId, PutTarget, Vec<u8>)>,
+}
+
+/// One client's repository kept by [`MemStore`]: the keyless checks of the real server
+/// (pack hash and header, snapshot ID, every reference stored before a commit).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemRepo {
+    /// Encoded config.
+    pub config: Bytes,
+    /// Encoded key objects.
+    pub keys: Vec<Bytes>,
+    /// Blob index: ID → stored bytes (sealed blob or reference chunk).
+    pub blobs: BTreeMap<BlobId, Bytes>,
+    /// Stored packs.
+    pub packs: BTreeMap<PackId, usize>,
+    /// Committed snapshots.
+    pub snapshots: BTreeMap<[u8; 32], Bytes>,
+}
+
+impl MemRepo {
+    fn store_pack(&mut self, id: PackId, pack: &[u8]) -> Result<(), Refusal> {
+        if PackId::of(pack) != id {
+            return Err(Refusal::new(ErrorCode::HASH_MISMATCH, "pack hash differs"));
+        }
+        let header = PackHeader::parse_pack(pack)
+            .map_err(|e| Refusal::new(ErrorCode::BAD_OBJECT, e.to_string()))?;
+        for entry in &header.entries {
+            let blob = PackHeader::blob(pack, entry).unwrap_or_default();
+            self.blobs
+                .entry(entry.id)
+                .or_insert_with(|| Bytes::copy_from_slice(blob));
+        }
+        self.packs.insert(id, pack.len());
+        Ok(())
+    }
+
+    fn commit(&mut self, claimed: [u8; 32], object: Bytes) -> Result<(), Refusal> {
+        let bad = |e: crate::repo::RepoError| Refusal::new(ErrorCode::BAD_OBJECT, e.to_string());
+        let (envelope, id) = SnapshotEnvelope::decode(&object).map_err(bad)?;
+        if id.0 != claimed {
+            return Err(Refusal::new(
+                ErrorCode::HASH_MISMATCH,
+                "snapshot id differs",
+            ));
+        }
+        for ref_id in &envelope.ref_chunks {
+            let chunk = self.blobs.get(ref_id).ok_or_else(missing)?;
+            let chunk = RefChunk::decode_verified(chunk, ref_id).map_err(bad)?;
+            if chunk.ids().iter().any(|id| !self.blobs.contains_key(id)) {
+                return Err(missing());
+            }
+        }
+        self.snapshots.insert(claimed, object);
+        Ok(())
+    }
+}
+
+fn missing() -> Refusal {
+    Refusal::new(ErrorCode::MISSING_BLOBS, "a referenced blob is not stored")
 }
 
 impl MemStore {
@@ -72,6 +137,7 @@ impl MemStore {
     pub fn crash(&mut self) {
         self.open_upload = None;
         self.open_version = None;
+        self.open_put = None;
         for partial in self.partials.values_mut() {
             partial
                 .data
@@ -201,6 +267,108 @@ impl MemStore {
             ServerEffect::CloseVersion => {
                 self.open_version = None;
                 Ok(())
+            }
+            ServerEffect::Repository { client_id, request } => {
+                let answer = self.repository(client_id, request);
+                session.handle_repository(now, answer)
+            }
+            ServerEffect::WritePut { data } => {
+                if let Some((_, _, staged)) = &mut self.open_put {
+                    staged.extend_from_slice(&data);
+                }
+                session.handle_storage(now, Ok(()))
+            }
+            ServerEffect::FinishPut => {
+                let Some((client_id, target, staged)) = self.open_put.take() else {
+                    return Err(V4Error::ApiMisuse("no put is open"));
+                };
+                let repo = self.repos.entry(client_id).or_default();
+                let stored = match target {
+                    PutTarget::Pack(id) => repo.store_pack(id, &staged),
+                    PutTarget::Snapshot(id) => repo.commit(id.0, Bytes::from(staged)),
+                };
+                session.handle_repository(now, stored.map(|()| RepoAnswer::Stored))
+            }
+            ServerEffect::AbortPut => {
+                self.open_put = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn repository(
+        &mut self,
+        client_id: ClientId,
+        request: RepoRequest,
+    ) -> Result<RepoAnswer, Refusal> {
+        let not_found = || Refusal::new(ErrorCode::NOT_FOUND, "no such object");
+        if let RepoRequest::Create { config, key } = request {
+            if self.repos.contains_key(&client_id) {
+                return Err(Refusal::new(ErrorCode::EXISTS, "repository exists"));
+            }
+            let repo = MemRepo {
+                config,
+                keys: vec![key],
+                ..MemRepo::default()
+            };
+            self.repos.insert(client_id, repo);
+            return Ok(RepoAnswer::Done);
+        }
+        let Some(repo) = self.repos.get_mut(&client_id) else {
+            return match request {
+                RepoRequest::Open => Ok(RepoAnswer::State {
+                    config: None,
+                    keys: Vec::new(),
+                }),
+                _ => Err(Refusal::new(ErrorCode::NO_REPOSITORY, "no repository")),
+            };
+        };
+        match request {
+            RepoRequest::Open => Ok(RepoAnswer::State {
+                config: Some(repo.config.clone()),
+                keys: repo.keys.clone(),
+            }),
+            RepoRequest::AddKey { key } => {
+                repo.keys.push(key);
+                Ok(RepoAnswer::Done)
+            }
+            RepoRequest::Have { ids } => Ok(RepoAnswer::Have(
+                ids.iter().map(|id| repo.blobs.contains_key(id)).collect(),
+            )),
+            RepoRequest::Put { target, .. } => {
+                let stored = match target {
+                    PutTarget::Pack(id) => repo.packs.contains_key(&id),
+                    PutTarget::Snapshot(id) => repo.snapshots.contains_key(&id.0),
+                };
+                if stored {
+                    return Ok(RepoAnswer::Stored);
+                }
+                self.open_put = Some((client_id, target, Vec::new()));
+                Ok(RepoAnswer::PutReady)
+            }
+            RepoRequest::Get { target } => match target {
+                GetTarget::Blob(id) => repo.blobs.get(&id).cloned(),
+                GetTarget::Snapshot(id) => repo.snapshots.get(&id.0).cloned(),
+            }
+            .map(RepoAnswer::Object)
+            .ok_or_else(not_found),
+            RepoRequest::Snapshots => Ok(RepoAnswer::Snapshots(
+                repo.snapshots
+                    .iter()
+                    .map(|(id, object)| SnapshotEntry {
+                        id: crate::repo::SnapshotId(*id),
+                        size: object.len() as u64,
+                        stored_unix_secs: 1_700_000_000,
+                    })
+                    .collect(),
+            )),
+            RepoRequest::Forget { id } => repo
+                .snapshots
+                .remove(&id.0)
+                .map(|_| RepoAnswer::Done)
+                .ok_or_else(not_found),
+            RepoRequest::Create { .. } | RepoRequest::PutEnd => {
+                Err(Refusal::new(ErrorCode::PROTOCOL, "not a driver request"))
             }
         }
     }

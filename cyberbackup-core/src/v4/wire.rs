@@ -5,6 +5,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::repository::{RepoReply, RepoRequest};
 use crate::names::{ClientId, FileName, InvalidFileName, NameField};
 
 /// Version byte of v4 (offset 16 of the hello, offset 0 of every later frame).
@@ -438,6 +439,8 @@ pub enum ClientMessage {
     },
     /// The client is done.
     Bye,
+    /// A repository operation (`docs/protocol-v4.md` §9a).
+    Repo(RepoRequest),
 }
 
 impl ClientMessage {
@@ -469,6 +472,7 @@ impl ClientMessage {
                 put_name(dst, name.as_bytes());
             }
             Self::Bye => dst.put_u8(msg::BYE),
+            Self::Repo(request) => request.encode(dst),
         }
     }
 
@@ -528,7 +532,11 @@ impl ClientMessage {
                 });
             }
             msg::BYE => Self::Bye,
-            other => return Err(WireError::UnknownMessage { kind: other }),
+            other => {
+                return RepoRequest::decode(other, src)
+                    .ok_or(WireError::UnknownMessage { kind: other })?
+                    .map(Self::Repo);
+            }
         };
         end(src, message.label())?;
         Ok(message)
@@ -544,6 +552,7 @@ impl ClientMessage {
             Self::List => "LIST",
             Self::Restore { .. } => "RESTORE",
             Self::Bye => "BYE",
+            Self::Repo(request) => request.label(),
         }
     }
 }
@@ -581,6 +590,14 @@ impl ErrorCode {
     pub const CORRUPT: Self = Self(13);
     /// Internal server failure.
     pub const INTERNAL: Self = Self(14);
+    /// The client has no repository yet (create it first).
+    pub const NO_REPOSITORY: Self = Self(15);
+    /// The repository (or the key object) already exists.
+    pub const EXISTS: Self = Self(16);
+    /// A repository object is malformed (config, key object, pack header, snapshot).
+    pub const BAD_OBJECT: Self = Self(17);
+    /// A snapshot references blobs the server does not store: nothing was committed.
+    pub const MISSING_BLOBS: Self = Self(18);
 
     /// The code's name.
     #[must_use]
@@ -600,6 +617,10 @@ impl ErrorCode {
             12 => "RATE_LIMITED",
             13 => "CORRUPT",
             14 => "INTERNAL",
+            15 => "NO_REPOSITORY",
+            16 => "EXISTS",
+            17 => "BAD_OBJECT",
+            18 => "MISSING_BLOBS",
             _ => "UNKNOWN",
         }
     }
@@ -652,6 +673,8 @@ pub enum ServerMessage {
     Data(Bytes),
     /// The restore is complete.
     RestoreEnd,
+    /// A repository reply (`docs/protocol-v4.md` §9a).
+    Repo(RepoReply),
     /// An error.
     Error {
         /// What kind.
@@ -710,6 +733,7 @@ impl ServerMessage {
                 dst.put_slice(data);
             }
             Self::RestoreEnd => dst.put_u8(msg::RESTORE_END),
+            Self::Repo(reply) => reply.encode(dst),
             Self::Error {
                 code,
                 fatal,
@@ -806,7 +830,11 @@ impl ServerMessage {
                     message,
                 }
             }
-            other => return Err(WireError::UnknownMessage { kind: other }),
+            other => {
+                return RepoReply::decode(other, src)
+                    .ok_or(WireError::UnknownMessage { kind: other })?
+                    .map(Self::Repo);
+            }
         };
         end(src, message.label())?;
         Ok(message)
@@ -824,6 +852,7 @@ impl ServerMessage {
             Self::RestoreBegin(_) => "RESTORE_BEGIN",
             Self::Data(_) => "DATA",
             Self::RestoreEnd => "RESTORE_END",
+            Self::Repo(reply) => reply.label(),
             Self::Error { .. } => "ERROR",
         }
     }
