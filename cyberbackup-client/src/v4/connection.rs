@@ -9,7 +9,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use cyberbackup_core::names::{ClientId, FileName, NameField};
 use cyberbackup_core::v4::client::{
-    ClientConfig, ClientEffect, ClientEvent, ClientSession, OpId, UploadSpec,
+    ClientConfig, ClientEffect, ClientEvent, ClientSession, OpId, RepoCall, RepoResult,
+    UploadSpec,
 };
 use cyberbackup_core::v4::noise::Fingerprint;
 use cyberbackup_core::v4::wire::{ClientAuth, VersionRecord};
@@ -347,6 +348,18 @@ impl V4Client {
         }
     }
 
+    /// Runs one repository operation (`docs/protocol-v4.md` §9a) and returns its result.
+    ///
+    /// # Errors
+    /// [`V4ClientError::Failed`] when the server refuses it, or a fatal error.
+    pub async fn repository(&mut self, call: RepoCall) -> Result<RepoResult, V4ClientError> {
+        let op = self.session.repository(call);
+        match self.run_op(op, &mut |_| {}).await? {
+            ClientEvent::RepoDone { result, .. } => Ok(result),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Says goodbye and closes the connection.
     ///
     /// # Errors
@@ -372,6 +385,7 @@ impl V4Client {
                     ClientEvent::UploadCommitted { op: o, .. }
                     | ClientEvent::Listed { op: o, .. }
                     | ClientEvent::Restored { op: o, .. }
+                    | ClientEvent::RepoDone { op: o, .. }
                     | ClientEvent::OpFailed { op: o, .. } => *o == op,
                     _ => false,
                 },
