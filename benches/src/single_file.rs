@@ -183,7 +183,7 @@ pub(crate) fn upload(
     let start = Instant::now();
     let mut command = Command::new(&bins.client);
     command
-        .arg("backup")
+        .arg("upload")
         .arg(&input)
         .arg("--server")
         .arg(server.addr().to_string())

@@ -38,17 +38,18 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Back up files and directories (recursively).
-    Backup(BackupArgs),
+    /// Single-file mode: upload files and directories (recursively) as separate files with
+    /// versions, not a snapshot (v4, or the legacy flat store with --protocol v3).
+    Upload(UploadArgs),
     /// Legacy mode: read ./transfer.info and ./me.info, write ./me.info (drop-in for the
     /// old client).
     Legacy(LegacyArgs),
     /// Serve the local web UI (default http://127.0.0.1:9090/) until Ctrl-C.
     Ui(UiArgs),
-    /// List my files and their versions (protocol v4).
-    List(crate::v4::cli::ListArgs),
-    /// Download a version of one of my files, verified (protocol v4).
-    Restore(crate::v4::cli::RestoreArgs),
+    /// Single-file mode: list my uploaded files and their versions (protocol v4).
+    Files(crate::v4::cli::ListArgs),
+    /// Single-file mode: download a version of one of my uploaded files, verified (v4).
+    Download(crate::v4::cli::RestoreArgs),
 }
 
 /// Arguments of `ui`.
@@ -67,7 +68,7 @@ pub struct UiArgs {
     /// ~/.local/share/cyberbackup].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Identity file [default: as for `backup`].
+    /// Identity file [default: as for `upload`].
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
     /// Server address proposed until one is saved, HOST:PORT.
@@ -106,9 +107,9 @@ impl UiArgs {
     }
 }
 
-/// Arguments of `backup`.
+/// Arguments of `upload`.
 #[derive(Debug, Args)]
-pub struct BackupArgs {
+pub struct UploadArgs {
     /// Files or directories to back up (directories recursively).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -171,16 +172,16 @@ impl Command {
     #[must_use]
     pub fn json(&self) -> bool {
         match self {
-            Self::Backup(args) => args.transfer.json,
+            Self::Upload(args) => args.transfer.json,
             Self::Legacy(args) => args.transfer.json,
             Self::Ui(_) => false,
-            Self::List(args) => args.json,
-            Self::Restore(args) => args.json,
+            Self::Files(args) => args.json,
+            Self::Download(args) => args.json,
         }
     }
 }
 
-/// Runs a `backup` (over v4 unless `--protocol v3`) or `legacy` command: builds the
+/// Runs an `upload` (over v4 unless `--protocol v3`) or `legacy` command: builds the
 /// options, expands the paths, backs up, closes.
 ///
 /// # Errors
@@ -190,10 +191,10 @@ pub async fn execute(
     progress: &mut dyn ProgressSink,
 ) -> Result<BackupReport, ClientError> {
     let (options, files) = match command {
-        Command::Backup(args) if args.v4.protocol == crate::v4::cli::Protocol::V4 => {
+        Command::Upload(args) if args.v4.protocol == crate::v4::cli::Protocol::V4 => {
             return crate::v4::cli::backup(args, progress).await;
         }
-        Command::Backup(args) => {
+        Command::Upload(args) => {
             crate::v4::cli::refuse_v3_with_v4_identity(&args.v4, args.identity.as_deref())
                 .map_err(|message| ClientError::Usage { message })?;
             let identity = match &args.identity {
@@ -221,9 +222,9 @@ pub async fn execute(
                 message: "`ui` runs a server, not a backup: call cyberbackup_client::ui".into(),
             });
         }
-        Command::List(_) | Command::Restore(_) => {
+        Command::Files(_) | Command::Download(_) => {
             return Err(ClientError::Usage {
-                message: "`list` and `restore` are v4 commands: run them with cyberbackup_client::v4::cli::run".into(),
+                message: "`files` and `download` are v4 commands: run them with cyberbackup_client::v4::cli::run".into(),
             });
         }
     };
@@ -328,7 +329,7 @@ mod tests {
     fn the_cli_parses_the_documented_synopsis() {
         let cli = Cli::try_parse_from([
             "cyberbackup-client",
-            "backup",
+            "upload",
             "a",
             "b",
             "--server",
@@ -347,7 +348,7 @@ mod tests {
             "0",
         ])
         .unwrap();
-        let Some(Command::Backup(args)) = cli.command else {
+        let Some(Command::Upload(args)) = cli.command else {
             panic!("not backup");
         };
         assert_eq!(args.paths.len(), 2);
@@ -355,7 +356,7 @@ mod tests {
         assert!(args.transfer.single_packet && args.transfer.json);
         assert_eq!(args.transfer.retries, 0);
         assert!(
-            Cli::try_parse_from(["cyberbackup-client", "backup", "a", "--server", "h:1"]).is_err()
+            Cli::try_parse_from(["cyberbackup-client", "upload", "a", "--server", "h:1"]).is_err()
         );
     }
 }

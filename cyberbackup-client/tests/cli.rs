@@ -86,7 +86,7 @@ fn json_output_is_machine_readable() {
     std::fs::write(dir.path().join("docs/b.log"), b"b").unwrap();
     let output = client(dir.path())
         .args([
-            "backup",
+            "upload",
             "docs",
             "--server",
             &server.server(),
@@ -269,7 +269,7 @@ fn connection_refused_exits_3_with_a_hint() {
     std::fs::write(dir.path().join("a.txt"), b"a").unwrap();
     let output = client(dir.path())
         .args([
-            "backup",
+            "upload",
             "a.txt",
             "--server",
             &format!("127.0.0.1:{port}"),

@@ -36,7 +36,7 @@ fn client(dir: &Path) -> Command {
 fn backup_v3(dir: &Path, server: &RealServer, name: &str, paths: &[&str]) -> Command {
     let mut command = client(dir);
     command
-        .arg("backup")
+        .arg("upload")
         .args(paths)
         .args(["--server", &server.server(), "--name", name])
         .args([
@@ -60,7 +60,7 @@ fn backup_v4(
 ) -> Command {
     let mut command = client(dir);
     command
-        .arg("backup")
+        .arg("upload")
         .args(paths)
         .args(["--server", &server.server(), "--name", name])
         .args(["--v4-identity", identity, "--retries", "0"]);
@@ -166,7 +166,7 @@ fn a_closed_stdout_pipe_ends_list_and_backup_normally() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
 
     let output = output_to_a_closed_pipe(client(dir.path()).args([
-        "list",
+        "files",
         "--server",
         &server.server(),
         "--v4-identity",
@@ -240,7 +240,7 @@ fn restore_into_a_directory_writes_the_file_inside_it() {
     std::fs::create_dir(&out).unwrap();
 
     let restore = client(dir.path())
-        .args(["restore", "notes.txt", "--server", &server.server()])
+        .args(["download", "notes.txt", "--server", &server.server()])
         .args(["--v4-identity", "alice-v4.json", "--output"])
         .arg(&out)
         .output()
@@ -280,7 +280,7 @@ fn list_escapes_control_characters_and_aligns_wide_names() {
 
     let list = client(dir.path())
         .args([
-            "list",
+            "files",
             "--server",
             &server.server(),
             "--v4-identity",

@@ -78,7 +78,7 @@ fn backup_measuring_rss_over(
         .env_remove("CYBERBACKUP_SERVER")
         .env_remove("CYBERBACKUP_NAME")
         .args([
-            "backup",
+            "upload",
             file,
             "--server",
             &server.server(),

@@ -42,7 +42,7 @@ fn client(dir: &Path, server: &RealServer, paths: &[&str]) -> Command {
         .env_remove("CYBERBACKUP_SERVER")
         .env_remove("CYBERBACKUP_NAME")
         .env("TERM", "xterm-256color")
-        .arg("backup")
+        .arg("upload")
         .args(paths)
         .args(["--server", &server.server(), "--name", "alice"])
         .args([
@@ -64,7 +64,7 @@ fn client_v4(dir: &Path, server: &RealServer, paths: &[&str]) -> Command {
         .env_remove("CYBERBACKUP_SERVER")
         .env_remove("CYBERBACKUP_NAME")
         .env("TERM", "xterm-256color")
-        .arg("backup")
+        .arg("upload")
         .args(paths)
         .args(["--server", &server.server(), "--name", "alice"])
         .args(["--v4-identity", "alice-v4.json", "--retries", "0"]);
@@ -507,7 +507,7 @@ fn ctrl_c_clears_the_bars_and_says_so() {
         .env_remove("CYBERBACKUP_NAME")
         .env("TERM", "xterm-256color")
         .args([
-            "backup",
+            "upload",
             "big.bin",
             "--server",
             &proxy.to_string(),

@@ -133,7 +133,7 @@ fn backup_list_and_restore_over_v4_by_default() {
     std::fs::write(&file, b"first version").unwrap();
     let first = client(dir.path())
         .args([
-            "backup",
+            "upload",
             file.to_str().unwrap(),
             "--server",
             &addr,
@@ -146,7 +146,7 @@ fn backup_list_and_restore_over_v4_by_default() {
     std::fs::write(&file, b"second, longer version").unwrap();
     let second = client(dir.path())
         .args([
-            "backup",
+            "upload",
             file.to_str().unwrap(),
             "--server",
             &addr,
@@ -157,18 +157,25 @@ fn backup_list_and_restore_over_v4_by_default() {
         .output()
         .unwrap();
     let list = client(dir.path())
-        .args(["list", "--server", &addr, "--v4-identity", id, "--json"])
+        .args(["files", "--server", &addr, "--v4-identity", id, "--json"])
         .output()
         .unwrap();
     let out = dir.path().join("old.txt");
     let restore = client(dir.path())
-        .args(["restore", "report.txt", "--version", "1", "--server", &addr])
+        .args([
+            "download",
+            "report.txt",
+            "--version",
+            "1",
+            "--server",
+            &addr,
+        ])
         .args(["--v4-identity", id, "--output", out.to_str().unwrap()])
         .output()
         .unwrap();
     let missing = client(dir.path())
         .args([
-            "restore",
+            "download",
             "nope.txt",
             "--server",
             &addr,
@@ -218,7 +225,7 @@ fn v3_is_refused_for_a_v4_identity_and_a_wrong_pin_names_both_keys() {
     let id = identity.to_str().unwrap();
     let ok = client(dir.path())
         .args([
-            "backup",
+            "upload",
             file.to_str().unwrap(),
             "--server",
             &addr,
@@ -236,7 +243,7 @@ fn v3_is_refused_for_a_v4_identity_and_a_wrong_pin_names_both_keys() {
 
     let v3 = client(dir.path())
         .args([
-            "backup",
+            "upload",
             file.to_str().unwrap(),
             "--server",
             &addr,
@@ -248,7 +255,7 @@ fn v3_is_refused_for_a_v4_identity_and_a_wrong_pin_names_both_keys() {
         .unwrap();
     let wrong = format!("sha256:{}", "ab".repeat(32));
     let pinned = client(dir.path())
-        .args(["list", "--server", &addr, "--server-fingerprint", &wrong])
+        .args(["files", "--server", &addr, "--server-fingerprint", &wrong])
         .args([
             "--v4-identity",
             dir.path().join("other.json").to_str().unwrap(),
@@ -289,7 +296,7 @@ fn backup(dir: &Path, addr: &str, paths: &[&str]) -> Command {
 
 fn backup_retrying(dir: &Path, addr: &str, paths: &[&str], retries: u32) -> Command {
     let mut cmd = client(dir);
-    cmd.arg("backup")
+    cmd.arg("upload")
         .args(paths)
         .args(["--server", addr, "--name", "alice"])
         .args(["--v4-identity", "alice-v4.json"])
@@ -313,7 +320,7 @@ fn list_and_restore_print_tables_by_default_and_json_on_request() {
     let id = ["--v4-identity", "alice-v4.json"];
 
     let table = client(dir.path())
-        .args(["list", "--server", &addr])
+        .args(["files", "--server", &addr])
         .args(id)
         .output()
         .unwrap();
@@ -352,7 +359,7 @@ fn list_and_restore_print_tables_by_default_and_json_on_request() {
 
     let out = dir.path().join("restored.txt");
     let restored = client(dir.path())
-        .args(["restore", "a.txt", "--version", "1", "--server", &addr])
+        .args(["download", "a.txt", "--version", "1", "--server", &addr])
         .args(id)
         .args(["--output", out.to_str().unwrap()])
         .output()
@@ -371,7 +378,7 @@ fn list_and_restore_print_tables_by_default_and_json_on_request() {
     assert!(lines[2].contains("verified"), "{stdout}");
 
     let json = client(dir.path())
-        .args(["restore", "a.txt", "--server", &addr, "--json"])
+        .args(["download", "a.txt", "--server", &addr, "--json"])
         .args(id)
         .args(["--output", out.to_str().unwrap()])
         .output()
@@ -387,7 +394,7 @@ fn list_and_restore_print_tables_by_default_and_json_on_request() {
 
     let missing = client(dir.path())
         .args([
-            "restore",
+            "download",
             "a.txt",
             "--version",
             "9",
@@ -539,7 +546,7 @@ fn exit_codes_of_v4_failures_are_the_documented_ones() {
     let ok = backup(dir.path(), &addr, &["a.txt"]).output().unwrap();
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
     let other = client(dir.path())
-        .args(["backup", "a.txt", "--server", &addr, "--name", "mallory"])
+        .args(["upload", "a.txt", "--server", &addr, "--name", "mallory"])
         .args(["--v4-identity", "alice-v4.json"])
         .output()
         .unwrap();
@@ -554,7 +561,7 @@ fn exit_codes_of_v4_failures_are_the_documented_ones() {
 
     // A bad name is a usage error, as for v3.
     let usage = client(dir.path())
-        .args(["backup", "a.txt", "--server", &addr, "--name", ""])
+        .args(["upload", "a.txt", "--server", &addr, "--name", ""])
         .args(["--v4-identity", "new.json"])
         .output()
         .unwrap();
@@ -596,7 +603,7 @@ fn a_cut_connection_is_retried_and_the_upload_resumes_where_the_server_stopped()
     let out = dir.path().join("back.bin");
     let restore = client(dir.path())
         .args([
-            "restore",
+            "download",
             "big.bin",
             "--server",
             &addr,

@@ -1,5 +1,5 @@
-//! The v4 side of the command line: `backup` (v4 unless `--protocol v3`; run through
-//! [`crate::cli::execute`] and printed like v3), `list` and `restore` (run here; they
+//! The v4 side of the command line: `upload` (v4 unless `--protocol v3`; run through
+//! [`crate::cli::execute`] and printed like v3), `files` and `download` (run here; they
 //! return what to print and `main.rs` prints).
 
 use std::path::{Path, PathBuf};
@@ -9,11 +9,11 @@ use cyberbackup_core::v4::noise::{Fingerprint, to_hex};
 use cyberbackup_core::v4::wire::VersionRecord;
 
 use super::{V4Client, V4ClientError, V4Options};
-use crate::cli::{BackupArgs, Command};
+use crate::cli::{Command, UploadArgs};
 use crate::error::{EXIT_OK, EXIT_USAGE};
 use crate::{BackupReport, ClientError, ProgressSink, RetryPolicy};
 
-/// Wire protocol of `backup`.
+/// Wire protocol of `upload`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
     /// Authenticated, encrypted and resumable (`docs/protocol-v4.md`).
@@ -23,7 +23,7 @@ pub enum Protocol {
     V3,
 }
 
-/// Options of the v4 protocol, shared by `backup`, `list` and `restore`.
+/// Options of the v4 protocol, shared by `upload`, `files`, `download` and the snapshot commands.
 #[derive(Debug, Clone, Default, Args)]
 pub struct V4Args {
     /// Protocol: v4 (default) or v3 for legacy servers.
@@ -46,7 +46,7 @@ pub struct V4Args {
     pub enroll_token: Option<String>,
 }
 
-/// Arguments of `list`.
+/// Arguments of `files`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Server address, HOST:PORT.
@@ -63,10 +63,10 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// Arguments of `restore`.
+/// Arguments of `download`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The file name on the server (as `list` shows it).
+    /// The file name on the server (as `files` shows it).
     #[arg(value_name = "NAME")]
     pub file: String,
     /// Version to restore [default: the newest].
@@ -101,11 +101,11 @@ pub struct Outcome {
     pub code: u8,
 }
 
-/// Whether `command` is one that [`run`] executes (`list`, `restore`). `backup` over v4
+/// Whether `command` is one that [`run`] executes (`files`, `download`). `upload` over v4
 /// goes through [`crate::cli::execute`] like v3, so both print the same way.
 #[must_use]
 pub fn handles(command: &Command) -> bool {
-    matches!(command, Command::List(_) | Command::Restore(_))
+    matches!(command, Command::Files(_) | Command::Download(_))
 }
 
 /// Refuses v3 when a v4 identity exists: an identity created over v4 never falls back.
@@ -142,12 +142,12 @@ pub fn run(command: Command) -> Outcome {
     };
     runtime.block_on(async move {
         match command {
-            Command::List(args) => list(args).await,
-            Command::Restore(args) => restore(args).await,
+            Command::Files(args) => list(args).await,
+            Command::Download(args) => restore(args).await,
             _ => failed(
                 EXIT_USAGE,
                 false,
-                "not a `list` or `restore` command".into(),
+                "not a `files` or `download` command".into(),
             ),
         }
     })
@@ -179,13 +179,13 @@ fn options(
     Ok(options)
 }
 
-/// `backup` over v4: checks the arguments as the v3 path does, expands the paths and runs
+/// `upload` over v4: checks the arguments as the v3 path does, expands the paths and runs
 /// [`super::backup`], reporting progress to `progress`.
 ///
 /// # Errors
 /// As [`super::backup`]; [`ClientError::Usage`] for a bad name, address or glob.
 pub async fn backup(
-    args: BackupArgs,
+    args: UploadArgs,
     progress: &mut dyn ProgressSink,
 ) -> Result<BackupReport, ClientError> {
     crate::identity::check_client_name(&args.name).map_err(|why| ClientError::Usage {

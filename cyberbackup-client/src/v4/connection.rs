@@ -9,8 +9,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use cyberbackup_core::names::{ClientId, FileName, NameField};
 use cyberbackup_core::v4::client::{
-    ClientConfig, ClientEffect, ClientEvent, ClientSession, OpId, RepoCall, RepoResult,
-    UploadSpec,
+    ClientConfig, ClientEffect, ClientEvent, ClientSession, OpId, RepoCall, RepoResult, UploadSpec,
 };
 use cyberbackup_core::v4::noise::Fingerprint;
 use cyberbackup_core::v4::wire::{ClientAuth, VersionRecord};
