@@ -139,18 +139,10 @@ fn existing_ancestor(path: &Path) -> &Path {
         .unwrap_or_else(|| Path::new("."))
 }
 
-/// Bytes available to unprivileged users on the file system holding `path`.
-///
-/// # Errors
-/// The `statvfs` error.
-pub fn free_space(path: &Path) -> std::io::Result<u64> {
-    let stat = rustix::fs::statvfs(path)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
 fn check_free_space(path: &Path, min_bytes: u64) -> Result<String, String> {
     let path = existing_ancestor(path);
-    let free = free_space(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let free = crate::storage::free_space(path)
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
     let mib = |b: u64| b / (1024 * 1024);
     if free < min_bytes {
         return Err(format!(

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// File name of the catalog inside the data directory.
+pub const CATALOG_FILE_NAME: &str = "defensive.db";
+
 /// Port used when neither configuration nor `port.info` gives one.
 pub const DEFAULT_PORT: u16 = 1256;
 /// Name of the legacy port file, read from the working directory.
@@ -470,7 +473,7 @@ impl ServerConfig {
     /// Path of the catalog database.
     #[must_use]
     pub fn catalog_path(&self) -> PathBuf {
-        self.data_dir.join(crate::catalog::CATALOG_FILE_NAME)
+        self.data_dir.join(CATALOG_FILE_NAME)
     }
 
     /// `idle_timeout_secs` as a duration.

@@ -120,6 +120,26 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Logs a request that did not arrive within its deadline (a trickle, or a stalled link).
+pub(crate) fn log_request_timeout(request: &RequestDeadline) {
+    let (secs, bytes) = request.progress(tokio::time::Instant::now().into_std());
+    tracing::info!(
+        secs,
+        bytes,
+        "closing: a request did not arrive within read_timeout_secs (at least {} bytes/s are needed once a request started)",
+        MIN_RECEIVE_RATE
+    );
+}
+
+/// Logs a failed write: at INFO when the peer stopped reading, else at DEBUG (it left).
+pub(crate) fn log_write_failure(err: &io::Error) {
+    if err.kind() == io::ErrorKind::TimedOut {
+        tracing::info!(%err, "closing: the peer stopped reading (idle_timeout_secs)");
+    } else {
+        tracing::debug!(%err, "write failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

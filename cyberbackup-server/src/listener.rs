@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,72 +12,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::config::ServerConfig;
 use crate::connection;
 use crate::error::ServerError;
+use crate::http::AdminServer;
 use crate::maintenance;
 use crate::rate_limit::{FailureBudget, RegistrationLimiter};
+use crate::shared::{Shared, Stats};
 use crate::storage::Storage;
-
-/// Live counters of a running server, readable by tests and the admin side.
-#[derive(Debug, Default)]
-pub struct Stats {
-    connections: AtomicUsize,
-    active_transfers: AtomicUsize,
-    bytes_received: AtomicU64,
-    files_committed: AtomicU64,
-    transfers_discarded: AtomicU64,
-}
-
-impl Stats {
-    /// Connections open now.
-    #[must_use]
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    /// Files being received now.
-    #[must_use]
-    pub fn active_transfers(&self) -> usize {
-        self.active_transfers.load(Ordering::Relaxed)
-    }
-
-    /// Plaintext bytes written to storage since start.
-    #[must_use]
-    pub fn bytes_received(&self) -> u64 {
-        self.bytes_received.load(Ordering::Relaxed)
-    }
-
-    /// Files verified and committed since start.
-    #[must_use]
-    pub fn files_committed(&self) -> u64 {
-        self.files_committed.load(Ordering::Relaxed)
-    }
-
-    /// Transfers discarded since start.
-    #[must_use]
-    pub fn transfers_discarded(&self) -> u64 {
-        self.transfers_discarded.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn add_bytes_received(&self, len: usize) {
-        self.bytes_received.fetch_add(len as u64, Ordering::Relaxed);
-    }
-
-    pub(crate) fn transfer_started(&self) {
-        self.active_transfers.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn transfer_ended(&self, committed: bool) {
-        self.active_transfers.fetch_sub(1, Ordering::Relaxed);
-        if committed {
-            self.files_committed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.transfers_discarded.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Connections open per source address, capped at `max_connections_per_address` so that one
 /// address cannot take the slots every other client needs. IPv6 peers count per /64 (one
@@ -154,23 +96,6 @@ impl Drop for AddressSlot {
     }
 }
 
-/// What every connection task shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    pub(crate) session_config: Arc<cyberbackup_core::v3::ServerConfig>,
-    pub(crate) catalog: Catalog,
-    pub(crate) storage: Storage,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) registrations: RegistrationLimiter,
-    /// v3 files that failed to decrypt, per client id.
-    pub(crate) decrypt_failures: FailureBudget,
-    /// Live state for the admin listener (transfers, throughput, metrics, maintenance).
-    pub(crate) live: Arc<crate::http::LiveState>,
-    /// Protocol v4: server key, session settings, uploads in progress.
-    pub(crate) v4: Arc<crate::v4::V4State>,
-}
-
 /// A server bound to its port, ready to [`serve`](Server::serve).
 #[derive(Debug)]
 pub struct Server {
@@ -222,7 +147,7 @@ impl Server {
             config.registrations_per_minute_total,
         );
         let decrypt_failures = FailureBudget::per_hour(config.v3_failed_files_per_hour);
-        let v4 = Arc::new(crate::v4::V4State::open(&config)?);
+        let v4 = Arc::new(crate::v4::open_state(&config)?);
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -233,7 +158,7 @@ impl Server {
                 stats: Arc::new(Stats::default()),
                 registrations,
                 decrypt_failures,
-                live: crate::http::LiveState::new(crate::http::RecentEvents::global()),
+                live: crate::live::LiveState::new(crate::telemetry::RecentEvents::global()),
                 v4,
             }),
         })
@@ -255,8 +180,13 @@ impl Server {
         Arc::clone(&self.shared.stats)
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// Binds this server's admin listener (dashboard, `/metrics`, `/health`) at `address`:
+    /// the configured `admin_listen`, or port 0 in tests.
+    ///
+    /// # Errors
+    /// A [`ServerError`] when the address cannot be bound, saying how to fix it.
+    pub async fn bind_admin(&self, address: SocketAddr) -> Result<AdminServer, ServerError> {
+        AdminServer::bind(&self.shared, address).await
     }
 
     /// Accepts connections until `shutdown` is cancelled; then stops accepting, gives
@@ -316,9 +246,9 @@ impl Server {
             let shutdown = shutdown.clone();
             let abort = connections_done.clone();
             tasks.spawn(async move {
-                shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+                shared.stats.connection_opened();
                 connection::serve(stream, peer, accepted, &shared, shutdown, abort).await;
-                shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                shared.stats.connection_closed();
                 drop(slot);
                 drop(permit);
             });
@@ -364,8 +294,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     tracing::info!(%address, data_dir = %server.shared.config.data_dir.display(), "cyberbackup-server listening");
     let shutdown = CancellationToken::new();
     let admin = if server.shared.config.admin_enabled {
-        let admin =
-            crate::http::AdminServer::bind(&server, server.shared.config.admin_listen).await?;
+        let admin = server.bind_admin(server.shared.config.admin_listen).await?;
         tracing::info!(address = %admin.local_addr()?, "admin dashboard listening");
         Some(tokio::spawn(admin.serve(shutdown.clone())))
     } else {

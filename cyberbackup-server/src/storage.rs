@@ -787,7 +787,7 @@ impl Storage {
         if min_bytes == 0 {
             return Ok(());
         }
-        let Ok(free_bytes) = crate::check::free_space(&self.root) else {
+        let Ok(free_bytes) = free_space(&self.root) else {
             return Ok(());
         };
         if free_bytes >= min_bytes {
@@ -1276,6 +1276,15 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(StorageError::Task)?
+}
+
+/// Bytes available to unprivileged users on the file system holding `path`.
+///
+/// # Errors
+/// The `statvfs` error.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 #[cfg(test)]

@@ -47,8 +47,7 @@ pub use model::{
 pub use schema::latest_version as latest_schema_version;
 pub use timestamp::format_rfc3339;
 
-/// File name of the catalog inside the data directory.
-pub const CATALOG_FILE_NAME: &str = "defensive.db";
+pub use crate::config::CATALOG_FILE_NAME;
 
 /// Queued write jobs before senders wait (back-pressure on the writer).
 const WRITE_QUEUE: usize = 256;

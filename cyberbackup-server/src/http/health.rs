@@ -93,7 +93,7 @@ async fn storage(state: &AdminState) -> Check {
 async fn disk(state: &AdminState) -> Check {
     let dir = state.config.data_dir.clone();
     let min = state.config.min_free_disk_bytes();
-    let free = tokio::task::spawn_blocking(move || crate::check::free_space(&dir)).await;
+    let free = tokio::task::spawn_blocking(move || crate::storage::free_space(&dir)).await;
     let mib = |b: u64| b / (1024 * 1024);
     let detail = match free {
         Ok(Ok(free)) if free >= min => Ok(format!("{} MiB free", mib(free))),

@@ -13,8 +13,6 @@
 
 mod api;
 mod health;
-mod live;
-mod recent;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,15 +29,15 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use live::{
+pub use crate::live::{
     ActiveTransfer, LiveState, THROUGHPUT_SAMPLE_SECS, ThroughputSample, failure_reason,
 };
-pub use recent::{RecentEvent, RecentEvents, RecentLayer};
+pub use crate::telemetry::{RecentEvent, RecentEvents, RecentLayer};
 
 use crate::catalog::{Catalog, CatalogStats};
 use crate::config::{AdminToken, ServerConfig};
 use crate::error::ServerError;
-use crate::listener::{Server, Stats};
+use crate::shared::{Shared, Stats};
 use crate::storage::Storage;
 
 /// Time a client of the admin listener has to send a request's headers (and, on a kept-alive
@@ -114,13 +112,9 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds the admin listener of `server` at `address` (use the configured
-    /// `admin_listen`, or port 0 in tests).
-    ///
-    /// # Errors
-    /// A [`ServerError`] when the address cannot be bound, saying how to fix it.
-    pub async fn bind(server: &Server, address: SocketAddr) -> Result<Self, ServerError> {
-        let shared = server.shared();
+    /// Binds the admin listener of the server whose state is `shared` at `address`
+    /// (through [`crate::Server::bind_admin`]).
+    pub(crate) async fn bind(shared: &Shared, address: SocketAddr) -> Result<Self, ServerError> {
         let listener = TcpListener::bind(address).await.map_err(|source| {
             ServerError::io(
                 format!(

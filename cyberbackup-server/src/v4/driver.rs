@@ -15,9 +15,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::effects::V4Effects;
-use crate::connection::{log_request_timeout, log_write_failure};
 use crate::deadline::{self, RequestDeadline};
-use crate::listener::Shared;
+use crate::deadline::{log_request_timeout, log_write_failure};
+use crate::shared::Shared;
 
 /// Bytes asked of the socket per read (a frame is at most 65 539 bytes).
 const READ_CHUNK: usize = 256 * 1024;

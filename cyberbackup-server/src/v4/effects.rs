@@ -19,8 +19,8 @@ use super::partial::ResumablePartial;
 use super::token_hash;
 use crate::catalog::v4::{V4RegisterOutcome, V4Version};
 use crate::catalog::{CommittingFile, FileRowId, ReceivedFile};
-use crate::listener::Shared;
 use crate::maintenance::{self, CommitOutcome};
+use crate::shared::Shared;
 use crate::storage::Storage;
 use crate::telemetry::ConnectionSummary;
 

@@ -8,19 +8,18 @@ mod effects;
 pub mod identity;
 pub mod partial;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use cyberbackup_core::names::ClientId;
-use cyberbackup_core::v4::noise::{Fingerprint, StaticKeypair, to_hex};
+use cyberbackup_core::v4::noise::{Fingerprint, to_hex};
 use cyberbackup_core::v4::server::ServerConfig as SessionConfig;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+pub use crate::shared::V4State;
 pub(crate) use driver::serve;
 
 use crate::catalog::Catalog;
@@ -32,69 +31,36 @@ pub const VERSION_OFFSET: usize = 16;
 /// Default validity of an enrollment token: 24 hours.
 pub const DEFAULT_ENROLLMENT_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// What every v4 connection shares: the server key, the session settings and the uploads in
-/// progress (one connection per client file at a time).
-#[derive(Debug)]
-pub struct V4State {
-    pub(crate) keys: StaticKeypair,
-    pub(crate) session_config: Arc<SessionConfig>,
-    busy: Mutex<HashSet<(ClientId, Vec<u8>)>>,
-}
-
-impl V4State {
-    /// Loads (or creates) the server key and logs the start-up notes: the fingerprint, and a
-    /// warning while `legacy_v3` accepts the insecure v3 protocol.
-    ///
-    /// # Errors
-    /// [`ServerError::Io`] naming the key file and the fix.
-    pub fn open(config: &ServerConfig) -> Result<Self, ServerError> {
-        let path = config.v4_identity_path();
-        let (keys, created) = identity::load_or_create(&path)
-            .map_err(|e| ServerError::io(e.to_string(), std::io::Error::other("v4 server key")))?;
-        let fingerprint = keys.public().fingerprint();
-        if created {
-            tracing::info!(file = %path.display(), %fingerprint, "created the v4 server key; give this fingerprint to clients");
-        } else {
-            tracing::info!(%fingerprint, "v4 server key loaded");
-        }
-        if config.legacy_v3 {
-            tracing::warn!(
-                "legacy_v3 = true: the insecure v3 protocol (no server authentication, RSA-1024, no integrity) is accepted for legacy clients; set legacy_v3 = false once every client speaks v4"
-            );
-        }
-        Ok(Self {
-            keys,
-            session_config: Arc::new(SessionConfig {
-                idle_timeout: config.idle_timeout(),
-                checkpoint_interval: config.checkpoint_interval_bytes.max(1),
-                max_file_len: config.max_file_size,
-                enrollment_required: config.enrollment_required,
-                ..SessionConfig::default()
-            }),
-            busy: Mutex::new(HashSet::new()),
-        })
+/// Loads (or creates) the server key and logs the start-up notes: the fingerprint, and a
+/// warning while `legacy_v3` accepts the insecure v3 protocol.
+///
+/// # Errors
+/// [`ServerError::Io`] naming the key file and the fix.
+pub fn open_state(config: &ServerConfig) -> Result<V4State, ServerError> {
+    let path = config.v4_identity_path();
+    let (keys, created) = identity::load_or_create(&path)
+        .map_err(|e| ServerError::io(e.to_string(), std::io::Error::other("v4 server key")))?;
+    let fingerprint = keys.public().fingerprint();
+    if created {
+        tracing::info!(file = %path.display(), %fingerprint, "created the v4 server key; give this fingerprint to clients");
+    } else {
+        tracing::info!(%fingerprint, "v4 server key loaded");
     }
-
-    /// The server key's fingerprint.
-    #[must_use]
-    pub fn fingerprint(&self) -> Fingerprint {
-        self.keys.public().fingerprint()
+    if config.legacy_v3 {
+        tracing::warn!(
+            "legacy_v3 = true: the insecure v3 protocol (no server authentication, RSA-1024, no integrity) is accepted for legacy clients; set legacy_v3 = false once every client speaks v4"
+        );
     }
-
-    /// Marks `(client, name)` as being uploaded; `false` if another connection has it.
-    pub(crate) fn claim(&self, client: ClientId, name: &[u8]) -> bool {
-        self.busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((client, name.to_vec()))
-    }
-
-    pub(crate) fn release(&self, client: ClientId, name: &[u8]) {
-        self.busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(client, name.to_vec()));
-    }
+    Ok(V4State::new(
+        keys,
+        Arc::new(SessionConfig {
+            idle_timeout: config.idle_timeout(),
+            checkpoint_interval: config.checkpoint_interval_bytes.max(1),
+            max_file_len: config.max_file_size,
+            enrollment_required: config.enrollment_required,
+            ..SessionConfig::default()
+        }),
+    ))
 }
 
 /// The fingerprint of the configured server key (created if missing), for

@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use cyberbackup_client::{Client, ClientOptions, IdentityFile, NoProgress, RetryPolicy};
-use cyberbackup_server::http::AdminServer;
 use cyberbackup_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,7 +39,8 @@ pub fn config_for(data: &Path) -> ServerConfig {
 pub async fn start(config: ServerConfig) -> Running {
     let server = Server::bind(config.clone()).await.unwrap();
     let addr = server.local_addr().unwrap();
-    let admin = AdminServer::bind(&server, SocketAddr::from(([127, 0, 0, 1], 0)))
+    let admin = server
+        .bind_admin(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
     let admin_addr = admin.local_addr().unwrap();

@@ -13,6 +13,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
+mod recent;
+
+pub use recent::{RecentEvent, RecentEvents, RecentLayer};
+
 /// The global subscriber could not be installed (usually: one is already installed).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot initialise logging: {0}")]
@@ -25,7 +29,7 @@ pub struct TelemetryError(#[source] Box<dyn std::error::Error + Send + Sync>);
 pub fn init(format: LogFormat) -> Result<(), TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Warnings and errors are also kept for the admin dashboard (`/api/v1/events`).
-    let recent = crate::http::RecentEvents::global().layer();
+    let recent = RecentEvents::global().layer();
     let registry = tracing_subscriber::registry().with(filter).with(recent);
     match format {
         LogFormat::Text => registry

@@ -12,8 +12,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::recent::RecentEvents;
 use crate::maintenance::LastMaintenance;
+use crate::telemetry::RecentEvents;
 
 /// Seconds between two throughput samples.
 pub const THROUGHPUT_SAMPLE_SECS: u64 = 10;

@@ -14,8 +14,8 @@ use cyberbackup_core::v3::{
 use rand_core::CryptoRngCore;
 
 use crate::catalog::{CommittingFile, FileRowId, KeyOutcome, ReceivedFile, RegisterOutcome};
-use crate::listener::Shared;
 use crate::maintenance::{self, CommitOutcome};
+use crate::shared::Shared;
 use crate::storage::PartialFile;
 use crate::telemetry::ConnectionSummary;
 
