@@ -326,6 +326,11 @@ fn v4_kind(error: &V4ClientError) -> &'static str {
         V4ClientError::Network { .. } => "connect",
         V4ClientError::Failed(_) => "file_failed",
         V4ClientError::Local { .. } => "local_file",
+        V4ClientError::Repo { .. } => "repository",
+        V4ClientError::NoUsableKey { .. } => "no_usable_key",
+        V4ClientError::SnapshotNotFound { .. } => "snapshot_not_found",
+        V4ClientError::PathNotInSnapshot { .. } => "path_not_in_snapshot",
+        V4ClientError::Corrupt { .. } => "corrupt",
         V4ClientError::Session(session) => match session {
             V4Error::ConnectionClosed => "connection_closed",
             V4Error::IdleTimeout => "timeout",

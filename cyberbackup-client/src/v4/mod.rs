@@ -134,6 +134,51 @@ pub enum V4ClientError {
     /// The server refused one operation.
     #[error("{0}")]
     Failed(#[from] OpFailure),
+    /// A repository object did not decode, open or verify (snapshot engine).
+    #[error("{context}: {source}")]
+    Repo {
+        /// Which object and why it was read (e.g. "snapshot 1a2b3c4d").
+        context: String,
+        /// The format error (it says what is wrong and what to do).
+        #[source]
+        source: cyberbackup_core::repo::RepoError,
+    },
+    /// No key object of the repository opens with what this machine has.
+    #[error(
+        "{reason} — give the repository's passphrase (CYBERBACKUP_PASSWORD or --password-file) to recover on this machine, or copy the device key file from a machine that can open it"
+    )]
+    NoUsableKey {
+        /// Why (no device key file, wrong passphrase, ...).
+        reason: String,
+    },
+    /// A snapshot argument names no snapshot, or more than one.
+    #[error("{message} — run `snapshots` to see the IDs, and give a longer prefix or `latest`")]
+    SnapshotNotFound {
+        /// What was asked and what matched.
+        message: String,
+    },
+    /// A path does not exist in a snapshot (or is not of the kind needed).
+    #[error("{path} {reason} in snapshot {snapshot} — run `ls {snapshot}` to see what it holds")]
+    PathNotInSnapshot {
+        /// The path asked for.
+        path: String,
+        /// Short snapshot ID.
+        snapshot: String,
+        /// What is wrong ("is not", "is not a file").
+        reason: &'static str,
+    },
+    /// A blob of a file failed verification on restore or dump: nothing was written under
+    /// the file's name.
+    #[error(
+        "{path}: a blob failed verification ({source}); the file was not restored under its name — run `check --read-data`"
+    )]
+    Corrupt {
+        /// The file being restored.
+        path: String,
+        /// The verification error.
+        #[source]
+        source: cyberbackup_core::repo::RepoError,
+    },
     /// A local file cannot be read or written.
     #[error("{what} {path}: {source}")]
     Local {
@@ -168,7 +213,11 @@ impl V4ClientError {
             }
             Self::Session(V4Error::ServerKeyChanged { .. }) => EXIT_IDENTITY,
             Self::Network { .. } | Self::Session(_) => EXIT_NETWORK,
-            Self::Failed(_) | Self::Local { .. } => EXIT_FILES_FAILED,
+            Self::NoUsableKey { .. } => EXIT_IDENTITY,
+            Self::SnapshotNotFound { .. } | Self::PathNotInSnapshot { .. } => EXIT_USAGE,
+            Self::Failed(_) | Self::Local { .. } | Self::Repo { .. } | Self::Corrupt { .. } => {
+                EXIT_FILES_FAILED
+            }
         }
     }
 

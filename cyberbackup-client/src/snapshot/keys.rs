@@ -1,0 +1,376 @@
+//! Opening a repository: unwrap the master key with this machine's device key (or, to
+//! recover on a new machine, the passphrase), verify the config, and create the repository
+//! on first use. Also `key list` / `key add` / `key passwd`.
+//!
+//! The device key lives in `<dir of the identity>/cyberbackup-device.key` (64 hex digits,
+//! mode 0600, written atomically by [`cyberbackup_fs::write_private`]); one device key can
+//! wrap the master keys of several repositories (servers).
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use cyberbackup_core::repo::{
+    DeviceKey, KdfParams, KeyObject, KeyWrap, MasterKey, RepoConfig, RepoError, RepoKeys,
+};
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use super::remote::RepoRemote;
+use crate::v4::V4ClientError;
+
+/// File name of the device key, beside the identity file.
+pub const DEVICE_KEY_FILE: &str = "cyberbackup-device.key";
+/// Pack target of a new repository (16 MiB).
+pub const NEW_REPO_PACK_TARGET_BYTES: u32 = 16 << 20;
+
+/// What opening needs: where the device key is, the passphrase if the user gave one, and
+/// the label new key objects get.
+#[derive(Clone)]
+pub struct KeyOptions {
+    /// The device key file ([`device_key_path`] of the identity file).
+    pub device_key: PathBuf,
+    /// The passphrase (CYBERBACKUP_PASSWORD, --password-file or a prompt; the CLI reads it).
+    pub passphrase: Option<Zeroizing<Vec<u8>>>,
+    /// Label of key objects this machine adds (its host name).
+    pub label: Vec<u8>,
+    /// Argon2id cost of new passphrase key objects ([`KdfParams::DEFAULT`]).
+    pub kdf: KdfParams,
+}
+
+impl std::fmt::Debug for KeyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyOptions")
+            .field("device_key", &self.device_key)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| ".."))
+            .field("label", &String::from_utf8_lossy(&self.label))
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyOptions {
+    /// Options with the device key beside `identity`, no passphrase, the host name as label
+    /// and the default KDF cost.
+    #[must_use]
+    pub fn new(identity: &Path) -> Self {
+        Self {
+            device_key: device_key_path(identity),
+            passphrase: None,
+            label: super::host_name(),
+            kdf: KdfParams::DEFAULT,
+        }
+    }
+
+    /// Sets the passphrase.
+    #[must_use]
+    pub fn with_passphrase(mut self, passphrase: &[u8]) -> Self {
+        self.passphrase = Some(Zeroizing::new(passphrase.to_vec()));
+        self
+    }
+}
+
+/// How the repository was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenedBy {
+    /// It did not exist: created now.
+    Created,
+    /// This machine's device key opened it.
+    DeviceKey,
+    /// The passphrase opened it and a device key object was added for this machine.
+    Recovered,
+}
+
+/// An open repository: its keys and verified config.
+pub struct OpenRepository {
+    /// The sub-keys.
+    pub keys: RepoKeys,
+    /// The verified config.
+    pub config: RepoConfig,
+    /// How it was opened.
+    pub opened_by: OpenedBy,
+    /// Key objects, as stored (for `key list`).
+    pub key_objects: Vec<KeyObject>,
+    /// A warning for the user (created without a passphrase: no recovery elsewhere yet).
+    pub warning: Option<String>,
+    master: MasterKey,
+}
+
+impl std::fmt::Debug for OpenRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRepository")
+            .field("config", &self.config)
+            .field("opened_by", &self.opened_by)
+            .field("key_objects", &self.key_objects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One row of `key list`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    /// Position in the repository's key list.
+    pub index: usize,
+    /// `device` or `passphrase`.
+    pub kind: &'static str,
+    /// The label given at creation (lossy UTF-8, for display).
+    pub label: String,
+}
+
+/// The device key file that belongs to the identity file `identity`.
+#[must_use]
+pub fn device_key_path(identity: &Path) -> PathBuf {
+    identity
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(DEVICE_KEY_FILE)
+}
+
+/// Opens the client's repository, creating it when the server has none.
+///
+/// Creating: a new master key, a config (random repository ID, default chunker, 16 MiB
+/// packs), a device key object (the device key file is created if missing) and, with a
+/// passphrase, a passphrase key object. Without a passphrase the result carries a warning.
+/// Opening: the device key first, then the passphrase; a passphrase open adds a device key
+/// object for this machine ("recover").
+///
+/// # Errors
+/// [`V4ClientError::NoUsableKey`] when nothing opens a key object; [`V4ClientError::Repo`]
+/// for a damaged config or key object (or a config that fails its MAC);
+/// [`V4ClientError::Local`] for the device key file; the remote's errors.
+pub async fn open_or_create<R: RepoRemote>(
+    remote: &mut R,
+    options: &KeyOptions,
+) -> Result<OpenRepository, V4ClientError> {
+    let Some(existing) = remote.open().await? else {
+        return create(remote, options).await;
+    };
+    let key_objects = existing
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            KeyObject::decode(bytes).map_err(|source| V4ClientError::Repo {
+                context: format!("key object {index} of the repository"),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let device = read_device_key(&options.device_key)?;
+    let by_device = device.as_ref().and_then(|device| {
+        key_objects
+            .iter()
+            .filter(|object| object.wrap() == KeyWrap::Device)
+            .find_map(|object| object.unwrap_with_device_key(device).ok())
+    });
+    let (master, opened_by) = match by_device {
+        Some(master) => (master, OpenedBy::DeviceKey),
+        None => (
+            unwrap_with_passphrase(&key_objects, options)?,
+            OpenedBy::Recovered,
+        ),
+    };
+    let keys = master.derive();
+    let config =
+        RepoConfig::decode(&existing.config, &keys).map_err(|source| V4ClientError::Repo {
+            context: "the repository config".into(),
+            source,
+        })?;
+    let mut open = OpenRepository {
+        keys,
+        config,
+        opened_by,
+        key_objects,
+        warning: None,
+        master,
+    };
+    if opened_by == OpenedBy::Recovered {
+        let device = match device {
+            Some(device) => device,
+            None => new_device_key(&options.device_key)?,
+        };
+        let object =
+            KeyObject::wrap_with_device_key(&open.master, &device, &options.label, &mut OsRng)
+                .map_err(key_error)?;
+        add_key_object(remote, &mut open, object).await?;
+    }
+    Ok(open)
+}
+
+/// The rows of `key list`.
+#[must_use]
+pub fn list_keys(open: &OpenRepository) -> Vec<KeyInfo> {
+    open.key_objects
+        .iter()
+        .enumerate()
+        .map(|(index, object)| KeyInfo {
+            index,
+            kind: match object.wrap() {
+                KeyWrap::Device => "device",
+                _ => "passphrase",
+            },
+            label: String::from_utf8_lossy(object.label()).into_owned(),
+        })
+        .collect()
+}
+
+/// `key add` and `key passwd`: wraps the master key with a new passphrase and stores the key
+/// object. The protocol has no verb to delete a key object, so `key passwd` adds the new
+/// passphrase and the old one keeps working.
+///
+/// # Errors
+/// [`V4ClientError::Repo`] for KDF parameters argon2 refuses; the remote's errors.
+pub async fn add_passphrase_key<R: RepoRemote>(
+    remote: &mut R,
+    open: &mut OpenRepository,
+    passphrase: &[u8],
+    label: &[u8],
+    kdf: KdfParams,
+) -> Result<(), V4ClientError> {
+    let object = KeyObject::wrap_with_passphrase(&open.master, passphrase, kdf, label, &mut OsRng)
+        .map_err(key_error)?;
+    add_key_object(remote, open, object).await
+}
+
+async fn create<R: RepoRemote>(
+    remote: &mut R,
+    options: &KeyOptions,
+) -> Result<OpenRepository, V4ClientError> {
+    let master = MasterKey::generate(&mut OsRng);
+    let keys = master.derive();
+    let mut repo_id = [0u8; 16];
+    OsRng.fill_bytes(&mut repo_id);
+    let config = RepoConfig {
+        pack_target_bytes: NEW_REPO_PACK_TARGET_BYTES,
+        ..RepoConfig::new(repo_id)
+    };
+    let config_bytes = config.encode(&keys).map_err(|source| V4ClientError::Repo {
+        context: "the new repository config".into(),
+        source,
+    })?;
+    let device = match read_device_key(&options.device_key)? {
+        Some(device) => device,
+        None => new_device_key(&options.device_key)?,
+    };
+    let device_object =
+        KeyObject::wrap_with_device_key(&master, &device, &options.label, &mut OsRng)
+            .map_err(key_error)?;
+    let passphrase_object = match &options.passphrase {
+        Some(passphrase) => Some(
+            KeyObject::wrap_with_passphrase(
+                &master,
+                passphrase,
+                options.kdf,
+                &options.label,
+                &mut OsRng,
+            )
+            .map_err(key_error)?,
+        ),
+        None => None,
+    };
+    remote
+        .create(
+            Bytes::from(config_bytes),
+            Bytes::from(device_object.encode()),
+        )
+        .await?;
+    let mut open = OpenRepository {
+        keys,
+        config,
+        opened_by: OpenedBy::Created,
+        key_objects: vec![device_object],
+        warning: None,
+        master,
+    };
+    match passphrase_object {
+        Some(object) => add_key_object(remote, &mut open, object).await?,
+        None => {
+            open.warning = Some(format!(
+                "the repository was created with this machine's device key only ({}): to restore on another machine, first run `key passwd` here to set a passphrase, or keep a copy of that file",
+                options.device_key.display()
+            ));
+        }
+    }
+    Ok(open)
+}
+
+async fn add_key_object<R: RepoRemote>(
+    remote: &mut R,
+    open: &mut OpenRepository,
+    object: KeyObject,
+) -> Result<(), V4ClientError> {
+    remote.add_key(Bytes::from(object.encode())).await?;
+    open.key_objects.push(object);
+    Ok(())
+}
+
+fn unwrap_with_passphrase(
+    key_objects: &[KeyObject],
+    options: &KeyOptions,
+) -> Result<MasterKey, V4ClientError> {
+    let Some(passphrase) = &options.passphrase else {
+        return Err(V4ClientError::NoUsableKey {
+            reason: format!(
+                "the device key {} opens no key object of this repository and no passphrase was given",
+                options.device_key.display()
+            ),
+        });
+    };
+    key_objects
+        .iter()
+        .filter(|object| matches!(object.wrap(), KeyWrap::Passphrase(_)))
+        .find_map(|object| object.unwrap_with_passphrase(passphrase).ok())
+        .ok_or_else(|| V4ClientError::NoUsableKey {
+            reason: "the passphrase opens no key object of this repository (wrong passphrase?)"
+                .into(),
+        })
+}
+
+fn key_error(source: RepoError) -> V4ClientError {
+    V4ClientError::Repo {
+        context: "cannot make a key object".into(),
+        source,
+    }
+}
+
+fn read_device_key(path: &Path) -> Result<Option<DeviceKey>, V4ClientError> {
+    let local = |source| V4ClientError::Local {
+        what: "cannot read the device key",
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => Zeroizing::new(text),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(local(err)),
+    };
+    let mode = std::fs::metadata(path).map_err(local)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(local(io::Error::other(format!(
+            "mode {:o} lets others read it: run `chmod 600 {}`",
+            mode & 0o777,
+            path.display()
+        ))));
+    }
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), bytes.as_mut()).map_err(|_| {
+        local(io::Error::other(
+            "not 64 hexadecimal digits: the file is damaged; restore it from a backup, or move it away and recover with the passphrase",
+        ))
+    })?;
+    Ok(Some(DeviceKey::from_bytes(*bytes)))
+}
+
+fn new_device_key(path: &Path) -> Result<DeviceKey, V4ClientError> {
+    let device = DeviceKey::generate(&mut OsRng);
+    let text = Zeroizing::new(format!("{}\n", hex::encode(device.as_bytes())));
+    cyberbackup_fs::write_private(path, text.as_bytes()).map_err(|source| {
+        V4ClientError::Local {
+            what: "cannot write the device key",
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(device)
+}

@@ -1,0 +1,78 @@
+//! The narrow trait between the snapshot engine and the network: the repository operations
+//! of one v4 connection (docs/protocol-v4.md). The engine never sees a socket; tests drive it
+//! with an in-memory implementation.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use cyberbackup_core::repo::{BlobId, PackId, SnapshotId};
+
+use crate::v4::V4ClientError;
+
+/// The repository operations of one server connection (docs/protocol-v4.md), one at a time.
+pub trait RepoRemote: Send {
+    /// The repository's config and key objects, or `None` when the client has none yet.
+    fn open(&mut self) -> impl Future<Output = Result<Option<RemoteRepo>, V4ClientError>> + Send;
+    /// Creates the repository with its config and a first key object.
+    fn create(
+        &mut self,
+        config: Bytes,
+        key: Bytes,
+    ) -> impl Future<Output = Result<(), V4ClientError>> + Send;
+    /// Adds a key object.
+    fn add_key(&mut self, key: Bytes) -> impl Future<Output = Result<(), V4ClientError>> + Send;
+    /// At most MAX_HAVE_BATCH (2000) ids per call; one bool per id.
+    fn have(
+        &mut self,
+        ids: &[BlobId],
+    ) -> impl Future<Output = Result<Vec<bool>, V4ClientError>> + Send;
+    /// Stores a whole pack (already stored: ok).
+    fn put_pack(
+        &mut self,
+        id: PackId,
+        pack: Bytes,
+    ) -> impl Future<Output = Result<(), V4ClientError>> + Send;
+    /// Commits a snapshot object; refused when a blob it references is not stored.
+    fn put_snapshot(
+        &mut self,
+        id: SnapshotId,
+        object: Bytes,
+    ) -> impl Future<Output = Result<(), V4ClientError>> + Send;
+    /// One sealed blob's (or reference chunk's) bytes.
+    fn get_blob(&mut self, id: BlobId)
+    -> impl Future<Output = Result<Bytes, V4ClientError>> + Send;
+    /// One snapshot object.
+    fn get_snapshot(
+        &mut self,
+        id: SnapshotId,
+    ) -> impl Future<Output = Result<Bytes, V4ClientError>> + Send;
+    /// Every snapshot of the repository.
+    fn snapshots(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<SnapshotListing>, V4ClientError>> + Send;
+    /// Deletes a snapshot record (its blobs stay until a prune).
+    fn forget(&mut self, id: SnapshotId) -> impl Future<Output = Result<(), V4ClientError>> + Send;
+}
+
+/// What OPEN returns for an existing repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteRepo {
+    /// The encoded [`cyberbackup_core::repo::RepoConfig`].
+    pub config: Bytes,
+    /// Every encoded [`cyberbackup_core::repo::KeyObject`].
+    pub keys: Vec<Bytes>,
+}
+
+/// One row of SNAPSHOTS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotListing {
+    /// The snapshot's ID.
+    pub id: SnapshotId,
+    /// Size of the snapshot object in bytes.
+    pub size: u64,
+    /// When the server stored it, Unix seconds.
+    pub stored_at: u64,
+}
+
+/// Most blob IDs in one HAVE request.
+pub const MAX_HAVE_BATCH: usize = 2000;

@@ -1,0 +1,675 @@
+//! The snapshot engine against an in-memory repository remote (a test double of the v4
+//! repository operations: it indexes packs by their cleartext headers and refuses a snapshot
+//! whose reference chunks or blobs are missing, as the real server does). The end-to-end
+//! tests with the real server are the lead's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cyberbackup_client::snapshot::{
+    BackupOptions, BackupSummary, DiffKind, ExcludeOptions, KeyOptions, NoObserver, OpenedBy,
+    ReadData, RemoteRepo, RepoRemote, Repository, RestoreFilter, SnapshotListing,
+};
+use cyberbackup_client::v4::V4ClientError;
+use cyberbackup_core::repo::{
+    BlobClass, BlobId, KdfParams, PackHeader, PackId, RefChunk, SnapshotEnvelope, SnapshotId,
+};
+use cyberbackup_core::v4::client::OpFailure;
+use cyberbackup_core::v4::wire::ErrorCode;
+
+// ---------------------------------------------------------------- the in-memory remote
+
+#[derive(Default)]
+struct Store {
+    config: Option<Bytes>,
+    keys: Vec<Bytes>,
+    packs: HashMap<PackId, Vec<u8>>,
+    index: HashMap<BlobId, (PackId, usize, usize, BlobClass)>,
+    snapshots: Vec<(SnapshotId, Bytes, u64)>,
+    packs_put: usize,
+    pack_bytes_put: usize,
+}
+
+#[derive(Clone, Default)]
+struct MemRemote(Arc<Mutex<Store>>);
+
+fn refused(code: ErrorCode, message: &str) -> V4ClientError {
+    V4ClientError::Failed(OpFailure::Refused {
+        code,
+        message: message.into(),
+    })
+}
+
+impl MemRemote {
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.0.lock().unwrap()
+    }
+
+    /// Flips one byte inside the stored blob `id` (a damaged disk).
+    fn corrupt(&self, id: BlobId) {
+        let mut store = self.store();
+        let (pack, offset, len, _) = store.index[&id];
+        let bytes = store.packs.get_mut(&pack).unwrap();
+        bytes[offset + len / 2] ^= 0x40;
+    }
+}
+
+impl RepoRemote for MemRemote {
+    async fn open(&mut self) -> Result<Option<RemoteRepo>, V4ClientError> {
+        let store = self.store();
+        Ok(store.config.clone().map(|config| RemoteRepo {
+            config,
+            keys: store.keys.clone(),
+        }))
+    }
+
+    async fn create(&mut self, config: Bytes, key: Bytes) -> Result<(), V4ClientError> {
+        let mut store = self.store();
+        if store.config.is_some() {
+            return Err(refused(ErrorCode::CORRUPT, "exists"));
+        }
+        store.config = Some(config);
+        store.keys.push(key);
+        Ok(())
+    }
+
+    async fn add_key(&mut self, key: Bytes) -> Result<(), V4ClientError> {
+        self.store().keys.push(key);
+        Ok(())
+    }
+
+    async fn have(&mut self, ids: &[BlobId]) -> Result<Vec<bool>, V4ClientError> {
+        assert!(ids.len() <= 2000, "HAVE batch of {}", ids.len());
+        let store = self.store();
+        Ok(ids.iter().map(|id| store.index.contains_key(id)).collect())
+    }
+
+    async fn put_pack(&mut self, id: PackId, pack: Bytes) -> Result<(), V4ClientError> {
+        if PackId::of(&pack) != id {
+            return Err(refused(ErrorCode::HASH_MISMATCH, "pack hash"));
+        }
+        let header = PackHeader::parse_pack(&pack)
+            .map_err(|_| refused(ErrorCode::CORRUPT, "bad pack header"))?;
+        let mut store = self.store();
+        for entry in header.entries {
+            let offset = usize::try_from(entry.offset).unwrap();
+            store
+                .index
+                .insert(entry.id, (id, offset, entry.len as usize, entry.class));
+        }
+        store.packs_put += 1;
+        store.pack_bytes_put += pack.len();
+        store.packs.insert(id, pack.to_vec());
+        Ok(())
+    }
+
+    async fn put_snapshot(&mut self, id: SnapshotId, object: Bytes) -> Result<(), V4ClientError> {
+        let (envelope, computed) = SnapshotEnvelope::decode(&object)
+            .map_err(|_| refused(ErrorCode::CORRUPT, "bad snapshot"))?;
+        if computed != id {
+            return Err(refused(ErrorCode::HASH_MISMATCH, "snapshot hash"));
+        }
+        let mut store = self.store();
+        for chunk_id in &envelope.ref_chunks {
+            let missing = || refused(ErrorCode::NOT_FOUND, "missing blobs");
+            let &(pack, offset, len, class) = store.index.get(chunk_id).ok_or_else(missing)?;
+            assert_eq!(class, BlobClass::RefChunk);
+            let bytes = &store.packs[&pack][offset..offset + len];
+            let chunk = RefChunk::decode_verified(bytes, chunk_id).unwrap();
+            if chunk.ids().iter().any(|id| !store.index.contains_key(id)) {
+                return Err(missing());
+            }
+        }
+        let stored_at = store.snapshots.len() as u64;
+        store.snapshots.push((id, object, stored_at));
+        Ok(())
+    }
+
+    async fn get_blob(&mut self, id: BlobId) -> Result<Bytes, V4ClientError> {
+        let store = self.store();
+        let &(pack, offset, len, _) = store
+            .index
+            .get(&id)
+            .ok_or_else(|| refused(ErrorCode::NOT_FOUND, "no such blob"))?;
+        Ok(Bytes::copy_from_slice(
+            &store.packs[&pack][offset..offset + len],
+        ))
+    }
+
+    async fn get_snapshot(&mut self, id: SnapshotId) -> Result<Bytes, V4ClientError> {
+        let store = self.store();
+        store
+            .snapshots
+            .iter()
+            .find(|(sid, _, _)| *sid == id)
+            .map(|(_, bytes, _)| bytes.clone())
+            .ok_or_else(|| refused(ErrorCode::NOT_FOUND, "no such snapshot"))
+    }
+
+    async fn snapshots(&mut self) -> Result<Vec<SnapshotListing>, V4ClientError> {
+        Ok(self
+            .store()
+            .snapshots
+            .iter()
+            .map(|(id, bytes, stored_at)| SnapshotListing {
+                id: *id,
+                size: bytes.len() as u64,
+                stored_at: *stored_at,
+            })
+            .collect())
+    }
+
+    async fn forget(&mut self, id: SnapshotId) -> Result<(), V4ClientError> {
+        let mut store = self.store();
+        let before = store.snapshots.len();
+        store.snapshots.retain(|(sid, _, _)| *sid != id);
+        if store.snapshots.len() == before {
+            return Err(refused(ErrorCode::NOT_FOUND, "no such snapshot"));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn a_tree_with_odd_names_links_and_modes_round_trips_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let expected_files = make_tree(&src);
+    let (remote, mut repo) = open_new(dir.path()).await;
+
+    let summary = backup(&mut repo, &[&src]).await;
+    assert_eq!(summary.exit_code(), 0, "{:?}", summary.unreadable);
+    assert_eq!(summary.files_new, expected_files);
+    assert!(remote.store().packs_put >= 1);
+
+    let target = dir.path().join("restored");
+    let restored = repo
+        .restore(
+            "latest",
+            src.as_os_str().as_bytes(),
+            &target,
+            &RestoreFilter::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(restored.hardlinks, 1);
+    assert_same_tree(&src, &target);
+}
+
+#[tokio::test]
+async fn an_unchanged_tree_is_backed_up_without_reading_a_file_and_one_change_sends_about_one_chunk()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let files = make_tree(&src);
+    let (remote, mut repo) = open_new(dir.path()).await;
+    let first = backup(&mut repo, &[&src]).await;
+    assert!(first.bytes_read > 6 << 20);
+
+    let second = backup(&mut repo, &[&src]).await;
+    assert_eq!(second.parent.as_deref(), Some(first.snapshot_id.as_str()));
+    assert_eq!(second.bytes_read, 0, "an unchanged file was read");
+    assert_eq!(second.files_unmodified, files);
+    assert_eq!(second.files_new + second.files_changed, 0);
+    // Only trees above the backup path (their mtimes may move) and reference chunks.
+    assert!(
+        second.bytes_added < 64 << 10,
+        "{} bytes added",
+        second.bytes_added
+    );
+
+    let big = src.join("big.bin");
+    let mut content = fs::read(&big).unwrap();
+    content[100] ^= 0xFF;
+    fs::write(&big, &content).unwrap();
+    let packs_before = remote.store().pack_bytes_put;
+    let third = backup(&mut repo, &[&src]).await;
+    assert_eq!(third.files_changed, 1);
+    assert_eq!(third.bytes_read, content.len() as u64);
+    // Chunks are 512 KiB .. 8 MiB (average 1 MiB): about one chunk, not the 6 MiB file.
+    assert!(third.blobs_added <= 12, "{} blobs", third.blobs_added);
+    let sent = remote.store().pack_bytes_put - packs_before;
+    assert!(
+        sent > 0 && sent < 3 << 20,
+        "{sent} bytes sent for a one-byte change"
+    );
+    assert!(repo.check(ReadData::All).await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn restore_skips_files_already_correct_and_rewrites_a_changed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let files = make_tree(&src);
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    backup(&mut repo, &[&src]).await;
+    let target = dir.path().join("restored");
+    let path = src.as_os_str().as_bytes();
+    let filter = RestoreFilter::default();
+    let first = repo
+        .restore("latest", path, &target, &filter)
+        .await
+        .unwrap();
+    // Hard links are made, not written.
+    assert_eq!(first.files_restored, files - 1);
+
+    fs::write(target.join("a/same.txt"), b"changed!").unwrap();
+    let again = repo
+        .restore("latest", path, &target, &filter)
+        .await
+        .unwrap();
+    assert_eq!(again.files_restored, 1);
+    assert_eq!(again.files_skipped, files - 2);
+    assert_eq!(
+        again.bytes_written,
+        fs::metadata(src.join("a/same.txt")).unwrap().len()
+    );
+    assert_same_tree(&src, &target);
+}
+
+#[tokio::test]
+async fn a_corrupted_blob_fails_the_restore_of_that_file_and_nothing_is_written_under_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("victim.txt"), b"precious bytes ".repeat(100)).unwrap();
+    let (remote, mut repo) = open_new(dir.path()).await;
+    backup(&mut repo, &[&src]).await;
+    let victim = format!("{}/victim.txt", src.display());
+    let entries = repo.ls("latest", victim.as_bytes()).await.unwrap();
+    let cyberbackup_core::repo::EntryKind::File { content } = &entries[0].entry.kind else {
+        panic!("not a file");
+    };
+    remote.corrupt(content[0]);
+
+    let target = dir.path().join("restored");
+    let err = repo
+        .restore(
+            "latest",
+            src.as_os_str().as_bytes(),
+            &target,
+            &RestoreFilter::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, V4ClientError::Corrupt { ref path, .. } if path.ends_with("victim.txt")),
+        "{err}"
+    );
+    let left: Vec<_> = fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    let mut sink = Vec::new();
+    assert!(matches!(
+        repo.dump("latest", victim.as_bytes(), &mut sink).await,
+        Err(V4ClientError::Corrupt { .. })
+    ));
+    let report = repo.check(ReadData::All).await.unwrap();
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(repo.check(ReadData::No).await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn exclude_rules_leave_out_globs_listed_patterns_and_tagged_caches() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::create_dir_all(src.join("keep")).unwrap();
+    fs::write(src.join("keep/a.txt"), b"a").unwrap();
+    fs::write(src.join("keep/b.tmp"), b"b").unwrap();
+    fs::write(src.join("keep/Photo.JPG"), b"c").unwrap();
+    fs::write(src.join("keep/listed.log"), b"d").unwrap();
+    fs::write(
+        src.join("cache/CACHEDIR.TAG"),
+        b"Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    fs::write(src.join("cache/blob"), b"cached").unwrap();
+    let list = dir.path().join("excludes");
+    fs::write(&list, "# comment\n*.log\n").unwrap();
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    let options = BackupOptions {
+        paths: vec![src.clone()],
+        exclude: ExcludeOptions {
+            exclude: vec!["*.tmp".into()],
+            iexclude: vec!["*.jpg".into()],
+            exclude_files: vec![list],
+            exclude_caches: true,
+            one_file_system: true,
+        },
+        ..BackupOptions::default()
+    };
+    let summary = repo.backup(&options, &mut NoObserver).await.unwrap();
+    assert_eq!(summary.files_new, 1);
+    let names: Vec<String> = repo
+        .ls("latest", src.as_os_str().as_bytes())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.display_path()[src.as_os_str().len()..].to_string())
+        .collect();
+    assert_eq!(names, ["", "/cache", "/keep", "/keep/a.txt"]);
+}
+
+#[tokio::test]
+async fn an_unreadable_path_is_a_warning_and_the_rest_is_backed_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("ok.txt"), b"fine").unwrap();
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    let missing = dir.path().join("vanished");
+    let summary = backup(&mut repo, &[&src, &missing]).await;
+    assert_eq!(summary.exit_code(), 3);
+    assert_eq!(summary.unreadable.len(), 1);
+    assert!(
+        summary.unreadable[0].contains("vanished"),
+        "{:?}",
+        summary.unreadable
+    );
+    assert_eq!(summary.files_new, 1);
+    let mut out = Vec::new();
+    let path = format!("{}/ok.txt", src.display());
+    repo.dump("latest", path.as_bytes(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, b"fine");
+}
+
+#[tokio::test]
+async fn browse_lists_resolves_finds_diffs_and_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/one.txt"), b"1").unwrap();
+    fs::write(src.join("gone.txt"), b"2").unwrap();
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    let a = backup(&mut repo, &[&src]).await.snapshot_id;
+    fs::remove_file(src.join("gone.txt")).unwrap();
+    fs::write(src.join("d/one.txt"), b"one").unwrap();
+    fs::write(src.join("new.txt"), b"3").unwrap();
+    let options = BackupOptions {
+        paths: vec![src.clone()],
+        tags: vec!["daily".into()],
+        ..BackupOptions::default()
+    };
+    let b = repo
+        .backup(&options, &mut NoObserver)
+        .await
+        .unwrap()
+        .snapshot_id;
+
+    let list = repo.snapshots().await.unwrap();
+    assert_eq!(list.len(), 2);
+    let json = serde_json::to_value(list[1].to_json()).unwrap();
+    assert_eq!(json["id"], b.as_str());
+    assert_eq!(json["short_id"], &b[..8]);
+    assert_eq!(json["parent"], a.as_str());
+    assert_eq!(json["tags"][0], "daily");
+    assert_eq!(json["paths"][0], src.display().to_string());
+    assert_eq!(json["summary"]["files"], 2);
+    assert_eq!(list[1].table_row()[0], &b[..8]);
+
+    assert_eq!(repo.resolve(&b[..10]).await.unwrap().to_hex(), b);
+    assert_eq!(repo.resolve("latest").await.unwrap().to_hex(), b);
+    assert!(matches!(
+        repo.resolve("zz").await,
+        Err(V4ClientError::SnapshotNotFound { .. })
+    ));
+    assert!(matches!(
+        repo.resolve("").await,
+        Err(V4ClientError::SnapshotNotFound { .. })
+    ));
+
+    let found = repo.find("*.txt").await.unwrap();
+    let hits: Vec<(bool, String)> = found
+        .iter()
+        .map(|m| (m.snapshot.to_hex() == a, m.found.display_path()))
+        .collect();
+    let at = |name: &str| format!("{}/{name}", src.display());
+    assert!(hits.contains(&(true, at("gone.txt"))));
+    assert!(hits.contains(&(false, at("new.txt"))));
+    assert_eq!(hits.len(), 4);
+
+    let diff = repo.diff(&a, &b).await.unwrap();
+    let lines: Vec<(DiffKind, String)> = diff
+        .iter()
+        .map(|d| (d.kind, String::from_utf8(d.path.clone()).unwrap()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (DiffKind::Modified, at("d/one.txt")),
+            (DiffKind::Removed, at("gone.txt")),
+            (DiffKind::Added, at("new.txt")),
+        ]
+    );
+
+    assert!(matches!(
+        repo.ls("latest", at("nope").as_bytes()).await,
+        Err(V4ClientError::PathNotInSnapshot { .. })
+    ));
+    repo.forget(&a).await.unwrap();
+    assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn keys_open_with_the_device_key_recover_with_the_passphrase_and_refuse_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = MemRemote::default();
+    let machine_a = key_options(&dir.path().join("a/identity.json"));
+    let created = Repository::open(remote.clone(), &machine_a).await.unwrap();
+    assert_eq!(created.opened().opened_by, OpenedBy::Created);
+    assert!(
+        created
+            .opened()
+            .warning
+            .as_deref()
+            .unwrap()
+            .contains("key passwd")
+    );
+    let key_file = dir.path().join("a/cyberbackup-device.key");
+    assert_eq!(
+        fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let mut reopened = Repository::open(remote.clone(), &machine_a).await.unwrap();
+    assert_eq!(reopened.opened().opened_by, OpenedBy::DeviceKey);
+    assert_eq!(reopened.opened().config, created.opened().config);
+
+    let machine_b = key_options(&dir.path().join("b/identity.json"));
+    let err = Repository::open(remote.clone(), &machine_b)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, V4ClientError::NoUsableKey { .. }), "{err}");
+
+    reopened
+        .add_passphrase_key(b"correct horse", b"recovery", small_kdf())
+        .await
+        .unwrap();
+    let wrong =
+        Repository::open(remote.clone(), &machine_b.clone().with_passphrase(b"wrong")).await;
+    assert!(matches!(wrong, Err(V4ClientError::NoUsableKey { .. })));
+    let recovered = Repository::open(
+        remote.clone(),
+        &machine_b.clone().with_passphrase(b"correct horse"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recovered.opened().opened_by, OpenedBy::Recovered);
+    let kinds: Vec<&str> = recovered.key_list().iter().map(|k| k.kind).collect();
+    assert_eq!(kinds, ["device", "passphrase", "device"]);
+    // Machine B now opens with its own device key.
+    let again = Repository::open(remote.clone(), &machine_b).await.unwrap();
+    assert_eq!(again.opened().opened_by, OpenedBy::DeviceKey);
+}
+
+#[tokio::test]
+async fn a_repository_created_with_a_passphrase_opens_on_a_new_machine_and_a_tampered_config_does_not()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = MemRemote::default();
+    let with_pass = key_options(&dir.path().join("a/id")).with_passphrase(b"pw");
+    let created = Repository::open(remote.clone(), &with_pass).await.unwrap();
+    assert!(created.opened().warning.is_none());
+    assert_eq!(remote.store().keys.len(), 2);
+    let new_machine = key_options(&dir.path().join("b/id")).with_passphrase(b"pw");
+    Repository::open(remote.clone(), &new_machine)
+        .await
+        .unwrap();
+
+    let mut config = remote.store().config.clone().unwrap().to_vec();
+    config[20] ^= 1;
+    remote.store().config = Some(Bytes::from(config));
+    let err = Repository::open(remote.clone(), &key_options(&dir.path().join("a/id")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, V4ClientError::Repo { .. }), "{err}");
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn small_kdf() -> KdfParams {
+    KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    }
+}
+
+fn key_options(identity: &Path) -> KeyOptions {
+    KeyOptions {
+        kdf: small_kdf(),
+        ..KeyOptions::new(identity)
+    }
+}
+
+async fn open_new(dir: &Path) -> (MemRemote, Repository<MemRemote>) {
+    let remote = MemRemote::default();
+    let repo = Repository::open(remote.clone(), &key_options(&dir.join("identity.json")))
+        .await
+        .unwrap();
+    (remote, repo)
+}
+
+async fn backup(repo: &mut Repository<MemRemote>, paths: &[&Path]) -> BackupSummary {
+    let options = BackupOptions {
+        paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+        ..BackupOptions::default()
+    };
+    repo.backup(&options, &mut NoObserver).await.unwrap()
+}
+
+/// Builds the test tree; returns the number of regular files (hard links count once each).
+fn make_tree(root: &Path) -> u64 {
+    let mut files = 0;
+    let mut file = |path: PathBuf, content: &[u8], mode: u32| {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        files += 1;
+    };
+    file(root.join("a/same.txt"), b"in a", 0o644);
+    file(root.join("b/same.txt"), b"in b, longer", 0o600);
+    file(root.join("run.sh"), b"#!/bin/sh\necho hi\n", 0o755);
+    let mut deep = root.join("deep");
+    for level in 0..40 {
+        deep.push(format!("level{level}"));
+    }
+    file(deep.join("bottom.txt"), b"deep down", 0o640);
+    for name in [
+        b"new\nline".to_vec(),
+        b"back\\slash".to_vec(),
+        vec![b'n'; 255],
+        b"bad\xff\xfeutf8".to_vec(),
+        " spaced ".as_bytes().to_vec(),
+    ] {
+        file(
+            root.join("odd").join(OsStr::from_bytes(&name)),
+            &name,
+            0o644,
+        );
+    }
+    // Several chunks (chunks average 1 MiB) of incompressible bytes.
+    let mut big = vec![0u8; 6 << 20];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for byte in &mut big {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    file(root.join("big.bin"), &big, 0o644);
+    file(root.join("empty-file"), b"", 0o644);
+    file(root.join("links/first"), b"linked content", 0o644);
+    fs::hard_link(root.join("links/first"), root.join("links/second")).unwrap();
+    files += 1;
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::set_permissions(root.join("empty-dir"), fs::Permissions::from_mode(0o700)).unwrap();
+    symlink("a/same.txt", root.join("rel-link")).unwrap();
+    symlink("/nowhere/at/all", root.join("dangling")).unwrap();
+    symlink(
+        OsStr::from_bytes(b"odd/bad\xff\xfeutf8"),
+        root.join("odd-link"),
+    )
+    .unwrap();
+    files
+}
+
+/// Same names, kinds, contents, modes, mtimes, symlink targets and hard links.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let ma = fs::symlink_metadata(a).unwrap();
+    let mb = fs::symlink_metadata(b).unwrap();
+    assert_eq!(ma.file_type(), mb.file_type(), "{}", b.display());
+    assert_eq!(
+        (ma.mtime(), ma.mtime_nsec()),
+        (mb.mtime(), mb.mtime_nsec()),
+        "mtime of {}",
+        b.display()
+    );
+    if ma.file_type().is_symlink() {
+        assert_eq!(fs::read_link(a).unwrap(), fs::read_link(b).unwrap());
+        return;
+    }
+    assert_eq!(ma.mode(), mb.mode(), "mode of {}", b.display());
+    if ma.is_file() {
+        assert_eq!(ma.nlink(), mb.nlink(), "links of {}", b.display());
+        assert!(
+            fs::read(a).unwrap() == fs::read(b).unwrap(),
+            "content of {}",
+            b.display()
+        );
+        return;
+    }
+    let names = |dir: &Path| {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(a), names(b), "entries of {}", b.display());
+    for name in names(a) {
+        assert_same_tree(&a.join(&name), &b.join(&name));
+    }
+    if a.join("links").exists() {
+        let first = fs::metadata(b.join("links/first")).unwrap();
+        let second = fs::metadata(b.join("links/second")).unwrap();
+        assert_eq!(first.ino(), second.ino(), "hard link not restored");
+    }
+}
