@@ -13,9 +13,16 @@ use crate::retry::RetryPolicy;
 use crate::{BackupReport, Client, ClientOptions, legacy};
 
 const EXIT_CODES_HELP: &str = "\
-Exit codes:
-  0  every file was backed up and verified (list/restore: done)
-  1  some files failed (each is reported with the reason); restore: no such file or
+Exit codes of the snapshot commands (backup, restore, check, ...; restic's convention):
+  0  done
+  1  fatal error: nothing was committed (connection, server, identity, a blob or snapshot
+     that fails verification; check: the repository has errors)
+  2  usage error (command line)
+  3  backup done, but some files or folders could not be read (each is reported)
+
+Exit codes of the single-file mode (upload, files, download, legacy):
+  0  every file was backed up and verified (files/download: done)
+  1  some files failed (each is reported with the reason); download: no such file or
      version, or the download did not verify
   2  usage or configuration error (command line, transfer.info)
   3  network error (cannot connect, connection lost, server error or protocol violation)
@@ -38,6 +45,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Snapshot commands.
+    #[command(flatten)]
+    Snapshot(crate::snapshot::cli::SnapshotCommand),
     /// Single-file mode: upload files and directories (recursively) as separate files with
     /// versions, not a snapshot (v4, or the legacy flat store with --protocol v3).
     Upload(UploadArgs),
@@ -177,6 +187,7 @@ impl Command {
             Self::Ui(_) => false,
             Self::Files(args) => args.json,
             Self::Download(args) => args.json,
+            Self::Snapshot(command) => command.json(),
         }
     }
 }
@@ -225,6 +236,11 @@ pub async fn execute(
         Command::Files(_) | Command::Download(_) => {
             return Err(ClientError::Usage {
                 message: "`files` and `download` are v4 commands: run them with cyberbackup_client::v4::cli::run".into(),
+            });
+        }
+        Command::Snapshot(_) => {
+            return Err(ClientError::Usage {
+                message: "snapshot commands run with cyberbackup_client::snapshot::cli::run".into(),
             });
         }
     };

@@ -48,6 +48,15 @@ fn main() -> ExitCode {
     if let Command::Ui(args) = &command {
         return run_ui(args);
     }
+    if let Command::Snapshot(command) = command {
+        let code = cyberbackup_client::snapshot::cli::run(command, &mut |stream, line| {
+            match stream {
+                cyberbackup_client::snapshot::cli::Stream::Stdout => out_lines([line]),
+                cyberbackup_client::snapshot::cli::Stream::Stderr => err_line(line),
+            }
+        });
+        return ExitCode::from(code);
+    }
     if cyberbackup_client::v4::cli::handles(&command) {
         let outcome = cyberbackup_client::v4::cli::run(command);
         out_lines(&outcome.stdout);

@@ -12,6 +12,7 @@
 
 mod backup;
 mod browse;
+pub mod cli;
 mod exclude;
 mod keys;
 mod remote;

@@ -166,7 +166,7 @@ fn identity_path(args: &V4Args, v3_identity: Option<&Path>) -> Result<PathBuf, V
     }
 }
 
-fn options(
+pub(crate) fn options(
     server: &str,
     name: Option<String>,
     args: &V4Args,
@@ -337,7 +337,7 @@ fn row(record: &VersionRecord, output: Option<&Path>) -> Vec<String> {
 /// bidirectional overrides that reorder text on screen are written as `\u{..}` escapes
 /// (`\n`, `\t`), so one row is one line and shows what is stored. Names cannot contain
 /// `\`, so the escapes are unambiguous.
-fn printable(name: &str) -> String {
+pub(crate) fn printable(name: &str) -> String {
     let mut shown = String::with_capacity(name.len());
     for c in name.chars() {
         if c.is_control()
@@ -358,7 +358,7 @@ fn width(cell: &str) -> usize {
 
 /// Left-aligned text columns, right-aligned numbers (VERSION, SIZE), two spaces apart,
 /// aligned by terminal width.
-fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
     let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
     for row in rows {
         for (column, cell) in widths.iter_mut().zip(row) {

@@ -19,6 +19,7 @@ mod backup;
 pub mod cli;
 mod connection;
 pub mod identity;
+mod remote;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

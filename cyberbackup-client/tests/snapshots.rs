@@ -1,0 +1,459 @@
+//! Snapshots end to end: the real `cyberbackup-client` binary against the reference server
+//! (in-process, real sockets, real SQLite, the local repository backend). A tree with
+//! everything a tree can hold is backed up and restored exactly (`diff -r` and metadata);
+//! an unchanged second backup stores only metadata, a changed file about one chunk; two
+//! clients' repositories are isolated; the server's disk holds no plaintext byte and no file
+//! name; a pack damaged on the server's disk is reported by `check --read-data` and by
+//! `restore`, which writes nothing wrong; a backup killed midway leaves no snapshot and the
+//! next one reuses what was stored.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
+mod support;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{RealServer, client_binary, write_pattern};
+
+const MIB: u64 = 1024 * 1024;
+/// Marker strings written into the backed-up files; the server's disk must never hold them.
+const CONTENT_MARKER: &str = "PLAINTEXT-MARKER-7f3a9c";
+const NAME_MARKER: &str = "secret-name-marker-42";
+
+/// The client binary in `dir` with `NAME-v4.json` as its identity; the command and its
+/// arguments come first, then `--server` and `--v4-identity` (added by [`with_server`]).
+fn client(dir: &Path, server: &RealServer, name: &str) -> ClientCommand {
+    let mut command = Command::new(client_binary());
+    command
+        .current_dir(dir)
+        .env_remove("CYBERBACKUP_SERVER")
+        .env_remove("CYBERBACKUP_NAME")
+        .env_remove("CYBERBACKUP_PASSWORD")
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"));
+    ClientCommand {
+        command,
+        server: server.server(),
+        identity: format!("{name}-v4.json"),
+    }
+}
+
+/// A client command that gets `--server` and `--v4-identity` after its own arguments.
+struct ClientCommand {
+    command: Command,
+    server: String,
+    identity: String,
+}
+
+impl ClientCommand {
+    fn args(mut self, args: &[&str]) -> Command {
+        self.command
+            .args(args)
+            .args(["--server", &self.server, "--v4-identity", &self.identity]);
+        self.command
+    }
+}
+
+/// Runs `cyberbackup-client ARGS --server … --v4-identity NAME-v4.json` in `dir`.
+fn run(dir: &Path, server: &RealServer, name: &str, args: &[&str]) -> Output {
+    client(dir, server, name).args(args).output().unwrap()
+}
+
+fn backup(dir: &Path, server: &RealServer, name: &str, paths: &[&str]) -> serde_json::Value {
+    let mut args = vec!["backup"];
+    args.extend_from_slice(paths);
+    args.extend(["--name", name, "--json"]);
+    let output = run(dir, server, name, &args);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    summary(&output)
+}
+
+/// The last JSON line of a `--json` run (the summary).
+fn summary(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|line| line.contains("\"summary\""))
+        .unwrap_or_else(|| panic!("no summary line in {}", text(output)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Every regular file under `root`, recursively.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Bytes the server keeps in its repository store (packs and snapshots).
+fn repository_bytes(server: &RealServer) -> u64 {
+    files_under(&server.data.path().join("data").join("repository"))
+        .iter()
+        .map(|path| fs::metadata(path).unwrap().len())
+        .sum()
+}
+
+fn packs(server: &RealServer) -> Vec<PathBuf> {
+    files_under(&server.data.path().join("data").join("repository"))
+        .into_iter()
+        .filter(|path| path.components().any(|c| c.as_os_str() == "packs"))
+        .collect()
+}
+
+fn set_mtime(path: &Path, secs: i64) {
+    let status = Command::new("touch")
+        .arg("-h")
+        .arg("-d")
+        .arg(format!("@{secs}"))
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A tree with what real trees hold: duplicate base names in different folders, deep
+/// nesting, symlinks (to files, dirs, dangling), empty folders, hard links, names with a
+/// newline, a backslash, invalid UTF-8 and 255 bytes, modes and old times.
+fn odd_tree(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    for dir in ["a", "b", "c/d/e/f/g/h/i/j"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+        fs::write(
+            root.join(dir).join("copyright"),
+            format!("{CONTENT_MARKER} copyright of {dir}\n"),
+        )
+        .unwrap();
+    }
+    fs::create_dir_all(root.join("empty/nested-empty")).unwrap();
+    fs::write(
+        root.join(format!("{NAME_MARKER}.txt")),
+        format!("{CONTENT_MARKER} named file\n"),
+    )
+    .unwrap();
+    fs::write(root.join("line\nbreak"), b"newline in the name\n").unwrap();
+    fs::write(root.join("back\\slash"), b"backslash in the name\n").unwrap();
+    let invalid = OsStr::from_bytes(b"latin1-\xe9t\xe9");
+    fs::write(root.join(invalid), b"invalid utf-8 name\n").unwrap();
+    let long = "x".repeat(255);
+    fs::write(root.join(&long), b"255-byte name\n").unwrap();
+    write_pattern(&root.join("big.bin"), 3 * MIB + 12345, 1);
+    fs::write(root.join("original"), b"hard-linked content\n").unwrap();
+    fs::hard_link(root.join("original"), root.join("b/hard-link")).unwrap();
+    symlink("original", root.join("link-to-file")).unwrap();
+    symlink("c/d", root.join("link-to-dir")).unwrap();
+    symlink("does/not/exist", root.join("dangling")).unwrap();
+    let private = root.join("a/private");
+    fs::write(&private, b"mode 0600\n").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+    let script = root.join("a/script.sh");
+    fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(root.join("c/d"), fs::Permissions::from_mode(0o711)).unwrap();
+    for (i, path) in files_under(root).iter().enumerate() {
+        set_mtime(path, 1_500_000_000 + i as i64 * 1000);
+    }
+    set_mtime(&root.join("link-to-file"), 1_400_000_000);
+    set_mtime(&root.join("empty"), 1_300_000_000);
+}
+
+/// `diff -r --no-dereference` (the system's, an oracle independent of our code) and the
+/// metadata the diff does not see: modes, mtimes, symlink targets, hard links.
+fn assert_same_tree(source: &Path, restored: &Path) {
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(source)
+        .arg(restored)
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "diff -r: {}", text(&diff));
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let (a, b) = (source.join(&relative), restored.join(&relative));
+        let (ma, mb) = (
+            fs::symlink_metadata(&a).unwrap(),
+            fs::symlink_metadata(&b).unwrap(),
+        );
+        assert_eq!(ma.mode(), mb.mode(), "mode of {relative:?}");
+        if !ma.is_dir() {
+            assert_eq!(ma.mtime(), mb.mtime(), "mtime of {relative:?}");
+            assert_eq!(ma.mtime_nsec(), mb.mtime_nsec(), "mtime ns of {relative:?}");
+        }
+        if ma.file_type().is_symlink() {
+            assert_eq!(fs::read_link(&a).unwrap(), fs::read_link(&b).unwrap());
+        }
+        if ma.is_dir() {
+            assert_eq!(ma.mtime(), mb.mtime(), "mtime of the folder {relative:?}");
+            for entry in fs::read_dir(&a).unwrap() {
+                stack.push(relative.join(entry.unwrap().file_name()));
+            }
+        }
+    }
+    let original = fs::metadata(restored.join("original")).unwrap();
+    let link = fs::metadata(restored.join("b/hard-link")).unwrap();
+    assert_eq!(
+        original.ino(),
+        link.ino(),
+        "the hard link was restored as a copy"
+    );
+}
+
+#[test]
+fn a_tree_with_everything_in_it_is_restored_exactly_and_the_server_sees_no_plaintext() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("src");
+    odd_tree(&source);
+    let first = backup(dir.path(), &server, "alice", &["src"]);
+    let id = first["snapshot_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 64, "{first}");
+
+    let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed));
+    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 1, "{snapshots}");
+    assert_eq!(snapshots[0]["id"], id);
+
+    let target = dir.path().join("restored");
+    let restored = run(
+        dir.path(),
+        &server,
+        "alice",
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(restored.status.code(), Some(0), "{}", text(&restored));
+    assert_same_tree(&source, &target.join("src"));
+
+    let ls = run(dir.path(), &server, "alice", &["ls", &id[..8], "src/c/d"]);
+    assert_eq!(ls.status.code(), Some(0), "{}", text(&ls));
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("src/c/d/e"),
+        "{}",
+        text(&ls)
+    );
+
+    let dump = run(
+        dir.path(),
+        &server,
+        "alice",
+        &["dump", "latest", "src/a/copyright"],
+    );
+    assert_eq!(dump.status.code(), Some(0), "{}", text(&dump));
+    assert_eq!(dump.stdout, fs::read(source.join("a/copyright")).unwrap());
+
+    let check = run(dir.path(), &server, "alice", &["check", "--read-data"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+
+    // Zero knowledge: no content marker and no file name anywhere on the server's disk.
+    for path in files_under(server.data.path()) {
+        let bytes = fs::read(&path).unwrap();
+        for marker in [
+            CONTENT_MARKER,
+            NAME_MARKER,
+            "copyright",
+            "hard-linked content",
+        ] {
+            assert!(
+                !bytes
+                    .windows(marker.len())
+                    .any(|window| window == marker.as_bytes()),
+                "{marker:?} found in {}",
+                path.display()
+            );
+        }
+        let name = path.to_string_lossy();
+        assert!(
+            !name.contains(NAME_MARKER) && !name.contains("copyright"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn unchanged_files_are_not_sent_again_and_a_changed_file_costs_about_one_chunk() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("src");
+    fs::create_dir_all(source.join("docs")).unwrap();
+    for i in 0..200 {
+        fs::write(
+            source.join("docs").join(format!("note-{i}.txt")),
+            format!("{CONTENT_MARKER} note {i}\n").repeat(40),
+        )
+        .unwrap();
+    }
+    write_pattern(&source.join("large.bin"), 24 * MIB, 7);
+    let first = backup(dir.path(), &server, "alice", &["src"]);
+    let after_first = repository_bytes(&server);
+    assert!(after_first > 24 * MIB, "{after_first}");
+
+    let second = backup(dir.path(), &server, "alice", &["src"]);
+    let after_second = repository_bytes(&server);
+    assert_eq!(second["files_new"], 0, "{second}");
+    assert_eq!(second["files_changed"], 0, "{second}");
+    assert_eq!(second["files_unmodified"], 201, "{second}");
+    assert_ne!(first["snapshot_id"], second["snapshot_id"]);
+    assert!(
+        after_second - after_first < 256 * 1024,
+        "an unchanged backup stored {} bytes",
+        after_second - after_first
+    );
+
+    // Change 100 bytes in the middle of the large file: about one chunk (1 MiB average,
+    // 8 MiB at most) is stored again, not the file.
+    let large = source.join("large.bin");
+    let mut content = fs::read(&large).unwrap();
+    content[12 * MIB as usize..12 * MIB as usize + 100].fill(0xAB);
+    fs::write(&large, &content).unwrap();
+    let third = backup(dir.path(), &server, "alice", &["src"]);
+    let after_third = repository_bytes(&server);
+    assert_eq!(third["files_changed"], 1, "{third}");
+    assert_eq!(third["files_unmodified"], 200, "{third}");
+    let added = after_third - after_second;
+    assert!(
+        added < 9 * MIB && added > 64 * 1024,
+        "one changed chunk stored {added} bytes"
+    );
+    let snapshots = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&snapshots.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn two_clients_repositories_are_isolated() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("src")).unwrap();
+    fs::write(
+        dir.path().join("src/same.txt"),
+        b"the same content on both\n",
+    )
+    .unwrap();
+    let alice = backup(dir.path(), &server, "alice", &["src"]);
+    let bob = backup(dir.path(), &server, "bob", &["src"]);
+    assert_eq!(
+        bob["files_new"], 1,
+        "bob's repository does not share alice's blobs: {bob}"
+    );
+    let listed = run(dir.path(), &server, "bob", &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 1);
+    assert_ne!(snapshots[0]["id"], alice["snapshot_id"]);
+    let alice_id = alice["snapshot_id"].as_str().unwrap();
+    let stolen = run(dir.path(), &server, "bob", &["ls", alice_id]);
+    assert_ne!(stolen.status.code(), Some(0), "{}", text(&stolen));
+}
+
+#[test]
+fn a_pack_damaged_on_the_server_is_reported_and_nothing_wrong_is_restored() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("src")).unwrap();
+    write_pattern(&dir.path().join("src/data.bin"), 2 * MIB, 3);
+    backup(dir.path(), &server, "alice", &["src"]);
+    let biggest = packs(&server)
+        .into_iter()
+        .max_by_key(|path| fs::metadata(path).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&biggest).unwrap();
+    bytes[1000] ^= 0x40;
+    fs::set_permissions(&biggest, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&biggest, &bytes).unwrap();
+
+    let check = run(dir.path(), &server, "alice", &["check", "--read-data"]);
+    assert_ne!(check.status.code(), Some(0), "{}", text(&check));
+    let target = dir.path().join("restored");
+    let restore = run(
+        dir.path(),
+        &server,
+        "alice",
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert_ne!(restore.status.code(), Some(0), "{}", text(&restore));
+    assert!(
+        !target.join("src/data.bin").exists(),
+        "a file failing verification was written under its name"
+    );
+}
+
+#[test]
+fn a_backup_killed_midway_leaves_no_snapshot_and_the_next_one_reuses_the_stored_packs() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("src")).unwrap();
+    write_pattern(&dir.path().join("src/huge.bin"), 96 * MIB, 11);
+    // Register (and create the repository) first, so the kill lands in the data.
+    fs::create_dir_all(dir.path().join("small")).unwrap();
+    fs::write(dir.path().join("small/a.txt"), b"small\n").unwrap();
+    backup(dir.path(), &server, "alice", &["small"]);
+    let packs_before = packs(&server).len();
+    let mut child = client(dir.path(), &server, "alice")
+        .args(&["backup", "src", "--name", "alice"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while packs(&server).len() < packs_before + 2 {
+        assert!(Instant::now() < deadline, "no pack stored in time");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended too early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stored_before = repository_bytes(&server);
+    let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        snapshots.as_array().unwrap().len(),
+        1,
+        "only the first: {snapshots}"
+    );
+
+    let done = backup(dir.path(), &server, "alice", &["src"]);
+    let stored_after = repository_bytes(&server);
+    assert!(
+        stored_after < 96 * MIB + stored_before / 2 + 4 * MIB,
+        "the packs stored before the kill were sent again: {stored_before} then {stored_after}"
+    );
+    assert_eq!(done["files_new"], 1);
+    let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 2);
+}
