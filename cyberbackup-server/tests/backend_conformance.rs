@@ -693,35 +693,6 @@ async fn s3_retries_503_answers_with_back_off() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_wrong_credentials_are_not_retryable() {
-    let Some(server) = S3Server::start_or_skip() else {
-        return;
-    };
-    if server.kind != s3_server::Kind::S3sFs {
-        eprintln!("SKIPPED: moto_server accepts any credentials");
-        return;
-    }
-    let mut config = server.config(None);
-    config.secret_access_key = Some(zeroize::Zeroizing::new("not-the-secret".into()));
-    let b = S3Backend::new(&config).unwrap();
-    let err = b
-        .put(&key("config"), b"x".to_vec(), ContentHash::of(b"x"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            BackendError::Unavailable {
-                retryable: false,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(!err.to_string().contains("not-the-secret"), "{err}");
-}
-
 /// A front for `upstream` that answers the first `fail` connections with `503` (and closes
 /// them) and forwards every later one; returns its address and the count of 503s sent.
 async fn flaky_front(upstream: SocketAddr, fail: usize) -> (SocketAddr, Arc<AtomicUsize>) {

@@ -1,7 +1,7 @@
-//! A real S3 server process for the backend tests: `s3s-fs` (an S3 server over a local
-//! directory, `cargo install s3s-fs@0.14.1 --features binary --locked`) or, failing that,
-//! moto's `moto_server` (`pip install 'moto[server]'`). Each [`S3Server`] runs on a free
-//! 127.0.0.1 port with its own temp directory and bucket, and is killed when dropped.
+//! A real S3 server process for the backend tests: moto's `moto_server` (`pip install
+//! 'moto[server]'`), a stand-alone S3 implementation speaking HTTP on a port. Each
+//! [`S3Server`] runs on a free 127.0.0.1 port with its own temp directory and bucket, and is
+//! killed when dropped.
 //!
 //! The full-scale alternative is Garage, too slow to build for CI here (~13 min); to run the
 //! suite against it, see docs/architecture.md ("Storage backends").
@@ -23,22 +23,15 @@ use cyberbackup_server::backend::s3::S3Config;
 use zeroize::Zeroizing;
 
 /// The command that installs the server CI uses.
-pub const INSTALL: &str = "cargo install s3s-fs@0.14.1 --features binary --locked";
+pub const INSTALL: &str = "pip install 'moto[server]'";
 pub const ACCESS_KEY: &str = "cyberbackup-test";
 pub const SECRET_KEY: &str = "cyberbackup-test-secret";
 pub const BUCKET: &str = "cyberbackup-test";
 /// Failure guard for the server's start-up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    S3sFs,
-    Moto,
-}
-
 /// A running S3 server with one empty bucket.
 pub struct S3Server {
-    pub kind: Kind,
     pub addr: SocketAddr,
     child: Child,
     _dir: tempfile::TempDir,
@@ -49,33 +42,22 @@ impl S3Server {
     /// message) when none is installed. With `CYBERBACKUP_REQUIRE_S3=1` a missing server
     /// is a test failure instead.
     pub fn start_or_skip() -> Option<Self> {
-        let Some((kind, program)) = find() else {
+        let Some(program) = find() else {
             assert!(
                 std::env::var_os("CYBERBACKUP_REQUIRE_S3").is_none(),
                 "CYBERBACKUP_REQUIRE_S3 is set but no S3 server is installed — {INSTALL}"
             );
-            eprintln!("SKIPPED: no S3 server installed (s3s-fs or moto_server) — {INSTALL}");
+            eprintln!("SKIPPED: no S3 server installed (moto_server) — {INSTALL}");
             return None;
         };
-        Some(Self::start(kind, &program))
+        Some(Self::start(&program))
     }
 
-    fn start(kind: Kind, program: &PathBuf) -> Self {
+    fn start(program: &PathBuf) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut command = Command::new(program);
-        match kind {
-            Kind::S3sFs => {
-                std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
-                command
-                    .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                    .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                    .arg(dir.path());
-            }
-            Kind::Moto => {
-                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-            }
-        }
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = command
             .current_dir(dir.path())
@@ -85,15 +67,12 @@ impl S3Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program:?}: {e}"));
         let mut server = Self {
-            kind,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             child,
             _dir: dir,
         };
         server.wait_ready();
-        if kind == Kind::Moto {
-            server.create_moto_bucket();
-        }
+        server.create_bucket();
         server
     }
 
@@ -141,7 +120,7 @@ impl S3Server {
     }
 
     /// moto accepts any credentials; a bucket is one unsigned `PUT /bucket`.
-    fn create_moto_bucket(&self) {
+    fn create_bucket(&self) {
         let mut stream = TcpStream::connect(self.addr).unwrap();
         write!(
             stream,
@@ -162,21 +141,12 @@ impl Drop for S3Server {
     }
 }
 
-/// The installed server: `s3s-fs` first (on PATH or in ~/.cargo/bin), then `moto_server`.
-fn find() -> Option<(Kind, PathBuf)> {
-    let cargo_bin = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin"));
-    let on_path = |name: &str| {
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-            .chain(cargo_bin.clone())
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    };
-    if let Some(path) = on_path("s3s-fs") {
-        return Some((Kind::S3sFs, path));
-    }
-    on_path("moto_server").map(|path| (Kind::Moto, path))
+/// `moto_server` on PATH (pip's scripts directory), if installed.
+fn find() -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join("moto_server"))
+        .find(|path| path.is_file())
 }
 
 fn free_port() -> u16 {
