@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod backend;
 pub mod catalog;
 pub mod check;
 pub mod cli;
