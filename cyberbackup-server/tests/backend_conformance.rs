@@ -130,7 +130,7 @@ mod cases {
         for (name, len) in [("empty", 0), ("one", 1), ("small", 1000), ("mib", 1 << 20)] {
             let data = pattern(len, 1);
             let k = key(&format!("data/{name}"));
-            b.put(&k, data.clone(), ContentHash::of(&data))
+            b.put(&k, data.clone().into(), ContentHash::of(&data))
                 .await
                 .unwrap();
             assert_eq!(b.get(&k, None).await.unwrap(), data, "{name}");
@@ -239,7 +239,7 @@ mod cases {
         let (fresh, existing) = (key("data/fresh"), key("data/existing"));
         let data = pattern(3000, 5);
         let wrong = ContentHash::of(b"something else");
-        let err = b.put(&fresh, data.clone(), wrong).await.unwrap_err();
+        let err = b.put(&fresh, data.clone().into(), wrong).await.unwrap_err();
         match &err {
             BackendError::HashMismatch {
                 key,
@@ -258,7 +258,7 @@ mod cases {
             Err(BackendError::NotFound { .. })
         ));
         put(b, &existing, b"the original").await;
-        let err = b.put(&existing, data, wrong).await.unwrap_err();
+        let err = b.put(&existing, data.into(), wrong).await.unwrap_err();
         assert!(matches!(err, BackendError::HashMismatch { .. }), "{err:?}");
         assert_eq!(b.get(&existing, None).await.unwrap(), &b"the original"[..]);
         assert_eq!(list(b, None).await, objects(&[("data/existing", 12)]));
@@ -507,7 +507,7 @@ async fn failing_put_is_surfaced_as_retryable_and_leaves_nothing() {
     let k = key("data/x");
     plan.fail_puts(1);
     let err = b
-        .put(&k, b"abc".to_vec(), ContentHash::of(b"abc"))
+        .put(&k, b"abc".to_vec().into(), ContentHash::of(b"abc"))
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
@@ -750,7 +750,7 @@ fn key(k: &str) -> ObjectKey {
 }
 
 async fn put(b: &(impl Backend + ?Sized), k: &ObjectKey, data: &[u8]) {
-    b.put(k, data.to_vec(), ContentHash::of(data))
+    b.put(k, data.to_vec().into(), ContentHash::of(data))
         .await
         .unwrap();
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Longest key, in bytes (S3 allows 1024 including the configured prefix).
-pub const MAX_KEY_LEN: usize = 512;
+const MAX_KEY_LEN: usize = 512;
 /// Longest segment, in bytes (a file name on common local file systems).
 const MAX_SEGMENT_LEN: usize = 255;
 
