@@ -155,6 +155,7 @@ mod tests {
         combine(&cvs, root, part_len as u64, data.len() as u64)
     }
 
+    #[expect(clippy::cast_possible_truncation, reason = "i * 31 % 251 is below 256")]
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
