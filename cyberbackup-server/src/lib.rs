@@ -21,6 +21,7 @@ pub mod http;
 pub mod listener;
 pub mod maintenance;
 mod rate_limit;
+pub mod repository;
 pub mod storage;
 pub mod telemetry;
 pub mod v4;

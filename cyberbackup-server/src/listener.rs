@@ -18,6 +18,7 @@ use crate::connection;
 use crate::error::ServerError;
 use crate::maintenance;
 use crate::rate_limit::{FailureBudget, RegistrationLimiter};
+use crate::repository::RepoStore;
 use crate::storage::Storage;
 
 /// Live counters of a running server, readable by tests and the admin side.
@@ -169,6 +170,12 @@ pub(crate) struct Shared {
     pub(crate) live: Arc<crate::http::LiveState>,
     /// Protocol v4: server key, session settings, uploads in progress.
     pub(crate) v4: Arc<crate::v4::V4State>,
+    /// The snapshot repositories (one per client), recovered at start-up.
+    #[expect(
+        dead_code,
+        reason = "read by the v4 repository effects (issue 14, the lead's glue)"
+    )]
+    pub(crate) repo: RepoStore,
 }
 
 /// A server bound to its port, ready to [`serve`](Server::serve).
@@ -202,6 +209,7 @@ impl Server {
             .await?
             .with_faults(faults);
         maintenance::recover(&catalog, &storage).await?;
+        let repo = RepoStore::open_local(&config.data_dir, catalog.clone()).await?;
         let address = SocketAddr::new(config.listen, config.port);
         let listener = TcpListener::bind(address).await.map_err(|source| {
             ServerError::io(
@@ -235,6 +243,7 @@ impl Server {
                 decrypt_failures,
                 live: crate::http::LiveState::new(crate::http::RecentEvents::global()),
                 v4,
+                repo,
             }),
         })
     }

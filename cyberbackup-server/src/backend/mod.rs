@@ -6,8 +6,8 @@
 //! resumable multipart upload for large objects. Two implementations sit behind it:
 //! [`local::LocalBackend`] (a data directory) and [`s3::S3Backend`] (any S3-compatible
 //! store through `object_store`); [`faulty::Faulty`] wraps either to inject failures.
-//! Nothing in the server uses the trait yet: the repository store of the snapshot work will
-//! keep its packs through it. The legacy v3/v4 file store (`storage.rs`) is separate.
+//! The snapshot repository store (`crate::repository`) keeps its packs and snapshot objects
+//! through it. The legacy v3/v4 file store (`storage.rs`) is separate.
 //!
 //! # The durability contract
 //!
