@@ -4,6 +4,7 @@ use std::io;
 
 use crate::catalog::CatalogError;
 use crate::config::ConfigError;
+use crate::repository::RepoStoreError;
 use crate::storage::StorageError;
 use crate::telemetry::TelemetryError;
 
@@ -20,6 +21,9 @@ pub enum ServerError {
     /// File storage failure.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The snapshot repository store could not be opened or recovered.
+    #[error("snapshot repository store: {0}")]
+    Repository(#[from] RepoStoreError),
     /// Logging could not be set up.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -53,7 +57,7 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) => 78,
-            Self::Catalog(_) | Self::Storage(_) | Self::Io { .. } => 74,
+            Self::Catalog(_) | Self::Storage(_) | Self::Repository(_) | Self::Io { .. } => 74,
             Self::ChecksFailed(_) => 1,
             Self::Telemetry(_) => 70,
         }

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod backend;
 pub mod catalog;
 pub mod check;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod listener;
 pub mod live;
 pub mod maintenance;
 mod rate_limit;
+pub mod repository;
 mod shared;
 pub mod storage;
 pub mod telemetry;

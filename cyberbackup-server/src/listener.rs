@@ -18,6 +18,7 @@ use crate::error::ServerError;
 use crate::http::AdminServer;
 use crate::maintenance;
 use crate::rate_limit::{FailureBudget, RegistrationLimiter};
+use crate::repository::RepoStore;
 use crate::shared::{Shared, Stats};
 use crate::storage::Storage;
 
@@ -127,6 +128,7 @@ impl Server {
             .await?
             .with_faults(faults);
         maintenance::recover(&catalog, &storage).await?;
+        let repo = RepoStore::open_local(&config.data_dir, catalog.clone()).await?;
         let address = SocketAddr::new(config.listen, config.port);
         let listener = TcpListener::bind(address).await.map_err(|source| {
             ServerError::io(
@@ -160,6 +162,7 @@ impl Server {
                 decrypt_failures,
                 live: crate::live::LiveState::new(crate::telemetry::RecentEvents::global()),
                 v4,
+                repo,
             }),
         })
     }

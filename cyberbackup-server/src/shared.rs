@@ -14,6 +14,7 @@ use crate::catalog::Catalog;
 use crate::config::ServerConfig;
 use crate::live::LiveState;
 use crate::rate_limit::{FailureBudget, RegistrationLimiter};
+use crate::repository::RepoStore;
 use crate::storage::Storage;
 
 /// Live counters of a running server, readable by tests and the admin side.
@@ -98,6 +99,8 @@ pub(crate) struct Shared {
     pub(crate) live: Arc<LiveState>,
     /// Protocol v4: server key, session settings, uploads in progress.
     pub(crate) v4: Arc<V4State>,
+    /// The snapshot repositories (one per client), recovered at start-up.
+    pub(crate) repo: RepoStore,
 }
 
 /// What every v4 connection shares: the server key, the session settings and the uploads in

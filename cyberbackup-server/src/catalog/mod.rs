@@ -23,6 +23,7 @@ pub mod integrity;
 mod model;
 mod queries;
 pub mod rebuild;
+pub mod repo;
 mod schema;
 mod timestamp;
 pub mod v4;

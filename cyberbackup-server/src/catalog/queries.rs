@@ -1,7 +1,7 @@
 //! All SQL of the catalog. Functions here are synchronous and run either on the writer thread
 //! (mutations) or on a read-pool connection (queries); `now` is the caller's RFC 3339 timestamp.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
@@ -12,8 +12,10 @@ use super::model::{
     CommittingFile, DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion,
     KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
+use super::repo::{AddKeyOutcome, BlobLocation, NewSnapshot, RepoRecord, SnapshotRecord};
 use super::timestamp::format_rfc3339;
 use crate::storage::{VersionFile, versioned_path};
+use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId};
 
 /// Inserts a client unless its name (or id) is taken.
 pub(crate) fn register_client(
@@ -934,6 +936,401 @@ fn state_error(
 /// between; an immediate one waits on the busy timeout instead.
 fn immediate(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
+// ---- the snapshot repository store (`super::repo`, migration 5) ----
+
+/// Blob IDs per `IN (…)` lookup: well under SQLite's parameter limit.
+const REPO_LOOKUP_BATCH: usize = 500;
+
+/// Inserts the client's repository with its first key object; `false` if it already has one.
+pub(crate) fn create_repository(
+    conn: &mut Connection,
+    client: &ClientId,
+    config: &[u8],
+    key: &[u8],
+    now: &str,
+) -> Result<bool, CatalogError> {
+    const OP: &str = "create_repository";
+    let tx = immediate(conn).map_err(query_err(OP))?;
+    if repository_exists(&tx, client)? {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO repositories (ClientId, Config, CreatedAt) VALUES (?1, ?2, ?3)",
+        params![client, config, now],
+    )
+    .map_err(query_err(OP))?;
+    tx.execute(
+        "INSERT INTO repo_keys (ClientId, Seq, KeyObject, AddedAt) VALUES (?1, 0, ?2, ?3)",
+        params![client, key, now],
+    )
+    .map_err(query_err(OP))?;
+    tx.commit().map_err(query_err(OP))?;
+    Ok(true)
+}
+
+/// Appends a key object unless the repository is missing, already holds these bytes, or
+/// holds `max_keys` key objects.
+pub(crate) fn add_repo_key(
+    conn: &mut Connection,
+    client: &ClientId,
+    key: &[u8],
+    max_keys: usize,
+    now: &str,
+) -> Result<AddKeyOutcome, CatalogError> {
+    const OP: &str = "add_repo_key";
+    let tx = immediate(conn).map_err(query_err(OP))?;
+    if !repository_exists(&tx, client)? {
+        return Ok(AddKeyOutcome::NoRepository);
+    }
+    let stored = tx
+        .query_row(
+            "SELECT 1 FROM repo_keys WHERE ClientId = ?1 AND KeyObject = ?2",
+            params![client, key],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(query_err(OP))?;
+    if stored.is_some() {
+        return Ok(AddKeyOutcome::AlreadyStored);
+    }
+    let (count, next): (i64, i64) = tx
+        .query_row(
+            "SELECT count(*), coalesce(max(Seq) + 1, 0) FROM repo_keys WHERE ClientId = ?1",
+            [client],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(query_err(OP))?;
+    if to_u64("repo key count", count)? >= max_keys as u64 {
+        return Ok(AddKeyOutcome::TooMany);
+    }
+    tx.execute(
+        "INSERT INTO repo_keys (ClientId, Seq, KeyObject, AddedAt) VALUES (?1, ?2, ?3, ?4)",
+        params![client, next, key, now],
+    )
+    .map_err(query_err(OP))?;
+    tx.commit().map_err(query_err(OP))?;
+    Ok(AddKeyOutcome::Added)
+}
+
+/// Whether the client has a repository.
+pub(crate) fn repository_exists(
+    conn: &Connection,
+    client: &ClientId,
+) -> Result<bool, CatalogError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM repositories WHERE ClientId = ?1",
+            [client],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(query_err("repository_exists"))?
+        .is_some())
+}
+
+/// The client's repository config and key objects (in the order they were added).
+pub(crate) fn repository(
+    conn: &Connection,
+    client: &ClientId,
+) -> Result<Option<RepoRecord>, CatalogError> {
+    const OP: &str = "repository";
+    let Some(config) = conn
+        .query_row(
+            "SELECT Config FROM repositories WHERE ClientId = ?1",
+            [client],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()
+        .map_err(query_err(OP))?
+    else {
+        return Ok(None);
+    };
+    let keys = conn
+        .prepare("SELECT KeyObject FROM repo_keys WHERE ClientId = ?1 ORDER BY Seq")
+        .and_then(|mut s| {
+            s.query_map([client], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(query_err(OP))?;
+    Ok(Some(RepoRecord { config, keys }))
+}
+
+/// Which of `packs` are indexed for the client.
+pub(crate) fn packs_indexed(
+    conn: &Connection,
+    client: &ClientId,
+    packs: &[PackId],
+) -> Result<Vec<bool>, CatalogError> {
+    let ids: Vec<[u8; 32]> = packs.iter().map(|p| p.0).collect();
+    let found = ids_present(
+        conn,
+        "SELECT PackId FROM repo_packs WHERE ClientId = ?1 AND PackId IN",
+        client,
+        &ids,
+        "packs_indexed",
+    )?;
+    Ok(ids.iter().map(|id| found.contains(id)).collect())
+}
+
+/// Which of `snapshots` are recorded for the client.
+pub(crate) fn snapshots_recorded(
+    conn: &Connection,
+    client: &ClientId,
+    snapshots: &[SnapshotId],
+) -> Result<Vec<bool>, CatalogError> {
+    let ids: Vec<[u8; 32]> = snapshots.iter().map(|s| s.0).collect();
+    let found = ids_present(
+        conn,
+        "SELECT SnapshotId FROM repo_snapshots WHERE ClientId = ?1 AND SnapshotId IN",
+        client,
+        &ids,
+        "snapshots_recorded",
+    )?;
+    Ok(ids.iter().map(|id| found.contains(id)).collect())
+}
+
+/// Indexes a stored pack and its entries in one transaction. A blob already indexed keeps
+/// its first location; a pack already indexed is left as it is.
+pub(crate) fn index_pack(
+    conn: &mut Connection,
+    client: &ClientId,
+    pack: &PackId,
+    size: u64,
+    entries: &[PackEntry],
+    stored_at: u64,
+) -> Result<(), CatalogError> {
+    const OP: &str = "index_pack";
+    let size = to_i64("pack size", size)?;
+    let stored_at = to_i64("stored at", stored_at)?;
+    let tx = immediate(conn).map_err(query_err(OP))?;
+    tx.execute(
+        "INSERT INTO repo_packs (ClientId, PackId, Size, StoredAt) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ClientId, PackId) DO NOTHING",
+        params![client, &pack.0, size, stored_at],
+    )
+    .map_err(query_err(OP))?;
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO repo_blobs (ClientId, BlobId, PackId, BlobOffset, BlobLen, Class)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (ClientId, BlobId) DO NOTHING",
+            )
+            .map_err(query_err(OP))?;
+        for entry in entries {
+            insert
+                .execute(params![
+                    client,
+                    &entry.id.0,
+                    &pack.0,
+                    to_i64("blob offset", entry.offset)?,
+                    entry.len,
+                    entry.class.to_byte(),
+                ])
+                .map_err(query_err(OP))?;
+        }
+    }
+    tx.commit().map_err(query_err(OP))
+}
+
+/// Where each of `ids` is stored for the client (`None`: not indexed).
+pub(crate) fn blob_locations(
+    conn: &Connection,
+    client: &ClientId,
+    ids: &[BlobId],
+) -> Result<Vec<Option<BlobLocation>>, CatalogError> {
+    const OP: &str = "blob_locations";
+    let raw: Vec<[u8; 32]> = ids.iter().map(|id| id.0).collect();
+    let mut found = BTreeMap::new();
+    for batch in raw.chunks(REPO_LOOKUP_BATCH) {
+        let sql = format!(
+            "SELECT BlobId, PackId, BlobOffset, BlobLen, Class, Verified FROM repo_blobs
+             WHERE ClientId = ?1 AND BlobId IN ({})",
+            placeholders(batch.len())
+        );
+        let mut statement = conn.prepare(&sql).map_err(query_err(OP))?;
+        let rows = statement
+            .query_map(batch_params(client, batch), |r| {
+                Ok((
+                    r.get::<_, [u8; 32]>(0)?,
+                    r.get::<_, [u8; 32]>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u8>(4)?,
+                    r.get::<_, bool>(5)?,
+                ))
+            })
+            .map_err(query_err(OP))?;
+        for row in rows {
+            let (id, pack, offset, len, class, verified) = row.map_err(query_err(OP))?;
+            let class = BlobClass::from_byte(class).ok_or(CatalogError::OutOfRange {
+                field: "blob class",
+                value: class.to_string(),
+            })?;
+            found.insert(
+                id,
+                BlobLocation {
+                    pack: PackId(pack),
+                    offset: to_u64("blob offset", offset)?,
+                    len,
+                    class,
+                    verified,
+                },
+            );
+        }
+    }
+    Ok(raw.iter().map(|id| found.get(id).copied()).collect())
+}
+
+/// Records a snapshot that passed the commit check, its reference chunks, and the reference
+/// chunks this commit verified, in one transaction; `false` if it was already recorded.
+pub(crate) fn record_snapshot(
+    conn: &mut Connection,
+    client: &ClientId,
+    snapshot: &NewSnapshot,
+) -> Result<bool, CatalogError> {
+    const OP: &str = "record_snapshot";
+    let tx = immediate(conn).map_err(query_err(OP))?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO repo_snapshots (ClientId, SnapshotId, Size, TimeSecs, TimeNanos, StoredAt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (ClientId, SnapshotId) DO NOTHING",
+            params![
+                client,
+                &snapshot.id.0,
+                to_i64("snapshot size", snapshot.size)?,
+                snapshot.time_secs,
+                snapshot.time_nanos,
+                to_i64("stored at", snapshot.stored_at)?,
+            ],
+        )
+        .map_err(query_err(OP))?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO repo_snapshot_refs (ClientId, SnapshotId, Seq, RefChunkId)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(query_err(OP))?;
+        for (seq, chunk) in snapshot.ref_chunks.iter().enumerate() {
+            insert
+                .execute(params![client, &snapshot.id.0, seq as i64, &chunk.0])
+                .map_err(query_err(OP))?;
+        }
+        let mut verify = tx
+            .prepare(
+                "UPDATE repo_blobs SET Verified = 1
+                 WHERE ClientId = ?1 AND BlobId = ?2 AND Class = 2",
+            )
+            .map_err(query_err(OP))?;
+        for chunk in &snapshot.verified_chunks {
+            verify
+                .execute(params![client, &chunk.0])
+                .map_err(query_err(OP))?;
+        }
+    }
+    tx.commit().map_err(query_err(OP))?;
+    Ok(true)
+}
+
+/// The client's snapshots, oldest backup first.
+pub(crate) fn list_snapshots(
+    conn: &Connection,
+    client: &ClientId,
+) -> Result<Vec<SnapshotRecord>, CatalogError> {
+    const OP: &str = "list_snapshots";
+    let rows = conn
+        .prepare(
+            "SELECT SnapshotId, Size, StoredAt FROM repo_snapshots WHERE ClientId = ?1
+             ORDER BY TimeSecs, TimeNanos, SnapshotId",
+        )
+        .and_then(|mut s| {
+            s.query_map([client], |r| {
+                Ok((
+                    r.get::<_, [u8; 32]>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(query_err(OP))?;
+    rows.into_iter()
+        .map(|(id, size, stored_at)| {
+            Ok(SnapshotRecord {
+                id: SnapshotId(id),
+                size: to_u64("snapshot size", size)?,
+                stored_at: to_u64("stored at", stored_at)?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes a snapshot's record and its reference list; `false` if it was not recorded.
+pub(crate) fn forget_snapshot(
+    conn: &mut Connection,
+    client: &ClientId,
+    id: &SnapshotId,
+) -> Result<bool, CatalogError> {
+    const OP: &str = "forget_snapshot";
+    let tx = immediate(conn).map_err(query_err(OP))?;
+    let deleted = tx
+        .execute(
+            "DELETE FROM repo_snapshots WHERE ClientId = ?1 AND SnapshotId = ?2",
+            params![client, &id.0],
+        )
+        .map_err(query_err(OP))?;
+    tx.execute(
+        "DELETE FROM repo_snapshot_refs WHERE ClientId = ?1 AND SnapshotId = ?2",
+        params![client, &id.0],
+    )
+    .map_err(query_err(OP))?;
+    tx.commit().map_err(query_err(OP))?;
+    Ok(deleted > 0)
+}
+
+/// The subset of `ids` that `select_in` (a `SELECT id … WHERE ClientId = ?1 AND id IN`
+/// prefix) finds, queried in batches.
+fn ids_present(
+    conn: &Connection,
+    select_in: &str,
+    client: &ClientId,
+    ids: &[[u8; 32]],
+    op: &'static str,
+) -> Result<BTreeSet<[u8; 32]>, CatalogError> {
+    let mut found = BTreeSet::new();
+    for batch in ids.chunks(REPO_LOOKUP_BATCH) {
+        let sql = format!("{select_in} ({})", placeholders(batch.len()));
+        let mut statement = conn.prepare(&sql).map_err(query_err(op))?;
+        let rows = statement
+            .query_map(batch_params(client, batch), |r| r.get::<_, [u8; 32]>(0))
+            .map_err(query_err(op))?;
+        for row in rows {
+            found.insert(row.map_err(query_err(op))?);
+        }
+    }
+    Ok(found)
+}
+
+/// `?2, ?3, …` for `n` values after the client id.
+fn placeholders(n: usize) -> String {
+    (2..n + 2)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn batch_params(client: &ClientId, batch: &[[u8; 32]]) -> rusqlite::ParamsFromIter<Vec<Value>> {
+    let mut values = Vec::with_capacity(batch.len() + 1);
+    values.push(Value::Blob(client.to_vec()));
+    values.extend(batch.iter().map(|id| Value::Blob(id.to_vec())));
+    params_from_iter(values)
 }
 
 #[cfg(test)]

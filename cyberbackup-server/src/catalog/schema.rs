@@ -149,6 +149,61 @@ const MIGRATIONS: &[&str] = &[
             VALUES (new.RowId, CAST(new.FileName AS TEXT));
     END;
     ",
+    // 5: the keyless snapshot repository store (`crate::repository`, docs/repository.md,
+    // "Server-side store"). One repository per client; every table is keyed by the client id
+    // first, so every query is one client's. `repo_blobs` is the blob index (blob ID -> pack,
+    // offset, length, class 1 sealed / 2 reference chunk); `Verified` = 1 on a reference
+    // chunk whose bytes were checked against its ID and whose every listed blob was indexed
+    // by a commit. Plain SQL (no WITHOUT ROWID, no INSERT OR IGNORE) so the same statements
+    // run on PostgreSQL later; `StoredAt` columns are Unix seconds.
+    r"
+    CREATE TABLE repositories (
+        ClientId  BLOB PRIMARY KEY CHECK (length(ClientId) = 16),
+        Config    BLOB NOT NULL,
+        CreatedAt TEXT NOT NULL
+    );
+    CREATE TABLE repo_keys (
+        ClientId  BLOB NOT NULL REFERENCES repositories(ClientId),
+        Seq       INTEGER NOT NULL,
+        KeyObject BLOB NOT NULL,
+        AddedAt   TEXT NOT NULL,
+        PRIMARY KEY (ClientId, Seq)
+    );
+    CREATE TABLE repo_packs (
+        ClientId BLOB NOT NULL REFERENCES repositories(ClientId),
+        PackId   BLOB NOT NULL CHECK (length(PackId) = 32),
+        Size     INTEGER NOT NULL,
+        StoredAt INTEGER NOT NULL,
+        PRIMARY KEY (ClientId, PackId)
+    );
+    CREATE TABLE repo_blobs (
+        ClientId   BLOB NOT NULL REFERENCES repositories(ClientId),
+        BlobId     BLOB NOT NULL CHECK (length(BlobId) = 32),
+        PackId     BLOB NOT NULL,
+        BlobOffset INTEGER NOT NULL,
+        BlobLen    INTEGER NOT NULL,
+        Class      INTEGER NOT NULL CHECK (Class IN (1, 2)),
+        Verified   INTEGER NOT NULL DEFAULT 0 CHECK (Verified IN (0, 1)),
+        PRIMARY KEY (ClientId, BlobId)
+    );
+    CREATE INDEX repo_blobs_by_pack ON repo_blobs(ClientId, PackId);
+    CREATE TABLE repo_snapshots (
+        ClientId   BLOB NOT NULL REFERENCES repositories(ClientId),
+        SnapshotId BLOB NOT NULL CHECK (length(SnapshotId) = 32),
+        Size       INTEGER NOT NULL,
+        TimeSecs   INTEGER NOT NULL,
+        TimeNanos  INTEGER NOT NULL,
+        StoredAt   INTEGER NOT NULL,
+        PRIMARY KEY (ClientId, SnapshotId)
+    );
+    CREATE TABLE repo_snapshot_refs (
+        ClientId   BLOB NOT NULL,
+        SnapshotId BLOB NOT NULL,
+        Seq        INTEGER NOT NULL,
+        RefChunkId BLOB NOT NULL,
+        PRIMARY KEY (ClientId, SnapshotId, Seq)
+    );
+    ",
 ];
 
 /// Newest schema version this build knows.

@@ -182,7 +182,7 @@ fn log_event(event: &ServerEvent) {
 }
 
 /// Refusals that answer what the user asked for (no such file, a name in use, a file too
-/// large, no or a wrong enrollment token), as opposed to the server failing or a peer
+/// large, no or a wrong enrollment token, no repository yet or one already), as opposed to the server failing or a peer
 /// misbehaving.
 fn is_user_mistake(code: ErrorCode) -> bool {
     [
@@ -194,6 +194,8 @@ fn is_user_mistake(code: ErrorCode) -> bool {
         ErrorCode::TOO_LARGE,
         ErrorCode::BAD_NAME,
         ErrorCode::BUSY,
+        ErrorCode::NO_REPOSITORY,
+        ErrorCode::EXISTS,
     ]
     .contains(&code)
 }

@@ -16,6 +16,7 @@ use cyberbackup_core::v4::{ContentDigest, Refusal, StorageFailure, V4Error};
 use rand_core::{CryptoRngCore, OsRng, RngCore};
 
 use super::partial::ResumablePartial;
+use super::repository::RepoConnection;
 use super::token_hash;
 use crate::catalog::v4::{V4RegisterOutcome, V4Version};
 use crate::catalog::{CommittingFile, FileRowId, ReceivedFile};
@@ -68,6 +69,8 @@ pub(crate) struct V4Effects<'a> {
     connection: u64,
     upload: Option<OpenUpload>,
     version: Option<Arc<File>>,
+    /// The repository object being put, if any.
+    repo: RepoConnection,
     summary: ConnectionSummary,
 }
 
@@ -79,6 +82,7 @@ impl<'a> V4Effects<'a> {
             connection,
             upload: None,
             version: None,
+            repo: RepoConnection::default(),
             summary: ConnectionSummary::new(4),
         }
     }
@@ -195,6 +199,27 @@ impl<'a> V4Effects<'a> {
                 self.version = None;
                 Ok(())
             }
+            ServerEffect::Repository { client_id, request } => {
+                let answer = self.repo.request(&self.shared.repo, client_id, request).await;
+                session.handle_repository(now(), answer)
+            }
+            ServerEffect::WritePut { data } => {
+                let len = data.len();
+                let result = self.repo.write(data).await;
+                if result.is_ok() {
+                    self.shared.stats.add_bytes_received(len);
+                    self.summary.received(len);
+                }
+                session.handle_storage(now(), result)
+            }
+            ServerEffect::FinishPut => {
+                let answer = self.repo.finish(&self.shared.repo).await;
+                session.handle_repository(now(), answer)
+            }
+            ServerEffect::AbortPut => {
+                self.repo.abort(&self.shared.repo).await;
+                Ok(())
+            }
             other => {
                 tracing::error!(?other, "v4 effect not supported by this server");
                 Err(V4Error::ApiMisuse("unsupported effect"))
@@ -206,6 +231,7 @@ impl<'a> V4Effects<'a> {
     /// the client resumes from there (every byte of it was authenticated).
     pub(crate) async fn finish_connection(&mut self) {
         self.version = None;
+        self.repo.abort(&self.shared.repo).await;
         let Some(mut open) = self.upload.take() else {
             return;
         };
@@ -762,6 +788,10 @@ fn effect_kind(effect: &ServerEffect) -> &'static str {
         ServerEffect::OpenVersion { .. } => "open_version",
         ServerEffect::ReadVersion { .. } => "read_version",
         ServerEffect::CloseVersion => "close_version",
+        ServerEffect::Repository { .. } => "repository",
+        ServerEffect::WritePut { .. } => "write_put",
+        ServerEffect::FinishPut => "finish_put",
+        ServerEffect::AbortPut => "abort_put",
         _ => "other",
     }
 }

@@ -7,6 +7,7 @@ mod driver;
 mod effects;
 pub mod identity;
 pub mod partial;
+mod repository;
 
 use std::path::PathBuf;
 use std::sync::Arc;

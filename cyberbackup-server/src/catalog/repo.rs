@@ -1,0 +1,222 @@
+//! Catalog tables of the snapshot repository store (`crate::repository`): one repository
+//! per client (config and key objects), its packs, the blob index and its snapshots with
+//! their reference lists. Every query is keyed by the client id the caller authenticated;
+//! the SQL is in `queries.rs`.
+
+use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId};
+
+use super::error::CatalogError;
+use super::model::ClientId;
+use super::{Catalog, now, queries};
+
+/// A client's repository: its config object and key objects, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoRecord {
+    /// The encoded config object.
+    pub config: Vec<u8>,
+    /// The encoded key objects, in the order they were added.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Result of [`Catalog::add_repo_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddKeyOutcome {
+    /// Stored.
+    Added,
+    /// These exact bytes were already stored (a retried request): nothing changed.
+    AlreadyStored,
+    /// The client has no repository.
+    NoRepository,
+    /// The repository already holds the most key objects allowed.
+    TooMany,
+}
+
+/// Where an indexed blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Its first byte in the pack.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u32,
+    /// Sealed blob or reference chunk.
+    pub class: BlobClass,
+    /// For a reference chunk: a commit already checked its bytes against its ID and found
+    /// every blob it lists indexed.
+    pub verified: bool,
+}
+
+/// A snapshot that passed the commit check, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSnapshot {
+    /// Its ID.
+    pub id: SnapshotId,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Backup time from the envelope: seconds since the Unix epoch.
+    pub time_secs: i64,
+    /// Backup time from the envelope: nanoseconds.
+    pub time_nanos: u32,
+    /// When the server stored it (Unix seconds).
+    pub stored_at: u64,
+    /// Its reference chunks, in envelope order (kept for the later prune).
+    pub ref_chunks: Vec<BlobId>,
+    /// Reference chunks this commit verified (marked so the next commit skips them).
+    pub verified_chunks: Vec<BlobId>,
+}
+
+/// One recorded snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// Its ID.
+    pub id: SnapshotId,
+    /// Object size in bytes.
+    pub size: u64,
+    /// When the server stored it (Unix seconds).
+    pub stored_at: u64,
+}
+
+impl Catalog {
+    /// Creates the client's repository with its first key object; `false` if it has one.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn create_repository(
+        &self,
+        client: ClientId,
+        config: Vec<u8>,
+        key: Vec<u8>,
+    ) -> Result<bool, CatalogError> {
+        let now = now();
+        self.write(move |c| queries::create_repository(c, &client, &config, &key, &now))
+            .await
+    }
+
+    /// Adds a key object to the client's repository (at most `max_keys` in all).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails; refusals are `Ok` outcomes.
+    pub async fn add_repo_key(
+        &self,
+        client: ClientId,
+        key: Vec<u8>,
+        max_keys: usize,
+    ) -> Result<AddKeyOutcome, CatalogError> {
+        let now = now();
+        self.write(move |c| queries::add_repo_key(c, &client, &key, max_keys, &now))
+            .await
+    }
+
+    /// Whether the client has a repository.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn repository_exists(&self, client: ClientId) -> Result<bool, CatalogError> {
+        self.read(move |c| queries::repository_exists(c, &client))
+            .await
+    }
+
+    /// The client's repository config and key objects.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn repository(&self, client: ClientId) -> Result<Option<RepoRecord>, CatalogError> {
+        self.read(move |c| queries::repository(c, &client)).await
+    }
+
+    /// Which of `packs` are indexed for the client.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn packs_indexed(
+        &self,
+        client: ClientId,
+        packs: Vec<PackId>,
+    ) -> Result<Vec<bool>, CatalogError> {
+        self.read(move |c| queries::packs_indexed(c, &client, &packs))
+            .await
+    }
+
+    /// Which of `snapshots` are recorded for the client.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn snapshots_recorded(
+        &self,
+        client: ClientId,
+        snapshots: Vec<SnapshotId>,
+    ) -> Result<Vec<bool>, CatalogError> {
+        self.read(move |c| queries::snapshots_recorded(c, &client, &snapshots))
+            .await
+    }
+
+    /// Indexes a pack the backend has durably stored, with all its entries, in one
+    /// transaction (a blob already indexed keeps its first location).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn index_pack(
+        &self,
+        client: ClientId,
+        pack: PackId,
+        size: u64,
+        entries: Vec<PackEntry>,
+        stored_at: u64,
+    ) -> Result<(), CatalogError> {
+        self.write(move |c| queries::index_pack(c, &client, &pack, size, &entries, stored_at))
+            .await
+    }
+
+    /// Where each of `ids` is stored for the client (`None`: not indexed).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn blob_locations(
+        &self,
+        client: ClientId,
+        ids: Vec<BlobId>,
+    ) -> Result<Vec<Option<BlobLocation>>, CatalogError> {
+        self.read(move |c| queries::blob_locations(c, &client, &ids))
+            .await
+    }
+
+    /// Records a committed snapshot (see [`NewSnapshot`]) in one transaction; `false` if it
+    /// was already recorded.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn record_snapshot(
+        &self,
+        client: ClientId,
+        snapshot: NewSnapshot,
+    ) -> Result<bool, CatalogError> {
+        self.write(move |c| queries::record_snapshot(c, &client, &snapshot))
+            .await
+    }
+
+    /// The client's snapshots, oldest backup first.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn list_snapshots(
+        &self,
+        client: ClientId,
+    ) -> Result<Vec<SnapshotRecord>, CatalogError> {
+        self.read(move |c| queries::list_snapshots(c, &client))
+            .await
+    }
+
+    /// Deletes a snapshot record and its reference list; `false` if it was not recorded.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn forget_snapshot(
+        &self,
+        client: ClientId,
+        id: SnapshotId,
+    ) -> Result<bool, CatalogError> {
+        self.write(move |c| queries::forget_snapshot(c, &client, &id))
+            .await
+    }
+}

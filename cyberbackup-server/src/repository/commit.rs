@@ -1,0 +1,154 @@
+//! The commit check of a snapshot, without keys: a snapshot becomes visible only when every
+//! reference chunk its envelope names is indexed as a reference chunk, and every blob each
+//! of those chunks lists is indexed. A chunk a commit already verified (its bytes checked
+//! against its ID, every listed blob found) is not read again; any other is read back from
+//! its pack and checked with `RefChunk::decode_verified`. Memory: the snapshot object (bounded
+//! by `MAX_SNAPSHOT_OBJECT_LEN`) and one reference chunk at a time, never the whole index.
+
+use bytes::Bytes;
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::repo::{BlobClass, BlobId, RefChunk, SnapshotEnvelope, SnapshotId};
+
+use super::staging::Received;
+use super::{RepoStore, RepoStoreError, bad_object, layout, unix_now};
+use crate::backend::ContentHash;
+use crate::catalog::repo::{BlobLocation, NewSnapshot};
+
+/// Reference chunks looked up in the catalog per query.
+const LOOKUP_BATCH: usize = 2000;
+
+/// What a commit found missing.
+#[derive(Debug, Default)]
+struct Missing {
+    count: u64,
+    example: Option<String>,
+}
+
+impl Missing {
+    fn add(&mut self, count: u64, example: impl FnOnce() -> String) {
+        self.count += count;
+        if self.example.is_none() && count > 0 {
+            self.example = Some(example());
+        }
+    }
+}
+
+/// Checks a received snapshot object, stores it and records it.
+pub(super) async fn commit_snapshot(
+    store: &RepoStore,
+    client: ClientId,
+    id: SnapshotId,
+    size: u64,
+    received: Received,
+) -> Result<(), RepoStoreError> {
+    let bytes = received.read_at(0, size).await?;
+    let (envelope, actual) = SnapshotEnvelope::decode(&bytes).map_err(bad_object)?;
+    if actual != id {
+        return Err(RepoStoreError::HashMismatch {
+            expected: id.to_hex(),
+            actual: actual.to_hex(),
+        });
+    }
+    let verified_chunks = check_references(store, client, &envelope.ref_chunks).await?;
+    let key = layout::snapshot_key(client, &id);
+    store
+        .inner
+        .backend
+        .put_bytes(
+            &key,
+            Bytes::from(bytes),
+            ContentHash::from_bytes(received.hash),
+        )
+        .await?;
+    store
+        .inner
+        .catalog
+        .record_snapshot(
+            client.0,
+            NewSnapshot {
+                id,
+                size,
+                time_secs: envelope.time.secs,
+                time_nanos: envelope.time.nanos,
+                stored_at: unix_now(),
+                ref_chunks: envelope.ref_chunks,
+                verified_chunks,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// `Ok(chunks verified now)` when every reference chunk and every blob they list is
+/// indexed; [`RepoStoreError::MissingBlobs`] otherwise.
+async fn check_references(
+    store: &RepoStore,
+    client: ClientId,
+    ref_chunks: &[BlobId],
+) -> Result<Vec<BlobId>, RepoStoreError> {
+    let catalog = &store.inner.catalog;
+    let mut missing = Missing::default();
+    let mut verified_now = Vec::new();
+    for batch in ref_chunks.chunks(LOOKUP_BATCH) {
+        let locations = catalog.blob_locations(client.0, batch.to_vec()).await?;
+        for (chunk_id, location) in batch.iter().zip(locations) {
+            match location {
+                None => missing.add(1, || format!("reference chunk {chunk_id}")),
+                Some(location) if location.class != BlobClass::RefChunk => missing.add(1, || {
+                    format!("reference chunk {chunk_id} (stored as a sealed blob)")
+                }),
+                Some(location) if location.verified => {}
+                Some(location) => {
+                    let absent =
+                        check_chunk(store, client, chunk_id, &location, &mut missing).await?;
+                    if !absent {
+                        verified_now.push(*chunk_id);
+                    }
+                }
+            }
+        }
+    }
+    if missing.count > 0 {
+        return Err(RepoStoreError::MissingBlobs {
+            missing: missing.count,
+            example: missing.example.unwrap_or_default(),
+        });
+    }
+    Ok(verified_now)
+}
+
+/// Reads one unverified reference chunk back from its pack and checks it and the blobs it
+/// lists; returns whether anything was missing (added to `missing`).
+async fn check_chunk(
+    store: &RepoStore,
+    client: ClientId,
+    chunk_id: &BlobId,
+    location: &BlobLocation,
+    missing: &mut Missing,
+) -> Result<bool, RepoStoreError> {
+    let key = layout::pack_key(client, &location.pack);
+    let range = location.offset..location.offset + u64::from(location.len);
+    let bytes = store.inner.backend.get(&key, Some(range)).await?;
+    let Ok(chunk) = RefChunk::decode_verified(&bytes, chunk_id) else {
+        missing.add(1, || {
+            format!("reference chunk {chunk_id} (its stored bytes do not match its ID)")
+        });
+        return Ok(true);
+    };
+    let found = store
+        .inner
+        .catalog
+        .blob_locations(client.0, chunk.ids().to_vec())
+        .await?;
+    let mut absent = chunk
+        .ids()
+        .iter()
+        .zip(&found)
+        .filter(|(_, location)| location.is_none())
+        .map(|(id, _)| id);
+    let Some(first) = absent.next() else {
+        return Ok(false);
+    };
+    missing.add(1 + absent.count() as u64, || format!("blob {first}"));
+    Ok(true)
+}

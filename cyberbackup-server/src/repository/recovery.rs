@@ -1,0 +1,173 @@
+//! Start-up crash recovery of the repository store (docs/reliability.md, "Repository
+//! store"). A crash can leave:
+//!
+//! * staging files (a put in progress): removed; no client was told the object was stored.
+//! * a pack in the backend that is not indexed (crash between the backend's put and the
+//!   index transaction): **indexed from its header** — the backend only stores a pack whose
+//!   hash matched, and the header parsed before the put, so indexing it is what the
+//!   interrupted put would have done. A pack whose header no longer parses (damage), or
+//!   whose client has no repository, is deleted: nothing acknowledged refers to it.
+//! * a snapshot object without a record (crash between the backend's put and the record
+//!   transaction, or between a forget's record deletion and its object deletion):
+//!   **deleted**; the client was not told it was committed (it commits again) or was told
+//!   it was forgotten.
+
+use std::collections::BTreeMap;
+
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::repo::{PackId, SnapshotId};
+use futures_util::StreamExt;
+
+use super::layout::{self, Located};
+use super::{RepoStore, RepoStoreError, StoredPack, read_pack_header, unix_now};
+use crate::backend::{ObjectInfo, ObjectKey};
+
+/// Backend objects checked against the catalog per batch.
+const BATCH: usize = 500;
+
+/// What [`RepoStore::recover`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Staging files removed (puts a crash interrupted).
+    pub staging_files_removed: u64,
+    /// Packs found in the backend but not in the index, indexed from their headers.
+    pub packs_indexed: u64,
+    /// Unindexed packs deleted (header damaged, or no repository for the client).
+    pub packs_deleted: u64,
+    /// Snapshot objects without a record, deleted.
+    pub snapshots_deleted: u64,
+    /// Backend objects that are not repository objects, left alone.
+    pub unknown_objects: u64,
+}
+
+pub(super) async fn recover(store: &RepoStore) -> Result<RecoveryReport, RepoStoreError> {
+    let mut report = RecoveryReport {
+        staging_files_removed: clean_staging(store).await?,
+        ..RecoveryReport::default()
+    };
+    let backend = &store.inner.backend;
+    let mut listing = backend.list(None);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let next = listing.next().await.transpose()?;
+        let done = next.is_none();
+        if let Some(info) = next {
+            batch.push(info);
+        }
+        if batch.len() >= BATCH || (done && !batch.is_empty()) {
+            reconcile(store, std::mem::take(&mut batch), &mut report).await?;
+        }
+        if done {
+            break;
+        }
+    }
+    if report != RecoveryReport::default() {
+        tracing::info!(
+            ?report,
+            "repository store recovered from an interrupted run"
+        );
+    }
+    Ok(report)
+}
+
+/// Creates the staging directory (0700) if needed and removes every file in it.
+async fn clean_staging(store: &RepoStore) -> Result<u64, RepoStoreError> {
+    let dir = store.inner.staging_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        cyberbackup_fs::create_private_dir(&dir)
+            .map_err(RepoStoreError::io("create staging directory", &dir))?;
+        let mut removed = 0;
+        let entries =
+            std::fs::read_dir(&dir).map_err(RepoStoreError::io("read staging directory", &dir))?;
+        for entry in entries {
+            let path = entry
+                .map_err(RepoStoreError::io("read staging directory", &dir))?
+                .path();
+            std::fs::remove_file(&path)
+                .map_err(RepoStoreError::io("remove staging file", &path))?;
+            removed += 1;
+        }
+        Ok(removed)
+    })
+    .await
+    .map_err(|e| RepoStoreError::Io {
+        op: "clean staging directory",
+        path: store.inner.staging_dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
+/// Checks one batch of backend objects against the catalog, client by client.
+async fn reconcile(
+    store: &RepoStore,
+    batch: Vec<ObjectInfo>,
+    report: &mut RecoveryReport,
+) -> Result<(), RepoStoreError> {
+    let mut packs: BTreeMap<ClientId, Vec<(PackId, ObjectInfo)>> = BTreeMap::new();
+    let mut snapshots: BTreeMap<ClientId, Vec<(SnapshotId, ObjectKey)>> = BTreeMap::new();
+    for info in batch {
+        match layout::parse(&info.key) {
+            Some(Located::Pack(client, id)) => packs.entry(client).or_default().push((id, info)),
+            Some(Located::Snapshot(client, id)) => {
+                snapshots.entry(client).or_default().push((id, info.key));
+            }
+            None => report.unknown_objects += 1,
+        }
+    }
+    let catalog = &store.inner.catalog;
+    for (client, items) in packs {
+        let ids = items.iter().map(|(id, _)| *id).collect();
+        let indexed = catalog.packs_indexed(client.0, ids).await?;
+        for ((id, info), indexed) in items.into_iter().zip(indexed) {
+            if !indexed {
+                recover_pack(store, client, id, &info, report).await?;
+            }
+        }
+    }
+    for (client, items) in snapshots {
+        let ids = items.iter().map(|(id, _)| *id).collect();
+        let recorded = catalog.snapshots_recorded(client.0, ids).await?;
+        for ((_, key), recorded) in items.into_iter().zip(recorded) {
+            if !recorded {
+                store.inner.backend.delete(&key).await?;
+                report.snapshots_deleted += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Indexes an unindexed pack from its header, or deletes it.
+async fn recover_pack(
+    store: &RepoStore,
+    client: ClientId,
+    id: PackId,
+    info: &ObjectInfo,
+    report: &mut RecoveryReport,
+) -> Result<(), RepoStoreError> {
+    let backend = &store.inner.backend;
+    let catalog = &store.inner.catalog;
+    let header = if catalog.repository_exists(client.0).await? {
+        let pack = StoredPack {
+            backend: backend.as_ref(),
+            key: &info.key,
+        };
+        read_pack_header(info.len_bytes, &pack).await
+    } else {
+        Err(RepoStoreError::NoRepository)
+    };
+    match header {
+        Ok(header) => {
+            catalog
+                .index_pack(client.0, id, info.len_bytes, header.entries, unix_now())
+                .await?;
+            report.packs_indexed += 1;
+        }
+        Err(RepoStoreError::BadObject(_) | RepoStoreError::NoRepository) => {
+            backend.delete(&info.key).await?;
+            report.packs_deleted += 1;
+        }
+        Err(other) => return Err(other),
+    }
+    Ok(())
+}

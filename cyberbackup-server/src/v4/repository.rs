@@ -1,0 +1,165 @@
+//! [`RepoConnection`]: the repository operations of one v4 connection
+//! (`docs/protocol-v4.md` §9a), carried out on the keyless [`RepoStore`]. The client id is
+//! always the one the session authenticated, never a value from the wire; the store's
+//! errors become the protocol's refusals here, and only here.
+
+use bytes::Bytes;
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::v4::repository::{PutTarget, RepoRequest, SnapshotEntry};
+use cyberbackup_core::v4::server::RepoAnswer;
+use cyberbackup_core::v4::wire::ErrorCode;
+use cyberbackup_core::v4::{Refusal, StorageFailure};
+
+use crate::repository::{ObjectClass, PutStart, RepoStore, RepoStoreError, StagedPut};
+
+/// The object a connection is putting, between `PUT_READY` and `PUT_END`.
+#[derive(Debug, Default)]
+pub(crate) struct RepoConnection {
+    staged: Option<StagedPut>,
+}
+
+impl RepoConnection {
+    /// Answers one request of `client`.
+    pub(crate) async fn request(
+        &mut self,
+        store: &RepoStore,
+        client: ClientId,
+        request: RepoRequest,
+    ) -> Result<RepoAnswer, Refusal> {
+        let answer = match request {
+            RepoRequest::Open => {
+                let state = store.state(client).await.map_err(refusal)?;
+                match state {
+                    Some(state) => RepoAnswer::State {
+                        config: Some(state.config),
+                        keys: state.keys,
+                    },
+                    None => RepoAnswer::State {
+                        config: None,
+                        keys: Vec::new(),
+                    },
+                }
+            }
+            RepoRequest::Create { config, key } => {
+                store.create(client, config, key).await.map_err(refusal)?;
+                RepoAnswer::Done
+            }
+            RepoRequest::AddKey { key } => {
+                store.add_key(client, key).await.map_err(refusal)?;
+                RepoAnswer::Done
+            }
+            RepoRequest::Have { ids } => {
+                RepoAnswer::Have(store.have(client, &ids).await.map_err(refusal)?)
+            }
+            RepoRequest::Put { target, size } => {
+                let (class, id) = match target {
+                    PutTarget::Pack(id) => (ObjectClass::Pack, id.0),
+                    PutTarget::Snapshot(id) => (ObjectClass::Snapshot, id.0),
+                };
+                match store
+                    .begin_put(client, class, id, size)
+                    .await
+                    .map_err(refusal)?
+                {
+                    PutStart::AlreadyStored => RepoAnswer::Stored,
+                    PutStart::Receiving(staged) => {
+                        self.staged = Some(staged);
+                        RepoAnswer::PutReady
+                    }
+                }
+            }
+            RepoRequest::Get { target } => {
+                let object = match target {
+                    cyberbackup_core::v4::repository::GetTarget::Blob(id) => {
+                        store.get_blob(client, id).await
+                    }
+                    cyberbackup_core::v4::repository::GetTarget::Snapshot(id) => {
+                        store.get_snapshot(client, id).await
+                    }
+                };
+                RepoAnswer::Object(object.map_err(refusal)?)
+            }
+            RepoRequest::Snapshots => {
+                let listed = store.snapshots(client).await.map_err(refusal)?;
+                RepoAnswer::Snapshots(
+                    listed
+                        .into_iter()
+                        .map(|snapshot| SnapshotEntry {
+                            id: snapshot.id,
+                            size: snapshot.size,
+                            stored_unix_secs: snapshot.stored_at,
+                        })
+                        .collect(),
+                )
+            }
+            RepoRequest::Forget { id } => {
+                store.forget(client, id).await.map_err(refusal)?;
+                RepoAnswer::Done
+            }
+            RepoRequest::PutEnd => {
+                return Err(Refusal::new(
+                    ErrorCode::PROTOCOL,
+                    "PUT_END is not a request of its own",
+                ));
+            }
+        };
+        Ok(answer)
+    }
+
+    /// Appends `data` to the staged object.
+    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), StorageFailure> {
+        let Some(staged) = &mut self.staged else {
+            return Err(StorageFailure {
+                reason: "no object is being put".into(),
+            });
+        };
+        staged.write(data).await.map_err(|err| {
+            tracing::error!(%err, "cannot stage a repository object");
+            StorageFailure {
+                reason: err.to_string(),
+            }
+        })
+    }
+
+    /// Verifies the staged object and makes it durable and visible.
+    pub(crate) async fn finish(&mut self, store: &RepoStore) -> Result<RepoAnswer, Refusal> {
+        let Some(staged) = self.staged.take() else {
+            return Err(Refusal::new(
+                ErrorCode::PROTOCOL,
+                "no object is being put",
+            ));
+        };
+        store.finish_put(staged).await.map_err(refusal)?;
+        Ok(RepoAnswer::Stored)
+    }
+
+    /// Discards the staged object, if any (refused, or the connection ended).
+    pub(crate) async fn abort(&mut self, store: &RepoStore) {
+        if let Some(staged) = self.staged.take() {
+            store.abort_put(staged).await;
+        }
+    }
+}
+
+/// The protocol's answer to a store error: what went wrong and what the user can do. The
+/// store's own failures (backend, catalog) are logged here and reported as `STORAGE`.
+fn refusal(err: RepoStoreError) -> Refusal {
+    let code = match &err {
+        RepoStoreError::NoRepository => ErrorCode::NO_REPOSITORY,
+        RepoStoreError::Exists => ErrorCode::EXISTS,
+        RepoStoreError::BadObject(_) => ErrorCode::BAD_OBJECT,
+        RepoStoreError::HashMismatch { .. } => ErrorCode::HASH_MISMATCH,
+        RepoStoreError::MissingBlobs { .. } => ErrorCode::MISSING_BLOBS,
+        RepoStoreError::NotFound { .. } => ErrorCode::NOT_FOUND,
+        RepoStoreError::TooLarge { .. } => ErrorCode::TOO_LARGE,
+        _ => {
+            tracing::error!(%err, "repository store failed");
+            return Refusal::new(
+                ErrorCode::STORAGE,
+                "the server could not access the repository; retry later (details are in the server log)",
+            );
+        }
+    };
+    Refusal::new(code, err.to_string())
+}
+

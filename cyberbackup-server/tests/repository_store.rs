@@ -1,0 +1,870 @@
+//! The keyless repository store (`cyberbackup_server::repository`) against a real SQLite
+//! catalog and a real local backend in a temp directory, with repositories built by the
+//! core's own writers (`BlobSealer`, `PackWriter`, `RefListBuilder`, `Snapshot::seal`) under
+//! a seeded RNG: pack put and get, hash and header checks, the snapshot commit check,
+//! client isolation, staging files, crash recovery, forget, and that nothing in the data
+//! directory is plaintext. Runtime: about a second.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::repo::{
+    BlobId, BlobKind, BlobSealer, DeviceKey, KeyObject, MasterKey, PackId, PackWriter,
+    RefListBuilder, RepoConfig, RepoKeys, SealedSnapshot, Snapshot, SnapshotEnvelope, Timestamp,
+};
+use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
+use cyberbackup_server::backend::{Backend, ContentHash, ObjectKey};
+use cyberbackup_server::catalog::Catalog;
+use cyberbackup_server::repository::{
+    ObjectClass, PutStart, RecoveryReport, RepoStore, RepoStoreError,
+};
+use futures_util::StreamExt;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+const ALICE: ClientId = ClientId([0xa1; 16]);
+const BOB: ClientId = ClientId([0xb0; 16]);
+const NOBODY: ClientId = ClientId([0x0e; 16]);
+/// Plaintext that must never reach the server's disk.
+const MARKER: &[u8] = b"PLAINTEXT-MARKER-7f3a9c-file-content";
+const HOST_MARKER: &[u8] = b"HOSTNAME-MARKER-51d2e0";
+
+/// A store on a fresh data directory, recovered once (as the server's start-up does).
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: RepoStore,
+    backend: Arc<LocalBackend>,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, backend) = open(dir.path()).await;
+        store.recover().await.unwrap();
+        Self {
+            dir,
+            store,
+            backend,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.data().join("repo-staging")
+    }
+
+    /// Every backend key, sorted.
+    async fn objects(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .backend
+            .list(None)
+            .map(|item| item.unwrap().key.to_string())
+            .collect()
+            .await;
+        keys.sort();
+        keys
+    }
+}
+
+async fn open(root: &Path) -> (RepoStore, Arc<LocalBackend>) {
+    let data = root.join("data");
+    let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();
+    let backend = Arc::new(LocalBackend::open(LocalConfig::new(data.join("repository"))).unwrap());
+    let store = RepoStore::new(
+        Arc::clone(&backend) as Arc<dyn Backend>,
+        catalog,
+        data.join("repo-staging"),
+        64 << 20,
+    );
+    (store, backend)
+}
+
+/// A client-side repository: keys, config, a key object, and the core's writers.
+struct Repo {
+    keys: RepoKeys,
+    config: Bytes,
+    key: Bytes,
+    sealer: BlobSealer,
+    rng: ChaCha20Rng,
+}
+
+impl Repo {
+    fn new(seed: u8) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(u64::from(seed));
+        let master = MasterKey::generate(&mut rng);
+        let keys = master.derive();
+        let config = RepoConfig::new([seed; 16]);
+        let encoded = config.encode(&keys).unwrap();
+        let device = DeviceKey::generate(&mut rng);
+        let key = KeyObject::wrap_with_device_key(&master, &device, b"laptop", &mut rng).unwrap();
+        Self {
+            sealer: BlobSealer::new(&keys, &config).unwrap(),
+            keys,
+            config: encoded.into(),
+            key: key.encode().into(),
+            rng,
+        }
+    }
+
+    fn another_key(&mut self) -> Bytes {
+        let master = MasterKey::generate(&mut self.rng);
+        let device = DeviceKey::generate(&mut self.rng);
+        KeyObject::wrap_with_device_key(&master, &device, b"other", &mut self.rng)
+            .unwrap()
+            .encode()
+            .into()
+    }
+
+    /// A pack of sealed data blobs: its ID, bytes, and the blobs' IDs and sealed bytes.
+    fn data_pack(&mut self, plaintexts: &[&[u8]]) -> (PackId, Vec<u8>, Vec<(BlobId, Bytes)>) {
+        let mut writer = PackWriter::new(1 << 20);
+        let mut bytes = Vec::new();
+        let mut blobs = Vec::new();
+        for plain in plaintexts {
+            let id = self.sealer.id(plain);
+            let sealed = self
+                .sealer
+                .seal(BlobKind::Data, id, plain, &mut self.rng)
+                .unwrap();
+            bytes.extend_from_slice(&writer.push_sealed(&sealed).unwrap());
+            blobs.push((id, sealed.bytes));
+        }
+        let finished = writer.finish();
+        bytes.extend_from_slice(&finished.tail);
+        assert_eq!(PackId::of(&bytes), finished.id);
+        (finished.id, bytes, blobs)
+    }
+
+    /// A pack of the reference chunks listing `ids`: its ID, bytes and the chunks' IDs.
+    fn ref_pack(&mut self, ids: &[BlobId]) -> (PackId, Vec<u8>, Vec<BlobId>) {
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let mut builder = RefListBuilder::new();
+        let mut chunks = Vec::new();
+        for id in sorted {
+            chunks.extend(builder.push(id).unwrap());
+        }
+        chunks.extend(builder.finish());
+        let mut writer = PackWriter::new(1 << 20);
+        let mut bytes = Vec::new();
+        for chunk in &chunks {
+            bytes.extend_from_slice(&writer.push_ref_chunk(chunk).unwrap());
+        }
+        let finished = writer.finish();
+        bytes.extend_from_slice(&finished.tail);
+        (finished.id, bytes, chunks.iter().map(|c| c.id()).collect())
+    }
+
+    /// A sealed snapshot whose envelope names `ref_chunks`.
+    fn snapshot(&mut self, ref_chunks: Vec<BlobId>, secs: i64) -> SealedSnapshot {
+        let time = Timestamp { secs, nanos: 5 };
+        let envelope = SnapshotEnvelope {
+            time,
+            total_bytes: 100,
+            blob_count: 2,
+            ref_chunks,
+        };
+        let body = Snapshot {
+            time,
+            host: HOST_MARKER.to_vec(),
+            user: b"alice".to_vec(),
+            paths: vec![b"/home/alice/secret-project".to_vec()],
+            ..Snapshot::default()
+        };
+        body.seal(&envelope, &self.keys, &mut self.rng).unwrap()
+    }
+}
+
+/// Sends `bytes` as one put in uneven pieces, the way a connection would.
+async fn put(
+    store: &RepoStore,
+    client: ClientId,
+    class: ObjectClass,
+    id: [u8; 32],
+    bytes: &[u8],
+) -> Result<(), RepoStoreError> {
+    let start = store
+        .begin_put(client, class, id, bytes.len() as u64)
+        .await?;
+    let PutStart::Receiving(mut staged) = start else {
+        return Ok(());
+    };
+    for piece in bytes.chunks(1000) {
+        staged.write(Bytes::copy_from_slice(piece)).await?;
+    }
+    store.finish_put(staged).await
+}
+
+async fn put_pack(store: &RepoStore, client: ClientId, id: PackId, bytes: &[u8]) {
+    put(store, client, ObjectClass::Pack, id.0, bytes)
+        .await
+        .unwrap();
+}
+
+async fn commit(
+    store: &RepoStore,
+    client: ClientId,
+    snapshot: &SealedSnapshot,
+) -> Result<(), RepoStoreError> {
+    put(
+        store,
+        client,
+        ObjectClass::Snapshot,
+        snapshot.id.0,
+        &snapshot.bytes,
+    )
+    .await
+}
+
+async fn create(fx: &Fixture, client: ClientId, repo: &Repo) {
+    fx.store
+        .create(client, repo.config.clone(), repo.key.clone())
+        .await
+        .unwrap();
+}
+
+/// Every file under `root` (relative), hidden ones included.
+fn files_under(root: &Path) -> Vec<String> {
+    let mut files: Vec<String> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+fn pack_key(client: ClientId, pack: &PackId) -> ObjectKey {
+    let hex = pack.to_hex();
+    ObjectKey::new(format!(
+        "{}/packs/{}/{hex}",
+        hex::encode(client.0),
+        &hex[..2]
+    ))
+    .unwrap()
+}
+
+fn snapshot_key(client: ClientId, snapshot: &SealedSnapshot) -> ObjectKey {
+    ObjectKey::new(format!(
+        "{}/snapshots/{}",
+        hex::encode(client.0),
+        snapshot.id.to_hex()
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn pack_round_trip_and_have() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(1);
+    create(&fx, ALICE, &repo).await;
+    let (pack, bytes, blobs) = repo.data_pack(&[b"one", b"two two", MARKER]);
+    put_pack(&fx.store, ALICE, pack, &bytes).await;
+
+    let unknown = BlobId([9; 32]);
+    let mut ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    ids.push(unknown);
+    assert_eq!(
+        fx.store.have(ALICE, &ids).await.unwrap(),
+        [true, true, true, false]
+    );
+    for (id, sealed) in &blobs {
+        assert_eq!(fx.store.get_blob(ALICE, *id).await.unwrap(), sealed);
+    }
+    assert!(matches!(
+        fx.store.get_blob(ALICE, unknown).await,
+        Err(RepoStoreError::NotFound { what: "blob", .. })
+    ));
+    assert_eq!(
+        fx.objects().await,
+        [pack_key(ALICE, &pack).to_string()],
+        "the pack is stored under its documented key"
+    );
+    // The same pack again is already stored: nothing to send.
+    let again = fx
+        .store
+        .begin_put(ALICE, ObjectClass::Pack, pack.0, bytes.len() as u64)
+        .await
+        .unwrap();
+    assert!(matches!(again, PutStart::AlreadyStored), "{again:?}");
+    assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_duplicate_blob_keeps_its_first_location() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(2);
+    create(&fx, ALICE, &repo).await;
+    let (first, first_bytes, blobs) = repo.data_pack(&[b"shared blob"]);
+    // The same plaintext sealed again (another salt): the same ID, other bytes.
+    let (second, second_bytes, again) = repo.data_pack(&[b"shared blob", b"other"]);
+    assert_eq!(blobs[0].0, again[0].0);
+    assert_ne!(blobs[0].1, again[0].1);
+    put_pack(&fx.store, ALICE, first, &first_bytes).await;
+    put_pack(&fx.store, ALICE, second, &second_bytes).await;
+    assert_eq!(
+        fx.store.get_blob(ALICE, blobs[0].0).await.unwrap(),
+        blobs[0].1
+    );
+    assert_eq!(
+        fx.store.get_blob(ALICE, again[1].0).await.unwrap(),
+        again[1].1
+    );
+}
+
+#[tokio::test]
+async fn hash_mismatch_leaves_nothing() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(3);
+    create(&fx, ALICE, &repo).await;
+    let (pack, bytes, blobs) = repo.data_pack(&[b"payload"]);
+    let mut tampered = bytes.clone();
+    tampered[3] ^= 1;
+    let err = put(&fx.store, ALICE, ObjectClass::Pack, pack.0, &tampered)
+        .await
+        .unwrap_err();
+    match &err {
+        RepoStoreError::HashMismatch { expected, actual } => {
+            assert_eq!(*expected, pack.to_hex());
+            assert_eq!(*actual, PackId::of(&tampered).to_hex());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("nothing was stored"), "{err}");
+    assert_eq!(
+        fx.objects().await,
+        Vec::<String>::new(),
+        "no backend object"
+    );
+    assert_eq!(fx.store.have(ALICE, &[blobs[0].0]).await.unwrap(), [false]);
+    // No pack row either: the put may start again.
+    let again = fx
+        .store
+        .begin_put(ALICE, ObjectClass::Pack, pack.0, bytes.len() as u64)
+        .await
+        .unwrap();
+    assert!(matches!(again, PutStart::Receiving(_)), "{again:?}");
+    drop(again);
+    assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_pack_whose_header_does_not_parse_is_refused() {
+    let fx = Fixture::new().await;
+    let repo = Repo::new(4);
+    create(&fx, ALICE, &repo).await;
+    for bytes in [
+        b"not a pack at all, just bytes".to_vec(),
+        b"short".to_vec(),
+        // A valid trailer pointing at a header that is not one.
+        [&[0u8; 20][..], &20u32.to_le_bytes(), b"CBPK"].concat(),
+    ] {
+        let id = PackId::of(&bytes);
+        let err = put(&fx.store, ALICE, ObjectClass::Pack, id.0, &bytes)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RepoStoreError::BadObject(_)), "{err:?}");
+    }
+    assert_eq!(fx.objects().await, Vec::<String>::new());
+    assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_put_must_have_the_announced_length() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(5);
+    create(&fx, ALICE, &repo).await;
+    let (pack, bytes, _) = repo.data_pack(&[b"x"]);
+    let PutStart::Receiving(mut staged) = fx
+        .store
+        .begin_put(ALICE, ObjectClass::Pack, pack.0, bytes.len() as u64)
+        .await
+        .unwrap()
+    else {
+        panic!("not stored yet")
+    };
+    staged
+        .write(Bytes::copy_from_slice(&bytes[..10]))
+        .await
+        .unwrap();
+    let err = fx.store.finish_put(staged).await.unwrap_err();
+    assert!(matches!(err, RepoStoreError::BadObject(_)), "{err}");
+    let PutStart::Receiving(mut staged) = fx
+        .store
+        .begin_put(ALICE, ObjectClass::Pack, pack.0, 4)
+        .await
+        .unwrap()
+    else {
+        panic!("not stored yet")
+    };
+    let err = staged
+        .write(Bytes::from_static(b"12345"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("announced"), "{err}");
+    let err = fx
+        .store
+        .begin_put(ALICE, ObjectClass::Pack, pack.0, (64 << 20) + 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoStoreError::TooLarge { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_commit_with_a_missing_blob_is_refused_and_nothing_is_listed() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(6);
+    create(&fx, ALICE, &repo).await;
+    let (data, data_bytes, blobs) = repo.data_pack(&[b"stored"]);
+    put_pack(&fx.store, ALICE, data, &data_bytes).await;
+    let never_sent = repo.sealer.id(b"never sent");
+    let (refs, ref_bytes, chunks) = repo.ref_pack(&[blobs[0].0, never_sent]);
+    put_pack(&fx.store, ALICE, refs, &ref_bytes).await;
+
+    let snapshot = repo.snapshot(chunks.clone(), 1_700_000_000);
+    let err = commit(&fx.store, ALICE, &snapshot).await.unwrap_err();
+    match &err {
+        RepoStoreError::MissingBlobs { missing, example } => {
+            assert_eq!(*missing, 1);
+            assert_eq!(*example, format!("blob {never_sent}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fx.store.snapshots(ALICE).await.unwrap(), []);
+    assert!(matches!(
+        fx.store.get_snapshot(ALICE, snapshot.id).await,
+        Err(RepoStoreError::NotFound {
+            what: "snapshot",
+            ..
+        })
+    ));
+    assert!(
+        !fx.objects()
+            .await
+            .contains(&snapshot_key(ALICE, &snapshot).to_string()),
+        "no snapshot object"
+    );
+
+    // A reference chunk that was never uploaded is missing too.
+    let (_, _, unsent_chunks) = repo.ref_pack(&[blobs[0].0]);
+    let snapshot = repo.snapshot(unsent_chunks.clone(), 1_700_000_001);
+    let err = commit(&fx.store, ALICE, &snapshot).await.unwrap_err();
+    match &err {
+        RepoStoreError::MissingBlobs { missing, example } => {
+            assert_eq!(*missing, 1);
+            assert_eq!(*example, format!("reference chunk {}", unsent_chunks[0]));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A sealed blob named as a reference chunk is not one.
+    let snapshot = repo.snapshot(vec![blobs[0].0], 1_700_000_002);
+    let err = commit(&fx.store, ALICE, &snapshot).await.unwrap_err();
+    assert!(
+        matches!(&err, RepoStoreError::MissingBlobs { missing: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(fx.store.snapshots(ALICE).await.unwrap(), []);
+    assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_commit_after_all_packs_is_listed_and_readable() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(7);
+    create(&fx, ALICE, &repo).await;
+    let (data, data_bytes, blobs) = repo.data_pack(&[b"a", b"b", b"c"]);
+    let ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    let (refs, ref_bytes, chunks) = repo.ref_pack(&ids);
+    put_pack(&fx.store, ALICE, data, &data_bytes).await;
+    put_pack(&fx.store, ALICE, refs, &ref_bytes).await;
+    assert_eq!(
+        fx.store.have(ALICE, &chunks).await.unwrap(),
+        vec![true; chunks.len()],
+        "reference chunks are blobs too"
+    );
+
+    let first = repo.snapshot(chunks.clone(), 1_700_000_100);
+    commit(&fx.store, ALICE, &first).await.unwrap();
+    // A second snapshot naming the same, now verified, chunks.
+    let second = repo.snapshot(chunks.clone(), 1_700_000_000);
+    commit(&fx.store, ALICE, &second).await.unwrap();
+
+    let listed = fx.store.snapshots(ALICE).await.unwrap();
+    let listed_ids: Vec<_> = listed.iter().map(|s| s.id).collect();
+    assert_eq!(listed_ids, [second.id, first.id], "oldest backup first");
+    assert_eq!(listed[1].size, first.bytes.len() as u64);
+    assert!(listed[1].stored_at > 1_700_000_000, "{listed:?}");
+    assert_eq!(
+        fx.store.get_snapshot(ALICE, first.id).await.unwrap(),
+        first.bytes
+    );
+    // Committing the same snapshot again is already stored.
+    let again = fx
+        .store
+        .begin_put(
+            ALICE,
+            ObjectClass::Snapshot,
+            first.id.0,
+            first.bytes.len() as u64,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(again, PutStart::AlreadyStored), "{again:?}");
+    // The stored object is the backend's, under its documented key.
+    let stored = fx
+        .backend
+        .get(&snapshot_key(ALICE, &first), None)
+        .await
+        .unwrap();
+    assert_eq!(stored, first.bytes);
+}
+
+#[tokio::test]
+async fn a_snapshot_under_another_id_is_refused() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(8);
+    create(&fx, ALICE, &repo).await;
+    let snapshot = repo.snapshot(Vec::new(), 1);
+    let err = put(
+        &fx.store,
+        ALICE,
+        ObjectClass::Snapshot,
+        [7; 32],
+        &snapshot.bytes,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RepoStoreError::HashMismatch { .. }),
+        "{err:?}"
+    );
+    let bytes = b"CBSN not an envelope";
+    let err = put(&fx.store, ALICE, ObjectClass::Snapshot, [8; 32], bytes)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoStoreError::BadObject(_)), "{err:?}");
+    assert_eq!(fx.store.snapshots(ALICE).await.unwrap(), []);
+    assert_eq!(fx.objects().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn clients_cannot_reach_each_others_repositories() {
+    let fx = Fixture::new().await;
+    let mut alice = Repo::new(9);
+    let bob = Repo::new(10);
+    create(&fx, ALICE, &alice).await;
+    create(&fx, BOB, &bob).await;
+    let (data, data_bytes, blobs) = alice.data_pack(&[b"alice's data"]);
+    let (refs, ref_bytes, chunks) = alice.ref_pack(&[blobs[0].0]);
+    put_pack(&fx.store, ALICE, data, &data_bytes).await;
+    put_pack(&fx.store, ALICE, refs, &ref_bytes).await;
+    let snapshot = alice.snapshot(chunks.clone(), 5);
+    commit(&fx.store, ALICE, &snapshot).await.unwrap();
+
+    assert_eq!(fx.store.have(BOB, &[blobs[0].0]).await.unwrap(), [false]);
+    assert!(matches!(
+        fx.store.get_blob(BOB, blobs[0].0).await,
+        Err(RepoStoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        fx.store.get_snapshot(BOB, snapshot.id).await,
+        Err(RepoStoreError::NotFound { .. })
+    ));
+    assert_eq!(fx.store.snapshots(BOB).await.unwrap(), []);
+    assert!(matches!(
+        fx.store.forget(BOB, snapshot.id).await,
+        Err(RepoStoreError::NotFound { .. })
+    ));
+    // Bob cannot commit a snapshot resting on Alice's chunks.
+    let err = commit(&fx.store, BOB, &snapshot).await.unwrap_err();
+    assert!(
+        matches!(err, RepoStoreError::MissingBlobs { .. }),
+        "{err:?}"
+    );
+    // Bob's own upload of the same pack is his, stored under his key.
+    let start = fx
+        .store
+        .begin_put(BOB, ObjectClass::Pack, data.0, data_bytes.len() as u64)
+        .await
+        .unwrap();
+    assert!(matches!(start, PutStart::Receiving(_)), "{start:?}");
+    drop(start);
+    assert_eq!(
+        fx.store.snapshots(ALICE).await.unwrap().len(),
+        1,
+        "Alice's snapshot is still there"
+    );
+    assert_eq!(
+        fx.store.state(BOB).await.unwrap().unwrap().config,
+        bob.config
+    );
+}
+
+#[tokio::test]
+async fn every_operation_needs_a_repository() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(11);
+    let s = &fx.store;
+    assert_eq!(s.state(NOBODY).await.unwrap(), None);
+    let no_repo = |r: Result<(), RepoStoreError>| {
+        assert!(matches!(r, Err(RepoStoreError::NoRepository)), "{r:?}");
+    };
+    no_repo(s.add_key(NOBODY, repo.key.clone()).await);
+    no_repo(s.have(NOBODY, &[BlobId([1; 32])]).await.map(drop));
+    no_repo(
+        s.begin_put(NOBODY, ObjectClass::Pack, [1; 32], 10)
+            .await
+            .map(drop),
+    );
+    no_repo(s.get_blob(NOBODY, BlobId([1; 32])).await.map(drop));
+    no_repo(
+        s.get_snapshot(NOBODY, repo.snapshot(Vec::new(), 1).id)
+            .await
+            .map(drop),
+    );
+    no_repo(s.snapshots(NOBODY).await.map(drop));
+    no_repo(s.forget(NOBODY, repo.snapshot(Vec::new(), 2).id).await);
+}
+
+#[tokio::test]
+async fn create_checks_its_objects_and_refuses_a_second_repository() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(12);
+    let s = &fx.store;
+    let err = s
+        .create(ALICE, Bytes::from_static(b"CBRC garbage"), repo.key.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoStoreError::BadObject(_)), "{err:?}");
+    let err = s
+        .create(ALICE, repo.config.clone(), Bytes::from_static(b"CBKY?"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoStoreError::BadObject(_)), "{err:?}");
+    assert_eq!(s.state(ALICE).await.unwrap(), None, "nothing created");
+
+    create(&fx, ALICE, &repo).await;
+    let err = s
+        .create(ALICE, repo.config.clone(), repo.key.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoStoreError::Exists), "{err:?}");
+
+    let err = s
+        .add_key(ALICE, Bytes::from_static(b"not a key"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoStoreError::BadObject(_)), "{err:?}");
+    let mut keys = vec![repo.key.clone()];
+    for _ in 1..64 {
+        let key = repo.another_key();
+        s.add_key(ALICE, key.clone()).await.unwrap();
+        keys.push(key);
+    }
+    // Adding a stored key again changes nothing.
+    s.add_key(ALICE, keys[3].clone()).await.unwrap();
+    let err = s.add_key(ALICE, repo.another_key()).await.unwrap_err();
+    assert!(
+        matches!(err, RepoStoreError::TooLarge { max: 64, .. }),
+        "{err:?}"
+    );
+    let state = s.state(ALICE).await.unwrap().unwrap();
+    assert_eq!(state.config, repo.config);
+    assert_eq!(state.keys, keys);
+}
+
+#[tokio::test]
+async fn staging_files_are_private_and_an_abort_leaves_none() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(13);
+    create(&fx, ALICE, &repo).await;
+    let (pack, bytes, _) = repo.data_pack(&[MARKER]);
+    let begin = || {
+        fx.store
+            .begin_put(ALICE, ObjectClass::Pack, pack.0, bytes.len() as u64)
+    };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fx.staging()), 0o700);
+
+    let PutStart::Receiving(mut staged) = begin().await.unwrap() else {
+        panic!("not stored yet")
+    };
+    staged
+        .write(Bytes::copy_from_slice(&bytes[..20]))
+        .await
+        .unwrap();
+    let files = files_under(&fx.staging());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(mode(&fx.staging().join(&files[0])), 0o600);
+    assert_eq!(fx.objects().await, Vec::<String>::new(), "nothing visible");
+    fx.store.abort_put(staged).await;
+    assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
+
+    // A dropped put (a connection that went away) leaves none either.
+    let PutStart::Receiving(mut staged) = begin().await.unwrap() else {
+        panic!("not stored yet")
+    };
+    staged
+        .write(Bytes::copy_from_slice(&bytes[..20]))
+        .await
+        .unwrap();
+    drop(staged);
+    assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
+    assert_eq!(fx.objects().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn recovery_indexes_an_unindexed_pack_and_cleans_up() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(14);
+    create(&fx, ALICE, &repo).await;
+    let (pack, bytes, blobs) = repo.data_pack(&[b"stored before the crash", b"second"]);
+    // A crash between the backend's put and the index transaction: the pack is in the
+    // backend, not in the catalog.
+    fx.backend
+        .put(
+            &pack_key(ALICE, &pack),
+            bytes.clone().into(),
+            ContentHash::of(&bytes),
+        )
+        .await
+        .unwrap();
+    // A damaged unindexed pack, a snapshot object without a record, a staging file.
+    let damaged = b"damaged pack bytes".to_vec();
+    let damaged_id = PackId::of(&damaged);
+    fx.backend
+        .put(
+            &pack_key(ALICE, &damaged_id),
+            damaged.clone().into(),
+            ContentHash::of(&damaged),
+        )
+        .await
+        .unwrap();
+    let orphan = repo.snapshot(Vec::new(), 3);
+    fx.backend
+        .put(
+            &snapshot_key(ALICE, &orphan),
+            orphan.bytes.clone().into(),
+            ContentHash::of(&orphan.bytes),
+        )
+        .await
+        .unwrap();
+    std::fs::write(fx.staging().join("put-left-by-a-crash"), b"partial").unwrap();
+    assert_eq!(fx.store.have(ALICE, &[blobs[0].0]).await.unwrap(), [false]);
+
+    // Restart: a new store on the same data directory.
+    let (store, _) = open(fx.dir.path()).await;
+    let report = store.recover().await.unwrap();
+    assert_eq!(
+        report,
+        RecoveryReport {
+            staging_files_removed: 1,
+            packs_indexed: 1,
+            packs_deleted: 1,
+            snapshots_deleted: 1,
+            unknown_objects: 0,
+        }
+    );
+    let ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    assert_eq!(store.have(ALICE, &ids).await.unwrap(), [true, true]);
+    assert_eq!(store.get_blob(ALICE, ids[1]).await.unwrap(), blobs[1].1);
+    assert_eq!(fx.objects().await, [pack_key(ALICE, &pack).to_string()]);
+    assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
+    assert_eq!(store.snapshots(ALICE).await.unwrap(), []);
+    // A second recovery finds nothing to do.
+    assert_eq!(store.recover().await.unwrap(), RecoveryReport::default());
+}
+
+#[tokio::test]
+async fn forget_removes_the_snapshot_but_keeps_its_blobs() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(15);
+    create(&fx, ALICE, &repo).await;
+    let (data, data_bytes, blobs) = repo.data_pack(&[b"kept"]);
+    let (refs, ref_bytes, chunks) = repo.ref_pack(&[blobs[0].0]);
+    put_pack(&fx.store, ALICE, data, &data_bytes).await;
+    put_pack(&fx.store, ALICE, refs, &ref_bytes).await;
+    let gone = repo.snapshot(chunks.clone(), 10);
+    let kept = repo.snapshot(chunks.clone(), 20);
+    commit(&fx.store, ALICE, &gone).await.unwrap();
+    commit(&fx.store, ALICE, &kept).await.unwrap();
+
+    fx.store.forget(ALICE, gone.id).await.unwrap();
+    let listed: Vec<_> = fx
+        .store
+        .snapshots(ALICE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, [kept.id]);
+    assert!(matches!(
+        fx.store.get_snapshot(ALICE, gone.id).await,
+        Err(RepoStoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        fx.store.forget(ALICE, gone.id).await,
+        Err(RepoStoreError::NotFound { .. })
+    ));
+    assert!(
+        !fx.objects()
+            .await
+            .contains(&snapshot_key(ALICE, &gone).to_string()),
+        "the forgotten snapshot's object is deleted"
+    );
+    assert_eq!(fx.store.have(ALICE, &[blobs[0].0]).await.unwrap(), [true]);
+    assert_eq!(
+        fx.store.get_snapshot(ALICE, kept.id).await.unwrap(),
+        kept.bytes
+    );
+    // A forgotten snapshot may be committed again.
+    commit(&fx.store, ALICE, &gone).await.unwrap();
+    assert_eq!(fx.store.snapshots(ALICE).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_data_directory_holds_no_plaintext() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(16);
+    create(&fx, ALICE, &repo).await;
+    let marker_file = [MARKER, b" ", MARKER, b" and more of the same file"].concat();
+    let (data, data_bytes, blobs) = repo.data_pack(&[&marker_file, MARKER]);
+    let ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    let (refs, ref_bytes, chunks) = repo.ref_pack(&ids);
+    put_pack(&fx.store, ALICE, data, &data_bytes).await;
+    put_pack(&fx.store, ALICE, refs, &ref_bytes).await;
+    let snapshot = repo.snapshot(chunks, 99);
+    commit(&fx.store, ALICE, &snapshot).await.unwrap();
+    // Check the catalog's pages and WAL too, as the writer left them.
+    drop(fx.store.clone());
+
+    let files = files_under(&fx.data());
+    assert!(
+        files.iter().any(|f| f.starts_with("repository/")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.starts_with("defensive.db")),
+        "{files:?}"
+    );
+    for file in &files {
+        let bytes = std::fs::read(fx.data().join(file)).unwrap();
+        for marker in [MARKER, HOST_MARKER, b"secret-project".as_slice()] {
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker),
+                "{file} holds plaintext {:?}",
+                String::from_utf8_lossy(marker)
+            );
+        }
+    }
+}
