@@ -868,3 +868,37 @@ async fn the_data_directory_holds_no_plaintext() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_server_opens_and_recovers_the_store_at_start_up() {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let staging = data.join("repo-staging");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&staging)
+        .unwrap();
+    std::fs::write(staging.join("put-left-by-a-crash"), b"partial").unwrap();
+    let config = cyberbackup_server::ServerConfig {
+        listen: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        data_dir: data.clone(),
+        ..cyberbackup_server::ServerConfig::default()
+    };
+    let server = cyberbackup_server::listener::Server::bind(config)
+        .await
+        .unwrap();
+    assert_eq!(files_under(&staging), Vec::<String>::new(), "staging swept");
+    assert!(data.join("repository").is_dir(), "the local backend's root");
+    drop(server);
+    // The store the server opened uses the catalog's repository tables.
+    let (store, _) = open(dir.path()).await;
+    let repo = Repo::new(17);
+    store
+        .create(ALICE, repo.config.clone(), repo.key.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.snapshots(ALICE).await.unwrap(), []);
+}
