@@ -868,3 +868,80 @@ async fn the_data_directory_holds_no_plaintext() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_server_opens_and_recovers_the_store_at_start_up() {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let staging = data.join("repo-staging");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&staging)
+        .unwrap();
+    std::fs::write(staging.join("put-left-by-a-crash"), b"partial").unwrap();
+    let config = cyberbackup_server::ServerConfig {
+        listen: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        data_dir: data.clone(),
+        ..cyberbackup_server::ServerConfig::default()
+    };
+    let server = cyberbackup_server::listener::Server::bind(config)
+        .await
+        .unwrap();
+    assert_eq!(files_under(&staging), Vec::<String>::new(), "staging swept");
+    assert!(data.join("repository").is_dir(), "the local backend's root");
+    drop(server);
+    // The store the server opened uses the catalog's repository tables.
+    let (store, _) = open(dir.path()).await;
+    let repo = Repo::new(17);
+    store
+        .create(ALICE, repo.config.clone(), repo.key.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.snapshots(ALICE).await.unwrap(), []);
+}
+
+#[tokio::test]
+async fn a_failed_backend_put_indexes_nothing_and_the_put_can_be_retried() {
+    use cyberbackup_server::backend::faulty::{FaultPlan, Faulty};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();
+    let plan = FaultPlan::new();
+    let local = LocalBackend::open(LocalConfig::new(data.join("repository"))).unwrap();
+    let store = RepoStore::new(
+        Arc::new(Faulty::new(local, Arc::clone(&plan))),
+        catalog,
+        data.join("repo-staging"),
+        64 << 20,
+    );
+    store.recover().await.unwrap();
+    let mut repo = Repo::new(18);
+    store
+        .create(ALICE, repo.config.clone(), repo.key.clone())
+        .await
+        .unwrap();
+    let (pack, bytes, blobs) = repo.data_pack(&[b"retried"]);
+
+    plan.fail_puts(1);
+    let err = put(&store, ALICE, ObjectClass::Pack, pack.0, &bytes)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RepoStoreError::Backend(e) if e.is_retryable()),
+        "{err:?}"
+    );
+    assert_eq!(plan.injected(), 1);
+    assert_eq!(store.have(ALICE, &[blobs[0].0]).await.unwrap(), [false]);
+    assert_eq!(
+        files_under(&data.join("repo-staging")),
+        Vec::<String>::new()
+    );
+
+    put(&store, ALICE, ObjectClass::Pack, pack.0, &bytes)
+        .await
+        .unwrap();
+    assert_eq!(store.have(ALICE, &[blobs[0].0]).await.unwrap(), [true]);
+}

@@ -11,7 +11,7 @@
 //! its multipart upload in the background; configure the bucket's
 //! `AbortIncompleteMultipartUpload` lifecycle rule as well, for uploads a crash left behind.
 //! Hand-written here: only the mapping of `object_store` errors to [`BackendError`] (the
-//! HTTP status is not public in `object_store`'s error type, see [`map_error`]).
+//! HTTP status is not public in `object_store`'s error type, see `map_error`).
 
 use std::fmt;
 use std::ops::Range;

@@ -87,4 +87,13 @@ impl RepoStoreError {
         let path = path.to_path_buf();
         move |source| Self::Io { op, path, source }
     }
+
+    /// A blocking task working on `path` panicked or was cancelled.
+    pub(super) fn task(path: &std::path::Path, e: &tokio::task::JoinError) -> Self {
+        Self::Io {
+            op: "run a blocking task on",
+            path: path.to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        }
+    }
 }

@@ -90,11 +90,7 @@ async fn clean_staging(store: &RepoStore) -> Result<u64, RepoStoreError> {
         Ok(removed)
     })
     .await
-    .map_err(|e| RepoStoreError::Io {
-        op: "clean staging directory",
-        path: store.inner.staging_dir.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?
+    .map_err(|e| RepoStoreError::task(&store.inner.staging_dir, &e))?
 }
 
 /// Checks one batch of backend objects against the catalog, client by client.

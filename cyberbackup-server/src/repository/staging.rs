@@ -74,7 +74,7 @@ impl StagedPut {
                 .map_err(RepoStoreError::io("create staging file in", &dir))
         })
         .await
-        .map_err(|e| task_failed(staging_dir, e))??;
+        .map_err(|e| RepoStoreError::task(staging_dir, &e))??;
         Ok(Self {
             client,
             class,
@@ -158,7 +158,7 @@ impl Received {
             Ok(buf)
         })
         .await
-        .map_err(|e| task_failed(&self.path, e))?
+        .map_err(|e| RepoStoreError::task(&self.path, &e))?
     }
 
     /// The whole file as a stream of `piece`-byte pieces (a backend put body).
@@ -177,13 +177,5 @@ impl Received {
         self.file
             .try_clone()
             .map_err(RepoStoreError::io("reopen staging file", &self.path))
-    }
-}
-
-fn task_failed(path: &Path, e: tokio::task::JoinError) -> RepoStoreError {
-    RepoStoreError::Io {
-        op: "run a blocking task on",
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
     }
 }
