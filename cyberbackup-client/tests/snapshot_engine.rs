@@ -611,7 +611,7 @@ fn make_tree(root: &Path) -> u64 {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        *byte = state as u8;
+        *byte = state.to_le_bytes()[0];
     }
     file(root.join("big.bin"), &big, 0o644);
     file(root.join("empty-file"), b"", 0o644);

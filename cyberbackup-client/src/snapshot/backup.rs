@@ -176,10 +176,7 @@ impl<R: RepoRemote> Repository<R> {
             (Some(id), false) => Some(self.snapshot(id).await?.1.root),
             _ => None,
         };
-        let repo = |source| V4ClientError::Repo {
-            context: "backup".into(),
-            source,
-        };
+        let repo = |source| super::repo_error("backup", source);
         let keys = &self.open.keys;
         let config = &self.open.config;
         let (tx, rx) = mpsc::channel(CHANNEL_BLOBS);
@@ -311,10 +308,7 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
         let sealers = (0..workers)
             .map(|_| BlobSealer::new(&repo.open.keys, &repo.open.config))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| V4ClientError::Repo {
-                context: "backup".into(),
-                source,
-            })?;
+            .map_err(|source| super::repo_error("backup", source))?;
         let target = repo.open.config.pack_target_bytes;
         Ok(Self {
             repo,
@@ -419,13 +413,13 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
                     continue;
                 }
                 let Some((kind, plaintext)) = &pending.blob else {
-                    return Err(V4ClientError::Repo {
-                        context: format!(
+                    return Err(super::repo_error(
+                        format!(
                             "blob {} of the parent snapshot is no longer on the server; run the backup again with --force (read every file)",
                             pending.id
                         ),
-                        source: RepoError::ApiMisuse("a reused blob is missing"),
-                    });
+                        RepoError::ApiMisuse("a reused blob is missing"),
+                    ));
                 };
                 missing.push((*kind, pending.id, plaintext.clone()));
             }
@@ -536,10 +530,7 @@ fn seal_all(
 }
 
 fn walk_error(source: RepoError) -> V4ClientError {
-    V4ClientError::Repo {
-        context: "backup".into(),
-        source,
-    }
+    super::repo_error("backup", source)
 }
 
 fn now() -> Timestamp {

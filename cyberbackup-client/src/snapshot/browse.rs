@@ -398,10 +398,7 @@ impl<R: RepoRemote> Repository<R> {
                 .await
                 .map_err(|err| match err {
                     BlobError::Remote(err) => err,
-                    BlobError::Verify(source) => V4ClientError::Corrupt {
-                        path: at.display().to_string(),
-                        source,
-                    },
+                    BlobError::Verify(source) => super::corrupt(&at, source),
                 })?;
             out.write_all(&plaintext)
                 .map_err(|source| V4ClientError::Local {

@@ -269,10 +269,7 @@ impl<R: RepoRemote> Repository<R> {
                 .await
                 .map_err(|err| match err {
                     BlobError::Remote(err) => err,
-                    BlobError::Verify(source) => V4ClientError::Corrupt {
-                        path: snapshot_path.display().to_string(),
-                        source,
-                    },
+                    BlobError::Verify(source) => super::corrupt(snapshot_path, source),
                 })?;
             local(dest, "cannot write", temp.write_all(&plaintext))?;
             written += plaintext.len() as u64;

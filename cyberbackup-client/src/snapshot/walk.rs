@@ -75,7 +75,7 @@ pub(super) struct WalkOutcome {
 /// records the directories above it with their own metadata (as restic does).
 #[derive(Debug, Default)]
 pub(super) struct PathSet {
-    children: BTreeMap<Vec<u8>, PathSet>,
+    children: BTreeMap<Vec<u8>, Self>,
     target: bool,
 }
 
