@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cyberbackup_client::snapshot::{
-    BackupOptions, BackupSummary, DiffKind, ExcludeOptions, KeyOptions, NoObserver, OpenedBy,
-    ReadData, RemoteRepo, RepoRemote, Repository, RestoreFilter, SnapshotListing,
+    BackupEvent, BackupObserver, BackupOptions, BackupSummary, DiffKind, ExcludeOptions,
+    KeyOptions, NoObserver, OpenedBy, ReadData, RemoteRepo, RepoRemote, Repository, RestoreFilter,
+    SnapshotListing,
 };
 use cyberbackup_client::v4::V4ClientError;
 use cyberbackup_core::repo::{
@@ -244,6 +245,57 @@ async fn an_unchanged_tree_is_backed_up_without_reading_a_file_and_one_change_se
         "{sent} bytes sent for a one-byte change"
     );
     assert!(repo.check(ReadData::All).await.unwrap().is_ok());
+}
+
+#[derive(Default)]
+struct Events(Vec<BackupEvent>);
+
+impl BackupObserver for Events {
+    fn event(&mut self, event: &BackupEvent) {
+        self.0.push(event.clone());
+    }
+}
+
+#[tokio::test]
+async fn progress_reports_the_prescan_total_then_every_file_and_the_summary_serialises() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let files = make_tree(&src);
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    let mut events = Events::default();
+    let options = BackupOptions {
+        paths: vec![src.clone()],
+        ..BackupOptions::default()
+    };
+    let summary = repo.backup(&options, &mut events).await.unwrap();
+    let BackupEvent::Scanned {
+        total_files,
+        total_bytes,
+    } = events.0[0].clone()
+    else {
+        panic!("first event: {:?}", events.0[0]);
+    };
+    assert_eq!(total_files, files);
+    assert_eq!(total_bytes, summary.bytes_processed);
+    let statuses: Vec<_> = events.0[1..]
+        .iter()
+        .filter_map(|event| match event {
+            BackupEvent::Status {
+                files_done,
+                bytes_done,
+                ..
+            } => Some((*files_done, *bytes_done)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses.len() as u64, files);
+    assert_eq!(statuses.last(), Some(&(files, total_bytes)));
+    let json = serde_json::to_value(&summary).unwrap();
+    assert_eq!(json["message_type"], "summary");
+    assert_eq!(json["snapshot_id"], summary.snapshot_id.as_str());
+    assert_eq!(json["files_new"], files);
+    let status = serde_json::to_value(&events.0[1]).unwrap();
+    assert_eq!(status["message_type"], "status");
 }
 
 #[tokio::test]
