@@ -204,6 +204,21 @@ async fn a_tree_with_odd_names_links_and_modes_round_trips_exactly() {
         .await
         .unwrap();
     assert_eq!(restored.hardlinks, 1);
+    assert!(restored.warnings.is_empty(), "{:?}", restored.warnings);
+    let listed = repo
+        .ls("latest", format!("{}/a/same.txt", src.display()).as_bytes())
+        .await
+        .unwrap();
+    let owner = &listed[0].entry.meta;
+    assert_eq!(
+        owner.uid,
+        fs::metadata(src.join("a/same.txt")).unwrap().uid()
+    );
+    assert!(
+        !owner.user.is_empty() && !owner.group.is_empty(),
+        "owner names not recorded"
+    );
+    assert_eq!(owner.xattrs.len(), 1);
     assert_same_tree(&src, &target);
 }
 
@@ -672,6 +687,12 @@ fn make_tree(root: &Path) -> u64 {
     files += 1;
     fs::create_dir_all(root.join("empty-dir")).unwrap();
     fs::set_permissions(root.join("empty-dir"), fs::Permissions::from_mode(0o700)).unwrap();
+    for (path, value) in [
+        (root.join("a/same.txt"), &b"kept"[..]),
+        (root.join("b"), b"on a dir"),
+    ] {
+        rustix::fs::lsetxattr(&path, "user.note", value, rustix::fs::XattrFlags::empty()).unwrap();
+    }
     symlink("a/same.txt", root.join("rel-link")).unwrap();
     symlink("/nowhere/at/all", root.join("dangling")).unwrap();
     symlink(
@@ -698,6 +719,12 @@ fn assert_same_tree(a: &Path, b: &Path) {
         return;
     }
     assert_eq!(ma.mode(), mb.mode(), "mode of {}", b.display());
+    assert_eq!(
+        xattrs(a),
+        xattrs(b),
+        "extended attributes of {}",
+        b.display()
+    );
     if ma.is_file() {
         assert_eq!(ma.nlink(), mb.nlink(), "links of {}", b.display());
         assert!(
@@ -724,4 +751,18 @@ fn assert_same_tree(a: &Path, b: &Path) {
         let second = fs::metadata(b.join("links/second")).unwrap();
         assert_eq!(first.ino(), second.ino(), "hard link not restored");
     }
+}
+
+fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut list = vec![0u8; 4096];
+    let len = rustix::fs::llistxattr(path, &mut list[..]).unwrap();
+    list[..len]
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            let mut value = vec![0u8; 4096];
+            let len = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut value[..]).unwrap();
+            (name.to_vec(), value[..len].to_vec())
+        })
+        .collect()
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use cyberbackup_core::repo::{BlobKind, EntryKind, Metadata, Timestamp, TreeEntry};
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
+use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags, lsetxattr, utimensat};
 
 use super::{BlobError, RepoRemote, Repository};
 use crate::v4::V4ClientError;
@@ -47,6 +47,8 @@ pub struct RestoreSummary {
     pub hardlinks: u64,
     /// Bytes written.
     pub bytes_written: u64,
+    /// Metadata that could not be set (extended attributes the target refuses).
+    pub warnings: Vec<String>,
 }
 
 struct Filter {
@@ -294,9 +296,14 @@ struct RestoreRun {
 }
 
 impl RestoreRun {
-    /// Owner (as root), mode (not for symlinks) and times, in that order (chown clears
-    /// set-id bits; times last).
-    fn set_meta(&self, path: &Path, meta: &Metadata, symlink: bool) -> Result<(), V4ClientError> {
+    /// Owner (as root), mode (not for symlinks), extended attributes and times, in that
+    /// order (chown clears set-id bits; times last).
+    fn set_meta(
+        &mut self,
+        path: &Path,
+        meta: &Metadata,
+        symlink: bool,
+    ) -> Result<(), V4ClientError> {
         if self.is_root {
             local(
                 path,
@@ -311,6 +318,16 @@ impl RestoreRun {
                 "cannot set the mode of",
                 fs::set_permissions(path, mode),
             )?;
+        }
+        for xattr in &meta.xattrs {
+            let name = OsStr::from_bytes(&xattr.name);
+            if let Err(err) = lsetxattr(path, name, &xattr.value, XattrFlags::empty()) {
+                self.summary.warnings.push(format!(
+                    "{}: cannot set the extended attribute {}: {err}",
+                    path.display(),
+                    String::from_utf8_lossy(&xattr.name)
+                ));
+            }
         }
         let times = Timestamps {
             last_access: timespec(meta.mtime),
