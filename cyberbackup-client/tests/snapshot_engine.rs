@@ -345,6 +345,47 @@ async fn restore_skips_files_already_correct_and_rewrites_a_changed_one() {
 }
 
 #[tokio::test]
+async fn restore_include_and_exclude_rules_pick_what_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    backup(&mut repo, &[&src]).await;
+    let path = src.as_os_str().as_bytes();
+
+    let only_txt = dir.path().join("only-txt");
+    let filter = RestoreFilter {
+        include: vec!["*.txt".into()],
+        exclude: vec!["b".into()],
+    };
+    repo.restore("latest", path, &only_txt, &filter)
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    collect(&only_txt, &only_txt, &mut found);
+    let mut expected = vec!["a".to_string(), "a/same.txt".into(), "deep".into()];
+    let mut at = String::from("deep");
+    for level in 0..40 {
+        at.push_str(&format!("/level{level}"));
+        expected.push(at.clone());
+    }
+    expected.push(format!("{at}/bottom.txt"));
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        out.push(path.strip_prefix(root).unwrap().display().to_string());
+        if path.is_dir() && !path.is_symlink() {
+            collect(root, &path, out);
+        }
+    }
+    out.sort();
+}
+
+#[tokio::test]
 async fn a_corrupted_blob_fails_the_restore_of_that_file_and_nothing_is_written_under_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
