@@ -342,6 +342,21 @@ async fn restore_skips_files_already_correct_and_rewrites_a_changed_one() {
         fs::metadata(src.join("a/same.txt")).unwrap().len()
     );
     assert_same_tree(&src, &target);
+
+    // A symlink where the snapshot has a directory is replaced, not followed.
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::remove_dir_all(target.join("b")).unwrap();
+    symlink(&outside, target.join("b")).unwrap();
+    repo.restore("latest", path, &target, &filter)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote through a symlink"
+    );
+    assert_same_tree(&src, &target);
 }
 
 #[tokio::test]

@@ -192,13 +192,14 @@ impl<R: RepoRemote> Repository<R> {
     ) -> Result<bool, V4ClientError> {
         match &entry.kind {
             EntryKind::Dir { subtree } => {
-                let existed = dest.is_dir();
+                // Not `is_dir`: a symlink at the target is replaced, never followed.
+                let existed = fs::symlink_metadata(dest).is_ok_and(|meta| meta.is_dir());
                 if !existed {
+                    remove_existing(dest)?;
                     local(dest, "cannot create the directory", fs::create_dir(dest))?;
                 }
                 let any = self.restore_dir(run, *subtree, snapshot_path, dest).await?;
-                let keep =
-                    any || run.filter.included(snapshot_path) || run.filter.include.is_none();
+                let keep = any || run.filter.included(snapshot_path);
                 if !keep && !existed {
                     let _ = fs::remove_dir(dest);
                     return Ok(false);
