@@ -37,6 +37,7 @@ struct Store {
     snapshots: Vec<(SnapshotId, Bytes, u64)>,
     packs_put: usize,
     pack_bytes_put: usize,
+    have_batches: Vec<usize>,
 }
 
 #[derive(Clone, Default)]
@@ -89,7 +90,8 @@ impl RepoRemote for MemRemote {
 
     async fn have(&mut self, ids: &[BlobId]) -> Result<Vec<bool>, V4ClientError> {
         assert!(ids.len() <= 2000, "HAVE batch of {}", ids.len());
-        let store = self.store();
+        let mut store = self.store();
+        store.have_batches.push(ids.len());
         Ok(ids.iter().map(|id| store.index.contains_key(id)).collect())
     }
 
@@ -357,6 +359,34 @@ async fn restore_skips_files_already_correct_and_rewrites_a_changed_one() {
         "wrote through a symlink"
     );
     assert_same_tree(&src, &target);
+}
+
+#[tokio::test]
+async fn thousands_of_blobs_are_asked_about_in_have_batches_of_at_most_2000() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in 0..5 {
+        fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..600 {
+            fs::write(src.join(format!("d{d}/f{f}")), format!("file {d}/{f}")).unwrap();
+        }
+    }
+    let (remote, mut repo) = open_new(dir.path()).await;
+    let summary = backup(&mut repo, &[&src]).await;
+    assert_eq!(summary.files_new, 3000);
+    assert!(summary.blobs_added > 3000);
+    let batches = remote.store().have_batches.clone();
+    assert!(batches.iter().all(|&n| n <= 2000), "{batches:?}");
+    assert!(batches.contains(&2000), "no full batch: {batches:?}");
+    let report = repo.check(ReadData::No).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+    assert!(report.blobs > 3000);
+    let mut out = Vec::new();
+    let path = format!("{}/d4/f599", src.display());
+    repo.dump("latest", path.as_bytes(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, b"file 4/599");
 }
 
 #[tokio::test]
