@@ -542,3 +542,36 @@ fn now() -> Timestamp {
         nanos: since.subsec_nanos(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cyberbackup_core::repo::{BlobOpener, MasterKey, RepoConfig};
+
+    #[test]
+    fn seal_all_returns_every_blob_sealed_in_input_order_across_workers() {
+        let keys = MasterKey::from_bytes([7; 32]).derive();
+        let config = RepoConfig::new([1; 16]);
+        let sealers: Vec<_> = (0..3)
+            .map(|_| BlobSealer::new(&keys, &config).unwrap())
+            .collect();
+        let blobs: Vec<_> = (0..10u8)
+            .map(|i| {
+                let plain = Bytes::from(vec![i; 100 + usize::from(i)]);
+                (BlobKind::Data, sealers[0].id(&plain), plain)
+            })
+            .collect();
+        let (sealers, sealed) = seal_all(sealers, &blobs);
+        assert_eq!(sealers.len(), 3);
+        assert_eq!(sealed.len(), blobs.len());
+        let mut opener = BlobOpener::new(&keys, &config).unwrap();
+        for ((kind, id, plain), sealed) in blobs.iter().zip(sealed) {
+            let sealed = sealed.unwrap();
+            assert_eq!(sealed.id, *id);
+            assert_eq!(
+                opener.open(*kind, id, &sealed.bytes).unwrap(),
+                plain.to_vec()
+            );
+        }
+    }
+}
