@@ -38,6 +38,8 @@ struct Store {
     packs_put: usize,
     pack_bytes_put: usize,
     have_batches: Vec<usize>,
+    /// Fault: HAVE answers one bool fewer than asked.
+    short_have: bool,
 }
 
 #[derive(Clone, Default)]
@@ -92,7 +94,11 @@ impl RepoRemote for MemRemote {
         assert!(ids.len() <= 2000, "HAVE batch of {}", ids.len());
         let mut store = self.store();
         store.have_batches.push(ids.len());
-        Ok(ids.iter().map(|id| store.index.contains_key(id)).collect())
+        let answered = ids.len() - usize::from(store.short_have && !ids.is_empty());
+        Ok(ids[..answered]
+            .iter()
+            .map(|id| store.index.contains_key(id))
+            .collect())
     }
 
     async fn put_pack(&mut self, id: PackId, pack: Bytes) -> Result<(), V4ClientError> {
@@ -387,6 +393,29 @@ async fn thousands_of_blobs_are_asked_about_in_have_batches_of_at_most_2000() {
         .await
         .unwrap();
     assert_eq!(out, b"file 4/599");
+}
+
+#[tokio::test]
+async fn a_have_answer_of_the_wrong_length_fails_the_backup_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"content").unwrap();
+    let (remote, mut repo) = open_new(dir.path()).await;
+    remote.store().short_have = true;
+    let options = BackupOptions {
+        paths: vec![src.clone()],
+        ..BackupOptions::default()
+    };
+    let err = repo.backup(&options, &mut NoObserver).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            V4ClientError::Session(cyberbackup_core::v4::V4Error::Protocol(_))
+        ),
+        "{err}"
+    );
+    assert!(remote.store().snapshots.is_empty());
 }
 
 #[tokio::test]

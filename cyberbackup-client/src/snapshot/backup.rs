@@ -22,7 +22,7 @@ use rand_core::OsRng;
 use tokio::sync::mpsc;
 
 use super::exclude::{ExcludeOptions, Excluder};
-use super::remote::{MAX_HAVE_BATCH, RepoRemote};
+use super::remote::{MAX_HAVE_BATCH, RepoRemote, have_all};
 use super::walk::{PathSet, WalkMsg, WalkOutcome, Walker};
 use super::{EXIT_PARTIAL, Repository};
 use crate::v4::V4ClientError;
@@ -404,25 +404,23 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
     async fn flush(&mut self) -> Result<(), V4ClientError> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
+        let ids: Vec<BlobId> = pending.iter().map(|p| p.id).collect();
+        let have = have_all(&mut self.repo.remote, &ids).await?;
         let mut missing = Vec::new();
-        for batch in pending.chunks(MAX_HAVE_BATCH) {
-            let ids: Vec<BlobId> = batch.iter().map(|p| p.id).collect();
-            let have = self.repo.remote.have(&ids).await?;
-            for (pending, have) in batch.iter().zip(have) {
-                if have {
-                    continue;
-                }
-                let Some((kind, plaintext)) = &pending.blob else {
-                    return Err(super::repo_error(
-                        format!(
-                            "blob {} of the parent snapshot is no longer on the server; run the backup again with --force (read every file)",
-                            pending.id
-                        ),
-                        RepoError::ApiMisuse("a reused blob is missing"),
-                    ));
-                };
-                missing.push((*kind, pending.id, plaintext.clone()));
+        for (pending, have) in pending.iter().zip(have) {
+            if have {
+                continue;
             }
+            let Some((kind, plaintext)) = &pending.blob else {
+                return Err(super::repo_error(
+                    format!(
+                        "blob {} of the parent snapshot is no longer on the server; run the backup again with --force (read every file)",
+                        pending.id
+                    ),
+                    RepoError::ApiMisuse("a reused blob is missing"),
+                ));
+            };
+            missing.push((*kind, pending.id, plaintext.clone()));
         }
         drop(pending);
         if missing.is_empty() {
@@ -456,16 +454,11 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
         chunks.extend(builder.finish());
         self.stats.blob_count = self.ids.len() as u64;
         self.stats.ref_chunks = chunks.iter().map(RefChunk::id).collect();
-        for (batch, ids) in chunks
-            .chunks(MAX_HAVE_BATCH)
-            .zip(self.stats.ref_chunks.clone().chunks(MAX_HAVE_BATCH))
-        {
-            let have = self.repo.remote.have(ids).await?;
-            for (chunk, have) in batch.iter().zip(have) {
-                if !have {
-                    let bytes = self.pack.push_ref_chunk(chunk).map_err(walk_error)?;
-                    self.add_to_pack(&bytes).await?;
-                }
+        let have = have_all(&mut self.repo.remote, &self.stats.ref_chunks).await?;
+        for (chunk, have) in chunks.iter().zip(have) {
+            if !have {
+                let bytes = self.pack.push_ref_chunk(chunk).map_err(walk_error)?;
+                self.add_to_pack(&bytes).await?;
             }
         }
         Ok(())
