@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cyberbackup_client::snapshot::{
-    BackupOptions, BackupSummary, DiffKind, ExcludeOptions, KeyOptions, NoObserver, OpenedBy,
-    ReadData, RemoteRepo, RepoRemote, Repository, RestoreFilter, SnapshotListing,
+    BackupEvent, BackupObserver, BackupOptions, BackupSummary, DiffKind, ExcludeOptions,
+    KeyOptions, NoObserver, OpenedBy, ReadData, RemoteRepo, RepoRemote, Repository, RestoreFilter,
+    SnapshotListing,
 };
 use cyberbackup_client::v4::V4ClientError;
 use cyberbackup_core::repo::{
@@ -36,6 +37,9 @@ struct Store {
     snapshots: Vec<(SnapshotId, Bytes, u64)>,
     packs_put: usize,
     pack_bytes_put: usize,
+    have_batches: Vec<usize>,
+    /// Fault: HAVE answers one bool fewer than asked.
+    short_have: bool,
 }
 
 #[derive(Clone, Default)]
@@ -88,8 +92,13 @@ impl RepoRemote for MemRemote {
 
     async fn have(&mut self, ids: &[BlobId]) -> Result<Vec<bool>, V4ClientError> {
         assert!(ids.len() <= 2000, "HAVE batch of {}", ids.len());
-        let store = self.store();
-        Ok(ids.iter().map(|id| store.index.contains_key(id)).collect())
+        let mut store = self.store();
+        store.have_batches.push(ids.len());
+        let answered = ids.len() - usize::from(store.short_have && !ids.is_empty());
+        Ok(ids[..answered]
+            .iter()
+            .map(|id| store.index.contains_key(id))
+            .collect())
     }
 
     async fn put_pack(&mut self, id: PackId, pack: Bytes) -> Result<(), V4ClientError> {
@@ -203,6 +212,21 @@ async fn a_tree_with_odd_names_links_and_modes_round_trips_exactly() {
         .await
         .unwrap();
     assert_eq!(restored.hardlinks, 1);
+    assert!(restored.warnings.is_empty(), "{:?}", restored.warnings);
+    let listed = repo
+        .ls("latest", format!("{}/a/same.txt", src.display()).as_bytes())
+        .await
+        .unwrap();
+    let owner = &listed[0].entry.meta;
+    assert_eq!(
+        owner.uid,
+        fs::metadata(src.join("a/same.txt")).unwrap().uid()
+    );
+    assert!(
+        !owner.user.is_empty() && !owner.group.is_empty(),
+        "owner names not recorded"
+    );
+    assert_eq!(owner.xattrs.len(), 1);
     assert_same_tree(&src, &target);
 }
 
@@ -246,6 +270,57 @@ async fn an_unchanged_tree_is_backed_up_without_reading_a_file_and_one_change_se
     assert!(repo.check(ReadData::All).await.unwrap().is_ok());
 }
 
+#[derive(Default)]
+struct Events(Vec<BackupEvent>);
+
+impl BackupObserver for Events {
+    fn event(&mut self, event: &BackupEvent) {
+        self.0.push(event.clone());
+    }
+}
+
+#[tokio::test]
+async fn progress_reports_the_prescan_total_then_every_file_and_the_summary_serialises() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let files = make_tree(&src);
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    let mut events = Events::default();
+    let options = BackupOptions {
+        paths: vec![src.clone()],
+        ..BackupOptions::default()
+    };
+    let summary = repo.backup(&options, &mut events).await.unwrap();
+    let BackupEvent::Scanned {
+        total_files,
+        total_bytes,
+    } = events.0[0].clone()
+    else {
+        panic!("first event: {:?}", events.0[0]);
+    };
+    assert_eq!(total_files, files);
+    assert_eq!(total_bytes, summary.bytes_processed);
+    let statuses: Vec<_> = events.0[1..]
+        .iter()
+        .filter_map(|event| match event {
+            BackupEvent::Status {
+                files_done,
+                bytes_done,
+                ..
+            } => Some((*files_done, *bytes_done)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses.len() as u64, files);
+    assert_eq!(statuses.last(), Some(&(files, total_bytes)));
+    let json = serde_json::to_value(&summary).unwrap();
+    assert_eq!(json["message_type"], "summary");
+    assert_eq!(json["snapshot_id"], summary.snapshot_id.as_str());
+    assert_eq!(json["files_new"], files);
+    let status = serde_json::to_value(&events.0[1]).unwrap();
+    assert_eq!(status["message_type"], "status");
+}
+
 #[tokio::test]
 async fn restore_skips_files_already_correct_and_rewrites_a_changed_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,6 +350,113 @@ async fn restore_skips_files_already_correct_and_rewrites_a_changed_one() {
         fs::metadata(src.join("a/same.txt")).unwrap().len()
     );
     assert_same_tree(&src, &target);
+
+    // A symlink where the snapshot has a directory is replaced, not followed.
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::remove_dir_all(target.join("b")).unwrap();
+    symlink(&outside, target.join("b")).unwrap();
+    repo.restore("latest", path, &target, &filter)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote through a symlink"
+    );
+    assert_same_tree(&src, &target);
+}
+
+#[tokio::test]
+async fn thousands_of_blobs_are_asked_about_in_have_batches_of_at_most_2000() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in 0..5 {
+        fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..600 {
+            fs::write(src.join(format!("d{d}/f{f}")), format!("file {d}/{f}")).unwrap();
+        }
+    }
+    let (remote, mut repo) = open_new(dir.path()).await;
+    let summary = backup(&mut repo, &[&src]).await;
+    assert_eq!(summary.files_new, 3000);
+    assert!(summary.blobs_added > 3000);
+    let batches = remote.store().have_batches.clone();
+    assert!(batches.iter().all(|&n| n <= 2000), "{batches:?}");
+    assert!(batches.contains(&2000), "no full batch: {batches:?}");
+    let report = repo.check(ReadData::No).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+    assert!(report.blobs > 3000);
+    let mut out = Vec::new();
+    let path = format!("{}/d4/f599", src.display());
+    repo.dump("latest", path.as_bytes(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, b"file 4/599");
+}
+
+#[tokio::test]
+async fn a_have_answer_of_the_wrong_length_fails_the_backup_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"content").unwrap();
+    let (remote, mut repo) = open_new(dir.path()).await;
+    remote.store().short_have = true;
+    let options = BackupOptions {
+        paths: vec![src.clone()],
+        ..BackupOptions::default()
+    };
+    let err = repo.backup(&options, &mut NoObserver).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            V4ClientError::Session(cyberbackup_core::v4::V4Error::Protocol(_))
+        ),
+        "{err}"
+    );
+    assert!(remote.store().snapshots.is_empty());
+}
+
+#[tokio::test]
+async fn restore_include_and_exclude_rules_pick_what_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    backup(&mut repo, &[&src]).await;
+    let path = src.as_os_str().as_bytes();
+
+    let only_txt = dir.path().join("only-txt");
+    let filter = RestoreFilter {
+        include: vec!["*.txt".into()],
+        exclude: vec!["b".into()],
+    };
+    repo.restore("latest", path, &only_txt, &filter)
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    collect(&only_txt, &only_txt, &mut found);
+    let mut expected = vec!["a".to_string(), "a/same.txt".into(), "deep".into()];
+    let mut at = String::from("deep");
+    for level in 0..40 {
+        at.push_str(&format!("/level{level}"));
+        expected.push(at.clone());
+    }
+    expected.push(format!("{at}/bottom.txt"));
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        out.push(path.strip_prefix(root).unwrap().display().to_string());
+        if path.is_dir() && !path.is_symlink() {
+            collect(root, &path, out);
+        }
+    }
+    out.sort();
 }
 
 #[tokio::test]
@@ -611,7 +793,7 @@ fn make_tree(root: &Path) -> u64 {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        *byte = state as u8;
+        *byte = state.to_le_bytes()[0];
     }
     file(root.join("big.bin"), &big, 0o644);
     file(root.join("empty-file"), b"", 0o644);
@@ -620,6 +802,12 @@ fn make_tree(root: &Path) -> u64 {
     files += 1;
     fs::create_dir_all(root.join("empty-dir")).unwrap();
     fs::set_permissions(root.join("empty-dir"), fs::Permissions::from_mode(0o700)).unwrap();
+    for (path, value) in [
+        (root.join("a/same.txt"), &b"kept"[..]),
+        (root.join("b"), b"on a dir"),
+    ] {
+        rustix::fs::lsetxattr(&path, "user.note", value, rustix::fs::XattrFlags::empty()).unwrap();
+    }
     symlink("a/same.txt", root.join("rel-link")).unwrap();
     symlink("/nowhere/at/all", root.join("dangling")).unwrap();
     symlink(
@@ -646,6 +834,12 @@ fn assert_same_tree(a: &Path, b: &Path) {
         return;
     }
     assert_eq!(ma.mode(), mb.mode(), "mode of {}", b.display());
+    assert_eq!(
+        xattrs(a),
+        xattrs(b),
+        "extended attributes of {}",
+        b.display()
+    );
     if ma.is_file() {
         assert_eq!(ma.nlink(), mb.nlink(), "links of {}", b.display());
         assert!(
@@ -672,4 +866,18 @@ fn assert_same_tree(a: &Path, b: &Path) {
         let second = fs::metadata(b.join("links/second")).unwrap();
         assert_eq!(first.ino(), second.ino(), "hard link not restored");
     }
+}
+
+fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut list = vec![0u8; 4096];
+    let len = rustix::fs::llistxattr(path, &mut list[..]).unwrap();
+    list[..len]
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            let mut value = vec![0u8; 4096];
+            let len = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut value[..]).unwrap();
+            (name.to_vec(), value[..len].to_vec())
+        })
+        .collect()
 }

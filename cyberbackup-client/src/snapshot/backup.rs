@@ -22,7 +22,7 @@ use rand_core::OsRng;
 use tokio::sync::mpsc;
 
 use super::exclude::{ExcludeOptions, Excluder};
-use super::remote::{MAX_HAVE_BATCH, RepoRemote};
+use super::remote::{MAX_HAVE_BATCH, RepoRemote, have_all};
 use super::walk::{PathSet, WalkMsg, WalkOutcome, Walker};
 use super::{EXIT_PARTIAL, Repository};
 use crate::v4::V4ClientError;
@@ -176,10 +176,7 @@ impl<R: RepoRemote> Repository<R> {
             (Some(id), false) => Some(self.snapshot(id).await?.1.root),
             _ => None,
         };
-        let repo = |source| V4ClientError::Repo {
-            context: "backup".into(),
-            source,
-        };
+        let repo = |source| super::repo_error("backup", source);
         let keys = &self.open.keys;
         let config = &self.open.config;
         let (tx, rx) = mpsc::channel(CHANNEL_BLOBS);
@@ -311,10 +308,7 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
         let sealers = (0..workers)
             .map(|_| BlobSealer::new(&repo.open.keys, &repo.open.config))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| V4ClientError::Repo {
-                context: "backup".into(),
-                source,
-            })?;
+            .map_err(|source| super::repo_error("backup", source))?;
         let target = repo.open.config.pack_target_bytes;
         Ok(Self {
             repo,
@@ -410,25 +404,23 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
     async fn flush(&mut self) -> Result<(), V4ClientError> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
+        let ids: Vec<BlobId> = pending.iter().map(|p| p.id).collect();
+        let have = have_all(&mut self.repo.remote, &ids).await?;
         let mut missing = Vec::new();
-        for batch in pending.chunks(MAX_HAVE_BATCH) {
-            let ids: Vec<BlobId> = batch.iter().map(|p| p.id).collect();
-            let have = self.repo.remote.have(&ids).await?;
-            for (pending, have) in batch.iter().zip(have) {
-                if have {
-                    continue;
-                }
-                let Some((kind, plaintext)) = &pending.blob else {
-                    return Err(V4ClientError::Repo {
-                        context: format!(
-                            "blob {} of the parent snapshot is no longer on the server; run the backup again with --force (read every file)",
-                            pending.id
-                        ),
-                        source: RepoError::ApiMisuse("a reused blob is missing"),
-                    });
-                };
-                missing.push((*kind, pending.id, plaintext.clone()));
+        for (pending, have) in pending.iter().zip(have) {
+            if have {
+                continue;
             }
+            let Some((kind, plaintext)) = &pending.blob else {
+                return Err(super::repo_error(
+                    format!(
+                        "blob {} of the parent snapshot is no longer on the server; run the backup again with --force (read every file)",
+                        pending.id
+                    ),
+                    RepoError::ApiMisuse("a reused blob is missing"),
+                ));
+            };
+            missing.push((*kind, pending.id, plaintext.clone()));
         }
         drop(pending);
         if missing.is_empty() {
@@ -462,16 +454,11 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
         chunks.extend(builder.finish());
         self.stats.blob_count = self.ids.len() as u64;
         self.stats.ref_chunks = chunks.iter().map(RefChunk::id).collect();
-        for (batch, ids) in chunks
-            .chunks(MAX_HAVE_BATCH)
-            .zip(self.stats.ref_chunks.clone().chunks(MAX_HAVE_BATCH))
-        {
-            let have = self.repo.remote.have(ids).await?;
-            for (chunk, have) in batch.iter().zip(have) {
-                if !have {
-                    let bytes = self.pack.push_ref_chunk(chunk).map_err(walk_error)?;
-                    self.add_to_pack(&bytes).await?;
-                }
+        let have = have_all(&mut self.repo.remote, &self.stats.ref_chunks).await?;
+        for (chunk, have) in chunks.iter().zip(have) {
+            if !have {
+                let bytes = self.pack.push_ref_chunk(chunk).map_err(walk_error)?;
+                self.add_to_pack(&bytes).await?;
             }
         }
         Ok(())
@@ -536,10 +523,7 @@ fn seal_all(
 }
 
 fn walk_error(source: RepoError) -> V4ClientError {
-    V4ClientError::Repo {
-        context: "backup".into(),
-        source,
-    }
+    super::repo_error("backup", source)
 }
 
 fn now() -> Timestamp {
@@ -549,5 +533,38 @@ fn now() -> Timestamp {
     Timestamp {
         secs: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
         nanos: since.subsec_nanos(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cyberbackup_core::repo::{BlobOpener, MasterKey, RepoConfig};
+
+    #[test]
+    fn seal_all_returns_every_blob_sealed_in_input_order_across_workers() {
+        let keys = MasterKey::from_bytes([7; 32]).derive();
+        let config = RepoConfig::new([1; 16]);
+        let sealers: Vec<_> = (0..3)
+            .map(|_| BlobSealer::new(&keys, &config).unwrap())
+            .collect();
+        let blobs: Vec<_> = (0..10u8)
+            .map(|i| {
+                let plain = Bytes::from(vec![i; 100 + usize::from(i)]);
+                (BlobKind::Data, sealers[0].id(&plain), plain)
+            })
+            .collect();
+        let (sealers, sealed) = seal_all(sealers, &blobs);
+        assert_eq!(sealers.len(), 3);
+        assert_eq!(sealed.len(), blobs.len());
+        let mut opener = BlobOpener::new(&keys, &config).unwrap();
+        for ((kind, id, plain), sealed) in blobs.iter().zip(sealed) {
+            let sealed = sealed.unwrap();
+            assert_eq!(sealed.id, *id);
+            assert_eq!(
+                opener.open(*kind, id, &sealed.bytes).unwrap(),
+                plain.to_vec()
+            );
+        }
     }
 }

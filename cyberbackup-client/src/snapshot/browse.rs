@@ -15,7 +15,7 @@ use cyberbackup_core::repo::{
 use globset::Glob;
 use rand_core::{OsRng, RngCore};
 
-use super::remote::{MAX_HAVE_BATCH, RepoRemote};
+use super::remote::{RepoRemote, have_all};
 use super::{BlobError, Repository, short_hex};
 use crate::v4::V4ClientError;
 
@@ -398,10 +398,7 @@ impl<R: RepoRemote> Repository<R> {
                 .await
                 .map_err(|err| match err {
                     BlobError::Remote(err) => err,
-                    BlobError::Verify(source) => V4ClientError::Corrupt {
-                        path: at.display().to_string(),
-                        source,
-                    },
+                    BlobError::Verify(source) => super::corrupt(&at, source),
                 })?;
             out.write_all(&plaintext)
                 .map_err(|source| V4ClientError::Local {
@@ -474,14 +471,12 @@ impl<R: RepoRemote> Repository<R> {
                 }
             }
             let ids: Vec<BlobId> = referenced.iter().copied().collect();
-            for batch in ids.chunks(MAX_HAVE_BATCH) {
-                let have = self.remote.have(batch).await?;
-                for (id, have) in batch.iter().zip(have) {
-                    if !have {
-                        report
-                            .errors
-                            .push(format!("snapshot {short}: blob {id} is missing"));
-                    }
+            let have = have_all(&mut self.remote, &ids).await?;
+            for (id, have) in ids.iter().zip(have) {
+                if !have {
+                    report
+                        .errors
+                        .push(format!("snapshot {short}: blob {id} is missing"));
                 }
             }
             for id in data.iter().filter(|_| selected(read)) {

@@ -151,9 +151,8 @@ pub async fn open_or_create<R: RepoRemote>(
         .iter()
         .enumerate()
         .map(|(index, bytes)| {
-            KeyObject::decode(bytes).map_err(|source| V4ClientError::Repo {
-                context: format!("key object {index} of the repository"),
-                source,
+            KeyObject::decode(bytes).map_err(|source| {
+                super::repo_error(format!("key object {index} of the repository"), source)
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -172,11 +171,8 @@ pub async fn open_or_create<R: RepoRemote>(
         ),
     };
     let keys = master.derive();
-    let config =
-        RepoConfig::decode(&existing.config, &keys).map_err(|source| V4ClientError::Repo {
-            context: "the repository config".into(),
-            source,
-        })?;
+    let config = RepoConfig::decode(&existing.config, &keys)
+        .map_err(|source| super::repo_error("the repository config", source))?;
     let mut open = OpenRepository {
         keys,
         config,
@@ -245,10 +241,9 @@ async fn create<R: RepoRemote>(
         pack_target_bytes: NEW_REPO_PACK_TARGET_BYTES,
         ..RepoConfig::new(repo_id)
     };
-    let config_bytes = config.encode(&keys).map_err(|source| V4ClientError::Repo {
-        context: "the new repository config".into(),
-        source,
-    })?;
+    let config_bytes = config
+        .encode(&keys)
+        .map_err(|source| super::repo_error("the new repository config", source))?;
     let device = match read_device_key(&options.device_key)? {
         Some(device) => device,
         None => new_device_key(&options.device_key)?,
@@ -328,10 +323,7 @@ fn unwrap_with_passphrase(
 }
 
 fn key_error(source: RepoError) -> V4ClientError {
-    V4ClientError::Repo {
-        context: "cannot make a key object".into(),
-        source,
-    }
+    super::repo_error("cannot make a key object", source)
 }
 
 fn read_device_key(path: &Path) -> Result<Option<DeviceKey>, V4ClientError> {

@@ -63,11 +63,8 @@ impl<R: RepoRemote> Repository<R> {
     /// As [`open_or_create`].
     pub async fn open(mut remote: R, options: &KeyOptions) -> Result<Self, V4ClientError> {
         let open = open_or_create(&mut remote, options).await?;
-        let opener =
-            BlobOpener::new(&open.keys, &open.config).map_err(|source| V4ClientError::Repo {
-                context: "cannot start the blob opener".into(),
-                source,
-            })?;
+        let opener = BlobOpener::new(&open.keys, &open.config)
+            .map_err(|source| repo_error("cannot start the blob opener", source))?;
         Ok(Self {
             remote,
             open,
@@ -126,10 +123,7 @@ impl<R: RepoRemote> Repository<R> {
             .blob(BlobKind::Tree, id)
             .await
             .map_err(|err| err.into_client(context()))?;
-        Tree::decode(&bytes).map_err(|source| V4ClientError::Repo {
-            context: context(),
-            source,
-        })
+        Tree::decode(&bytes).map_err(|source| repo_error(context(), source))
     }
 
     /// Fetches and opens one snapshot object.
@@ -138,18 +132,16 @@ impl<R: RepoRemote> Repository<R> {
         id: SnapshotId,
     ) -> Result<(SnapshotEnvelope, Snapshot), V4ClientError> {
         let bytes: Bytes = self.remote.get_snapshot(id).await?;
-        let (envelope, snapshot) =
-            Snapshot::open(&bytes, &self.open.keys).map_err(|source| V4ClientError::Repo {
-                context: format!("snapshot {}", short_hex(id.as_bytes())),
-                source,
-            })?;
+        let (envelope, snapshot) = Snapshot::open(&bytes, &self.open.keys).map_err(|source| {
+            repo_error(format!("snapshot {}", short_hex(id.as_bytes())), source)
+        })?;
         if SnapshotEnvelope::id_of(&bytes) != id {
-            return Err(V4ClientError::Repo {
-                context: format!("snapshot {}", short_hex(id.as_bytes())),
-                source: RepoError::Authentication {
+            return Err(repo_error(
+                format!("snapshot {}", short_hex(id.as_bytes())),
+                RepoError::Authentication {
                     object: cyberbackup_core::repo::ObjectKind::Snapshot,
                 },
-            });
+            ));
         }
         Ok((envelope, snapshot))
     }
@@ -166,7 +158,7 @@ impl BlobError {
     fn into_client(self, context: String) -> V4ClientError {
         match self {
             Self::Remote(err) => err,
-            Self::Verify(source) => V4ClientError::Repo { context, source },
+            Self::Verify(source) => repo_error(context, source),
         }
     }
 }
@@ -186,4 +178,20 @@ fn user_name() -> Vec<u8> {
     std::env::var_os("USER")
         .map(|user| std::os::unix::ffi::OsStrExt::as_bytes(user.as_os_str()).to_vec())
         .unwrap_or_else(|| rustix::process::getuid().as_raw().to_string().into_bytes())
+}
+
+/// A [`V4ClientError::Repo`] about `context`.
+fn repo_error(context: impl Into<String>, source: RepoError) -> V4ClientError {
+    V4ClientError::Repo {
+        context: context.into(),
+        source: Box::new(source),
+    }
+}
+
+/// A [`V4ClientError::Corrupt`] for the file at `path` in a snapshot.
+fn corrupt(path: &std::path::Path, source: RepoError) -> V4ClientError {
+    V4ClientError::Corrupt {
+        path: path.display().to_string(),
+        source: Box::new(source),
+    }
 }

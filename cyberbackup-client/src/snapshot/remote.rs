@@ -76,3 +76,26 @@ pub struct SnapshotListing {
 
 /// Most blob IDs in one HAVE request.
 pub const MAX_HAVE_BATCH: usize = 2000;
+
+/// HAVE for any number of IDs: batches of [`MAX_HAVE_BATCH`], each answer checked to have one
+/// bool per ID (a server that answers otherwise broke the protocol).
+pub(super) async fn have_all<R: RepoRemote>(
+    remote: &mut R,
+    ids: &[BlobId],
+) -> Result<Vec<bool>, V4ClientError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for batch in ids.chunks(MAX_HAVE_BATCH) {
+        let have = remote.have(batch).await?;
+        if have.len() != batch.len() {
+            return Err(V4ClientError::Session(
+                cyberbackup_core::v4::V4Error::Protocol(format!(
+                    "the server answered HAVE for {} blob IDs with {} answers",
+                    batch.len(),
+                    have.len()
+                )),
+            ));
+        }
+        out.extend(have);
+    }
+    Ok(out)
+}

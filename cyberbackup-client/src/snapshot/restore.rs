@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use cyberbackup_core::repo::{BlobKind, EntryKind, Metadata, Timestamp, TreeEntry};
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
+use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags, lsetxattr, utimensat};
 
 use super::{BlobError, RepoRemote, Repository};
 use crate::v4::V4ClientError;
@@ -47,6 +47,8 @@ pub struct RestoreSummary {
     pub hardlinks: u64,
     /// Bytes written.
     pub bytes_written: u64,
+    /// Metadata that could not be set (extended attributes the target refuses).
+    pub warnings: Vec<String>,
 }
 
 struct Filter {
@@ -190,13 +192,14 @@ impl<R: RepoRemote> Repository<R> {
     ) -> Result<bool, V4ClientError> {
         match &entry.kind {
             EntryKind::Dir { subtree } => {
-                let existed = dest.is_dir();
+                // Not `is_dir`: a symlink at the target is replaced, never followed.
+                let existed = fs::symlink_metadata(dest).is_ok_and(|meta| meta.is_dir());
                 if !existed {
+                    remove_existing(dest)?;
                     local(dest, "cannot create the directory", fs::create_dir(dest))?;
                 }
                 let any = self.restore_dir(run, *subtree, snapshot_path, dest).await?;
-                let keep =
-                    any || run.filter.included(snapshot_path) || run.filter.include.is_none();
+                let keep = any || run.filter.included(snapshot_path);
                 if !keep && !existed {
                     let _ = fs::remove_dir(dest);
                     return Ok(false);
@@ -269,10 +272,7 @@ impl<R: RepoRemote> Repository<R> {
                 .await
                 .map_err(|err| match err {
                     BlobError::Remote(err) => err,
-                    BlobError::Verify(source) => V4ClientError::Corrupt {
-                        path: snapshot_path.display().to_string(),
-                        source,
-                    },
+                    BlobError::Verify(source) => super::corrupt(snapshot_path, source),
                 })?;
             local(dest, "cannot write", temp.write_all(&plaintext))?;
             written += plaintext.len() as u64;
@@ -297,9 +297,14 @@ struct RestoreRun {
 }
 
 impl RestoreRun {
-    /// Owner (as root), mode (not for symlinks) and times, in that order (chown clears
-    /// set-id bits; times last).
-    fn set_meta(&self, path: &Path, meta: &Metadata, symlink: bool) -> Result<(), V4ClientError> {
+    /// Owner (as root), mode (not for symlinks), extended attributes and times, in that
+    /// order (chown clears set-id bits; times last).
+    fn set_meta(
+        &mut self,
+        path: &Path,
+        meta: &Metadata,
+        symlink: bool,
+    ) -> Result<(), V4ClientError> {
         if self.is_root {
             local(
                 path,
@@ -314,6 +319,16 @@ impl RestoreRun {
                 "cannot set the mode of",
                 fs::set_permissions(path, mode),
             )?;
+        }
+        for xattr in &meta.xattrs {
+            let name = OsStr::from_bytes(&xattr.name);
+            if let Err(err) = lsetxattr(path, name, &xattr.value, XattrFlags::empty()) {
+                self.summary.warnings.push(format!(
+                    "{}: cannot set the extended attribute {}: {err}",
+                    path.display(),
+                    String::from_utf8_lossy(&xattr.name)
+                ));
+            }
         }
         let times = Timestamps {
             last_access: timespec(meta.mtime),

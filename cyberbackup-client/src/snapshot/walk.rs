@@ -16,9 +16,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
+use cyberbackup_core::repo::limits::{MAX_XATTR_VALUE_BYTES, MAX_XATTRS};
 use cyberbackup_core::repo::{
     BlobId, BlobKind, BlobSealer, Chunker, EntryKind, Metadata, RepoError, Timestamp, Tree,
-    TreeEntry,
+    TreeEntry, Xattr,
 };
 use tokio::sync::mpsc;
 
@@ -75,7 +76,7 @@ pub(super) struct WalkOutcome {
 /// records the directories above it with their own metadata (as restic does).
 #[derive(Debug, Default)]
 pub(super) struct PathSet {
-    children: BTreeMap<Vec<u8>, PathSet>,
+    children: BTreeMap<Vec<u8>, Self>,
     target: bool,
 }
 
@@ -125,6 +126,8 @@ pub(super) struct Walker {
     outcome: WalkOutcome,
     files_done: u64,
     buf: Vec<u8>,
+    users: HashMap<u32, Vec<u8>>,
+    groups: HashMap<u32, Vec<u8>>,
 }
 
 /// Stops the walk: the upload side hung up (it failed), or the format refused something.
@@ -156,6 +159,8 @@ impl Walker {
             outcome: WalkOutcome::default(),
             files_done: 0,
             buf: vec![0; READ_LEN],
+            users: owner_names(Path::new("/etc/passwd")),
+            groups: owner_names(Path::new("/etc/group")),
         }
     }
 
@@ -276,7 +281,12 @@ impl Walker {
         root_dev: u64,
     ) -> Result<Option<TreeEntry>, Stop> {
         let file_type = meta.file_type();
-        let mut entry_meta = metadata_of(meta);
+        let mut entry_meta = Metadata {
+            user: self.users.get(&meta.uid()).cloned().unwrap_or_default(),
+            group: self.groups.get(&meta.gid()).cloned().unwrap_or_default(),
+            xattrs: xattrs_of(path),
+            ..metadata_of(meta)
+        };
         let kind = if file_type.is_dir() {
             let subtree = self.dir(path, parent_subtree(parent), root_dev)?;
             self.outcome.dirs += 1;
@@ -504,6 +514,56 @@ fn sorted_names(path: &Path) -> io::Result<Vec<Vec<u8>>> {
         .collect::<io::Result<Vec<_>>>()?;
     names.sort();
     Ok(names)
+}
+
+/// Names by ID from `/etc/passwd` or `/etc/group` (`name:x:id:...`); empty when unreadable.
+fn owner_names(file: &Path) -> HashMap<u32, Vec<u8>> {
+    let Ok(text) = fs::read(file) else {
+        return HashMap::new();
+    };
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let mut fields = line.split(|&b| b == b':');
+            let name = fields.next()?;
+            let id = std::str::from_utf8(fields.nth(1)?).ok()?.parse().ok()?;
+            Some((id, name.to_vec()))
+        })
+        .collect()
+}
+
+/// The entry's extended attributes, sorted by name, within the format's limits (none when
+/// the file system has none or refuses to list them).
+fn xattrs_of(path: &Path) -> Vec<Xattr> {
+    let mut list = match rustix::fs::llistxattr_query(path) {
+        Ok(0) | Err(_) => return Vec::new(),
+        Ok(len) => vec![0u8; len],
+    };
+    let Ok(len) = rustix::fs::llistxattr(path, &mut list[..]) else {
+        return Vec::new();
+    };
+    list.truncate(len);
+    let mut xattrs: Vec<Xattr> = list
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .filter_map(|name| {
+            let os_name = OsStr::from_bytes(name);
+            let len = rustix::fs::lgetxattr_query(path, os_name).ok()?;
+            if len > MAX_XATTR_VALUE_BYTES {
+                return None;
+            }
+            let mut value = vec![0u8; len];
+            let len = rustix::fs::lgetxattr(path, os_name, &mut value[..]).ok()?;
+            value.truncate(len);
+            Some(Xattr {
+                name: name.to_vec(),
+                value,
+            })
+        })
+        .take(MAX_XATTRS)
+        .collect();
+    xattrs.sort();
+    xattrs.dedup_by(|a, b| a.name == b.name);
+    xattrs
 }
 
 fn parent_subtree(entry: Option<&TreeEntry>) -> Option<BlobId> {

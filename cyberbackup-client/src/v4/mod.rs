@@ -142,7 +142,7 @@ pub enum V4ClientError {
         context: String,
         /// The format error (it says what is wrong and what to do).
         #[source]
-        source: cyberbackup_core::repo::RepoError,
+        source: Box<cyberbackup_core::repo::RepoError>,
     },
     /// No key object of the repository opens with what this machine has.
     #[error(
@@ -178,7 +178,7 @@ pub enum V4ClientError {
         path: String,
         /// The verification error.
         #[source]
-        source: cyberbackup_core::repo::RepoError,
+        source: Box<cyberbackup_core::repo::RepoError>,
     },
     /// A local file cannot be read or written.
     #[error("{what} {path}: {source}")]
