@@ -49,12 +49,11 @@ fn main() -> ExitCode {
         return run_ui(args);
     }
     if let Command::Snapshot(command) = command {
-        let code = cyberbackup_client::snapshot::cli::run(command, &mut |stream, line| {
-            match stream {
+        let code =
+            cyberbackup_client::snapshot::cli::run(command, &mut |stream, line| match stream {
                 cyberbackup_client::snapshot::cli::Stream::Stdout => out_lines([line]),
                 cyberbackup_client::snapshot::cli::Stream::Stderr => err_line(line),
-            }
-        });
+            });
         return ExitCode::from(code);
     }
     if cyberbackup_client::v4::cli::handles(&command) {

@@ -345,10 +345,8 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
                 let list: Vec<_> = snapshots.iter().map(super::SnapshotInfo::to_json).collect();
                 print(Stream::Stdout, &to_json(&list));
             } else {
-                let rows: Vec<Vec<String>> = snapshots
-                    .iter()
-                    .map(|s| s.table_row().to_vec())
-                    .collect();
+                let rows: Vec<Vec<String>> =
+                    snapshots.iter().map(|s| s.table_row().to_vec()).collect();
                 for line in table(&["ID", "TIME", "HOST", "PATHS", "TAGS", "SIZE"], &rows) {
                     print(Stream::Stdout, &line);
                 }
@@ -467,7 +465,13 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
             let rows: Vec<Vec<String>> = repo
                 .key_list()
                 .iter()
-                .map(|key| vec![key.index.to_string(), key.kind.to_owned(), printable(&key.label)])
+                .map(|key| {
+                    vec![
+                        key.index.to_string(),
+                        key.kind.to_owned(),
+                        printable(&key.label),
+                    ]
+                })
                 .collect();
             for line in table(&["#", "KIND", "LABEL"], &rows) {
                 print(Stream::Stdout, &line);
@@ -477,14 +481,20 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
         SnapshotCommand::Key(KeyCommand::Add(add) | KeyCommand::Passwd(add)) => {
             let new = match &add.new_password_file {
                 Some(path) => read_password_file(path)?,
-                None => prompt("new repository passphrase: ")?.ok_or_else(|| {
-                    V4ClientError::Usage {
-                        message: "no terminal to ask for the new passphrase: give --new-password-file".into(),
-                    }
-                })?,
+                None => {
+                    prompt("new repository passphrase: ")?.ok_or_else(|| V4ClientError::Usage {
+                        message:
+                            "no terminal to ask for the new passphrase: give --new-password-file"
+                                .into(),
+                    })?
+                }
             };
-            repo.add_passphrase_key(&new, &super::host_name(), cyberbackup_core::repo::KdfParams::DEFAULT)
-                .await?;
+            repo.add_passphrase_key(
+                &new,
+                &super::host_name(),
+                cyberbackup_core::repo::KdfParams::DEFAULT,
+            )
+            .await?;
             if !args.quiet {
                 print(Stream::Stdout, "added a passphrase key object");
             }
@@ -494,7 +504,10 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
             if !args.quiet {
                 print(
                     Stream::Stdout,
-                    &format!("repository opened ({:?}); this machine's device key is enrolled", repo.opened().opened_by),
+                    &format!(
+                        "repository opened ({:?}); this machine's device key is enrolled",
+                        repo.opened().opened_by
+                    ),
                 );
             }
             EXIT_OK
@@ -630,7 +643,10 @@ impl BackupObserver for Progress<'_, '_> {
 
 /// The passphrase: `--password-file`, else `CYBERBACKUP_PASSWORD`, else a prompt when stdin
 /// is a terminal (always asked for `recover`), else none (a scripted run never blocks).
-fn passphrase(args: &RepoArgs, required: bool) -> Result<Option<Zeroizing<Vec<u8>>>, V4ClientError> {
+fn passphrase(
+    args: &RepoArgs,
+    required: bool,
+) -> Result<Option<Zeroizing<Vec<u8>>>, V4ClientError> {
     if let Some(path) = &args.password_file {
         return read_password_file(path).map(Some);
     }

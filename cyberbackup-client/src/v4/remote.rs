@@ -23,7 +23,10 @@ impl RepoRemote for V4Client {
     }
 
     async fn create(&mut self, config: Bytes, key: Bytes) -> Result<(), V4ClientError> {
-        done(self.repository(RepoCall::Create { config, key }).await?, "REPO_CREATE")
+        done(
+            self.repository(RepoCall::Create { config, key }).await?,
+            "REPO_CREATE",
+        )
     }
 
     async fn add_key(&mut self, key: Bytes) -> Result<(), V4ClientError> {
@@ -58,7 +61,10 @@ impl RepoRemote for V4Client {
     }
 
     async fn get_snapshot(&mut self, id: SnapshotId) -> Result<Bytes, V4ClientError> {
-        object(self.repository(RepoCall::Get(GetTarget::Snapshot(id))).await?)
+        object(
+            self.repository(RepoCall::Get(GetTarget::Snapshot(id)))
+                .await?,
+        )
     }
 
     async fn snapshots(&mut self) -> Result<Vec<SnapshotListing>, V4ClientError> {

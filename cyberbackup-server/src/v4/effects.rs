@@ -200,7 +200,10 @@ impl<'a> V4Effects<'a> {
                 Ok(())
             }
             ServerEffect::Repository { client_id, request } => {
-                let answer = self.repo.request(&self.shared.repo, client_id, request).await;
+                let answer = self
+                    .repo
+                    .request(&self.shared.repo, client_id, request)
+                    .await;
                 session.handle_repository(now(), answer)
             }
             ServerEffect::WritePut { data } => {

@@ -124,10 +124,7 @@ impl RepoConnection {
     /// Verifies the staged object and makes it durable and visible.
     pub(crate) async fn finish(&mut self, store: &RepoStore) -> Result<RepoAnswer, Refusal> {
         let Some(staged) = self.staged.take() else {
-            return Err(Refusal::new(
-                ErrorCode::PROTOCOL,
-                "no object is being put",
-            ));
+            return Err(Refusal::new(ErrorCode::PROTOCOL, "no object is being put"));
         };
         store.finish_put(staged).await.map_err(refusal)?;
         Ok(RepoAnswer::Stored)
@@ -162,4 +159,3 @@ fn refusal(err: RepoStoreError) -> Refusal {
     };
     Refusal::new(code, err.to_string())
 }
-
