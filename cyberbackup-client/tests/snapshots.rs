@@ -3,7 +3,7 @@
 //! everything a tree can hold is backed up and restored exactly (`diff -r` and metadata);
 //! an unchanged second backup stores only metadata, a changed file about one chunk; two
 //! clients' repositories are isolated; the server's disk holds no plaintext byte and no file
-//! name; a pack damaged on the server's disk is reported by `check --read-data` and by
+//! name, nor its log; a pack damaged on the server's disk is reported by `check --read-data` and by
 //! `restore`, which writes nothing wrong; a backup killed midway leaves no snapshot and the
 //! next one reuses what was stored.
 #![allow(
@@ -20,9 +20,39 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use support::{RealServer, client_binary, write_pattern};
+
+/// Everything the in-process server logs, at every level (installed once per test binary).
+fn server_logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        let writer = move || LogWriter(logs);
+        tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with_writer(writer)
+            .with_ansi(false)
+            .init();
+        logs
+    })
+}
+
+/// Appends log lines to the shared buffer.
+struct LogWriter(&'static Mutex<Vec<u8>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 const MIB: u64 = 1024 * 1024;
 /// Marker strings written into the backed-up files; the server's disk must never hold them.
@@ -233,6 +263,7 @@ fn assert_same_tree(source: &Path, restored: &Path) {
 
 #[test]
 fn a_tree_with_everything_in_it_is_restored_exactly_and_the_server_sees_no_plaintext() {
+    let logs = server_logs();
     let server = RealServer::start();
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("src");
@@ -309,6 +340,26 @@ fn a_tree_with_everything_in_it_is_restored_exactly_and_the_server_sees_no_plain
         assert!(
             !name.contains(NAME_MARKER) && !name.contains("copyright"),
             "{name}"
+        );
+    }
+    // Nor in what the server logged, at every level (the other tests of this binary log
+    // there too; none of them logs a marker either).
+    let logged = logs.lock().unwrap().clone();
+    assert!(
+        logged.len() > 1000,
+        "the server logged almost nothing: is the capture on?"
+    );
+    for marker in [
+        CONTENT_MARKER,
+        NAME_MARKER,
+        "copyright",
+        "hard-linked content",
+    ] {
+        assert!(
+            !logged
+                .windows(marker.len())
+                .any(|window| window == marker.as_bytes()),
+            "{marker:?} found in the server's log"
         );
     }
 }
