@@ -28,6 +28,7 @@ mod procfs;
 mod report;
 mod server;
 mod single_file;
+mod snapshots;
 mod soak;
 
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ enum Scenario {
     Catalog,
     /// restic on the same file, when installed.
     Peer,
+    /// A mixed tree as snapshots: first backup, unchanged backup, restore; next to restic
+    /// and borg in the same run when installed.
+    Snapshots,
     /// Load and soak: N clients for --minutes, random sizes, disconnects and reconnects;
     /// server RSS and descriptors over time. Only when named (not in the default set).
     Soak,
@@ -64,7 +68,8 @@ struct Cli {
     /// Scenarios to run, in order [default: all].
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
-    /// single-file / peer: file size (B, KiB, MiB, GiB) [default: 1GiB; smoke 64MiB].
+    /// single-file / peer: file size; snapshots: total of the large binaries (B, KiB, MiB,
+    /// GiB) [default: 1GiB; smoke 64MiB].
     #[arg(long, value_parser = data::parse_size)]
     size: Option<u64>,
     /// single-file: also upload a file of `--compare-size` and compare peak RSS.
@@ -76,7 +81,7 @@ struct Cli {
     /// many-clients / soak: number of clients [default: 1000; smoke 50, soak smoke 20].
     #[arg(long)]
     clients: Option<usize>,
-    /// many-files: number of files [default: 10000; smoke 200].
+    /// many-files / snapshots: number of (small) files [default: 10000; smoke 200].
     #[arg(long)]
     files: Option<usize>,
     /// many-files: size of each file [default: 4KiB].
@@ -218,6 +223,13 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
             }
             Scenario::ManyFiles => many_files::run(&bins, &work, files, cli.file_size),
             Scenario::Catalog => catalog::run(&work, rows),
+            Scenario::Snapshots => {
+                let options = snapshots::Options {
+                    small_files: files,
+                    large_bytes: size,
+                };
+                snapshots::run(&bins, &work, &options)
+            }
             Scenario::Peer => match peer::restic_version() {
                 Some(version) => peer::run(&work, size, &version),
                 None => {
