@@ -1,7 +1,8 @@
 //! Snapshots end to end: the real `cyberbackup-client` binary against the reference server
 //! (in-process, real sockets, real SQLite, the local repository backend). A tree with
 //! everything a tree can hold is backed up and restored exactly (`diff -r` and metadata);
-//! an unchanged second backup stores only metadata, a changed file about one chunk; two
+//! an unchanged second backup stores only metadata, a changed file about one chunk, a 1 MiB
+//! append about 1 MiB; two
 //! clients' repositories are isolated; the server's disk holds no plaintext byte and no file
 //! name, nor its log; a pack damaged on the server's disk is reported by `check --read-data` and by
 //! `restore`, which writes nothing wrong; a backup killed midway leaves no snapshot and the
@@ -409,9 +410,25 @@ fn unchanged_files_are_not_sent_again_and_a_changed_file_costs_about_one_chunk()
         added < 9 * MIB && added > 64 * 1024,
         "one changed chunk stored {added} bytes"
     );
+
+    // Append 1 MiB: the new bytes and at most the old last chunk are stored again.
+    let mut appended = fs::OpenOptions::new().append(true).open(&large).unwrap();
+    let mut tail = vec![0u8; MIB as usize];
+    for (i, byte) in tail.iter_mut().enumerate() {
+        *byte = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    std::io::Write::write_all(&mut appended, &tail).unwrap();
+    drop(appended);
+    let fourth = backup(dir.path(), &server, "alice", &["src"]);
+    let added = repository_bytes(&server) - after_third;
+    assert_eq!(fourth["files_changed"], 1, "{fourth}");
+    assert!(
+        added < MIB + 9 * MIB && added > MIB / 2,
+        "a 1 MiB append stored {added} bytes"
+    );
     let snapshots = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
     let snapshots: serde_json::Value = serde_json::from_slice(&snapshots.stdout).unwrap();
-    assert_eq!(snapshots.as_array().unwrap().len(), 3);
+    assert_eq!(snapshots.as_array().unwrap().len(), 4);
 }
 
 #[test]
