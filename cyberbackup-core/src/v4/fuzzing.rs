@@ -8,7 +8,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::codec::{FrameDecoder, Side};
 use super::noise::StaticKeypair;
-use super::server::{AuthDecision, ResumePoint, ServerConfig, ServerEffect, ServerSession};
+use super::repository::RepoRequest;
+use super::server::{
+    AuthDecision, RepoAnswer, ResumePoint, ServerConfig, ServerEffect, ServerSession,
+};
 use super::wire::{ClientAuth, ClientMessage, ServerHello, ServerMessage};
 use super::{ContentDigest, Output};
 use crate::fuzzing::CountingRng;
@@ -100,6 +103,22 @@ fn answer(session: &mut ServerSession<CountingRng>, effect: ServerEffect, now: I
         ServerEffect::ListVersions { .. } => session.handle_listing(now, Ok(Vec::new())),
         ServerEffect::OpenVersion { .. } => session.handle_version_opened(now, Ok(None)),
         ServerEffect::ReadVersion { .. } => session.handle_version_data(now, Ok(Bytes::new())),
+        ServerEffect::Repository { request, .. } => session.handle_repository(
+            now,
+            Ok(match request {
+                RepoRequest::Open => RepoAnswer::State {
+                    config: None,
+                    keys: Vec::new(),
+                },
+                RepoRequest::Have { ids } => RepoAnswer::Have(vec![true; ids.len()]),
+                RepoRequest::Put { .. } => RepoAnswer::PutReady,
+                RepoRequest::Get { .. } => RepoAnswer::Object(Bytes::from_static(b"fuzz object")),
+                RepoRequest::Snapshots => RepoAnswer::Snapshots(Vec::new()),
+                _ => RepoAnswer::Done,
+            }),
+        ),
+        ServerEffect::WritePut { .. } => session.handle_storage(now, Ok(())),
+        ServerEffect::FinishPut => session.handle_repository(now, Ok(RepoAnswer::Stored)),
         _ => Ok(()),
     };
 }
