@@ -49,8 +49,6 @@ pub struct Chunker {
     masks: (u64, u64, u64, u64),
     buf: BytesMut,
     eof: bool,
-    /// The buffer was scanned without finding a cut; wait for a full buffer or EOF.
-    scanned_without_cut: bool,
 }
 
 impl std::fmt::Debug for Chunker {
@@ -108,7 +106,6 @@ impl Chunker {
             masks: (mask_s, mask_l, mask_s << 1, mask_l << 1),
             buf: BytesMut::with_capacity(max),
             eof: false,
-            scanned_without_cut: false,
         })
     }
 
@@ -120,6 +117,12 @@ impl Chunker {
             return 0;
         }
         let take = data.len().min(self.max - self.buf.len());
+        // Chunks polled earlier share the buffer's allocation, so growing it means a new
+        // one: take room for a whole maximum chunk at once, not for this piece only (a
+        // fresh allocation per chunk costs its page faults every time).
+        if self.buf.capacity() - self.buf.len() < take {
+            self.buf.reserve(self.max);
+        }
         self.buf.extend_from_slice(&data[..take]);
         take
     }
@@ -138,8 +141,9 @@ impl Chunker {
             self.eof = false;
             return None;
         }
-        let full = self.buf.len() >= self.max;
-        if !full && !self.eof && self.scanned_without_cut {
+        // Cut only with a maximum chunk buffered (or at EOF): every byte is then scanned
+        // once, where scanning a partial buffer that holds no cut scans it again later.
+        if self.buf.len() < self.max && !self.eof {
             return None;
         }
         let (mask_s, mask_l, mask_s_ls, mask_l_ls) = self.masks;
@@ -155,16 +159,7 @@ impl Chunker {
             &self.gear[..],
             &self.gear_ls[..],
         );
-        if cut >= self.buf.len() && !full && !self.eof {
-            self.scanned_without_cut = true;
-            return None;
-        }
-        self.scanned_without_cut = false;
-        let chunk = self.buf.split_to(cut).freeze();
-        if self.buf.capacity() < self.max {
-            self.buf.reserve(self.max - self.buf.len());
-        }
-        Some(chunk)
+        Some(self.buf.split_to(cut).freeze())
     }
 
     /// Bytes buffered but not yet cut.
