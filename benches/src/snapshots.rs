@@ -80,7 +80,7 @@ fn run_inner(
     report(section, "cyberbackup", &ours, tree_bytes);
     all.insert("cyberbackup".into(), serde_json::to_value(&ours)?);
     let mut peers: Vec<(&str, Figures)> = Vec::new();
-    if installed("restic") {
+    if crate::peer::restic_version().is_some() {
         let figures = restic(dir.path(), &tree)?;
         report(section, "restic", &figures, tree_bytes);
         all.insert("restic".into(), serde_json::to_value(&figures)?);
@@ -177,6 +177,7 @@ fn make_tree(root: &Path, options: &Options) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// Whether `tool --version` runs (borg; restic has `restic version` instead).
 fn installed(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
