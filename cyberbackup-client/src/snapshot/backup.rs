@@ -27,10 +27,13 @@ use super::walk::{PathSet, WalkMsg, WalkOutcome, Walker};
 use super::{EXIT_PARTIAL, Repository};
 use crate::v4::V4ClientError;
 
-/// Chunks in flight between the walk and the upload side.
-const CHANNEL_BLOBS: usize = 8;
-/// Plaintext gathered before a HAVE round trip and a parallel sealing pass.
-const BATCH_BYTES: usize = 32 << 20;
+/// Chunks in flight between the walk and the upload side (each up to the maximum chunk).
+const CHANNEL_BLOBS: usize = 4;
+/// Plaintext gathered before a HAVE round trip and a parallel sealing pass: enough chunks
+/// (8 of the default 1 MiB average) to keep every core sealing, little enough that the
+/// batch and its sealed copies stay a small part of the client's memory (32 MiB made the
+/// first backup's peak RSS 193 MiB in the harness, docs/benchmarks.md).
+const BATCH_BYTES: usize = 8 << 20;
 
 /// What to back up and how.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
