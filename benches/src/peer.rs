@@ -3,12 +3,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::data;
-use crate::procfs::{self, Sampler, Watch};
+use crate::procfs;
 use crate::report::{Section, mib_from_kib};
 
 /// Password of the throw-away repository.
@@ -64,32 +63,10 @@ fn run_inner(work: &Path, size: u64, version: &str, section: &mut Section) -> an
             String::from_utf8_lossy(&init.stderr)
         );
     }
-    let err_path = dir.path().join("restic.err");
-    let start = Instant::now();
-    let mut child = restic(&["backup"])
-        .arg(&input)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err_path)?)
-        .spawn()
-        .context("cannot run restic backup")?;
-    let sampler = Sampler::start(vec![Watch {
-        pid: child.id(),
-        count_fds: false,
-    }]);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let wall = start.elapsed().as_secs_f64();
-    let peaks = procfs::peaks(&sampler.finish(), 0);
-    if !status.success() {
-        bail!(
-            "restic backup failed ({status}): {}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        );
-    }
+    let mut backup = restic(&["backup"]);
+    backup.arg(&input);
+    let (wall, peaks) =
+        procfs::run_sampled(backup, "restic backup", &dir.path().join("restic.err"))?;
     let mb_per_s = size as f64 / wall / 1e6;
     section.row("restic", version.to_owned());
     section.row(

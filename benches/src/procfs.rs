@@ -157,6 +157,46 @@ pub(crate) fn peaks(rows: &[Row], index: usize) -> Peaks {
     out
 }
 
+/// Runs `command` to completion (stdin and stdout closed, stderr to the file `stderr_log`,
+/// so a chatty child never blocks on a full pipe) while sampling it; returns its wall time
+/// and its peaks. A failure names `what` and quotes the child's stderr.
+///
+/// # Errors
+/// The command cannot start or exits unsuccessfully.
+pub(crate) fn run_sampled(
+    mut command: std::process::Command,
+    what: &str,
+    stderr_log: &std::path::Path,
+) -> anyhow::Result<(f64, Peaks)> {
+    use anyhow::Context as _;
+    let start = Instant::now();
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stderr_log)?)
+        .spawn()
+        .with_context(|| format!("cannot run {what}"))?;
+    let sampler = Sampler::start(vec![Watch {
+        pid: child.id(),
+        count_fds: false,
+    }]);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let peaks = peaks(&sampler.finish(), 0);
+    if !status.success() {
+        anyhow::bail!(
+            "{what} failed ({status}): {}",
+            std::fs::read_to_string(stderr_log).unwrap_or_default()
+        );
+    }
+    Ok((secs, peaks))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

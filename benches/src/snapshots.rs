@@ -7,12 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::data::{self, Noise};
-use crate::procfs::{self, Sampler, Watch};
+use crate::procfs;
 use crate::report::{Section, mib_from_kib};
 use crate::server::{Binaries, ServerProcess, ServerSettings};
 
@@ -187,34 +186,16 @@ fn installed(tool: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// Runs `command` to completion; its wall time and peak `VmHWM`.
-fn measured(mut command: Command, what: &str) -> anyhow::Result<(f64, u64)> {
-    let start = Instant::now();
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {what}"))?;
-    let sampler = Sampler::start(vec![Watch {
-        pid: child.id(),
-        count_fds: false,
-    }]);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let secs = start.elapsed().as_secs_f64();
-    let peaks = procfs::peaks(&sampler.finish(), 0);
-    if !status.success() {
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-        }
-        bail!("{what} failed ({status}): {stderr}");
-    }
+/// Runs `command` to completion (its stderr in a temp file); its wall time and peak
+/// `VmHWM`.
+fn measured(command: Command, what: &str) -> anyhow::Result<(f64, u64)> {
+    let log = std::env::temp_dir().join(format!(
+        "cyberbackup-bench-{}-{}.err",
+        std::process::id(),
+        what.replace(' ', "-").replace(['(', ')'], "")
+    ));
+    let (secs, peaks) = procfs::run_sampled(command, what, &log)?;
+    let _ = std::fs::remove_file(&log);
     Ok((secs, peaks.hwm_kib))
 }
 
