@@ -6,7 +6,7 @@
 //! clients' repositories are isolated; the server's disk holds no plaintext byte and no file
 //! name, nor its log; a pack damaged on the server's disk is reported by `check --read-data` and by
 //! `restore`, which writes nothing wrong; a backup killed midway leaves no snapshot and the
-//! next one reuses what was stored.
+//! next one reuses what was stored; so does one whose server stops in the middle and restarts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -536,4 +536,53 @@ fn a_backup_killed_midway_leaves_no_snapshot_and_the_next_one_reuses_the_stored_
     let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
     let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(snapshots.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_server_stopped_mid_backup_loses_nothing_and_the_backup_resumes_on_its_restart() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("small")).unwrap();
+    fs::write(dir.path().join("small/a.txt"), b"small\n").unwrap();
+    backup(dir.path(), &server, "alice", &["small"]);
+    fs::create_dir_all(dir.path().join("src")).unwrap();
+    write_pattern(&dir.path().join("src/huge.bin"), 96 * MIB, 13);
+    let packs_before = packs(&server).len();
+    let mut child = client(dir.path(), &server, "alice")
+        .args(&["backup", "src", "--name", "alice"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while packs(&server).len() < packs_before + 2 {
+        assert!(Instant::now() < deadline, "no pack stored in time");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended too early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The server goes away in the middle of the backup (its connections are cut).
+    let data = server.stop();
+    let status = child.wait().unwrap();
+    assert_ne!(
+        status.code(),
+        Some(0),
+        "a backup whose server went away reported success"
+    );
+    let server = RealServer::restart_in(data);
+    let stored_before = repository_bytes(&server);
+    let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 1, "{snapshots}");
+    let done = backup(dir.path(), &server, "alice", &["src"]);
+    assert_eq!(done["files_new"], 1, "{done}");
+    let stored_after = repository_bytes(&server);
+    assert!(
+        stored_after < 96 * MIB + stored_before / 2 + 4 * MIB,
+        "the packs stored before the stop were sent again: {stored_before} then {stored_after}"
+    );
+    let check = run(dir.path(), &server, "alice", &["check", "--read-data"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
 }

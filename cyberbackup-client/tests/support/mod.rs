@@ -39,7 +39,25 @@ impl RealServer {
     }
 
     fn start_with_faults(faults: Faults) -> Self {
-        let data = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), faults)
+    }
+
+    /// A server on `data` (a directory an earlier server used: a restart), on a new port.
+    pub fn restart_in(data: tempfile::TempDir) -> Self {
+        Self::start_in(data, Faults::none())
+    }
+
+    /// Stops the server and hands back its data directory (for [`Self::restart_in`]).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the server thread panicked");
+        }
+        let placeholder = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data, placeholder)
+    }
+
+    fn start_in(data: tempfile::TempDir, faults: Faults) -> Self {
         let config = ServerConfig {
             listen: Ipv4Addr::LOCALHOST.into(),
             port: 0,
