@@ -19,7 +19,7 @@ use cyberbackup_core::repo::{BlobKind, EntryKind, Metadata, Timestamp, TreeEntry
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags, lsetxattr, utimensat};
 
-use super::{BlobError, RepoRemote, Repository};
+use super::{RepoRemote, Repository};
 use crate::v4::V4ClientError;
 
 /// Which paths of the snapshot to restore (globs over the snapshot path, e.g. `/etc/**`, or
@@ -266,16 +266,35 @@ impl<R: RepoRemote> Repository<R> {
                 .tempfile_in(dir),
         )?;
         let mut written = 0u64;
-        for id in content {
-            let plaintext = self
-                .blob(BlobKind::Data, *id)
-                .await
-                .map_err(|err| match err {
-                    BlobError::Remote(err) => err,
-                    BlobError::Verify(source) => super::corrupt(snapshot_path, source),
-                })?;
-            local(dest, "cannot write", temp.write_all(&plaintext))?;
-            written += plaintext.len() as u64;
+        // The next blob is asked for before this one is opened and written: the server reads
+        // and sends it while the client decrypts and writes (one connection, one request in
+        // flight, no waiting on both sides in turn).
+        let Self { remote, opener, .. } = self;
+        let mut sealed = match content.first() {
+            Some(first) => remote.get_blob(*first).await?,
+            None => bytes::Bytes::new(),
+        };
+        for (index, id) in content.iter().enumerate() {
+            let following = content.get(index + 1);
+            let (fetched, stored) = tokio::join!(
+                async {
+                    match following {
+                        Some(following) => Some(remote.get_blob(*following).await),
+                        None => None,
+                    }
+                },
+                async {
+                    let plaintext = opener
+                        .open(BlobKind::Data, id, &sealed)
+                        .map_err(|source| super::corrupt(snapshot_path, source))?;
+                    local(dest, "cannot write", temp.write_all(&plaintext))?;
+                    Ok::<_, V4ClientError>(plaintext.len() as u64)
+                }
+            );
+            written += stored?;
+            if let Some(fetched) = fetched {
+                sealed = fetched?;
+            }
         }
         local(dest, "cannot fsync", temp.as_file().sync_all())?;
         remove_dir_in_the_way(dest)?;
