@@ -20,7 +20,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -164,6 +164,40 @@ fn packs(server: &RealServer) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The `snapshots --json` array of `name`'s repository.
+fn snapshots_of(dir: &Path, server: &RealServer, name: &str) -> serde_json::Value {
+    let listed = run(dir, server, name, &["snapshots", "--json"]);
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed));
+    serde_json::from_slice(&listed.stdout).unwrap()
+}
+
+/// Registers alice with a small first snapshot, then starts a backup of a 96 MiB file (seeded
+/// with `seed`) and returns it once two of its packs are stored, still running.
+fn backup_of_96_mib_stored_in_part(dir: &Path, server: &RealServer, seed: u64) -> Child {
+    fs::create_dir_all(dir.join("small")).unwrap();
+    fs::write(dir.join("small/a.txt"), b"small\n").unwrap();
+    backup(dir, server, "alice", &["small"]);
+    fs::create_dir_all(dir.join("src")).unwrap();
+    write_pattern(&dir.join("src/huge.bin"), 96 * MIB, seed);
+    let packs_before = packs(server).len();
+    let mut child = client(dir, server, "alice")
+        .args(&["backup", "src", "--name", "alice"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while packs(server).len() < packs_before + 2 {
+        assert!(Instant::now() < deadline, "no pack stored in time");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended too early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 fn set_mtime(path: &Path, secs: i64) {
     let status = Command::new("touch")
         .arg("-h")
@@ -273,9 +307,7 @@ fn a_tree_with_everything_in_it_is_restored_exactly_and_the_server_sees_no_plain
     let id = first["snapshot_id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 64, "{first}");
 
-    let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
-    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed));
-    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let snapshots = snapshots_of(dir.path(), &server, "alice");
     assert_eq!(snapshots.as_array().unwrap().len(), 1, "{snapshots}");
     assert_eq!(snapshots[0]["id"], id);
 
@@ -426,8 +458,7 @@ fn unchanged_files_are_not_sent_again_and_a_changed_file_costs_about_one_chunk()
         added < MIB + 9 * MIB && added > MIB / 2,
         "a 1 MiB append stored {added} bytes"
     );
-    let snapshots = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
-    let snapshots: serde_json::Value = serde_json::from_slice(&snapshots.stdout).unwrap();
+    let snapshots = snapshots_of(dir.path(), &server, "alice");
     assert_eq!(snapshots.as_array().unwrap().len(), 4);
 }
 
@@ -447,8 +478,7 @@ fn two_clients_repositories_are_isolated() {
         bob["files_new"], 1,
         "bob's repository does not share alice's blobs: {bob}"
     );
-    let listed = run(dir.path(), &server, "bob", &["snapshots", "--json"]);
-    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let snapshots = snapshots_of(dir.path(), &server, "bob");
     assert_eq!(snapshots.as_array().unwrap().len(), 1);
     assert_ne!(snapshots[0]["id"], alice["snapshot_id"]);
     let alice_id = alice["snapshot_id"].as_str().unwrap();
@@ -493,33 +523,11 @@ fn a_pack_damaged_on_the_server_is_reported_and_nothing_wrong_is_restored() {
 fn a_backup_killed_midway_leaves_no_snapshot_and_the_next_one_reuses_the_stored_packs() {
     let server = RealServer::start();
     let dir = tempfile::tempdir().unwrap();
-    fs::create_dir_all(dir.path().join("src")).unwrap();
-    write_pattern(&dir.path().join("src/huge.bin"), 96 * MIB, 11);
-    // Register (and create the repository) first, so the kill lands in the data.
-    fs::create_dir_all(dir.path().join("small")).unwrap();
-    fs::write(dir.path().join("small/a.txt"), b"small\n").unwrap();
-    backup(dir.path(), &server, "alice", &["small"]);
-    let packs_before = packs(&server).len();
-    let mut child = client(dir.path(), &server, "alice")
-        .args(&["backup", "src", "--name", "alice"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while packs(&server).len() < packs_before + 2 {
-        assert!(Instant::now() < deadline, "no pack stored in time");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended too early"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = backup_of_96_mib_stored_in_part(dir.path(), &server, 11);
     child.kill().unwrap();
     child.wait().unwrap();
     let stored_before = repository_bytes(&server);
-    let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
-    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let snapshots = snapshots_of(dir.path(), &server, "alice");
     assert_eq!(
         snapshots.as_array().unwrap().len(),
         1,
@@ -533,8 +541,7 @@ fn a_backup_killed_midway_leaves_no_snapshot_and_the_next_one_reuses_the_stored_
         "the packs stored before the kill were sent again: {stored_before} then {stored_after}"
     );
     assert_eq!(done["files_new"], 1);
-    let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
-    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let snapshots = snapshots_of(dir.path(), &server, "alice");
     assert_eq!(snapshots.as_array().unwrap().len(), 2);
 }
 
@@ -542,27 +549,7 @@ fn a_backup_killed_midway_leaves_no_snapshot_and_the_next_one_reuses_the_stored_
 fn a_server_stopped_mid_backup_loses_nothing_and_the_backup_resumes_on_its_restart() {
     let server = RealServer::start();
     let dir = tempfile::tempdir().unwrap();
-    fs::create_dir_all(dir.path().join("small")).unwrap();
-    fs::write(dir.path().join("small/a.txt"), b"small\n").unwrap();
-    backup(dir.path(), &server, "alice", &["small"]);
-    fs::create_dir_all(dir.path().join("src")).unwrap();
-    write_pattern(&dir.path().join("src/huge.bin"), 96 * MIB, 13);
-    let packs_before = packs(&server).len();
-    let mut child = client(dir.path(), &server, "alice")
-        .args(&["backup", "src", "--name", "alice"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while packs(&server).len() < packs_before + 2 {
-        assert!(Instant::now() < deadline, "no pack stored in time");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended too early"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = backup_of_96_mib_stored_in_part(dir.path(), &server, 13);
     // The server goes away in the middle of the backup (its connections are cut).
     let data = server.stop();
     let status = child.wait().unwrap();
@@ -573,8 +560,7 @@ fn a_server_stopped_mid_backup_loses_nothing_and_the_backup_resumes_on_its_resta
     );
     let server = RealServer::restart_in(data);
     let stored_before = repository_bytes(&server);
-    let listed = run(dir.path(), &server, "alice", &["snapshots", "--json"]);
-    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let snapshots = snapshots_of(dir.path(), &server, "alice");
     assert_eq!(snapshots.as_array().unwrap().len(), 1, "{snapshots}");
     let done = backup(dir.path(), &server, "alice", &["src"]);
     assert_eq!(done["files_new"], 1, "{done}");

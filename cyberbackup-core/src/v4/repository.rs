@@ -7,7 +7,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use super::wire::WireError;
+use super::wire::{WireError, end, need, take_hash};
 use crate::repo::{BlobId, PackId, SnapshotId};
 
 /// Most IDs in one `HAVE` request.
@@ -195,7 +195,7 @@ impl RepoRequest {
             msg::PUT => (|| {
                 need(src, 41, "PUT")?;
                 let class = src.get_u8();
-                let id = take_id(&mut src);
+                let id = take_hash(&mut src);
                 let size = src.get_u64_le();
                 let target = match class {
                     class::PACK => PutTarget::Pack(PackId(id)),
@@ -211,7 +211,7 @@ impl RepoRequest {
             msg::GET => (|| {
                 need(src, 33, "GET")?;
                 let class = src.get_u8();
-                let id = take_id(&mut src);
+                let id = take_hash(&mut src);
                 let target = match class {
                     class::BLOB => GetTarget::Blob(BlobId(id)),
                     class::SNAPSHOT => GetTarget::Snapshot(SnapshotId(id)),
@@ -221,7 +221,7 @@ impl RepoRequest {
             })(),
             msg::SNAPSHOTS => Ok(Self::Snapshots),
             msg::FORGET => need(src, 32, "FORGET").map(|()| Self::Forget {
-                id: SnapshotId(take_id(&mut src)),
+                id: SnapshotId(take_hash(&mut src)),
             }),
             _ => return None,
         };
@@ -355,7 +355,7 @@ impl RepoReply {
             msg::OBJECT_END => Ok(Self::ObjectEnd),
             msg::SNAPSHOT_ENTRY => need(src, 48, "SNAPSHOT_ENTRY").map(|()| {
                 Self::SnapshotEntry(SnapshotEntry {
-                    id: SnapshotId(take_id(&mut src)),
+                    id: SnapshotId(take_hash(&mut src)),
                     size: src.get_u64_le(),
                     stored_unix_secs: src.get_u64_le(),
                 })
@@ -392,7 +392,7 @@ fn take_have(src: &mut &[u8]) -> Result<RepoRequest, WireError> {
         return Err(bad_value("HAVE count", count as u64));
     }
     need(src, count * 32, "HAVE")?;
-    let ids = (0..count).map(|_| BlobId(take_id(src))).collect();
+    let ids = (0..count).map(|_| BlobId(take_hash(src))).collect();
     Ok(RepoRequest::Have { ids })
 }
 
@@ -444,26 +444,6 @@ fn take_b16(src: &mut &[u8], message: &'static str) -> Result<Bytes, WireError> 
     let (bytes, rest) = src.split_at(len);
     *src = rest;
     Ok(Bytes::copy_from_slice(bytes))
-}
-
-fn take_id(src: &mut &[u8]) -> [u8; 32] {
-    let mut id = [0u8; 32];
-    src.copy_to_slice(&mut id);
-    id
-}
-
-fn need(src: &[u8], len: usize, message: &'static str) -> Result<(), WireError> {
-    if src.len() < len {
-        return Err(WireError::MessageTruncated { message });
-    }
-    Ok(())
-}
-
-fn end(src: &[u8], message: &'static str) -> Result<(), WireError> {
-    if !src.is_empty() {
-        return Err(WireError::TrailingBytes { message });
-    }
-    Ok(())
 }
 
 fn bad_value(field: &'static str, value: u64) -> WireError {

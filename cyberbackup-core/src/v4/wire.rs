@@ -877,14 +877,14 @@ fn put_name(dst: &mut impl BufMut, name: &[u8]) {
     dst.put_slice(name);
 }
 
-fn need(src: &[u8], len: usize, message: &'static str) -> Result<(), WireError> {
+pub(super) fn need(src: &[u8], len: usize, message: &'static str) -> Result<(), WireError> {
     if src.len() < len {
         return Err(WireError::MessageTruncated { message });
     }
     Ok(())
 }
 
-fn end(src: &[u8], message: &'static str) -> Result<(), WireError> {
+pub(super) fn end(src: &[u8], message: &'static str) -> Result<(), WireError> {
     if !src.is_empty() {
         return Err(WireError::TrailingBytes { message });
     }
@@ -902,7 +902,7 @@ fn flag(value: u8, field: &'static str) -> Result<bool, WireError> {
     }
 }
 
-fn take_hash(src: &mut &[u8]) -> [u8; 32] {
+pub(super) fn take_hash(src: &mut &[u8]) -> [u8; 32] {
     let mut hash = [0u8; 32];
     src.copy_to_slice(&mut hash);
     hash
