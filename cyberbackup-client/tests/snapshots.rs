@@ -287,6 +287,10 @@ fn assert_same_tree(source: &Path, restored: &Path) {
             }
         }
     }
+}
+
+/// The hard link of [`odd_tree`] was restored as a link, not a copy.
+fn assert_hard_link_kept(restored: &Path) {
     let original = fs::metadata(restored.join("original")).unwrap();
     let link = fs::metadata(restored.join("b/hard-link")).unwrap();
     assert_eq!(
@@ -322,7 +326,9 @@ fn a_tree_with_everything_in_it_is_restored_exactly_and_the_server_sees_no_plain
     // As restic: a snapshot holds the absolute paths given to `backup`, and a restore
     // recreates them below the target.
     let source = source.canonicalize().unwrap();
-    assert_same_tree(&source, &target.join(source.strip_prefix("/").unwrap()));
+    let restored_source = target.join(source.strip_prefix("/").unwrap());
+    assert_same_tree(&source, &restored_source);
+    assert_hard_link_kept(&restored_source);
 
     let listed_dir = source.join("c/d");
     let ls = run(
@@ -460,6 +466,66 @@ fn unchanged_files_are_not_sent_again_and_a_changed_file_costs_about_one_chunk()
     );
     let snapshots = snapshots_of(dir.path(), &server, "alice");
     assert_eq!(snapshots.as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn the_servers_scheduled_prune_gives_back_a_forgotten_snapshots_space_and_keeps_the_rest() {
+    // A prune every second with no grace period: nothing else runs meanwhile, so no backup
+    // is in flight to protect.
+    let server = RealServer::start_configured(|config| {
+        config.prune_interval_secs = 1;
+        config.prune_grace_secs = 0;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("src");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(
+        source.join("kept.txt"),
+        format!("{CONTENT_MARKER} kept\n").repeat(100),
+    )
+    .unwrap();
+    write_pattern(&source.join("replaced.bin"), 8 * MIB, 11);
+    let first = backup(dir.path(), &server, "alice", &["src"]);
+    write_pattern(&source.join("replaced.bin"), 8 * MIB, 12);
+    let second = backup(dir.path(), &server, "alice", &["src"]);
+    let before = repository_bytes(&server);
+    assert!(before > 16 * MIB, "{before}");
+
+    let first_id = first["snapshot_id"].as_str().unwrap();
+    let forgot = run(dir.path(), &server, "alice", &["forget", first_id]);
+    assert_eq!(forgot.status.code(), Some(0), "{}", text(&forgot));
+    // The scheduled prune condemns the first snapshot's blobs on one run and deletes them
+    // on the next; wait for the space to come back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while repository_bytes(&server) > before - 7 * MIB {
+        assert!(
+            Instant::now() < deadline,
+            "the prune gave nothing back: {} of {before} bytes still stored",
+            repository_bytes(&server)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let checked = run(dir.path(), &server, "alice", &["check", "--read-data"]);
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked));
+    let restored = dir.path().join("restored");
+    let second_id = second["snapshot_id"].as_str().unwrap();
+    let restore = run(
+        dir.path(),
+        &server,
+        "alice",
+        &["restore", second_id, "--target", restored.to_str().unwrap()],
+    );
+    assert_eq!(restore.status.code(), Some(0), "{}", text(&restore));
+    let source = source.canonicalize().unwrap();
+    assert_same_tree(&source, &restored.join(source.strip_prefix("/").unwrap()));
+    assert_eq!(
+        snapshots_of(dir.path(), &server, "alice")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]

@@ -199,6 +199,14 @@ pub struct ServerConfig {
     /// Concurrent connections accepted from one source address (IPv6: one /64); more are
     /// closed at once, so one address cannot take every slot.
     pub max_connections_per_address: u32,
+    /// Seconds between prunes of every snapshot repository; 0 disables the scheduled prune.
+    pub prune_interval_secs: u64,
+    /// Seconds an unreferenced blob stays claimable before a prune deletes it (and the age a
+    /// pack must reach before its blobs can be condemned): longer than the longest backup.
+    pub prune_grace_secs: u64,
+    /// A prune rewrites packs whose live bytes are below this percentage of their size
+    /// (0 never repacks).
+    pub repack_below_percent: u8,
 }
 
 impl Default for ServerConfig {
@@ -230,6 +238,9 @@ impl Default for ServerConfig {
             registrations_per_minute_total: 300,
             v3_failed_files_per_hour: 5,
             max_connections_per_address: 256,
+            prune_interval_secs: 86_400,
+            prune_grace_secs: 86_400,
+            repack_below_percent: 50,
         }
     }
 }
@@ -316,6 +327,15 @@ pub struct ConfigOverrides {
     /// Concurrent connections from one source address (IPv6: per /64) [default: 256]
     #[arg(long, global = true, value_name = "N")]
     pub max_connections_per_address: Option<u32>,
+    /// Seconds between scheduled prunes of the snapshot repositories; 0 disables [default: 86400]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub prune_interval_secs: Option<u64>,
+    /// Seconds an unreferenced blob stays claimable before a prune deletes it [default: 86400]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub prune_grace_secs: Option<u64>,
+    /// Repack packs whose live bytes are below this percentage; 0 never [default: 50]
+    #[arg(long, global = true, value_name = "PERCENT")]
+    pub repack_below_percent: Option<u8>,
 }
 
 /// What `port.info` said.
@@ -420,6 +440,12 @@ impl ServerConfig {
                 "must be at least 1 (set it to max_connections to disable the per-address cap)",
             );
         }
+        if self.repack_below_percent > 100 {
+            return invalid(
+                "repack_below_percent",
+                "must be between 0 and 100 (0 never repacks)",
+            );
+        }
         if self.keep_versions == 0 {
             return invalid(
                 "keep_versions",
@@ -506,6 +532,22 @@ impl ServerConfig {
         Duration::from_secs(self.abandoned_after_secs)
     }
 
+    /// `prune_interval_secs` as a duration (zero: no scheduled prune).
+    #[must_use]
+    pub fn prune_interval(&self) -> Duration {
+        Duration::from_secs(self.prune_interval_secs)
+    }
+
+    /// How the scheduled prune runs (`prune_grace_secs`, `repack_below_percent`).
+    #[must_use]
+    pub fn prune_options(&self) -> crate::repository::PruneOptions {
+        crate::repository::PruneOptions {
+            grace: Duration::from_secs(self.prune_grace_secs),
+            repack_below_percent: self.repack_below_percent,
+            deletion_delay: Duration::from_secs(self.prune_grace_secs.min(600)),
+        }
+    }
+
     /// `min_free_disk_mb` in bytes.
     #[must_use]
     pub fn min_free_disk_bytes(&self) -> u64 {
@@ -540,6 +582,9 @@ impl ServerConfig {
             registrations_per_minute_total,
             v3_failed_files_per_hour,
             max_connections_per_address,
+            prune_interval_secs,
+            prune_grace_secs,
+            repack_below_percent,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -583,6 +628,9 @@ impl ServerConfig {
             &mut self.max_connections_per_address,
             max_connections_per_address,
         );
+        set(&mut self.prune_interval_secs, prune_interval_secs);
+        set(&mut self.prune_grace_secs, prune_grace_secs);
+        set(&mut self.repack_below_percent, repack_below_percent);
     }
 
     /// The v4 server key file: `identity_key_file`, else `<data_dir>/server-v4.key`.
@@ -629,6 +677,9 @@ impl ConfigOverrides {
             registrations_per_minute_total: env_var(env, "REGISTRATIONS_PER_MINUTE_TOTAL")?,
             v3_failed_files_per_hour: env_var(env, "V3_FAILED_FILES_PER_HOUR")?,
             max_connections_per_address: env_var(env, "MAX_CONNECTIONS_PER_ADDRESS")?,
+            prune_interval_secs: env_var(env, "PRUNE_INTERVAL_SECS")?,
+            prune_grace_secs: env_var(env, "PRUNE_GRACE_SECS")?,
+            repack_below_percent: env_var(env, "REPACK_BELOW_PERCENT")?,
         })
     }
 }

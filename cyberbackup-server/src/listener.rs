@@ -209,6 +209,12 @@ impl Server {
             shutdown.clone(),
             shared.live.maintenance().clone(),
         );
+        let prune = shared.repo.spawn_scheduled_prune(
+            shared.config.prune_interval(),
+            shared.config.prune_options(),
+            shutdown.clone(),
+            shared.live.prune().clone(),
+        );
         let metrics_upkeep =
             tokio::spawn(Arc::clone(&shared.live).keep_metrics_bounded(shutdown.clone()));
         let limit = usize::try_from(shared.config.max_connections.max(1)).unwrap_or(usize::MAX);
@@ -277,6 +283,7 @@ impl Server {
             }
         }
         let _ = maintenance.await;
+        let _ = prune.await;
         let _ = metrics_upkeep.await;
         shared.catalog.close().await?;
         tracing::info!("server stopped");

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::maintenance::LastMaintenance;
+use crate::repository::LastPrune;
 use crate::telemetry::RecentEvents;
 
 /// Seconds between two throughput samples.
@@ -60,6 +61,7 @@ pub struct LiveState {
     transfers: Mutex<BTreeMap<(u64, u64), ActiveTransfer>>,
     throughput: Mutex<VecDeque<ThroughputSample>>,
     maintenance: LastMaintenance,
+    prune: LastPrune,
     recent: RecentEvents,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -90,6 +92,7 @@ impl LiveState {
             transfers: Mutex::new(BTreeMap::new()),
             throughput: Mutex::new(VecDeque::with_capacity(THROUGHPUT_SAMPLES)),
             maintenance: LastMaintenance::default(),
+            prune: LastPrune::default(),
             recent,
             recorder,
             handle,
@@ -112,6 +115,12 @@ impl LiveState {
     #[must_use]
     pub fn maintenance(&self) -> &LastMaintenance {
         &self.maintenance
+    }
+
+    /// The last-prune handle the scheduled prune writes.
+    #[must_use]
+    pub fn prune(&self) -> &LastPrune {
+        &self.prune
     }
 
     /// Recent warnings and errors.

@@ -39,12 +39,17 @@ impl RealServer {
     }
 
     fn start_with_faults(faults: Faults) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), faults)
+        Self::start_in(tempfile::tempdir().unwrap(), faults, |_| {})
+    }
+
+    /// A server whose test configuration `configure` changes first.
+    pub fn start_configured(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), Faults::none(), configure)
     }
 
     /// A server on `data` (a directory an earlier server used: a restart), on a new port.
     pub fn restart_in(data: tempfile::TempDir) -> Self {
-        Self::start_in(data, Faults::none())
+        Self::start_in(data, Faults::none(), |_| {})
     }
 
     /// Stops the server and hands back its data directory (for [`Self::restart_in`]).
@@ -57,8 +62,12 @@ impl RealServer {
         std::mem::replace(&mut self.data, placeholder)
     }
 
-    fn start_in(data: tempfile::TempDir, faults: Faults) -> Self {
-        let config = ServerConfig {
+    fn start_in(
+        data: tempfile::TempDir,
+        faults: Faults,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let mut config = ServerConfig {
             listen: Ipv4Addr::LOCALHOST.into(),
             port: 0,
             data_dir: data.path().join("data"),
@@ -70,6 +79,7 @@ impl RealServer {
             min_free_disk_mb: 0,
             ..ServerConfig::default()
         };
+        configure(&mut config);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -131,6 +131,27 @@ impl PackWriter {
         )
     }
 
+    /// Adds a blob copied unchanged from another pack, under the class and ID its index
+    /// entry gives (the server's repack; it holds no key and moves sealed bytes as they are);
+    /// returns the bytes to append.
+    ///
+    /// # Errors
+    /// As [`Self::push_sealed`].
+    pub fn push_stored(
+        &mut self,
+        class: BlobClass,
+        id: BlobId,
+        bytes: Bytes,
+    ) -> Result<Bytes, RepoError> {
+        self.push(class, id, bytes)
+    }
+
+    /// Length of the header and trailer of a pack of `blob_count` blobs.
+    #[must_use]
+    pub fn tail_len(blob_count: usize) -> u64 {
+        (HEADER_FIXED_LEN + ENTRY_LEN * blob_count + PACK_TRAILER_LEN) as u64
+    }
+
     /// Whether the pack reached its target size (finish it and start the next).
     #[must_use]
     pub fn is_full(&self) -> bool {

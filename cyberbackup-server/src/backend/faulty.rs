@@ -25,6 +25,7 @@ pub struct FaultPlan {
     unavailable: AtomicUsize,
     get_delay_ms: AtomicU64,
     injected: AtomicUsize,
+    gets_started: AtomicUsize,
 }
 
 impl FaultPlan {
@@ -56,6 +57,13 @@ impl FaultPlan {
     pub fn slow_gets(&self, delay: Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.get_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// How many `get`s have started so far (a test waits for the code under test to reach
+    /// its reads).
+    #[must_use]
+    pub fn gets_started(&self) -> usize {
+        self.gets_started.load(Ordering::SeqCst)
     }
 
     /// How many failures have been injected so far.
@@ -137,6 +145,7 @@ impl<B: Backend> Backend for Faulty<B> {
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<Bytes, BackendError> {
+        self.plan.gets_started.fetch_add(1, Ordering::SeqCst);
         self.plan.check("get")?;
         let delay = self.plan.get_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {

@@ -21,6 +21,7 @@
 mod error;
 pub mod integrity;
 mod model;
+pub mod prune;
 mod queries;
 pub mod rebuild;
 pub mod repo;

@@ -894,14 +894,14 @@ fn opt_u64(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
         .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
 }
 
-fn to_i64(field: &'static str, v: u64) -> Result<i64, CatalogError> {
+pub(super) fn to_i64(field: &'static str, v: u64) -> Result<i64, CatalogError> {
     i64::try_from(v).map_err(|_| CatalogError::OutOfRange {
         field,
         value: v.to_string(),
     })
 }
 
-fn to_u64(field: &'static str, v: i64) -> Result<u64, CatalogError> {
+pub(super) fn to_u64(field: &'static str, v: i64) -> Result<u64, CatalogError> {
     u64::try_from(v).map_err(|_| CatalogError::OutOfRange {
         field,
         value: v.to_string(),
@@ -934,7 +934,7 @@ fn state_error(
 /// deferred transaction that reads first and then writes fails with `SQLITE_BUSY_SNAPSHOT`,
 /// without waiting, when another connection (an admin command, a checkpoint) committed in
 /// between; an immediate one waits on the busy timeout instead.
-fn immediate(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+pub(super) fn immediate(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
@@ -1092,7 +1092,9 @@ pub(crate) fn snapshots_recorded(
 }
 
 /// Indexes a stored pack and its entries in one transaction. A blob already indexed keeps
-/// its first location; a pack already indexed is left as it is.
+/// its first location unless a prune condemned it: then it moves to this pack and is claimed
+/// again. A pack already indexed is left as it is; a pending deletion of this pack ID (a
+/// prune removed an identical pack) is cancelled, since the object was just stored again.
 pub(crate) fn index_pack(
     conn: &mut Connection,
     client: &ClientId,
@@ -1116,7 +1118,11 @@ pub(crate) fn index_pack(
             .prepare(
                 "INSERT INTO repo_blobs (ClientId, BlobId, PackId, BlobOffset, BlobLen, Class)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (ClientId, BlobId) DO NOTHING",
+                 ON CONFLICT (ClientId, BlobId) DO UPDATE SET
+                     PackId = excluded.PackId, BlobOffset = excluded.BlobOffset,
+                     BlobLen = excluded.BlobLen, Class = excluded.Class,
+                     Verified = 0, CondemnedAt = NULL
+                 WHERE repo_blobs.CondemnedAt IS NOT NULL",
             )
             .map_err(query_err(OP))?;
         for entry in entries {
@@ -1132,6 +1138,11 @@ pub(crate) fn index_pack(
                 .map_err(query_err(OP))?;
         }
     }
+    tx.execute(
+        "DELETE FROM repo_pack_deletions WHERE ClientId = ?1 AND PackId = ?2",
+        params![client, &pack.0],
+    )
+    .map_err(query_err(OP))?;
     tx.commit().map_err(query_err(OP))
 }
 
@@ -1146,8 +1157,9 @@ pub(crate) fn blob_locations(
     let mut found = BTreeMap::new();
     for batch in raw.chunks(REPO_LOOKUP_BATCH) {
         let sql = format!(
-            "SELECT BlobId, PackId, BlobOffset, BlobLen, Class, Verified FROM repo_blobs
-             WHERE ClientId = ?1 AND BlobId IN ({})",
+            "SELECT BlobId, PackId, BlobOffset, BlobLen, Class, Verified,
+                    CondemnedAt IS NOT NULL
+             FROM repo_blobs WHERE ClientId = ?1 AND BlobId IN ({})",
             placeholders(batch.len())
         );
         let mut statement = conn.prepare(&sql).map_err(query_err(OP))?;
@@ -1160,11 +1172,12 @@ pub(crate) fn blob_locations(
                     r.get::<_, u32>(3)?,
                     r.get::<_, u8>(4)?,
                     r.get::<_, bool>(5)?,
+                    r.get::<_, bool>(6)?,
                 ))
             })
             .map_err(query_err(OP))?;
         for row in rows {
-            let (id, pack, offset, len, class, verified) = row.map_err(query_err(OP))?;
+            let (id, pack, offset, len, class, verified, condemned) = row.map_err(query_err(OP))?;
             let class = BlobClass::from_byte(class).ok_or(CatalogError::OutOfRange {
                 field: "blob class",
                 value: class.to_string(),
@@ -1177,6 +1190,7 @@ pub(crate) fn blob_locations(
                     len,
                     class,
                     verified,
+                    condemned,
                 },
             );
         }
@@ -1232,6 +1246,17 @@ pub(crate) fn record_snapshot(
         for chunk in &snapshot.verified_chunks {
             verify
                 .execute(params![client, &chunk.0])
+                .map_err(query_err(OP))?;
+        }
+        let mut revive = tx
+            .prepare(
+                "UPDATE repo_blobs SET CondemnedAt = NULL
+                 WHERE ClientId = ?1 AND BlobId = ?2 AND CondemnedAt IS NOT NULL",
+            )
+            .map_err(query_err(OP))?;
+        for blob in &snapshot.revived {
+            revive
+                .execute(params![client, &blob.0])
                 .map_err(query_err(OP))?;
         }
     }
@@ -1297,7 +1322,7 @@ pub(crate) fn forget_snapshot(
 
 /// The subset of `ids` that `select_in` (a `SELECT id … WHERE ClientId = ?1 AND id IN`
 /// prefix) finds, queried in batches.
-fn ids_present(
+pub(super) fn ids_present(
     conn: &Connection,
     select_in: &str,
     client: &ClientId,

@@ -45,6 +45,9 @@ pub struct BlobLocation {
     /// For a reference chunk: a commit already checked its bytes against its ID and found
     /// every blob it lists indexed.
     pub verified: bool,
+    /// A prune found no snapshot referencing it; it is deleted after the grace period
+    /// unless a commit or an upload claims it first.
+    pub condemned: bool,
 }
 
 /// A snapshot that passed the commit check, to record.
@@ -64,6 +67,9 @@ pub struct NewSnapshot {
     pub ref_chunks: Vec<BlobId>,
     /// Reference chunks this commit verified (marked so the next commit skips them).
     pub verified_chunks: Vec<BlobId>,
+    /// Condemned blobs and reference chunks this snapshot references: claimed again, so a
+    /// prune's sweep keeps them.
+    pub revived: Vec<BlobId>,
 }
 
 /// One recorded snapshot.

@@ -204,6 +204,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ClientId, SnapshotId, Seq)
     );
     ",
+    // 6: keyless prune (`crate::repository::prune`, docs/repository.md, "Prune").
+    // `CondemnedAt` (Unix seconds) is set on a blob no snapshot referenced when a prune looked,
+    // cleared when a commit or an upload claims it again; a blob condemned longer than the
+    // grace period is deleted. `repo_pack_deletions` lists packs whose index rows are gone and
+    // whose object is deleted after `DeleteAfter`, so a crash between the two never re-indexes
+    // a dead pack and a read already in flight still finds its bytes.
+    r"
+    ALTER TABLE repo_blobs ADD COLUMN CondemnedAt INTEGER;
+    CREATE INDEX repo_blobs_condemned ON repo_blobs(ClientId, CondemnedAt);
+    CREATE TABLE repo_pack_deletions (
+        ClientId    BLOB NOT NULL,
+        PackId      BLOB NOT NULL CHECK (length(PackId) = 32),
+        Size        INTEGER NOT NULL,
+        DeleteAfter INTEGER NOT NULL,
+        PRIMARY KEY (ClientId, PackId)
+    );
+    ",
 ];
 
 /// Newest schema version this build knows.

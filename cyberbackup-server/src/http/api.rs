@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -29,6 +29,7 @@ pub(crate) fn routes() -> Router<Arc<AdminState>> {
         .route("/api/v1/files", get(files))
         .route("/api/v1/files.csv", get(files_csv))
         .route("/api/v1/maintenance", get(maintenance))
+        .route("/api/v1/prune", post(prune_now))
         .route("/api/v1/events", get(events))
 }
 
@@ -246,12 +247,49 @@ async fn maintenance(State(state): State<Arc<AdminState>>) -> Response {
             "error": run.error,
         })
     });
+    let last_prune = state.live.prune().get().map(|run| prune_run_json(&run));
     Json(json!({
         "interval_secs": state.config.maintenance_interval_secs,
         "abandoned_after_secs": state.config.abandoned_after_secs,
         "last_run": last,
+        "prune": {
+            "interval_secs": state.config.prune_interval_secs,
+            "grace_secs": state.config.prune_grace_secs,
+            "repack_below_percent": state.config.repack_below_percent,
+            "last_run": last_prune,
+        },
     }))
     .into_response()
+}
+
+/// Prunes every repository now (the scheduled prune's work, at once) and answers with its
+/// run. The body must be JSON (`{}`): a cross-site form cannot send that without a CORS
+/// preflight, which this API never grants.
+async fn prune_now(
+    State(state): State<Arc<AdminState>>,
+    Json(_): Json<serde_json::Value>,
+) -> Response {
+    match state.repo.prune_all(&state.config.prune_options()).await {
+        Ok(run) => {
+            let body = prune_run_json(&run);
+            state.live.prune().set(run);
+            Json(body).into_response()
+        }
+        Err(err) => internal("pruning the repositories", err),
+    }
+}
+
+fn prune_run_json(run: &crate::repository::PruneRun) -> serde_json::Value {
+    json!({
+        "finished_at": format_rfc3339(run.finished_at),
+        "duration_ms": u64::try_from(run.duration.as_millis()).unwrap_or(u64::MAX),
+        "repositories": run.repositories,
+        "totals": run.totals,
+        "failed": run.failed.iter().map(|(client, error)| json!({
+            "client_id": client,
+            "error": error,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 async fn events(State(state): State<Arc<AdminState>>) -> Response {

@@ -62,6 +62,7 @@ pub(crate) struct AdminState {
     pub(crate) storage: Storage,
     pub(crate) stats: Arc<Stats>,
     pub(crate) live: Arc<LiveState>,
+    pub(crate) repo: crate::repository::RepoStore,
     token: Option<AdminToken>,
     /// The address the listener is bound to (the `Host` check accepts it).
     listen: SocketAddr,
@@ -134,6 +135,7 @@ impl AdminServer {
                 storage: shared.storage.clone(),
                 stats: Arc::clone(&shared.stats),
                 live: Arc::clone(&shared.live),
+                repo: shared.repo.clone(),
                 token: shared.config.admin_token.clone(),
                 listen,
                 stats_cache: Mutex::new(None),

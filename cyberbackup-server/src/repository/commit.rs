@@ -4,6 +4,12 @@
 //! against its ID, every listed blob found) is not read again; any other is read back from
 //! its pack and checked with `RefChunk::decode_verified`. Memory: the snapshot object (bounded
 //! by `MAX_SNAPSHOT_OBJECT_LEN`) and one reference chunk at a time, never the whole index.
+//!
+//! Against a concurrent prune (`prune.rs`): a blob a prune condemned still counts as stored
+//! (it is, until the sweep), and a commit that references it claims it again in its record
+//! transaction. A prune clears `Verified` on the chunks it condemns, so such a chunk is read
+//! again and every condemned blob it lists is found. The check and the record run under the
+//! client's shared maintenance lock, which a sweep takes exclusively.
 
 use bytes::Bytes;
 use cyberbackup_core::names::ClientId;
@@ -49,7 +55,8 @@ pub(super) async fn commit_snapshot(
             actual: actual.to_hex(),
         });
     }
-    let verified_chunks = check_references(store, client, &envelope.ref_chunks).await?;
+    let _shared = store.maintenance_lock(client).read_owned().await;
+    let checked = check_references(store, client, &envelope.ref_chunks).await?;
     let key = layout::snapshot_key(client, &id);
     store
         .inner
@@ -72,23 +79,33 @@ pub(super) async fn commit_snapshot(
                 time_nanos: envelope.time.nanos,
                 stored_at: unix_now(),
                 ref_chunks: envelope.ref_chunks,
-                verified_chunks,
+                verified_chunks: checked.verified_now,
+                revived: checked.condemned,
             },
         )
         .await?;
     Ok(())
 }
 
-/// `Ok(chunks verified now)` when every reference chunk and every blob they list is
-/// indexed; [`RepoStoreError::MissingBlobs`] otherwise.
+/// What a passed commit check found.
+#[derive(Debug, Default)]
+struct Checked {
+    /// Reference chunks read and verified by this check.
+    verified_now: Vec<BlobId>,
+    /// Condemned chunks and blobs the snapshot references (to claim again).
+    condemned: Vec<BlobId>,
+}
+
+/// `Ok` when every reference chunk and every blob they list is indexed;
+/// [`RepoStoreError::MissingBlobs`] otherwise.
 async fn check_references(
     store: &RepoStore,
     client: ClientId,
     ref_chunks: &[BlobId],
-) -> Result<Vec<BlobId>, RepoStoreError> {
+) -> Result<Checked, RepoStoreError> {
     let catalog = &store.inner.catalog;
     let mut missing = Missing::default();
-    let mut verified_now = Vec::new();
+    let mut checked = Checked::default();
     for batch in ref_chunks.chunks(LOOKUP_BATCH) {
         let locations = catalog.blob_locations(client.0, batch.to_vec()).await?;
         for (chunk_id, location) in batch.iter().zip(locations) {
@@ -97,12 +114,22 @@ async fn check_references(
                 Some(location) if location.class != BlobClass::RefChunk => missing.add(1, || {
                     format!("reference chunk {chunk_id} (stored as a sealed blob)")
                 }),
-                Some(location) if location.verified => {}
+                Some(location) if location.verified && !location.condemned => {}
                 Some(location) => {
-                    let absent =
-                        check_chunk(store, client, chunk_id, &location, &mut missing).await?;
+                    if location.condemned {
+                        checked.condemned.push(*chunk_id);
+                    }
+                    let absent = check_chunk(
+                        store,
+                        client,
+                        chunk_id,
+                        &location,
+                        &mut missing,
+                        &mut checked.condemned,
+                    )
+                    .await?;
                     if !absent {
-                        verified_now.push(*chunk_id);
+                        checked.verified_now.push(*chunk_id);
                     }
                 }
             }
@@ -114,17 +141,19 @@ async fn check_references(
             example: missing.example.unwrap_or_default(),
         });
     }
-    Ok(verified_now)
+    Ok(checked)
 }
 
 /// Reads one unverified reference chunk back from its pack and checks it and the blobs it
-/// lists; returns whether anything was missing (added to `missing`).
+/// lists; returns whether anything was missing (added to `missing`). Listed blobs a prune
+/// condemned are added to `condemned`.
 async fn check_chunk(
     store: &RepoStore,
     client: ClientId,
     chunk_id: &BlobId,
     location: &BlobLocation,
     missing: &mut Missing,
+    condemned: &mut Vec<BlobId>,
 ) -> Result<bool, RepoStoreError> {
     let key = layout::pack_key(client, &location.pack);
     let range = location.offset..location.offset + u64::from(location.len);
@@ -140,6 +169,14 @@ async fn check_chunk(
         .catalog
         .blob_locations(client.0, chunk.ids().to_vec())
         .await?;
+    condemned.extend(
+        chunk
+            .ids()
+            .iter()
+            .zip(&found)
+            .filter(|(_, location)| location.is_some_and(|l| l.condemned))
+            .map(|(id, _)| *id),
+    );
     let mut absent = chunk
         .ids()
         .iter()

@@ -63,6 +63,18 @@ pub enum RepoStoreError {
         /// The limit.
         max: u64,
     },
+    /// A prune stopped before deleting anything: a snapshot's reference chunk could not be
+    /// read or did not verify, so what is alive is not known.
+    #[error(
+        "prune stopped and deleted nothing: reference chunk {chunk} named by a snapshot {problem}; \
+         run `cyberbackup-client check` on the owning client and repair or forget the snapshot"
+    )]
+    PruneUnsafe {
+        /// The chunk (hex ID).
+        chunk: String,
+        /// What was wrong with it.
+        problem: &'static str,
+    },
     /// The storage backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -13,6 +13,9 @@
 //!   nothing visible.
 //! * **Isolation**: every catalog query is keyed by the client id and every backend key
 //!   starts with it (`layout.rs`), so no request of one client reaches another's objects.
+//! * **Prune** (`prune.rs`) deletes what no snapshot references, without keys and without
+//!   breaking a backup in flight: unreferenced blobs are condemned first and deleted only
+//!   after a grace period in which any commit or upload can claim them again.
 //! * **Recovery** at start-up (`recovery.rs`) removes staging files and reconciles the
 //!   backend with the catalog.
 //!
@@ -21,11 +24,14 @@
 mod commit;
 mod error;
 mod layout;
+mod prune;
 mod recovery;
+mod schedule;
 mod staging;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -41,7 +47,9 @@ use crate::catalog::Catalog;
 use crate::catalog::repo::AddKeyOutcome;
 
 pub use error::RepoStoreError;
+pub use prune::{PruneOptions, PruneReport};
 pub use recovery::RecoveryReport;
+pub use schedule::{LastPrune, PruneRun};
 pub use staging::StagedPut;
 
 /// Directory of the data directory holding the repository objects (the local backend).
@@ -113,6 +121,9 @@ struct Inner {
     catalog: Catalog,
     staging_dir: PathBuf,
     max_object_len: u64,
+    /// Per client: commits and pack stores hold it shared, a prune's sweep and the pack
+    /// deletions hold it exclusively (`prune.rs`). One entry per client that ever stored.
+    maintenance_locks: Mutex<HashMap<ClientId, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl RepoStore {
@@ -133,8 +144,19 @@ impl RepoStore {
                 catalog,
                 staging_dir,
                 max_object_len,
+                maintenance_locks: Mutex::default(),
             }),
         }
+    }
+
+    /// The client's maintenance lock (see [`Inner::maintenance_locks`]).
+    fn maintenance_lock(&self, client: ClientId) -> Arc<tokio::sync::RwLock<()>> {
+        let mut locks = self
+            .inner
+            .maintenance_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(client).or_default())
     }
 
     /// The client's repository: config and key objects, or `None` if it has none.
@@ -199,6 +221,8 @@ impl RepoStore {
     }
 
     /// For each ID: whether that blob (sealed blob or reference chunk) is stored and indexed.
+    /// A blob a prune condemned is reported absent, so a new backup uploads it again rather
+    /// than depend on it.
     ///
     /// # Errors
     /// [`RepoStoreError::NoRepository`], [`RepoStoreError::Catalog`].
@@ -213,7 +237,10 @@ impl RepoStore {
             .catalog
             .blob_locations(client.0, ids.to_vec())
             .await?;
-        Ok(found.iter().map(Option::is_some).collect())
+        Ok(found
+            .iter()
+            .map(|location| location.is_some_and(|l| !l.condemned))
+            .collect())
     }
 
     /// Starts receiving an object of `size` bytes claimed to have ID `id`; an object already
@@ -417,6 +444,9 @@ impl RepoStore {
         let header = read_pack_header(size, &received).await?;
         let key = layout::pack_key(client, &id);
         let body = received.stream(STREAM_PIECE).await?;
+        // Shared: a pending deletion of this pack ID must not run between the put and the
+        // index transaction that cancels it.
+        let _shared = self.maintenance_lock(client).read_owned().await;
         self.inner
             .backend
             .put(&key, PutBody::Stream(body), ContentHash::from_bytes(id.0))

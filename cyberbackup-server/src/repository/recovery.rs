@@ -6,7 +6,9 @@
 //!   index transaction): **indexed from its header** — the backend only stores a pack whose
 //!   hash matched, and the header parsed before the put, so indexing it is what the
 //!   interrupted put would have done. A pack whose header no longer parses (damage), or
-//!   whose client has no repository, is deleted: nothing acknowledged refers to it.
+//!   whose client has no repository, is deleted: nothing acknowledged refers to it. A pack
+//!   pending deletion (a prune retired it; crash before its object was deleted) is left to
+//!   the pending deletion, never indexed again.
 //! * a snapshot object without a record (crash between the backend's put and the record
 //!   transaction, or between a forget's record deletion and its object deletion):
 //!   **deleted**; the client was not told it was committed (it commits again) or was told
@@ -112,10 +114,11 @@ async fn reconcile(
     }
     let catalog = &store.inner.catalog;
     for (client, items) in packs {
-        let ids = items.iter().map(|(id, _)| *id).collect();
-        let indexed = catalog.packs_indexed(client.0, ids).await?;
-        for ((id, info), indexed) in items.into_iter().zip(indexed) {
-            if !indexed {
+        let ids: Vec<PackId> = items.iter().map(|(id, _)| *id).collect();
+        let indexed = catalog.packs_indexed(client.0, ids.clone()).await?;
+        let retired = catalog.packs_pending_deletion(client.0, ids).await?;
+        for (((id, info), indexed), retired) in items.into_iter().zip(indexed).zip(retired) {
+            if !indexed && !retired {
                 recover_pack(store, client, id, &info, report).await?;
             }
         }

@@ -1,0 +1,287 @@
+//! Shared by the repository store and prune tests: a store on a fresh data directory (real
+//! SQLite catalog, real local backend) and a client-side repository built with the core's own
+//! writers under a seeded RNG.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cyberbackup_core::names::ClientId;
+use cyberbackup_core::repo::{
+    BlobId, BlobKind, BlobSealer, DeviceKey, KeyObject, MasterKey, PackId, PackWriter,
+    RefListBuilder, RepoConfig, RepoKeys, SealedSnapshot, Snapshot, SnapshotEnvelope, Timestamp,
+};
+use cyberbackup_server::backend::faulty::{FaultPlan, Faulty};
+use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
+use cyberbackup_server::backend::{Backend, ObjectKey};
+use cyberbackup_server::catalog::Catalog;
+use cyberbackup_server::repository::{ObjectClass, PutStart, RepoStore, RepoStoreError};
+use futures_util::StreamExt;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+pub const ALICE: ClientId = ClientId([0xa1; 16]);
+pub const BOB: ClientId = ClientId([0xb0; 16]);
+pub const NOBODY: ClientId = ClientId([0x0e; 16]);
+/// Plaintext that must never reach the server's disk.
+pub const MARKER: &[u8] = b"PLAINTEXT-MARKER-7f3a9c-file-content";
+pub const HOST_MARKER: &[u8] = b"HOSTNAME-MARKER-51d2e0";
+
+/// A store on a fresh data directory, recovered once (as the server's start-up does).
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub store: RepoStore,
+    pub backend: Arc<LocalBackend>,
+}
+
+impl Fixture {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, backend) = open(dir.path()).await;
+        store.recover().await.unwrap();
+        Self {
+            dir,
+            store,
+            backend,
+        }
+    }
+
+    /// A fixture whose store reaches its backend through a [`Faulty`] steered by `plan`.
+    pub async fn with_faults(plan: Arc<FaultPlan>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();
+        let backend =
+            Arc::new(LocalBackend::open(LocalConfig::new(data.join("repository"))).unwrap());
+        let faulty = Faulty::new(Arc::clone(&backend), plan);
+        let store = RepoStore::new(
+            Arc::new(faulty),
+            catalog,
+            data.join("repo-staging"),
+            64 << 20,
+        );
+        store.recover().await.unwrap();
+        Self {
+            dir,
+            store,
+            backend,
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.data().join("repo-staging")
+    }
+
+    /// Where the local backend keeps one of Alice's packs.
+    pub fn backend_path(&self, pack: &PackId) -> PathBuf {
+        self.data()
+            .join("repository")
+            .join(pack_key(ALICE, pack).to_string())
+    }
+
+    /// Every backend key, sorted.
+    pub async fn objects(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .backend
+            .list(None)
+            .map(|item| item.unwrap().key.to_string())
+            .collect()
+            .await;
+        keys.sort();
+        keys
+    }
+}
+
+pub async fn open(root: &Path) -> (RepoStore, Arc<LocalBackend>) {
+    let data = root.join("data");
+    let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();
+    let backend = Arc::new(LocalBackend::open(LocalConfig::new(data.join("repository"))).unwrap());
+    let store = RepoStore::new(
+        Arc::clone(&backend) as Arc<dyn Backend>,
+        catalog,
+        data.join("repo-staging"),
+        64 << 20,
+    );
+    (store, backend)
+}
+
+/// A client-side repository: keys, config, a key object, and the core's writers.
+pub struct Repo {
+    pub keys: RepoKeys,
+    pub config: Bytes,
+    pub key: Bytes,
+    pub sealer: BlobSealer,
+    pub rng: ChaCha20Rng,
+}
+
+impl Repo {
+    pub fn new(seed: u8) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(u64::from(seed));
+        let master = MasterKey::generate(&mut rng);
+        let keys = master.derive();
+        let config = RepoConfig::new([seed; 16]);
+        let encoded = config.encode(&keys).unwrap();
+        let device = DeviceKey::generate(&mut rng);
+        let key = KeyObject::wrap_with_device_key(&master, &device, b"laptop", &mut rng).unwrap();
+        Self {
+            sealer: BlobSealer::new(&keys, &config).unwrap(),
+            keys,
+            config: encoded.into(),
+            key: key.encode().into(),
+            rng,
+        }
+    }
+
+    pub fn another_key(&mut self) -> Bytes {
+        let master = MasterKey::generate(&mut self.rng);
+        let device = DeviceKey::generate(&mut self.rng);
+        KeyObject::wrap_with_device_key(&master, &device, b"other", &mut self.rng)
+            .unwrap()
+            .encode()
+            .into()
+    }
+
+    /// A pack of sealed data blobs: its ID, bytes, and the blobs' IDs and sealed bytes.
+    pub fn data_pack(&mut self, plaintexts: &[&[u8]]) -> (PackId, Vec<u8>, Vec<(BlobId, Bytes)>) {
+        let mut writer = PackWriter::new(1 << 20);
+        let mut bytes = Vec::new();
+        let mut blobs = Vec::new();
+        for plain in plaintexts {
+            let id = self.sealer.id(plain);
+            let sealed = self
+                .sealer
+                .seal(BlobKind::Data, id, plain, &mut self.rng)
+                .unwrap();
+            bytes.extend_from_slice(&writer.push_sealed(&sealed).unwrap());
+            blobs.push((id, sealed.bytes));
+        }
+        let finished = writer.finish();
+        bytes.extend_from_slice(&finished.tail);
+        assert_eq!(PackId::of(&bytes), finished.id);
+        (finished.id, bytes, blobs)
+    }
+
+    /// A pack of the reference chunks listing `ids`: its ID, bytes and the chunks' IDs.
+    pub fn ref_pack(&mut self, ids: &[BlobId]) -> (PackId, Vec<u8>, Vec<BlobId>) {
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let mut builder = RefListBuilder::new();
+        let mut chunks = Vec::new();
+        for id in sorted {
+            chunks.extend(builder.push(id).unwrap());
+        }
+        chunks.extend(builder.finish());
+        let mut writer = PackWriter::new(1 << 20);
+        let mut bytes = Vec::new();
+        for chunk in &chunks {
+            bytes.extend_from_slice(&writer.push_ref_chunk(chunk).unwrap());
+        }
+        let finished = writer.finish();
+        bytes.extend_from_slice(&finished.tail);
+        (finished.id, bytes, chunks.iter().map(|c| c.id()).collect())
+    }
+
+    /// A sealed snapshot whose envelope names `ref_chunks`.
+    pub fn snapshot(&mut self, ref_chunks: Vec<BlobId>, secs: i64) -> SealedSnapshot {
+        let time = Timestamp { secs, nanos: 5 };
+        let envelope = SnapshotEnvelope {
+            time,
+            total_bytes: 100,
+            blob_count: 2,
+            ref_chunks,
+        };
+        let body = Snapshot {
+            time,
+            host: HOST_MARKER.to_vec(),
+            user: b"alice".to_vec(),
+            paths: vec![b"/home/alice/secret-project".to_vec()],
+            ..Snapshot::default()
+        };
+        body.seal(&envelope, &self.keys, &mut self.rng).unwrap()
+    }
+}
+
+/// Sends `bytes` as one put in uneven pieces, the way a connection would.
+pub async fn put(
+    store: &RepoStore,
+    client: ClientId,
+    class: ObjectClass,
+    id: [u8; 32],
+    bytes: &[u8],
+) -> Result<(), RepoStoreError> {
+    let start = store
+        .begin_put(client, class, id, bytes.len() as u64)
+        .await?;
+    let PutStart::Receiving(mut staged) = start else {
+        return Ok(());
+    };
+    for piece in bytes.chunks(1000) {
+        staged.write(Bytes::copy_from_slice(piece)).await?;
+    }
+    store.finish_put(staged).await
+}
+
+pub async fn put_pack(store: &RepoStore, client: ClientId, id: PackId, bytes: &[u8]) {
+    put(store, client, ObjectClass::Pack, id.0, bytes)
+        .await
+        .unwrap();
+}
+
+pub async fn commit(
+    store: &RepoStore,
+    client: ClientId,
+    snapshot: &SealedSnapshot,
+) -> Result<(), RepoStoreError> {
+    put(
+        store,
+        client,
+        ObjectClass::Snapshot,
+        snapshot.id.0,
+        &snapshot.bytes,
+    )
+    .await
+}
+
+pub async fn create(fx: &Fixture, client: ClientId, repo: &Repo) {
+    fx.store
+        .create(client, repo.config.clone(), repo.key.clone())
+        .await
+        .unwrap();
+}
+
+/// Every file under `root` (relative), hidden ones included.
+pub fn files_under(root: &Path) -> Vec<String> {
+    let mut files: Vec<String> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn pack_key(client: ClientId, pack: &PackId) -> ObjectKey {
+    let hex = pack.to_hex();
+    ObjectKey::new(format!(
+        "{}/packs/{}/{hex}",
+        hex::encode(client.0),
+        &hex[..2]
+    ))
+    .unwrap()
+}
+
+pub fn snapshot_key(client: ClientId, snapshot: &SealedSnapshot) -> ObjectKey {
+    ObjectKey::new(format!(
+        "{}/snapshots/{}",
+        hex::encode(client.0),
+        snapshot.id.to_hex()
+    ))
+    .unwrap()
+}
