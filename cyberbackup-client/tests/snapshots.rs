@@ -24,6 +24,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use cyberbackup_server::catalog::{Catalog, DeviceRole};
 use support::{RealServer, client_binary, write_pattern};
 
 /// Everything the in-process server logs, at every level (installed once per test binary).
@@ -475,6 +476,7 @@ fn the_servers_scheduled_prune_gives_back_a_forgotten_snapshots_space_and_keeps_
     let server = RealServer::start_configured(|config| {
         config.prune_interval_secs = 1;
         config.prune_grace_secs = 0;
+        config.default_device_role = DeviceRole::Manage;
     });
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("src");
@@ -525,6 +527,60 @@ fn the_servers_scheduled_prune_gives_back_a_forgotten_snapshots_space_and_keeps_
             .unwrap()
             .len(),
         1
+    );
+}
+
+#[test]
+fn an_append_only_device_cannot_forget_until_the_operator_grants_manage() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("src")).unwrap();
+    fs::write(
+        dir.path().join("src/a.txt"),
+        "history a thief must not destroy\n",
+    )
+    .unwrap();
+    let first = backup(dir.path(), &server, "alice", &["src"]);
+    let id = first["snapshot_id"].as_str().unwrap();
+
+    let refused = run(dir.path(), &server, "alice", &["forget", id]);
+    assert_ne!(refused.status.code(), Some(0), "{}", text(&refused));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("append-only") && message.contains("set-role"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(
+        snapshots_of(dir.path(), &server, "alice")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The operator grants the manage role; it applies at once.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let catalog = Catalog::open(server.data.path().join("data/defensive.db"))
+            .await
+            .unwrap();
+        assert!(
+            catalog
+                .set_device_role(b"alice".to_vec(), DeviceRole::Manage)
+                .await
+                .unwrap()
+        );
+        catalog.close().await.unwrap();
+    });
+    let forgot = run(dir.path(), &server, "alice", &["forget", id]);
+    assert_eq!(forgot.status.code(), Some(0), "{}", text(&forgot));
+    assert_eq!(
+        snapshots_of(dir.path(), &server, "alice")
+            .as_array()
+            .unwrap()
+            .len(),
+        0
     );
 }
 

@@ -111,13 +111,14 @@ pub fn write_files_csv(
 /// [`ServerError::Catalog`] or [`ServerError::Io`] when `out` fails.
 pub async fn write_clients(catalog: &Catalog, out: &mut impl Write) -> Result<usize, ServerError> {
     let clients = catalog.list_clients().await?;
-    let mut table = text_table(&["ID", "NAME", "LAST SEEN", "KEY", "REGISTERED"]);
+    let mut table = text_table(&["ID", "NAME", "LAST SEEN", "KEY", "ROLE", "REGISTERED"]);
     for ClientRecord {
         id,
         name,
         public_key,
         last_seen,
         registered_at,
+        role,
         ..
     } in &clients
     {
@@ -126,6 +127,7 @@ pub async fn write_clients(catalog: &Catalog, out: &mut impl Write) -> Result<us
             display(name),
             last_seen.clone().unwrap_or_else(|| "-".into()),
             if public_key.is_some() { "yes" } else { "no" }.to_owned(),
+            role.as_str().to_owned(),
             registered_at.clone(),
         ]);
     }

@@ -44,6 +44,29 @@ pub enum Command {
     /// Catalog maintenance (`catalog rebuild`).
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Devices (registered client keys) and their roles (`devices list`, `devices set-role`).
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+}
+
+/// Subcommands of `devices`.
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List every device with its role (the `clients` table).
+    List,
+    /// Set a device's role: `append-only` (back up and restore, never forget) or `manage`
+    /// (may also forget snapshots). Applies at once, also to open connections.
+    SetRole(SetRoleArgs),
+}
+
+/// Arguments of `devices set-role`.
+#[derive(Debug, Args)]
+pub struct SetRoleArgs {
+    /// The device's (client's) registered name.
+    pub name: String,
+    /// The new role.
+    #[arg(value_enum)]
+    pub role: crate::catalog::DeviceRole,
 }
 
 /// Subcommands of `catalog`.

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::DeviceRole;
+
 /// File name of the catalog inside the data directory.
 pub const CATALOG_FILE_NAME: &str = "defensive.db";
 
@@ -207,6 +209,8 @@ pub struct ServerConfig {
     /// A prune rewrites packs whose live bytes are below this percentage of their size
     /// (0 never repacks).
     pub repack_below_percent: u8,
+    /// Role of a newly registered v4 device (`append-only` cannot forget snapshots).
+    pub default_device_role: DeviceRole,
 }
 
 impl Default for ServerConfig {
@@ -241,6 +245,7 @@ impl Default for ServerConfig {
             prune_interval_secs: 86_400,
             prune_grace_secs: 86_400,
             repack_below_percent: 50,
+            default_device_role: DeviceRole::AppendOnly,
         }
     }
 }
@@ -336,6 +341,9 @@ pub struct ConfigOverrides {
     /// Repack packs whose live bytes are below this percentage; 0 never [default: 50]
     #[arg(long, global = true, value_name = "PERCENT")]
     pub repack_below_percent: Option<u8>,
+    /// Role of newly registered v4 devices [default: append-only]
+    #[arg(long, global = true, value_enum)]
+    pub default_device_role: Option<DeviceRole>,
 }
 
 /// What `port.info` said.
@@ -585,6 +593,7 @@ impl ServerConfig {
             prune_interval_secs,
             prune_grace_secs,
             repack_below_percent,
+            default_device_role,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -631,6 +640,7 @@ impl ServerConfig {
         set(&mut self.prune_interval_secs, prune_interval_secs);
         set(&mut self.prune_grace_secs, prune_grace_secs);
         set(&mut self.repack_below_percent, repack_below_percent);
+        set(&mut self.default_device_role, default_device_role);
     }
 
     /// The v4 server key file: `identity_key_file`, else `<data_dir>/server-v4.key`.
@@ -680,6 +690,7 @@ impl ConfigOverrides {
             prune_interval_secs: env_var(env, "PRUNE_INTERVAL_SECS")?,
             prune_grace_secs: env_var(env, "PRUNE_GRACE_SECS")?,
             repack_below_percent: env_var(env, "REPACK_BELOW_PERCENT")?,
+            default_device_role: env_var(env, "DEFAULT_DEVICE_ROLE")?,
         })
     }
 }

@@ -11,7 +11,9 @@ use clap::Parser;
 use cyberbackup_server::admin;
 use cyberbackup_server::catalog::{Catalog, FileFilter, integrity, rebuild};
 use cyberbackup_server::check::run_checks;
-use cyberbackup_server::cli::{CatalogCommand, Cli, Command, EnrollArgs, FilesArgs};
+use cyberbackup_server::cli::{
+    CatalogCommand, Cli, Command, DevicesCommand, EnrollArgs, FilesArgs, SetRoleArgs,
+};
 use cyberbackup_server::config::{ENV_PREFIX, LoadedConfig, ServerConfig};
 use cyberbackup_server::{ServerError, telemetry};
 
@@ -131,7 +133,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             }
             cyberbackup_server::run(config).await?;
         }
-        Command::Clients => {
+        Command::Clients | Command::Devices(DevicesCommand::List) => {
             let catalog = open_existing(&config).await?;
             let mut out = std::io::stdout().lock();
             admin::write_clients(&catalog, &mut out).await?;
@@ -172,6 +174,22 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             let (fingerprint, path) = cyberbackup_server::v4::server_fingerprint(&config)?;
             println!("{fingerprint}");
             eprintln!("v4 server key: {}", path.display());
+        }
+        Command::Devices(DevicesCommand::SetRole(SetRoleArgs { name, role })) => {
+            let catalog = open_existing(&config).await?;
+            let changed = catalog
+                .set_device_role(name.clone().into_bytes(), role)
+                .await?;
+            catalog.close().await?;
+            if !changed {
+                return Err(ServerError::io(
+                    format!(
+                        "no device is registered as {name:?} — `cyberbackup-server devices list` shows the names"
+                    ),
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
+            println!("{name}: {role}");
         }
         Command::Catalog(CatalogCommand::Rebuild) => {
             let report = rebuild::rebuild(&config).await?;

@@ -12,7 +12,7 @@ mod admin_common;
 
 use std::time::Duration;
 
-use admin_common::{backup, config_for, get, start};
+use admin_common::{backup, config_for, get, request, start};
 use cyberbackup_server::config::AdminToken;
 use cyberbackup_server::http::RecentEvents;
 use prometheus_parse::{Scrape, Value};
@@ -95,6 +95,7 @@ async fn json_endpoints_serve_catalog_and_live_state() {
         (Some(2), Some(5017))
     );
     assert_eq!(alice["protocol"], 3);
+    assert_eq!(alice["role"], "append-only");
     assert_eq!(alice["id"].as_str().map(str::len), Some(32));
     assert!(alice["last_seen"].is_string());
     assert_eq!(find(&clients, "name", "bob")["files"], 1);
@@ -167,6 +168,48 @@ async fn json_endpoints_serve_catalog_and_live_state() {
             .as_str()
             .unwrap()
             .contains("/api/v1/")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_runs_on_request_only_with_a_json_body_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+    let before = get(server.admin, "/api/v1/maintenance", &[]).await.json();
+    assert_eq!(before["prune"]["last_run"], Json::Null);
+    assert_eq!(before["prune"]["grace_secs"], 86_400);
+
+    // A cross-site form would post url-encoded data: refused, nothing runs.
+    let form = request(
+        server.admin,
+        "POST",
+        "/api/v1/prune",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"a=1",
+    )
+    .await;
+    assert_eq!(form.status, 415, "{}", form.body);
+    let still = get(server.admin, "/api/v1/maintenance", &[]).await.json();
+    assert_eq!(still["prune"]["last_run"], Json::Null);
+
+    let run = request(
+        server.admin,
+        "POST",
+        "/api/v1/prune",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(run.status, 200, "{}", run.body);
+    let run = run.json();
+    assert_eq!(run["repositories"], 0);
+    assert_eq!(run["totals"]["bytes_freed"], 0);
+    assert_eq!(run["failed"], Json::Array(vec![]));
+    let after = get(server.admin, "/api/v1/maintenance", &[]).await.json();
+    assert_eq!(
+        after["prune"]["last_run"]["finished_at"],
+        run["finished_at"]
     );
     server.stop().await;
 }

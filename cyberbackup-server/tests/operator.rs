@@ -1,7 +1,7 @@
 //! What a new operator meets, with the real binary as a child process: `--check` (it checks
 //! the admin listener too and changes nothing on disk) and the log of a running server
 //! (no colour codes off a terminal, one summary line per connection, `client=` once per line,
-//! a user's typo not listed as a server warning).
+//! a user's typo not listed as a server warning), and the `devices` commands.
 //!
 //! Runtime: a few seconds in a debug build.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,6 +18,8 @@ use std::time::Duration;
 use admin_common::{backup, get};
 use cyberbackup_client::v4::{V4Client, V4Options};
 use cyberbackup_core::v4::wire::ErrorCode;
+use cyberbackup_server::catalog::v4::V4RegisterOutcome;
+use cyberbackup_server::catalog::{Catalog, DeviceRole};
 
 /// Longest wait for the server to start (a failure guard, not a synchronisation).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,6 +118,66 @@ async fn the_log_is_plain_text_with_one_summary_line_per_connection() {
         !events.to_string().contains("v4 request refused"),
         "a user's typo is listed as a server warning: {events}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_listed_with_their_roles_and_the_operator_sets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path().join("data/defensive.db"))
+        .await
+        .unwrap();
+    let registered = catalog
+        .register_v4_client(
+            [0xA1; 16],
+            b"alice".to_vec(),
+            [7; 32],
+            None,
+            DeviceRole::AppendOnly,
+        )
+        .await
+        .unwrap();
+    assert_eq!(registered, V4RegisterOutcome::Registered);
+    catalog.close().await.unwrap();
+    let devices = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cyberbackup-server"));
+        command
+            .arg("devices")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("CYBERBACKUP_CONFIG");
+        command.output().unwrap()
+    };
+    let role_of_alice = |output: &Output| -> String {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let line = stdout
+            .lines()
+            .find(|line| line.contains("alice"))
+            .unwrap_or_else(|| panic!("alice not listed: {}", text(output)))
+            .to_owned();
+        ["append-only", "manage"]
+            .into_iter()
+            .find(|role| line.contains(role))
+            .unwrap_or_else(|| panic!("no role in {line:?}"))
+            .to_owned()
+    };
+
+    let listed = devices(&["list"]);
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed));
+    assert_eq!(role_of_alice(&listed), "append-only");
+    let set = devices(&["set-role", "alice", "manage"]);
+    assert_eq!(set.status.code(), Some(0), "{}", text(&set));
+    assert_eq!(role_of_alice(&devices(&["list"])), "manage");
+
+    let unknown = devices(&["set-role", "mallory", "manage"]);
+    assert_ne!(unknown.status.code(), Some(0), "{}", text(&unknown));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no device is registered as \"mallory\""),
+        "{}",
+        text(&unknown)
+    );
+    let bad_role = devices(&["set-role", "alice", "owner"]);
+    assert_eq!(bad_role.status.code(), Some(2), "{}", text(&bad_role));
 }
 
 /// `cyberbackup-server --check` with a data directory and port in `dir`.

@@ -64,6 +64,64 @@ pub struct CommittingFile {
     pub keep_versions: u32,
 }
 
+/// What a device (a registered client key) may do to its repository. The default, for
+/// every registration unless `default_device_role` says otherwise, is append-only.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceRole {
+    /// Back up and read its own data; never delete or overwrite snapshots or packs (a
+    /// thief of the device cannot destroy the history).
+    #[default]
+    AppendOnly,
+    /// Also forget snapshots (and so, through the server's prune, delete data).
+    Manage,
+}
+
+impl DeviceRole {
+    /// The name stored in the catalog and shown to operators.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AppendOnly => "append-only",
+            Self::Manage => "manage",
+        }
+    }
+
+    /// The role named `name` (as stored by [`Self::as_str`]).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "append-only" => Some(Self::AppendOnly),
+            "manage" => Some(Self::Manage),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DeviceRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeviceRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_name(s).ok_or_else(|| "expected \"append-only\" or \"manage\"".into())
+    }
+}
+
 /// One row of the `clients` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRecord {
@@ -79,6 +137,8 @@ pub struct ClientRecord {
     pub protocol: Option<u8>,
     /// Registration time (RFC 3339 UTC).
     pub registered_at: String,
+    /// What the device may do to its repository.
+    pub role: DeviceRole,
 }
 
 /// Life-cycle state of a stored file version.

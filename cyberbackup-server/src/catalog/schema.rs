@@ -221,6 +221,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ClientId, PackId)
     );
     ",
+    // 7: device roles (docs/repository.md, "Device roles"). Every registered key is a device;
+    // `append-only` (the default, also for registrations older than this migration) may back
+    // up and read but never forget a snapshot; `manage` may.
+    r"
+    ALTER TABLE clients ADD COLUMN Role TEXT NOT NULL DEFAULT 'append-only'
+        CHECK (Role IN ('append-only', 'manage'));
+    ",
 ];
 
 /// Newest schema version this build knows.

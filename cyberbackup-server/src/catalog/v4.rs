@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::error::{CatalogError, query_err};
-use super::model::{ClientId, FileRowId};
+use super::model::{ClientId, DeviceRole, FileRowId};
 use super::timestamp::format_rfc3339;
 use super::{Catalog, now};
 use crate::faults::FaultPoint;
@@ -98,11 +98,49 @@ impl Catalog {
         name: Vec<u8>,
         key: [u8; 32],
         token_hash: Option<[u8; 32]>,
+        role: DeviceRole,
     ) -> Result<V4RegisterOutcome, CatalogError> {
         self.inject(FaultPoint::CatalogRegister, "register_v4_client")?;
         let now = now();
-        self.write(move |c| register(c, &id, &name, &key, token_hash.as_ref(), &now))
+        self.write(move |c| register(c, &id, &name, &key, token_hash.as_ref(), role, &now))
             .await
+    }
+
+    /// The role of the client (device) `id`, or `None` if no such client.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn device_role(&self, id: ClientId) -> Result<Option<DeviceRole>, CatalogError> {
+        self.read(move |c| {
+            c.query_row("SELECT Role FROM clients WHERE ID = ?1", [&id], |r| {
+                super::queries::role_from_column(r, 0)
+            })
+            .optional()
+            .map_err(query_err("device_role"))
+        })
+        .await
+    }
+
+    /// Gives the client (device) named `name` the role `role`; `false` if no client has
+    /// that name.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn set_device_role(
+        &self,
+        name: Vec<u8>,
+        role: DeviceRole,
+    ) -> Result<bool, CatalogError> {
+        self.write(move |c| {
+            let changed = c
+                .execute(
+                    "UPDATE clients SET Role = ?2 WHERE Name = ?1",
+                    params![name, role.as_str()],
+                )
+                .map_err(query_err("set_device_role"))?;
+            Ok(changed > 0)
+        })
+        .await
     }
 
     /// Stores a new enrollment token (its SHA-256) valid for `ttl`.
@@ -285,6 +323,7 @@ fn register(
     name: &[u8],
     key: &[u8; 32],
     token_hash: Option<&[u8; 32]>,
+    role: DeviceRole,
     now: &str,
 ) -> Result<V4RegisterOutcome, CatalogError> {
     const OP: &str = "register_v4_client";
@@ -322,9 +361,9 @@ fn register(
         });
     }
     tx.execute(
-        "INSERT INTO clients (ID, Name, PublicKey, LastSeen, Protocol, RegisteredAt)
-         VALUES (?1, ?2, ?3, ?4, 4, ?4)",
-        params![id, name, key, now],
+        "INSERT INTO clients (ID, Name, PublicKey, LastSeen, Protocol, RegisteredAt, Role)
+         VALUES (?1, ?2, ?3, ?4, 4, ?4, ?5)",
+        params![id, name, key, now, role.as_str()],
     )
     .map_err(query_err(OP))?;
     tx.commit().map_err(query_err(OP))?;
@@ -413,19 +452,43 @@ mod tests {
             .unwrap();
 
         let expired = catalog
-            .register_v4_client(ALICE, b"a".to_vec(), KEY, Some([2; 32]))
+            .register_v4_client(
+                ALICE,
+                b"a".to_vec(),
+                KEY,
+                Some([2; 32]),
+                DeviceRole::AppendOnly,
+            )
             .await
             .unwrap();
         let unknown = catalog
-            .register_v4_client(ALICE, b"a".to_vec(), KEY, Some([3; 32]))
+            .register_v4_client(
+                ALICE,
+                b"a".to_vec(),
+                KEY,
+                Some([3; 32]),
+                DeviceRole::AppendOnly,
+            )
             .await
             .unwrap();
         let good = catalog
-            .register_v4_client(ALICE, b"a".to_vec(), KEY, Some([1; 32]))
+            .register_v4_client(
+                ALICE,
+                b"a".to_vec(),
+                KEY,
+                Some([1; 32]),
+                DeviceRole::AppendOnly,
+            )
             .await
             .unwrap();
         let reused = catalog
-            .register_v4_client([0xB0; 16], b"b".to_vec(), [8; 32], Some([1; 32]))
+            .register_v4_client(
+                [0xB0; 16],
+                b"b".to_vec(),
+                [8; 32],
+                Some([1; 32]),
+                DeviceRole::AppendOnly,
+            )
             .await
             .unwrap();
 
@@ -443,15 +506,27 @@ mod tests {
     async fn registration_is_idempotent_per_key_and_names_are_unique() {
         let (_dir, catalog) = open().await;
         let first = catalog
-            .register_v4_client(ALICE, b"a".to_vec(), KEY, None)
+            .register_v4_client(ALICE, b"a".to_vec(), KEY, None, DeviceRole::AppendOnly)
             .await
             .unwrap();
         let again = catalog
-            .register_v4_client([0xB0; 16], b"other".to_vec(), KEY, None)
+            .register_v4_client(
+                [0xB0; 16],
+                b"other".to_vec(),
+                KEY,
+                None,
+                DeviceRole::AppendOnly,
+            )
             .await
             .unwrap();
         let taken = catalog
-            .register_v4_client([0xB0; 16], b"a".to_vec(), [8; 32], None)
+            .register_v4_client(
+                [0xB0; 16],
+                b"a".to_vec(),
+                [8; 32],
+                None,
+                DeviceRole::AppendOnly,
+            )
             .await
             .unwrap();
 
@@ -470,7 +545,7 @@ mod tests {
     async fn partial_uploads_record_checkpoints_per_client() {
         let (_dir, catalog) = open().await;
         catalog
-            .register_v4_client(ALICE, b"a".to_vec(), KEY, None)
+            .register_v4_client(ALICE, b"a".to_vec(), KEY, None, DeviceRole::AppendOnly)
             .await
             .unwrap();
         let row = catalog
@@ -524,7 +599,7 @@ mod tests {
     async fn resume_records_end_with_the_upload() {
         let (dir, catalog) = open().await;
         catalog
-            .register_v4_client(ALICE, b"a".to_vec(), KEY, None)
+            .register_v4_client(ALICE, b"a".to_vec(), KEY, None, DeviceRole::AppendOnly)
             .await
             .unwrap();
         let begin = |name: &'static str| {

@@ -87,6 +87,7 @@ struct ClientRow {
     last_seen: Option<String>,
     registered_at: String,
     protocol: Option<u8>,
+    role: &'static str,
     files: u64,
     bytes: u64,
 }
@@ -110,6 +111,7 @@ async fn clients(State(state): State<Arc<AdminState>>) -> Response {
                 last_seen: c.last_seen,
                 registered_at: c.registered_at,
                 protocol: c.protocol,
+                role: c.role.as_str(),
                 files: totals.files,
                 bytes: totals.bytes,
             }

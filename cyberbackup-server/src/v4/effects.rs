@@ -10,6 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use cyberbackup_core::names::{ClientId, FileName, NameField};
 use cyberbackup_core::v4::noise::PublicKey;
+use cyberbackup_core::v4::repository::RepoRequest;
 use cyberbackup_core::v4::server::{AuthDecision, ResumePoint, ServerEffect, ServerSession};
 use cyberbackup_core::v4::wire::{ClientAuth, ErrorCode, VersionRecord};
 use cyberbackup_core::v4::{ContentDigest, Refusal, StorageFailure, V4Error};
@@ -19,7 +20,7 @@ use super::partial::ResumablePartial;
 use super::repository::RepoConnection;
 use super::token_hash;
 use crate::catalog::v4::{V4RegisterOutcome, V4Version};
-use crate::catalog::{CommittingFile, FileRowId, ReceivedFile};
+use crate::catalog::{CommittingFile, DeviceRole, FileRowId, ReceivedFile};
 use crate::maintenance::{self, CommitOutcome};
 use crate::shared::Shared;
 use crate::storage::Storage;
@@ -200,10 +201,14 @@ impl<'a> V4Effects<'a> {
                 Ok(())
             }
             ServerEffect::Repository { client_id, request } => {
-                let answer = self
-                    .repo
-                    .request(&self.shared.repo, client_id, request)
-                    .await;
+                let answer = match self.authorize(client_id, &request).await {
+                    Ok(()) => {
+                        self.repo
+                            .request(&self.shared.repo, client_id, request)
+                            .await
+                    }
+                    Err(refusal) => Err(refusal),
+                };
                 session.handle_repository(now(), answer)
             }
             ServerEffect::WritePut { data } => {
@@ -258,6 +263,34 @@ impl<'a> V4Effects<'a> {
         self.shared.live.transfer_ended(self.live_transfer());
     }
 
+    /// Checks the device's role for requests that delete (docs/repository.md, "Device
+    /// roles"): read from the catalog at each request, so a role the operator changed
+    /// applies to connections already open.
+    async fn authorize(&self, client: ClientId, request: &RepoRequest) -> Result<(), Refusal> {
+        if !matches!(request, RepoRequest::Forget { .. }) {
+            return Ok(());
+        }
+        match self.shared.catalog.device_role(client.0).await {
+            Ok(Some(DeviceRole::Manage)) => Ok(()),
+            Ok(_) => {
+                tracing::warn!(client = %client, "an append-only device tried to forget a snapshot");
+                Err(Refusal::new(
+                    ErrorCode::FORBIDDEN,
+                    "this device is append-only: it can back up and restore but not forget snapshots; \
+                     the server's operator can grant it the manage role \
+                     (`cyberbackup-server devices set-role NAME manage`)",
+                ))
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot read the device role");
+                Err(Refusal::new(
+                    ErrorCode::INTERNAL,
+                    "the server could not check this device's role; retry later",
+                ))
+            }
+        }
+    }
+
     async fn authenticate(&self, key: PublicKey, request: ClientAuth) -> AuthDecision {
         let catalog = &self.shared.catalog;
         match catalog.v4_client_by_key(key.0).await {
@@ -298,7 +331,13 @@ impl<'a> V4Effects<'a> {
             let mut id = [0u8; 16];
             OsRng.fill_bytes(&mut id);
             let outcome = catalog
-                .register_v4_client(id, name.as_bytes().to_vec(), key.0, token)
+                .register_v4_client(
+                    id,
+                    name.as_bytes().to_vec(),
+                    key.0,
+                    token,
+                    self.shared.config.default_device_role,
+                )
                 .await;
             match outcome {
                 Ok(V4RegisterOutcome::Registered) => {

@@ -117,7 +117,7 @@ async function loadOverview() {
 async function loadClients() {
   const clients = await api("/api/v1/clients");
   fillTable("clients-table", clients, (c) => [
-    c.name, c.id, c.last_seen || "never", c.protocol ?? "–", c.files, bytes(c.bytes),
+    c.name, c.id, c.last_seen || "never", c.protocol ?? "–", c.role, c.files, bytes(c.bytes),
   ], "no client has registered yet");
 }
 
