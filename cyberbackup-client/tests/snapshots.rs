@@ -24,6 +24,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use cyberbackup_server::catalog::v4::SetRoleOutcome;
 use cyberbackup_server::catalog::{Catalog, DeviceRole};
 use support::{RealServer, client_binary, write_pattern};
 
@@ -565,12 +566,11 @@ fn an_append_only_device_cannot_forget_until_the_operator_grants_manage() {
         let catalog = Catalog::open(server.data.path().join("data/defensive.db"))
             .await
             .unwrap();
-        assert!(
-            catalog
-                .set_device_role(b"alice".to_vec(), DeviceRole::Manage)
-                .await
-                .unwrap()
-        );
+        let outcome = catalog
+            .set_device_role(b"alice".to_vec(), None, DeviceRole::Manage)
+            .await
+            .unwrap();
+        assert_eq!(outcome, SetRoleOutcome::Set(1));
         catalog.close().await.unwrap();
     });
     let forgot = run(dir.path(), &server, "alice", &["forget", id]);
@@ -581,6 +581,108 @@ fn an_append_only_device_cannot_forget_until_the_operator_grants_manage() {
             .unwrap()
             .len(),
         0
+    );
+}
+
+/// A single-use token enrolling a new device of the existing client `name`, as
+/// `cyberbackup-server enroll --client NAME` issues it.
+fn enroll_device_of(server: &RealServer, name: &[u8]) -> String {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let catalog = Catalog::open(server.data.path().join("data/defensive.db"))
+            .await
+            .unwrap();
+        let owner = catalog
+            .list_devices()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.client_name == name)
+            .unwrap()
+            .client_id;
+        let ttl = Duration::from_secs(600);
+        let (token, _) = cyberbackup_server::v4::enroll(&catalog, ttl, Some(owner))
+            .await
+            .unwrap();
+        catalog.close().await.unwrap();
+        token
+    })
+}
+
+#[test]
+fn a_new_machine_recovers_the_repository_with_an_enrollment_and_the_passphrase() {
+    let server = RealServer::start();
+    let laptop = tempfile::tempdir().unwrap();
+    let passphrase = laptop.path().join("passphrase");
+    fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+    let source = laptop.path().join("src");
+    fs::create_dir_all(source.join("docs")).unwrap();
+    fs::write(
+        source.join("docs/thesis.txt"),
+        format!("{CONTENT_MARKER} chapter one\n"),
+    )
+    .unwrap();
+    write_pattern(&source.join("data.bin"), 3 * MIB, 21);
+    let password = passphrase.to_str().unwrap();
+    let first = run(
+        laptop.path(),
+        &server,
+        "alice",
+        &[
+            "backup",
+            "src",
+            "--name",
+            "alice",
+            "--password-file",
+            password,
+        ],
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+
+    // The laptop is lost. A new machine has neither its identity nor its device key; it
+    // knows the passphrase.
+    let new_machine = tempfile::tempdir().unwrap();
+    let recover = |dir: &Path, token: Option<&str>| {
+        let mut args = vec!["recover", "--name", "alice", "--password-file", password];
+        if let Some(token) = token {
+            args.extend(["--enroll-token", token]);
+        }
+        run(dir, &server, "alice", &args)
+    };
+    // Without an enrollment it is a stranger: it cannot take the name.
+    let stranger = recover(new_machine.path(), None);
+    assert_ne!(stranger.status.code(), Some(0), "{}", text(&stranger));
+
+    let token = enroll_device_of(&server, b"alice");
+    let recovered = recover(new_machine.path(), Some(&token));
+    assert_eq!(recovered.status.code(), Some(0), "{}", text(&recovered));
+    // From now on its own device key opens the repository: no passphrase needed.
+    let snapshots = snapshots_of(new_machine.path(), &server, "alice");
+    assert_eq!(snapshots.as_array().unwrap().len(), 1, "{snapshots}");
+    let target = new_machine.path().join("restored");
+    let restored = run(
+        new_machine.path(),
+        &server,
+        "alice",
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(restored.status.code(), Some(0), "{}", text(&restored));
+    let source = source.canonicalize().unwrap();
+    assert_same_tree(&source, &target.join(source.strip_prefix("/").unwrap()));
+    // The new device is append-only like every other, and the token was single-use.
+    let forget = run(new_machine.path(), &server, "alice", &["forget", "latest"]);
+    assert!(
+        String::from_utf8_lossy(&forget.stderr).contains("append-only"),
+        "{}",
+        text(&forget)
+    );
+    let third_machine = tempfile::tempdir().unwrap();
+    let reused = recover(third_machine.path(), Some(&token));
+    assert_ne!(reused.status.code(), Some(0), "{}", text(&reused));
+    assert!(
+        String::from_utf8_lossy(&reused.stderr).contains("token"),
+        "{}",
+        text(&reused)
     );
 }
 

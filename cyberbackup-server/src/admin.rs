@@ -105,20 +105,39 @@ pub fn write_files_csv(
     Ok(())
 }
 
+/// Writes the v4 device table (client, fingerprint, role, added); returns the number of
+/// devices.
+///
+/// # Errors
+/// [`ServerError::Catalog`] or [`ServerError::Io`] when `out` fails.
+pub async fn write_devices(catalog: &Catalog, out: &mut impl Write) -> Result<usize, ServerError> {
+    let devices = catalog.list_devices().await?;
+    let mut table = text_table(&["CLIENT", "DEVICE", "ROLE", "ADDED"]);
+    for device in &devices {
+        table.add_row([
+            display(&device.client_name),
+            crate::catalog::v4::device_fingerprint(&device.key),
+            device.role.as_str().to_owned(),
+            device.added_at.clone(),
+        ]);
+    }
+    write_lines(out, &table, true).map_err(|e| ServerError::io("cannot write device list", e))?;
+    Ok(devices.len())
+}
+
 /// Writes the client table; returns the number of clients.
 ///
 /// # Errors
 /// [`ServerError::Catalog`] or [`ServerError::Io`] when `out` fails.
 pub async fn write_clients(catalog: &Catalog, out: &mut impl Write) -> Result<usize, ServerError> {
     let clients = catalog.list_clients().await?;
-    let mut table = text_table(&["ID", "NAME", "LAST SEEN", "KEY", "ROLE", "REGISTERED"]);
+    let mut table = text_table(&["ID", "NAME", "LAST SEEN", "KEY", "REGISTERED"]);
     for ClientRecord {
         id,
         name,
         public_key,
         last_seen,
         registered_at,
-        role,
         ..
     } in &clients
     {
@@ -127,7 +146,6 @@ pub async fn write_clients(catalog: &Catalog, out: &mut impl Write) -> Result<us
             display(name),
             last_seen.clone().unwrap_or_else(|| "-".into()),
             if public_key.is_some() { "yes" } else { "no" }.to_owned(),
-            role.as_str().to_owned(),
             registered_at.clone(),
         ]);
     }

@@ -52,7 +52,7 @@ pub enum Command {
 /// Subcommands of `devices`.
 #[derive(Debug, Subcommand)]
 pub enum DevicesCommand {
-    /// List every device with its role (the `clients` table).
+    /// List every v4 device: its client, fingerprint, role and when it was added.
     List,
     /// Set a device's role: `append-only` (back up and restore, never forget) or `manage`
     /// (may also forget snapshots). Applies at once, also to open connections.
@@ -62,8 +62,12 @@ pub enum DevicesCommand {
 /// Arguments of `devices set-role`.
 #[derive(Debug, Args)]
 pub struct SetRoleArgs {
-    /// The device's (client's) registered name.
+    /// The client's registered name.
     pub name: String,
+    /// Which of its devices (a prefix of the fingerprint `devices list` shows); needed when
+    /// it has more than one.
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub device: Option<String>,
     /// The new role.
     #[arg(value_enum)]
     pub role: crate::catalog::DeviceRole,
@@ -81,6 +85,11 @@ pub enum CatalogCommand {
 /// Arguments of `enroll`.
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
+    /// Enroll a new device of this existing client (a new or replaced machine of the same
+    /// account, which then recovers its repository with the passphrase) instead of a new
+    /// client.
+    #[arg(long, value_name = "NAME")]
+    pub client: Option<String>,
     /// Seconds the token stays valid.
     #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl_secs: u64,

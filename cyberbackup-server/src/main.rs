@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cyberbackup_server::admin;
+use cyberbackup_server::catalog::v4::SetRoleOutcome;
 use cyberbackup_server::catalog::{Catalog, FileFilter, integrity, rebuild};
 use cyberbackup_server::check::run_checks;
 use cyberbackup_server::cli::{
@@ -133,7 +134,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             }
             cyberbackup_server::run(config).await?;
         }
-        Command::Clients | Command::Devices(DevicesCommand::List) => {
+        Command::Clients => {
             let catalog = open_existing(&config).await?;
             let mut out = std::io::stdout().lock();
             admin::write_clients(&catalog, &mut out).await?;
@@ -158,15 +159,39 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             out.flush()
                 .map_err(|e| ServerError::io("cannot write to stdout", e))?;
         }
-        Command::Enroll(EnrollArgs { ttl_secs }) => {
+        Command::Enroll(EnrollArgs { client, ttl_secs }) => {
             let catalog = integrity::open_checked(&config).await?;
             let ttl = std::time::Duration::from_secs(ttl_secs);
-            let (token, expires) = cyberbackup_server::v4::enroll(&catalog, ttl).await?;
+            let owner = match &client {
+                None => None,
+                Some(name) => {
+                    let found = catalog
+                        .list_devices()
+                        .await?
+                        .into_iter()
+                        .find(|d| d.client_name == name.as_bytes());
+                    let Some(device) = found else {
+                        return Err(ServerError::io(
+                            format!(
+                                "no v4 client is registered as {name:?} — `cyberbackup-server devices list` shows the names"
+                            ),
+                            std::io::Error::from(std::io::ErrorKind::NotFound),
+                        ));
+                    };
+                    Some(device.client_id)
+                }
+            };
+            let (token, expires) = cyberbackup_server::v4::enroll(&catalog, ttl, owner).await?;
             catalog.close().await?;
             println!("{token}");
-            eprintln!(
-                "single-use enrollment token, valid until {expires}; give it to the new client: cyberbackup-client backup FILE --server HOST:PORT --name NAME --enroll-token {token}"
-            );
+            match client {
+                None => eprintln!(
+                    "single-use enrollment token, valid until {expires}; give it to the new client: cyberbackup-client backup DIR --server HOST:PORT --name NAME --enroll-token {token}"
+                ),
+                Some(name) => eprintln!(
+                    "single-use token enrolling a new device of {name:?}, valid until {expires}; on the new machine: cyberbackup-client recover --server HOST:PORT --name {name} --enroll-token {token} (it asks for the repository passphrase)"
+                ),
+            }
         }
         Command::Fingerprint => {
             // The catalog exists whenever the key does: a key without a catalog means a lost one.
@@ -175,21 +200,40 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             println!("{fingerprint}");
             eprintln!("v4 server key: {}", path.display());
         }
-        Command::Devices(DevicesCommand::SetRole(SetRoleArgs { name, role })) => {
+        Command::Devices(DevicesCommand::List) => {
             let catalog = open_existing(&config).await?;
-            let changed = catalog
-                .set_device_role(name.clone().into_bytes(), role)
+            let mut out = std::io::stdout().lock();
+            admin::write_devices(&catalog, &mut out).await?;
+            out.flush()
+                .map_err(|e| ServerError::io("cannot write to stdout", e))?;
+        }
+        Command::Devices(DevicesCommand::SetRole(SetRoleArgs { name, device, role })) => {
+            let catalog = open_existing(&config).await?;
+            let outcome = catalog
+                .set_device_role(name.clone().into_bytes(), device, role)
                 .await?;
             catalog.close().await?;
-            if !changed {
-                return Err(ServerError::io(
-                    format!(
-                        "no device is registered as {name:?} — `cyberbackup-server devices list` shows the names"
-                    ),
-                    std::io::Error::from(std::io::ErrorKind::NotFound),
-                ));
-            }
-            println!("{name}: {role}");
+            let problem = match outcome {
+                SetRoleOutcome::Set(_) => {
+                    println!("{name}: {role}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                SetRoleOutcome::NoSuchClient => format!(
+                    "no device is registered as {name:?} — `cyberbackup-server devices list` shows the names"
+                ),
+                SetRoleOutcome::NoSuchDevice => format!(
+                    "{name:?} has no device whose fingerprint starts that way — `cyberbackup-server devices list` shows them"
+                ),
+                SetRoleOutcome::Ambiguous(devices) => format!(
+                    "{name:?} has {} devices; name one with --device FINGERPRINT (a prefix is enough): {}",
+                    devices.len(),
+                    devices.join(", ")
+                ),
+            };
+            return Err(ServerError::io(
+                problem,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         Command::Catalog(CatalogCommand::Rebuild) => {
             let report = rebuild::rebuild(&config).await?;

@@ -95,7 +95,6 @@ async fn json_endpoints_serve_catalog_and_live_state() {
         (Some(2), Some(5017))
     );
     assert_eq!(alice["protocol"], 3);
-    assert_eq!(alice["role"], "append-only");
     assert_eq!(alice["id"].as_str().map(str::len), Some(32));
     assert!(alice["last_seen"].is_string());
     assert_eq!(find(&clients, "name", "bob")["files"], 1);

@@ -331,9 +331,10 @@ async fn enrollment_tokens_gate_registration_once() {
     let catalog = cyberbackup_server::Catalog::open(data.join("defensive.db"))
         .await
         .unwrap();
-    let (token, _) = cyberbackup_server::v4::enroll(&catalog, std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (token, _) =
+        cyberbackup_server::v4::enroll(&catalog, std::time::Duration::from_secs(60), None)
+            .await
+            .unwrap();
 
     let without = V4Client::connect(&options(server.addr, dir.path(), "a"))
         .await

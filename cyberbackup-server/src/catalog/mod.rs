@@ -43,8 +43,8 @@ use crate::storage::VersionFile;
 pub use error::CatalogError;
 pub use model::{
     AbandonedTransfer, CatalogStats, ClientId, ClientRecord, ClientTotals, CommitResult,
-    CommittingFile, DEFAULT_PAGE, DeviceRole, FileFilter, FileRecord, FileRowId, FileState,
-    KeptVersion, KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
+    CommittingFile, DEFAULT_PAGE, DeviceRecord, DeviceRole, FileFilter, FileRecord, FileRowId,
+    FileState, KeptVersion, KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
 pub use schema::latest_version as latest_schema_version;
 pub use timestamp::format_rfc3339;

@@ -137,8 +137,21 @@ pub struct ClientRecord {
     pub protocol: Option<u8>,
     /// Registration time (RFC 3339 UTC).
     pub registered_at: String,
-    /// What the device may do to its repository.
+}
+
+/// One v4 device: a client key and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The client (account) it belongs to.
+    pub client_id: ClientId,
+    /// That client's name.
+    pub client_name: Vec<u8>,
+    /// Its X25519 static key.
+    pub key: [u8; 32],
+    /// Its role.
     pub role: DeviceRole,
+    /// When it was added (RFC 3339 UTC).
+    pub added_at: String,
 }
 
 /// Life-cycle state of a stored file version.

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use super::error::{CatalogError, query_err};
 use super::model::{
     AbandonedTransfer, CatalogStats, ClientId, ClientRecord, ClientTotals, CommitResult,
-    CommittingFile, DEFAULT_PAGE, DeviceRole, FileFilter, FileRecord, FileRowId, FileState,
-    KeptVersion, KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
+    CommittingFile, DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion,
+    KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
 use super::repo::{AddKeyOutcome, BlobLocation, NewSnapshot, RepoRecord, SnapshotRecord};
 use super::timestamp::format_rfc3339;
@@ -838,7 +838,7 @@ pub(crate) fn checkpoint(conn: &Connection) -> Result<(), CatalogError> {
         .map_err(query_err("checkpoint"))
 }
 
-const CLIENT_COLUMNS: &str = "ID, Name, PublicKey, LastSeen, Protocol, RegisteredAt, Role";
+const CLIENT_COLUMNS: &str = "ID, Name, PublicKey, LastSeen, Protocol, RegisteredAt";
 
 fn client_from_row(r: &Row<'_>) -> rusqlite::Result<ClientRecord> {
     Ok(ClientRecord {
@@ -848,19 +848,6 @@ fn client_from_row(r: &Row<'_>) -> rusqlite::Result<ClientRecord> {
         last_seen: r.get(3)?,
         protocol: r.get(4)?,
         registered_at: r.get(5)?,
-        role: role_from_column(r, 6)?,
-    })
-}
-
-/// The [`DeviceRole`] in column `index` (the schema's CHECK allows only the known names).
-pub(super) fn role_from_column(r: &Row<'_>, index: usize) -> rusqlite::Result<DeviceRole> {
-    let name: String = r.get(index)?;
-    DeviceRole::from_name(&name).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            format!("unknown device role {name:?}").into(),
-        )
     })
 }
 

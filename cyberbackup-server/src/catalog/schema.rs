@@ -221,12 +221,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ClientId, PackId)
     );
     ",
-    // 7: device roles (docs/repository.md, "Device roles"). Every registered key is a device;
-    // `append-only` (the default, also for registrations older than this migration) may back
-    // up and read but never forget a snapshot; `manage` may.
+    // 7: devices (docs/operations.md, "Device roles"). Every v4 client key is a device of
+    // its client (account); a client gains devices through enrollment tokens bound to it
+    // (`ForClient`). `append-only` (the default, also for keys registered before this
+    // migration) may back up and read but never forget a snapshot; `manage` may.
     r"
-    ALTER TABLE clients ADD COLUMN Role TEXT NOT NULL DEFAULT 'append-only'
-        CHECK (Role IN ('append-only', 'manage'));
+    CREATE TABLE v4_devices (
+        PublicKey BLOB PRIMARY KEY CHECK (length(PublicKey) = 32),
+        ClientId  BLOB NOT NULL REFERENCES clients(ID),
+        Role      TEXT NOT NULL DEFAULT 'append-only' CHECK (Role IN ('append-only', 'manage')),
+        AddedAt   TEXT NOT NULL
+    );
+    CREATE INDEX v4_devices_by_client ON v4_devices(ClientId);
+    INSERT INTO v4_devices (PublicKey, ClientId, AddedAt)
+        SELECT PublicKey, ID, RegisteredAt FROM clients
+        WHERE Protocol = 4 AND PublicKey IS NOT NULL;
+    ALTER TABLE enrollment_tokens ADD COLUMN ForClient BLOB;
     ",
 ];
 
@@ -490,6 +500,36 @@ mod tests {
             kept_version.contains("files_by_client_name (ID=? AND FileName=? AND Version=?)"),
             "{kept_version}"
         );
+    }
+
+    #[test]
+    fn v4_clients_registered_before_devices_existed_become_append_only_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_writer(&dir.path().join("defensive.db")).unwrap();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        for (version, sql) in (1..=6).zip(MIGRATIONS) {
+            let tx = conn.transaction().unwrap();
+            apply(&tx, sql, version).unwrap();
+            tx.commit().unwrap();
+        }
+        conn.execute(
+            "INSERT INTO clients (ID, Name, PublicKey, Protocol, RegisteredAt)
+             VALUES (?1, 'alice', ?2, 4, '2026-01-01T00:00:00Z')",
+            rusqlite::params![[0xA1u8; 16], [7u8; 32]],
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+        let device: (Vec<u8>, String) = conn
+            .query_row(
+                "SELECT ClientId, Role FROM v4_devices WHERE PublicKey = ?1",
+                [[7u8; 32]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+
+        assert_eq!(device, (vec![0xA1; 16], "append-only".to_owned()));
     }
 
     #[test]

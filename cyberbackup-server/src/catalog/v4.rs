@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::error::{CatalogError, query_err};
-use super::model::{ClientId, DeviceRole, FileRowId};
+use super::model::{ClientId, DeviceRecord, DeviceRole, FileRowId};
 use super::timestamp::format_rfc3339;
 use super::{Catalog, now};
 use crate::faults::FaultPoint;
@@ -40,6 +40,26 @@ pub enum V4RegisterOutcome {
     IdTaken,
     /// The token is unknown, used or expired.
     TokenInvalid,
+    /// The token enrolls a new device of an existing client: the key was added to it.
+    DeviceAdded(V4Client),
+    /// The token enrolls a device of another client than the name asked for.
+    TokenForAnotherClient {
+        /// The name of the client the token is for.
+        name: Vec<u8>,
+    },
+}
+
+/// Result of [`Catalog::set_device_role`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetRoleOutcome {
+    /// The role was set on this many devices.
+    Set(usize),
+    /// No client has that name.
+    NoSuchClient,
+    /// The client has no device whose fingerprint starts that way.
+    NoSuchDevice,
+    /// The client has several devices: name one (their fingerprints).
+    Ambiguous(Vec<String>),
 }
 
 /// A resumable upload.
@@ -106,41 +126,98 @@ impl Catalog {
             .await
     }
 
-    /// The role of the client (device) `id`, or `None` if no such client.
+    /// The role of the device with static key `key`, or `None` if no such device.
     ///
     /// # Errors
     /// A [`CatalogError`] if the database fails.
-    pub async fn device_role(&self, id: ClientId) -> Result<Option<DeviceRole>, CatalogError> {
+    pub async fn device_role(&self, key: [u8; 32]) -> Result<Option<DeviceRole>, CatalogError> {
         self.read(move |c| {
-            c.query_row("SELECT Role FROM clients WHERE ID = ?1", [&id], |r| {
-                super::queries::role_from_column(r, 0)
-            })
+            c.query_row(
+                "SELECT Role FROM v4_devices WHERE PublicKey = ?1",
+                [&key],
+                |r| role_from_column(r, 0),
+            )
             .optional()
             .map_err(query_err("device_role"))
         })
         .await
     }
 
-    /// Gives the client (device) named `name` the role `role`; `false` if no client has
-    /// that name.
+    /// Every v4 device, by client name then age.
     ///
     /// # Errors
     /// A [`CatalogError`] if the database fails.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceRecord>, CatalogError> {
+        self.read(|c| {
+            c.prepare(
+                "SELECT d.ClientId, c.Name, d.PublicKey, d.Role, d.AddedAt
+                 FROM v4_devices d JOIN clients c ON c.ID = d.ClientId
+                 ORDER BY c.Name, d.AddedAt, d.PublicKey",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok(DeviceRecord {
+                        client_id: r.get(0)?,
+                        client_name: r.get(1)?,
+                        key: r.get(2)?,
+                        role: role_from_column(r, 3)?,
+                        added_at: r.get(4)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(query_err("list_devices"))
+        })
+        .await
+    }
+
+    /// Gives the device of client `name` whose fingerprint (hex, `sha256:` optional) starts
+    /// with `device` the role `role`; with no `device`, the client's only device.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails; refusals are `Ok` outcomes.
     pub async fn set_device_role(
         &self,
         name: Vec<u8>,
+        device: Option<String>,
         role: DeviceRole,
-    ) -> Result<bool, CatalogError> {
-        self.write(move |c| {
-            let changed = c
-                .execute(
-                    "UPDATE clients SET Role = ?2 WHERE Name = ?1",
-                    params![name, role.as_str()],
-                )
-                .map_err(query_err("set_device_role"))?;
-            Ok(changed > 0)
-        })
-        .await
+    ) -> Result<SetRoleOutcome, CatalogError> {
+        let devices: Vec<DeviceRecord> = self
+            .list_devices()
+            .await?
+            .into_iter()
+            .filter(|d| d.client_name == name)
+            .collect();
+        if devices.is_empty() {
+            return Ok(SetRoleOutcome::NoSuchClient);
+        }
+        let wanted = device.map(|d| d.trim_start_matches("sha256:").to_ascii_lowercase());
+        let matching: Vec<&DeviceRecord> = devices
+            .iter()
+            .filter(|d| {
+                wanted
+                    .as_ref()
+                    .is_none_or(|prefix| device_fingerprint(&d.key).starts_with(prefix.as_str()))
+            })
+            .collect();
+        match matching.as_slice() {
+            [] => Ok(SetRoleOutcome::NoSuchDevice),
+            [one] => {
+                let key = one.key;
+                self.write(move |c| {
+                    c.execute(
+                        "UPDATE v4_devices SET Role = ?2 WHERE PublicKey = ?1",
+                        params![key, role.as_str()],
+                    )
+                    .map_err(query_err("set_device_role"))?;
+                    Ok(SetRoleOutcome::Set(1))
+                })
+                .await
+            }
+            several => Ok(SetRoleOutcome::Ambiguous(
+                several.iter().map(|d| device_fingerprint(&d.key)).collect(),
+            )),
+        }
     }
 
     /// Stores a new enrollment token (its SHA-256) valid for `ttl`.
@@ -151,14 +228,16 @@ impl Catalog {
         &self,
         token_hash: [u8; 32],
         ttl: Duration,
+        for_client: Option<ClientId>,
     ) -> Result<String, CatalogError> {
         let created = now();
         let expires = format_rfc3339(SystemTime::now() + ttl);
         let shown = expires.clone();
         self.write(move |c| {
             c.execute(
-                "INSERT INTO enrollment_tokens (TokenHash, CreatedAt, ExpiresAt) VALUES (?1, ?2, ?3)",
-                params![token_hash, created, expires],
+                "INSERT INTO enrollment_tokens (TokenHash, CreatedAt, ExpiresAt, ForClient)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash, created, expires, for_client],
             )
             .map_err(query_err("create_enrollment_token"))?;
             Ok(())
@@ -302,9 +381,30 @@ fn version_from_row(r: &Row<'_>) -> rusqlite::Result<V4Version> {
     })
 }
 
+/// The fingerprint of a device key as operators see it: hex SHA-256 of the key (the v4
+/// fingerprint without its `sha256:` prefix).
+#[must_use]
+pub fn device_fingerprint(key: &[u8; 32]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key))
+}
+
+/// The [`DeviceRole`] in column `index` (the schema's CHECK allows only the known names).
+fn role_from_column(r: &Row<'_>, index: usize) -> rusqlite::Result<DeviceRole> {
+    let name: String = r.get(index)?;
+    DeviceRole::from_name(&name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown device role {name:?}").into(),
+        )
+    })
+}
+
 fn client_by_key(conn: &Connection, key: &[u8; 32]) -> Result<Option<V4Client>, CatalogError> {
     conn.query_row(
-        "SELECT ID, Name FROM clients WHERE PublicKey = ?1 AND Protocol = 4",
+        "SELECT c.ID, c.Name FROM v4_devices d JOIN clients c ON c.ID = d.ClientId
+         WHERE d.PublicKey = ?1",
         [key],
         |r| {
             Ok(V4Client {
@@ -334,16 +434,27 @@ fn register(
         return Ok(V4RegisterOutcome::AlreadyRegistered(existing));
     }
     if let Some(hash) = token_hash {
-        let used = tx
-            .execute(
-                "UPDATE enrollment_tokens SET UsedAt = ?2, UsedBy = ?3
+        let token: Option<Option<ClientId>> = tx
+            .query_row(
+                "SELECT ForClient FROM enrollment_tokens
                  WHERE TokenHash = ?1 AND UsedAt IS NULL AND ExpiresAt > ?2",
-                params![hash, now, id],
+                params![hash, now],
+                |r| r.get(0),
             )
+            .optional()
             .map_err(query_err(OP))?;
-        if used != 1 {
+        let Some(for_client) = token else {
             return Ok(V4RegisterOutcome::TokenInvalid);
+        };
+        if let Some(owner) = for_client {
+            let outcome = add_device(&tx, &owner, name, key, role, now)?;
+            if matches!(outcome, V4RegisterOutcome::DeviceAdded(_)) {
+                consume_token(&tx, hash, &owner, now)?;
+                tx.commit().map_err(query_err(OP))?;
+            }
+            return Ok(outcome);
         }
+        consume_token(&tx, hash, id, now)?;
     }
     let taken: Option<Vec<u8>> = tx
         .query_row(
@@ -361,13 +472,73 @@ fn register(
         });
     }
     tx.execute(
-        "INSERT INTO clients (ID, Name, PublicKey, LastSeen, Protocol, RegisteredAt, Role)
-         VALUES (?1, ?2, ?3, ?4, 4, ?4, ?5)",
-        params![id, name, key, now, role.as_str()],
+        "INSERT INTO clients (ID, Name, PublicKey, LastSeen, Protocol, RegisteredAt)
+         VALUES (?1, ?2, ?3, ?4, 4, ?4)",
+        params![id, name, key, now],
     )
     .map_err(query_err(OP))?;
+    insert_device(&tx, key, id, role, now)?;
     tx.commit().map_err(query_err(OP))?;
     Ok(V4RegisterOutcome::Registered)
+}
+
+/// Marks an enrollment token used by `user`.
+fn consume_token(
+    conn: &Connection,
+    hash: &[u8; 32],
+    user: &ClientId,
+    now: &str,
+) -> Result<(), CatalogError> {
+    conn.execute(
+        "UPDATE enrollment_tokens SET UsedAt = ?2, UsedBy = ?3 WHERE TokenHash = ?1",
+        params![hash, now, user],
+    )
+    .map_err(query_err("consume_token"))?;
+    Ok(())
+}
+
+fn insert_device(
+    conn: &Connection,
+    key: &[u8; 32],
+    client: &ClientId,
+    role: DeviceRole,
+    now: &str,
+) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT INTO v4_devices (PublicKey, ClientId, Role, AddedAt) VALUES (?1, ?2, ?3, ?4)",
+        params![key, client, role.as_str(), now],
+    )
+    .map_err(query_err("insert_device"))?;
+    Ok(())
+}
+
+/// Adds `key` as a device of `owner`, whose name must be `name` (the token was issued for
+/// that client).
+fn add_device(
+    conn: &Connection,
+    owner: &ClientId,
+    name: &[u8],
+    key: &[u8; 32],
+    role: DeviceRole,
+    now: &str,
+) -> Result<V4RegisterOutcome, CatalogError> {
+    let owner_name: Option<Vec<u8>> = conn
+        .query_row("SELECT Name FROM clients WHERE ID = ?1", [owner], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(query_err("add_device"))?;
+    let Some(owner_name) = owner_name else {
+        return Ok(V4RegisterOutcome::TokenInvalid);
+    };
+    if owner_name != name {
+        return Ok(V4RegisterOutcome::TokenForAnotherClient { name: owner_name });
+    }
+    insert_device(conn, key, owner, role, now)?;
+    Ok(V4RegisterOutcome::DeviceAdded(V4Client {
+        id: *owner,
+        name: owner_name,
+    }))
 }
 
 fn partial(
@@ -440,14 +611,78 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tokens_are_single_use_and_expire() {
+    async fn a_token_for_a_client_adds_a_device_to_it_and_only_under_its_name() {
         let (_dir, catalog) = open().await;
         catalog
-            .create_enrollment_token([1; 32], Duration::from_secs(60))
+            .register_v4_client(ALICE, b"alice".to_vec(), KEY, None, DeviceRole::Manage)
             .await
             .unwrap();
         catalog
-            .create_enrollment_token([2; 32], Duration::ZERO)
+            .create_enrollment_token([4; 32], Duration::from_secs(60), Some(ALICE))
+            .await
+            .unwrap();
+        let role = DeviceRole::AppendOnly;
+
+        let wrong_name = catalog
+            .register_v4_client([0xB0; 16], b"bob".to_vec(), [8; 32], Some([4; 32]), role)
+            .await
+            .unwrap();
+        let added = catalog
+            .register_v4_client([0xB0; 16], b"alice".to_vec(), [8; 32], Some([4; 32]), role)
+            .await
+            .unwrap();
+        let reused = catalog
+            .register_v4_client([0xB1; 16], b"alice".to_vec(), [9; 32], Some([4; 32]), role)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            wrong_name,
+            V4RegisterOutcome::TokenForAnotherClient {
+                name: b"alice".to_vec()
+            }
+        );
+        let alice = V4Client {
+            id: ALICE,
+            name: b"alice".to_vec(),
+        };
+        assert_eq!(added, V4RegisterOutcome::DeviceAdded(alice.clone()));
+        assert_eq!(reused, V4RegisterOutcome::TokenInvalid);
+        assert_eq!(
+            catalog.v4_client_by_key([8; 32]).await.unwrap(),
+            Some(alice)
+        );
+        assert_eq!(
+            catalog.device_role(KEY).await.unwrap(),
+            Some(DeviceRole::Manage)
+        );
+        assert_eq!(catalog.device_role([8; 32]).await.unwrap(), Some(role));
+        let ambiguous = catalog
+            .set_device_role(b"alice".to_vec(), None, DeviceRole::Manage)
+            .await
+            .unwrap();
+        assert!(matches!(ambiguous, SetRoleOutcome::Ambiguous(ref d) if d.len() == 2));
+        let prefix = device_fingerprint(&[8; 32])[..8].to_owned();
+        let set = catalog
+            .set_device_role(b"alice".to_vec(), Some(prefix), DeviceRole::Manage)
+            .await
+            .unwrap();
+        assert_eq!(set, SetRoleOutcome::Set(1));
+        assert_eq!(
+            catalog.device_role([8; 32]).await.unwrap(),
+            Some(DeviceRole::Manage)
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_are_single_use_and_expire() {
+        let (_dir, catalog) = open().await;
+        catalog
+            .create_enrollment_token([1; 32], Duration::from_secs(60), None)
+            .await
+            .unwrap();
+        catalog
+            .create_enrollment_token([2; 32], Duration::ZERO, None)
             .await
             .unwrap();
 

@@ -26,6 +26,7 @@ pub(crate) fn routes() -> Router<Arc<AdminState>> {
         .route("/api/v1/transfers", get(transfers))
         .route("/api/v1/throughput", get(throughput))
         .route("/api/v1/clients", get(clients))
+        .route("/api/v1/devices", get(devices))
         .route("/api/v1/files", get(files))
         .route("/api/v1/files.csv", get(files_csv))
         .route("/api/v1/maintenance", get(maintenance))
@@ -87,7 +88,6 @@ struct ClientRow {
     last_seen: Option<String>,
     registered_at: String,
     protocol: Option<u8>,
-    role: &'static str,
     files: u64,
     bytes: u64,
 }
@@ -111,13 +111,41 @@ async fn clients(State(state): State<Arc<AdminState>>) -> Response {
                 last_seen: c.last_seen,
                 registered_at: c.registered_at,
                 protocol: c.protocol,
-                role: c.role.as_str(),
                 files: totals.files,
                 bytes: totals.bytes,
             }
         })
         .collect();
     Json(rows).into_response()
+}
+
+/// One v4 device as `/api/v1/devices` lists it.
+#[derive(Debug, Serialize)]
+struct DeviceRow {
+    client: String,
+    client_id: String,
+    fingerprint: String,
+    role: &'static str,
+    added_at: String,
+}
+
+async fn devices(State(state): State<Arc<AdminState>>) -> Response {
+    match state.catalog.list_devices().await {
+        Ok(devices) => Json(
+            devices
+                .into_iter()
+                .map(|d| DeviceRow {
+                    client: String::from_utf8_lossy(&d.client_name).into_owned(),
+                    client_id: hex::encode(d.client_id),
+                    fingerprint: crate::catalog::v4::device_fingerprint(&d.key),
+                    role: d.role.as_str(),
+                    added_at: d.added_at,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(err) => internal("listing devices", err),
+    }
 }
 
 /// Query parameters of `/api/v1/files` and `/api/v1/files.csv`.

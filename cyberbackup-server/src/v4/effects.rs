@@ -72,6 +72,8 @@ pub(crate) struct V4Effects<'a> {
     version: Option<Arc<File>>,
     /// The repository object being put, if any.
     repo: RepoConnection,
+    /// The static key this connection authenticated with (its device), once known.
+    device: Option<PublicKey>,
     summary: ConnectionSummary,
 }
 
@@ -84,6 +86,7 @@ impl<'a> V4Effects<'a> {
             upload: None,
             version: None,
             repo: RepoConnection::default(),
+            device: None,
             summary: ConnectionSummary::new(4),
         }
     }
@@ -127,6 +130,9 @@ impl<'a> V4Effects<'a> {
                 request,
             } => {
                 let decision = self.authenticate(client_key, request).await;
+                if matches!(decision, AuthDecision::Accepted { .. }) {
+                    self.device = Some(client_key);
+                }
                 session.handle_auth(now(), decision)
             }
             ServerEffect::OpenUpload {
@@ -270,7 +276,13 @@ impl<'a> V4Effects<'a> {
         if !matches!(request, RepoRequest::Forget { .. }) {
             return Ok(());
         }
-        match self.shared.catalog.device_role(client.0).await {
+        let Some(device) = self.device else {
+            return Err(Refusal::new(
+                ErrorCode::INTERNAL,
+                "a repository request arrived before authentication",
+            ));
+        };
+        match self.shared.catalog.device_role(device.0).await {
             Ok(Some(DeviceRole::Manage)) => Ok(()),
             Ok(_) => {
                 tracing::warn!(client = %client, "an append-only device tried to forget a snapshot");
@@ -316,16 +328,18 @@ impl<'a> V4Effects<'a> {
             tracing::warn!(peer = %self.peer, ?refused, "v4 registration rate limit reached");
             return AuthDecision::Refused(Refusal::new(ErrorCode::RATE_LIMITED, refused.message()));
         }
-        let token = if self.shared.config.enrollment_required {
-            if token.is_empty() {
+        // A token given is always checked: it may enroll a new device of an existing client
+        // (`enroll --client NAME`) even where registration needs none.
+        let token = if token.is_empty() {
+            if self.shared.config.enrollment_required {
                 return AuthDecision::Refused(Refusal::new(
                     ErrorCode::ENROLLMENT_REQUIRED,
                     "this server requires an enrollment token to register; ask the operator to run `cyberbackup-server enroll` and pass the token with --enroll-token",
                 ));
             }
-            Some(token_hash(&token))
-        } else {
             None
+        } else {
+            Some(token_hash(&token))
         };
         for _ in 0..3 {
             let mut id = [0u8; 16];
@@ -346,6 +360,21 @@ impl<'a> V4Effects<'a> {
                 }
                 Ok(V4RegisterOutcome::AlreadyRegistered(client)) => {
                     return accepted(client.id, &client.name, false);
+                }
+                Ok(V4RegisterOutcome::DeviceAdded(client)) => {
+                    tracing::info!(client = %ClientId(client.id), key = %key.fingerprint(), "v4 device added to an existing client");
+                    return accepted(client.id, &client.name, true);
+                }
+                Ok(V4RegisterOutcome::TokenForAnotherClient { name: owner }) => {
+                    return AuthDecision::Refused(Refusal::new(
+                        ErrorCode::ENROLLMENT_INVALID,
+                        format!(
+                            "this enrollment token adds a device to the client {:?}, not {:?}; register with --name {:?}",
+                            String::from_utf8_lossy(&owner),
+                            name.to_string_lossy(),
+                            String::from_utf8_lossy(&owner),
+                        ),
+                    ));
                 }
                 Ok(V4RegisterOutcome::NameTaken) => {
                     return AuthDecision::Refused(Refusal::new(

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 pub use crate::shared::V4State;
 pub(crate) use driver::serve;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ClientId};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 
@@ -77,16 +77,22 @@ pub fn server_fingerprint(config: &ServerConfig) -> Result<(Fingerprint, PathBuf
 }
 
 /// A new enrollment token: 32 random bytes as 64 hex digits. Only its SHA-256 is stored.
-/// Returns the token and its expiry (RFC 3339).
+/// With `for_client`, the token enrolls a new device of that existing client (a new or
+/// replaced machine of the same account) instead of registering a new client. Returns the
+/// token and its expiry (RFC 3339).
 ///
 /// # Errors
 /// [`ServerError::Catalog`].
-pub async fn enroll(catalog: &Catalog, ttl: Duration) -> Result<(String, String), ServerError> {
+pub async fn enroll(
+    catalog: &Catalog,
+    ttl: Duration,
+    for_client: Option<ClientId>,
+) -> Result<(String, String), ServerError> {
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
     let token = to_hex(&secret);
     let expires = catalog
-        .create_enrollment_token(token_hash(&token), ttl)
+        .create_enrollment_token(token_hash(&token), ttl, for_client)
         .await?;
     Ok((token, expires))
 }

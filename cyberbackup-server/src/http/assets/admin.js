@@ -117,8 +117,12 @@ async function loadOverview() {
 async function loadClients() {
   const clients = await api("/api/v1/clients");
   fillTable("clients-table", clients, (c) => [
-    c.name, c.id, c.last_seen || "never", c.protocol ?? "–", c.role, c.files, bytes(c.bytes),
+    c.name, c.id, c.last_seen || "never", c.protocol ?? "–", c.files, bytes(c.bytes),
   ], "no client has registered yet");
+  const devices = await api("/api/v1/devices");
+  fillTable("devices-table", devices, (d) => [
+    d.client, d.fingerprint.slice(0, 16), d.role, d.added_at,
+  ], "no v4 device has registered yet");
 }
 
 function filesQuery() {
