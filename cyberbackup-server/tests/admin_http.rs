@@ -12,7 +12,7 @@ mod admin_common;
 
 use std::time::Duration;
 
-use admin_common::{backup, config_for, get, request, start};
+use admin_common::{backup, config_for, get, post_empty_json, request, start};
 use cyberbackup_server::config::AdminToken;
 use cyberbackup_server::http::RecentEvents;
 use prometheus_parse::{Scrape, Value};
@@ -192,14 +192,7 @@ async fn a_prune_runs_on_request_only_with_a_json_body_and_is_reported() {
     let still = get(server.admin, "/api/v1/maintenance", &[]).await.json();
     assert_eq!(still["prune"]["last_run"], Json::Null);
 
-    let run = request(
-        server.admin,
-        "POST",
-        "/api/v1/prune",
-        &[("Content-Type", "application/json")],
-        b"{}",
-    )
-    .await;
+    let run = post_empty_json(server.admin, "/api/v1/prune").await;
     assert_eq!(run.status, 200, "{}", run.body);
     let run = run.json();
     assert_eq!(run["repositories"], 0);

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use admin_common::cdp::{Browser, find_chromium};
-use admin_common::{config_for, start};
+use admin_common::{config_for, post_empty_json, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
 
@@ -62,6 +62,10 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
     let uploaded = "hello from the browser test\n".repeat(2000).into_bytes();
     let uploaded_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&uploaded));
     let uploaded_len = uploaded.len();
+
+    // A prune the operator asked for, reported on the maintenance page.
+    let pruned = post_empty_json(server.admin, "/api/v1/prune").await;
+    assert_eq!(pruned.status, 200, "{}", pruned.body);
 
     let (errors, client_png, files_png, overview_png, downloaded) = tokio::task::spawn_blocking(move || {
         let mut browser = Browser::launch(&chromium);
@@ -152,6 +156,20 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
             Duration::from_secs(30),
         );
         let overview_png = browser.screenshot();
+        // The client's v4 device and its role; the prune's report.
+        browser.navigate(&format!("{admin_url}#clients"));
+        browser.wait_for(
+            "[...document.querySelectorAll('#devices-table tbody tr')].some(tr =>
+                tr.textContent.includes('browser-test') && tr.textContent.includes('append-only'))",
+            Duration::from_secs(30),
+        );
+        browser.navigate(&format!("{admin_url}#maintenance"));
+        browser.wait_for(
+            "document.getElementById('maintenance').textContent.includes('Last prune')
+             && document.getElementById('maintenance').textContent.includes('0 repositories')
+             && document.getElementById('maintenance').textContent.includes('Space given back')",
+            Duration::from_secs(30),
+        );
         let errors = browser.errors.clone();
         (errors, client_png, files_png, overview_png, downloaded)
     })

@@ -129,6 +129,18 @@ pub async fn get(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str)]) -
     request(addr, "GET", path, extra_headers, &[]).await
 }
 
+/// `POST path` with the JSON body `{}` (what the API's actions take).
+pub async fn post_empty_json(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        b"{}",
+    )
+    .await
+}
+
 /// Any request with a body (`Content-Length` is added), `Connection: close`.
 pub async fn request(
     addr: SocketAddr,

@@ -163,6 +163,25 @@ async function loadMaintenance() {
   };
   item("Runs every", duration(m.interval_secs));
   item("Discards transfers idle for", duration(m.abandoned_after_secs));
+  const p = m.prune;
+  item("Prune of the snapshot repositories",
+    p.interval_secs ? "every " + duration(p.interval_secs) : "not scheduled");
+  item("Unreferenced data deleted after", duration(p.grace_secs));
+  const pr = p.last_run;
+  if (!pr) {
+    item("Last prune", "not run yet");
+  } else {
+    item("Last prune", pr.finished_at + " (" + pr.duration_ms + " ms, " +
+      pr.repositories + " repositories" +
+      (pr.failed.length ? ", " + pr.failed.length + " failed: " +
+        pr.failed.map((f) => f.client_id + ": " + f.error).join("; ") : "") + ")");
+    const t = pr.totals;
+    item("Space given back", bytes(t.bytes_freed) + " in " + t.packs_deleted + " packs");
+    item("Blobs condemned / claimed back / deleted",
+      t.condemned + " / " + t.revived + " / " + t.deleted_blobs);
+    item("Packs repacked / written / waiting for deletion",
+      t.packs_repacked + " / " + t.packs_written + " / " + t.packs_retired);
+  }
   const r = m.last_run;
   if (!r) {
     item("Last run", "not run yet");
