@@ -225,6 +225,7 @@ impl<R: RepoRemote> Repository<R> {
             time,
             total_bytes: outcome.bytes,
             blob_count: stats.blob_count,
+            group: snapshot.group(&upload.repo.open.keys),
             ref_chunks: stats.ref_chunks,
         };
         let sealed = snapshot
