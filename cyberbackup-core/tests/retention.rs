@@ -79,7 +79,9 @@ fn run(case: &Case) -> Result<Vec<(&'static str, Vec<String>)>, RetentionError> 
             tags,
         })
         .collect();
-    let decisions = case.policy.apply(&input, case.now.map(|now| time(now, 0)))?;
+    let decisions = case
+        .policy
+        .apply(&input, case.now.map(|now| time(now, 0)))?;
     Ok(case
         .snapshots
         .iter()
@@ -628,10 +630,18 @@ fn rules_combine_as_a_union_and_each_reason_is_listed() {
             ("Sun 22", &[]),
             ("Sat 28", &["within 2d"]),
             ("Sun 29 a", &["within 2d"]),
-            ("Sun 29 b", &["daily 2026-11-29", "weekly 2026-W48", "within 2d"]),
+            (
+                "Sun 29 b",
+                &["daily 2026-11-29", "weekly 2026-W48", "within 2d"],
+            ),
             (
                 "Mon 30",
-                &["last 1/1", "daily 2026-11-30", "weekly 2026-W49", "within 2d"],
+                &[
+                    "last 1/1",
+                    "daily 2026-11-30",
+                    "weekly 2026-W49",
+                    "within 2d",
+                ],
             ),
         ],
     }]);

@@ -50,6 +50,8 @@ pub struct BackupOptions {
     pub parent: Option<SnapshotId>,
     /// Read every file, even when the parent says it is unchanged.
     pub force: bool,
+    /// The snapshot's time (default: now, when the backup ends).
+    pub time: Option<Timestamp>,
 }
 
 /// Progress of a backup, for a terminal bar or JSON status lines.
@@ -201,7 +203,7 @@ impl<R: RepoRemote> Repository<R> {
         let result = upload.run(rx, observer).await;
         let _ = thread.join();
         let (outcome, stats) = result?;
-        let time = now();
+        let time = options.time.unwrap_or_else(now);
         let snapshot = Snapshot {
             root: outcome.root,
             time,

@@ -220,7 +220,9 @@ pub enum RetentionError {
     },
     /// A snapshot time or UTC offset outside the calendar's range (years -9999..=9999,
     /// offsets within ±25:59:59).
-    #[error("snapshot {id}: time {secs} s with UTC offset {utc_offset_secs} s is outside the calendar's range")]
+    #[error(
+        "snapshot {id}: time {secs} s with UTC offset {utc_offset_secs} s is outside the calendar's range"
+    )]
     TimeOutOfRange {
         /// The snapshot.
         id: SnapshotId,
@@ -401,7 +403,8 @@ impl KeepWithin {
     /// Go's `AddDate` (31 March minus one month is 3 March, not 28 February), then hours.
     /// `None` when that is before the calendar's range.
     fn before(self, newest: DateTime) -> Option<DateTime> {
-        let months = i64::from(newest.year()) * 12 + i64::from(newest.month()) - 1
+        let months = i64::from(newest.year()) * 12 + i64::from(newest.month())
+            - 1
             - i64::from(self.years) * 12
             - i64::from(self.months);
         let year = i16::try_from(months.div_euclid(12)).ok()?;

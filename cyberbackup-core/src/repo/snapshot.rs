@@ -460,7 +460,11 @@ mod tests {
             paths: vec![b"t/home/alice".to_vec()],
             ..snapshot.clone()
         };
-        assert_ne!(other_host.group(&keys), base, "the lengths separate host and paths");
+        assert_ne!(
+            other_host.group(&keys),
+            base,
+            "the lengths separate host and paths"
+        );
         assert_ne!(sorted.group(&keys), base);
         let other_repo = MasterKey::from_bytes([3; 32]).derive();
         assert_ne!(snapshot.group(&other_repo), base, "the group is keyed");
