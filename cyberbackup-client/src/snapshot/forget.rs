@@ -61,6 +61,9 @@ impl FromStr for GroupBy {
     }
 }
 
+/// A snapshot's group under a [`GroupBy`]: its host and its paths, each when grouped by it.
+type GroupKey<'a> = (Option<&'a [u8]>, Option<&'a [Vec<u8>]>);
+
 /// A `forget` policy run: the rules, the grouping and the snapshot filters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForgetPolicy {
@@ -119,7 +122,7 @@ impl<R: RepoRemote> Repository<R> {
             .into_iter()
             .filter(|info| plan.selects(info))
             .collect();
-        let input: Vec<RetentionSnapshot<'_, (Option<&[u8]>, Option<&[Vec<u8>]>)>> = snapshots
+        let input: Vec<RetentionSnapshot<'_, GroupKey<'_>>> = snapshots
             .iter()
             .map(|info| {
                 let s = &info.snapshot;
