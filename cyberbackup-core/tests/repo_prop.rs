@@ -253,7 +253,9 @@ proptest! {
             parent: parent.map(SnapshotId),
             stats: SnapshotStats { files: stats.0, dirs: stats.1, bytes: stats.2, added_bytes: stats.3 },
         };
-        let envelope = SnapshotEnvelope { time, total_bytes: stats.2, blob_count: 7, ref_chunks: refs };
+        let envelope = SnapshotEnvelope {
+            time, total_bytes: stats.2, blob_count: 7, group: snapshot.group(&keys()), ref_chunks: refs,
+        };
         let sealed = snapshot.seal(&envelope, &keys(), &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
         prop_assert_eq!(SnapshotEnvelope::decode(&sealed.bytes).unwrap(), (envelope.clone(), sealed.id));
         prop_assert_eq!(Snapshot::open(&sealed.bytes, &keys()).unwrap(), (envelope, snapshot));

@@ -229,6 +229,7 @@ fn build() -> Vec<(String, Vec<u8>)> {
         time: TIME,
         total_bytes: snapshot.stats.bytes,
         blob_count: all_ids.len() as u64,
+        group: snapshot.group(&keys),
         ref_chunks: ref_ids,
     };
     let sealed = snapshot.seal(&envelope, &keys, &mut rng).unwrap();

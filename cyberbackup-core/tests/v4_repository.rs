@@ -144,27 +144,28 @@ fn fixture() -> Fixture {
         .map(|chunk| writer.push_ref_chunk(chunk).unwrap())
         .collect();
     let ref_pack = pack_of(writer, pieces);
-    let envelope = SnapshotEnvelope {
-        time: Timestamp {
-            secs: 1_700_000_000,
-            nanos: 0,
-        },
-        total_bytes: 41,
-        blob_count: 2,
-        ref_chunks: chunks.iter().map(|chunk| chunk.id()).collect(),
+    let time = Timestamp {
+        secs: 1_700_000_000,
+        nanos: 0,
     };
     let snapshot = Snapshot {
         root: blob_ids[0],
-        time: envelope.time,
+        time,
         host: b"host".to_vec(),
         user: b"user".to_vec(),
         paths: vec![b"/data".to_vec()],
         tags: Vec::new(),
         parent: None,
         stats: SnapshotStats::default(),
-    }
-    .seal(&envelope, &keys, &mut rng)
-    .unwrap();
+    };
+    let envelope = SnapshotEnvelope {
+        time,
+        total_bytes: 41,
+        blob_count: 2,
+        group: snapshot.group(&keys),
+        ref_chunks: chunks.iter().map(|chunk| chunk.id()).collect(),
+    };
+    let snapshot = snapshot.seal(&envelope, &keys, &mut rng).unwrap();
     Fixture {
         config: config.encode(&keys).unwrap().into(),
         data_pack,

@@ -50,6 +50,8 @@ pub struct BackupOptions {
     pub parent: Option<SnapshotId>,
     /// Read every file, even when the parent says it is unchanged.
     pub force: bool,
+    /// The snapshot's time (default: now, when the backup ends).
+    pub time: Option<Timestamp>,
 }
 
 /// Progress of a backup, for a terminal bar or JSON status lines.
@@ -201,7 +203,7 @@ impl<R: RepoRemote> Repository<R> {
         let result = upload.run(rx, observer).await;
         let _ = thread.join();
         let (outcome, stats) = result?;
-        let time = now();
+        let time = options.time.unwrap_or_else(now);
         let snapshot = Snapshot {
             root: outcome.root,
             time,
@@ -225,6 +227,7 @@ impl<R: RepoRemote> Repository<R> {
             time,
             total_bytes: outcome.bytes,
             blob_count: stats.blob_count,
+            group: snapshot.group(&upload.repo.open.keys),
             ref_chunks: stats.ref_chunks,
         };
         let sealed = snapshot

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
+use cyberbackup_core::repo::retention::{KeepWithin, RetentionPolicy};
+
 use super::{
-    BackupEvent, BackupObserver, BackupOptions, ExcludeOptions, KeyOptions, ReadData, Repository,
-    RestoreFilter,
+    BackupEvent, BackupObserver, BackupOptions, ExcludeOptions, ForgetGroup, ForgetPolicy, GroupBy,
+    KeyOptions, ReadData, Repository, RestoreFilter, parse_local_time,
 };
 use crate::error::{EXIT_OK, EXIT_USAGE};
 use crate::v4::cli::{V4Args, options as v4_options, printable, table};
@@ -87,6 +89,9 @@ pub struct BackupArgs {
     /// Read every file, even those the parent snapshot says are unchanged.
     #[arg(long)]
     pub force: bool,
+    /// The snapshot's time instead of now, local time "YYYY-MM-DD HH:MM:SS".
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
     /// Repository options.
     #[command(flatten)]
     pub repo: RepoArgs,
@@ -180,15 +185,97 @@ pub struct CheckArgs {
     pub repo: RepoArgs,
 }
 
-/// Arguments of `forget`.
+/// Arguments of `forget`: snapshots to forget, or a policy (restic's `--keep-*` flags).
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
-    /// Snapshots to forget (IDs, unique prefixes or `latest`).
-    #[arg(required = true)]
+    /// Snapshots to forget (IDs, unique prefixes or `latest`); or give a --keep-* policy.
     pub snapshots: Vec<String>,
+    /// Keep the newest N snapshots.
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have snapshots.
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have snapshots.
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have snapshots.
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have snapshots.
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have snapshots.
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot within DURATION of the group's newest (7d, 2w3d, 1y6m, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub keep_within: Option<KeepWithin>,
+    /// Keep every snapshot with all of these tags (TAG[,TAG…], repeatable).
+    #[arg(long, value_name = "TAGS")]
+    pub keep_tag: Vec<String>,
+    /// Group snapshots by host, paths, both (host,paths) or not at all ('').
+    #[arg(long, value_name = "GROUPING", default_value = "host,paths", value_parser = group_by)]
+    pub group_by: GroupBy,
+    /// With a policy: only snapshots of this host (repeatable).
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// With a policy: only snapshots whose paths include this one (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<String>,
+    /// Print what would be forgotten and why, and forget nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Repository options.
     #[command(flatten)]
     pub repo: RepoArgs,
+}
+
+impl ForgetArgs {
+    /// The policy the flags give (empty when no --keep-* flag was given).
+    fn plan(&self) -> ForgetPolicy {
+        ForgetPolicy {
+            policy: RetentionPolicy {
+                keep_last: self.keep_last,
+                keep_hourly: self.keep_hourly,
+                keep_daily: self.keep_daily,
+                keep_weekly: self.keep_weekly,
+                keep_monthly: self.keep_monthly,
+                keep_yearly: self.keep_yearly,
+                keep_within: self.keep_within,
+                keep_tags: self
+                    .keep_tag
+                    .iter()
+                    .map(|set| {
+                        set.split(',')
+                            .filter(|tag| !tag.is_empty())
+                            .map(|tag| tag.as_bytes().to_vec())
+                            .collect()
+                    })
+                    .collect(),
+                allow_empty: false,
+            },
+            group_by: self.group_by,
+            hosts: self.host.iter().map(|h| h.as_bytes().to_vec()).collect(),
+            paths: self.path.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        }
+    }
+}
+
+fn positive(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a positive number".into()),
+    }
+}
+
+fn duration(text: &str) -> Result<KeepWithin, String> {
+    text.parse()
+        .map_err(|err: cyberbackup_core::repo::retention::RetentionError| err.to_string())
+}
+
+fn group_by(text: &str) -> Result<GroupBy, String> {
+    text.parse()
 }
 
 /// `key` subcommands.
@@ -452,15 +539,7 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
             }
             if report.is_ok() { EXIT_OK } else { EXIT_FATAL }
         }
-        SnapshotCommand::Forget(forget) => {
-            for spec in &forget.snapshots {
-                let id = repo.forget(spec).await?;
-                if !args.quiet {
-                    print(Stream::Stdout, &format!("forgot snapshot {}", id.to_hex()));
-                }
-            }
-            EXIT_OK
-        }
+        SnapshotCommand::Forget(forget) => run_forget(&mut repo, &forget, print).await?,
         SnapshotCommand::Key(KeyCommand::List(_)) => {
             let rows: Vec<Vec<String>> = repo
                 .key_list()
@@ -535,6 +614,7 @@ async fn run_backup(
         },
         parent: None,
         force: args.force,
+        time: args.time.as_deref().map(parse_local_time).transpose()?,
     };
     let mut progress = Progress::new(&args.repo, print);
     let summary = repo.backup(&options, &mut progress).await?;
@@ -563,6 +643,101 @@ async fn run_backup(
         print(Stream::Stderr, &format!("warning: not backed up: {path}"));
     }
     Ok(summary.exit_code())
+}
+
+/// `forget`: explicit snapshots, or a policy with a table (or JSON) of every decision.
+async fn run_forget(
+    repo: &mut Repository<V4Client>,
+    forget: &ForgetArgs,
+    print: &mut Printer<'_>,
+) -> Result<u8, V4ClientError> {
+    let args = &forget.repo;
+    let plan = forget.plan();
+    let usage = |message: &str| V4ClientError::Usage {
+        message: message.into(),
+    };
+    if forget.snapshots.is_empty() {
+        if plan.policy.is_empty() {
+            return Err(usage(
+                "give snapshots to forget or a --keep-* policy (e.g. --keep-daily 7)",
+            ));
+        }
+    } else {
+        if !plan.policy.is_empty() {
+            return Err(usage("give snapshots or a --keep-* policy, not both"));
+        }
+        if !forget.host.is_empty() || !forget.path.is_empty() {
+            return Err(usage(
+                "--host and --path select snapshots for a --keep-* policy; leave them out when naming snapshots",
+            ));
+        }
+        for spec in &forget.snapshots {
+            let id = if forget.dry_run {
+                repo.resolve(spec).await?
+            } else {
+                repo.forget(spec).await?
+            };
+            if !args.quiet {
+                let verb = if forget.dry_run {
+                    "would forget"
+                } else {
+                    "forgot"
+                };
+                print(Stream::Stdout, &format!("{verb} snapshot {}", id.to_hex()));
+            }
+        }
+        return Ok(EXIT_OK);
+    }
+    let groups = repo.forget_policy(&plan, forget.dry_run).await?;
+    if args.json {
+        print(Stream::Stdout, &to_json(&groups));
+    } else if !args.quiet {
+        print_forget_tables(&groups, forget.dry_run, print);
+    }
+    Ok(EXIT_OK)
+}
+
+fn print_forget_tables(groups: &[ForgetGroup], dry_run: bool, print: &mut Printer<'_>) {
+    let (mut kept, mut removed) = (0, 0);
+    for group in groups {
+        let mut title = Vec::new();
+        if let Some(host) = &group.host {
+            title.push(format!("host {}", printable(host)));
+        }
+        if let Some(paths) = &group.paths {
+            title.push(format!("paths {}", printable(&paths.join(", "))));
+        }
+        let title = if title.is_empty() {
+            "all snapshots".to_owned()
+        } else {
+            title.join(", ")
+        };
+        print(Stream::Stdout, &format!("snapshots of {title}:"));
+        let rows: Vec<Vec<String>> = group
+            .snapshots
+            .iter()
+            .map(|entry| {
+                vec![
+                    entry.short_id.clone(),
+                    entry.time.clone(),
+                    if entry.keep { "keep" } else { "remove" }.to_owned(),
+                    printable(&entry.reasons.join(", ")),
+                ]
+            })
+            .collect();
+        for line in table(&["ID", "TIME", "ACTION", "REASONS"], &rows) {
+            print(Stream::Stdout, &line);
+        }
+        let group_kept = group.snapshots.iter().filter(|entry| entry.keep).count();
+        kept += group_kept;
+        removed += group.snapshots.len() - group_kept;
+        print(Stream::Stdout, "");
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    print(
+        Stream::Stdout,
+        &format!("{kept} snapshot(s) kept, {verb} {removed}"),
+    );
 }
 
 /// Backup progress: a bar on a terminal, JSON status lines with `--json`, nothing with

@@ -14,6 +14,7 @@ mod backup;
 mod browse;
 pub mod cli;
 mod exclude;
+mod forget;
 mod keys;
 mod remote;
 mod restore;
@@ -29,6 +30,7 @@ pub use browse::{
     CheckReport, DiffEntry, DiffKind, FindMatch, LsEntry, ReadData, SnapshotInfo, SnapshotJson,
 };
 pub use exclude::{ExcludeOptions, Excluder};
+pub use forget::{ForgetEntry, ForgetGroup, ForgetPolicy, GroupBy, parse_local_time};
 pub use keys::{
     DEVICE_KEY_FILE, KeyInfo, KeyOptions, NEW_REPO_PACK_TARGET_BYTES, OpenRepository, OpenedBy,
     add_passphrase_key, device_key_path, list_keys, open_or_create,

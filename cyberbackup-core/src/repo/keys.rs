@@ -27,6 +27,7 @@ const CTX_DATA: &str = "cyberbackup repository v1 data blob key";
 const CTX_TREE: &str = "cyberbackup repository v1 tree blob key";
 const CTX_SNAPSHOT: &str = "cyberbackup repository v1 snapshot key";
 const CTX_CONFIG: &str = "cyberbackup repository v1 config mac key";
+const CTX_GROUP: &str = "cyberbackup repository v1 snapshot group key";
 const CTX_DEVICE_WRAP: &str = "cyberbackup repository v1 device wrap key";
 
 /// Bytes of the random salt that makes every sealed object's AEAD key unique.
@@ -79,6 +80,7 @@ impl MasterKey {
             tree: derive(CTX_TREE),
             snapshot: derive(CTX_SNAPSHOT),
             config: derive(CTX_CONFIG),
+            group: derive(CTX_GROUP),
         }
     }
 }
@@ -93,7 +95,8 @@ impl fmt::Debug for MasterKey {
 pub(crate) struct SubKey(pub(crate) [u8; 32]);
 
 /// The sub-keys of one repository, derived from its [`MasterKey`]: chunker (gear table), blob
-/// ID, data blobs, tree blobs, snapshots, config MAC. Zeroized on drop; `Debug` prints no key.
+/// ID, data blobs, tree blobs, snapshots, config MAC, snapshot groups. Zeroized on drop;
+/// `Debug` prints no key.
 #[derive(Clone)]
 pub struct RepoKeys {
     pub(crate) chunker: SubKey,
@@ -102,6 +105,7 @@ pub struct RepoKeys {
     pub(crate) tree: SubKey,
     pub(crate) snapshot: SubKey,
     pub(crate) config: SubKey,
+    pub(crate) group: SubKey,
 }
 
 impl fmt::Debug for RepoKeys {

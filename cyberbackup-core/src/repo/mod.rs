@@ -1,7 +1,8 @@
 //! The snapshot repository format (docs/repository.md): keyed content-defined chunks,
 //! keyed blob IDs, compressed and sealed blobs, packs whose headers the server reads
 //! without keys, trees, snapshots with a cleartext envelope, server-readable reference
-//! lists, wrapped master keys and the repository config.
+//! lists, wrapped master keys and the repository config; and [`retention`], the policies that
+//! decide which snapshots to keep (the client's `forget`, the server's maintenance).
 //!
 //! Sans-IO like the rest of the crate: every type takes bytes and returns bytes or typed
 //! [`RepoError`]s; randomness comes in as a [`rand_core::CryptoRngCore`], time as a
@@ -26,6 +27,7 @@ mod keys;
 pub mod limits;
 mod pack;
 mod refs;
+pub mod retention;
 mod snapshot;
 mod tree;
 mod wire;

@@ -1,14 +1,15 @@
 //! Snapshots: what was backed up, when, from where. The body (root tree, host, user, paths,
 //! tags, parent, statistics) is sealed; the cleartext envelope in front of it holds only
-//! what the server needs: the time, sizes, and the reference chunks naming every blob the
-//! snapshot keeps alive. The body's AEAD binds the envelope, so a server that edits the
-//! envelope is caught when the client opens the snapshot.
+//! what the server needs: the time, sizes, the group (a keyed hash of host and paths, so
+//! retention can group snapshots without learning either), and the reference chunks naming
+//! every blob the snapshot keeps alive. The body's AEAD binds the envelope, so a server that
+//! edits the envelope is caught when the client opens the snapshot.
 //!
 //! Layout (docs/repository.md, "Snapshots"):
 //! ```text
 //! object   = envelope · salt:[24] · ciphertext · tag:[16]
 //! envelope = "CBSN" · version:u8=1 · time:(i64,u32) · total_bytes:u64 · blob_count:u64 ·
-//!            ref_count:u32 · ref_chunk_id:[32] × ref_count
+//!            group:[32] · ref_count:u32 · ref_chunk_id:[32] × ref_count
 //! body     = version:u8=1 · root:[32] · host:b16 · user:b16 · paths:(u32 · b16 ×) ·
 //!            tags:(u32 · b16 ×) · parent:(u8 0|1 · [32]) · files:u64 · dirs:u64 ·
 //!            bytes:u64 · added_bytes:u64
@@ -31,6 +32,8 @@ use super::wire::{Reader, check_limit, put_bytes16, put_count};
 const MAGIC: [u8; 4] = *b"CBSN"; // do not modify
 const ENVELOPE_VERSION: u8 = 1;
 const BODY_VERSION: u8 = 1;
+/// Bytes of the envelope before its reference chunk IDs.
+const ENVELOPE_FIXED_LEN: usize = 4 + 1 + 8 + 4 + 8 + 8 + 32 + 4;
 /// Hash context of snapshot IDs (do not modify).
 const CTX_SNAPSHOT_ID: &str = "cyberbackup repository v1 snapshot id";
 const OBJ: ObjectKind = ObjectKind::Snapshot;
@@ -78,6 +81,9 @@ pub struct SnapshotEnvelope {
     pub total_bytes: u64,
     /// Blobs the snapshot references (sum of its reference chunks' counts).
     pub blob_count: u64,
+    /// The snapshot's group: [`Snapshot::group`] of its host and paths. Snapshots of one
+    /// host and one set of paths share it; the server groups by it for retention.
+    pub group: [u8; 32],
     /// The reference chunks listing every blob the snapshot keeps alive (data and tree
     /// blobs); the chunks themselves are kept alive too.
     pub ref_chunks: Vec<BlobId>,
@@ -93,7 +99,28 @@ pub struct SealedSnapshot {
 }
 
 impl Snapshot {
-    /// Seals the snapshot behind `envelope` (whose time should equal `self.time`).
+    /// The group of this snapshot's host and paths (the envelope's `group`): a keyed
+    /// BLAKE3 hash under the repository's group key of the host and the sorted, deduplicated
+    /// paths, so equal (host, path set) pairs get equal groups and the server learns no more.
+    #[must_use]
+    pub fn group(&self, keys: &RepoKeys) -> [u8; 32] {
+        let mut paths: Vec<&[u8]> = self.paths.iter().map(Vec::as_slice).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        let mut hasher = blake3::Hasher::new_keyed(&keys.group.0);
+        // Length-prefixed, so no two (host, paths) pairs hash the same input.
+        hasher.update(&(self.host.len() as u64).to_le_bytes());
+        hasher.update(&self.host);
+        hasher.update(&(paths.len() as u64).to_le_bytes());
+        for path in paths {
+            hasher.update(&(path.len() as u64).to_le_bytes());
+            hasher.update(path);
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    /// Seals the snapshot behind `envelope` (whose time should equal `self.time` and whose
+    /// group should be [`Self::group`]).
     ///
     /// # Errors
     /// [`RepoError::LimitExceeded`] for strings, lists or reference lists above the limits.
@@ -121,7 +148,8 @@ impl Snapshot {
     ///
     /// # Errors
     /// As [`SnapshotEnvelope::decode`]; [`RepoError::Authentication`] when the body or the
-    /// envelope was changed or the key is another repository's; a malformed body.
+    /// envelope was changed or the key is another repository's; a malformed body;
+    /// [`RepoError::Malformed`] when the envelope's group is not the body's.
     pub fn open(bytes: &[u8], keys: &RepoKeys) -> Result<(SnapshotEnvelope, Self), RepoError> {
         let (envelope, envelope_len) = SnapshotEnvelope::decode_prefix(bytes)?;
         let (ad, sealed) = bytes.split_at(envelope_len);
@@ -145,6 +173,12 @@ impl Snapshot {
         let key = object_key(&keys.snapshot, &salt);
         let plain = open_in_place(&key, ad, &mut body, OBJ)?;
         let snapshot = Self::decode_body(plain, envelope.time)?;
+        if snapshot.group(keys) != envelope.group {
+            return Err(RepoError::Malformed {
+                object: OBJ,
+                reason: "the envelope's group is not the hash of the body's host and paths",
+            });
+        }
         Ok((envelope, snapshot))
     }
 
@@ -272,7 +306,7 @@ impl SnapshotEnvelope {
     }
 
     fn encode(&self) -> Result<Vec<u8>, RepoError> {
-        let mut out = Vec::with_capacity(45 + 32 * self.ref_chunks.len());
+        let mut out = Vec::with_capacity(ENVELOPE_FIXED_LEN + 32 * self.ref_chunks.len());
         out.extend_from_slice(&MAGIC);
         out.push(ENVELOPE_VERSION);
         if self.time.nanos >= 1_000_000_000 {
@@ -285,6 +319,7 @@ impl SnapshotEnvelope {
         out.extend_from_slice(&self.time.nanos.to_le_bytes());
         out.extend_from_slice(&self.total_bytes.to_le_bytes());
         out.extend_from_slice(&self.blob_count.to_le_bytes());
+        out.extend_from_slice(&self.group);
         put_count(
             &mut out,
             OBJ,
@@ -311,6 +346,7 @@ impl SnapshotEnvelope {
         }
         let total_bytes = r.u64()?;
         let blob_count = r.u64()?;
+        let group = r.array()?;
         let count = r.count("reference chunk count", 32, MAX_SNAPSHOT_REF_CHUNKS)?;
         let mut ref_chunks = Vec::with_capacity(count);
         for _ in 0..count {
@@ -322,6 +358,7 @@ impl SnapshotEnvelope {
                 time,
                 total_bytes,
                 blob_count,
+                group,
                 ref_chunks,
             },
             envelope_len,
@@ -334,6 +371,10 @@ mod tests {
     use super::*;
     use crate::fuzzing::CountingRng;
     use crate::repo::MasterKey;
+
+    fn keys() -> RepoKeys {
+        MasterKey::from_bytes([2; 32]).derive()
+    }
 
     fn sample() -> (Snapshot, SnapshotEnvelope) {
         let time = Timestamp {
@@ -359,6 +400,7 @@ mod tests {
             time,
             total_bytes: 100,
             blob_count: 4,
+            group: snapshot.group(&keys()),
             ref_chunks: vec![BlobId([5; 32])],
         };
         (snapshot, envelope)
@@ -366,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_round_trips_and_the_server_reads_only_the_envelope() {
-        let keys = MasterKey::from_bytes([2; 32]).derive();
+        let keys = keys();
         let (snapshot, envelope) = sample();
         let sealed = snapshot
             .seal(&envelope, &keys, &mut CountingRng(1))
@@ -384,7 +426,7 @@ mod tests {
 
     #[test]
     fn an_edited_envelope_fails_authentication() {
-        let keys = MasterKey::from_bytes([2; 32]).derive();
+        let keys = keys();
         let (snapshot, envelope) = sample();
         let mut bytes = snapshot
             .seal(&envelope, &keys, &mut CountingRng(1))
@@ -395,5 +437,50 @@ mod tests {
             Snapshot::open(&bytes, &keys),
             Err(RepoError::Authentication { object: OBJ })
         );
+    }
+
+    #[test]
+    fn the_group_depends_on_host_and_the_path_set_only() {
+        let keys = keys();
+        let (snapshot, _) = sample();
+        let base = snapshot.group(&keys);
+        let reordered = Snapshot {
+            paths: vec![b"/b".to_vec(), b"/a".to_vec(), b"/b".to_vec()],
+            ..snapshot.clone()
+        };
+        let sorted = Snapshot {
+            paths: vec![b"/a".to_vec(), b"/b".to_vec()],
+            tags: Vec::new(),
+            time: Timestamp::default(),
+            ..snapshot.clone()
+        };
+        assert_eq!(reordered.group(&keys), sorted.group(&keys));
+        let other_host = Snapshot {
+            host: b"hos".to_vec(),
+            paths: vec![b"t/home/alice".to_vec()],
+            ..snapshot.clone()
+        };
+        assert_ne!(
+            other_host.group(&keys),
+            base,
+            "the lengths separate host and paths"
+        );
+        assert_ne!(sorted.group(&keys), base);
+        let other_repo = MasterKey::from_bytes([3; 32]).derive();
+        assert_ne!(snapshot.group(&other_repo), base, "the group is keyed");
+    }
+
+    #[test]
+    fn an_envelope_with_another_group_does_not_open() {
+        let keys = keys();
+        let (snapshot, mut envelope) = sample();
+        envelope.group = [7; 32];
+        let sealed = snapshot
+            .seal(&envelope, &keys, &mut CountingRng(1))
+            .unwrap();
+        assert!(matches!(
+            Snapshot::open(&sealed.bytes, &keys),
+            Err(RepoError::Malformed { .. })
+        ));
     }
 }

@@ -66,7 +66,7 @@ pub const MAX_KEY_OBJECTS: usize = 64;
 /// Largest snapshot object the format allows (envelope with the most reference chunks, salt,
 /// the largest body, tag), so a snapshot, read whole for its commit check, is bounded.
 pub const MAX_SNAPSHOT_OBJECT_LEN: u64 =
-    45 + 32 * MAX_SNAPSHOT_REF_CHUNKS as u64 + 24 + MAX_SNAPSHOT_BODY_BYTES as u64 + 16;
+    77 + 32 * MAX_SNAPSHOT_REF_CHUNKS as u64 + 24 + MAX_SNAPSHOT_BODY_BYTES as u64 + 16;
 
 /// Bytes per piece when a staged pack is streamed to the backend.
 const STREAM_PIECE: usize = 256 * 1024;

@@ -189,19 +189,30 @@ impl Repo {
 
     /// A sealed snapshot whose envelope names `ref_chunks`.
     pub fn snapshot(&mut self, ref_chunks: Vec<BlobId>, secs: i64) -> SealedSnapshot {
+        self.snapshot_of(ref_chunks, secs, b"/home/alice/secret-project")
+    }
+
+    /// A sealed snapshot of `path` whose envelope names `ref_chunks`.
+    pub fn snapshot_of(
+        &mut self,
+        ref_chunks: Vec<BlobId>,
+        secs: i64,
+        path: &[u8],
+    ) -> SealedSnapshot {
         let time = Timestamp { secs, nanos: 5 };
-        let envelope = SnapshotEnvelope {
-            time,
-            total_bytes: 100,
-            blob_count: 2,
-            ref_chunks,
-        };
         let body = Snapshot {
             time,
             host: HOST_MARKER.to_vec(),
             user: b"alice".to_vec(),
-            paths: vec![b"/home/alice/secret-project".to_vec()],
+            paths: vec![path.to_vec()],
             ..Snapshot::default()
+        };
+        let envelope = SnapshotEnvelope {
+            time,
+            total_bytes: 100,
+            blob_count: 2,
+            group: body.group(&self.keys),
+            ref_chunks,
         };
         body.seal(&envelope, &self.keys, &mut self.rng).unwrap()
     }
