@@ -14,6 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use cyberbackup_server::catalog::DeviceRole;
 use support::{RealServer, client_binary};
 
 /// A fixed UTC+1 zone as a POSIX TZ string (no time zone database needed).
@@ -41,7 +42,10 @@ const KEPT: [(&str, &str); 4] = [
 
 #[test]
 fn forget_by_policy_keeps_exactly_what_the_rules_name_per_group() {
-    let server = RealServer::start();
+    // Forgetting needs the manage role (new devices are append-only by default).
+    let server = RealServer::start_configured(|config| {
+        config.default_device_role = DeviceRole::Manage;
+    });
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let mut ids = BTreeMap::new();
