@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use cyberbackup_server::catalog::v4::SetRoleOutcome;
 use cyberbackup_server::catalog::{Catalog, DeviceRole};
+use cyberbackup_server::config::RetentionConfig;
 use support::{RealServer, client_binary, write_pattern};
 
 /// Everything the in-process server logs, at every level (installed once per test binary).
@@ -529,6 +530,43 @@ fn the_servers_scheduled_prune_gives_back_a_forgotten_snapshots_space_and_keeps_
             .len(),
         1
     );
+}
+
+#[test]
+fn the_servers_retention_policy_thins_history_of_an_append_only_device() {
+    let server = RealServer::start_configured(|config| {
+        config.prune_interval_secs = 1;
+        config.retention = RetentionConfig {
+            keep_last: Some(1),
+            ..RetentionConfig::default()
+        };
+    });
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("src")).unwrap();
+    fs::write(dir.path().join("src/a.txt"), "first\n").unwrap();
+    backup(dir.path(), &server, "alice", &["src"]);
+    fs::write(dir.path().join("src/a.txt"), "second\n").unwrap();
+    let second = backup(dir.path(), &server, "alice", &["src"]);
+
+    // The device is append-only, yet the operator's policy (keep the last one) applies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = snapshots_of(dir.path(), &server, "alice");
+        let ids: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        if ids == [second["snapshot_id"].as_str().unwrap()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the policy never applied: {ids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use cyberbackup_core::repo::retention::{KeepWithin, RetentionPolicy};
+
 use crate::catalog::DeviceRole;
+use crate::repository::RetentionPolicies;
 
 /// File name of the catalog inside the data directory.
 pub const CATALOG_FILE_NAME: &str = "defensive.db";
@@ -211,6 +214,70 @@ pub struct ServerConfig {
     pub repack_below_percent: u8,
     /// Role of a newly registered v4 device (`append-only` cannot forget snapshots).
     pub default_device_role: DeviceRole,
+    /// The retention policy the scheduled prune applies to every repository (file only:
+    /// the `[retention]` table; empty: keep everything).
+    pub retention: RetentionConfig,
+    /// Per-client policies by client name, replacing `retention` (file only:
+    /// `[client_retention.NAME]` tables; an empty table keeps everything for that client).
+    pub client_retention: BTreeMap<String, RetentionConfig>,
+}
+
+/// A retention policy as the config writes it (restic's `forget` vocabulary). Snapshots
+/// are grouped by host and paths (the envelope's keyed group) and counted in UTC.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep the newest N snapshots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u32>,
+    /// … days.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    /// … ISO weeks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    /// … months.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    /// … years.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot within this of the newest (`30d`, `1y6m`, `2w`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+}
+
+impl RetentionConfig {
+    /// The engine's policy; `None` when no rule is set (keep everything).
+    ///
+    /// # Errors
+    /// The rule that is wrong, in words.
+    pub fn policy(&self) -> Result<Option<RetentionPolicy>, String> {
+        let keep_within = self
+            .keep_within
+            .as_deref()
+            .map(str::parse::<KeepWithin>)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let policy = RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within,
+            ..RetentionPolicy::default()
+        };
+        if policy.is_empty() {
+            return Ok(None);
+        }
+        policy.validate().map_err(|e| e.to_string())?;
+        Ok(Some(policy))
+    }
 }
 
 impl Default for ServerConfig {
@@ -246,6 +313,8 @@ impl Default for ServerConfig {
             prune_grace_secs: 86_400,
             repack_below_percent: 50,
             default_device_role: DeviceRole::AppendOnly,
+            retention: RetentionConfig::default(),
+            client_retention: BTreeMap::new(),
         }
     }
 }
@@ -344,6 +413,12 @@ pub struct ConfigOverrides {
     /// Role of newly registered v4 devices [default: append-only]
     #[arg(long, global = true, value_enum)]
     pub default_device_role: Option<DeviceRole>,
+    /// Retention policy of every repository (config file only).
+    #[arg(skip)]
+    pub retention: Option<RetentionConfig>,
+    /// Retention policies by client name (config file only).
+    #[arg(skip)]
+    pub client_retention: Option<BTreeMap<String, RetentionConfig>>,
 }
 
 /// What `port.info` said.
@@ -448,6 +523,19 @@ impl ServerConfig {
                 "must be at least 1 (set it to max_connections to disable the per-address cap)",
             );
         }
+        if let Err(reason) = self.retention.policy() {
+            return invalid("retention", &reason);
+        }
+        if let Some((name, reason)) = self
+            .client_retention
+            .iter()
+            .find_map(|(name, policy)| policy.policy().err().map(|reason| (name, reason)))
+        {
+            return invalid(
+                "client_retention",
+                &format!("[client_retention.{name}]: {reason}"),
+            );
+        }
         if self.repack_below_percent > 100 {
             return invalid(
                 "repack_below_percent",
@@ -540,6 +628,20 @@ impl ServerConfig {
         Duration::from_secs(self.abandoned_after_secs)
     }
 
+    /// The retention policies the scheduled prune applies (validated when the config was
+    /// loaded; a policy that fails here is left out and keeps everything).
+    #[must_use]
+    pub fn retention_policies(&self) -> RetentionPolicies {
+        RetentionPolicies {
+            default: self.retention.policy().ok().flatten(),
+            per_client: self
+                .client_retention
+                .iter()
+                .map(|(name, policy)| (name.clone().into_bytes(), policy.policy().ok().flatten()))
+                .collect(),
+        }
+    }
+
     /// `prune_interval_secs` as a duration (zero: no scheduled prune).
     #[must_use]
     pub fn prune_interval(&self) -> Duration {
@@ -594,6 +696,8 @@ impl ServerConfig {
             prune_grace_secs,
             repack_below_percent,
             default_device_role,
+            retention,
+            client_retention,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -641,6 +745,8 @@ impl ServerConfig {
         set(&mut self.prune_grace_secs, prune_grace_secs);
         set(&mut self.repack_below_percent, repack_below_percent);
         set(&mut self.default_device_role, default_device_role);
+        set(&mut self.retention, retention);
+        set(&mut self.client_retention, client_retention);
     }
 
     /// The v4 server key file: `identity_key_file`, else `<data_dir>/server-v4.key`.
@@ -691,6 +797,8 @@ impl ConfigOverrides {
             prune_grace_secs: env_var(env, "PRUNE_GRACE_SECS")?,
             repack_below_percent: env_var(env, "REPACK_BELOW_PERCENT")?,
             default_device_role: env_var(env, "DEFAULT_DEVICE_ROLE")?,
+            retention: None,
+            client_retention: None,
         })
     }
 }
@@ -966,6 +1074,44 @@ mod tests {
             ),
             "{zero_keep:?}"
         );
+    }
+
+    #[test]
+    fn retention_tables_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_write(
+            dir.path(),
+            DEFAULT_CONFIG_FILE,
+            "[retention]\nkeep_daily = 7\nkeep_within = \"30d\"\n\
+             [client_retention.bob]\n\
+             [client_retention.carol]\nkeep_last = 3\n",
+        );
+        let loaded = load(dir.path(), &ConfigOverrides::default(), &[]).unwrap();
+        let policies = loaded.config.retention_policies();
+        assert_eq!(policies.for_client(b"alice").unwrap().keep_daily, Some(7));
+        assert!(policies.for_client(b"alice").unwrap().keep_within.is_some());
+        assert!(
+            policies.for_client(b"bob").is_none(),
+            "an empty table keeps all"
+        );
+        let carol = policies.for_client(b"carol").unwrap();
+        assert_eq!((carol.keep_last, carol.keep_daily), (Some(3), None));
+
+        for (text, key) in [
+            ("[retention]\nkeep_within = \"soon\"\n", "retention"),
+            ("[retention]\nkeep_daily = 0\n", "retention"),
+            (
+                "[client_retention.dave]\nkeep_weekly = 0\n",
+                "client_retention",
+            ),
+        ] {
+            fs_write(dir.path(), DEFAULT_CONFIG_FILE, text);
+            let err = load(dir.path(), &ConfigOverrides::default(), &[]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -212,6 +212,7 @@ impl Server {
         let prune = shared.repo.spawn_scheduled_prune(
             shared.config.prune_interval(),
             shared.config.prune_options(),
+            shared.config.retention_policies(),
             shutdown.clone(),
             shared.live.prune().clone(),
         );

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cyberbackup_core::repo::retention::RetentionPolicy;
 use cyberbackup_core::repo::{BlobId, PackId, SealedSnapshot};
 use cyberbackup_server::backend::faulty::FaultPlan;
 use cyberbackup_server::repository::{PruneOptions, PruneReport, RepoStore, RepoStoreError};
@@ -430,6 +431,67 @@ async fn a_snapshot_committed_while_the_prune_reads_its_live_set_is_kept() {
     assert_eq!(report.snapshots, 9, "{report:?}");
     assert_readable(&fx.store, &during.blobs).await;
     assert!(fx.backend_path(&during.data_pack).exists());
+}
+
+#[tokio::test]
+async fn the_servers_retention_policy_keeps_per_source_without_keys() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(11);
+    create(&fx, ALICE, &repo).await;
+    // Two sources (paths), three daily snapshots each, committed out of order.
+    let day = 86_400;
+    let mut made = Vec::new();
+    for (path, days) in [(&b"/home"[..], [3, 1, 2]), (&b"/etc"[..], [2, 3, 1])] {
+        for d in days {
+            let (pack, bytes, blobs) = repo.data_pack(&[format!("{path:?} day {d}").as_bytes()]);
+            put_pack(&fx.store, ALICE, pack, &bytes).await;
+            let (ref_pack, ref_bytes, chunks) = repo.ref_pack(&ids(&blobs));
+            put_pack(&fx.store, ALICE, ref_pack, &ref_bytes).await;
+            let snapshot = repo.snapshot_of(chunks, 1_700_000_000 + d * day, path);
+            commit(&fx.store, ALICE, &snapshot).await.unwrap();
+            made.push((path, d, snapshot.id));
+        }
+    }
+    let policy = RetentionPolicy {
+        keep_last: Some(1),
+        keep_daily: Some(2),
+        ..RetentionPolicy::default()
+    };
+
+    let forgotten = fx
+        .store
+        .apply_retention(ALICE, &policy, now())
+        .await
+        .unwrap();
+
+    // Per source the two newest days stay (the newest is also "last 1"); day 1 goes.
+    let expected_gone: Vec<_> = made
+        .iter()
+        .filter(|(_, d, _)| *d == 1)
+        .map(|m| m.2)
+        .collect();
+    let mut forgotten_sorted = forgotten.clone();
+    forgotten_sorted.sort();
+    let mut expected_sorted = expected_gone.clone();
+    expected_sorted.sort();
+    assert_eq!(forgotten_sorted, expected_sorted);
+    let listed: Vec<_> = fx
+        .store
+        .snapshots(ALICE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed.len(), 4);
+    assert!(expected_gone.iter().all(|id| !listed.contains(id)));
+    // A second run finds nothing more to forget.
+    let again = fx
+        .store
+        .apply_retention(ALICE, &policy, now())
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 }
 
 #[tokio::test]

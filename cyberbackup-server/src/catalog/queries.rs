@@ -15,7 +15,7 @@ use super::model::{
 use super::repo::{AddKeyOutcome, BlobLocation, NewSnapshot, RepoRecord, SnapshotRecord};
 use super::timestamp::format_rfc3339;
 use crate::storage::{VersionFile, versioned_path};
-use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId};
+use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId, Timestamp};
 
 /// Inserts a client unless its name (or id) is taken.
 pub(crate) fn register_client(
@@ -1209,8 +1209,9 @@ pub(crate) fn record_snapshot(
     let tx = immediate(conn).map_err(query_err(OP))?;
     let inserted = tx
         .execute(
-            "INSERT INTO repo_snapshots (ClientId, SnapshotId, Size, TimeSecs, TimeNanos, StoredAt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO repo_snapshots
+                 (ClientId, SnapshotId, Size, TimeSecs, TimeNanos, StoredAt, GroupKey)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (ClientId, SnapshotId) DO NOTHING",
             params![
                 client,
@@ -1219,6 +1220,7 @@ pub(crate) fn record_snapshot(
                 snapshot.time_secs,
                 snapshot.time_nanos,
                 to_i64("stored at", snapshot.stored_at)?,
+                &snapshot.group,
             ],
         )
         .map_err(query_err(OP))?;
@@ -1272,7 +1274,8 @@ pub(crate) fn list_snapshots(
     const OP: &str = "list_snapshots";
     let rows = conn
         .prepare(
-            "SELECT SnapshotId, Size, StoredAt FROM repo_snapshots WHERE ClientId = ?1
+            "SELECT SnapshotId, Size, StoredAt, TimeSecs, TimeNanos, GroupKey
+             FROM repo_snapshots WHERE ClientId = ?1
              ORDER BY TimeSecs, TimeNanos, SnapshotId",
         )
         .and_then(|mut s| {
@@ -1281,17 +1284,24 @@ pub(crate) fn list_snapshots(
                     r.get::<_, [u8; 32]>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
+                    Timestamp {
+                        secs: r.get(3)?,
+                        nanos: r.get(4)?,
+                    },
+                    r.get::<_, Option<[u8; 32]>>(5)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(query_err(OP))?;
     rows.into_iter()
-        .map(|(id, size, stored_at)| {
+        .map(|(id, size, stored_at, time, group)| {
             Ok(SnapshotRecord {
                 id: SnapshotId(id),
                 size: to_u64("snapshot size", size)?,
                 stored_at: to_u64("stored at", stored_at)?,
+                time,
+                group,
             })
         })
         .collect()

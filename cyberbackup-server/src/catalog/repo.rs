@@ -3,7 +3,7 @@
 //! their reference lists. Every query is keyed by the client id the caller authenticated;
 //! the SQL is in `queries.rs`.
 
-use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId};
+use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId, Timestamp};
 
 use super::error::CatalogError;
 use super::model::ClientId;
@@ -61,6 +61,8 @@ pub struct NewSnapshot {
     pub time_secs: i64,
     /// Backup time from the envelope: nanoseconds.
     pub time_nanos: u32,
+    /// The envelope's group (host and paths, keyed).
+    pub group: [u8; 32],
     /// When the server stored it (Unix seconds).
     pub stored_at: u64,
     /// Its reference chunks, in envelope order (kept for the later prune).
@@ -81,6 +83,10 @@ pub struct SnapshotRecord {
     pub size: u64,
     /// When the server stored it (Unix seconds).
     pub stored_at: u64,
+    /// Backup time from the envelope.
+    pub time: Timestamp,
+    /// The envelope's group; `None` when recorded before the server kept it.
+    pub group: Option<[u8; 32]>,
 }
 
 impl Catalog {

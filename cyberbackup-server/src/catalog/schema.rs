@@ -238,6 +238,12 @@ const MIGRATIONS: &[&str] = &[
         WHERE Protocol = 4 AND PublicKey IS NOT NULL;
     ALTER TABLE enrollment_tokens ADD COLUMN ForClient BLOB;
     ",
+    // 8: server-side retention (`crate::repository::retention`). `GroupKey` is the
+    // envelope's group (a keyed hash of host and paths): the server groups snapshots by it
+    // without learning either. NULL for snapshots recorded before this migration.
+    r"
+    ALTER TABLE repo_snapshots ADD COLUMN GroupKey BLOB;
+    ",
 ];
 
 /// Newest schema version this build knows.

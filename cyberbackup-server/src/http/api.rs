@@ -299,7 +299,11 @@ async fn prune_now(
     State(state): State<Arc<AdminState>>,
     Json(_): Json<serde_json::Value>,
 ) -> Response {
-    match state.repo.prune_all(&state.config.prune_options()).await {
+    let (options, retention) = (
+        state.config.prune_options(),
+        state.config.retention_policies(),
+    );
+    match state.repo.prune_all(&options, &retention).await {
         Ok(run) => {
             let body = prune_run_json(&run);
             state.live.prune().set(run);

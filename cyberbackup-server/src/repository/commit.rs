@@ -77,6 +77,7 @@ pub(super) async fn commit_snapshot(
                 size,
                 time_secs: envelope.time.secs,
                 time_nanos: envelope.time.nanos,
+                group: envelope.group,
                 stored_at: unix_now(),
                 ref_chunks: envelope.ref_chunks,
                 verified_chunks: checked.verified_now,

@@ -75,6 +75,11 @@ pub enum RepoStoreError {
         /// What was wrong with it.
         problem: &'static str,
     },
+    /// A retention policy the engine refuses (the config check normally catches it first).
+    #[error(
+        "retention policy refused: {0}; fix [retention] / [client_retention.NAME] in the config"
+    )]
+    Retention(String),
     /// The storage backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

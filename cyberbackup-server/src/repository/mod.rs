@@ -26,6 +26,7 @@ mod error;
 mod layout;
 mod prune;
 mod recovery;
+mod retention;
 mod schedule;
 mod staging;
 
@@ -49,6 +50,7 @@ use crate::catalog::repo::AddKeyOutcome;
 pub use error::RepoStoreError;
 pub use prune::{PruneOptions, PruneReport};
 pub use recovery::RecoveryReport;
+pub use retention::RetentionPolicies;
 pub use schedule::{LastPrune, PruneRun};
 pub use staging::StagedPut;
 

@@ -77,6 +77,8 @@ impl Default for PruneOptions {
 /// What one prune of one repository did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PruneReport {
+    /// Snapshots the server's retention policy forgot before the prune.
+    pub snapshots_forgotten: u64,
     /// Snapshots whose references were followed.
     pub snapshots: u64,
     /// Blobs and reference chunks found alive.

@@ -1,16 +1,19 @@
-//! The scheduled prune: every `prune_interval_secs`, [`RepoStore::prune`] of every client's
-//! repository in turn, with the totals kept for the admin API (`/api/v1/maintenance`) and
+//! The scheduled prune: every `prune_interval_secs`, for every client's repository in turn,
+//! the server's retention policy ([`RepoStore::apply_retention`]) and then
+//! [`RepoStore::prune`], with the totals kept for the admin API (`/api/v1/maintenance`) and
 //! logged. One repository failing (a damaged reference chunk) is logged and skipped; the
 //! others are still pruned.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use cyberbackup_core::names::ClientId;
+use cyberbackup_core::repo::retention::RetentionPolicy;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{PruneOptions, PruneReport, RepoStore, RepoStoreError};
+use super::{PruneOptions, PruneReport, RepoStore, RepoStoreError, RetentionPolicies, unix_now};
 
 /// One prune of every repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,9 +56,21 @@ impl RepoStore {
     /// # Errors
     /// Only when the list of repositories cannot be read; a failing repository is recorded
     /// in [`PruneRun::failed`].
-    pub async fn prune_all(&self, options: &PruneOptions) -> Result<PruneRun, RepoStoreError> {
+    pub async fn prune_all(
+        &self,
+        options: &PruneOptions,
+        retention: &RetentionPolicies,
+    ) -> Result<PruneRun, RepoStoreError> {
         let started = Instant::now();
         let clients = self.inner.catalog.repository_clients().await?;
+        let names: BTreeMap<[u8; 16], Vec<u8>> = self
+            .inner
+            .catalog
+            .list_clients()
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c.name))
+            .collect();
         let mut run = PruneRun {
             finished_at: SystemTime::now(),
             duration: Duration::ZERO,
@@ -64,7 +79,13 @@ impl RepoStore {
             failed: Vec::new(),
         };
         for client in clients {
-            match self.prune(ClientId(client), options).await {
+            let policy = names
+                .get(&client)
+                .and_then(|name| retention.for_client(name));
+            match self
+                .retain_and_prune(ClientId(client), policy, options)
+                .await
+            {
                 Ok(report) => {
                     run.repositories += 1;
                     run.totals += report;
@@ -81,6 +102,27 @@ impl RepoStore {
         Ok(run)
     }
 
+    /// Applies `policy` (if any) to the client's snapshots, then prunes its repository.
+    async fn retain_and_prune(
+        &self,
+        client: ClientId,
+        policy: Option<&RetentionPolicy>,
+        options: &PruneOptions,
+    ) -> Result<PruneReport, RepoStoreError> {
+        let forgotten = match policy {
+            Some(policy) => self
+                .apply_retention(client, policy, unix_now())
+                .await?
+                .len(),
+            None => 0,
+        };
+        let report = self.prune(client, options).await?;
+        Ok(PruneReport {
+            snapshots_forgotten: forgotten as u64,
+            ..report
+        })
+    }
+
     /// Runs [`Self::prune_all`] every `interval` (the first after one interval) until
     /// `shutdown`, recording each run in `last`. `interval` zero: returns a task that only
     /// waits for `shutdown`.
@@ -89,6 +131,7 @@ impl RepoStore {
         &self,
         interval: Duration,
         options: PruneOptions,
+        retention: RetentionPolicies,
         shutdown: CancellationToken,
         last: LastPrune,
     ) -> JoinHandle<()> {
@@ -109,7 +152,7 @@ impl RepoStore {
                 // A prune cut off by shutdown is safe: every step is one transaction.
                 let run = tokio::select! {
                     () = shutdown.cancelled() => break,
-                    run = store.prune_all(&options) => run,
+                    run = store.prune_all(&options, &retention) => run,
                 };
                 match run {
                     Ok(run) => {
@@ -132,6 +175,7 @@ impl RepoStore {
 impl std::ops::AddAssign for PruneReport {
     fn add_assign(&mut self, other: Self) {
         let Self {
+            snapshots_forgotten,
             snapshots,
             live_blobs,
             condemned,
@@ -146,6 +190,7 @@ impl std::ops::AddAssign for PruneReport {
             packs_deleted,
             bytes_freed,
         } = other;
+        self.snapshots_forgotten += snapshots_forgotten;
         self.snapshots += snapshots;
         self.live_blobs += live_blobs;
         self.condemned += condemned;
