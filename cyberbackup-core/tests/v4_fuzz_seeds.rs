@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use cyberbackup_core::names::{FileName, NameField};
+use cyberbackup_core::repo::BlobId;
 use cyberbackup_core::v4::client::{ClientConfig, ClientSession, UploadSpec};
 use cyberbackup_core::v4::fuzzing::{FUZZ_SERVER_PRIVATE_KEY, fuzz_server};
-use cyberbackup_core::repo::BlobId;
 use cyberbackup_core::v4::noise::StaticKeypair;
 use cyberbackup_core::v4::repository::{RepoReply, RepoRequest, RepoUsage};
 use cyberbackup_core::v4::testing::{MemClient, MemStore, run_pair};

@@ -5,8 +5,8 @@
 
 use bytes::{Bytes, BytesMut};
 use cyberbackup_core::names::{ClientId, FileName, NameField};
-use cyberbackup_core::v4::codec::{Frame, FrameDecoder, Side};
 use cyberbackup_core::repo::BlobId;
+use cyberbackup_core::v4::codec::{Frame, FrameDecoder, Side};
 use cyberbackup_core::v4::fuzzing;
 use cyberbackup_core::v4::repository::{MAX_DAMAGED_BATCH, RepoReply, RepoRequest, RepoUsage};
 use cyberbackup_core::v4::wire::{

@@ -1158,10 +1158,7 @@ impl ClientSession {
                 }
                 RepoResult::Snapshots(entries)
             }
-            (
-                RepoWait::Damaged(after),
-                ServerMessage::Repo(RepoReply::Damaged { ids, more }),
-            ) => {
+            (RepoWait::Damaged(after), ServerMessage::Repo(RepoReply::Damaged { ids, more })) => {
                 let first = ids.first().map(BlobId::as_bytes);
                 if let (Some(after), Some(first)) = (after, first) {
                     if first <= after.as_bytes() {
