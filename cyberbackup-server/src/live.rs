@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::maintenance::LastMaintenance;
+use crate::scrub::ScrubStatus;
 use crate::telemetry::RecentEvents;
 
 /// Seconds between two throughput samples.
@@ -60,6 +61,7 @@ pub struct LiveState {
     transfers: Mutex<BTreeMap<(u64, u64), ActiveTransfer>>,
     throughput: Mutex<VecDeque<ThroughputSample>>,
     maintenance: LastMaintenance,
+    scrub: Arc<ScrubStatus>,
     recent: RecentEvents,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -90,6 +92,7 @@ impl LiveState {
             transfers: Mutex::new(BTreeMap::new()),
             throughput: Mutex::new(VecDeque::with_capacity(THROUGHPUT_SAMPLES)),
             maintenance: LastMaintenance::default(),
+            scrub: Arc::default(),
             recent,
             recorder,
             handle,
@@ -112,6 +115,12 @@ impl LiveState {
     #[must_use]
     pub fn maintenance(&self) -> &LastMaintenance {
         &self.maintenance
+    }
+
+    /// The scrub task's counters.
+    #[must_use]
+    pub fn scrub(&self) -> &Arc<ScrubStatus> {
+        &self.scrub
     }
 
     /// Recent warnings and errors.

@@ -11,7 +11,7 @@ use clap::Parser;
 use cyberbackup_server::admin;
 use cyberbackup_server::catalog::{Catalog, FileFilter, integrity, rebuild};
 use cyberbackup_server::check::run_checks;
-use cyberbackup_server::cli::{CatalogCommand, Cli, Command, EnrollArgs, FilesArgs};
+use cyberbackup_server::cli::{CatalogCommand, Cli, Command, EnrollArgs, FilesArgs, ScrubArgs};
 use cyberbackup_server::config::{ENV_PREFIX, LoadedConfig, ServerConfig};
 use cyberbackup_server::{ServerError, telemetry};
 
@@ -176,6 +176,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
         Command::Catalog(CatalogCommand::Rebuild) => {
             let report = rebuild::rebuild(&config).await?;
             print!("{report}");
+        }
+        Command::Scrub(ScrubArgs { client, rate }) => {
+            let (report, corrupt) =
+                cyberbackup_server::scrub::scrub_now(&config, client.as_deref(), rate).await?;
+            let mut out = std::io::stdout().lock();
+            cyberbackup_server::scrub::write_summary(&report, &corrupt, &mut out)
+                .and_then(|()| out.flush())
+                .map_err(|e| ServerError::io("cannot write to stdout", e))?;
+            if !corrupt.is_empty() {
+                return Ok(ExitCode::from(3));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

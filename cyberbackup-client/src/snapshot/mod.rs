@@ -26,7 +26,7 @@ use cyberbackup_core::repo::{
 
 pub use backup::{BackupEvent, BackupObserver, BackupOptions, BackupSummary, NoObserver};
 pub use browse::{
-    CheckReport, DiffEntry, DiffKind, FindMatch, LsEntry, ReadData, SnapshotInfo, SnapshotJson,
+    CheckReport, DamagedPath, DiffEntry, DiffKind, FindMatch, LsEntry, ReadData, SnapshotInfo, SnapshotJson,
 };
 pub use exclude::{ExcludeOptions, Excluder};
 pub use keys::{

@@ -310,6 +310,23 @@ impl RepoUsage {
     }
 }
 
+/// `bytes` for people: `980 B`, `80.0 MiB`, `1.2 GiB` (binary units, one decimal), as quota
+/// messages print them on both sides.
+#[must_use]
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("EiB"))
+}
+
 /// A repository reply from the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RepoReply {
@@ -679,6 +696,14 @@ mod tests {
             soft_quota_bytes: 0,
             hard_quota_bytes: 20,
         }));
+    }
+
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(human_bytes(980), "980 B");
+        assert_eq!(human_bytes(80 << 20), "80.0 MiB");
+        assert_eq!(human_bytes((1 << 30) + (1 << 30) / 5), "1.2 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
     }
 
     #[test]

@@ -63,6 +63,14 @@ pub enum RepoStoreError {
         /// The limit.
         max: u64,
     },
+    /// The pack would take the client's stored bytes above its hard quota: refused before
+    /// any byte was received. The message names the usage, the pack, the quota and the
+    /// client.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// The whole explanation.
+        message: String,
+    },
     /// The storage backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -21,7 +21,9 @@
 mod commit;
 mod error;
 mod layout;
+mod quota;
 mod recovery;
+mod scrub;
 mod staging;
 
 use std::path::{Path, PathBuf};
@@ -41,7 +43,9 @@ use crate::catalog::Catalog;
 use crate::catalog::repo::AddKeyOutcome;
 
 pub use error::RepoStoreError;
+pub use quota::{QuotaLimits, Quotas};
 pub use recovery::RecoveryReport;
+pub use scrub::PieceError;
 pub use staging::StagedPut;
 
 /// Directory of the data directory holding the repository objects (the local backend).
@@ -107,12 +111,13 @@ pub struct RepoStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     backend: Arc<dyn Backend>,
     catalog: Catalog,
     staging_dir: PathBuf,
     max_object_len: u64,
+    quotas: Quotas,
 }
 
 impl RepoStore {
@@ -133,7 +138,18 @@ impl RepoStore {
                 catalog,
                 staging_dir,
                 max_object_len,
+                quotas: Quotas::default(),
             }),
+        }
+    }
+
+    /// This store with `quotas` enforced on pack puts (none by default).
+    #[must_use]
+    pub fn with_quotas(self, quotas: Quotas) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.quotas = quotas;
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
@@ -220,8 +236,9 @@ impl RepoStore {
     /// stored is [`PutStart::AlreadyStored`].
     ///
     /// # Errors
-    /// [`RepoStoreError::NoRepository`], [`RepoStoreError::TooLarge`], or a catalog or
-    /// staging-file failure.
+    /// [`RepoStoreError::NoRepository`], [`RepoStoreError::TooLarge`],
+    /// [`RepoStoreError::QuotaExceeded`] (a pack above the client's hard quota: nothing is
+    /// staged), or a catalog or staging-file failure.
     pub async fn begin_put(
         &self,
         client: ClientId,
@@ -252,6 +269,9 @@ impl RepoStore {
         }
         if stored.first().copied().unwrap_or(false) {
             return Ok(PutStart::AlreadyStored);
+        }
+        if class == ObjectClass::Pack {
+            self.check_quota(client, size).await?;
         }
         let staged = StagedPut::create(&self.inner.staging_dir, client, class, id, size).await?;
         Ok(PutStart::Receiving(staged))
