@@ -106,7 +106,12 @@ fn a_flipped_byte_in_a_pack_and_in_a_legacy_file_is_found_and_reported_everywher
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir_all(dir.path().join("src")).unwrap();
     write_pattern(&dir.path().join("src/victim.bin"), 300 * KIB, 5);
-    let backup = run(dir.path(), &server, "alice", &["backup", "src", "--name", "alice"]);
+    let backup = run(
+        dir.path(),
+        &server,
+        "alice",
+        &["backup", "src", "--name", "alice"],
+    );
     assert_eq!(backup.status.code(), Some(0), "{}", text(&backup));
     two_more_scrub_cycles(&server);
     let clean_ready = server.admin_get("/ready");
@@ -120,11 +125,21 @@ fn a_flipped_byte_in_a_pack_and_in_a_legacy_file_is_found_and_reported_everywher
     two_more_scrub_cycles(&server);
 
     assert_eq!(clean_metric, Some(0.0));
-    assert!(clean_ready.1.contains("\"corrupt_objects\":0"), "{}", clean_ready.1);
-    assert_eq!(metric(&server, "cyberbackup_scrub_corrupt_objects"), Some(1.0));
+    assert!(
+        clean_ready.1.contains("\"corrupt_objects\":0"),
+        "{}",
+        clean_ready.1
+    );
+    assert_eq!(
+        metric(&server, "cyberbackup_scrub_corrupt_objects"),
+        Some(1.0)
+    );
     assert!(metric(&server, "cyberbackup_scrub_bytes_total").unwrap() > 300.0 * 1024.0);
     let (status, ready) = server.admin_get("/ready");
-    assert_eq!(status, 200, "corruption does not make the server unready: {ready}");
+    assert_eq!(
+        status, 200,
+        "corruption does not make the server unready: {ready}"
+    );
     assert!(ready.contains("\"corrupt_objects\":1"), "{ready}");
     assert!(ready.contains("\"warnings\":[\"scrub\"]"), "{ready}");
     let (_, api) = server.admin_get("/api/v1/scrub");
@@ -135,9 +150,15 @@ fn a_flipped_byte_in_a_pack_and_in_a_legacy_file_is_found_and_reported_everywher
     assert_eq!(objects[0]["client_name"], "alice");
     let pack_hex = biggest.file_name().unwrap().to_str().unwrap();
     assert_eq!(objects[0]["object"], pack_hex);
-    assert!(objects[0]["reason"].as_str().unwrap().contains("BLAKE3"), "{api}");
+    assert!(
+        objects[0]["reason"].as_str().unwrap().contains("BLAKE3"),
+        "{api}"
+    );
     let (_, repositories) = server.admin_get("/api/v1/repositories");
-    assert!(repositories.contains("\"corrupt_packs\":1"), "{repositories}");
+    assert!(
+        repositories.contains("\"corrupt_packs\":1"),
+        "{repositories}"
+    );
     let check = run(dir.path(), &server, "alice", &["check"]);
     assert_ne!(check.status.code(), Some(0), "{}", text(&check));
     let victim = dir.path().canonicalize().unwrap().join("src/victim.bin");
@@ -165,7 +186,10 @@ fn a_flipped_byte_in_a_pack_and_in_a_legacy_file_is_found_and_reported_everywher
     flip_a_byte(&stored);
     two_more_scrub_cycles(&server);
 
-    assert_eq!(metric(&server, "cyberbackup_scrub_corrupt_objects"), Some(2.0));
+    assert_eq!(
+        metric(&server, "cyberbackup_scrub_corrupt_objects"),
+        Some(2.0)
+    );
     let (_, api) = server.admin_get("/api/v1/scrub?client=alice");
     let api: serde_json::Value = serde_json::from_str(&api).unwrap();
     let file = api["corrupt_objects"]
@@ -175,7 +199,10 @@ fn a_flipped_byte_in_a_pack_and_in_a_legacy_file_is_found_and_reported_everywher
         .find(|o| o["kind"] == "file")
         .unwrap_or_else(|| panic!("no corrupt file in {api}"));
     assert_eq!(file["file_name"], "notes.txt");
-    assert!(file["reason"].as_str().unwrap().contains("SHA-256"), "{api}");
+    assert!(
+        file["reason"].as_str().unwrap().contains("SHA-256"),
+        "{api}"
+    );
 }
 
 fn quotas(config: &mut cyberbackup_server::ServerConfig) {
@@ -196,8 +223,7 @@ fn quotas(config: &mut cyberbackup_server::ServerConfig) {
 }
 
 #[test]
-fn a_backup_above_the_hard_quota_is_refused_at_its_first_pack_and_one_above_the_soft_quota_warns()
-{
+fn a_backup_above_the_hard_quota_is_refused_at_its_first_pack_and_one_above_the_soft_quota_warns() {
     let server = RealServer::start_configured(quotas);
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir_all(dir.path().join("big")).unwrap();
@@ -205,8 +231,18 @@ fn a_backup_above_the_hard_quota_is_refused_at_its_first_pack_and_one_above_the_
     fs::create_dir_all(dir.path().join("small")).unwrap();
     write_pattern(&dir.path().join("small/random.bin"), 20 * KIB, 10);
 
-    let refused = run(dir.path(), &server, "hard", &["backup", "big", "--name", "hard"]);
-    let warned = run(dir.path(), &server, "soft", &["backup", "small", "--name", "soft"]);
+    let refused = run(
+        dir.path(),
+        &server,
+        "hard",
+        &["backup", "big", "--name", "hard"],
+    );
+    let warned = run(
+        dir.path(),
+        &server,
+        "soft",
+        &["backup", "small", "--name", "soft"],
+    );
 
     assert_ne!(refused.status.code(), Some(0), "{}", text(&refused));
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -489,8 +489,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
 }
 
 #[tokio::test]
-async fn check_names_the_snapshot_and_files_whose_blobs_lie_in_a_pack_the_server_found_damaged()
-{
+async fn check_names_the_snapshot_and_files_whose_blobs_lie_in_a_pack_the_server_found_damaged() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -513,9 +512,17 @@ async fn check_names_the_snapshot_and_files_whose_blobs_lie_in_a_pack_the_server
     let named: Vec<&str> = report.damaged.iter().map(|d| d.path.as_str()).collect();
     assert!(named.contains(&victim.as_str()), "{named:?}");
     let snapshot = repo.snapshots().await.unwrap()[0].id.to_hex();
-    assert!(report.damaged.iter().all(|d| snapshot.starts_with(&d.snapshot)));
     assert!(
-        report.errors.iter().any(|e| e.contains(&victim) && e.contains("damaged")),
+        report
+            .damaged
+            .iter()
+            .all(|d| snapshot.starts_with(&d.snapshot))
+    );
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains(&victim) && e.contains("damaged")),
         "{:?}",
         report.errors
     );

@@ -148,9 +148,15 @@ mod tests {
 
     #[test]
     fn scrub_parses_its_client_and_rate() {
-        let cli =
-            Cli::try_parse_from(["cyberbackup-server", "scrub", "--client", "bob", "--rate", "1000"])
-                .unwrap();
+        let cli = Cli::try_parse_from([
+            "cyberbackup-server",
+            "scrub",
+            "--client",
+            "bob",
+            "--rate",
+            "1000",
+        ])
+        .unwrap();
 
         let Some(Command::Scrub(scrub)) = cli.command else {
             panic!("expected the scrub subcommand");

@@ -506,9 +506,7 @@ impl ServerConfig {
             return invalid("scrub_interval_secs", "must be greater than 0");
         }
         let quotas = self.quotas();
-        let crossed = |limits: &QuotaLimits| {
-            matches!((limits.soft_bytes, limits.hard_bytes), (Some(soft), Some(hard)) if soft > hard)
-        };
+        let crossed = |limits: &QuotaLimits| matches!((limits.soft_bytes, limits.hard_bytes), (Some(soft), Some(hard)) if soft > hard);
         if crossed(&quotas.default) {
             return invalid(
                 "quota_soft_bytes",
@@ -884,9 +882,16 @@ mod tests {
         };
         assert_eq!(quotas.default, limits(Some(800), Some(1000)));
         assert_eq!(quotas.for_client(b"alice"), limits(Some(800), Some(5000)));
-        assert_eq!(quotas.for_client(b"bob"), limits(Some(10), None), "0 = none");
+        assert_eq!(
+            quotas.for_client(b"bob"),
+            limits(Some(10), None),
+            "0 = none"
+        );
         assert_eq!(quotas.for_client(b"carol"), quotas.default);
-        assert!(crossed.to_string().contains("quota_soft_bytes"), "{crossed}");
+        assert!(
+            crossed.to_string().contains("quota_soft_bytes"),
+            "{crossed}"
+        );
         assert!(config.to_toml().unwrap().contains("[client_quotas.alice]"));
     }
 

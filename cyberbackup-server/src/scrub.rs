@@ -70,8 +70,8 @@ impl Pacer {
             return;
         }
         self.bytes = self.bytes.saturating_add(len);
-        let due = self.started
-            + Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec as f64);
+        let due =
+            self.started + Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec as f64);
         let now = tokio::time::Instant::now();
         if now > due + MAX_CATCH_UP {
             self.started = now;
@@ -206,7 +206,10 @@ impl Scrubber {
         let only = client.map(|c| c.0);
         let mut report = ScrubReport::default();
         loop {
-            let due = self.catalog.packs_to_scrub(cycle_start, only, BATCH).await?;
+            let due = self
+                .catalog
+                .packs_to_scrub(cycle_start, only, BATCH)
+                .await?;
             if due.is_empty() {
                 break;
             }
@@ -224,7 +227,10 @@ impl Scrubber {
             }
         }
         loop {
-            let due = self.catalog.files_to_scrub(cycle_start, only, BATCH).await?;
+            let due = self
+                .catalog
+                .files_to_scrub(cycle_start, only, BATCH)
+                .await?;
             if due.is_empty() {
                 break;
             }
@@ -261,7 +267,11 @@ impl Scrubber {
         let mut offset = 0;
         while offset < pack.size {
             let end = pack.size.min(offset + SCRUB_PIECE);
-            let piece = match self.repo.read_pack_piece(client, &pack.pack, offset..end).await {
+            let piece = match self
+                .repo
+                .read_pack_piece(client, &pack.pack, offset..end)
+                .await
+            {
                 Ok(piece) => piece,
                 Err(PieceError::Missing) => {
                     return Ok(Verdict::Damaged("missing from the storage backend".into()));
@@ -334,7 +344,9 @@ impl Scrubber {
         let mut handle = match tokio::fs::File::open(&path).await {
             Ok(handle) => handle,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Verdict::Damaged("missing from the storage directory".into()));
+                return Ok(Verdict::Damaged(
+                    "missing from the storage directory".into(),
+                ));
             }
             Err(e) => return Err(io("open", &path)(e).into()),
         };
@@ -436,7 +448,9 @@ pub async fn scrub_now(
             let clients = catalog.list_clients().await?;
             let Some(found) = clients.into_iter().find(|c| c.name == name.as_bytes()) else {
                 return Err(ServerError::io(
-                    format!("no client is named {name:?} — list them with `cyberbackup-server clients`"),
+                    format!(
+                        "no client is named {name:?} — list them with `cyberbackup-server clients`"
+                    ),
                     std::io::Error::from(std::io::ErrorKind::NotFound),
                 ));
             };
@@ -456,9 +470,7 @@ pub async fn scrub_now(
     let report = scrubber
         .run_cycle(only, &mut Pacer::new(rate.unwrap_or(0)))
         .await?;
-    let corrupt = catalog
-        .corrupt_objects(only.map(|c| c.0), u32::MAX)
-        .await?;
+    let corrupt = catalog.corrupt_objects(only.map(|c| c.0), u32::MAX).await?;
     catalog.close().await?;
     Ok((report, corrupt))
 }

@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cyberbackup_core::v4::repository::RepoUsage;
 use cyberbackup_core::repo::{
     BlobId, BlobKind, BlobSealer, Chunker, PackWriter, RefChunk, RefListBuilder, RepoError,
     SealedBlob, Snapshot, SnapshotEnvelope, SnapshotId, SnapshotStats, Timestamp,
 };
+use cyberbackup_core::v4::repository::RepoUsage;
 use rand_core::OsRng;
 use tokio::sync::mpsc;
 

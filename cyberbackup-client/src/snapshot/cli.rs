@@ -568,7 +568,9 @@ async fn run_backup(
         Ok(_) => {}
         Err(err) => print(
             Stream::Stderr,
-            &format!("warning: the snapshot is saved, but the server did not say how much this repository stores: {err}"),
+            &format!(
+                "warning: the snapshot is saved, but the server did not say how much this repository stores: {err}"
+            ),
         ),
     }
     Ok(summary.exit_code())

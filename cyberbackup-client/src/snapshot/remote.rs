@@ -2,9 +2,9 @@
 //! of one v4 connection (docs/protocol-v4.md). The engine never sees a socket; tests drive it
 //! with an in-memory implementation.
 
-use std::future::Future;
 use bytes::Bytes;
 use std::collections::BTreeSet;
+use std::future::Future;
 
 use cyberbackup_core::repo::{BlobId, PackId, SnapshotId};
 use cyberbackup_core::v4::repository::RepoUsage;

@@ -14,8 +14,8 @@ use super::model::{
 };
 use super::repo::{AddKeyOutcome, BlobLocation, NewSnapshot, RepoRecord, SnapshotRecord};
 use super::scrub::{CorruptKind, CorruptObject, Damage, FileToScrub, PackToScrub};
-use super::usage::RepoUsageRecord;
 use super::timestamp::format_rfc3339;
+use super::usage::RepoUsageRecord;
 use crate::storage::{VersionFile, versioned_path};
 use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId};
 

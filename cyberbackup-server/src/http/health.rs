@@ -167,8 +167,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
                 .finished_at
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            metrics::gauge!("cyberbackup_scrub_last_cycle_timestamp_seconds")
-                .set(at.as_secs_f64());
+            metrics::gauge!("cyberbackup_scrub_last_cycle_timestamp_seconds").set(at.as_secs_f64());
             metrics::gauge!("cyberbackup_scrub_last_cycle_duration_seconds")
                 .set(cycle.duration.as_secs_f64());
         }

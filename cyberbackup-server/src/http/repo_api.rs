@@ -29,7 +29,10 @@ pub(crate) fn routes() -> Router<Arc<AdminState>> {
 /// Each client with a repository: packs, stored bytes, quotas, corrupt packs, and whether it
 /// is above its soft quota.
 async fn repositories(State(state): State<Arc<AdminState>>) -> Response {
-    let (usage, clients) = match (state.catalog.repo_usage().await, state.catalog.list_clients().await) {
+    let (usage, clients) = match (
+        state.catalog.repo_usage().await,
+        state.catalog.list_clients().await,
+    ) {
         (Ok(usage), Ok(clients)) => (usage, clients),
         (Err(err), _) | (_, Err(err)) => return internal("reading repository usage", err),
     };
@@ -80,7 +83,11 @@ async fn scrub(State(state): State<Arc<AdminState>>, Query(query): Query<ScrubQu
             Err(err) => return internal("listing clients", err),
         },
     };
-    let objects = match state.catalog.corrupt_objects(client, MAX_CORRUPT_LISTED).await {
+    let objects = match state
+        .catalog
+        .corrupt_objects(client, MAX_CORRUPT_LISTED)
+        .await
+    {
         Ok(objects) => objects,
         Err(err) => return internal("listing corrupt objects", err),
     };

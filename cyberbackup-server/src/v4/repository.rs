@@ -5,9 +5,7 @@
 
 use bytes::Bytes;
 use cyberbackup_core::names::ClientId;
-use cyberbackup_core::v4::repository::{
-    MAX_DAMAGED_BATCH, PutTarget, RepoRequest, SnapshotEntry,
-};
+use cyberbackup_core::v4::repository::{MAX_DAMAGED_BATCH, PutTarget, RepoRequest, SnapshotEntry};
 use cyberbackup_core::v4::server::RepoAnswer;
 use cyberbackup_core::v4::wire::ErrorCode;
 use cyberbackup_core::v4::{Refusal, StorageFailure};
