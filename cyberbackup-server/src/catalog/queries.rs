@@ -1461,8 +1461,9 @@ pub(crate) fn corrupt_objects(
     let client = client.map(|c| c.to_vec());
     let mut found = conn
         .prepare(
-            "SELECT p.ClientId, c.Name, p.PackId, p.Size, p.CorruptAt, p.CorruptReason
-             FROM repo_packs p JOIN clients c ON c.ID = p.ClientId
+            "SELECT p.ClientId, COALESCE(c.Name, X''), p.PackId, p.Size, p.CorruptAt,
+                    p.CorruptReason
+             FROM repo_packs p LEFT JOIN clients c ON c.ID = p.ClientId
              WHERE p.CorruptAt IS NOT NULL AND (?1 IS NULL OR p.ClientId = ?1)
              ORDER BY p.CorruptAt, p.ClientId, p.PackId LIMIT ?2",
         )
@@ -1484,9 +1485,9 @@ pub(crate) fn corrupt_objects(
         .map_err(query_err(OP))?;
     let files = conn
         .prepare(
-            "SELECT f.ID, c.Name, f.PathName, f.FileName, f.Version, COALESCE(f.Size, 0),
-                    f.CorruptAt, f.CorruptReason
-             FROM files f JOIN clients c ON c.ID = f.ID
+            "SELECT f.ID, COALESCE(c.Name, X''), f.PathName, f.FileName, f.Version,
+                    COALESCE(f.Size, 0), f.CorruptAt, f.CorruptReason
+             FROM files f LEFT JOIN clients c ON c.ID = f.ID
              WHERE f.CorruptAt IS NOT NULL AND f.State = 'verified' AND (?1 IS NULL OR f.ID = ?1)
              ORDER BY f.CorruptAt, f.RowId LIMIT ?2",
         )
