@@ -1047,7 +1047,10 @@ async fn a_cycle_reads_never_scrubbed_packs_first_so_a_restart_goes_on_where_it_
     let (new, new_bytes, _) = repo.data_pack(&[b"new"]);
     put_pack(&fx.store, ALICE, new, &new_bytes).await;
 
-    let next = catalog.packs_to_scrub(i64::MAX as u64, None, 1).await.unwrap();
+    let next = catalog
+        .packs_to_scrub(i64::MAX as u64, None, 1)
+        .await
+        .unwrap();
 
     assert_eq!(next.len(), 1);
     assert_eq!(
