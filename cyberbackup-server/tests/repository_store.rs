@@ -6,7 +6,6 @@
 //! directory is plaintext. Runtime: about a second.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -988,8 +987,8 @@ async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_ma
     let path = pack_file(&fx, &first);
     let mut flipped = first_bytes.clone();
     flipped[10] ^= 0x01;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    fs::write(&path, &flipped).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&path, &flipped).unwrap();
 
     let found = cycle(&scrubber).await;
     let marked = catalog.corrupt_objects(None, 100).await.unwrap();
@@ -999,10 +998,10 @@ async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_ma
         .damaged_blobs(ALICE, page.last().copied(), 2)
         .await
         .unwrap();
-    fs::write(&path, &first_bytes).unwrap();
+    std::fs::write(&path, &first_bytes).unwrap();
     let restored = cycle(&scrubber).await;
     let cleared = catalog.corrupt_object_count().await.unwrap();
-    fs::remove_file(pack_file(&fx, &second)).unwrap();
+    std::fs::remove_file(pack_file(&fx, &second)).unwrap();
     let lost = cycle(&scrubber).await;
     let missing = catalog.corrupt_objects(None, 100).await.unwrap();
 
