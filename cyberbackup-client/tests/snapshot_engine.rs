@@ -24,6 +24,7 @@ use cyberbackup_core::repo::{
     BlobClass, BlobId, KdfParams, PackHeader, PackId, RefChunk, SnapshotEnvelope, SnapshotId,
 };
 use cyberbackup_core::v4::client::OpFailure;
+use cyberbackup_core::v4::repository::RepoUsage;
 use cyberbackup_core::v4::wire::ErrorCode;
 
 // ---------------------------------------------------------------- the in-memory remote
@@ -40,6 +41,8 @@ struct Store {
     have_batches: Vec<usize>,
     /// Fault: HAVE answers one bool fewer than asked.
     short_have: bool,
+    /// Packs the "server's scrub" marked damaged: DAMAGED lists their blobs.
+    damaged_packs: std::collections::HashSet<PackId>,
 }
 
 #[derive(Clone, Default)]
@@ -184,6 +187,32 @@ impl RepoRemote for MemRemote {
             return Err(refused(ErrorCode::NOT_FOUND, "no such snapshot"));
         }
         Ok(())
+    }
+
+    async fn damaged(
+        &mut self,
+        after: Option<BlobId>,
+    ) -> Result<(Vec<BlobId>, bool), V4ClientError> {
+        let store = self.store();
+        let mut ids: Vec<BlobId> = store
+            .index
+            .iter()
+            .filter(|(_, (pack, ..))| store.damaged_packs.contains(pack))
+            .map(|(id, _)| *id)
+            .filter(|id| after.is_none_or(|after| id.as_bytes() > after.as_bytes()))
+            .collect();
+        ids.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        // Pages of 2 so that the paging is exercised.
+        let more = ids.len() > 2;
+        ids.truncate(2);
+        Ok((ids, more))
+    }
+
+    async fn usage(&mut self) -> Result<RepoUsage, V4ClientError> {
+        Ok(RepoUsage {
+            stored_bytes: self.store().packs.values().map(|p| p.len() as u64).sum(),
+            ..RepoUsage::default()
+        })
     }
 }
 
@@ -457,6 +486,46 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
         }
     }
     out.sort();
+}
+
+#[tokio::test]
+async fn check_names_the_snapshot_and_files_whose_blobs_lie_in_a_pack_the_server_found_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("victim.txt"), b"precious bytes ".repeat(100)).unwrap();
+    let (remote, mut repo) = open_new(dir.path()).await;
+    backup(&mut repo, &[&src]).await;
+    let clean = repo.check(ReadData::No).await.unwrap();
+    let victim = format!("{}/victim.txt", src.display());
+    let entries = repo.ls("latest", victim.as_bytes()).await.unwrap();
+    let cyberbackup_core::repo::EntryKind::File { content } = &entries[0].entry.kind else {
+        panic!("not a file");
+    };
+    let pack = remote.store().index[&content[0]].0;
+    remote.store().damaged_packs.insert(pack);
+
+    let report = repo.check(ReadData::No).await.unwrap();
+
+    assert!(clean.is_ok() && clean.damaged.is_empty(), "{clean:?}");
+    assert!(!report.is_ok());
+    let named: Vec<&str> = report.damaged.iter().map(|d| d.path.as_str()).collect();
+    assert!(named.contains(&victim.as_str()), "{named:?}");
+    let snapshot = repo.snapshots().await.unwrap()[0].id.to_hex();
+    assert!(
+        report
+            .damaged
+            .iter()
+            .all(|d| snapshot.starts_with(&d.snapshot))
+    );
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains(&victim) && e.contains("damaged")),
+        "{:?}",
+        report.errors
+    );
 }
 
 #[tokio::test]

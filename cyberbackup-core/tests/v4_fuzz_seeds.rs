@@ -11,9 +11,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use cyberbackup_core::names::{FileName, NameField};
+use cyberbackup_core::repo::BlobId;
 use cyberbackup_core::v4::client::{ClientConfig, ClientSession, UploadSpec};
 use cyberbackup_core::v4::fuzzing::{FUZZ_SERVER_PRIVATE_KEY, fuzz_server};
 use cyberbackup_core::v4::noise::StaticKeypair;
+use cyberbackup_core::v4::repository::{RepoReply, RepoRequest, RepoUsage};
 use cyberbackup_core::v4::testing::{MemClient, MemStore, run_pair};
 use cyberbackup_core::v4::wire::{
     ClientAuth, ClientMessage, ServerMessage, encode_frame, hello_header, kind,
@@ -87,6 +89,24 @@ fn expected_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         message: "no such file".into(),
     }
     .encode(&mut error);
+    let mut damaged = Vec::new();
+    ClientMessage::Repo(RepoRequest::Damaged {
+        after: Some(BlobId([0x42; 32])),
+    })
+    .encode(&mut damaged);
+    let mut damaged_page = Vec::new();
+    ServerMessage::Repo(RepoReply::Damaged {
+        ids: vec![BlobId([1; 32]), BlobId([2; 32])],
+        more: true,
+    })
+    .encode(&mut damaged_page);
+    let mut usage = Vec::new();
+    ServerMessage::Repo(RepoReply::Usage(RepoUsage {
+        stored_bytes: 3 << 30,
+        soft_quota_bytes: 2 << 30,
+        hard_quota_bytes: 4 << 30,
+    }))
+    .encode(&mut usage);
     let mut frames = encode_frame(kind::HANDSHAKE, &[1; 48]).to_vec();
     frames.extend_from_slice(&encode_frame(kind::TRANSPORT, &[2; 40]));
     frames.extend_from_slice(&encode_frame(kind::NOTICE, b"busy"));
@@ -96,6 +116,9 @@ fn expected_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("decode_v4", "upload-message", upload),
         ("decode_v4", "error-message", error),
         ("decode_v4", "frames", frames),
+        ("decode_v4", "damaged-message", damaged),
+        ("decode_v4", "damaged-result-message", damaged_page),
+        ("decode_v4", "usage-result-message", usage),
     ]
 }
 

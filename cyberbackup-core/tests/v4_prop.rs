@@ -5,8 +5,10 @@
 
 use bytes::{Bytes, BytesMut};
 use cyberbackup_core::names::{ClientId, FileName, NameField};
+use cyberbackup_core::repo::BlobId;
 use cyberbackup_core::v4::codec::{Frame, FrameDecoder, Side};
 use cyberbackup_core::v4::fuzzing;
+use cyberbackup_core::v4::repository::{MAX_DAMAGED_BATCH, RepoReply, RepoRequest, RepoUsage};
 use cyberbackup_core::v4::wire::{
     ClientAuth, ClientMessage, ErrorCode, MAX_DATA_LEN, MAX_MESSAGE_LEN, ServerHello,
     ServerMessage, VersionRecord, encode_frame, kind,
@@ -69,7 +71,25 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         (file_name(), any::<u32>())
             .prop_map(|(name, version)| ClientMessage::Restore { name, version }),
         Just(ClientMessage::Bye),
+        proptest::option::of(any::<[u8; 32]>()).prop_map(|after| ClientMessage::Repo(
+            RepoRequest::Damaged {
+                after: after.map(BlobId)
+            }
+        )),
+        Just(ClientMessage::Repo(RepoRequest::Usage)),
     ]
+}
+
+/// A page of damaged blob IDs: strictly increasing, as the decoder requires.
+fn damaged_page() -> impl Strategy<Value = RepoReply> {
+    (
+        proptest::collection::btree_set(any::<[u8; 32]>(), 0..=MAX_DAMAGED_BATCH.min(64)),
+        any::<bool>(),
+    )
+        .prop_map(|(ids, more)| RepoReply::Damaged {
+            ids: ids.into_iter().map(BlobId).collect(),
+            more,
+        })
 }
 
 fn server_message() -> impl Strategy<Value = ServerMessage> {
@@ -101,6 +121,14 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 fatal,
                 message,
             }
+        }),
+        damaged_page().prop_map(ServerMessage::Repo),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(stored, soft, hard)| {
+            ServerMessage::Repo(RepoReply::Usage(RepoUsage {
+                stored_bytes: stored,
+                soft_quota_bytes: soft,
+                hard_quota_bytes: hard,
+            }))
         }),
     ]
 }

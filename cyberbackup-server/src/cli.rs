@@ -47,6 +47,9 @@ pub enum Command {
     /// Devices (registered client keys) and their roles (`devices list`, `devices set-role`).
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Run one full scrub cycle now (unthrottled unless --rate is given) and print what it
+    /// found; safe while the server runs.
+    Scrub(ScrubArgs),
 }
 
 /// Subcommands of `devices`.
@@ -71,6 +74,17 @@ pub struct SetRoleArgs {
     /// The new role.
     #[arg(value_enum)]
     pub role: crate::catalog::DeviceRole,
+}
+
+/// Arguments of `scrub`.
+#[derive(Debug, Args)]
+pub struct ScrubArgs {
+    /// Only the objects of the client with this name.
+    #[arg(long, value_name = "NAME")]
+    pub client: Option<String>,
+    /// Read at most this many bytes per second (default: as fast as the disk allows).
+    #[arg(long, value_name = "BYTES")]
+    pub rate: Option<u64>,
 }
 
 /// Subcommands of `catalog`.
@@ -162,6 +176,25 @@ mod tests {
             Some(Command::Catalog(CatalogCommand::Rebuild))
         ));
         assert_eq!(cli.overrides.data_dir, Some(PathBuf::from("/srv/cb")));
+    }
+
+    #[test]
+    fn scrub_parses_its_client_and_rate() {
+        let cli = Cli::try_parse_from([
+            "cyberbackup-server",
+            "scrub",
+            "--client",
+            "bob",
+            "--rate",
+            "1000",
+        ])
+        .unwrap();
+
+        let Some(Command::Scrub(scrub)) = cli.command else {
+            panic!("expected the scrub subcommand");
+        };
+        assert_eq!(scrub.client.as_deref(), Some("bob"));
+        assert_eq!(scrub.rate, Some(1000));
     }
 
     #[test]

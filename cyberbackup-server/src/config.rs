@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use cyberbackup_core::repo::retention::{KeepWithin, RetentionPolicy};
 
 use crate::catalog::DeviceRole;
-use crate::repository::RetentionPolicies;
+use crate::repository::{QuotaLimits, Quotas, RetentionPolicies};
 
 /// File name of the catalog inside the data directory.
 pub const CATALOG_FILE_NAME: &str = "defensive.db";
@@ -214,6 +214,18 @@ pub struct ServerConfig {
     pub repack_below_percent: u8,
     /// Role of a newly registered v4 device (`append-only` cannot forget snapshots).
     pub default_device_role: DeviceRole,
+
+    /// Bytes per second the scrub reads stored objects back at; 0 disables the scrub.
+    pub scrub_bytes_per_sec: u64,
+    /// Seconds from the start of one scrub cycle to the start of the next.
+    pub scrub_interval_secs: u64,
+    /// Stored repository bytes per client above which its backups warn; 0 = none.
+    pub quota_soft_bytes: u64,
+    /// Stored repository bytes per client a pack may not take it above; 0 = none.
+    pub quota_hard_bytes: u64,
+    /// Quotas by client name, overriding `quota_soft_bytes` / `quota_hard_bytes` (file only:
+    /// `[client_quotas.NAME]` tables).
+    pub client_quotas: BTreeMap<String, ClientQuota>,
     /// The retention policy the scheduled prune applies to every repository (file only:
     /// the `[retention]` table; empty: keep everything).
     pub retention: RetentionConfig,
@@ -280,6 +292,22 @@ impl RetentionConfig {
     }
 }
 
+/// One client's quotas in `[client_quotas.NAME]`; a key not given falls back to
+/// `quota_soft_bytes` / `quota_hard_bytes`, and 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientQuota {
+    /// Soft quota in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soft_bytes: Option<u64>,
+    /// Hard quota in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_bytes: Option<u64>,
+}
+
+/// Default scrub rate: 16 MiB/s reads 1 TiB in about 18 hours, a small share of a disk.
+pub const DEFAULT_SCRUB_BYTES_PER_SEC: u64 = 16 * 1024 * 1024;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -313,6 +341,11 @@ impl Default for ServerConfig {
             prune_grace_secs: 86_400,
             repack_below_percent: 50,
             default_device_role: DeviceRole::AppendOnly,
+            scrub_bytes_per_sec: DEFAULT_SCRUB_BYTES_PER_SEC,
+            scrub_interval_secs: 86_400,
+            quota_soft_bytes: 0,
+            quota_hard_bytes: 0,
+            client_quotas: BTreeMap::new(),
             retention: RetentionConfig::default(),
             client_retention: BTreeMap::new(),
         }
@@ -413,6 +446,21 @@ pub struct ConfigOverrides {
     /// Role of newly registered v4 devices [default: append-only]
     #[arg(long, global = true, value_enum)]
     pub default_device_role: Option<DeviceRole>,
+    /// Scrub read rate in bytes per second, 0 = no scrub [default: 16777216]
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub scrub_bytes_per_sec: Option<u64>,
+    /// Seconds from one scrub cycle's start to the next [default: 86400]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub scrub_interval_secs: Option<u64>,
+    /// Soft quota on each client's stored repository bytes, 0 = none [default: 0]
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub quota_soft_bytes: Option<u64>,
+    /// Hard quota on each client's stored repository bytes, 0 = none [default: 0]
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub quota_hard_bytes: Option<u64>,
+    /// Quotas by client name (config file only).
+    #[arg(skip)]
+    pub client_quotas: Option<BTreeMap<String, ClientQuota>>,
     /// Retention policy of every repository (config file only).
     #[arg(skip)]
     pub retention: Option<RetentionConfig>,
@@ -575,6 +623,23 @@ impl ServerConfig {
                     .chars()
                     .any(|c| c.is_whitespace() || matches!(c, ':' | '/' | '[' | ']' | '@'))
         };
+        if self.scrub_interval_secs == 0 {
+            return invalid("scrub_interval_secs", "must be greater than 0");
+        }
+        let quotas = self.quotas();
+        let crossed = |limits: &QuotaLimits| matches!((limits.soft_bytes, limits.hard_bytes), (Some(soft), Some(hard)) if soft > hard);
+        if crossed(&quotas.default) {
+            return invalid(
+                "quota_soft_bytes",
+                "must not be above quota_hard_bytes (the soft quota warns before the hard one refuses)",
+            );
+        }
+        if quotas.per_client.values().any(crossed) {
+            return invalid(
+                "client_quotas",
+                "a client's soft_bytes is above its hard_bytes (the soft quota warns before the hard one refuses)",
+            );
+        }
         if !self.admin_hosts.iter().all(bare_name) {
             return invalid(
                 "admin_hosts",
@@ -658,6 +723,38 @@ impl ServerConfig {
         }
     }
 
+    /// `scrub_interval_secs` as a duration.
+    #[must_use]
+    pub fn scrub_interval(&self) -> Duration {
+        Duration::from_secs(self.scrub_interval_secs)
+    }
+
+    /// The quotas the repository store enforces: `quota_*_bytes` for every client, and
+    /// `client_quotas` by name (each key falling back to the global one; 0 = none).
+    #[must_use]
+    pub fn quotas(&self) -> Quotas {
+        let limit = |bytes: u64| (bytes != 0).then_some(bytes);
+        let default = QuotaLimits {
+            soft_bytes: limit(self.quota_soft_bytes),
+            hard_bytes: limit(self.quota_hard_bytes),
+        };
+        let per_client = self
+            .client_quotas
+            .iter()
+            .map(|(name, quota)| {
+                let limits = QuotaLimits {
+                    soft_bytes: limit(quota.soft_bytes.unwrap_or(self.quota_soft_bytes)),
+                    hard_bytes: limit(quota.hard_bytes.unwrap_or(self.quota_hard_bytes)),
+                };
+                (name.as_bytes().to_vec(), limits)
+            })
+            .collect();
+        Quotas {
+            default,
+            per_client,
+        }
+    }
+
     /// `min_free_disk_mb` in bytes.
     #[must_use]
     pub fn min_free_disk_bytes(&self) -> u64 {
@@ -696,6 +793,11 @@ impl ServerConfig {
             prune_grace_secs,
             repack_below_percent,
             default_device_role,
+            scrub_bytes_per_sec,
+            scrub_interval_secs,
+            quota_soft_bytes,
+            quota_hard_bytes,
+            client_quotas,
             retention,
             client_retention,
         } = layer.clone();
@@ -745,6 +847,11 @@ impl ServerConfig {
         set(&mut self.prune_grace_secs, prune_grace_secs);
         set(&mut self.repack_below_percent, repack_below_percent);
         set(&mut self.default_device_role, default_device_role);
+        set(&mut self.scrub_bytes_per_sec, scrub_bytes_per_sec);
+        set(&mut self.scrub_interval_secs, scrub_interval_secs);
+        set(&mut self.quota_soft_bytes, quota_soft_bytes);
+        set(&mut self.quota_hard_bytes, quota_hard_bytes);
+        set(&mut self.client_quotas, client_quotas);
         set(&mut self.retention, retention);
         set(&mut self.client_retention, client_retention);
     }
@@ -797,6 +904,11 @@ impl ConfigOverrides {
             prune_grace_secs: env_var(env, "PRUNE_GRACE_SECS")?,
             repack_below_percent: env_var(env, "REPACK_BELOW_PERCENT")?,
             default_device_role: env_var(env, "DEFAULT_DEVICE_ROLE")?,
+            scrub_bytes_per_sec: env_var(env, "SCRUB_BYTES_PER_SEC")?,
+            scrub_interval_secs: env_var(env, "SCRUB_INTERVAL_SECS")?,
+            quota_soft_bytes: env_var(env, "QUOTA_SOFT_BYTES")?,
+            quota_hard_bytes: env_var(env, "QUOTA_HARD_BYTES")?,
+            client_quotas: None,
             retention: None,
             client_retention: None,
         })
@@ -907,6 +1019,49 @@ mod tests {
         );
         assert!(!format!("{accepted:?}").contains("s3cret"));
         assert!(!accepted.to_toml().unwrap().contains("s3cret"));
+    }
+
+    #[test]
+    fn quotas_come_from_the_file_and_env_with_per_client_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_write(
+            dir.path(),
+            DEFAULT_CONFIG_FILE,
+            "quota_hard_bytes = 1000\nscrub_bytes_per_sec = 0\n\
+             [client_quotas.alice]\nhard_bytes = 5000\n\
+             [client_quotas.bob]\nsoft_bytes = 10\nhard_bytes = 0\n",
+        );
+        let env = [("CYBERBACKUP_QUOTA_SOFT_BYTES", "800")];
+
+        let config = load(dir.path(), &ConfigOverrides::default(), &env)
+            .unwrap()
+            .config;
+        let quotas = config.quotas();
+        let crossed = load(
+            dir.path(),
+            &ConfigOverrides::default(),
+            &[("CYBERBACKUP_QUOTA_SOFT_BYTES", "2000")],
+        )
+        .unwrap_err();
+
+        assert_eq!(config.scrub_bytes_per_sec, 0);
+        let limits = |soft, hard| QuotaLimits {
+            soft_bytes: soft,
+            hard_bytes: hard,
+        };
+        assert_eq!(quotas.default, limits(Some(800), Some(1000)));
+        assert_eq!(quotas.for_client(b"alice"), limits(Some(800), Some(5000)));
+        assert_eq!(
+            quotas.for_client(b"bob"),
+            limits(Some(10), None),
+            "0 = none"
+        );
+        assert_eq!(quotas.for_client(b"carol"), quotas.default);
+        assert!(
+            crossed.to_string().contains("quota_soft_bytes"),
+            "{crossed}"
+        );
+        assert!(config.to_toml().unwrap().contains("[client_quotas.alice]"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod live;
 pub mod maintenance;
 mod rate_limit;
 pub mod repository;
+pub mod scrub;
 mod shared;
 pub mod storage;
 pub mod telemetry;

@@ -1,5 +1,5 @@
 //! The accept loop: binds the backup port, enforces the connection limit, starts one task
-//! per connection, runs maintenance, and shuts down gracefully.
+//! per connection, runs maintenance and the scrub, and shuts down gracefully.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -128,7 +128,9 @@ impl Server {
             .await?
             .with_faults(faults);
         maintenance::recover(&catalog, &storage).await?;
-        let repo = RepoStore::open_local(&config.data_dir, catalog.clone()).await?;
+        let repo = RepoStore::open_local(&config.data_dir, catalog.clone())
+            .await?
+            .with_quotas(config.quotas());
         let address = SocketAddr::new(config.listen, config.port);
         let listener = TcpListener::bind(address).await.map_err(|source| {
             ServerError::io(
@@ -216,6 +218,17 @@ impl Server {
             shutdown.clone(),
             shared.live.prune().clone(),
         );
+        let scrub = crate::scrub::spawn(
+            crate::scrub::Scrubber::new(
+                shared.catalog.clone(),
+                shared.repo.clone(),
+                shared.storage.clone(),
+                Arc::clone(shared.live.scrub()),
+            ),
+            shared.config.scrub_bytes_per_sec,
+            shared.config.scrub_interval(),
+            shutdown.clone(),
+        );
         let metrics_upkeep =
             tokio::spawn(Arc::clone(&shared.live).keep_metrics_bounded(shutdown.clone()));
         let limit = usize::try_from(shared.config.max_connections.max(1)).unwrap_or(usize::MAX);
@@ -285,6 +298,9 @@ impl Server {
         }
         let _ = maintenance.await;
         let _ = prune.await;
+        if let Some(scrub) = scrub {
+            let _ = scrub.await;
+        }
         let _ = metrics_upkeep.await;
         shared.catalog.close().await?;
         tracing::info!("server stopped");

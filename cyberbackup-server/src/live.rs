@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::maintenance::LastMaintenance;
 use crate::repository::LastPrune;
+use crate::scrub::ScrubStatus;
 use crate::telemetry::RecentEvents;
 
 /// Seconds between two throughput samples.
@@ -62,6 +63,7 @@ pub struct LiveState {
     throughput: Mutex<VecDeque<ThroughputSample>>,
     maintenance: LastMaintenance,
     prune: LastPrune,
+    scrub: Arc<ScrubStatus>,
     recent: RecentEvents,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -93,6 +95,7 @@ impl LiveState {
             throughput: Mutex::new(VecDeque::with_capacity(THROUGHPUT_SAMPLES)),
             maintenance: LastMaintenance::default(),
             prune: LastPrune::default(),
+            scrub: Arc::default(),
             recent,
             recorder,
             handle,
@@ -121,6 +124,12 @@ impl LiveState {
     #[must_use]
     pub fn prune(&self) -> &LastPrune {
         &self.prune
+    }
+
+    /// The scrub task's counters.
+    #[must_use]
+    pub fn scrub(&self) -> &Arc<ScrubStatus> {
+        &self.scrub
     }
 
     /// Recent warnings and errors.

@@ -13,7 +13,7 @@ use cyberbackup_server::catalog::v4::SetRoleOutcome;
 use cyberbackup_server::catalog::{Catalog, FileFilter, integrity, rebuild};
 use cyberbackup_server::check::run_checks;
 use cyberbackup_server::cli::{
-    CatalogCommand, Cli, Command, DevicesCommand, EnrollArgs, FilesArgs, SetRoleArgs,
+    CatalogCommand, Cli, Command, DevicesCommand, EnrollArgs, FilesArgs, ScrubArgs, SetRoleArgs,
 };
 use cyberbackup_server::config::{ENV_PREFIX, LoadedConfig, ServerConfig};
 use cyberbackup_server::{ServerError, telemetry};
@@ -238,6 +238,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
         Command::Catalog(CatalogCommand::Rebuild) => {
             let report = rebuild::rebuild(&config).await?;
             print!("{report}");
+        }
+        Command::Scrub(ScrubArgs { client, rate }) => {
+            let (report, corrupt) =
+                cyberbackup_server::scrub::scrub_now(&config, client.as_deref(), rate).await?;
+            let mut out = std::io::stdout().lock();
+            cyberbackup_server::scrub::write_summary(&report, &corrupt, &mut out)
+                .and_then(|()| out.flush())
+                .map_err(|e| ServerError::io("cannot write to stdout", e))?;
+            if !corrupt.is_empty() {
+                return Ok(ExitCode::from(3));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

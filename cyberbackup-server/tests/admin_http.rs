@@ -376,6 +376,8 @@ async fn ready_names_the_failing_probe_and_reveals_nothing_else() {
                 {"name": "storage", "ok": true},
                 {"name": "disk", "ok": true},
             ],
+            "warnings": [],
+            "corrupt_objects": 0,
         })
     );
     assert_eq!(no_storage.status, 503);
@@ -389,6 +391,8 @@ async fn ready_names_the_failing_probe_and_reveals_nothing_else() {
                 {"name": "storage", "ok": false},
                 {"name": "disk", "ok": true},
             ],
+            "warnings": [],
+            "corrupt_objects": 0,
         })
     );
     assert_eq!(no_disk.status, 503);

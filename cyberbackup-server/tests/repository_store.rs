@@ -18,8 +18,10 @@ use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
 use cyberbackup_server::backend::{Backend, ContentHash};
 use cyberbackup_server::catalog::Catalog;
 use cyberbackup_server::repository::{
-    ObjectClass, PutStart, RecoveryReport, RepoStore, RepoStoreError,
+    ObjectClass, PutStart, QuotaLimits, Quotas, RecoveryReport, RepoStore, RepoStoreError,
 };
+use cyberbackup_server::scrub::{Pacer, ScrubReport, ScrubStatus, Scrubber};
+use cyberbackup_server::storage::Storage;
 use repo_fixture::*;
 
 #[tokio::test]
@@ -704,4 +706,156 @@ async fn a_failed_backend_put_indexes_nothing_and_the_put_can_be_retried() {
         .await
         .unwrap();
     assert_eq!(store.have(ALICE, &[blobs[0].0]).await.unwrap(), [true]);
+}
+
+// ---- scrub and quotas ----
+
+/// A scrubber over the fixture's store, with its own catalog handle and legacy storage.
+async fn scrubber(fx: &Fixture) -> (Scrubber, Catalog) {
+    let catalog = Catalog::open(fx.data().join("defensive.db")).await.unwrap();
+    let storage = Storage::open(fx.data()).unwrap();
+    let scrubber = Scrubber::new(
+        catalog.clone(),
+        fx.store.clone(),
+        storage,
+        Arc::new(ScrubStatus::default()),
+    );
+    (scrubber, catalog)
+}
+
+async fn cycle(scrubber: &Scrubber) -> ScrubReport {
+    scrubber.run_cycle(None, &mut Pacer::new(0)).await.unwrap()
+}
+
+#[tokio::test]
+async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_mark_once_restored() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(1);
+    create(&fx, ALICE, &repo).await;
+    let (first, first_bytes, first_blobs) = repo.data_pack(&[b"one", b"two", b"three"]);
+    let (second, second_bytes, _) = repo.data_pack(&[b"four"]);
+    put_pack(&fx.store, ALICE, first, &first_bytes).await;
+    put_pack(&fx.store, ALICE, second, &second_bytes).await;
+    let (scrubber, catalog) = scrubber(&fx).await;
+    let clean = cycle(&scrubber).await;
+    let path = fx.backend_path(&first);
+    let mut flipped = first_bytes.clone();
+    flipped[10] ^= 0x01;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&path, &flipped).unwrap();
+
+    let found = cycle(&scrubber).await;
+    let marked = catalog.corrupt_objects(None, 100).await.unwrap();
+    let (page, more) = fx.store.damaged_blobs(ALICE, None, 2).await.unwrap();
+    let (rest, last) = fx
+        .store
+        .damaged_blobs(ALICE, page.last().copied(), 2)
+        .await
+        .unwrap();
+    std::fs::write(&path, &first_bytes).unwrap();
+    let restored = cycle(&scrubber).await;
+    let cleared = catalog.corrupt_object_count().await.unwrap();
+    std::fs::remove_file(fx.backend_path(&second)).unwrap();
+    let lost = cycle(&scrubber).await;
+    let missing = catalog.corrupt_objects(None, 100).await.unwrap();
+
+    assert_eq!((clean.packs, clean.damaged), (2, 0));
+    assert_eq!(clean.bytes, (first_bytes.len() + second_bytes.len()) as u64);
+    assert_eq!(
+        (found.packs, found.damaged),
+        (2, 1),
+        "every pack, every cycle"
+    );
+    assert_eq!(marked.len(), 1);
+    assert_eq!(marked[0].object, first.to_hex());
+    assert!(marked[0].reason.contains("BLAKE3"), "{}", marked[0].reason);
+    let mut expected: Vec<BlobId> = first_blobs.iter().map(|(id, _)| *id).collect();
+    expected.sort();
+    assert!(more && !last, "pages of 2 of 3 blobs");
+    assert_eq!(
+        [page, rest].concat(),
+        expected,
+        "every blob of the damaged pack, in order"
+    );
+    assert_eq!(restored.damaged, 0);
+    assert_eq!(cleared, 0, "a pack found whole again loses its mark");
+    assert_eq!(lost.damaged, 1);
+    assert_eq!(missing[0].object, second.to_hex());
+    assert!(
+        missing[0].reason.contains("missing"),
+        "{}",
+        missing[0].reason
+    );
+}
+
+#[tokio::test]
+async fn a_cycle_reads_never_scrubbed_packs_first_so_a_restart_goes_on_where_it_stopped() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(2);
+    create(&fx, ALICE, &repo).await;
+    let (old, old_bytes, _) = repo.data_pack(&[b"old"]);
+    put_pack(&fx.store, ALICE, old, &old_bytes).await;
+    let (scrubber, catalog) = scrubber(&fx).await;
+    cycle(&scrubber).await;
+    let (new, new_bytes, _) = repo.data_pack(&[b"new"]);
+    put_pack(&fx.store, ALICE, new, &new_bytes).await;
+
+    let next = catalog
+        .packs_to_scrub(i64::MAX as u64, None, 1)
+        .await
+        .unwrap();
+
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].pack, new,
+        "the pack never scrubbed comes before the one scrubbed"
+    );
+}
+
+#[tokio::test]
+async fn a_pack_above_the_hard_quota_is_refused_before_anything_is_staged() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(3);
+    create(&fx, ALICE, &repo).await;
+    let (first, first_bytes, _) = repo.data_pack(&[b"fits"]);
+    let (second, second_bytes, _) = repo.data_pack(&[b"does not fit"]);
+    let hard = first_bytes.len() as u64 + 10;
+    let store = fx.store.clone().with_quotas(Quotas {
+        default: QuotaLimits {
+            soft_bytes: Some(1),
+            hard_bytes: Some(hard),
+        },
+        ..Quotas::default()
+    });
+    put_pack(&store, ALICE, first, &first_bytes).await;
+
+    let refused = store
+        .begin_put(
+            ALICE,
+            ObjectClass::Pack,
+            second.0,
+            second_bytes.len() as u64,
+        )
+        .await;
+    let again = store
+        .begin_put(ALICE, ObjectClass::Pack, first.0, first_bytes.len() as u64)
+        .await
+        .unwrap();
+    let usage = store.usage(ALICE).await.unwrap();
+
+    let Err(RepoStoreError::QuotaExceeded { message }) = refused else {
+        panic!("expected a quota refusal, got {refused:?}");
+    };
+    assert!(
+        message.starts_with("quota exceeded: ") && message.contains(" hard quota for client "),
+        "{message}"
+    );
+    assert!(files_under(&fx.staging()).is_empty(), "nothing staged");
+    assert!(
+        matches!(again, PutStart::AlreadyStored),
+        "a stored pack is not counted twice"
+    );
+    assert_eq!(usage.stored_bytes, first_bytes.len() as u64);
+    assert_eq!((usage.soft_quota_bytes, usage.hard_quota_bytes), (1, hard));
+    assert!(usage.is_over_soft());
 }

@@ -18,6 +18,7 @@ use cyberbackup_core::repo::{
     BlobId, BlobKind, BlobSealer, Chunker, PackWriter, RefChunk, RefListBuilder, RepoError,
     SealedBlob, Snapshot, SnapshotEnvelope, SnapshotId, SnapshotStats, Timestamp,
 };
+use cyberbackup_core::v4::repository::RepoUsage;
 use rand_core::OsRng;
 use tokio::sync::mpsc;
 
@@ -148,6 +149,15 @@ impl BackupSummary {
 }
 
 impl<R: RepoRemote> Repository<R> {
+    /// The repository's stored bytes and quotas, as the server counts them (a backup warns
+    /// when they are above the soft quota).
+    ///
+    /// # Errors
+    /// The remote's errors.
+    pub async fn usage(&mut self) -> Result<RepoUsage, V4ClientError> {
+        self.remote.usage().await
+    }
+
     /// Backs up `options.paths` as a new snapshot and commits it.
     ///
     /// # Errors

@@ -15,7 +15,7 @@ use cyberbackup_core::repo::{
 use globset::Glob;
 use rand_core::{OsRng, RngCore};
 
-use super::remote::{RepoRemote, have_all};
+use super::remote::{RepoRemote, damaged_all, have_all};
 use super::{BlobError, Repository, short_hex};
 use crate::v4::V4ClientError;
 
@@ -180,8 +180,22 @@ pub struct CheckReport {
     pub blobs: u64,
     /// Data blobs fetched and verified.
     pub blobs_read: u64,
+    /// Paths whose content (or, for a directory, listing) lies in a pack the server's scrub
+    /// found damaged, per snapshot.
+    pub damaged: Vec<DamagedPath>,
     /// Every problem found, one line each.
     pub errors: Vec<String>,
+}
+
+/// A path of a snapshot that references blobs in a pack the server found damaged.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DamagedPath {
+    /// The snapshot's short ID.
+    pub snapshot: String,
+    /// The path in the snapshot (lossy UTF-8; a directory ends with `/`).
+    pub path: String,
+    /// How many of its blobs are in damaged packs.
+    pub blobs: u64,
 }
 
 impl CheckReport {
@@ -420,6 +434,7 @@ impl<R: RepoRemote> Repository<R> {
     /// Only the remote's errors; everything wrong in the repository is in the report.
     pub async fn check(&mut self, read: ReadData) -> Result<CheckReport, V4ClientError> {
         let mut report = CheckReport::default();
+        let damaged = damaged_all(&mut self.remote).await?;
         for listing in self.remote.snapshots().await? {
             let short = short_hex(listing.id.as_bytes());
             let (envelope, snapshot) = match self.snapshot(listing.id).await {
@@ -459,6 +474,19 @@ impl<R: RepoRemote> Repository<R> {
             }
             let referenced: BTreeSet<BlobId> = trees.union(&data).copied().collect();
             report.blobs += referenced.len() as u64;
+            if !referenced.is_disjoint(&damaged) {
+                for (path, blobs) in self.damaged_paths(snapshot.root, &damaged).await? {
+                    let path = String::from_utf8_lossy(&path).into_owned();
+                    report.errors.push(format!(
+                        "snapshot {short}: {path}: {blobs} of its blobs lie in a pack the server's scrub found damaged (restore it from another copy of the file, or ask the operator to restore the pack)"
+                    ));
+                    report.damaged.push(DamagedPath {
+                        snapshot: short.clone(),
+                        path,
+                        blobs,
+                    });
+                }
+            }
             let listed = self
                 .ref_list(&short, &envelope.ref_chunks, &mut report)
                 .await?;
@@ -496,6 +524,48 @@ impl<R: RepoRemote> Repository<R> {
             }
         }
         Ok(report)
+    }
+
+    /// The paths below `root` whose content, subtree or own tree is in `damaged`, with how
+    /// many of their blobs are; trees that do not open are skipped (`check` reports them).
+    async fn damaged_paths(
+        &mut self,
+        root: BlobId,
+        damaged: &BTreeSet<BlobId>,
+    ) -> Result<Vec<(Vec<u8>, u64)>, V4ClientError> {
+        let mut found = Vec::new();
+        if damaged.contains(&root) {
+            found.push((b"/".to_vec(), 1));
+        }
+        let mut stack = vec![(PathBuf::from("/"), root)];
+        while let Some((dir, tree_id)) = stack.pop() {
+            let tree = match self.tree(tree_id).await {
+                Ok(tree) => tree,
+                Err(V4ClientError::Repo { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            for entry in tree.entries() {
+                let path = dir.join(OsStr::from_bytes(&entry.name));
+                match &entry.kind {
+                    EntryKind::File { content } => {
+                        let hit = content.iter().filter(|id| damaged.contains(id)).count();
+                        if hit > 0 {
+                            found.push((path.as_os_str().as_bytes().to_vec(), hit as u64));
+                        }
+                    }
+                    EntryKind::Dir { subtree } => {
+                        if damaged.contains(subtree) {
+                            let mut listing = path.as_os_str().as_bytes().to_vec();
+                            listing.push(b'/');
+                            found.push((listing, 1));
+                        }
+                        stack.push((path, *subtree));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Finds `path` in the snapshot whose root tree is `root`: `None` for `/`.

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use cyberbackup_core::v4::repository::{RepoUsage, human_bytes};
 use zeroize::Zeroizing;
 
 use cyberbackup_core::repo::retention::{KeepWithin, RetentionPolicy};
@@ -642,6 +643,16 @@ async fn run_backup(
     for path in &summary.unreadable {
         print(Stream::Stderr, &format!("warning: not backed up: {path}"));
     }
+    match repo.usage().await {
+        Ok(usage) if usage.is_over_soft() => print(Stream::Stderr, &soft_quota_warning(&usage)),
+        Ok(_) => {}
+        Err(err) => print(
+            Stream::Stderr,
+            &format!(
+                "warning: the snapshot is saved, but the server did not say how much this repository stores: {err}"
+            ),
+        ),
+    }
     Ok(summary.exit_code())
 }
 
@@ -738,6 +749,23 @@ fn print_forget_tables(groups: &[ForgetGroup], dry_run: bool, print: &mut Printe
         Stream::Stdout,
         &format!("{kept} snapshot(s) kept, {verb} {removed}"),
     );
+}
+
+/// What a backup prints when the repository is above its soft quota.
+fn soft_quota_warning(usage: &RepoUsage) -> String {
+    let hard = if usage.hard_quota_bytes == 0 {
+        "there is no hard quota".to_owned()
+    } else {
+        format!(
+            "the server refuses packs above the hard quota of {}",
+            human_bytes(usage.hard_quota_bytes)
+        )
+    };
+    format!(
+        "warning: this repository stores {}, above its soft quota of {}; {hard} — forget old snapshots or ask the operator to raise the quota",
+        human_bytes(usage.stored_bytes),
+        human_bytes(usage.soft_quota_bytes)
+    )
 }
 
 /// Backup progress: a bar on a terminal, JSON status lines with `--json`, nothing with

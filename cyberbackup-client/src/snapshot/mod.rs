@@ -27,7 +27,8 @@ use cyberbackup_core::repo::{
 
 pub use backup::{BackupEvent, BackupObserver, BackupOptions, BackupSummary, NoObserver};
 pub use browse::{
-    CheckReport, DiffEntry, DiffKind, FindMatch, LsEntry, ReadData, SnapshotInfo, SnapshotJson,
+    CheckReport, DamagedPath, DiffEntry, DiffKind, FindMatch, LsEntry, ReadData, SnapshotInfo,
+    SnapshotJson,
 };
 pub use exclude::{ExcludeOptions, Excluder};
 pub use forget::{ForgetEntry, ForgetGroup, ForgetPolicy, GroupBy, parse_local_time};

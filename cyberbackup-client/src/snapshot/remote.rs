@@ -2,10 +2,12 @@
 //! of one v4 connection (docs/protocol-v4.md). The engine never sees a socket; tests drive it
 //! with an in-memory implementation.
 
+use bytes::Bytes;
+use std::collections::BTreeSet;
 use std::future::Future;
 
-use bytes::Bytes;
 use cyberbackup_core::repo::{BlobId, PackId, SnapshotId};
+use cyberbackup_core::v4::repository::RepoUsage;
 
 use crate::v4::V4ClientError;
 
@@ -52,6 +54,14 @@ pub trait RepoRemote: Send {
     ) -> impl Future<Output = Result<Vec<SnapshotListing>, V4ClientError>> + Send;
     /// Deletes a snapshot record (its blobs stay until a prune).
     fn forget(&mut self, id: SnapshotId) -> impl Future<Output = Result<(), V4ClientError>> + Send;
+    /// One page of the IDs of this repository's blobs that lie in packs the server's scrub
+    /// found damaged: those after `after`, increasing, and whether more follow.
+    fn damaged(
+        &mut self,
+        after: Option<BlobId>,
+    ) -> impl Future<Output = Result<(Vec<BlobId>, bool), V4ClientError>> + Send;
+    /// The repository's stored bytes and quotas.
+    fn usage(&mut self) -> impl Future<Output = Result<RepoUsage, V4ClientError>> + Send;
 }
 
 /// What OPEN returns for an existing repository.
@@ -98,4 +108,21 @@ pub(super) async fn have_all<R: RepoRemote>(
         out.extend(have);
     }
     Ok(out)
+}
+
+/// Every damaged blob ID, page by page; a server whose pages do not move forward broke the
+/// protocol (the session checks each page against its cursor).
+pub(super) async fn damaged_all<R: RepoRemote>(
+    remote: &mut R,
+) -> Result<BTreeSet<BlobId>, V4ClientError> {
+    let mut all = BTreeSet::new();
+    let mut after = None;
+    loop {
+        let (page, more) = remote.damaged(after).await?;
+        after = page.last().copied();
+        all.extend(page);
+        if !more || after.is_none() {
+            return Ok(all);
+        }
+    }
 }

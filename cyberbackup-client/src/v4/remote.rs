@@ -5,7 +5,7 @@ use bytes::Bytes;
 use cyberbackup_core::repo::{BlobId, PackId, SnapshotId};
 use cyberbackup_core::v4::V4Error;
 use cyberbackup_core::v4::client::{RepoCall, RepoResult};
-use cyberbackup_core::v4::repository::{GetTarget, PutTarget};
+use cyberbackup_core::v4::repository::{GetTarget, PutTarget, RepoUsage};
 
 use super::{V4Client, V4ClientError};
 use crate::snapshot::{RemoteRepo, RepoRemote, SnapshotListing};
@@ -83,6 +83,23 @@ impl RepoRemote for V4Client {
 
     async fn forget(&mut self, id: SnapshotId) -> Result<(), V4ClientError> {
         done(self.repository(RepoCall::Forget(id)).await?, "FORGET")
+    }
+
+    async fn damaged(
+        &mut self,
+        after: Option<BlobId>,
+    ) -> Result<(Vec<BlobId>, bool), V4ClientError> {
+        match self.repository(RepoCall::Damaged { after }).await? {
+            RepoResult::Damaged { ids, more } => Ok((ids, more)),
+            other => Err(mismatch("DAMAGED", &other)),
+        }
+    }
+
+    async fn usage(&mut self) -> Result<RepoUsage, V4ClientError> {
+        match self.repository(RepoCall::Usage).await? {
+            RepoResult::Usage(usage) => Ok(usage),
+            other => Err(mismatch("USAGE", &other)),
+        }
     }
 }
 

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// A running reference server; stopped (gracefully) on drop.
 pub struct RealServer {
     pub addr: SocketAddr,
+    /// The admin listener (dashboard, API, `/ready`, `/metrics`) when started with one.
+    pub admin: Option<SocketAddr>,
     /// `<data>/defensive.db` and `<data>/files/`.
     pub data: tempfile::TempDir,
     shutdown: CancellationToken,
@@ -39,17 +41,18 @@ impl RealServer {
     }
 
     fn start_with_faults(faults: Faults) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), faults, |_| {})
+        Self::start_in(tempfile::tempdir().unwrap(), faults, None)
     }
 
-    /// A server whose test configuration `configure` changes first.
-    pub fn start_configured(configure: impl FnOnce(&mut ServerConfig)) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), Faults::none(), configure)
+    /// A server whose configuration `adjust` changes, with its admin listener on a free
+    /// loopback port ([`Self::admin`]).
+    pub fn start_configured(adjust: fn(&mut ServerConfig)) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), Faults::none(), Some(adjust))
     }
 
     /// A server on `data` (a directory an earlier server used: a restart), on a new port.
     pub fn restart_in(data: tempfile::TempDir) -> Self {
-        Self::start_in(data, Faults::none(), |_| {})
+        Self::start_in(data, Faults::none(), None)
     }
 
     /// Stops the server and hands back its data directory (for [`Self::restart_in`]).
@@ -65,7 +68,7 @@ impl RealServer {
     fn start_in(
         data: tempfile::TempDir,
         faults: Faults,
-        configure: impl FnOnce(&mut ServerConfig),
+        adjust: Option<fn(&mut ServerConfig)>,
     ) -> Self {
         let mut config = ServerConfig {
             listen: Ipv4Addr::LOCALHOST.into(),
@@ -79,7 +82,10 @@ impl RealServer {
             min_free_disk_mb: 0,
             ..ServerConfig::default()
         };
-        configure(&mut config);
+        if let Some(adjust) = adjust {
+            adjust(&mut config);
+        }
+        let with_admin = adjust.is_some();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -91,17 +97,52 @@ impl RealServer {
                 .unwrap();
             runtime.block_on(async move {
                 let server = Server::bind_with_faults(config, faults).await.unwrap();
-                tx.send(server.local_addr().unwrap()).unwrap();
+                let admin = if with_admin {
+                    let admin = server
+                        .bind_admin(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                        .await
+                        .unwrap();
+                    let address = admin.local_addr().unwrap();
+                    tokio::spawn(admin.serve(token.clone()));
+                    Some(address)
+                } else {
+                    None
+                };
+                tx.send((server.local_addr().unwrap(), admin)).unwrap();
                 server.serve(token).await.unwrap();
             });
         });
-        let addr = rx.recv().expect("the server failed to start");
+        let (addr, admin) = rx.recv().expect("the server failed to start");
         Self {
             addr,
+            admin,
             data,
             shutdown,
             thread: Some(thread),
         }
+    }
+
+    /// `GET path` on the admin listener: the status code and the body.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.expect("started without an admin listener");
+        let mut stream = std::net::TcpStream::connect(admin).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 
     /// `host:port` for `--server`.

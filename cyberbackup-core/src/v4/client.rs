@@ -11,7 +11,7 @@ use rand_core::CryptoRngCore;
 use super::codec::{Frame, FrameDecoder, Side};
 use super::noise::{Fingerprint, PublicKey, StaticKeypair, handshake};
 use super::repository::{
-    GetTarget, MAX_HAVE_BATCH, PutTarget, RepoReply, RepoRequest, SnapshotEntry,
+    GetTarget, MAX_HAVE_BATCH, PutTarget, RepoReply, RepoRequest, RepoUsage, SnapshotEntry,
 };
 use super::wire::{
     ClientAuth, ClientMessage, ErrorCode, HELLO_HEADER_LEN, MAX_DATA_LEN, MAX_FRAME_LEN,
@@ -91,6 +91,14 @@ pub enum RepoCall {
     Snapshots,
     /// Delete a snapshot.
     Forget(SnapshotId),
+    /// One page of the IDs of blobs in packs the server found damaged: those greater than
+    /// `after` (`None`: from the start).
+    Damaged {
+        /// The last ID of the previous page.
+        after: Option<BlobId>,
+    },
+    /// The stored bytes and quotas.
+    Usage,
 }
 
 /// The result of a [`RepoCall`], in [`ClientEvent::RepoDone`].
@@ -113,6 +121,16 @@ pub enum RepoResult {
     Object(Bytes),
     /// `Snapshots`: the listing.
     Snapshots(Vec<SnapshotEntry>),
+    /// `Damaged`: one page (strictly increasing IDs, all after the call's `after`) and
+    /// whether more follow.
+    Damaged {
+        /// The page.
+        ids: Vec<BlobId>,
+        /// Ask again with the page's last ID for more.
+        more: bool,
+    },
+    /// `Usage`: stored bytes and quotas.
+    Usage(RepoUsage),
 }
 
 /// Largest object a `GET` may return: a bound on what a server can make the client hold.
@@ -304,6 +322,8 @@ enum RepoWait {
     Object,
     ObjectData { data: BytesMut, size: u64 },
     Snapshots(Vec<SnapshotEntry>),
+    Damaged(Option<BlobId>),
+    Usage,
 }
 
 #[derive(Debug)]
@@ -1048,6 +1068,10 @@ impl ClientSession {
             RepoCall::Get(target) => (RepoRequest::Get { target }, RepoWait::Object),
             RepoCall::Snapshots => (RepoRequest::Snapshots, RepoWait::Snapshots(Vec::new())),
             RepoCall::Forget(id) => (RepoRequest::Forget { id }, RepoWait::Ok),
+            RepoCall::Damaged { after } => {
+                (RepoRequest::Damaged { after }, RepoWait::Damaged(after))
+            }
+            RepoCall::Usage => (RepoRequest::Usage, RepoWait::Usage),
         };
         self.send(&ClientMessage::Repo(request))?;
         self.phase = Phase::Repo(op, wait);
@@ -1134,6 +1158,25 @@ impl ClientSession {
                 }
                 RepoResult::Snapshots(entries)
             }
+            (RepoWait::Damaged(after), ServerMessage::Repo(RepoReply::Damaged { ids, more })) => {
+                let first = ids.first().map(BlobId::as_bytes);
+                if let (Some(after), Some(first)) = (after, first) {
+                    if first <= after.as_bytes() {
+                        return Err(V4Error::Protocol(
+                            "DAMAGED_RESULT repeats IDs the previous page had".into(),
+                        ));
+                    }
+                }
+                if more && ids.is_empty() {
+                    return Err(V4Error::Protocol(
+                        "DAMAGED_RESULT announces more IDs after an empty page".into(),
+                    ));
+                }
+                RepoResult::Damaged { ids, more }
+            }
+            (RepoWait::Usage, ServerMessage::Repo(RepoReply::Usage(usage))) => {
+                RepoResult::Usage(usage)
+            }
             (
                 RepoWait::State
                 | RepoWait::Ok
@@ -1141,7 +1184,9 @@ impl ClientSession {
                 | RepoWait::PutReady(_)
                 | RepoWait::PutDone
                 | RepoWait::Object
-                | RepoWait::Snapshots(_),
+                | RepoWait::Snapshots(_)
+                | RepoWait::Damaged(_)
+                | RepoWait::Usage,
                 ServerMessage::Error { code, message, .. },
             ) => {
                 self.out.push_back(Output::Event(ClientEvent::OpFailed {

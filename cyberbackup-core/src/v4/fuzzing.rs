@@ -114,6 +114,11 @@ fn answer(session: &mut ServerSession<CountingRng>, effect: ServerEffect, now: I
                 RepoRequest::Put { .. } => RepoAnswer::PutReady,
                 RepoRequest::Get { .. } => RepoAnswer::Object(Bytes::from_static(b"fuzz object")),
                 RepoRequest::Snapshots => RepoAnswer::Snapshots(Vec::new()),
+                RepoRequest::Damaged { .. } => RepoAnswer::Damaged {
+                    ids: Vec::new(),
+                    more: false,
+                },
+                RepoRequest::Usage => RepoAnswer::Usage(super::repository::RepoUsage::default()),
                 _ => RepoAnswer::Done,
             }),
         ),

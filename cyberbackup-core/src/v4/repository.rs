@@ -16,6 +16,8 @@ pub const MAX_HAVE_BATCH: usize = 2000;
 pub const MAX_KEY_OBJECTS: usize = 64;
 /// Longest config object or key object carried in one message.
 pub const MAX_SMALL_OBJECT_LEN: usize = 1024;
+/// Most IDs in one `DAMAGED_RESULT` page.
+pub const MAX_DAMAGED_BATCH: usize = 2000;
 
 /// Message types of the repository operations (first plaintext byte).
 pub mod msg {
@@ -37,6 +39,10 @@ pub mod msg {
     pub const SNAPSHOTS: u8 = 0x17;
     /// Client: delete a snapshot.
     pub const FORGET: u8 = 0x18;
+    /// Client: which of my blobs lie in objects the server's scrub found damaged.
+    pub const DAMAGED: u8 = 0x19;
+    /// Client: my stored bytes and quotas.
+    pub const USAGE: u8 = 0x1A;
     /// Server: config and key objects.
     pub const REPO_STATE: u8 = 0x50;
     /// Server: the request succeeded.
@@ -55,6 +61,10 @@ pub mod msg {
     pub const SNAPSHOT_ENTRY: u8 = 0x57;
     /// Server: end of the snapshot listing.
     pub const SNAPSHOTS_END: u8 = 0x58;
+    /// Server: one page of damaged blob IDs.
+    pub const DAMAGED_RESULT: u8 = 0x59;
+    /// Server: stored bytes and quotas.
+    pub const USAGE_RESULT: u8 = 0x5A;
 }
 
 /// An object a client stores with `PUT`.
@@ -126,6 +136,15 @@ pub enum RepoRequest {
         /// The snapshot.
         id: SnapshotId,
     },
+    /// The IDs of the client's blobs that lie in packs the server's scrub found damaged
+    /// (or missing), in increasing order, one page of at most [`MAX_DAMAGED_BATCH`].
+    Damaged {
+        /// Only IDs greater than this one (the last ID of the previous page); `None` from
+        /// the start.
+        after: Option<BlobId>,
+    },
+    /// The client's stored bytes and its quotas.
+    Usage,
 }
 
 impl RepoRequest {
@@ -174,6 +193,17 @@ impl RepoRequest {
                 dst.put_u8(msg::FORGET);
                 dst.put_slice(id.as_bytes());
             }
+            Self::Damaged { after } => {
+                dst.put_u8(msg::DAMAGED);
+                match after {
+                    None => dst.put_u8(0),
+                    Some(id) => {
+                        dst.put_u8(1);
+                        dst.put_slice(id.as_bytes());
+                    }
+                }
+            }
+            Self::Usage => dst.put_u8(msg::USAGE),
         }
     }
 
@@ -223,6 +253,8 @@ impl RepoRequest {
             msg::FORGET => need(src, 32, "FORGET").map(|()| Self::Forget {
                 id: SnapshotId(take_hash(&mut src)),
             }),
+            msg::DAMAGED => take_damaged(&mut src),
+            msg::USAGE => Ok(Self::Usage),
             _ => return None,
         };
         Some(request.and_then(|request| end(src, request.label()).map(|()| request)))
@@ -241,6 +273,8 @@ impl RepoRequest {
             Self::Get { .. } => "GET",
             Self::Snapshots => "SNAPSHOTS",
             Self::Forget { .. } => "FORGET",
+            Self::Damaged { .. } => "DAMAGED",
+            Self::Usage => "USAGE",
         }
     }
 }
@@ -254,6 +288,43 @@ pub struct SnapshotEntry {
     pub size: u64,
     /// When the server committed it, Unix seconds (UTC).
     pub stored_unix_secs: u64,
+}
+
+/// A client's stored bytes and quotas, as `USAGE_RESULT` carries them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepoUsage {
+    /// Bytes of the client's stored packs (after deduplication and compression).
+    pub stored_bytes: u64,
+    /// Soft quota in bytes (0: none): above it backups still run, with a warning.
+    pub soft_quota_bytes: u64,
+    /// Hard quota in bytes (0: none): a pack that would pass it is refused with
+    /// `QUOTA_EXCEEDED`.
+    pub hard_quota_bytes: u64,
+}
+
+impl RepoUsage {
+    /// Whether the stored bytes are above the soft quota.
+    #[must_use]
+    pub fn is_over_soft(&self) -> bool {
+        self.soft_quota_bytes != 0 && self.stored_bytes > self.soft_quota_bytes
+    }
+}
+
+/// `bytes` for people: `980 B`, `80.0 MiB`, `1.2 GiB` (binary units, one decimal), as quota
+/// messages print them on both sides.
+#[must_use]
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("EiB"))
 }
 
 /// A repository reply from the server.
@@ -291,6 +362,15 @@ pub enum RepoReply {
         /// Entries sent.
         count: u32,
     },
+    /// One page of damaged blob IDs, strictly increasing.
+    Damaged {
+        /// At most [`MAX_DAMAGED_BATCH`] IDs.
+        ids: Vec<BlobId>,
+        /// More follow: ask again with the last ID as `after`.
+        more: bool,
+    },
+    /// The client's stored bytes and quotas.
+    Usage(RepoUsage),
 }
 
 impl RepoReply {
@@ -334,6 +414,21 @@ impl RepoReply {
                 dst.put_u8(msg::SNAPSHOTS_END);
                 dst.put_u32_le(*count);
             }
+            Self::Damaged { ids, more } => {
+                dst.put_u8(msg::DAMAGED_RESULT);
+                dst.put_u8(u8::from(*more));
+                let ids = ids.get(..MAX_DAMAGED_BATCH).unwrap_or(ids);
+                dst.put_u16_le(u16::try_from(ids.len()).unwrap_or(0));
+                for id in ids {
+                    dst.put_slice(id.as_bytes());
+                }
+            }
+            Self::Usage(usage) => {
+                dst.put_u8(msg::USAGE_RESULT);
+                dst.put_u64_le(usage.stored_bytes);
+                dst.put_u64_le(usage.soft_quota_bytes);
+                dst.put_u64_le(usage.hard_quota_bytes);
+            }
         }
     }
 
@@ -363,6 +458,14 @@ impl RepoReply {
             msg::SNAPSHOTS_END => need(src, 4, "SNAPSHOTS_END").map(|()| Self::SnapshotsEnd {
                 count: src.get_u32_le(),
             }),
+            msg::DAMAGED_RESULT => take_damaged_result(&mut src),
+            msg::USAGE_RESULT => need(src, 24, "USAGE_RESULT").map(|()| {
+                Self::Usage(RepoUsage {
+                    stored_bytes: src.get_u64_le(),
+                    soft_quota_bytes: src.get_u64_le(),
+                    hard_quota_bytes: src.get_u64_le(),
+                })
+            }),
             _ => return None,
         };
         Some(reply.and_then(|reply| end(src, reply.label()).map(|()| reply)))
@@ -381,6 +484,8 @@ impl RepoReply {
             Self::ObjectEnd => "OBJECT_END",
             Self::SnapshotEntry(_) => "SNAPSHOT_ENTRY",
             Self::SnapshotsEnd { .. } => "SNAPSHOTS_END",
+            Self::Damaged { .. } => "DAMAGED_RESULT",
+            Self::Usage(_) => "USAGE_RESULT",
         }
     }
 }
@@ -410,6 +515,44 @@ fn take_have_result(src: &mut &[u8]) -> Result<RepoReply, WireError> {
         .map(|i| bits.get(i / 8).is_some_and(|byte| byte >> (i % 8) & 1 == 1))
         .collect();
     Ok(RepoReply::HaveResult { stored })
+}
+
+fn take_damaged(src: &mut &[u8]) -> Result<RepoRequest, WireError> {
+    need(src, 1, "DAMAGED")?;
+    let after = match src.get_u8() {
+        0 => None,
+        1 => {
+            need(src, 32, "DAMAGED")?;
+            Some(BlobId(take_hash(src)))
+        }
+        other => return Err(bad_value("DAMAGED flag", other.into())),
+    };
+    Ok(RepoRequest::Damaged { after })
+}
+
+fn take_damaged_result(src: &mut &[u8]) -> Result<RepoReply, WireError> {
+    need(src, 3, "DAMAGED_RESULT")?;
+    let more = match src.get_u8() {
+        0 => false,
+        1 => true,
+        other => return Err(bad_value("DAMAGED_RESULT more", other.into())),
+    };
+    let count = usize::from(src.get_u16_le());
+    if count > MAX_DAMAGED_BATCH {
+        return Err(bad_value("DAMAGED_RESULT count", count as u64));
+    }
+    need(src, count * 32, "DAMAGED_RESULT")?;
+    let ids: Vec<BlobId> = (0..count).map(|_| BlobId(take_hash(src))).collect();
+    if ids
+        .windows(2)
+        .any(|pair| matches!(pair, [a, b] if a.as_bytes() >= b.as_bytes()))
+    {
+        return Err(WireError::BadValue {
+            field: "DAMAGED_RESULT order",
+            value: 0,
+        });
+    }
+    Ok(RepoReply::Damaged { ids, more })
 }
 
 fn take_state(src: &mut &[u8]) -> Result<RepoReply, WireError> {
@@ -510,6 +653,11 @@ mod tests {
         request_round_trip(RepoRequest::Forget {
             id: SnapshotId([7; 32]),
         });
+        request_round_trip(RepoRequest::Damaged { after: None });
+        request_round_trip(RepoRequest::Damaged {
+            after: Some(BlobId([8; 32])),
+        });
+        request_round_trip(RepoRequest::Usage);
     }
 
     #[test]
@@ -535,6 +683,45 @@ mod tests {
             stored_unix_secs: 1_700_000_000,
         }));
         reply_round_trip(RepoReply::SnapshotsEnd { count: 3 });
+        reply_round_trip(RepoReply::Damaged {
+            ids: vec![],
+            more: false,
+        });
+        reply_round_trip(RepoReply::Damaged {
+            ids: vec![BlobId([1; 32]), BlobId([2; 32])],
+            more: true,
+        });
+        reply_round_trip(RepoReply::Usage(RepoUsage {
+            stored_bytes: 10,
+            soft_quota_bytes: 0,
+            hard_quota_bytes: 20,
+        }));
+    }
+
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(human_bytes(980), "980 B");
+        assert_eq!(human_bytes(80 << 20), "80.0 MiB");
+        assert_eq!(human_bytes((1 << 30) + (1 << 30) / 5), "1.2 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn damaged_pages_must_be_increasing_and_bounded() {
+        let decode = |body: &[u8]| RepoReply::decode(msg::DAMAGED_RESULT, body).unwrap();
+        let mut unsorted = vec![0u8];
+        unsorted.extend_from_slice(&2u16.to_le_bytes());
+        unsorted.extend_from_slice(&[2; 32]);
+        unsorted.extend_from_slice(&[1; 32]);
+        assert!(decode(&unsorted).is_err(), "decreasing IDs");
+        let mut too_many = vec![0u8];
+        too_many.extend_from_slice(&((MAX_DAMAGED_BATCH + 1) as u16).to_le_bytes());
+        too_many.resize(3 + (MAX_DAMAGED_BATCH + 1) * 32, 0);
+        assert!(decode(&too_many).is_err(), "count above the page size");
+        assert!(decode(&[2, 0, 0]).is_err(), "more is a flag");
+        let request = |body: &[u8]| RepoRequest::decode(msg::DAMAGED, body).unwrap();
+        assert!(request(&[2]).is_err(), "unknown cursor flag");
+        assert!(request(&[1, 0]).is_err(), "cursor cut short");
     }
 
     #[test]

@@ -13,13 +13,16 @@ use rand_core::CryptoRngCore;
 
 use super::codec::{Frame, FrameDecoder, Side};
 use super::noise::{PublicKey, StaticKeypair, handshake};
-use super::repository::{PutTarget, RepoReply, RepoRequest, SnapshotEntry};
+use super::repository::{
+    MAX_DAMAGED_BATCH, PutTarget, RepoReply, RepoRequest, RepoUsage, SnapshotEntry,
+};
 use super::wire::{
     ClientAuth, ClientMessage, ErrorCode, MAX_DATA_LEN, MAX_FRAME_LEN, ServerHello, ServerMessage,
     VersionRecord, encode_frame, kind,
 };
 use super::{CloseReason, ContentDigest, IdleTimer, Output, Refusal, StorageFailure, V4Error};
 use crate::names::{ClientId, FileName, NameField};
+use crate::repo::BlobId;
 use crate::session::Timer;
 
 /// Default bytes between durable checkpoints: 8 MiB.
@@ -215,6 +218,16 @@ pub enum RepoAnswer {
     Object(Bytes),
     /// `Snapshots`: every committed snapshot.
     Snapshots(Vec<SnapshotEntry>),
+    /// `Damaged`: one page of damaged blob IDs (strictly increasing, all greater than the
+    /// request's `after`, at most [`MAX_DAMAGED_BATCH`]) and whether more follow.
+    Damaged {
+        /// The page.
+        ids: Vec<BlobId>,
+        /// More damaged blobs follow this page.
+        more: bool,
+    },
+    /// `Usage`: stored bytes and quotas.
+    Usage(RepoUsage),
 }
 
 /// Something that happened in a v4 server session, for logs and metrics.
@@ -301,6 +314,8 @@ enum RepoOp {
     Finish,
     Get,
     Snapshots,
+    Damaged,
+    Usage,
 }
 
 #[derive(Debug)]
@@ -1057,6 +1072,8 @@ impl<R: CryptoRngCore> ServerSession<R> {
             }
             RepoRequest::Get { .. } => RepoOp::Get,
             RepoRequest::Snapshots => RepoOp::Snapshots,
+            RepoRequest::Damaged { .. } => RepoOp::Damaged,
+            RepoRequest::Usage => RepoOp::Usage,
             RepoRequest::PutEnd => return self.violation("PUT_END without an open PUT"),
         };
         self.effect(
@@ -1151,6 +1168,14 @@ impl<R: CryptoRngCore> ServerSession<R> {
                     self.send(&ServerMessage::Repo(RepoReply::SnapshotEntry(entry)))?;
                 }
                 self.send(&ServerMessage::Repo(RepoReply::SnapshotsEnd { count }))
+            }
+            (RepoOp::Damaged, RepoAnswer::Damaged { ids, more })
+                if ids.len() <= MAX_DAMAGED_BATCH =>
+            {
+                self.send(&ServerMessage::Repo(RepoReply::Damaged { ids, more }))
+            }
+            (RepoOp::Usage, RepoAnswer::Usage(usage)) => {
+                self.send(&ServerMessage::Repo(RepoReply::Usage(usage)))
             }
             (op, answer) => Err(V4Error::Storage {
                 reason: format!("the driver answered {op:?} with {answer:?}"),

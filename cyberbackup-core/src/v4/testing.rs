@@ -2,7 +2,7 @@
 //! a [`MemClient`] that answers client effects, drivers that follow the canonical loop, and
 //! [`run_pair`] connecting both sessions without sockets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -10,7 +10,9 @@ use rand_core::CryptoRngCore;
 
 use super::client::{ClientEffect, ClientEvent, ClientSession, OpId};
 use super::noise::PublicKey;
-use super::repository::{GetTarget, PutTarget, RepoRequest, SnapshotEntry};
+use super::repository::{
+    GetTarget, MAX_DAMAGED_BATCH, PutTarget, RepoRequest, RepoUsage, SnapshotEntry,
+};
 use super::server::{
     AuthDecision, RepoAnswer, ResumePoint, ServerEffect, ServerEvent, ServerSession,
 };
@@ -71,6 +73,8 @@ pub struct MemRepo {
     pub packs: BTreeMap<PackId, usize>,
     /// Committed snapshots.
     pub snapshots: BTreeMap<[u8; 32], Bytes>,
+    /// Blobs a test marks as lying in damaged packs (what the server's scrub reports).
+    pub damaged: BTreeSet<BlobId>,
 }
 
 impl MemRepo {
@@ -367,6 +371,22 @@ impl MemStore {
                 .remove(&id.0)
                 .map(|_| RepoAnswer::Done)
                 .ok_or_else(not_found),
+            RepoRequest::Damaged { after } => {
+                let mut ids: Vec<BlobId> = repo
+                    .damaged
+                    .iter()
+                    .filter(|id| after.is_none_or(|after| id.as_bytes() > after.as_bytes()))
+                    .copied()
+                    .take(MAX_DAMAGED_BATCH + 1)
+                    .collect();
+                let more = ids.len() > MAX_DAMAGED_BATCH;
+                ids.truncate(MAX_DAMAGED_BATCH);
+                Ok(RepoAnswer::Damaged { ids, more })
+            }
+            RepoRequest::Usage => Ok(RepoAnswer::Usage(RepoUsage {
+                stored_bytes: repo.packs.values().map(|&len| len as u64).sum(),
+                ..RepoUsage::default()
+            })),
             RepoRequest::Create { .. } | RepoRequest::PutEnd => {
                 Err(Refusal::new(ErrorCode::PROTOCOL, "not a driver request"))
             }

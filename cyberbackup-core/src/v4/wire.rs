@@ -598,6 +598,9 @@ impl ErrorCode {
     pub const BAD_OBJECT: Self = Self(17);
     /// A snapshot references blobs the server does not store: nothing was committed.
     pub const MISSING_BLOBS: Self = Self(18);
+    /// The pack would take the client's stored bytes above its hard quota: nothing was
+    /// received.
+    pub const QUOTA_EXCEEDED: Self = Self(19);
     /// This device's role does not allow the request (an append-only device forgetting a
     /// snapshot).
     pub const FORBIDDEN: Self = Self(20);
@@ -624,6 +627,7 @@ impl ErrorCode {
             16 => "EXISTS",
             17 => "BAD_OBJECT",
             18 => "MISSING_BLOBS",
+            19 => "QUOTA_EXCEEDED",
             20 => "FORBIDDEN",
             _ => "UNKNOWN",
         }

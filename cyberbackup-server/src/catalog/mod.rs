@@ -26,7 +26,9 @@ mod queries;
 pub mod rebuild;
 pub mod repo;
 mod schema;
+pub mod scrub;
 mod timestamp;
+pub mod usage;
 pub mod v4;
 
 use std::fmt;

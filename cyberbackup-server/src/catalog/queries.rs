@@ -13,7 +13,9 @@ use super::model::{
     KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
 use super::repo::{AddKeyOutcome, BlobLocation, NewSnapshot, RepoRecord, SnapshotRecord};
+use super::scrub::{CorruptKind, CorruptObject, Damage, FileToScrub, PackToScrub};
 use super::timestamp::format_rfc3339;
+use super::usage::RepoUsageRecord;
 use crate::storage::{VersionFile, versioned_path};
 use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId, Timestamp};
 
@@ -1328,6 +1330,320 @@ pub(crate) fn forget_snapshot(
     .map_err(query_err(OP))?;
     tx.commit().map_err(query_err(OP))?;
     Ok(deleted > 0)
+}
+
+// ---- scrub and repository usage (`super::scrub`, `super::usage`, migration 9) ----
+
+/// Up to `limit` packs with `ScrubbedAt` NULL or before `before_ms`, never scrubbed first.
+pub(crate) fn packs_to_scrub(
+    conn: &Connection,
+    before_ms: u64,
+    client: Option<&ClientId>,
+    limit: u32,
+) -> Result<Vec<PackToScrub>, CatalogError> {
+    const OP: &str = "packs_to_scrub";
+    let before = to_i64("scrub cycle start", before_ms)?;
+    let client = client.map(|c| c.to_vec());
+    let rows = conn
+        .prepare(
+            "SELECT ClientId, PackId, Size FROM repo_packs
+             WHERE (ScrubbedAt IS NULL OR ScrubbedAt < ?1) AND (?2 IS NULL OR ClientId = ?2)
+             ORDER BY ScrubbedAt NULLS FIRST, ClientId, PackId
+             LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![before, client, limit], |r| {
+                Ok((
+                    r.get::<_, ClientId>(0)?,
+                    r.get::<_, [u8; 32]>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(query_err(OP))?;
+    rows.into_iter()
+        .map(|(client, pack, size)| {
+            Ok(PackToScrub {
+                client,
+                pack: PackId(pack),
+                size: to_u64("pack size", size)?,
+            })
+        })
+        .collect()
+}
+
+/// Sets a pack's `ScrubbedAt` and its corrupt mark (kept from the first finding while it
+/// stays damaged, cleared when it is whole); `false` when the pack is not indexed.
+pub(crate) fn record_pack_scrub(
+    conn: &mut Connection,
+    client: &ClientId,
+    pack: &PackId,
+    at_ms: u64,
+    damage: Option<&Damage>,
+) -> Result<bool, CatalogError> {
+    let (found_at, reason) = damage_columns(damage)?;
+    let updated = conn
+        .execute(
+            "UPDATE repo_packs SET ScrubbedAt = ?3,
+                 CorruptAt = CASE WHEN ?4 IS NULL THEN NULL ELSE COALESCE(CorruptAt, ?4) END,
+                 CorruptReason = ?5
+             WHERE ClientId = ?1 AND PackId = ?2",
+            params![
+                client,
+                &pack.0,
+                to_i64("scrubbed at", at_ms)?,
+                found_at,
+                reason
+            ],
+        )
+        .map_err(query_err("record_pack_scrub"))?;
+    Ok(updated > 0)
+}
+
+/// Up to `limit` verified files with a SHA-256 and `ScrubbedAt` NULL or before `before_ms`.
+pub(crate) fn files_to_scrub(
+    conn: &Connection,
+    before_ms: u64,
+    client: Option<&ClientId>,
+    limit: u32,
+) -> Result<Vec<FileToScrub>, CatalogError> {
+    const OP: &str = "files_to_scrub";
+    let before = to_i64("scrub cycle start", before_ms)?;
+    let client = client.map(|c| c.to_vec());
+    conn.prepare(
+        "SELECT RowId, ID, PathName, Sha256 FROM files
+         WHERE State = 'verified' AND length(Sha256) = 32
+           AND (ScrubbedAt IS NULL OR ScrubbedAt < ?1) AND (?2 IS NULL OR ID = ?2)
+         ORDER BY ScrubbedAt NULLS FIRST, RowId
+         LIMIT ?3",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![before, client, limit], |r| {
+            Ok(FileToScrub {
+                row: FileRowId(r.get(0)?),
+                client: r.get(1)?,
+                path_name: r.get(2)?,
+                sha256: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .map_err(query_err(OP))
+}
+
+/// Sets a verified file's `ScrubbedAt` and corrupt mark while it is still at `path_name`.
+pub(crate) fn record_file_scrub(
+    conn: &mut Connection,
+    row: FileRowId,
+    path_name: &str,
+    at_ms: u64,
+    damage: Option<&Damage>,
+) -> Result<bool, CatalogError> {
+    let (found_at, reason) = damage_columns(damage)?;
+    let updated = conn
+        .execute(
+            "UPDATE files SET ScrubbedAt = ?3,
+                 CorruptAt = CASE WHEN ?4 IS NULL THEN NULL ELSE COALESCE(CorruptAt, ?4) END,
+                 CorruptReason = ?5
+             WHERE RowId = ?1 AND PathName = ?2 AND State = 'verified'",
+            params![
+                row.0,
+                path_name,
+                to_i64("scrubbed at", at_ms)?,
+                found_at,
+                reason
+            ],
+        )
+        .map_err(query_err("record_file_scrub"))?;
+    Ok(updated > 0)
+}
+
+/// Whether the row is a verified file at `path_name`.
+pub(crate) fn file_still_at(
+    conn: &Connection,
+    row: FileRowId,
+    path_name: &str,
+) -> Result<bool, CatalogError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM files WHERE RowId = ?1 AND PathName = ?2 AND State = 'verified'",
+            params![row.0, path_name],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(query_err("file_still_at"))?
+        .is_some())
+}
+
+fn damage_columns(damage: Option<&Damage>) -> Result<(Option<i64>, Option<&str>), CatalogError> {
+    Ok(match damage {
+        Some(damage) => (
+            Some(to_i64("corrupt at", damage.found_at)?),
+            Some(damage.reason.as_str()),
+        ),
+        None => (None, None),
+    })
+}
+
+/// Packs and verified files marked corrupt (up to `limit` of each), oldest finding first.
+pub(crate) fn corrupt_objects(
+    conn: &Connection,
+    client: Option<&ClientId>,
+    limit: u32,
+) -> Result<Vec<CorruptObject>, CatalogError> {
+    const OP: &str = "corrupt_objects";
+    let client = client.map(|c| c.to_vec());
+    let mut found = conn
+        .prepare(
+            "SELECT p.ClientId, COALESCE(c.Name, X''), p.PackId, p.Size, p.CorruptAt,
+                    p.CorruptReason
+             FROM repo_packs p LEFT JOIN clients c ON c.ID = p.ClientId
+             WHERE p.CorruptAt IS NOT NULL AND (?1 IS NULL OR p.ClientId = ?1)
+             ORDER BY p.CorruptAt, p.ClientId, p.PackId LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![client, limit], |r| {
+                Ok((
+                    r.get::<_, ClientId>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    hex::encode(r.get::<_, [u8; 32]>(2)?),
+                    None,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    CorruptKind::Pack,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(query_err(OP))?;
+    let files = conn
+        .prepare(
+            "SELECT f.ID, COALESCE(c.Name, X''), f.PathName, f.FileName, f.Version,
+                    COALESCE(f.Size, 0), f.CorruptAt, f.CorruptReason
+             FROM files f LEFT JOIN clients c ON c.ID = f.ID
+             WHERE f.CorruptAt IS NOT NULL AND f.State = 'verified' AND (?1 IS NULL OR f.ID = ?1)
+             ORDER BY f.CorruptAt, f.RowId LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![client, limit], |r| {
+                Ok((
+                    r.get::<_, ClientId>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    Some((r.get::<_, Vec<u8>>(3)?, r.get::<_, u32>(4)?)),
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    CorruptKind::File,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(query_err(OP))?;
+    found.extend(files);
+    let mut objects = found
+        .into_iter()
+        .map(
+            |(client_id, client_name, object, file, size, found_at, reason, kind)| {
+                Ok(CorruptObject {
+                    client_id,
+                    client_name,
+                    kind,
+                    object,
+                    file,
+                    size: to_u64("object size", size)?,
+                    found_at: to_u64("corrupt at", found_at)?,
+                    reason: reason.unwrap_or_default(),
+                })
+            },
+        )
+        .collect::<Result<Vec<_>, CatalogError>>()?;
+    objects.sort_by_key(|o| o.found_at);
+    Ok(objects)
+}
+
+/// Packs plus verified files marked corrupt.
+pub(crate) fn corrupt_object_count(conn: &Connection) -> Result<u64, CatalogError> {
+    let count: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM repo_packs WHERE CorruptAt IS NOT NULL)
+                  + (SELECT count(*) FROM files WHERE CorruptAt IS NOT NULL AND State = 'verified')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(query_err("corrupt_object_count"))?;
+    to_u64("corrupt objects", count)
+}
+
+/// Up to `limit` blob IDs above `after` indexed in the client's packs marked corrupt.
+pub(crate) fn damaged_blobs(
+    conn: &Connection,
+    client: &ClientId,
+    after: Option<&BlobId>,
+    limit: u32,
+) -> Result<Vec<BlobId>, CatalogError> {
+    let after = after.map_or_else(Vec::new, |id| id.0.to_vec());
+    conn.prepare(
+        "SELECT b.BlobId FROM repo_blobs b
+         JOIN repo_packs p ON p.ClientId = b.ClientId AND p.PackId = b.PackId
+         WHERE b.ClientId = ?1 AND p.CorruptAt IS NOT NULL AND b.BlobId > ?2
+         ORDER BY b.BlobId LIMIT ?3",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![client, after, limit], |r| {
+            r.get::<_, [u8; 32]>(0).map(BlobId)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .map_err(query_err("damaged_blobs"))
+}
+
+/// Bytes of the client's stored packs.
+pub(crate) fn repo_stored_bytes(conn: &Connection, client: &ClientId) -> Result<u64, CatalogError> {
+    let bytes: i64 = conn
+        .query_row(
+            "SELECT COALESCE(SUM(Size), 0) FROM repo_packs WHERE ClientId = ?1",
+            [client],
+            |r| r.get(0),
+        )
+        .map_err(query_err("repo_stored_bytes"))?;
+    to_u64("stored bytes", bytes)
+}
+
+/// Packs, stored bytes and corrupt packs of every repository.
+pub(crate) fn repo_usage(conn: &Connection) -> Result<Vec<RepoUsageRecord>, CatalogError> {
+    const OP: &str = "repo_usage";
+    let rows = conn
+        .prepare(
+            "SELECT r.ClientId, count(p.PackId), COALESCE(SUM(p.Size), 0),
+                    count(p.CorruptAt)
+             FROM repositories r LEFT JOIN repo_packs p ON p.ClientId = r.ClientId
+             GROUP BY r.ClientId ORDER BY r.ClientId",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((
+                    r.get::<_, ClientId>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(query_err(OP))?;
+    rows.into_iter()
+        .map(|(client_id, packs, bytes, corrupt)| {
+            Ok(RepoUsageRecord {
+                client_id,
+                packs: to_u64("packs", packs)?,
+                stored_bytes: to_u64("stored bytes", bytes)?,
+                corrupt_packs: to_u64("corrupt packs", corrupt)?,
+            })
+        })
+        .collect()
 }
 
 /// The subset of `ids` that `select_in` (a `SELECT id … WHERE ClientId = ?1 AND id IN`

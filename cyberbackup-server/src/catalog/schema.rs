@@ -244,6 +244,23 @@ const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE repo_snapshots ADD COLUMN GroupKey BLOB;
     ",
+    // 9: scrub (`crate::scrub`). `ScrubbedAt` is when a scrub last read the object whole
+    // (Unix milliseconds, NULL = never; a cycle reads the oldest first, so a restart goes
+    // on where it stopped); `CorruptAt` (Unix seconds) and `CorruptReason` say that the
+    // latest scrub found it damaged or missing, and are cleared when a later scrub finds it
+    // whole again. Legacy flat files (`files`) carry the same three columns.
+    r"
+    ALTER TABLE repo_packs ADD COLUMN ScrubbedAt INTEGER;
+    ALTER TABLE repo_packs ADD COLUMN CorruptAt INTEGER;
+    ALTER TABLE repo_packs ADD COLUMN CorruptReason TEXT;
+    CREATE INDEX repo_packs_by_scrubbed ON repo_packs(ScrubbedAt);
+    CREATE INDEX repo_packs_corrupt ON repo_packs(ClientId) WHERE CorruptAt IS NOT NULL;
+    ALTER TABLE files ADD COLUMN ScrubbedAt INTEGER;
+    ALTER TABLE files ADD COLUMN CorruptAt INTEGER;
+    ALTER TABLE files ADD COLUMN CorruptReason TEXT;
+    CREATE INDEX files_verified_by_scrubbed ON files(ScrubbedAt) WHERE State = 'verified';
+    CREATE INDEX files_corrupt ON files(ID) WHERE CorruptAt IS NOT NULL;
+    ",
 ];
 
 /// Newest schema version this build knows.

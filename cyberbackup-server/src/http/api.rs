@@ -39,7 +39,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn internal(what: &str, err: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(what: &str, err: impl std::fmt::Display) -> Response {
     tracing::warn!(%err, "admin API: {what} failed");
     error(
         StatusCode::INTERNAL_SERVER_ERROR,

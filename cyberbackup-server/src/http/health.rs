@@ -30,6 +30,10 @@ struct Check {
 /// 200 when every probe passes, else 503 naming the failing checks. The body says only
 /// pass/fail per check (it needs no token, so it must not reveal paths or errors); the
 /// details of failing checks are logged when the set of failing checks changes.
+///
+/// Objects the scrub found damaged do not make the server unready (it still serves every
+/// other object; taking it out of a load balancer would help nobody): the body counts them
+/// in `corrupt_objects` and lists `"scrub"` in `warnings` (details: the admin API).
 pub(crate) async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     let checks = vec![
         database(&state).await,
@@ -51,9 +55,21 @@ pub(crate) async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let corrupt = state.catalog.corrupt_object_count().await.ok();
+    let warnings: Vec<&str> = corrupt
+        .filter(|&count| count > 0)
+        .map(|_| "scrub")
+        .into_iter()
+        .collect();
     (
         status,
-        Json(json!({ "ready": ready, "failing": failing, "checks": checks })),
+        Json(json!({
+            "ready": ready,
+            "failing": failing,
+            "checks": checks,
+            "warnings": warnings,
+            "corrupt_objects": corrupt,
+        })),
     )
         .into_response()
 }
@@ -131,7 +147,9 @@ fn check(name: &'static str, detail: Result<String, String>) -> Check {
 /// renders everything the server recorded.
 pub(crate) async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let totals = state.catalog_stats().await.ok();
+    let corrupt = state.catalog.corrupt_object_count().await.ok();
     let stats = &state.stats;
+    let scrub = state.live.scrub();
     state.live.record(|| {
         describe();
         metrics::gauge!("cyberbackup_connections").set(stats.connections() as f64);
@@ -141,6 +159,21 @@ pub(crate) async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         metrics::counter!("cyberbackup_transfers_discarded_total")
             .absolute(stats.transfers_discarded());
         metrics::gauge!("cyberbackup_uptime_seconds").set(state.live.uptime().as_secs_f64());
+        metrics::counter!("cyberbackup_scrub_bytes_total").absolute(scrub.bytes_scrubbed());
+        metrics::counter!("cyberbackup_scrub_objects_total").absolute(scrub.objects_scrubbed());
+        metrics::counter!("cyberbackup_scrub_cycles_total").absolute(scrub.cycles());
+        if let Some(cycle) = scrub.last_cycle() {
+            let at = cycle
+                .finished_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            metrics::gauge!("cyberbackup_scrub_last_cycle_timestamp_seconds").set(at.as_secs_f64());
+            metrics::gauge!("cyberbackup_scrub_last_cycle_duration_seconds")
+                .set(cycle.duration.as_secs_f64());
+        }
+        if let Some(corrupt) = corrupt {
+            metrics::gauge!("cyberbackup_scrub_corrupt_objects").set(corrupt as f64);
+        }
         if let Some(totals) = totals {
             metrics::gauge!("cyberbackup_catalog_clients").set(totals.clients as f64);
             metrics::gauge!("cyberbackup_catalog_files").set(totals.files as f64);
@@ -197,6 +230,33 @@ fn describe() {
         "cyberbackup_catalog_bytes",
         Unit::Bytes,
         "Plaintext bytes of verified file versions."
+    );
+    describe_counter!(
+        "cyberbackup_scrub_bytes_total",
+        Unit::Bytes,
+        "Bytes the scrub read back and hashed since start."
+    );
+    describe_counter!(
+        "cyberbackup_scrub_objects_total",
+        "Stored objects (packs, legacy files) the scrub checked since start."
+    );
+    describe_counter!(
+        "cyberbackup_scrub_cycles_total",
+        "Full scrub cycles finished since start."
+    );
+    describe_gauge!(
+        "cyberbackup_scrub_last_cycle_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time the latest full scrub cycle finished."
+    );
+    describe_gauge!(
+        "cyberbackup_scrub_last_cycle_duration_seconds",
+        Unit::Seconds,
+        "How long the latest full scrub cycle took."
+    );
+    describe_gauge!(
+        "cyberbackup_scrub_corrupt_objects",
+        "Stored objects the latest scrub of each found damaged or missing."
     );
     describe_gauge!(
         "cyberbackup_uptime_seconds",

@@ -13,6 +13,7 @@
 
 mod api;
 mod health;
+mod repo_api;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -198,6 +199,7 @@ fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/metrics", get(health::metrics))
         .merge(api::routes())
+        .merge(repo_api::routes())
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,

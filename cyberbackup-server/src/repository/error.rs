@@ -80,6 +80,14 @@ pub enum RepoStoreError {
         "retention policy refused: {0}; fix [retention] / [client_retention.NAME] in the config"
     )]
     Retention(String),
+    /// The pack would take the client's stored bytes above its hard quota: refused before
+    /// any byte was received. The message names the usage, the pack, the quota and the
+    /// client.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// The whole explanation.
+        message: String,
+    },
     /// The storage backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -25,9 +25,11 @@ mod commit;
 mod error;
 mod layout;
 mod prune;
+mod quota;
 mod recovery;
 mod retention;
 mod schedule;
+mod scrub;
 mod staging;
 
 use std::collections::HashMap;
@@ -49,9 +51,11 @@ use crate::catalog::repo::AddKeyOutcome;
 
 pub use error::RepoStoreError;
 pub use prune::{PruneOptions, PruneReport};
+pub use quota::{QuotaLimits, Quotas};
 pub use recovery::RecoveryReport;
 pub use retention::RetentionPolicies;
 pub use schedule::{LastPrune, PruneRun};
+pub use scrub::PieceError;
 pub use staging::StagedPut;
 
 /// Directory of the data directory holding the repository objects (the local backend).
@@ -117,7 +121,7 @@ pub struct RepoStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     backend: Arc<dyn Backend>,
     catalog: Catalog,
@@ -125,7 +129,8 @@ struct Inner {
     max_object_len: u64,
     /// Per client: commits and pack stores hold it shared, a prune's sweep and the pack
     /// deletions hold it exclusively (`prune.rs`). One entry per client that ever stored.
-    maintenance_locks: Mutex<HashMap<ClientId, Arc<tokio::sync::RwLock<()>>>>,
+    maintenance_locks: Arc<Mutex<HashMap<ClientId, Arc<tokio::sync::RwLock<()>>>>>,
+    quotas: Quotas,
 }
 
 impl RepoStore {
@@ -146,7 +151,8 @@ impl RepoStore {
                 catalog,
                 staging_dir,
                 max_object_len,
-                maintenance_locks: Mutex::default(),
+                maintenance_locks: Arc::default(),
+                quotas: Quotas::default(),
             }),
         }
     }
@@ -159,6 +165,16 @@ impl RepoStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Arc::clone(locks.entry(client).or_default())
+    }
+
+    /// This store with `quotas` enforced on pack puts (none by default).
+    #[must_use]
+    pub fn with_quotas(self, quotas: Quotas) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.quotas = quotas;
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The client's repository: config and key objects, or `None` if it has none.
@@ -249,8 +265,9 @@ impl RepoStore {
     /// stored is [`PutStart::AlreadyStored`].
     ///
     /// # Errors
-    /// [`RepoStoreError::NoRepository`], [`RepoStoreError::TooLarge`], or a catalog or
-    /// staging-file failure.
+    /// [`RepoStoreError::NoRepository`], [`RepoStoreError::TooLarge`],
+    /// [`RepoStoreError::QuotaExceeded`] (a pack above the client's hard quota: nothing is
+    /// staged), or a catalog or staging-file failure.
     pub async fn begin_put(
         &self,
         client: ClientId,
@@ -281,6 +298,9 @@ impl RepoStore {
         }
         if stored.first().copied().unwrap_or(false) {
             return Ok(PutStart::AlreadyStored);
+        }
+        if class == ObjectClass::Pack {
+            self.check_quota(client, size).await?;
         }
         let staged = StagedPut::create(&self.inner.staging_dir, client, class, id, size).await?;
         Ok(PutStart::Receiving(staged))

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use cyberbackup_core::names::ClientId;
-use cyberbackup_core::v4::repository::{PutTarget, RepoRequest, SnapshotEntry};
+use cyberbackup_core::v4::repository::{MAX_DAMAGED_BATCH, PutTarget, RepoRequest, SnapshotEntry};
 use cyberbackup_core::v4::server::RepoAnswer;
 use cyberbackup_core::v4::wire::ErrorCode;
 use cyberbackup_core::v4::{Refusal, StorageFailure};
@@ -96,6 +96,14 @@ impl RepoConnection {
                 store.forget(client, id).await.map_err(refusal)?;
                 RepoAnswer::Done
             }
+            RepoRequest::Damaged { after } => {
+                let (ids, more) = store
+                    .damaged_blobs(client, after, MAX_DAMAGED_BATCH)
+                    .await
+                    .map_err(refusal)?;
+                RepoAnswer::Damaged { ids, more }
+            }
+            RepoRequest::Usage => RepoAnswer::Usage(store.usage(client).await.map_err(refusal)?),
             RepoRequest::PutEnd => {
                 return Err(Refusal::new(
                     ErrorCode::PROTOCOL,
@@ -149,6 +157,7 @@ fn refusal(err: RepoStoreError) -> Refusal {
         RepoStoreError::MissingBlobs { .. } => ErrorCode::MISSING_BLOBS,
         RepoStoreError::NotFound { .. } => ErrorCode::NOT_FOUND,
         RepoStoreError::TooLarge { .. } => ErrorCode::TOO_LARGE,
+        RepoStoreError::QuotaExceeded { .. } => ErrorCode::QUOTA_EXCEEDED,
         _ => {
             tracing::error!(%err, "repository store failed");
             return Refusal::new(

@@ -2,7 +2,7 @@
 "use strict";
 
 const token = new URLSearchParams(location.search).get("token");
-const pages = ["overview", "clients", "files", "maintenance", "events"];
+const pages = ["overview", "clients", "files", "repositories", "maintenance", "events"];
 let timer = null;
 let filesCursor = [];   // stack of "after" cursors, for First/Next paging
 
@@ -152,6 +152,42 @@ async function loadFiles() {
   document.getElementById("files-first").disabled = filesCursor.length === 0;
 }
 
+function badge(text, kind) {
+  const span = document.createElement("span");
+  span.className = "badge " + kind;
+  span.textContent = text;
+  return span;
+}
+
+async function loadRepositories() {
+  const [repos, scrub] = await Promise.all([api("/api/v1/repositories"), api("/api/v1/scrub")]);
+  const limit = (n) => (n == null ? "none" : bytes(n));
+  fillTable("repositories-table", repos, (r) => {
+    const status = document.createElement("span");
+    if (r.corrupt_packs > 0) status.append(badge(r.corrupt_packs + " corrupt", "bad"));
+    if (r.over_soft_quota) status.append(badge("over soft quota", "warn"));
+    if (!status.childElementCount) status.textContent = "ok";
+    return [r.name, r.packs, bytes(r.stored_bytes), limit(r.soft_quota_bytes),
+      limit(r.hard_quota_bytes), status];
+  }, "no client has a repository yet");
+  const dl = document.getElementById("scrub");
+  dl.replaceChildren();
+  const item = (k, v) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    dl.append(dt, dd);
+  };
+  item("Rate", scrub.enabled ? bytes(scrub.bytes_per_sec) + "/s" : "disabled");
+  item("Cycle every", duration(scrub.interval_secs));
+  item("Read since start", bytes(scrub.bytes_scrubbed) + " in " + scrub.objects_scrubbed + " objects");
+  const c = scrub.last_cycle;
+  item("Last full cycle", c ? c.finished_at + " (" + duration(Math.round(c.duration_ms / 1000)) + ")" : "none yet");
+  fillTable("corrupt-table", scrub.corrupt_objects, (o) => [
+    o.client_name, o.kind, o.file_name ? o.file_name + " (version " + o.version + ")" : o.object,
+    o.found_at, o.reason,
+  ], "no corrupt object found");
+}
+
 async function loadMaintenance() {
   const m = await api("/api/v1/maintenance");
   const dl = document.getElementById("maintenance");
@@ -206,7 +242,7 @@ async function loadEvents() {
 
 const loaders = {
   overview: loadOverview, clients: loadClients, files: loadFiles,
-  maintenance: loadMaintenance, events: loadEvents,
+  repositories: loadRepositories, maintenance: loadMaintenance, events: loadEvents,
 };
 
 function current() {
@@ -236,7 +272,9 @@ function show() {
   refresh();
   // Live pages refresh themselves; the files page only on request (it may be paged).
   if (page === "overview") timer = setInterval(refresh, 1000);
-  if (page === "events" || page === "clients") timer = setInterval(refresh, 5000);
+  if (page === "events" || page === "clients" || page === "repositories") {
+    timer = setInterval(refresh, 5000);
+  }
 }
 
 document.getElementById("files-filter").addEventListener("submit", (e) => {
