@@ -859,3 +859,34 @@ async fn a_pack_above_the_hard_quota_is_refused_before_anything_is_staged() {
     assert_eq!((usage.soft_quota_bytes, usage.hard_quota_bytes), (1, hard));
     assert!(usage.is_over_soft());
 }
+
+#[tokio::test]
+async fn blobs_of_a_damaged_pack_are_uploaded_again_by_the_next_backup_and_move_to_its_pack() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(3);
+    create(&fx, ALICE, &repo).await;
+    let (damaged, damaged_bytes, blobs) = repo.data_pack(&[b"healed by the next backup"]);
+    put_pack(&fx.store, ALICE, damaged, &damaged_bytes).await;
+    let (scrubber, _catalog) = scrubber(&fx).await;
+    let path = fx.backend_path(&damaged);
+    let mut flipped = damaged_bytes.clone();
+    flipped[3] ^= 0x01;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&path, &flipped).unwrap();
+    let ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    assert_eq!(fx.store.have(ALICE, &ids).await.unwrap(), [true]);
+
+    assert_eq!(cycle(&scrubber).await.damaged, 1);
+    // Damaged: a new backup is told to send it again rather than deduplicate against it.
+    assert_eq!(fx.store.have(ALICE, &ids).await.unwrap(), [false]);
+    let (fresh, fresh_bytes, fresh_blobs) = repo.data_pack(&[b"healed by the next backup"]);
+    assert_eq!(fresh_blobs[0].0, ids[0]);
+    put_pack(&fx.store, ALICE, fresh, &fresh_bytes).await;
+
+    assert_eq!(fx.store.have(ALICE, &ids).await.unwrap(), [true]);
+    assert_eq!(
+        fx.store.get_blob(ALICE, ids[0]).await.unwrap(),
+        fresh_blobs[0].1,
+        "the blob is read from the new pack"
+    );
+}

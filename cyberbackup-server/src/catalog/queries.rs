@@ -1124,7 +1124,9 @@ pub(crate) fn index_pack(
                      PackId = excluded.PackId, BlobOffset = excluded.BlobOffset,
                      BlobLen = excluded.BlobLen, Class = excluded.Class,
                      Verified = 0, CondemnedAt = NULL
-                 WHERE repo_blobs.CondemnedAt IS NOT NULL",
+                 WHERE repo_blobs.CondemnedAt IS NOT NULL
+                    OR repo_blobs.PackId IN (SELECT PackId FROM repo_packs
+                                             WHERE ClientId = ?1 AND CorruptAt IS NOT NULL)",
             )
             .map_err(query_err(OP))?;
         for entry in entries {
@@ -1159,9 +1161,11 @@ pub(crate) fn blob_locations(
     let mut found = BTreeMap::new();
     for batch in raw.chunks(REPO_LOOKUP_BATCH) {
         let sql = format!(
-            "SELECT BlobId, PackId, BlobOffset, BlobLen, Class, Verified,
-                    CondemnedAt IS NOT NULL
-             FROM repo_blobs WHERE ClientId = ?1 AND BlobId IN ({})",
+            "SELECT b.BlobId, b.PackId, b.BlobOffset, b.BlobLen, b.Class, b.Verified,
+                    b.CondemnedAt IS NOT NULL, p.CorruptAt IS NOT NULL
+             FROM repo_blobs b LEFT JOIN repo_packs p
+                  ON p.ClientId = b.ClientId AND p.PackId = b.PackId
+             WHERE b.ClientId = ?1 AND b.BlobId IN ({})",
             placeholders(batch.len())
         );
         let mut statement = conn.prepare(&sql).map_err(query_err(OP))?;
@@ -1175,11 +1179,13 @@ pub(crate) fn blob_locations(
                     r.get::<_, u8>(4)?,
                     r.get::<_, bool>(5)?,
                     r.get::<_, bool>(6)?,
+                    r.get::<_, Option<bool>>(7)?.unwrap_or(false),
                 ))
             })
             .map_err(query_err(OP))?;
         for row in rows {
-            let (id, pack, offset, len, class, verified, condemned) = row.map_err(query_err(OP))?;
+            let (id, pack, offset, len, class, verified, condemned, damaged) =
+                row.map_err(query_err(OP))?;
             let class = BlobClass::from_byte(class).ok_or(CatalogError::OutOfRange {
                 field: "blob class",
                 value: class.to_string(),
@@ -1193,6 +1199,7 @@ pub(crate) fn blob_locations(
                     class,
                     verified,
                     condemned,
+                    damaged,
                 },
             );
         }

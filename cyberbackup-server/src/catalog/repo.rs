@@ -48,6 +48,9 @@ pub struct BlobLocation {
     /// A prune found no snapshot referencing it; it is deleted after the grace period
     /// unless a commit or an upload claims it first.
     pub condemned: bool,
+    /// Its pack is marked corrupt by the scrub: it may be unreadable; an upload of the same
+    /// blob moves it to the new pack.
+    pub damaged: bool,
 }
 
 /// A snapshot that passed the commit check, to record.

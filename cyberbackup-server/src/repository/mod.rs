@@ -239,8 +239,9 @@ impl RepoStore {
     }
 
     /// For each ID: whether that blob (sealed blob or reference chunk) is stored and indexed.
-    /// A blob a prune condemned is reported absent, so a new backup uploads it again rather
-    /// than depend on it.
+    /// A blob a prune condemned, or one in a pack the scrub found damaged, is reported
+    /// absent, so a new backup uploads it again rather than depend on it (and the upload
+    /// moves it to the new pack: the next backup heals the repository).
     ///
     /// # Errors
     /// [`RepoStoreError::NoRepository`], [`RepoStoreError::Catalog`].
@@ -257,7 +258,7 @@ impl RepoStore {
             .await?;
         Ok(found
             .iter()
-            .map(|location| location.is_some_and(|l| !l.condemned))
+            .map(|location| location.is_some_and(|l| !l.condemned && !l.damaged))
             .collect())
     }
 

@@ -328,6 +328,7 @@ impl RepoStore {
                 class: entry.class,
                 verified: false,
                 condemned: false,
+                damaged: false,
             };
             let bytes = self.read_located(client, &location).await?;
             let piece = writer
