@@ -12,10 +12,10 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use cyberbackup_server::catalog::DeviceRole;
-use support::{RealServer, client_binary};
+use support::{RealServer, client_command, output_text as text};
 
 /// A fixed UTC+1 zone as a POSIX TZ string (no time zone database needed).
 const TZ: &str = "XXX-1";
@@ -220,21 +220,8 @@ fn forget_refuses_unclear_requests_with_usage_errors() {
 /// Runs `cyberbackup-client ARGS --server … --v4-identity alice-v4.json` in `dir`, in the
 /// fixed UTC+1 zone.
 fn run(dir: &Path, server: &RealServer, args: &[&str]) -> Output {
-    Command::new(client_binary())
-        .current_dir(dir)
-        .env_remove("CYBERBACKUP_SERVER")
-        .env_remove("CYBERBACKUP_NAME")
-        .env_remove("CYBERBACKUP_PASSWORD")
-        .env("HOME", dir)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
+    client_command(dir, server, "alice", args)
         .env("TZ", TZ)
-        .args(args)
-        .args([
-            "--server",
-            &server.server(),
-            "--v4-identity",
-            "alice-v4.json",
-        ])
         .output()
         .unwrap()
 }
@@ -243,13 +230,4 @@ fn snapshots(dir: &Path, server: &RealServer) -> Vec<serde_json::Value> {
     let listed = run(dir, server, &["snapshots", "--json"]);
     assert_eq!(listed.status.code(), Some(0), "{}", text(&listed));
     serde_json::from_slice(&listed.stdout).unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }

@@ -12,55 +12,16 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{RealServer, client_binary, write_pattern};
-
-const KIB: u64 = 1024;
+use support::{RealServer, client_command, files_under, output_text as text, write_pattern};
 
 fn run(dir: &Path, server: &RealServer, name: &str, args: &[&str]) -> Output {
-    Command::new(client_binary())
-        .current_dir(dir)
-        .env_remove("CYBERBACKUP_SERVER")
-        .env_remove("CYBERBACKUP_NAME")
-        .env_remove("CYBERBACKUP_PASSWORD")
-        .env("HOME", dir)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .args(args)
-        .args(["--server", &server.server()])
-        .args(["--v4-identity", &format!("{name}-v4.json")])
-        .output()
-        .unwrap()
+    client_command(dir, server, name, args).output().unwrap()
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
+const KIB: u64 = 1024;
 
 fn packs(server: &RealServer) -> Vec<PathBuf> {
     files_under(&server.data.path().join("data/repository"))

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use cyberbackup_server::catalog::v4::SetRoleOutcome;
 use cyberbackup_server::catalog::{Catalog, DeviceRole};
 use cyberbackup_server::config::RetentionConfig;
-use support::{RealServer, client_binary, write_pattern};
+use support::{RealServer, client_command, files_under, output_text as text, write_pattern};
 
 /// Everything the in-process server logs, at every level (installed once per test binary).
 fn server_logs() -> &'static Mutex<Vec<u8>> {
@@ -63,43 +63,8 @@ const MIB: u64 = 1024 * 1024;
 const CONTENT_MARKER: &str = "PLAINTEXT-MARKER-7f3a9c";
 const NAME_MARKER: &str = "secret-name-marker-42";
 
-/// The client binary in `dir` with `NAME-v4.json` as its identity; the command and its
-/// arguments come first, then `--server` and `--v4-identity` (added by [`with_server`]).
-fn client(dir: &Path, server: &RealServer, name: &str) -> ClientCommand {
-    let mut command = Command::new(client_binary());
-    command
-        .current_dir(dir)
-        .env_remove("CYBERBACKUP_SERVER")
-        .env_remove("CYBERBACKUP_NAME")
-        .env_remove("CYBERBACKUP_PASSWORD")
-        .env("HOME", dir)
-        .env("XDG_CONFIG_HOME", dir.join("config"));
-    ClientCommand {
-        command,
-        server: server.server(),
-        identity: format!("{name}-v4.json"),
-    }
-}
-
-/// A client command that gets `--server` and `--v4-identity` after its own arguments.
-struct ClientCommand {
-    command: Command,
-    server: String,
-    identity: String,
-}
-
-impl ClientCommand {
-    fn args(mut self, args: &[&str]) -> Command {
-        self.command
-            .args(args)
-            .args(["--server", &self.server, "--v4-identity", &self.identity]);
-        self.command
-    }
-}
-
-/// Runs `cyberbackup-client ARGS --server … --v4-identity NAME-v4.json` in `dir`.
 fn run(dir: &Path, server: &RealServer, name: &str, args: &[&str]) -> Output {
-    client(dir, server, name).args(args).output().unwrap()
+    client_command(dir, server, name, args).output().unwrap()
 }
 
 fn backup(dir: &Path, server: &RealServer, name: &str, paths: &[&str]) -> serde_json::Value {
@@ -120,36 +85,6 @@ fn summary(output: &Output) -> serde_json::Value {
         .find(|line| line.contains("\"summary\""))
         .unwrap_or_else(|| panic!("no summary line in {}", text(output)));
     serde_json::from_str(line).unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Every regular file under `root`, recursively.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 /// Bytes the server keeps in its repository store (packs and snapshots).
@@ -183,8 +118,7 @@ fn backup_of_96_mib_stored_in_part(dir: &Path, server: &RealServer, seed: u64) -
     fs::create_dir_all(dir.join("src")).unwrap();
     write_pattern(&dir.join("src/huge.bin"), 96 * MIB, seed);
     let packs_before = packs(server).len();
-    let mut child = client(dir, server, "alice")
-        .args(&["backup", "src", "--name", "alice"])
+    let mut child = client_command(dir, server, "alice", &["backup", "src", "--name", "alice"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -18,7 +18,8 @@ use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
 use cyberbackup_server::backend::{Backend, ContentHash};
 use cyberbackup_server::catalog::Catalog;
 use cyberbackup_server::repository::{
-    ObjectClass, PutStart, QuotaLimits, Quotas, RecoveryReport, RepoStore, RepoStoreError,
+    ObjectClass, PruneOptions, PutStart, QuotaLimits, Quotas, RecoveryReport, RepoStore,
+    RepoStoreError,
 };
 use cyberbackup_server::scrub::{Pacer, ScrubReport, ScrubStatus, Scrubber};
 use cyberbackup_server::storage::Storage;
@@ -889,4 +890,51 @@ async fn blobs_of_a_damaged_pack_are_uploaded_again_by_the_next_backup_and_move_
         fresh_blobs[0].1,
         "the blob is read from the new pack"
     );
+}
+
+#[tokio::test]
+async fn a_damaged_pack_is_never_repacked_so_its_damage_stays_visible() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(4);
+    create(&fx, ALICE, &repo).await;
+    // Incompressible, so the dead blob is most of the pack.
+    let big: Vec<u8> = (0..100_000u32)
+        .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[2])
+        .collect();
+    let (pack, bytes, blobs) = repo.data_pack(&[b"kept, then damaged", &big]);
+    put_pack(&fx.store, ALICE, pack, &bytes).await;
+    let kept = [blobs[0].0];
+    let (ref_pack, ref_bytes, chunks) = repo.ref_pack(&kept);
+    put_pack(&fx.store, ALICE, ref_pack, &ref_bytes).await;
+    commit(&fx.store, ALICE, &repo.snapshot(chunks, 10))
+        .await
+        .unwrap();
+    // The kept blob's bytes are hit; the scrub marks the pack.
+    let path = fx.backend_path(&pack);
+    let mut flipped = bytes.clone();
+    flipped[3] ^= 0x01;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&path, &flipped).unwrap();
+    let (scrubber, _catalog) = scrubber(&fx).await;
+    assert_eq!(cycle(&scrubber).await.damaged, 1);
+
+    // Two prunes long after: the big blob is condemned, then swept, so the pack is mostly
+    // dead, yet it is not copied into a fresh pack.
+    let options = PruneOptions {
+        grace: std::time::Duration::from_secs(3600),
+        repack_below_percent: 90,
+        deletion_delay: std::time::Duration::ZERO,
+    };
+    let later = 4_000_000_000;
+    fx.store.prune_at(ALICE, &options, later).await.unwrap();
+    let swept = fx
+        .store
+        .prune_at(ALICE, &options, later + 7200)
+        .await
+        .unwrap();
+
+    assert_eq!(swept.deleted_blobs, 1, "{swept:?}");
+    assert_eq!(swept.packs_repacked, 0, "{swept:?}");
+    assert_eq!(fx.store.have(ALICE, &kept).await.unwrap(), [false]);
+    assert!(path.exists());
 }

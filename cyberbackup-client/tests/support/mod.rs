@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 use cyberbackup_server::faults::{FaultInjector, Faults};
@@ -242,4 +243,53 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> usize {
 /// The real client binary.
 pub fn client_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cyberbackup-client"))
+}
+
+/// The client binary run in `dir` as a machine of its own (`HOME` and the config there, no
+/// `CYBERBACKUP_*` settings from the environment): `args`, then `--server` and
+/// `--v4-identity NAME-v4.json`.
+pub fn client_command(dir: &Path, server: &RealServer, name: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(client_binary());
+    command
+        .current_dir(dir)
+        .env_remove("CYBERBACKUP_SERVER")
+        .env_remove("CYBERBACKUP_NAME")
+        .env_remove("CYBERBACKUP_PASSWORD")
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .args(args)
+        .args(["--server", &server.server()])
+        .args(["--v4-identity", &format!("{name}-v4.json")]);
+    command
+}
+
+/// A finished command's status and output, for an assertion message.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Every regular file under `root`, recursively (symbolic links are not followed).
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                found.push(path);
+            }
+        }
+    }
+    found
 }

@@ -182,7 +182,8 @@ impl Catalog {
     /// The client's packs whose indexed bytes are below `live_percent` % of their blob
     /// region (the pack's size less a header and trailer of `tail_fixed` bytes plus
     /// `tail_per_entry` per indexed blob), least live first. A pack nothing was removed from
-    /// is never a candidate, however small.
+    /// is never a candidate, however small; nor is one the scrub found damaged (copying it
+    /// would give its bad bytes a new pack with a matching hash, hiding the damage).
     ///
     /// # Errors
     /// A [`CatalogError`] if the database fails.
@@ -200,7 +201,7 @@ impl Catalog {
                     "SELECT p.PackId, p.Size, sum(b.BlobLen) AS Live
                      FROM repo_packs p JOIN repo_blobs b
                           ON b.ClientId = p.ClientId AND b.PackId = p.PackId
-                     WHERE p.ClientId = ?1
+                     WHERE p.ClientId = ?1 AND p.CorruptAt IS NULL
                      GROUP BY p.PackId, p.Size
                      HAVING sum(b.BlobLen) * 100 < (p.Size - ?3 - ?4 * count(*)) * ?2
                      ORDER BY sum(b.BlobLen) * 1.0 / p.Size, p.PackId",
