@@ -24,7 +24,7 @@ use cyberbackup_core::repo::{
     BlobClass, BlobId, KdfParams, PackHeader, PackId, RefChunk, SnapshotEnvelope, SnapshotId,
 };
 use cyberbackup_core::v4::client::OpFailure;
-use cyberbackup_core::v4::repository::RepoUsage;
+use cyberbackup_core::v4::repository::{RepoPruneReport, RepoUsage};
 use cyberbackup_core::v4::wire::ErrorCode;
 
 // ---------------------------------------------------------------- the in-memory remote
@@ -213,6 +213,22 @@ impl RepoRemote for MemRemote {
             stored_bytes: self.store().packs.values().map(|p| p.len() as u64).sum(),
             ..RepoUsage::default()
         })
+    }
+
+    async fn remove_key(&mut self, key: Bytes) -> Result<(), V4ClientError> {
+        let mut store = self.store();
+        let before = store.keys.len();
+        store.keys.retain(|stored| *stored != key);
+        assert_eq!(
+            store.keys.len() + 1,
+            before,
+            "removed one stored key object"
+        );
+        Ok(())
+    }
+
+    async fn prune(&mut self) -> Result<RepoPruneReport, V4ClientError> {
+        unreachable!("the engine never prunes on its own")
     }
 }
 

@@ -16,7 +16,9 @@ use bytes::Bytes;
 use cyberbackup_core::repo::retention::RetentionPolicy;
 use cyberbackup_core::repo::{BlobId, PackId, SealedSnapshot};
 use cyberbackup_server::backend::faulty::FaultPlan;
-use cyberbackup_server::repository::{PruneOptions, PruneReport, RepoStore, RepoStoreError};
+use cyberbackup_server::repository::{
+    PruneOptions, PrunePhase, PruneReport, RepoStore, RepoStoreError,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use repo_fixture::*;
@@ -431,6 +433,52 @@ async fn a_snapshot_committed_while_the_prune_reads_its_live_set_is_kept() {
     assert_eq!(report.snapshots, 9, "{report:?}");
     assert_readable(&fx.store, &during.blobs).await;
     assert!(fx.backend_path(&during.data_pack).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_prune_shows_its_phase_and_progress_and_two_prunes_of_one_repository_take_turns()
+{
+    let plan = FaultPlan::new();
+    let fx = Fixture::with_faults(Arc::clone(&plan)).await;
+    let mut repo = Repo::new(11);
+    create(&fx, ALICE, &repo).await;
+    for round in 0..4u8 {
+        backup(&fx, &mut repo, &[&[round; 40]], &[]).await;
+    }
+    assert!(fx.store.prune_progress().running().is_empty());
+    // Each reference chunk read takes 200 ms: the prune sits in its live-set phase.
+    plan.slow_gets(Duration::from_millis(200));
+    let (first, second) = (fx.store.clone(), fx.store.clone());
+    let pruner = tokio::spawn(async move { first.prune_at(ALICE, &options(), now()).await });
+    let running = loop {
+        let running = fx.store.prune_progress().running();
+        if running.first().is_some_and(|a| a.total > 0) {
+            break running;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(running.len(), 1, "{running:?}");
+    let activity = &running[0];
+    assert_eq!(activity.client_id, hex::encode(ALICE.0));
+    assert_eq!(activity.phase, PrunePhase::LiveSet);
+    assert_eq!(activity.total, 4, "one reference chunk per snapshot");
+    assert!(activity.done < activity.total, "{activity:?}");
+
+    // A second prune of the same repository waits for the first instead of interleaving.
+    let waiting = tokio::spawn(async move { second.prune_at(ALICE, &options(), now()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fx.store.prune_progress().running().len(), 1);
+    assert!(!waiting.is_finished());
+    pruner.await.unwrap().unwrap();
+    // The second starts only now: its own live set is still being read.
+    assert!(!waiting.is_finished());
+    assert_eq!(fx.store.prune_progress().running().len(), 1);
+    waiting.await.unwrap().unwrap();
+    plan.slow_gets(Duration::ZERO);
+    assert!(
+        fx.store.prune_progress().running().is_empty(),
+        "a finished prune leaves no activity behind"
+    );
 }
 
 #[tokio::test]

@@ -5,11 +5,13 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use cyberbackup_core::v4::repository::{RepoUsage, human_bytes};
+use cyberbackup_core::v4::repository::{RepoPruneReport, RepoUsage, human_bytes};
 use zeroize::Zeroizing;
 
+use cyberbackup_core::repo::KdfParams;
 use cyberbackup_core::repo::retention::{KeepWithin, RetentionPolicy};
 
 use super::{
@@ -227,6 +229,10 @@ pub struct ForgetArgs {
     /// Print what would be forgotten and why, and forget nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Then have the server prune the repository (needs the manage role). Unreferenced data
+    /// is condemned now and deleted once the server's grace period has passed.
+    #[arg(long)]
+    pub prune: bool,
     /// Repository options.
     #[command(flatten)]
     pub repo: RepoArgs,
@@ -286,9 +292,22 @@ pub enum KeyCommand {
     List(PlainArgs),
     /// Add a passphrase key object (the new passphrase from --new-password-file or a prompt).
     Add(KeyAddArgs),
-    /// Set the passphrase: add a key object for the new passphrase (the old one stays
-    /// valid until removed by the server's operator).
+    /// Change the passphrase: add a key object for the new passphrase, then remove those the
+    /// current one (CYBERBACKUP_PASSWORD, --password-file or a prompt) opens. No data is
+    /// re-encrypted.
     Passwd(KeyAddArgs),
+    /// Remove a key object by its ID from `key list` (a lost device, an old passphrase).
+    Remove(KeyRemoveArgs),
+}
+
+/// Arguments of `key remove`.
+#[derive(Debug, Args)]
+pub struct KeyRemoveArgs {
+    /// The key object's ID as `key list` shows it (a unique prefix is enough).
+    pub id: String,
+    /// Repository options.
+    #[command(flatten)]
+    pub repo: RepoArgs,
 }
 
 /// Arguments of `key add` and `key passwd`.
@@ -361,6 +380,7 @@ impl SnapshotCommand {
             Self::Forget(args) => &args.repo,
             Self::Key(KeyCommand::List(args)) => &args.repo,
             Self::Key(KeyCommand::Add(args) | KeyCommand::Passwd(args)) => &args.repo,
+            Self::Key(KeyCommand::Remove(args)) => &args.repo,
         }
     }
 }
@@ -542,41 +562,79 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
         }
         SnapshotCommand::Forget(forget) => run_forget(&mut repo, &forget, print).await?,
         SnapshotCommand::Key(KeyCommand::List(_)) => {
-            let rows: Vec<Vec<String>> = repo
-                .key_list()
-                .iter()
-                .map(|key| {
-                    vec![
-                        key.index.to_string(),
-                        key.kind.to_owned(),
-                        printable(&key.label),
-                    ]
-                })
-                .collect();
-            for line in table(&["#", "KIND", "LABEL"], &rows) {
-                print(Stream::Stdout, &line);
+            let keys = repo.key_list();
+            if args.json {
+                print(Stream::Stdout, &to_json(&keys));
+            } else {
+                let rows: Vec<Vec<String>> = keys
+                    .iter()
+                    .map(|key| {
+                        vec![
+                            format!("{}{}", if key.current { "*" } else { "" }, key.id),
+                            key.kind.to_owned(),
+                            printable(&key.label),
+                        ]
+                    })
+                    .collect();
+                for line in table(&["ID", "KIND", "LABEL"], &rows) {
+                    print(Stream::Stdout, &line);
+                }
+                if !args.quiet {
+                    print(Stream::Stdout, "* opened the repository in this session");
+                }
             }
             EXIT_OK
         }
-        SnapshotCommand::Key(KeyCommand::Add(add) | KeyCommand::Passwd(add)) => {
-            let new = match &add.new_password_file {
-                Some(path) => read_password_file(path)?,
-                None => {
-                    prompt("new repository passphrase: ")?.ok_or_else(|| V4ClientError::Usage {
-                        message:
-                            "no terminal to ask for the new passphrase: give --new-password-file"
-                                .into(),
-                    })?
-                }
-            };
-            repo.add_passphrase_key(
-                &new,
-                &super::host_name(),
-                cyberbackup_core::repo::KdfParams::DEFAULT,
-            )
-            .await?;
+        SnapshotCommand::Key(KeyCommand::Add(add)) => {
+            let new = new_passphrase(&add)?;
+            repo.add_passphrase_key(&new, &super::host_name(), KdfParams::DEFAULT)
+                .await?;
             if !args.quiet {
                 print(Stream::Stdout, "added a passphrase key object");
+            }
+            EXIT_OK
+        }
+        SnapshotCommand::Key(KeyCommand::Passwd(add)) => {
+            let needs_current =
+                passphrase.is_none() && repo.key_list().iter().any(|key| key.kind == "passphrase");
+            let current = match passphrase {
+                Some(current) => Some(current),
+                None if needs_current => prompt("current repository passphrase: ")?,
+                None => None,
+            };
+            let new = new_passphrase(&add)?;
+            let replaced = repo
+                .change_passphrase(
+                    current.as_deref().map(Vec::as_slice),
+                    &new,
+                    KdfParams::DEFAULT,
+                )
+                .await?;
+            if !args.quiet {
+                let message = match replaced {
+                    0 => "the repository's first passphrase is set".to_owned(),
+                    1 => "passphrase changed: the old passphrase no longer opens the repository"
+                        .to_owned(),
+                    n => format!(
+                        "passphrase changed: {n} key objects of the old passphrase were removed"
+                    ),
+                };
+                print(Stream::Stdout, &message);
+            }
+            EXIT_OK
+        }
+        SnapshotCommand::Key(KeyCommand::Remove(remove)) => {
+            let removed = repo.remove_key(&remove.id).await?;
+            if !args.quiet {
+                print(
+                    Stream::Stdout,
+                    &format!(
+                        "removed {} key object {} ({})",
+                        removed.kind,
+                        removed.id,
+                        printable(&removed.label)
+                    ),
+                );
             }
             EXIT_OK
         }
@@ -697,15 +755,107 @@ async fn run_forget(
                 print(Stream::Stdout, &format!("{verb} snapshot {}", id.to_hex()));
             }
         }
+        if forget.prune {
+            run_prune(repo, forget, None, print).await?;
+        }
         return Ok(EXIT_OK);
     }
     let groups = repo.forget_policy(&plan, forget.dry_run).await?;
-    if args.json {
+    if forget.prune {
+        if !args.json && !args.quiet {
+            print_forget_tables(&groups, forget.dry_run, print);
+        }
+        run_prune(repo, forget, Some(&groups), print).await?;
+    } else if args.json {
         print(Stream::Stdout, &to_json(&groups));
     } else if !args.quiet {
         print_forget_tables(&groups, forget.dry_run, print);
     }
     Ok(EXIT_OK)
+}
+
+/// `forget --prune`: the server's prune of the repository, and its report. With `--json`
+/// the output is one object: `{"forget": <groups of the policy>, "prune": <report>}` (no
+/// `forget` key when snapshots were named); with `--dry-run` nothing is pruned.
+async fn run_prune(
+    repo: &mut Repository<V4Client>,
+    forget: &ForgetArgs,
+    groups: Option<&[ForgetGroup]>,
+    print: &mut Printer<'_>,
+) -> Result<(), V4ClientError> {
+    let args = &forget.repo;
+    let report = if forget.dry_run {
+        None
+    } else {
+        Some(repo.prune().await?)
+    };
+    if args.json {
+        let mut out = serde_json::Map::new();
+        if let Some(groups) = groups {
+            out.insert("forget".into(), serde_json::json!(groups));
+        }
+        out.insert(
+            "prune".into(),
+            report.map_or(serde_json::Value::Null, |r| prune_json(&r)),
+        );
+        print(Stream::Stdout, &to_json(&out));
+        return Ok(());
+    }
+    if args.quiet {
+        return Ok(());
+    }
+    let Some(r) = report else {
+        print(Stream::Stdout, "dry run: nothing was pruned");
+        return Ok(());
+    };
+    let lines = [
+        format!(
+            "pruned: {} snapshots kept; {} blobs no snapshot references were condemned",
+            r.snapshots, r.condemned
+        ),
+        format!(
+            "deleted {} blobs ({}) condemned over {} ago; repacked {} packs",
+            r.deleted_blobs,
+            human_bytes(r.deleted_blob_bytes),
+            humantime::format_duration(Duration::from_secs(r.grace_secs)),
+            r.packs_repacked
+        ),
+        format!(
+            "space given back: {} in {} packs; {} in {} packs waits for deletion",
+            human_bytes(r.bytes_freed),
+            r.packs_deleted,
+            human_bytes(r.bytes_retired),
+            r.packs_retired
+        ),
+    ];
+    for line in lines {
+        print(Stream::Stdout, &line);
+    }
+    if r.condemned > 0 {
+        print(
+            Stream::Stdout,
+            &format!(
+                "the condemned blobs are deleted by a prune once {} have passed (a backup in flight may still claim them)",
+                humantime::format_duration(Duration::from_secs(r.grace_secs))
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn prune_json(r: &RepoPruneReport) -> serde_json::Value {
+    serde_json::json!({
+        "snapshots": r.snapshots,
+        "condemned": r.condemned,
+        "deleted_blobs": r.deleted_blobs,
+        "deleted_blob_bytes": r.deleted_blob_bytes,
+        "packs_repacked": r.packs_repacked,
+        "packs_retired": r.packs_retired,
+        "bytes_retired": r.bytes_retired,
+        "packs_deleted": r.packs_deleted,
+        "bytes_freed": r.bytes_freed,
+        "grace_secs": r.grace_secs,
+    })
 }
 
 fn print_forget_tables(groups: &[ForgetGroup], dry_run: bool, print: &mut Printer<'_>) {
@@ -864,6 +1014,16 @@ fn passphrase(
     prompt("repository passphrase: ")?.map(Some).ok_or_else(|| V4ClientError::Usage {
         message: "recover needs the repository passphrase: set CYBERBACKUP_PASSWORD or give --password-file".into(),
     })
+}
+
+/// The new passphrase of `key add` / `key passwd`: --new-password-file, else a prompt.
+fn new_passphrase(add: &KeyAddArgs) -> Result<Zeroizing<Vec<u8>>, V4ClientError> {
+    match &add.new_password_file {
+        Some(path) => read_password_file(path),
+        None => prompt("new repository passphrase: ")?.ok_or_else(|| V4ClientError::Usage {
+            message: "no terminal to ask for the new passphrase: give --new-password-file".into(),
+        }),
+    }
 }
 
 fn read_password_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, V4ClientError> {

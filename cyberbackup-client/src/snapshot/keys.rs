@@ -1,6 +1,6 @@
 //! Opening a repository: unwrap the master key with this machine's device key (or, to
 //! recover on a new machine, the passphrase), verify the config, and create the repository
-//! on first use. Also `key list` / `key add` / `key passwd`.
+//! on first use. Also `key list` / `key add` / `key passwd` / `key remove`.
 //!
 //! The device key lives in `<dir of the identity>/cyberbackup-device.key` (64 hex digits,
 //! mode 0600, written atomically by [`cyberbackup_fs::write_private`]); one device key can
@@ -92,6 +92,8 @@ pub struct OpenRepository {
     pub opened_by: OpenedBy,
     /// Key objects, as stored (for `key list`).
     pub key_objects: Vec<KeyObject>,
+    /// The key object this session opened the repository with (never removed by it).
+    opened_with: KeyObject,
     /// A warning for the user (created without a passphrase: no recovery elsewhere yet).
     pub warning: Option<String>,
     master: MasterKey,
@@ -112,6 +114,10 @@ impl std::fmt::Debug for OpenRepository {
 pub struct KeyInfo {
     /// Position in the repository's key list.
     pub index: usize,
+    /// The key object's ID ([`key_id`]): what `key remove` takes.
+    pub id: String,
+    /// Whether this session opened the repository with it.
+    pub current: bool,
     /// `device` or `passphrase`.
     pub kind: &'static str,
     /// The label given at creation (lossy UTF-8, for display).
@@ -161,14 +167,17 @@ pub async fn open_or_create<R: RepoRemote>(
         key_objects
             .iter()
             .filter(|object| object.wrap() == KeyWrap::Device)
-            .find_map(|object| object.unwrap_with_device_key(device).ok())
+            .find_map(|object| {
+                let master = object.unwrap_with_device_key(device).ok()?;
+                Some((master, object.clone()))
+            })
     });
-    let (master, opened_by) = match by_device {
-        Some(master) => (master, OpenedBy::DeviceKey),
-        None => (
-            unwrap_with_passphrase(&key_objects, options)?,
-            OpenedBy::Recovered,
-        ),
+    let (master, opened_with, opened_by) = match by_device {
+        Some((master, object)) => (master, object, OpenedBy::DeviceKey),
+        None => {
+            let (master, object) = unwrap_with_passphrase(&key_objects, options)?;
+            (master, object, OpenedBy::Recovered)
+        }
     };
     let keys = master.derive();
     let config = RepoConfig::decode(&existing.config, &keys)
@@ -178,6 +187,7 @@ pub async fn open_or_create<R: RepoRemote>(
         config,
         opened_by,
         key_objects,
+        opened_with,
         warning: None,
         master,
     };
@@ -202,6 +212,8 @@ pub fn list_keys(open: &OpenRepository) -> Vec<KeyInfo> {
         .enumerate()
         .map(|(index, object)| KeyInfo {
             index,
+            id: key_id(object),
+            current: *object == open.opened_with,
             kind: match object.wrap() {
                 KeyWrap::Device => "device",
                 _ => "passphrase",
@@ -211,9 +223,116 @@ pub fn list_keys(open: &OpenRepository) -> Vec<KeyInfo> {
         .collect()
 }
 
-/// `key add` and `key passwd`: wraps the master key with a new passphrase and stores the key
-/// object. The protocol has no verb to delete a key object, so `key passwd` adds the new
-/// passphrase and the old one keeps working.
+/// The ID of a key object: the first 8 hex digits of the BLAKE3 hash of its encoding. It
+/// names the object in `key list` and `key remove` and says nothing about the key.
+#[must_use]
+pub fn key_id(object: &KeyObject) -> String {
+    let hash = blake3::hash(&object.encode());
+    hex::encode(hash.as_bytes().get(..4).unwrap_or_default())
+}
+
+/// `key passwd`: adds a key object for `new`, then removes every passphrase key object that
+/// `current` opens, so the old passphrase no longer opens the repository (no data is
+/// re-encrypted: the master key stays). A repository without a passphrase key object gets
+/// its first. Returns how many key objects were replaced.
+///
+/// # Errors
+/// [`V4ClientError::Usage`] when the repository has passphrase key objects but `current` is
+/// `None`; [`V4ClientError::NoUsableKey`] when `current` opens none of them; the remote's
+/// errors (an append-only device is refused the removal: the new passphrase was added and
+/// the old one still works until a manage device or the operator removes it).
+pub async fn change_passphrase<R: RepoRemote>(
+    remote: &mut R,
+    open: &mut OpenRepository,
+    current: Option<&[u8]>,
+    new: &[u8],
+    kdf: KdfParams,
+) -> Result<usize, V4ClientError> {
+    let has_passphrase = open
+        .key_objects
+        .iter()
+        .any(|object| matches!(object.wrap(), KeyWrap::Passphrase(_)));
+    let replaced: Vec<KeyObject> = match (has_passphrase, current) {
+        (false, _) => Vec::new(),
+        (true, None) => {
+            return Err(V4ClientError::Usage {
+                message: "key passwd needs the current passphrase: set CYBERBACKUP_PASSWORD, give --password-file, or run it on a terminal".into(),
+            });
+        }
+        (true, Some(current)) => {
+            let opened: Vec<KeyObject> = open
+                .key_objects
+                .iter()
+                .filter(|object| matches!(object.wrap(), KeyWrap::Passphrase(_)))
+                .filter(|object| object.unwrap_with_passphrase(current).is_ok())
+                .cloned()
+                .collect();
+            if opened.is_empty() {
+                return Err(V4ClientError::NoUsableKey {
+                    reason: "the current passphrase opens no key object of this repository (wrong passphrase?)".into(),
+                });
+            }
+            opened
+        }
+    };
+    add_passphrase_key(remote, open, new, &super::host_name(), kdf).await?;
+    for object in &replaced {
+        remote.remove_key(Bytes::from(object.encode())).await?;
+        open.key_objects.retain(|stored| stored != object);
+    }
+    Ok(replaced.len())
+}
+
+/// `key remove ID`: removes the key object whose [`key_id`] starts with `id` (a lost
+/// device's key, an old passphrase). The key object this session opened the repository with
+/// is kept (remove it from another machine), and the server never removes the last one.
+///
+/// # Errors
+/// [`V4ClientError::Usage`] when `id` matches no key object, several, or the current one;
+/// the remote's errors (`FORBIDDEN` for an append-only device or the last key object).
+pub async fn remove_key<R: RepoRemote>(
+    remote: &mut R,
+    open: &mut OpenRepository,
+    id: &str,
+) -> Result<KeyInfo, V4ClientError> {
+    let id = id.to_ascii_lowercase();
+    let rows = list_keys(open);
+    let matching: Vec<&KeyInfo> = rows.iter().filter(|row| row.id.starts_with(&id)).collect();
+    let row = match matching.as_slice() {
+        [row] if !id.is_empty() => *row,
+        [] | [_] => {
+            return Err(V4ClientError::Usage {
+                message: format!("no key object has the ID {id:?}; `key list` shows the IDs"),
+            });
+        }
+        _ => {
+            return Err(V4ClientError::Usage {
+                message: format!("{id:?} names several key objects; give more of the ID"),
+            });
+        }
+    };
+    if row.current {
+        return Err(V4ClientError::Usage {
+            message: format!(
+                "key object {} is the one this machine opened the repository with; remove it from another machine (or replace a passphrase with `key passwd`)",
+                row.id
+            ),
+        });
+    }
+    let object = open
+        .key_objects
+        .get(row.index)
+        .cloned()
+        .ok_or_else(|| V4ClientError::Usage {
+            message: "the key list changed while it was read".into(),
+        })?;
+    remote.remove_key(Bytes::from(object.encode())).await?;
+    open.key_objects.remove(row.index);
+    Ok(row.clone())
+}
+
+/// `key add` (and the first step of `key passwd`): wraps the master key with a new
+/// passphrase and stores the key object.
 ///
 /// # Errors
 /// [`V4ClientError::Repo`] for KDF parameters argon2 refuses; the remote's errors.
@@ -274,7 +393,8 @@ async fn create<R: RepoRemote>(
         keys,
         config,
         opened_by: OpenedBy::Created,
-        key_objects: vec![device_object],
+        key_objects: vec![device_object.clone()],
+        opened_with: device_object,
         warning: None,
         master,
     };
@@ -303,7 +423,7 @@ async fn add_key_object<R: RepoRemote>(
 fn unwrap_with_passphrase(
     key_objects: &[KeyObject],
     options: &KeyOptions,
-) -> Result<MasterKey, V4ClientError> {
+) -> Result<(MasterKey, KeyObject), V4ClientError> {
     let Some(passphrase) = &options.passphrase else {
         return Err(V4ClientError::NoUsableKey {
             reason: format!(
@@ -315,7 +435,10 @@ fn unwrap_with_passphrase(
     key_objects
         .iter()
         .filter(|object| matches!(object.wrap(), KeyWrap::Passphrase(_)))
-        .find_map(|object| object.unwrap_with_passphrase(passphrase).ok())
+        .find_map(|object| {
+            let master = object.unwrap_with_passphrase(passphrase).ok()?;
+            Some((master, object.clone()))
+        })
         .ok_or_else(|| V4ClientError::NoUsableKey {
             reason: "the passphrase opens no key object of this repository (wrong passphrase?)"
                 .into(),

@@ -34,7 +34,8 @@ pub use exclude::{ExcludeOptions, Excluder};
 pub use forget::{ForgetEntry, ForgetGroup, ForgetPolicy, GroupBy, parse_local_time};
 pub use keys::{
     DEVICE_KEY_FILE, KeyInfo, KeyOptions, NEW_REPO_PACK_TARGET_BYTES, OpenRepository, OpenedBy,
-    add_passphrase_key, device_key_path, list_keys, open_or_create,
+    add_passphrase_key, change_passphrase, device_key_path, key_id, list_keys, open_or_create,
+    remove_key,
 };
 pub use remote::{MAX_HAVE_BATCH, RemoteRepo, RepoRemote, SnapshotListing};
 pub use restore::{RestoreFilter, RestoreSummary};
@@ -98,6 +99,37 @@ impl<R: RepoRemote> Repository<R> {
         kdf: cyberbackup_core::repo::KdfParams,
     ) -> Result<(), V4ClientError> {
         add_passphrase_key(&mut self.remote, &mut self.open, passphrase, label, kdf).await
+    }
+
+    /// `key passwd`: replaces the passphrase (see [`change_passphrase`]).
+    ///
+    /// # Errors
+    /// As [`change_passphrase`].
+    pub async fn change_passphrase(
+        &mut self,
+        current: Option<&[u8]>,
+        new: &[u8],
+        kdf: cyberbackup_core::repo::KdfParams,
+    ) -> Result<usize, V4ClientError> {
+        change_passphrase(&mut self.remote, &mut self.open, current, new, kdf).await
+    }
+
+    /// `key remove`: removes a key object by ID (see [`remove_key`]).
+    ///
+    /// # Errors
+    /// As [`remove_key`].
+    pub async fn remove_key(&mut self, id: &str) -> Result<KeyInfo, V4ClientError> {
+        remove_key(&mut self.remote, &mut self.open, id).await
+    }
+
+    /// `forget --prune`: has the server prune the repository now.
+    ///
+    /// # Errors
+    /// The remote's errors (`FORBIDDEN` for an append-only device).
+    pub async fn prune(
+        &mut self,
+    ) -> Result<cyberbackup_core::v4::repository::RepoPruneReport, V4ClientError> {
+        self.remote.prune().await
     }
 
     /// The connection, for operations outside the engine.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 
 use cyberbackup_core::repo::{BlobId, PackId, SnapshotId};
-use cyberbackup_core::v4::repository::RepoUsage;
+use cyberbackup_core::v4::repository::{RepoPruneReport, RepoUsage};
 
 use crate::v4::V4ClientError;
 
@@ -62,6 +62,10 @@ pub trait RepoRemote: Send {
     ) -> impl Future<Output = Result<(Vec<BlobId>, bool), V4ClientError>> + Send;
     /// The repository's stored bytes and quotas.
     fn usage(&mut self) -> impl Future<Output = Result<RepoUsage, V4ClientError>> + Send;
+    /// Removes a key object (its encoding as [`Self::open`] returned it).
+    fn remove_key(&mut self, key: Bytes) -> impl Future<Output = Result<(), V4ClientError>> + Send;
+    /// Has the server prune the repository now (manage devices only).
+    fn prune(&mut self) -> impl Future<Output = Result<RepoPruneReport, V4ClientError>> + Send;
 }
 
 /// What OPEN returns for an existing repository.

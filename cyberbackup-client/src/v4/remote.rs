@@ -5,7 +5,7 @@ use bytes::Bytes;
 use cyberbackup_core::repo::{BlobId, PackId, SnapshotId};
 use cyberbackup_core::v4::V4Error;
 use cyberbackup_core::v4::client::{RepoCall, RepoResult};
-use cyberbackup_core::v4::repository::{GetTarget, PutTarget, RepoUsage};
+use cyberbackup_core::v4::repository::{GetTarget, PutTarget, RepoPruneReport, RepoUsage};
 
 use super::{V4Client, V4ClientError};
 use crate::snapshot::{RemoteRepo, RepoRemote, SnapshotListing};
@@ -99,6 +99,20 @@ impl RepoRemote for V4Client {
         match self.repository(RepoCall::Usage).await? {
             RepoResult::Usage(usage) => Ok(usage),
             other => Err(mismatch("USAGE", &other)),
+        }
+    }
+
+    async fn remove_key(&mut self, key: Bytes) -> Result<(), V4ClientError> {
+        done(
+            self.repository(RepoCall::RemoveKey { key }).await?,
+            "KEY_REMOVE",
+        )
+    }
+
+    async fn prune(&mut self) -> Result<RepoPruneReport, V4ClientError> {
+        match self.repository(RepoCall::Prune).await? {
+            RepoResult::Pruned(report) => Ok(report),
+            other => Err(mismatch("PRUNE", &other)),
         }
     }
 }

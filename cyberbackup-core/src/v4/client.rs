@@ -11,7 +11,8 @@ use rand_core::CryptoRngCore;
 use super::codec::{Frame, FrameDecoder, Side};
 use super::noise::{Fingerprint, PublicKey, StaticKeypair, handshake};
 use super::repository::{
-    GetTarget, MAX_HAVE_BATCH, PutTarget, RepoReply, RepoRequest, RepoUsage, SnapshotEntry,
+    GetTarget, MAX_HAVE_BATCH, PutTarget, RepoPruneReport, RepoReply, RepoRequest, RepoUsage,
+    SnapshotEntry,
 };
 use super::wire::{
     ClientAuth, ClientMessage, ErrorCode, HELLO_HEADER_LEN, MAX_DATA_LEN, MAX_FRAME_LEN,
@@ -99,6 +100,13 @@ pub enum RepoCall {
     },
     /// The stored bytes and quotas.
     Usage,
+    /// Remove a key object (its encoding as `Open` returned it).
+    RemoveKey {
+        /// Encoded key object.
+        key: Bytes,
+    },
+    /// Prune the repository now (the server's keyless garbage collection).
+    Prune,
 }
 
 /// The result of a [`RepoCall`], in [`ClientEvent::RepoDone`].
@@ -111,7 +119,7 @@ pub enum RepoResult {
         /// Encoded key objects.
         keys: Vec<Bytes>,
     },
-    /// `Create`, `AddKey`, `Forget`: done.
+    /// `Create`, `AddKey`, `RemoveKey`, `Forget`: done.
     Done,
     /// `Have`: one answer per ID, in order.
     Have(Vec<bool>),
@@ -131,6 +139,8 @@ pub enum RepoResult {
     },
     /// `Usage`: stored bytes and quotas.
     Usage(RepoUsage),
+    /// `Prune`: what the prune did.
+    Pruned(RepoPruneReport),
 }
 
 /// Largest object a `GET` may return: a bound on what a server can make the client hold.
@@ -324,6 +334,7 @@ enum RepoWait {
     Snapshots(Vec<SnapshotEntry>),
     Damaged(Option<BlobId>),
     Usage,
+    Prune,
 }
 
 #[derive(Debug)]
@@ -1072,6 +1083,8 @@ impl ClientSession {
                 (RepoRequest::Damaged { after }, RepoWait::Damaged(after))
             }
             RepoCall::Usage => (RepoRequest::Usage, RepoWait::Usage),
+            RepoCall::RemoveKey { key } => (RepoRequest::RemoveKey { key }, RepoWait::Ok),
+            RepoCall::Prune => (RepoRequest::Prune, RepoWait::Prune),
         };
         self.send(&ClientMessage::Repo(request))?;
         self.phase = Phase::Repo(op, wait);
@@ -1177,6 +1190,9 @@ impl ClientSession {
             (RepoWait::Usage, ServerMessage::Repo(RepoReply::Usage(usage))) => {
                 RepoResult::Usage(usage)
             }
+            (RepoWait::Prune, ServerMessage::Repo(RepoReply::Pruned(report))) => {
+                RepoResult::Pruned(report)
+            }
             (
                 RepoWait::State
                 | RepoWait::Ok
@@ -1186,7 +1202,8 @@ impl ClientSession {
                 | RepoWait::Object
                 | RepoWait::Snapshots(_)
                 | RepoWait::Damaged(_)
-                | RepoWait::Usage,
+                | RepoWait::Usage
+                | RepoWait::Prune,
                 ServerMessage::Error { code, message, .. },
             ) => {
                 self.out.push_back(Output::Event(ClientEvent::OpFailed {

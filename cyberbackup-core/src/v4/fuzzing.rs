@@ -119,6 +119,9 @@ fn answer(session: &mut ServerSession<CountingRng>, effect: ServerEffect, now: I
                     more: false,
                 },
                 RepoRequest::Usage => RepoAnswer::Usage(super::repository::RepoUsage::default()),
+                RepoRequest::Prune => {
+                    RepoAnswer::Pruned(super::repository::RepoPruneReport::default())
+                }
                 _ => RepoAnswer::Done,
             }),
         ),

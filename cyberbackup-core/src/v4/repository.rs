@@ -43,6 +43,10 @@ pub mod msg {
     pub const DAMAGED: u8 = 0x19;
     /// Client: my stored bytes and quotas.
     pub const USAGE: u8 = 0x1A;
+    /// Client: remove a key object.
+    pub const KEY_REMOVE: u8 = 0x1B;
+    /// Client: prune my repository now.
+    pub const PRUNE: u8 = 0x1C;
     /// Server: config and key objects.
     pub const REPO_STATE: u8 = 0x50;
     /// Server: the request succeeded.
@@ -65,6 +69,8 @@ pub mod msg {
     pub const DAMAGED_RESULT: u8 = 0x59;
     /// Server: stored bytes and quotas.
     pub const USAGE_RESULT: u8 = 0x5A;
+    /// Server: what the prune did.
+    pub const PRUNE_RESULT: u8 = 0x5B;
 }
 
 /// An object a client stores with `PUT`.
@@ -145,6 +151,13 @@ pub enum RepoRequest {
     },
     /// The client's stored bytes and its quotas.
     Usage,
+    /// Remove a stored key object (byte-for-byte the encoding `REPO_STATE` listed).
+    RemoveKey {
+        /// Encoded key object.
+        key: Bytes,
+    },
+    /// Prune the client's repository now, as the server's scheduled prune would.
+    Prune,
 }
 
 impl RepoRequest {
@@ -159,6 +172,10 @@ impl RepoRequest {
             }
             Self::AddKey { key } => {
                 dst.put_u8(msg::KEY_ADD);
+                put_b16(dst, key);
+            }
+            Self::RemoveKey { key } => {
+                dst.put_u8(msg::KEY_REMOVE);
                 put_b16(dst, key);
             }
             Self::Have { ids } => {
@@ -204,6 +221,7 @@ impl RepoRequest {
                 }
             }
             Self::Usage => dst.put_u8(msg::USAGE),
+            Self::Prune => dst.put_u8(msg::PRUNE),
         }
     }
 
@@ -255,6 +273,8 @@ impl RepoRequest {
             }),
             msg::DAMAGED => take_damaged(&mut src),
             msg::USAGE => Ok(Self::Usage),
+            msg::KEY_REMOVE => take_b16(&mut src, "KEY_REMOVE").map(|key| Self::RemoveKey { key }),
+            msg::PRUNE => Ok(Self::Prune),
             _ => return None,
         };
         Some(request.and_then(|request| end(src, request.label()).map(|()| request)))
@@ -275,6 +295,8 @@ impl RepoRequest {
             Self::Forget { .. } => "FORGET",
             Self::Damaged { .. } => "DAMAGED",
             Self::Usage => "USAGE",
+            Self::RemoveKey { .. } => "KEY_REMOVE",
+            Self::Prune => "PRUNE",
         }
     }
 }
@@ -307,6 +329,77 @@ impl RepoUsage {
     #[must_use]
     pub fn is_over_soft(&self) -> bool {
         self.soft_quota_bytes != 0 && self.stored_bytes > self.soft_quota_bytes
+    }
+}
+
+/// What a prune of the client's repository did, as `PRUNE_RESULT` carries it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepoPruneReport {
+    /// Snapshots whose references were followed (all the repository keeps).
+    pub snapshots: u64,
+    /// Unreferenced blobs condemned by this prune: deleted by a prune after the grace period.
+    pub condemned: u64,
+    /// Blobs deleted because they were condemned longer than the grace period ago.
+    pub deleted_blobs: u64,
+    /// Their bytes.
+    pub deleted_blob_bytes: u64,
+    /// Packs rewritten because most of their bytes were dead.
+    pub packs_repacked: u64,
+    /// Packs left without a live blob, waiting for deletion.
+    pub packs_retired: u64,
+    /// Their bytes.
+    pub bytes_retired: u64,
+    /// Pack objects deleted from storage.
+    pub packs_deleted: u64,
+    /// Their bytes: the space given back.
+    pub bytes_freed: u64,
+    /// The server's grace period in seconds: how long a condemned blob stays claimable.
+    pub grace_secs: u64,
+}
+
+impl RepoPruneReport {
+    /// The fields in wire order.
+    fn fields(&self) -> [u64; 10] {
+        [
+            self.snapshots,
+            self.condemned,
+            self.deleted_blobs,
+            self.deleted_blob_bytes,
+            self.packs_repacked,
+            self.packs_retired,
+            self.bytes_retired,
+            self.packs_deleted,
+            self.bytes_freed,
+            self.grace_secs,
+        ]
+    }
+
+    /// The report from its fields in wire order.
+    fn from_fields(f: [u64; 10]) -> Self {
+        let [
+            snapshots,
+            condemned,
+            deleted_blobs,
+            deleted_blob_bytes,
+            packs_repacked,
+            packs_retired,
+            bytes_retired,
+            packs_deleted,
+            bytes_freed,
+            grace_secs,
+        ] = f;
+        Self {
+            snapshots,
+            condemned,
+            deleted_blobs,
+            deleted_blob_bytes,
+            packs_repacked,
+            packs_retired,
+            bytes_retired,
+            packs_deleted,
+            bytes_freed,
+            grace_secs,
+        }
     }
 }
 
@@ -371,6 +464,8 @@ pub enum RepoReply {
     },
     /// The client's stored bytes and quotas.
     Usage(RepoUsage),
+    /// What the prune did.
+    Pruned(RepoPruneReport),
 }
 
 impl RepoReply {
@@ -429,6 +524,12 @@ impl RepoReply {
                 dst.put_u64_le(usage.soft_quota_bytes);
                 dst.put_u64_le(usage.hard_quota_bytes);
             }
+            Self::Pruned(report) => {
+                dst.put_u8(msg::PRUNE_RESULT);
+                for field in report.fields() {
+                    dst.put_u64_le(field);
+                }
+            }
         }
     }
 
@@ -466,6 +567,11 @@ impl RepoReply {
                     hard_quota_bytes: src.get_u64_le(),
                 })
             }),
+            msg::PRUNE_RESULT => need(src, 80, "PRUNE_RESULT").map(|()| {
+                Self::Pruned(RepoPruneReport::from_fields(std::array::from_fn(|_| {
+                    src.get_u64_le()
+                })))
+            }),
             _ => return None,
         };
         Some(reply.and_then(|reply| end(src, reply.label()).map(|()| reply)))
@@ -486,6 +592,7 @@ impl RepoReply {
             Self::SnapshotsEnd { .. } => "SNAPSHOTS_END",
             Self::Damaged { .. } => "DAMAGED_RESULT",
             Self::Usage(_) => "USAGE_RESULT",
+            Self::Pruned(_) => "PRUNE_RESULT",
         }
     }
 }
@@ -658,6 +765,10 @@ mod tests {
             after: Some(BlobId([8; 32])),
         });
         request_round_trip(RepoRequest::Usage);
+        request_round_trip(RepoRequest::RemoveKey {
+            key: Bytes::from_static(b"key object"),
+        });
+        request_round_trip(RepoRequest::Prune);
     }
 
     #[test]
@@ -696,6 +807,9 @@ mod tests {
             soft_quota_bytes: 0,
             hard_quota_bytes: 20,
         }));
+        reply_round_trip(RepoReply::Pruned(RepoPruneReport::from_fields(
+            std::array::from_fn(|i| i as u64 * 1000 + 1),
+        )));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rand_core::CryptoRngCore;
 use super::codec::{Frame, FrameDecoder, Side};
 use super::noise::{PublicKey, StaticKeypair, handshake};
 use super::repository::{
-    MAX_DAMAGED_BATCH, PutTarget, RepoReply, RepoRequest, RepoUsage, SnapshotEntry,
+    MAX_DAMAGED_BATCH, PutTarget, RepoPruneReport, RepoReply, RepoRequest, RepoUsage, SnapshotEntry,
 };
 use super::wire::{
     ClientAuth, ClientMessage, ErrorCode, MAX_DATA_LEN, MAX_FRAME_LEN, ServerHello, ServerMessage,
@@ -206,7 +206,7 @@ pub enum RepoAnswer {
         /// Encoded key objects.
         keys: Vec<Bytes>,
     },
-    /// `Create`, `AddKey`, `Forget`: done.
+    /// `Create`, `AddKey`, `RemoveKey`, `Forget`: done.
     Done,
     /// `Have`: one answer per asked ID, in order.
     Have(Vec<bool>),
@@ -228,6 +228,8 @@ pub enum RepoAnswer {
     },
     /// `Usage`: stored bytes and quotas.
     Usage(RepoUsage),
+    /// `Prune`: what the prune did.
+    Pruned(RepoPruneReport),
 }
 
 /// Something that happened in a v4 server session, for logs and metrics.
@@ -316,6 +318,7 @@ enum RepoOp {
     Snapshots,
     Damaged,
     Usage,
+    Prune,
 }
 
 #[derive(Debug)]
@@ -1050,6 +1053,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             RepoRequest::Open => RepoOp::Open,
             RepoRequest::Create { .. }
             | RepoRequest::AddKey { .. }
+            | RepoRequest::RemoveKey { .. }
             | RepoRequest::Forget { .. } => RepoOp::Done,
             RepoRequest::Have { ids } => RepoOp::Have(ids.len()),
             RepoRequest::Put { target, size } => {
@@ -1074,6 +1078,7 @@ impl<R: CryptoRngCore> ServerSession<R> {
             RepoRequest::Snapshots => RepoOp::Snapshots,
             RepoRequest::Damaged { .. } => RepoOp::Damaged,
             RepoRequest::Usage => RepoOp::Usage,
+            RepoRequest::Prune => RepoOp::Prune,
             RepoRequest::PutEnd => return self.violation("PUT_END without an open PUT"),
         };
         self.effect(
@@ -1176,6 +1181,9 @@ impl<R: CryptoRngCore> ServerSession<R> {
             }
             (RepoOp::Usage, RepoAnswer::Usage(usage)) => {
                 self.send(&ServerMessage::Repo(RepoReply::Usage(usage)))
+            }
+            (RepoOp::Prune, RepoAnswer::Pruned(report)) => {
+                self.send(&ServerMessage::Repo(RepoReply::Pruned(report)))
             }
             (op, answer) => Err(V4Error::Storage {
                 reason: format!("the driver answered {op:?} with {answer:?}"),

@@ -11,7 +11,7 @@ use rand_core::CryptoRngCore;
 use super::client::{ClientEffect, ClientEvent, ClientSession, OpId};
 use super::noise::PublicKey;
 use super::repository::{
-    GetTarget, MAX_DAMAGED_BATCH, PutTarget, RepoRequest, RepoUsage, SnapshotEntry,
+    GetTarget, MAX_DAMAGED_BATCH, PutTarget, RepoPruneReport, RepoRequest, RepoUsage, SnapshotEntry,
 };
 use super::server::{
     AuthDecision, RepoAnswer, ResumePoint, ServerEffect, ServerEvent, ServerSession,
@@ -336,6 +336,17 @@ impl MemStore {
                 repo.keys.push(key);
                 Ok(RepoAnswer::Done)
             }
+            RepoRequest::RemoveKey { key } => {
+                let Some(index) = repo.keys.iter().position(|stored| *stored == key) else {
+                    return Err(not_found());
+                };
+                repo.keys.remove(index);
+                Ok(RepoAnswer::Done)
+            }
+            RepoRequest::Prune => Ok(RepoAnswer::Pruned(RepoPruneReport {
+                snapshots: repo.snapshots.len() as u64,
+                ..RepoPruneReport::default()
+            })),
             RepoRequest::Have { ids } => Ok(RepoAnswer::Have(
                 ids.iter().map(|id| repo.blobs.contains_key(id)).collect(),
             )),

@@ -12,7 +12,9 @@ use super::model::{
     CommittingFile, DEFAULT_PAGE, FileFilter, FileRecord, FileRowId, FileState, KeptVersion,
     KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
-use super::repo::{AddKeyOutcome, BlobLocation, NewSnapshot, RepoRecord, SnapshotRecord};
+use super::repo::{
+    AddKeyOutcome, BlobLocation, NewSnapshot, RemoveKeyOutcome, RepoRecord, SnapshotRecord,
+};
 use super::scrub::{CorruptKind, CorruptObject, Damage, FileToScrub, PackToScrub};
 use super::timestamp::format_rfc3339;
 use super::usage::RepoUsageRecord;
@@ -1014,6 +1016,39 @@ pub(crate) fn add_repo_key(
     .map_err(query_err(OP))?;
     tx.commit().map_err(query_err(OP))?;
     Ok(AddKeyOutcome::Added)
+}
+
+/// Deletes the key object with exactly these bytes, unless it is the repository's last.
+pub(crate) fn remove_repo_key(
+    conn: &mut Connection,
+    client: &ClientId,
+    key: &[u8],
+) -> Result<RemoveKeyOutcome, CatalogError> {
+    const OP: &str = "remove_repo_key";
+    let tx = immediate(conn).map_err(query_err(OP))?;
+    if !repository_exists(&tx, client)? {
+        return Ok(RemoveKeyOutcome::NoRepository);
+    }
+    let (count, stored): (i64, i64) = tx
+        .query_row(
+            "SELECT count(*), coalesce(sum(KeyObject = ?2), 0) FROM repo_keys WHERE ClientId = ?1",
+            params![client, key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(query_err(OP))?;
+    if stored == 0 {
+        return Ok(RemoveKeyOutcome::NotStored);
+    }
+    if count <= 1 {
+        return Ok(RemoveKeyOutcome::LastKey);
+    }
+    tx.execute(
+        "DELETE FROM repo_keys WHERE ClientId = ?1 AND KeyObject = ?2",
+        params![client, key],
+    )
+    .map_err(query_err(OP))?;
+    tx.commit().map_err(query_err(OP))?;
+    Ok(RemoveKeyOutcome::Removed)
 }
 
 /// Whether the client has a repository.

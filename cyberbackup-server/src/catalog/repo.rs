@@ -31,6 +31,19 @@ pub enum AddKeyOutcome {
     TooMany,
 }
 
+/// Result of [`Catalog::remove_repo_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveKeyOutcome {
+    /// Deleted.
+    Removed,
+    /// No key object of the repository has these bytes.
+    NotStored,
+    /// The client has no repository.
+    NoRepository,
+    /// It is the repository's only key object: kept.
+    LastKey,
+}
+
 /// Where an indexed blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobLocation {
@@ -120,6 +133,19 @@ impl Catalog {
     ) -> Result<AddKeyOutcome, CatalogError> {
         let now = now();
         self.write(move |c| queries::add_repo_key(c, &client, &key, max_keys, &now))
+            .await
+    }
+
+    /// Removes the key object with exactly these bytes (never the repository's last).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails; refusals are `Ok` outcomes.
+    pub async fn remove_repo_key(
+        &self,
+        client: ClientId,
+        key: Vec<u8>,
+    ) -> Result<RemoveKeyOutcome, CatalogError> {
+        self.write(move |c| queries::remove_repo_key(c, &client, &key))
             .await
     }
 

@@ -286,6 +286,7 @@ async fn maintenance(State(state): State<Arc<AdminState>>) -> Response {
             "interval_secs": state.config.prune_interval_secs,
             "grace_secs": state.config.prune_grace_secs,
             "repack_below_percent": state.config.repack_below_percent,
+            "running": state.repo.prune_progress().running(),
             "last_run": last_prune,
         },
     }))

@@ -48,11 +48,18 @@ pub enum RepoStoreError {
     /// No such blob or snapshot in this client's repository.
     #[error("no {what} {id} in this repository")]
     NotFound {
-        /// `blob` or `snapshot`.
+        /// `blob`, `snapshot` or `key object`.
         what: &'static str,
         /// Its ID (hex).
         id: String,
     },
+    /// The key object is the repository's only one: removing it would leave no way to open
+    /// the repository.
+    #[error(
+        "this is the repository's last key object: removing it would leave no way to open the \
+         repository; add another key (`key add`) before removing this one"
+    )]
+    LastKey,
     /// An object or a count is above the server's limit.
     #[error("{what} is {value}, above the limit of {max}")]
     TooLarge {

@@ -24,6 +24,7 @@
 mod commit;
 mod error;
 mod layout;
+mod progress;
 mod prune;
 mod quota;
 mod recovery;
@@ -47,9 +48,10 @@ use cyberbackup_core::repo::{
 use crate::backend::local::{LocalBackend, LocalConfig};
 use crate::backend::{Backend, ContentHash, ObjectKey, PutBody};
 use crate::catalog::Catalog;
-use crate::catalog::repo::AddKeyOutcome;
+use crate::catalog::repo::{AddKeyOutcome, RemoveKeyOutcome};
 
 pub use error::RepoStoreError;
+pub use progress::{PruneActivity, PrunePhase, PruneProgress};
 pub use prune::{PruneOptions, PruneReport};
 pub use quota::{QuotaLimits, Quotas};
 pub use recovery::RecoveryReport;
@@ -129,8 +131,22 @@ struct Inner {
     max_object_len: u64,
     /// Per client: commits and pack stores hold it shared, a prune's sweep and the pack
     /// deletions hold it exclusively (`prune.rs`). One entry per client that ever stored.
-    maintenance_locks: Arc<Mutex<HashMap<ClientId, Arc<tokio::sync::RwLock<()>>>>>,
+    maintenance_locks: ClientLocks<tokio::sync::RwLock<()>>,
+    /// Per client: held by a prune from start to end, so two prunes of one repository (the
+    /// schedule's and a client's, say) never interleave their repacks.
+    prune_locks: ClientLocks<tokio::sync::Mutex<()>>,
+    /// The prunes running now.
+    prune_progress: PruneProgress,
     quotas: Quotas,
+}
+
+/// One lock of type `L` per client, created on first use.
+type ClientLocks<L> = Arc<Mutex<HashMap<ClientId, Arc<L>>>>;
+
+/// The client's entry of `locks`.
+fn client_lock<L: Default>(locks: &ClientLocks<L>, client: ClientId) -> Arc<L> {
+    let mut locks = locks.lock().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(locks.entry(client).or_default())
 }
 
 impl RepoStore {
@@ -152,6 +168,8 @@ impl RepoStore {
                 staging_dir,
                 max_object_len,
                 maintenance_locks: Arc::default(),
+                prune_locks: Arc::default(),
+                prune_progress: PruneProgress::default(),
                 quotas: Quotas::default(),
             }),
         }
@@ -159,12 +177,13 @@ impl RepoStore {
 
     /// The client's maintenance lock (see [`Inner::maintenance_locks`]).
     fn maintenance_lock(&self, client: ClientId) -> Arc<tokio::sync::RwLock<()>> {
-        let mut locks = self
-            .inner
-            .maintenance_locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(locks.entry(client).or_default())
+        client_lock(&self.inner.maintenance_locks, client)
+    }
+
+    /// The prunes running now (shared with the admin API).
+    #[must_use]
+    pub fn prune_progress(&self) -> &PruneProgress {
+        &self.inner.prune_progress
     }
 
     /// This store with `quotas` enforced on pack puts (none by default).
@@ -211,6 +230,30 @@ impl RepoStore {
             Ok(())
         } else {
             Err(RepoStoreError::Exists)
+        }
+    }
+
+    /// Removes a key object (a passphrase replaced, a lost device's key). The repository's
+    /// last key object is never removed.
+    ///
+    /// # Errors
+    /// [`RepoStoreError::NoRepository`], [`RepoStoreError::NotFound`] when no key object has
+    /// these bytes, [`RepoStoreError::LastKey`], [`RepoStoreError::Catalog`].
+    pub async fn remove_key(&self, client: ClientId, key: Bytes) -> Result<(), RepoStoreError> {
+        let id = hex::encode(blake3::hash(&key).as_bytes().get(..8).unwrap_or_default());
+        match self
+            .inner
+            .catalog
+            .remove_repo_key(client.0, key.to_vec())
+            .await?
+        {
+            RemoveKeyOutcome::Removed => Ok(()),
+            RemoveKeyOutcome::NotStored => Err(RepoStoreError::NotFound {
+                what: "key object",
+                id,
+            }),
+            RemoveKeyOutcome::NoRepository => Err(RepoStoreError::NoRepository),
+            RemoveKeyOutcome::LastKey => Err(RepoStoreError::LastKey),
         }
     }
 

@@ -41,6 +41,7 @@ use cyberbackup_core::repo::{
 };
 use serde::Serialize;
 
+use super::progress::{PrunePhase, PruneTracker};
 use super::staging::StagedPut;
 use super::{ObjectClass, RepoStore, RepoStoreError, STREAM_PIECE, layout, unix_now};
 use crate::backend::{ContentHash, PutBody};
@@ -135,6 +136,9 @@ impl RepoStore {
         now: u64,
     ) -> Result<PruneReport, RepoStoreError> {
         self.require_repository(client).await?;
+        let prune_lock = super::client_lock(&self.inner.prune_locks, client);
+        let _one_prune = prune_lock.lock().await;
+        let progress = self.inner.prune_progress.start(client);
         let catalog = &self.inner.catalog;
         let mut report = PruneReport::default();
         let mut live = LiveSet::default();
@@ -145,18 +149,21 @@ impl RepoStore {
             .map(|s| s.id)
             .collect();
         let chunks = catalog.referenced_chunks(client.0, None).await?;
-        self.follow_chunks(client, &chunks, &mut live).await?;
+        progress.phase(PrunePhase::LiveSet, chunks.len() as u64);
+        self.follow_chunks(client, &chunks, &mut live, Some(&progress))
+            .await?;
 
         let lock = self.maintenance_lock(client);
         {
             let _exclusive = lock.write().await;
+            progress.phase(PrunePhase::Mark, 0);
             let snapshots = catalog.list_snapshots(client.0).await?;
             report.snapshots = snapshots.len() as u64;
             for snapshot in snapshots.iter().filter(|s| !seen.contains(&s.id)) {
                 let chunks = catalog
                     .referenced_chunks(client.0, Some(snapshot.id))
                     .await?;
-                self.follow_chunks(client, &chunks, &mut live).await?;
+                self.follow_chunks(client, &chunks, &mut live, None).await?;
             }
             report.live_blobs = live.ids.len() as u64;
             let grace = options.grace.as_secs();
@@ -178,15 +185,21 @@ impl RepoStore {
         }
 
         if options.repack_below_percent > 0 {
-            self.repack(client, options.repack_below_percent, now, &mut report)
-                .await?;
+            self.repack(
+                client,
+                options.repack_below_percent,
+                now,
+                &mut report,
+                &progress,
+            )
+            .await?;
         }
         let retired = catalog
             .retire_empty_packs(client.0, now + options.deletion_delay.as_secs())
             .await?;
         report.packs_retired = retired.packs;
         report.bytes_retired = retired.bytes;
-        let (deleted, freed) = self.delete_due_packs(client, now).await?;
+        let (deleted, freed) = self.delete_due_packs(client, now, &progress).await?;
         report.packs_deleted = deleted;
         report.bytes_freed = freed;
         tracing::info!(client = %hex::encode(client.0), ?report, "repository pruned");
@@ -199,9 +212,11 @@ impl RepoStore {
         &self,
         client: ClientId,
         now: u64,
+        progress: &PruneTracker,
     ) -> Result<(u64, u64), RepoStoreError> {
         let catalog = &self.inner.catalog;
         let due = catalog.due_pack_deletions(client.0, now).await?;
+        progress.phase(PrunePhase::Delete, due.len() as u64);
         if due.is_empty() {
             return Ok((0, 0));
         }
@@ -219,6 +234,7 @@ impl RepoStore {
             let key = layout::pack_key(client, &pending.pack);
             self.inner.backend.delete(&key).await?;
             catalog.finish_pack_deletion(client.0, pending.pack).await?;
+            progress.advance(1);
             packs += 1;
             bytes += pending.size;
         }
@@ -226,12 +242,13 @@ impl RepoStore {
     }
 
     /// Reads and verifies each of `chunks` not followed before, adding it and the IDs it
-    /// lists to `live`.
+    /// lists to `live`, counting each batch in `progress` if given.
     async fn follow_chunks(
         &self,
         client: ClientId,
         chunks: &[BlobId],
         live: &mut LiveSet,
+        progress: Option<&PruneTracker>,
     ) -> Result<(), RepoStoreError> {
         let fresh: Vec<BlobId> = chunks
             .iter()
@@ -255,6 +272,9 @@ impl RepoStore {
                 live.ids.insert(*id);
                 live.ids.extend(chunk.ids().iter().copied());
             }
+            if let Some(progress) = progress {
+                progress.advance(batch.len() as u64);
+            }
         }
         Ok(())
     }
@@ -277,6 +297,7 @@ impl RepoStore {
         below_percent: u8,
         now: u64,
         report: &mut PruneReport,
+        progress: &PruneTracker,
     ) -> Result<(), RepoStoreError> {
         let catalog = &self.inner.catalog;
         let tail_fixed = PackWriter::tail_len(0);
@@ -284,6 +305,7 @@ impl RepoStore {
         let candidates = catalog
             .repack_candidates(client.0, below_percent, tail_fixed, tail_per_entry)
             .await?;
+        progress.phase(PrunePhase::Repack, candidates.len() as u64);
         let mut batch = RepackBatch::default();
         for candidate in candidates {
             for entry in catalog.pack_blobs(client.0, candidate.pack).await? {
@@ -295,6 +317,7 @@ impl RepoStore {
                 }
             }
             report.packs_repacked += 1;
+            progress.advance(1);
         }
         if !batch.entries.is_empty() {
             self.write_repacked(client, batch, now, report).await?;

@@ -210,7 +210,12 @@ impl<'a> V4Effects<'a> {
                 let answer = match self.authorize(client_id, &request).await {
                     Ok(()) => {
                         self.repo
-                            .request(&self.shared.repo, client_id, request)
+                            .request(
+                                &self.shared.repo,
+                                &self.shared.config.prune_options(),
+                                client_id,
+                                request,
+                            )
                             .await
                     }
                     Err(refusal) => Err(refusal),
@@ -270,12 +275,15 @@ impl<'a> V4Effects<'a> {
     }
 
     /// Checks the device's role for requests that delete (docs/repository.md, "Device
-    /// roles"): read from the catalog at each request, so a role the operator changed
-    /// applies to connections already open.
+    /// roles"): forgetting a snapshot, removing a key object, pruning. Read from the catalog
+    /// at each request, so a role the operator changed applies to connections already open.
     async fn authorize(&self, client: ClientId, request: &RepoRequest) -> Result<(), Refusal> {
-        if !matches!(request, RepoRequest::Forget { .. }) {
-            return Ok(());
-        }
+        let action = match request {
+            RepoRequest::Forget { .. } => "forget snapshots",
+            RepoRequest::RemoveKey { .. } => "remove key objects",
+            RepoRequest::Prune => "prune the repository",
+            _ => return Ok(()),
+        };
         let Some(device) = self.device else {
             return Err(Refusal::new(
                 ErrorCode::INTERNAL,
@@ -285,12 +293,14 @@ impl<'a> V4Effects<'a> {
         match self.shared.catalog.device_role(device.0).await {
             Ok(Some(DeviceRole::Manage)) => Ok(()),
             Ok(_) => {
-                tracing::warn!(client = %client, "an append-only device tried to forget a snapshot");
+                tracing::warn!(client = %client, action, "an append-only device was refused");
                 Err(Refusal::new(
                     ErrorCode::FORBIDDEN,
-                    "this device is append-only: it can back up and restore but not forget snapshots; \
-                     the server's operator can grant it the manage role \
-                     (`cyberbackup-server devices set-role NAME manage`)",
+                    format!(
+                        "this device is append-only: it can back up and restore but not {action}; \
+                         the server's operator can grant it the manage role \
+                         (`cyberbackup-server devices set-role NAME manage`)"
+                    ),
                 ))
             }
             Err(err) => {

@@ -5,12 +5,16 @@
 
 use bytes::Bytes;
 use cyberbackup_core::names::ClientId;
-use cyberbackup_core::v4::repository::{MAX_DAMAGED_BATCH, PutTarget, RepoRequest, SnapshotEntry};
+use cyberbackup_core::v4::repository::{
+    MAX_DAMAGED_BATCH, PutTarget, RepoPruneReport, RepoRequest, SnapshotEntry,
+};
 use cyberbackup_core::v4::server::RepoAnswer;
 use cyberbackup_core::v4::wire::ErrorCode;
 use cyberbackup_core::v4::{Refusal, StorageFailure};
 
-use crate::repository::{ObjectClass, PutStart, RepoStore, RepoStoreError, StagedPut};
+use crate::repository::{
+    ObjectClass, PruneOptions, PutStart, RepoStore, RepoStoreError, StagedPut,
+};
 
 /// The object a connection is putting, between `PUT_READY` and `PUT_END`.
 #[derive(Debug, Default)]
@@ -19,10 +23,11 @@ pub(crate) struct RepoConnection {
 }
 
 impl RepoConnection {
-    /// Answers one request of `client`.
+    /// Answers one request of `client`; a `PRUNE` runs with `prune`.
     pub(crate) async fn request(
         &mut self,
         store: &RepoStore,
+        prune: &PruneOptions,
         client: ClientId,
         request: RepoRequest,
     ) -> Result<RepoAnswer, Refusal> {
@@ -47,6 +52,25 @@ impl RepoConnection {
             RepoRequest::AddKey { key } => {
                 store.add_key(client, key).await.map_err(refusal)?;
                 RepoAnswer::Done
+            }
+            RepoRequest::RemoveKey { key } => {
+                store.remove_key(client, key).await.map_err(refusal)?;
+                RepoAnswer::Done
+            }
+            RepoRequest::Prune => {
+                let report = store.prune(client, prune).await.map_err(refusal)?;
+                RepoAnswer::Pruned(RepoPruneReport {
+                    snapshots: report.snapshots,
+                    condemned: report.condemned,
+                    deleted_blobs: report.deleted_blobs,
+                    deleted_blob_bytes: report.deleted_blob_bytes,
+                    packs_repacked: report.packs_repacked,
+                    packs_retired: report.packs_retired,
+                    bytes_retired: report.bytes_retired,
+                    packs_deleted: report.packs_deleted,
+                    bytes_freed: report.bytes_freed,
+                    grace_secs: prune.grace.as_secs(),
+                })
             }
             RepoRequest::Have { ids } => {
                 RepoAnswer::Have(store.have(client, &ids).await.map_err(refusal)?)
@@ -158,6 +182,8 @@ fn refusal(err: RepoStoreError) -> Refusal {
         RepoStoreError::NotFound { .. } => ErrorCode::NOT_FOUND,
         RepoStoreError::TooLarge { .. } => ErrorCode::TOO_LARGE,
         RepoStoreError::QuotaExceeded { .. } => ErrorCode::QUOTA_EXCEEDED,
+        RepoStoreError::LastKey => ErrorCode::FORBIDDEN,
+        RepoStoreError::PruneUnsafe { .. } => ErrorCode::CORRUPT,
         _ => {
             tracing::error!(%err, "repository store failed");
             return Refusal::new(

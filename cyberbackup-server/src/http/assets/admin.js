@@ -203,6 +203,9 @@ async function loadMaintenance() {
   item("Prune of the snapshot repositories",
     p.interval_secs ? "every " + duration(p.interval_secs) : "not scheduled");
   item("Unreferenced data deleted after", duration(p.grace_secs));
+  item("Prune running now", p.running.length ? p.running.map((a) =>
+    a.client_id + ": " + a.phase + (a.total ? " " + a.done + "/" + a.total : "") +
+    " (since " + a.started_at + ")").join("; ") : "none");
   const pr = p.last_run;
   if (!pr) {
     item("Last prune", "not run yet");
