@@ -24,10 +24,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cyberbackup_server::catalog::v4::SetRoleOutcome;
-use cyberbackup_server::catalog::{Catalog, DeviceRole};
+use cyberbackup_server::catalog::DeviceRole;
 use cyberbackup_server::config::RetentionConfig;
-use support::{RealServer, client_command, files_under, output_text as text, write_pattern};
+use support::{
+    RealServer, client_command, enroll_device_of, files_under, output_text as text, set_role_of,
+    write_pattern,
+};
 
 /// Everything the in-process server logs, at every level (installed once per test binary).
 fn server_logs() -> &'static Mutex<Vec<u8>> {
@@ -533,18 +535,7 @@ fn an_append_only_device_cannot_forget_until_the_operator_grants_manage() {
     );
 
     // The operator grants the manage role; it applies at once.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let catalog = Catalog::open(server.data.path().join("data/defensive.db"))
-            .await
-            .unwrap();
-        let outcome = catalog
-            .set_device_role(b"alice".to_vec(), None, DeviceRole::Manage)
-            .await
-            .unwrap();
-        assert_eq!(outcome, SetRoleOutcome::Set(1));
-        catalog.close().await.unwrap();
-    });
+    set_role_of(&server, b"alice", DeviceRole::Manage);
     let forgot = run(dir.path(), &server, "alice", &["forget", id]);
     assert_eq!(forgot.status.code(), Some(0), "{}", text(&forgot));
     assert_eq!(
@@ -554,31 +545,6 @@ fn an_append_only_device_cannot_forget_until_the_operator_grants_manage() {
             .len(),
         0
     );
-}
-
-/// A single-use token enrolling a new device of the existing client `name`, as
-/// `cyberbackup-server enroll --client NAME` issues it.
-fn enroll_device_of(server: &RealServer, name: &[u8]) -> String {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let catalog = Catalog::open(server.data.path().join("data/defensive.db"))
-            .await
-            .unwrap();
-        let owner = catalog
-            .list_devices()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|d| d.client_name == name)
-            .unwrap()
-            .client_id;
-        let ttl = Duration::from_secs(600);
-        let (token, _) = cyberbackup_server::v4::enroll(&catalog, ttl, Some(owner))
-            .await
-            .unwrap();
-        catalog.close().await.unwrap();
-        token
-    })
 }
 
 #[test]

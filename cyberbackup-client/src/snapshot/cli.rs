@@ -725,11 +725,24 @@ async fn run_forget(
     let usage = |message: &str| V4ClientError::Usage {
         message: message.into(),
     };
+    // With --json: one object, `forget` (the policy's groups) or `forgotten` (the IDs
+    // named), and with --prune a `prune` report (null on a dry run).
+    let mut out = serde_json::Map::new();
     if forget.snapshots.is_empty() {
         if plan.policy.is_empty() {
             return Err(usage(
                 "give snapshots to forget or a --keep-* policy (e.g. --keep-daily 7)",
             ));
+        }
+        let groups = repo.forget_policy(&plan, forget.dry_run).await?;
+        if args.json && !forget.prune {
+            print(Stream::Stdout, &to_json(&groups));
+            return Ok(EXIT_OK);
+        }
+        if args.json {
+            out.insert("forget".into(), serde_json::json!(groups));
+        } else if !args.quiet {
+            print_forget_tables(&groups, forget.dry_run, print);
         }
     } else {
         if !plan.policy.is_empty() {
@@ -740,13 +753,16 @@ async fn run_forget(
                 "--host and --path select snapshots for a --keep-* policy; leave them out when naming snapshots",
             ));
         }
+        let mut forgotten = Vec::new();
         for spec in &forget.snapshots {
             let id = if forget.dry_run {
                 repo.resolve(spec).await?
             } else {
                 repo.forget(spec).await?
             };
-            if !args.quiet {
+            if args.json {
+                forgotten.push(id.to_hex());
+            } else if !args.quiet {
                 let verb = if forget.dry_run {
                     "would forget"
                 } else {
@@ -755,69 +771,44 @@ async fn run_forget(
                 print(Stream::Stdout, &format!("{verb} snapshot {}", id.to_hex()));
             }
         }
-        if forget.prune {
-            run_prune(repo, forget, None, print).await?;
-        }
-        return Ok(EXIT_OK);
+        out.insert("forgotten".into(), serde_json::json!(forgotten));
     }
-    let groups = repo.forget_policy(&plan, forget.dry_run).await?;
     if forget.prune {
-        if !args.json && !args.quiet {
-            print_forget_tables(&groups, forget.dry_run, print);
-        }
-        run_prune(repo, forget, Some(&groups), print).await?;
-    } else if args.json {
-        print(Stream::Stdout, &to_json(&groups));
-    } else if !args.quiet {
-        print_forget_tables(&groups, forget.dry_run, print);
-    }
-    Ok(EXIT_OK)
-}
-
-/// `forget --prune`: the server's prune of the repository, and its report. With `--json`
-/// the output is one object: `{"forget": <groups of the policy>, "prune": <report>}` (no
-/// `forget` key when snapshots were named); with `--dry-run` nothing is pruned.
-async fn run_prune(
-    repo: &mut Repository<V4Client>,
-    forget: &ForgetArgs,
-    groups: Option<&[ForgetGroup]>,
-    print: &mut Printer<'_>,
-) -> Result<(), V4ClientError> {
-    let args = &forget.repo;
-    let report = if forget.dry_run {
-        None
-    } else {
-        Some(repo.prune().await?)
-    };
-    if args.json {
-        let mut out = serde_json::Map::new();
-        if let Some(groups) = groups {
-            out.insert("forget".into(), serde_json::json!(groups));
-        }
+        let report = if forget.dry_run {
+            None
+        } else {
+            Some(repo.prune().await?)
+        };
         out.insert(
             "prune".into(),
             report.map_or(serde_json::Value::Null, |r| prune_json(&r)),
         );
+        if !args.json && !args.quiet {
+            print_prune_report(report.as_ref(), print);
+        }
+    }
+    if args.json {
         print(Stream::Stdout, &to_json(&out));
-        return Ok(());
     }
-    if args.quiet {
-        return Ok(());
-    }
+    Ok(EXIT_OK)
+}
+
+/// The text report of `forget --prune` (`None`: a dry run).
+fn print_prune_report(report: Option<&RepoPruneReport>, print: &mut Printer<'_>) {
     let Some(r) = report else {
         print(Stream::Stdout, "dry run: nothing was pruned");
-        return Ok(());
+        return;
     };
+    let grace = humantime::format_duration(Duration::from_secs(r.grace_secs));
     let lines = [
         format!(
             "pruned: {} snapshots kept; {} blobs no snapshot references were condemned",
             r.snapshots, r.condemned
         ),
         format!(
-            "deleted {} blobs ({}) condemned over {} ago; repacked {} packs",
+            "deleted {} blobs ({}) condemned over {grace} ago; repacked {} packs",
             r.deleted_blobs,
             human_bytes(r.deleted_blob_bytes),
-            humantime::format_duration(Duration::from_secs(r.grace_secs)),
             r.packs_repacked
         ),
         format!(
@@ -835,12 +826,10 @@ async fn run_prune(
         print(
             Stream::Stdout,
             &format!(
-                "the condemned blobs are deleted by a prune once {} have passed (a backup in flight may still claim them)",
-                humantime::format_duration(Duration::from_secs(r.grace_secs))
+                "the condemned blobs are deleted by a prune once {grace} have passed (a backup in flight may still claim them)"
             ),
         );
     }
-    Ok(())
 }
 
 fn prune_json(r: &RepoPruneReport) -> serde_json::Value {

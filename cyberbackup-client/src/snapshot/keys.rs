@@ -14,6 +14,7 @@ use bytes::Bytes;
 use cyberbackup_core::repo::{
     DeviceKey, KdfParams, KeyObject, KeyWrap, MasterKey, RepoConfig, RepoError, RepoKeys,
 };
+use cyberbackup_core::v4::wire::ErrorCode;
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
@@ -277,8 +278,18 @@ pub async fn change_passphrase<R: RepoRemote>(
     };
     add_passphrase_key(remote, open, new, &super::host_name(), kdf).await?;
     for object in &replaced {
-        remote.remove_key(Bytes::from(object.encode())).await?;
-        open.key_objects.retain(|stored| stored != object);
+        match remote.remove_key(Bytes::from(object.encode())).await {
+            Ok(()) => open.key_objects.retain(|stored| stored != object),
+            Err(err) if err.code() == Some(ErrorCode::FORBIDDEN) => {
+                return Err(V4ClientError::Usage {
+                    message: format!(
+                        "the new passphrase was added, but the old one still opens the repository: {err}; remove its key object ({}) with `key remove` from a manage device",
+                        key_id(object)
+                    ),
+                });
+            }
+            Err(err) => return Err(err),
+        }
     }
     Ok(replaced.len())
 }

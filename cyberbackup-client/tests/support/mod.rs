@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use cyberbackup_server::catalog::v4::SetRoleOutcome;
+use cyberbackup_server::catalog::{Catalog, DeviceRole};
 use cyberbackup_server::faults::{FaultInjector, Faults};
 use cyberbackup_server::{Server, ServerConfig};
 use tokio_util::sync::CancellationToken;
@@ -292,4 +294,53 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// Runs `work` on the server's catalog (a second connection to its SQLite file, as the
+/// operator's `cyberbackup-server` commands open it).
+fn with_catalog<T>(server: &RealServer, work: impl AsyncFnOnce(&Catalog) -> T) -> T {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let catalog = Catalog::open(server.data.path().join("data/defensive.db"))
+            .await
+            .unwrap();
+        let out = work(&catalog).await;
+        catalog.close().await.unwrap();
+        out
+    })
+}
+
+/// Gives every device of client `name` the role `role`, as
+/// `cyberbackup-server devices set-role NAME ROLE` does; applies to open connections too.
+pub fn set_role_of(server: &RealServer, name: &[u8], role: DeviceRole) {
+    let outcome = with_catalog(server, async |catalog| {
+        catalog
+            .set_device_role(name.to_vec(), None, role)
+            .await
+            .unwrap()
+    });
+    assert!(
+        matches!(outcome, SetRoleOutcome::Set(n) if n >= 1),
+        "{outcome:?}"
+    );
+}
+
+/// A single-use token enrolling a new device of the existing client `name`, as
+/// `cyberbackup-server enroll --client NAME` issues it.
+pub fn enroll_device_of(server: &RealServer, name: &[u8]) -> String {
+    with_catalog(server, async |catalog| {
+        let owner = catalog
+            .list_devices()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.client_name == name)
+            .unwrap()
+            .client_id;
+        let ttl = std::time::Duration::from_secs(600);
+        let (token, _) = cyberbackup_server::v4::enroll(catalog, ttl, Some(owner))
+            .await
+            .unwrap();
+        token
+    })
 }
