@@ -17,7 +17,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -34,23 +34,6 @@ use tokio::net::TcpStream;
 
 const CLIENTS: usize = 4;
 const NAMES: [&str; 3] = ["a.bin", "b.txt", "CON"];
-
-/// SplitMix64: tiny, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// What the clients know about one (client, file name).
 #[derive(Debug, Default, Clone)]
@@ -69,14 +52,6 @@ struct Identity {
     keys: ClientKeyPair,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_server(data: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cyberbackup-server"))
         .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
@@ -92,20 +67,6 @@ fn spawn_server(data: &Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-async fn wait_ready(addr: SocketAddr, child: &mut Child) {
-    for _ in 0..400 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "server exited during start-up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server did not start listening on {addr}");
 }
 
 async fn read_reply(stream: &mut TcpStream) -> Option<Reply> {
@@ -133,7 +94,7 @@ async fn client_session(
     model: Model,
     verdict_sent: Arc<tokio::sync::Notify>,
 ) {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return;
     };
@@ -215,20 +176,13 @@ async fn client_session(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_never_loses_or_corrupts_a_verified_file() {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| {
-            let s = s.trim();
-            s.strip_prefix("0x")
-                .map_or_else(|| s.parse().ok(), |hex| u64::from_str_radix(hex, 16).ok())
-        })
-        .unwrap_or(0x5EED);
+    let seed = seed_from_env("CRASH_SEED", 0x5EED);
     let iterations: usize = std::env::var("CRASH_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     eprintln!("crash test: CRASH_SEED={seed:#x} CRASH_ITERATIONS={iterations}");
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
@@ -302,14 +256,6 @@ async fn kill_9_at_random_moments_never_loses_or_corrupts_a_verified_file() {
         stats.checked, stats.pending_finished, stats.pending_rolled_back
     );
     assert!(stats.checked > 0, "no upload was ever acknowledged");
-}
-
-/// Busy-waits (timer resolution is too coarse for sub-millisecond aims).
-fn spin(wait: Duration) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < wait {
-        std::hint::spin_loop();
-    }
 }
 
 #[derive(Debug, Default)]

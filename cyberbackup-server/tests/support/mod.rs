@@ -1,6 +1,7 @@
-//! Shared helpers of the reliability suite: an in-process server on 127.0.0.1 and a raw v3
+//! Shared helpers of the reliability suite: an in-process server on 127.0.0.1, a raw v3
 //! client that builds every frame by hand, so each real client's byte layout can be
-//! reproduced exactly.
+//! reproduced exactly, and what the `kill -9` tests (crash.rs, prune_crash.rs) share: a
+//! seeded SplitMix64, a free port, waiting for a child server to listen, a busy wait.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -11,6 +12,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -447,4 +451,114 @@ pub async fn cutting_proxy(target: SocketAddr, budget: usize) -> SocketAddr {
         }
     });
     addr
+}
+
+/// SplitMix64: tiny, seeded, reproducible.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A seed from the environment variable `var` (decimal or `0x` hex), else `default`.
+pub fn seed_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| {
+            let s = s.trim();
+            s.strip_prefix("0x")
+                .map_or_else(|| s.parse().ok(), |hex| u64::from_str_radix(hex, 16).ok())
+        })
+        .unwrap_or(default)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until a server started as `child` accepts connections on `addr` (panics if it
+/// exits or does not listen within 20 s).
+pub async fn wait_ready(addr: SocketAddr, child: &mut Child) {
+    for _ in 0..400 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "server exited during start-up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not start listening on {addr}");
+}
+
+/// Busy-waits (timer resolution is too coarse for sub-millisecond aims).
+pub fn spin(wait: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < wait {
+        std::hint::spin_loop();
+    }
+}
+
+/// Forwards every connection to `target`, the client's bytes at about `bytes_per_sec`: a
+/// slow uplink, so an upload is still running when a test wants to interrupt it. Both
+/// sides close when either does. The counter is the client bytes forwarded so far.
+pub async fn throttled_proxy(
+    target: SocketAddr,
+    bytes_per_sec: u64,
+) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&forwarded);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let upstream = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        counter.fetch_add(n as u64, Ordering::SeqCst);
+                        let pause = Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
+                        tokio::time::sleep(pause).await;
+                    }
+                };
+                let downstream = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::select! {
+                    () = upstream => {}
+                    () = downstream => {}
+                }
+            });
+        }
+    });
+    (addr, forwarded)
 }
