@@ -862,6 +862,50 @@ async fn a_pack_above_the_hard_quota_is_refused_before_anything_is_staged() {
 }
 
 #[tokio::test]
+async fn puts_in_flight_count_against_the_hard_quota_until_they_end() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(4);
+    create(&fx, ALICE, &repo).await;
+    let (first, first_bytes, _) = repo.data_pack(&[b"first connection"]);
+    let (second, second_bytes, _) = repo.data_pack(&[b"second connection"]);
+    // Room for either pack, not for both.
+    let hard = (first_bytes.len() + second_bytes.len()) as u64 - 1;
+    let store = fx.store.clone().with_quotas(Quotas {
+        default: QuotaLimits {
+            soft_bytes: None,
+            hard_bytes: Some(hard),
+        },
+        ..Quotas::default()
+    });
+    let begin =
+        |id: [u8; 32], len: usize| store.begin_put(ALICE, ObjectClass::Pack, id, len as u64);
+
+    let Ok(PutStart::Receiving(open)) = begin(first.0, first_bytes.len()).await else {
+        panic!("the first pack fits");
+    };
+    let refused = begin(second.0, second_bytes.len()).await;
+    assert!(
+        matches!(refused, Err(RepoStoreError::QuotaExceeded { .. })),
+        "the first put's bytes are reserved: {refused:?}"
+    );
+    store.abort_put(open).await;
+    let Ok(PutStart::Receiving(mut open)) = begin(second.0, second_bytes.len()).await else {
+        panic!("an abandoned put gives its reservation back");
+    };
+    open.write(Bytes::from(second_bytes.clone())).await.unwrap();
+    store.finish_put(open).await.unwrap();
+    let refused = begin(first.0, first_bytes.len()).await;
+    assert!(
+        matches!(refused, Err(RepoStoreError::QuotaExceeded { .. })),
+        "the stored pack counts once it is indexed: {refused:?}"
+    );
+    assert_eq!(
+        store.usage(ALICE).await.unwrap().stored_bytes,
+        second_bytes.len() as u64
+    );
+}
+
+#[tokio::test]
 async fn blobs_of_a_damaged_pack_are_uploaded_again_by_the_next_backup_and_move_to_its_pack() {
     let fx = Fixture::new().await;
     let mut repo = Repo::new(3);
