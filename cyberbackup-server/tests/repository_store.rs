@@ -753,6 +753,13 @@ async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_ma
         .damaged_blobs(ALICE, page.last().copied(), 2)
         .await
         .unwrap();
+    let mut appended = first_bytes.clone();
+    appended.extend_from_slice(b"garbage after the pack");
+    std::fs::write(&path, &appended).unwrap();
+    let longer = cycle(&scrubber).await;
+    let longer_reason = catalog.corrupt_objects(None, 100).await.unwrap()[0]
+        .reason
+        .clone();
     std::fs::write(&path, &first_bytes).unwrap();
     let restored = cycle(&scrubber).await;
     let cleared = catalog.corrupt_object_count().await.unwrap();
@@ -778,6 +785,8 @@ async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_ma
         expected,
         "every blob of the damaged pack, in order"
     );
+    assert_eq!(longer.damaged, 1, "bytes appended to a pack are damage too");
+    assert!(longer_reason.contains("more than"), "{longer_reason}");
     assert_eq!(restored.damaged, 0);
     assert_eq!(cleared, 0, "a pack found whole again loses its mark");
     assert_eq!(lost.damaged, 1);
