@@ -289,6 +289,22 @@ impl Scrubber {
             offset += len;
             self.account(len, pacer, report).await;
         }
+        // Bytes after the indexed size: the object was altered (appended to, or replaced by
+        // a longer one) even if its indexed prefix still hashes right.
+        match self
+            .repo
+            .read_pack_piece(client, &pack.pack, pack.size..pack.size + 1)
+            .await
+        {
+            Ok(extra) if !extra.is_empty() => {
+                return Ok(Verdict::Damaged(format!(
+                    "it holds more than the {} bytes indexed",
+                    pack.size
+                )));
+            }
+            Ok(_) | Err(PieceError::Short { .. } | PieceError::Missing) => {}
+            Err(PieceError::Failed(err)) => return Err(err.into()),
+        }
         let actual = hasher.finalize();
         if actual.as_bytes() == &pack.pack.0 {
             Ok(Verdict::Whole)

@@ -470,9 +470,20 @@ async fn a_running_prune_shows_its_phase_and_progress_and_two_prunes_of_one_repo
     assert_eq!(fx.store.prune_progress().running().len(), 1);
     assert!(!waiting.is_finished());
     pruner.await.unwrap().unwrap();
-    // The second starts only now: its own live set is still being read.
+    // The second starts only now, and its own live set takes as long again to read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fx.store.prune_progress().running().is_empty() {
+        assert!(
+            !waiting.is_finished(),
+            "the second prune ran alongside the first"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second prune never started"
+        );
+        tokio::task::yield_now().await;
+    }
     assert!(!waiting.is_finished());
-    assert_eq!(fx.store.prune_progress().running().len(), 1);
     waiting.await.unwrap().unwrap();
     plan.slow_gets(Duration::ZERO);
     assert!(

@@ -753,6 +753,13 @@ async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_ma
         .damaged_blobs(ALICE, page.last().copied(), 2)
         .await
         .unwrap();
+    let mut appended = first_bytes.clone();
+    appended.extend_from_slice(b"garbage after the pack");
+    std::fs::write(&path, &appended).unwrap();
+    let longer = cycle(&scrubber).await;
+    let longer_reason = catalog.corrupt_objects(None, 100).await.unwrap()[0]
+        .reason
+        .clone();
     std::fs::write(&path, &first_bytes).unwrap();
     let restored = cycle(&scrubber).await;
     let cleared = catalog.corrupt_object_count().await.unwrap();
@@ -778,6 +785,8 @@ async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_ma
         expected,
         "every blob of the damaged pack, in order"
     );
+    assert_eq!(longer.damaged, 1, "bytes appended to a pack are damage too");
+    assert!(longer_reason.contains("more than"), "{longer_reason}");
     assert_eq!(restored.damaged, 0);
     assert_eq!(cleared, 0, "a pack found whole again loses its mark");
     assert_eq!(lost.damaged, 1);
@@ -859,6 +868,50 @@ async fn a_pack_above_the_hard_quota_is_refused_before_anything_is_staged() {
     assert_eq!(usage.stored_bytes, first_bytes.len() as u64);
     assert_eq!((usage.soft_quota_bytes, usage.hard_quota_bytes), (1, hard));
     assert!(usage.is_over_soft());
+}
+
+#[tokio::test]
+async fn puts_in_flight_count_against_the_hard_quota_until_they_end() {
+    let fx = Fixture::new().await;
+    let mut repo = Repo::new(4);
+    create(&fx, ALICE, &repo).await;
+    let (first, first_bytes, _) = repo.data_pack(&[b"first connection"]);
+    let (second, second_bytes, _) = repo.data_pack(&[b"second connection"]);
+    // Room for either pack, not for both.
+    let hard = (first_bytes.len() + second_bytes.len()) as u64 - 1;
+    let store = fx.store.clone().with_quotas(Quotas {
+        default: QuotaLimits {
+            soft_bytes: None,
+            hard_bytes: Some(hard),
+        },
+        ..Quotas::default()
+    });
+    let begin =
+        |id: [u8; 32], len: usize| store.begin_put(ALICE, ObjectClass::Pack, id, len as u64);
+
+    let Ok(PutStart::Receiving(open)) = begin(first.0, first_bytes.len()).await else {
+        panic!("the first pack fits");
+    };
+    let refused = begin(second.0, second_bytes.len()).await;
+    assert!(
+        matches!(refused, Err(RepoStoreError::QuotaExceeded { .. })),
+        "the first put's bytes are reserved: {refused:?}"
+    );
+    store.abort_put(open).await;
+    let Ok(PutStart::Receiving(mut open)) = begin(second.0, second_bytes.len()).await else {
+        panic!("an abandoned put gives its reservation back");
+    };
+    open.write(Bytes::from(second_bytes.clone())).await.unwrap();
+    store.finish_put(open).await.unwrap();
+    let refused = begin(first.0, first_bytes.len()).await;
+    assert!(
+        matches!(refused, Err(RepoStoreError::QuotaExceeded { .. })),
+        "the stored pack counts once it is indexed: {refused:?}"
+    );
+    assert_eq!(
+        store.usage(ALICE).await.unwrap().stored_bytes,
+        second_bytes.len() as u64
+    );
 }
 
 #[tokio::test]

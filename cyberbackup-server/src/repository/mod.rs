@@ -137,6 +137,8 @@ struct Inner {
     prune_locks: ClientLocks<tokio::sync::Mutex<()>>,
     /// The prunes running now.
     prune_progress: PruneProgress,
+    /// Per client: quota checks one at a time, and the bytes of puts in flight (`quota.rs`).
+    quota_gates: ClientLocks<quota::QuotaGate>,
     quotas: Quotas,
 }
 
@@ -170,6 +172,7 @@ impl RepoStore {
                 maintenance_locks: Arc::default(),
                 prune_locks: Arc::default(),
                 prune_progress: PruneProgress::default(),
+                quota_gates: Arc::default(),
                 quotas: Quotas::default(),
             }),
         }
@@ -343,10 +346,13 @@ impl RepoStore {
         if stored.first().copied().unwrap_or(false) {
             return Ok(PutStart::AlreadyStored);
         }
-        if class == ObjectClass::Pack {
-            self.check_quota(client, size).await?;
-        }
-        let staged = StagedPut::create(&self.inner.staging_dir, client, class, id, size).await?;
+        let reservation = match class {
+            ObjectClass::Pack => self.check_quota(client, size).await?,
+            ObjectClass::Snapshot => None,
+        };
+        let mut staged =
+            StagedPut::create(&self.inner.staging_dir, client, class, id, size).await?;
+        staged.reservation = reservation;
         Ok(PutStart::Receiving(staged))
     }
 

@@ -3,8 +3,15 @@
 //! whose put would take the usage above the hard quota is refused when the put begins,
 //! before any byte is received; above the soft quota backups go on and the client is told
 //! (`USAGE`) so that it can warn.
+//!
+//! Puts in flight count too: a put that passes the check *reserves* its size until its pack
+//! is indexed or abandoned, and checks of one client run one at a time, so two connections of
+//! one client cannot each fit a pack that together would pass the hard quota. (Reservations
+//! live in this process: servers sharing one catalog each enforce their own.)
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cyberbackup_core::names::ClientId;
 use cyberbackup_core::v4::repository::{RepoUsage, human_bytes};
@@ -47,6 +54,28 @@ impl Quotas {
     }
 }
 
+/// One client's quota checks and the bytes its puts in flight reserved.
+#[derive(Debug, Default)]
+pub(super) struct QuotaGate {
+    /// Held across one check-and-reserve.
+    check: tokio::sync::Mutex<()>,
+    reserved: AtomicU64,
+}
+
+/// Bytes a put in flight holds against its client's hard quota; released on drop (the
+/// pack was indexed, so the stored bytes count it, or the put was abandoned).
+#[derive(Debug)]
+pub(crate) struct QuotaReservation {
+    gate: Arc<QuotaGate>,
+    bytes: u64,
+}
+
+impl Drop for QuotaReservation {
+    fn drop(&mut self) {
+        self.gate.reserved.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
 impl RepoStore {
     /// The client's stored bytes and its quotas (0 = none, as `USAGE_RESULT` carries them).
     ///
@@ -62,20 +91,25 @@ impl RepoStore {
         })
     }
 
-    /// Refuses a pack of `size` bytes that would take the client above its hard quota.
+    /// Refuses a pack of `size` bytes that would take the client above its hard quota,
+    /// counting what its other puts in flight reserved; else reserves `size` until the
+    /// returned reservation drops (`None`: the client has no hard quota).
     pub(super) async fn check_quota(
         &self,
         client: ClientId,
         size: u64,
-    ) -> Result<(), RepoStoreError> {
+    ) -> Result<Option<QuotaReservation>, RepoStoreError> {
         if self.inner.quotas.is_unlimited() {
-            return Ok(());
+            return Ok(None);
         }
         let (name, limits) = self.limits_of(client).await?;
         let Some(hard) = limits.hard_bytes else {
-            return Ok(());
+            return Ok(None);
         };
+        let gate = super::client_lock(&self.inner.quota_gates, client);
+        let _one_check = gate.check.lock().await;
         let stored = self.inner.catalog.repo_stored_bytes(client.0).await?;
+        let stored = stored.saturating_add(gate.reserved.load(Ordering::SeqCst));
         if stored.saturating_add(size) > hard {
             tracing::warn!(
                 client = %String::from_utf8_lossy(&name),
@@ -94,7 +128,11 @@ impl RepoStore {
                 ),
             });
         }
-        Ok(())
+        gate.reserved.fetch_add(size, Ordering::SeqCst);
+        Ok(Some(QuotaReservation {
+            gate: Arc::clone(&gate),
+            bytes: size,
+        }))
     }
 
     /// The client's name and limits.

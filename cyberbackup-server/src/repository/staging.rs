@@ -34,6 +34,8 @@ pub struct StagedPut {
     hasher: PackHasher,
     file: tokio::fs::File,
     path: TempPath,
+    /// The bytes this put holds against the client's hard quota until it is dropped.
+    pub(super) reservation: Option<super::quota::QuotaReservation>,
 }
 
 impl fmt::Debug for StagedPut {
@@ -53,6 +55,8 @@ pub(super) struct Received {
     pub(super) file: File,
     pub(super) path: TempPath,
     pub(super) hash: [u8; 32],
+    /// Carried on from the [`StagedPut`]: released once the object is stored and indexed.
+    _reservation: Option<super::quota::QuotaReservation>,
 }
 
 impl StagedPut {
@@ -84,6 +88,7 @@ impl StagedPut {
             hasher: PackHasher::new(),
             file: tokio::fs::File::from_std(file),
             path,
+            reservation: None,
         })
     }
 
@@ -131,6 +136,7 @@ impl StagedPut {
             file: file.into_std().await,
             path: self.path,
             hash: *self.hasher.finalize().as_bytes(),
+            _reservation: self.reservation,
         })
     }
 
