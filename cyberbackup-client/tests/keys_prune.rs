@@ -56,6 +56,31 @@ fn file_with(dir: &Path, name: &str, contents: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// `recover` as alice with the passphrase in `passphrase_file` and an enrollment `token`.
+fn recover_args<'a>(passphrase_file: &'a str, token: &'a str) -> [&'a str; 7] {
+    [
+        "recover",
+        "--name",
+        "alice",
+        "--password-file",
+        passphrase_file,
+        "--enroll-token",
+        token,
+    ]
+}
+
+/// `key passwd` from the passphrase in `old` to the one in `new` (file paths).
+fn passwd_args<'a>(old: &'a str, new: &'a str) -> [&'a str; 6] {
+    [
+        "key",
+        "passwd",
+        "--password-file",
+        old,
+        "--new-password-file",
+        new,
+    ]
+}
+
 /// `key list --json` of the machine in `dir`.
 fn keys(dir: &Path, server: &RealServer) -> Vec<serde_json::Value> {
     json(&ok(dir, server, &["key", "list", "--json"]))
@@ -89,19 +114,7 @@ fn key_passwd_replaces_the_passphrase_and_key_remove_locks_out_a_lost_device() {
     // A second machine joins with the old passphrase.
     let desktop = tempfile::tempdir().unwrap();
     let token = enroll_device_of(&server, b"alice");
-    ok(
-        desktop.path(),
-        &server,
-        &[
-            "recover",
-            "--name",
-            "alice",
-            "--password-file",
-            &old,
-            "--enroll-token",
-            &token,
-        ],
-    );
+    ok(desktop.path(), &server, &recover_args(&old, &token));
     let listed = keys(laptop.path(), &server);
     let kinds: Vec<&str> = listed.iter().map(|k| k["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["device", "passphrase", "device"], "{listed:?}");
@@ -110,18 +123,7 @@ fn key_passwd_replaces_the_passphrase_and_key_remove_locks_out_a_lost_device() {
         "the laptop opened with its device key"
     );
 
-    let changed = ok(
-        laptop.path(),
-        &server,
-        &[
-            "key",
-            "passwd",
-            "--password-file",
-            &old,
-            "--new-password-file",
-            &new,
-        ],
-    );
+    let changed = ok(laptop.path(), &server, &passwd_args(&old, &new));
     assert!(
         String::from_utf8_lossy(&changed.stdout).contains("no longer opens"),
         "{}",
@@ -134,21 +136,7 @@ fn key_passwd_replaces_the_passphrase_and_key_remove_locks_out_a_lost_device() {
     // On a third machine the old passphrase opens nothing, the new one opens everything.
     let third = tempfile::tempdir().unwrap();
     let token = enroll_device_of(&server, b"alice");
-    let recover = |passphrase: &str| {
-        run(
-            third.path(),
-            &server,
-            &[
-                "recover",
-                "--name",
-                "alice",
-                "--password-file",
-                passphrase,
-                "--enroll-token",
-                &token,
-            ],
-        )
-    };
+    let recover = |passphrase: &str| run(third.path(), &server, &recover_args(passphrase, &token));
     let with_old = recover(&old);
     assert_ne!(with_old.status.code(), Some(0), "{}", text(&with_old));
     assert!(
@@ -156,19 +144,7 @@ fn key_passwd_replaces_the_passphrase_and_key_remove_locks_out_a_lost_device() {
         "{}",
         text(&with_old)
     );
-    ok(
-        third.path(),
-        &server,
-        &[
-            "recover",
-            "--name",
-            "alice",
-            "--password-file",
-            &new,
-            "--enroll-token",
-            &token,
-        ],
-    );
+    ok(third.path(), &server, &recover_args(&new, &token));
     let restored = third.path().join("restored");
     ok(
         third.path(),
@@ -249,14 +225,7 @@ fn an_append_only_device_is_refused_every_delete_path() {
     let passwd = refused(
         dir,
         &server,
-        &[
-            "key",
-            "passwd",
-            "--password-file",
-            &old,
-            "--new-password-file",
-            &new,
-        ],
+        &passwd_args(&old, &new),
         "the old one still opens the repository",
     );
     assert!(
@@ -436,15 +405,7 @@ fn the_servers_data_directory_and_catalog_open_nothing_without_a_passphrase_or_d
     refused(
         thief.path(),
         &server,
-        &[
-            "recover",
-            "--name",
-            "alice",
-            "--password-file",
-            &guess,
-            "--enroll-token",
-            &token,
-        ],
+        &recover_args(&guess, &token),
         "wrong passphrase",
     );
     refused(thief.path(), &server, &["snapshots"], "opens no key object");
