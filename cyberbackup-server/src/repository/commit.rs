@@ -7,7 +7,10 @@
 //!
 //! Against a concurrent prune (`prune.rs`): a blob a prune condemned still counts as stored
 //! (it is, until the sweep), and a commit that references it claims it again in its record
-//! transaction. A prune clears `Verified` on the chunks it condemns, so such a chunk is read
+//! transaction. Safety does not rest on that claim: every prune revives what a recorded
+//! snapshot references before it sweeps, under the same lock. The claim makes `HAVE` report
+//! the blob as stored again at once, so the next backup does not upload it again (the
+//! kill -9 test `tests/prune_crash.rs` passes without it). A prune clears `Verified` on the chunks it condemns, so such a chunk is read
 //! again and every condemned blob it lists is found. The check and the record run under the
 //! client's shared maintenance lock, which a sweep takes exclusively.
 
