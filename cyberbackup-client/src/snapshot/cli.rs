@@ -595,8 +595,7 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
             EXIT_OK
         }
         SnapshotCommand::Key(KeyCommand::Passwd(add)) => {
-            let needs_current =
-                passphrase.is_none() && repo.key_list().iter().any(|key| key.kind == "passphrase");
+            let needs_current = passphrase.is_none() && repo.opened().has_passphrase_key();
             let current = match passphrase {
                 Some(current) => Some(current),
                 None if needs_current => prompt("current repository passphrase: ")?,

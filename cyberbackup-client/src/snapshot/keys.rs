@@ -100,6 +100,14 @@ pub struct OpenRepository {
     master: MasterKey,
 }
 
+impl OpenRepository {
+    /// Whether a passphrase key object exists (`key passwd` then needs the current one).
+    #[must_use]
+    pub fn has_passphrase_key(&self) -> bool {
+        self.key_objects.iter().any(is_passphrase)
+    }
+}
+
 impl std::fmt::Debug for OpenRepository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenRepository")
@@ -249,11 +257,7 @@ pub async fn change_passphrase<R: RepoRemote>(
     new: &[u8],
     kdf: KdfParams,
 ) -> Result<usize, V4ClientError> {
-    let has_passphrase = open
-        .key_objects
-        .iter()
-        .any(|object| matches!(object.wrap(), KeyWrap::Passphrase(_)));
-    let replaced: Vec<KeyObject> = match (has_passphrase, current) {
+    let replaced: Vec<KeyObject> = match (open.has_passphrase_key(), current) {
         (false, _) => Vec::new(),
         (true, None) => {
             return Err(V4ClientError::Usage {
@@ -264,14 +268,12 @@ pub async fn change_passphrase<R: RepoRemote>(
             let opened: Vec<KeyObject> = open
                 .key_objects
                 .iter()
-                .filter(|object| matches!(object.wrap(), KeyWrap::Passphrase(_)))
+                .filter(|object| is_passphrase(object))
                 .filter(|object| object.unwrap_with_passphrase(current).is_ok())
                 .cloned()
                 .collect();
             if opened.is_empty() {
-                return Err(V4ClientError::NoUsableKey {
-                    reason: "the current passphrase opens no key object of this repository (wrong passphrase?)".into(),
-                });
+                return Err(wrong_passphrase());
             }
             opened
         }
@@ -445,15 +447,22 @@ fn unwrap_with_passphrase(
     };
     key_objects
         .iter()
-        .filter(|object| matches!(object.wrap(), KeyWrap::Passphrase(_)))
+        .filter(|object| is_passphrase(object))
         .find_map(|object| {
             let master = object.unwrap_with_passphrase(passphrase).ok()?;
             Some((master, object.clone()))
         })
-        .ok_or_else(|| V4ClientError::NoUsableKey {
-            reason: "the passphrase opens no key object of this repository (wrong passphrase?)"
-                .into(),
-        })
+        .ok_or_else(wrong_passphrase)
+}
+
+fn is_passphrase(object: &KeyObject) -> bool {
+    matches!(object.wrap(), KeyWrap::Passphrase(_))
+}
+
+fn wrong_passphrase() -> V4ClientError {
+    V4ClientError::NoUsableKey {
+        reason: "the passphrase opens no key object of this repository (wrong passphrase?)".into(),
+    }
 }
 
 fn key_error(source: RepoError) -> V4ClientError {

@@ -357,52 +357,6 @@ pub struct RepoPruneReport {
     pub grace_secs: u64,
 }
 
-impl RepoPruneReport {
-    /// The fields in wire order.
-    fn fields(&self) -> [u64; 10] {
-        [
-            self.snapshots,
-            self.condemned,
-            self.deleted_blobs,
-            self.deleted_blob_bytes,
-            self.packs_repacked,
-            self.packs_retired,
-            self.bytes_retired,
-            self.packs_deleted,
-            self.bytes_freed,
-            self.grace_secs,
-        ]
-    }
-
-    /// The report from its fields in wire order.
-    fn from_fields(f: [u64; 10]) -> Self {
-        let [
-            snapshots,
-            condemned,
-            deleted_blobs,
-            deleted_blob_bytes,
-            packs_repacked,
-            packs_retired,
-            bytes_retired,
-            packs_deleted,
-            bytes_freed,
-            grace_secs,
-        ] = f;
-        Self {
-            snapshots,
-            condemned,
-            deleted_blobs,
-            deleted_blob_bytes,
-            packs_repacked,
-            packs_retired,
-            bytes_retired,
-            packs_deleted,
-            bytes_freed,
-            grace_secs,
-        }
-    }
-}
-
 /// `bytes` for people: `980 B`, `80.0 MiB`, `1.2 GiB` (binary units, one decimal), as quota
 /// messages print them on both sides.
 #[must_use]
@@ -524,9 +478,20 @@ impl RepoReply {
                 dst.put_u64_le(usage.soft_quota_bytes);
                 dst.put_u64_le(usage.hard_quota_bytes);
             }
-            Self::Pruned(report) => {
+            Self::Pruned(r) => {
                 dst.put_u8(msg::PRUNE_RESULT);
-                for field in report.fields() {
+                for field in [
+                    r.snapshots,
+                    r.condemned,
+                    r.deleted_blobs,
+                    r.deleted_blob_bytes,
+                    r.packs_repacked,
+                    r.packs_retired,
+                    r.bytes_retired,
+                    r.packs_deleted,
+                    r.bytes_freed,
+                    r.grace_secs,
+                ] {
                     dst.put_u64_le(field);
                 }
             }
@@ -568,9 +533,19 @@ impl RepoReply {
                 })
             }),
             msg::PRUNE_RESULT => need(src, 80, "PRUNE_RESULT").map(|()| {
-                Self::Pruned(RepoPruneReport::from_fields(std::array::from_fn(|_| {
-                    src.get_u64_le()
-                })))
+                // Fields in encoding order: a struct literal evaluates them in source order.
+                Self::Pruned(RepoPruneReport {
+                    snapshots: src.get_u64_le(),
+                    condemned: src.get_u64_le(),
+                    deleted_blobs: src.get_u64_le(),
+                    deleted_blob_bytes: src.get_u64_le(),
+                    packs_repacked: src.get_u64_le(),
+                    packs_retired: src.get_u64_le(),
+                    bytes_retired: src.get_u64_le(),
+                    packs_deleted: src.get_u64_le(),
+                    bytes_freed: src.get_u64_le(),
+                    grace_secs: src.get_u64_le(),
+                })
             }),
             _ => return None,
         };
@@ -807,9 +782,18 @@ mod tests {
             soft_quota_bytes: 0,
             hard_quota_bytes: 20,
         }));
-        reply_round_trip(RepoReply::Pruned(RepoPruneReport::from_fields(
-            std::array::from_fn(|i| i as u64 * 1000 + 1),
-        )));
+        reply_round_trip(RepoReply::Pruned(RepoPruneReport {
+            snapshots: 1,
+            condemned: 2,
+            deleted_blobs: 3,
+            deleted_blob_bytes: 4,
+            packs_repacked: 5,
+            packs_retired: 6,
+            bytes_retired: 7,
+            packs_deleted: 8,
+            bytes_freed: 9,
+            grace_secs: 10,
+        }));
     }
 
     #[test]
