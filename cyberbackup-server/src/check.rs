@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 
+use crate::catalog::integrity::SchemaStatus;
 use crate::config::ServerConfig;
 use crate::storage::Storage;
 
@@ -85,7 +86,10 @@ pub async fn run_checks(config: &ServerConfig) -> CheckReport {
             "{} does not exist yet; `run` creates it",
             config.catalog_path().display()
         )),
-        Ok(()) => Ok(format!("{} is sound", config.catalog_path().display())),
+        Ok(()) => match crate::catalog::integrity::schema_status(config.catalog_path()).await {
+            Ok(status) => describe_schema(&config.catalog_path(), &status),
+            Err(e) => Err(e.to_string()),
+        },
         Err(e) => Err(e.to_string()),
     };
     items.push(CheckItem {
@@ -98,6 +102,38 @@ pub async fn run_checks(config: &ServerConfig) -> CheckReport {
         outcome: check_free_space(&config.data_dir, config.min_free_disk_bytes()),
     });
     CheckReport { items }
+}
+
+/// The catalog line of a sound catalog: its schema version and the migrations `run` would
+/// apply (listed, not applied); a schema newer than this server fails.
+fn describe_schema(path: &Path, status: &SchemaStatus) -> Result<String, String> {
+    let SchemaStatus {
+        version,
+        latest,
+        pending,
+    } = status;
+    if version > latest {
+        return Err(format!(
+            "{} has schema version {version}, newer than this server's {latest} — run the server version that wrote it, or restore the catalog from a backup made before the upgrade",
+            path.display()
+        ));
+    }
+    if pending.is_empty() {
+        return Ok(format!(
+            "{} is sound, schema version {version} (current)",
+            path.display()
+        ));
+    }
+    let listed: Vec<String> = pending
+        .iter()
+        .map(|(version, name)| format!("{version} {name}"))
+        .collect();
+    Ok(format!(
+        "{} is sound, schema version {version} of {latest}; `run` will apply {} pending migration(s): {} (back the catalog up first: `cyberbackup-server catalog backup FILE`)",
+        path.display(),
+        pending.len(),
+        listed.join(", ")
+    ))
 }
 
 /// Binds `addr` and releases it at once.
@@ -215,6 +251,65 @@ mod tests {
             .collect();
         assert_eq!(failed, ["port", "data_dir", "disk"], "{report}");
         assert!(report.to_string().contains("world-writable"), "{report}");
+    }
+
+    #[tokio::test]
+    async fn an_older_catalog_lists_its_pending_migrations_and_none_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_for(dir.path(), 0);
+        crate::storage::Storage::open(&config.data_dir).unwrap();
+        let old = crate::catalog::schema::create_at_version(&config.catalog_path(), 6);
+        drop(old);
+
+        let report = run_checks(&config).await;
+
+        let latest = crate::catalog::latest_schema_version();
+        let text = report.to_string();
+        assert!(report.is_ok(), "{report}");
+        assert!(
+            text.contains(&format!("schema version 6 of {latest}")),
+            "{text}"
+        );
+        assert!(
+            text.contains("7 devices, 8 server-side retention, 9 scrub"),
+            "{text}"
+        );
+        let status = crate::catalog::integrity::schema_status(config.catalog_path())
+            .await
+            .unwrap();
+        assert_eq!(status.version, 6, "--check applied a migration");
+    }
+
+    #[tokio::test]
+    async fn a_current_catalog_has_no_pending_migration_and_a_newer_one_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_for(dir.path(), 0);
+        crate::catalog::Catalog::open(config.catalog_path())
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+
+        let current = run_checks(&config).await;
+        rusqlite::Connection::open(config.catalog_path())
+            .unwrap()
+            .execute("UPDATE schema_version SET version = version + 1", [])
+            .unwrap();
+        let newer = run_checks(&config).await;
+
+        assert!(current.to_string().contains("(current)"), "{current}");
+        let failed: Vec<_> = newer
+            .items
+            .iter()
+            .filter(|i| i.outcome.is_err())
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(failed, ["catalog"], "{newer}");
+        assert!(
+            newer.to_string().contains("newer than this server"),
+            "{newer}"
+        );
     }
 
     fn config_for(dir: &Path, min_free_disk_mb: u64) -> ServerConfig {

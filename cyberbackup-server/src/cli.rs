@@ -41,7 +41,7 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Print the fingerprint of the v4 server key (creating the key if needed).
     Fingerprint,
-    /// Catalog maintenance (`catalog rebuild`).
+    /// Catalog maintenance (`catalog backup`, `catalog rebuild`).
     #[command(subcommand)]
     Catalog(CatalogCommand),
     /// Devices (registered client keys) and their roles (`devices list`, `devices set-role`).
@@ -94,6 +94,12 @@ pub enum CatalogCommand {
     /// aside, every stored file is registered again as a verified version of its client, with
     /// its hashes recomputed.
     Rebuild,
+    /// Write a consistent copy of the catalog to FILE (mode 0600; never over an existing
+    /// file), safe while the server runs: SQLite's online backup.
+    Backup {
+        /// Where to write the copy.
+        file: PathBuf,
+    },
 }
 
 /// Arguments of `enroll`.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use cyberbackup_core::repo::retention::{KeepWithin, RetentionPolicy};
 
+use crate::backend::config::StorageConfig;
 use crate::catalog::DeviceRole;
 use crate::repository::{QuotaLimits, Quotas, RetentionPolicies};
 
@@ -232,6 +233,9 @@ pub struct ServerConfig {
     /// Per-client policies by client name, replacing `retention` (file only:
     /// `[client_retention.NAME]` tables; an empty table keeps everything for that client).
     pub client_retention: BTreeMap<String, RetentionConfig>,
+    /// Where the snapshot repositories' objects live (file only: the `[storage]` table;
+    /// default: `<data_dir>/repository`).
+    pub storage: StorageConfig,
 }
 
 /// A retention policy as the config writes it (restic's `forget` vocabulary). Snapshots
@@ -348,6 +352,7 @@ impl Default for ServerConfig {
             client_quotas: BTreeMap::new(),
             retention: RetentionConfig::default(),
             client_retention: BTreeMap::new(),
+            storage: StorageConfig::Local,
         }
     }
 }
@@ -467,6 +472,9 @@ pub struct ConfigOverrides {
     /// Retention policies by client name (config file only).
     #[arg(skip)]
     pub client_retention: Option<BTreeMap<String, RetentionConfig>>,
+    /// Where repository objects live (config file only).
+    #[arg(skip)]
+    pub storage: Option<StorageConfig>,
 }
 
 /// What `port.info` said.
@@ -640,6 +648,14 @@ impl ServerConfig {
                 "a client's soft_bytes is above its hard_bytes (the soft quota warns before the hard one refuses)",
             );
         }
+        if let StorageConfig::S3(s3) = &self.storage
+            && s3.bucket.trim().is_empty()
+        {
+            return invalid(
+                "storage",
+                "[storage] backend = \"s3\" needs bucket = \"NAME\" (an existing bucket)",
+            );
+        }
         if !self.admin_hosts.iter().all(bare_name) {
             return invalid(
                 "admin_hosts",
@@ -800,6 +816,7 @@ impl ServerConfig {
             client_quotas,
             retention,
             client_retention,
+            storage,
         } = layer.clone();
         set(&mut self.listen, listen);
         set(&mut self.port, port);
@@ -854,6 +871,7 @@ impl ServerConfig {
         set(&mut self.client_quotas, client_quotas);
         set(&mut self.retention, retention);
         set(&mut self.client_retention, client_retention);
+        set(&mut self.storage, storage);
     }
 
     /// The v4 server key file: `identity_key_file`, else `<data_dir>/server-v4.key`.
@@ -911,6 +929,7 @@ impl ConfigOverrides {
             client_quotas: None,
             retention: None,
             client_retention: None,
+            storage: None,
         })
     }
 }

@@ -128,9 +128,12 @@ impl Server {
             .await?
             .with_faults(faults);
         maintenance::recover(&catalog, &storage).await?;
-        let repo = RepoStore::open_local(&config.data_dir, catalog.clone())
-            .await?
-            .with_quotas(config.quotas());
+        let repo = RepoStore::from_config(&config, catalog.clone())?;
+        repo.recover().await?;
+        tracing::info!(
+            storage = %config.storage.describe(&config.data_dir, crate::repository::REPOSITORY_DIR),
+            "snapshot repositories opened"
+        );
         let address = SocketAddr::new(config.listen, config.port);
         let listener = TcpListener::bind(address).await.map_err(|source| {
             ServerError::io(

@@ -235,6 +235,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ));
         }
+        Command::Catalog(CatalogCommand::Backup { file }) => {
+            let path = config.catalog_path();
+            if !path.is_file() {
+                return Err(no_catalog(&path));
+            }
+            let report = cyberbackup_server::catalog::backup::backup(path, file).await?;
+            println!(
+                "catalog backed up to {} ({} bytes, schema version {})",
+                report.path.display(),
+                report.bytes,
+                report.schema_version
+            );
+        }
         Command::Catalog(CatalogCommand::Rebuild) => {
             let report = rebuild::rebuild(&config).await?;
             print!("{report}");
@@ -258,15 +271,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
 async fn open_existing(config: &ServerConfig) -> Result<Catalog, ServerError> {
     let path = config.catalog_path();
     if !path.is_file() {
-        return Err(ServerError::io(
-            format!(
-                "no catalog at {} — check --data-dir / CYBERBACKUP_DATA_DIR",
-                path.display()
-            ),
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
+        return Err(no_catalog(&path));
     }
     Ok(Catalog::open(path).await?)
+}
+
+/// The error of an admin command pointed at a data directory without a catalog.
+fn no_catalog(path: &std::path::Path) -> ServerError {
+    ServerError::io(
+        format!(
+            "no catalog at {} — check --data-dir / CYBERBACKUP_DATA_DIR",
+            path.display()
+        ),
+        std::io::Error::from(std::io::ErrorKind::NotFound),
+    )
 }
 
 fn fail(error: &ServerError) -> ExitCode {

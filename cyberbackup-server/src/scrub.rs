@@ -27,14 +27,11 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::local::{LocalBackend, LocalConfig};
 use crate::catalog::Catalog;
 use crate::catalog::scrub::{CorruptKind, CorruptObject, Damage, FileToScrub, PackToScrub};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::repository::{
-    MAX_OBJECT_LEN, PieceError, REPOSITORY_DIR, RepoStore, RepoStoreError, STAGING_DIR,
-};
+use crate::repository::{PieceError, RepoStore};
 use crate::storage::{Storage, StorageError};
 
 /// Bytes read (and hashed) at a time.
@@ -473,14 +470,7 @@ pub async fn scrub_now(
             Some(ClientId(found.id))
         }
     };
-    let backend = LocalBackend::open(LocalConfig::new(config.data_dir.join(REPOSITORY_DIR)))
-        .map_err(RepoStoreError::from)?;
-    let repo = RepoStore::new(
-        Arc::new(backend),
-        catalog.clone(),
-        config.data_dir.join(STAGING_DIR),
-        MAX_OBJECT_LEN,
-    );
+    let repo = RepoStore::from_config(config, catalog.clone())?;
     let storage = Storage::open(&config.data_dir)?;
     let scrubber = Scrubber::new(catalog.clone(), repo, storage, Arc::default());
     let report = scrubber

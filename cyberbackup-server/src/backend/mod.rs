@@ -5,7 +5,8 @@
 //! content hash that the backend checks, get a byte range, list a prefix, delete, and a
 //! resumable multipart upload for large objects. Two implementations sit behind it:
 //! [`local::LocalBackend`] (a data directory) and [`s3::S3Backend`] (any S3-compatible
-//! store through `object_store`); [`faulty::Faulty`] wraps either to inject failures.
+//! store through `object_store`); [`faulty::Faulty`] wraps either to inject failures. The
+//! server's `[storage]` table ([`config::StorageConfig`]) picks one.
 //! The snapshot repository store (`crate::repository`) keeps its packs and snapshot objects
 //! through it. The legacy v3/v4 file store (`storage.rs`) is separate.
 //!
@@ -35,6 +36,7 @@
 //! * Writers of different keys never interfere; concurrent writers of one key end with
 //!   exactly one of their objects. Deleting a missing key succeeds (retries are safe).
 
+pub mod config;
 pub mod faulty;
 mod hash;
 mod key;

@@ -145,6 +145,17 @@ pub enum CatalogError {
         #[source]
         source: std::io::Error,
     },
+    /// `catalog backup` could not write its copy.
+    #[error("catalog backup: cannot write {path}: {source} — {fix}")]
+    Backup {
+        /// The backup file.
+        path: PathBuf,
+        /// Underlying IO error.
+        #[source]
+        source: std::io::Error,
+        /// What to do about it.
+        fix: &'static str,
+    },
     /// A blocking read task panicked or was cancelled.
     #[error("catalog read task failed: {0}")]
     Task(#[source] tokio::task::JoinError),

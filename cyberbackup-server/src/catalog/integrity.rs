@@ -64,6 +64,54 @@ pub async fn open_checked(config: &ServerConfig) -> Result<Catalog, CatalogError
     Catalog::open(config.catalog_path()).await
 }
 
+/// Where a catalog's schema stands against this server's migrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// The version recorded in the catalog (0: no schema yet).
+    pub version: u32,
+    /// The newest version this server knows.
+    pub latest: u32,
+    /// The migrations `run` would apply, as `(version, name)`, oldest first.
+    pub pending: Vec<(u32, &'static str)>,
+}
+
+/// Reads the schema version of the catalog at `path` through a read-only connection and
+/// lists the migrations still to apply; applies none (`--check`).
+///
+/// # Errors
+/// [`CatalogError::Open`] when it cannot be read.
+pub async fn schema_status(path: PathBuf) -> Result<SchemaStatus, CatalogError> {
+    tokio::task::spawn_blocking(move || {
+        let conn = super::schema::open_reader(&path)?;
+        let read = || -> rusqlite::Result<u32> {
+            let has_versions = conn
+                .query_row(
+                    "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version'",
+                    [],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if has_versions {
+                super::schema::current_version(&conn)
+            } else {
+                Ok(0)
+            }
+        };
+        let version = read().map_err(|source| CatalogError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(SchemaStatus {
+            version,
+            latest: super::schema::latest_version(),
+            pending: super::schema::pending_migrations(version),
+        })
+    })
+    .await
+    .map_err(CatalogError::Task)?
+}
+
 fn inspect_blocking(paths: &DataPaths) -> Result<(), CatalogError> {
     let stored = client_dirs_with_files(&paths.files);
     if !paths.catalog.exists() {

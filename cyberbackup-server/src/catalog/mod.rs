@@ -18,6 +18,7 @@
 //! `synchronous=FULL`: when a write returns, its transaction is durable. The server only
 //! acknowledges a file (1603/1604) after the matching write has returned.
 
+pub mod backup;
 mod error;
 pub mod integrity;
 mod model;
@@ -25,7 +26,7 @@ pub mod prune;
 mod queries;
 pub mod rebuild;
 pub mod repo;
-mod schema;
+pub(crate) mod schema;
 pub mod scrub;
 mod timestamp;
 pub mod usage;

@@ -15,11 +15,19 @@ use super::error::CatalogError;
 /// How long a connection waits on a lock before failing with `SQLITE_BUSY`.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One schema change: a short name (`--check` lists pending ones) and its SQL.
+struct Migration {
+    name: &'static str,
+    sql: &'static str,
+}
+
 /// Migrations in order; migration `i` brings the schema to version `i + 1`. Never edit a
 /// released migration: append a new one.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: initial schema.
-    r"
+    Migration {
+        name: "initial schema",
+        sql: r"
     CREATE TABLE clients (
         ID           BLOB PRIMARY KEY CHECK (length(ID) = 16),
         Name         BLOB NOT NULL UNIQUE,
@@ -59,11 +67,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX files_unfinished_by_updated ON files(UpdatedAt)
         WHERE State IN ('receiving', 'received');
     ",
+    },
     // 2: crash-safe commit. State `committing` records the intent to rename a received file
     // into place (with its SHA-256 already in the row) before the rename; `CommitKeep` is the
     // retention the commit runs with, so a reconciliation after a crash can finish it alone.
     // SQLite cannot alter a CHECK constraint, so the table is rebuilt.
-    r"
+    Migration {
+        name: "crash-safe commit",
+        sql: r"
     CREATE TABLE files_v2 (
         RowId          INTEGER PRIMARY KEY,
         ID             BLOB NOT NULL REFERENCES clients(ID),
@@ -100,12 +111,15 @@ const MIGRATIONS: &[&str] = &[
         WHERE State IN ('receiving', 'received');
     CREATE INDEX files_committing_by_updated ON files(UpdatedAt) WHERE State = 'committing';
     ",
+    },
     // 3: protocol v4 (docs/protocol-v4.md). A v4 client's PublicKey is its 32-byte X25519
     // static key, unique among v4 clients. Enrollment tokens are stored as SHA-256 only.
     // A resumable upload is a `files` row in `receiving` (TempPath = its partial file) plus
     // its size and durable offset here; no foreign key, so a later rebuild of `files` stays
     // possible.
-    r"
+    Migration {
+        name: "protocol v4",
+        sql: r"
     CREATE UNIQUE INDEX clients_v4_public_key ON clients(PublicKey) WHERE Protocol = 4;
     CREATE TABLE enrollment_tokens (
         TokenHash BLOB PRIMARY KEY CHECK (length(TokenHash) = 32),
@@ -120,6 +134,7 @@ const MIGRATIONS: &[&str] = &[
         DurableOffset INTEGER NOT NULL DEFAULT 0
     );
     ",
+    },
     // 4: substring search on file names (`FileFilter::name_contains`, docs/admin-api.md).
     // A contentless FTS5 table with the trigram tokenizer (case sensitive, like `instr`)
     // indexes each name's bytes read as UTF-8 text: `CAST(FileName AS TEXT)` converts
@@ -128,7 +143,9 @@ const MIGRATIONS: &[&str] = &[
     // characters and confirms every candidate with `instr` on the stored bytes. Its rowid is
     // `files.RowId`; the triggers keep it in step with every insert, delete and rename. A
     // later rebuild of `files` (as in migration 2) must recreate the triggers and refill it.
-    r"
+    Migration {
+        name: "file-name search index",
+        sql: r"
     CREATE VIRTUAL TABLE files_name_trigram USING fts5(
         Name, content = '', tokenize = 'trigram case_sensitive 1'
     );
@@ -149,6 +166,7 @@ const MIGRATIONS: &[&str] = &[
             VALUES (new.RowId, CAST(new.FileName AS TEXT));
     END;
     ",
+    },
     // 5: the keyless snapshot repository store (`crate::repository`, docs/repository.md,
     // "Server-side store"). One repository per client; every table is keyed by the client id
     // first, so every query is one client's. `repo_blobs` is the blob index (blob ID -> pack,
@@ -156,7 +174,9 @@ const MIGRATIONS: &[&str] = &[
     // chunk whose bytes were checked against its ID and whose every listed blob was indexed
     // by a commit. Plain SQL (no WITHOUT ROWID, no INSERT OR IGNORE) so the same statements
     // run on PostgreSQL later; `StoredAt` columns are Unix seconds.
-    r"
+    Migration {
+        name: "snapshot repository store",
+        sql: r"
     CREATE TABLE repositories (
         ClientId  BLOB PRIMARY KEY CHECK (length(ClientId) = 16),
         Config    BLOB NOT NULL,
@@ -204,13 +224,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ClientId, SnapshotId, Seq)
     );
     ",
+    },
     // 6: keyless prune (`crate::repository::prune`, docs/repository.md, "Prune").
     // `CondemnedAt` (Unix seconds) is set on a blob no snapshot referenced when a prune looked,
     // cleared when a commit or an upload claims it again; a blob condemned longer than the
     // grace period is deleted. `repo_pack_deletions` lists packs whose index rows are gone and
     // whose object is deleted after `DeleteAfter`, so a crash between the two never re-indexes
     // a dead pack and a read already in flight still finds its bytes.
-    r"
+    Migration {
+        name: "keyless prune",
+        sql: r"
     ALTER TABLE repo_blobs ADD COLUMN CondemnedAt INTEGER;
     CREATE INDEX repo_blobs_condemned ON repo_blobs(ClientId, CondemnedAt);
     CREATE TABLE repo_pack_deletions (
@@ -221,11 +244,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ClientId, PackId)
     );
     ",
+    },
     // 7: devices (docs/operations.md, "Device roles"). Every v4 client key is a device of
     // its client (account); a client gains devices through enrollment tokens bound to it
     // (`ForClient`). `append-only` (the default, also for keys registered before this
     // migration) may back up and read but never forget a snapshot; `manage` may.
-    r"
+    Migration {
+        name: "devices",
+        sql: r"
     CREATE TABLE v4_devices (
         PublicKey BLOB PRIMARY KEY CHECK (length(PublicKey) = 32),
         ClientId  BLOB NOT NULL REFERENCES clients(ID),
@@ -238,18 +264,24 @@ const MIGRATIONS: &[&str] = &[
         WHERE Protocol = 4 AND PublicKey IS NOT NULL;
     ALTER TABLE enrollment_tokens ADD COLUMN ForClient BLOB;
     ",
+    },
     // 8: server-side retention (`crate::repository::retention`). `GroupKey` is the
     // envelope's group (a keyed hash of host and paths): the server groups snapshots by it
     // without learning either. NULL for snapshots recorded before this migration.
-    r"
+    Migration {
+        name: "server-side retention",
+        sql: r"
     ALTER TABLE repo_snapshots ADD COLUMN GroupKey BLOB;
     ",
+    },
     // 9: scrub (`crate::scrub`). `ScrubbedAt` is when a scrub last read the object whole
     // (Unix milliseconds, NULL = never; a cycle reads the oldest first, so a restart goes
     // on where it stopped); `CorruptAt` (Unix seconds) and `CorruptReason` say that the
     // latest scrub found it damaged or missing, and are cleared when a later scrub finds it
     // whole again. Legacy flat files (`files`) carry the same three columns.
-    r"
+    Migration {
+        name: "scrub",
+        sql: r"
     ALTER TABLE repo_packs ADD COLUMN ScrubbedAt INTEGER;
     ALTER TABLE repo_packs ADD COLUMN CorruptAt INTEGER;
     ALTER TABLE repo_packs ADD COLUMN CorruptReason TEXT;
@@ -261,6 +293,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX files_verified_by_scrubbed ON files(ScrubbedAt) WHERE State = 'verified';
     CREATE INDEX files_corrupt ON files(ID) WHERE CorruptAt IS NOT NULL;
     ",
+    },
 ];
 
 /// Newest schema version this build knows.
@@ -365,15 +398,25 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, CatalogError> {
             supported: latest,
         });
     }
-    for (version, sql) in (1..=latest)
+    for (version, migration) in (1..=latest)
         .zip(MIGRATIONS)
         .skip_while(|(v, _)| *v <= current)
     {
         let tx = conn.transaction().map_err(migrate_err(version))?;
-        apply(&tx, sql, version).map_err(migrate_err(version))?;
+        apply(&tx, migration.sql, version).map_err(migrate_err(version))?;
         tx.commit().map_err(migrate_err(version))?;
     }
     Ok(latest)
+}
+
+/// The migrations a catalog at schema `version` still needs, as `(version, name)`: what
+/// `run` would apply (`--check` lists them without applying any).
+pub(crate) fn pending_migrations(version: u32) -> Vec<(u32, &'static str)> {
+    (1..=latest_version())
+        .zip(MIGRATIONS)
+        .filter(|(v, _)| *v > version)
+        .map(|(v, migration)| (v, migration.name))
+        .collect()
 }
 
 /// Version recorded in `schema_version` (0 for a fresh database).
@@ -393,6 +436,21 @@ fn apply(tx: &Transaction<'_>, sql: &str, version: u32) -> rusqlite::Result<()> 
         [version],
     )?;
     Ok(())
+}
+
+/// A catalog at `path` migrated only up to `version` (an older server's), for tests of
+/// what a newer server does with it.
+#[cfg(test)]
+pub(crate) fn create_at_version(path: &Path, version: u32) -> Connection {
+    let mut conn = open_writer(path).unwrap();
+    conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        .unwrap();
+    for (number, migration) in (1..=version).zip(MIGRATIONS) {
+        let tx = conn.transaction().unwrap();
+        apply(&tx, migration.sql, number).unwrap();
+        tx.commit().unwrap();
+    }
+    conn
 }
 
 #[cfg(test)]
@@ -528,14 +586,7 @@ mod tests {
     #[test]
     fn v4_clients_registered_before_devices_existed_become_append_only_devices() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_writer(&dir.path().join("defensive.db")).unwrap();
-        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-            .unwrap();
-        for (version, sql) in (1..=6).zip(MIGRATIONS) {
-            let tx = conn.transaction().unwrap();
-            apply(&tx, sql, version).unwrap();
-            tx.commit().unwrap();
-        }
+        let mut conn = create_at_version(&dir.path().join("defensive.db"), 6);
         conn.execute(
             "INSERT INTO clients (ID, Name, PublicKey, Protocol, RegisteredAt)
              VALUES (?1, 'alice', ?2, 4, '2026-01-01T00:00:00Z')",
@@ -558,14 +609,7 @@ mod tests {
     #[test]
     fn name_index_is_filled_from_rows_older_than_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_writer(&dir.path().join("defensive.db")).unwrap();
-        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-            .unwrap();
-        for (version, sql) in (1..=3).zip(MIGRATIONS) {
-            let tx = conn.transaction().unwrap();
-            apply(&tx, sql, version).unwrap();
-            tx.commit().unwrap();
-        }
+        let mut conn = create_at_version(&dir.path().join("defensive.db"), 3);
         conn.execute_batch(
             "INSERT INTO clients (ID, Name, RegisteredAt) VALUES (x'01010101010101010101010101010101', 'a', 'x');
              INSERT INTO files (ID, FileName, PathName, Version, State, CreatedAt, UpdatedAt)

@@ -34,7 +34,7 @@ mod scrub;
 mod staging;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,10 +45,10 @@ use cyberbackup_core::repo::{
     BlobId, KeyObject, PACK_TRAILER_LEN, PackHeader, PackId, RepoConfig, SnapshotId,
 };
 
-use crate::backend::local::{LocalBackend, LocalConfig};
 use crate::backend::{Backend, ContentHash, ObjectKey, PutBody};
 use crate::catalog::Catalog;
 use crate::catalog::repo::{AddKeyOutcome, RemoveKeyOutcome};
+use crate::config::ServerConfig;
 
 pub use error::RepoStoreError;
 pub use progress::{PruneActivity, PrunePhase, PruneProgress};
@@ -474,21 +474,22 @@ impl RepoStore {
         recovery::recover(self).await
     }
 
-    /// The server's store: a [`LocalBackend`] on `<data_dir>/repository`, staging in
-    /// `<data_dir>/repo-staging`, [`MAX_OBJECT_LEN`]; recovered before it is returned.
+    /// The server's store on the backend of `config.storage` (`<data_dir>/repository` by
+    /// default), staging in `<data_dir>/repo-staging`, [`MAX_OBJECT_LEN`], `config`'s
+    /// quotas. Not yet [recovered](Self::recover): the server recovers it before serving;
+    /// a command run beside a running server must not.
     ///
     /// # Errors
-    /// The backend's directory cannot be created, or recovery fails.
-    pub async fn open_local(data_dir: &Path, catalog: Catalog) -> Result<Self, RepoStoreError> {
-        let backend = LocalBackend::open(LocalConfig::new(data_dir.join(REPOSITORY_DIR)))?;
-        let store = Self::new(
-            Arc::new(backend),
+    /// The backend cannot be opened (a bad `[storage]` setting, an uncreatable directory).
+    pub fn from_config(config: &ServerConfig, catalog: Catalog) -> Result<Self, RepoStoreError> {
+        let backend = config.storage.open(&config.data_dir, REPOSITORY_DIR)?;
+        Ok(Self::new(
+            backend,
             catalog,
-            data_dir.join(STAGING_DIR),
+            config.data_dir.join(STAGING_DIR),
             MAX_OBJECT_LEN,
-        );
-        store.recover().await?;
-        Ok(store)
+        )
+        .with_quotas(config.quotas()))
     }
 
     async fn require_repository(&self, client: ClientId) -> Result<(), RepoStoreError> {
