@@ -257,7 +257,7 @@ mod tests {
     async fn an_older_catalog_lists_its_pending_migrations_and_none_is_applied() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_for(dir.path(), 0);
-        crate::storage::Storage::open(&config.data_dir).unwrap();
+        Storage::open(&config.data_dir).unwrap();
         let old = crate::catalog::schema::create_at_version(&config.catalog_path(), 6);
         drop(old);
 

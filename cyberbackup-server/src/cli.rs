@@ -47,6 +47,9 @@ pub enum Command {
     /// Devices (registered client keys) and their roles (`devices list`, `devices set-role`).
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Storage backend maintenance (`storage copy`).
+    #[command(subcommand)]
+    Storage(StorageCommand),
     /// Run one full scrub cycle now (unthrottled unless --rate is given) and print what it
     /// found; safe while the server runs.
     Scrub(ScrubArgs),
@@ -99,6 +102,21 @@ pub enum CatalogCommand {
     Backup {
         /// Where to write the copy.
         file: PathBuf,
+    },
+}
+
+/// Subcommands of `storage`.
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Copy every repository object from this server's `[storage]` backend into the
+    /// `[storage]` backend of another config file (e.g. from the data directory into an S3
+    /// bucket), checking every object's hash; objects already there are skipped, so an
+    /// interrupted copy is resumed by running it again. Stop the server first, then point
+    /// its config at the new backend.
+    Copy {
+        /// The config file whose `[storage]` table is the target.
+        #[arg(long, value_name = "FILE")]
+        to_config: PathBuf,
     },
 }
 

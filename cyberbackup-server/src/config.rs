@@ -1001,6 +1001,21 @@ where
     }
 }
 
+/// The `[storage]` table of the config file at `path` (`storage copy --to-config`).
+///
+/// # Errors
+/// [`ConfigError`] for an unreadable or invalid file, or [`ConfigError::Invalid`] when it
+/// has no `[storage]` table.
+pub fn storage_of_file(path: &Path) -> Result<StorageConfig, ConfigError> {
+    read_file(path)?.storage.ok_or_else(|| ConfigError::Invalid {
+        key: "storage",
+        reason: format!(
+            "{} has no [storage] table — add the target backend there (backend = \"s3\", bucket = …)",
+            path.display()
+        ),
+    })
+}
+
 fn read_file(path: &Path) -> Result<ConfigOverrides, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_path_buf(),

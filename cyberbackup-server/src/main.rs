@@ -9,13 +9,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cyberbackup_server::admin;
+use cyberbackup_server::backend::copy::copy_all;
 use cyberbackup_server::catalog::v4::SetRoleOutcome;
 use cyberbackup_server::catalog::{Catalog, FileFilter, integrity, rebuild};
 use cyberbackup_server::check::run_checks;
 use cyberbackup_server::cli::{
     CatalogCommand, Cli, Command, DevicesCommand, EnrollArgs, FilesArgs, ScrubArgs, SetRoleArgs,
+    StorageCommand,
 };
 use cyberbackup_server::config::{ENV_PREFIX, LoadedConfig, ServerConfig};
+use cyberbackup_server::repository::{REPOSITORY_DIR, RepoStoreError};
 use cyberbackup_server::{ServerError, telemetry};
 
 /// glibc malloc arenas the server uses (glibc's default is 8 per core).
@@ -246,6 +249,46 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
                 report.path.display(),
                 report.bytes,
                 report.schema_version
+            );
+        }
+        Command::Storage(StorageCommand::Copy { to_config }) => {
+            let target = cyberbackup_server::config::storage_of_file(&to_config)?;
+            let (from, to) = (
+                config.storage.describe(&config.data_dir, REPOSITORY_DIR),
+                target.describe(&config.data_dir, REPOSITORY_DIR),
+            );
+            if from == to {
+                return Err(ServerError::io(
+                    format!(
+                        "{} is this server's storage already ({from}) — name a config file whose [storage] is the target",
+                        to_config.display()
+                    ),
+                    std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                ));
+            }
+            let storage_err = |e| ServerError::from(RepoStoreError::from(e));
+            let source = config
+                .storage
+                .open(&config.data_dir, REPOSITORY_DIR)
+                .map_err(storage_err)?;
+            let sink = target
+                .open(&config.data_dir, REPOSITORY_DIR)
+                .map_err(storage_err)?;
+            eprintln!("copying repository objects from {from} to {to}");
+            let report = copy_all(source, sink, |report| {
+                let done = report.copied + report.skipped;
+                if done % 100 == 0 {
+                    eprintln!(
+                        "  {done} objects ({} copied, {} bytes)",
+                        report.copied, report.bytes
+                    );
+                }
+            })
+            .await
+            .map_err(storage_err)?;
+            println!(
+                "copied {} objects ({} bytes), {} already there; point [storage] of the server's config at {to} and start it",
+                report.copied, report.bytes, report.skipped
             );
         }
         Command::Catalog(CatalogCommand::Rebuild) => {

@@ -270,6 +270,57 @@ async fn token_is_required_when_the_listener_is_not_loopback() {
     server.stop().await;
 }
 
+/// `/diagnostics` reveals the configuration, so with a token configured it needs the token
+/// even from loopback (where the rest of the API does not); it prints versions, the catalog
+/// schema, the storage backends and recent warnings, and never a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostics_need_the_token_even_from_loopback_and_print_no_secret() {
+    install_recent_layer();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&dir.path().join("data"));
+    config.admin_token = Some(AdminToken::new("diag-secret-token"));
+    let server = start(config).await;
+    tracing::warn!("diagnostics test warning 9f1c");
+
+    let none = get(server.admin, "/diagnostics", &[]).await;
+    let overview = get(server.admin, "/api/v1/overview", &[]).await;
+    let with = get(
+        server.admin,
+        "/diagnostics",
+        &[("Authorization", "Bearer diag-secret-token")],
+    )
+    .await;
+
+    assert_eq!(none.status, 401, "{}", none.body);
+    assert_eq!(overview.status, 200, "loopback needs no token for the rest");
+    assert_eq!(with.status, 200, "{}", with.body);
+    let body = with.json();
+    assert_eq!(body["server"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        body["catalog"]["schema_version"],
+        cyberbackup_server::catalog::latest_schema_version()
+    );
+    assert_eq!(body["config"]["admin_token"], "<redacted>");
+    assert_eq!(body["config"]["port"], server.config.port);
+    let repository = body["storage"]["repository"].as_str().unwrap();
+    assert!(
+        repository.starts_with("local ") && repository.ends_with("repository"),
+        "{repository}"
+    );
+    assert!(
+        body["recent_errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("diagnostics test warning 9f1c"))),
+        "{body}"
+    );
+    assert!(!with.body.contains("diag-secret-token"), "{}", with.body);
+    server.stop().await;
+}
+
 /// DNS rebinding: a page of evil.example whose name later resolves to 127.0.0.1 reaches the
 /// dashboard from the operator's browser with `Host: evil.example`. Only the listener's own
 /// names are answered (421 otherwise); probes stay open; every answer refuses framing and

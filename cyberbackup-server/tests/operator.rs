@@ -1,12 +1,14 @@
 //! What a new operator meets, with the real binary as a child process: `--check` (it checks
 //! the admin listener too and changes nothing on disk) and the log of a running server
 //! (no colour codes off a terminal, one summary line per connection, `client=` once per line,
-//! a user's typo not listed as a server warning), and the `devices` commands.
+//! a user's typo not listed as a server warning), the `devices` commands, `catalog backup`
+//! beside a running server, and `storage copy` into a real S3 server process.
 //!
 //! Runtime: a few seconds in a debug build.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin_common;
+mod s3_server;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -178,6 +180,149 @@ async fn devices_are_listed_with_their_roles_and_the_operator_sets_them() {
     );
     let bad_role = devices(&["set-role", "alice", "owner"]);
     assert_eq!(bad_role.status.code(), Some(2), "{}", text(&bad_role));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_backup_copies_a_running_servers_catalog_privately_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = (free_addr(), free_addr());
+    let (mut child, lines) = start_server(dir.path(), addr, admin);
+    wait_for(&lines, "admin dashboard listening");
+    let files = tempfile::tempdir().unwrap();
+    backup(addr, files.path(), "alice", &[("report.txt", b"quarterly")]).await;
+    let target = dir.path().join("catalog-copy.db");
+    let run_backup = || {
+        server_command(dir.path(), free_addr(), free_addr())
+            .args(["catalog", "backup"])
+            .arg(&target)
+            .output()
+            .unwrap()
+    };
+
+    let first = run_backup();
+    let second = run_backup();
+    stop(&mut child);
+
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("catalog backed up to"),
+        "{}",
+        text(&first)
+    );
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let copy = Catalog::open(&target).await.unwrap();
+    let clients = copy.list_clients().await.unwrap();
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0].name, b"alice");
+    assert_ne!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("never overwritten"),
+        "{}",
+        text(&second)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_copy_moves_the_repository_objects_into_a_bucket_and_refuses_a_bad_target() {
+    use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
+    use cyberbackup_server::backend::s3::S3Backend;
+    use cyberbackup_server::backend::{Backend, ContentHash, ObjectKey, PutBody};
+    use futures_util::TryStreamExt;
+
+    let Some(s3) = s3_server::S3Server::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    cyberbackup_server::storage::Storage::open(&data).unwrap();
+    let local = LocalBackend::open(LocalConfig::new(data.join("repository"))).unwrap();
+    let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let objects = [
+        ("aa/packs/01/0102", bytes::Bytes::from(big)),
+        (
+            "aa/snapshots/0304",
+            bytes::Bytes::from_static(b"sealed snapshot"),
+        ),
+    ];
+    for (key, bytes) in &objects {
+        let key = ObjectKey::new(*key).unwrap();
+        local
+            .put(&key, PutBody::Bytes(bytes.clone()), ContentHash::of(bytes))
+            .await
+            .unwrap();
+    }
+    let write_config = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let s3_target = write_config(
+        "target.toml",
+        &format!(
+            "[storage]\nbackend = \"s3\"\nbucket = \"{}\"\nendpoint = \"http://{}\"\nregion = \"us-east-1\"\nprefix = \"moved\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\n",
+            s3_server::BUCKET,
+            s3.addr,
+            s3_server::ACCESS_KEY,
+            s3_server::SECRET_KEY
+        ),
+    );
+    let no_storage = write_config("empty.toml", "port = 4000\n");
+    let same = write_config("same.toml", "[storage]\nbackend = \"local\"\n");
+    let copy = |target: &Path| {
+        server_command(dir.path(), free_addr(), free_addr())
+            .args(["storage", "copy", "--to-config"])
+            .arg(target)
+            .output()
+            .unwrap()
+    };
+
+    let copied = copy(&s3_target);
+    let rerun = copy(&s3_target);
+    let missing = copy(&no_storage);
+    let itself = copy(&same);
+
+    assert_eq!(copied.status.code(), Some(0), "{}", text(&copied));
+    assert!(
+        String::from_utf8_lossy(&copied.stdout).contains("copied 2 objects"),
+        "{}",
+        text(&copied)
+    );
+    assert!(
+        !text(&copied).contains(s3_server::SECRET_KEY),
+        "{}",
+        text(&copied)
+    );
+    let bucket = S3Backend::new(&s3.config(Some("moved"))).unwrap();
+    let listed: Vec<_> = bucket.list(None).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for (key, bytes) in &objects {
+        let stored = bucket
+            .get(&ObjectKey::new(*key).unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(&stored, bytes, "{key}");
+    }
+    assert_eq!(rerun.status.code(), Some(0), "{}", text(&rerun));
+    assert!(
+        String::from_utf8_lossy(&rerun.stdout)
+            .contains("copied 0 objects (0 bytes), 2 already there"),
+        "{}",
+        text(&rerun)
+    );
+    assert_ne!(missing.status.code(), Some(0), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("has no [storage] table"),
+        "{}",
+        text(&missing)
+    );
+    assert_ne!(itself.status.code(), Some(0), "{}", text(&itself));
+    assert!(
+        text(&itself).contains("this server's storage already"),
+        "{}",
+        text(&itself)
+    );
 }
 
 /// `cyberbackup-server --check` with a data directory and port in `dir`.

@@ -23,6 +23,9 @@ use cyberbackup_server::faults::{FaultInjector, Faults};
 use cyberbackup_server::{Server, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
+/// A change to the test server's configuration, applied before it starts.
+type Adjust = Box<dyn FnOnce(&mut ServerConfig) + Send>;
+
 /// A running reference server; stopped (gracefully) on drop.
 pub struct RealServer {
     pub addr: SocketAddr,
@@ -49,13 +52,25 @@ impl RealServer {
 
     /// A server whose configuration `adjust` changes, with its admin listener on a free
     /// loopback port ([`Self::admin`]).
-    pub fn start_configured(adjust: fn(&mut ServerConfig)) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), Faults::none(), Some(adjust))
+    pub fn start_configured(adjust: impl FnOnce(&mut ServerConfig) + Send + 'static) -> Self {
+        Self::start_in(
+            tempfile::tempdir().unwrap(),
+            Faults::none(),
+            Some(Box::new(adjust)),
+        )
     }
 
     /// A server on `data` (a directory an earlier server used: a restart), on a new port.
     pub fn restart_in(data: tempfile::TempDir) -> Self {
         Self::start_in(data, Faults::none(), None)
+    }
+
+    /// [`Self::restart_in`] with a configuration `adjust` changes (and an admin listener).
+    pub fn restart_configured(
+        data: tempfile::TempDir,
+        adjust: impl FnOnce(&mut ServerConfig) + Send + 'static,
+    ) -> Self {
+        Self::start_in(data, Faults::none(), Some(Box::new(adjust)))
     }
 
     /// Stops the server and hands back its data directory (for [`Self::restart_in`]).
@@ -68,11 +83,7 @@ impl RealServer {
         std::mem::replace(&mut self.data, placeholder)
     }
 
-    fn start_in(
-        data: tempfile::TempDir,
-        faults: Faults,
-        adjust: Option<fn(&mut ServerConfig)>,
-    ) -> Self {
+    fn start_in(data: tempfile::TempDir, faults: Faults, adjust: Option<Adjust>) -> Self {
         let mut config = ServerConfig {
             listen: Ipv4Addr::LOCALHOST.into(),
             port: 0,
@@ -85,10 +96,10 @@ impl RealServer {
             min_free_disk_mb: 0,
             ..ServerConfig::default()
         };
+        let with_admin = adjust.is_some();
         if let Some(adjust) = adjust {
             adjust(&mut config);
         }
-        let with_admin = adjust.is_some();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -37,6 +37,7 @@
 //!   exactly one of their objects. Deleting a missing key succeeds (retries are safe).
 
 pub mod config;
+pub mod copy;
 pub mod faulty;
 mod hash;
 mod key;

@@ -12,6 +12,7 @@
 //! `docs/admin-api.md`.
 
 mod api;
+mod diagnostics;
 mod health;
 mod repo_api;
 
@@ -198,6 +199,7 @@ fn router(state: Arc<AdminState>) -> Router {
             get(|| async { page(ADMIN_CSS, "text/css; charset=utf-8") }),
         )
         .route("/metrics", get(health::metrics))
+        .route("/diagnostics", get(diagnostics::diagnostics))
         .merge(api::routes())
         .merge(repo_api::routes())
         .route_layer(middleware::from_fn_with_state(
@@ -318,10 +320,7 @@ async fn require_token(
     if loopback && state.config.admin_listen.ip().is_loopback() {
         return next.run(request).await;
     }
-    let presented = bearer(&request).or_else(|| query_token(&request));
-    let valid =
-        presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())));
-    if valid {
+    if presents_token(&request, token) {
         next.run(request).await
     } else {
         api::error(
@@ -329,6 +328,12 @@ async fn require_token(
             "missing or wrong admin token — send \"Authorization: Bearer <admin_token>\" or add ?token=<admin_token> to the URL",
         )
     }
+}
+
+/// Whether `request` carries `token` (bearer header or `?token=`), compared in constant time.
+fn presents_token(request: &Request, token: &AdminToken) -> bool {
+    let presented = bearer(request).or_else(|| query_token(request));
+    presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())))
 }
 
 fn bearer(request: &Request) -> Option<String> {
