@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cyberbackup_core::repo::{BlobId, PackId};
+use cyberbackup_server::backend::faulty::FaultPlan;
 use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
 use cyberbackup_server::backend::{Backend, ContentHash};
 use cyberbackup_server::catalog::Catalog;
@@ -512,7 +513,8 @@ async fn recovery_indexes_an_unindexed_pack_and_cleans_up() {
         )
         .await
         .unwrap();
-    let orphan = repo.snapshot(Vec::new(), 3);
+    // (Its one reference chunk is stored nowhere, so it cannot pass a commit.)
+    let orphan = repo.snapshot(vec![BlobId([7; 32])], 3);
     fx.backend
         .put(
             &snapshot_key(ALICE, &orphan),
@@ -534,6 +536,7 @@ async fn recovery_indexes_an_unindexed_pack_and_cleans_up() {
             packs_indexed: 1,
             packs_deleted: 1,
             snapshots_deleted: 1,
+            snapshots_recorded: 0,
             unknown_objects: 0,
         }
     );
@@ -544,6 +547,85 @@ async fn recovery_indexes_an_unindexed_pack_and_cleans_up() {
     assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
     assert_eq!(store.snapshots(ALICE).await.unwrap(), []);
     // A second recovery finds nothing to do.
+    assert_eq!(store.recover().await.unwrap(), RecoveryReport::default());
+}
+
+/// An unrecorded snapshot object is an interrupted commit (or a catalog older than the
+/// repository) unless a forget left its tombstone: recovery records the first when it passes
+/// the commit check, deletes one that does not, and deletes the object of an interrupted
+/// forget instead of bringing the snapshot back.
+#[tokio::test]
+async fn recovery_records_an_interrupted_commit_and_finishes_an_interrupted_forget() {
+    let plan = FaultPlan::new();
+    let fx = Fixture::with_faults(Arc::clone(&plan)).await;
+    let mut repo = Repo::new(15);
+    create(&fx, ALICE, &repo).await;
+    let (data, data_bytes, blobs) = repo.data_pack(&[b"kept through the crash"]);
+    let ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    let (refs, ref_bytes, chunks) = repo.ref_pack(&ids);
+    put_pack(&fx.store, ALICE, data, &data_bytes).await;
+    put_pack(&fx.store, ALICE, refs, &ref_bytes).await;
+    // A commit whose object was stored but whose record a crash prevented.
+    let interrupted = repo.snapshot(chunks.clone(), 1_700_000_001);
+    let dangling = repo.snapshot(vec![BlobId([7; 32])], 1_700_000_002);
+    for snapshot in [&interrupted, &dangling] {
+        fx.backend
+            .put(
+                &snapshot_key(ALICE, snapshot),
+                snapshot.bytes.clone().into(),
+                ContentHash::of(&snapshot.bytes),
+            )
+            .await
+            .unwrap();
+    }
+    // A forget whose object deletion failed: record gone, tombstone written, object left.
+    let forgotten = repo.snapshot(chunks.clone(), 1_700_000_003);
+    commit(&fx.store, ALICE, &forgotten).await.unwrap();
+    plan.unavailable(1);
+    fx.store.forget(ALICE, forgotten.id).await.unwrap();
+    assert_eq!(plan.injected(), 1, "the forget's delete did not fail");
+
+    let (store, _) = open(fx.dir.path()).await;
+    let report = store.recover().await.unwrap();
+
+    assert_eq!(
+        (report.snapshots_recorded, report.snapshots_deleted),
+        (1, 2),
+        "{report:?}"
+    );
+    let listed: Vec<_> = store
+        .snapshots(ALICE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, [interrupted.id]);
+    assert_eq!(
+        store.get_snapshot(ALICE, interrupted.id).await.unwrap(),
+        interrupted.bytes
+    );
+    let objects = fx.objects().await;
+    assert!(objects.contains(&snapshot_key(ALICE, &interrupted).to_string()));
+    for gone in [&dangling, &forgotten] {
+        assert!(
+            !objects.contains(&snapshot_key(ALICE, gone).to_string()),
+            "{objects:?}"
+        );
+    }
+    // The client that commits the interrupted snapshot again is told it is stored.
+    assert!(matches!(
+        store
+            .begin_put(
+                ALICE,
+                ObjectClass::Snapshot,
+                interrupted.id.0,
+                interrupted.bytes.len() as u64
+            )
+            .await
+            .unwrap(),
+        PutStart::AlreadyStored
+    ));
     assert_eq!(store.recover().await.unwrap(), RecoveryReport::default());
 }
 
@@ -668,7 +750,7 @@ async fn the_server_opens_and_recovers_the_store_at_start_up() {
 
 #[tokio::test]
 async fn a_failed_backend_put_indexes_nothing_and_the_put_can_be_retried() {
-    use cyberbackup_server::backend::faulty::{FaultPlan, Faulty};
+    use cyberbackup_server::backend::faulty::Faulty;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();

@@ -1271,6 +1271,12 @@ pub(crate) fn record_snapshot(
     if inserted == 0 {
         return Ok(false);
     }
+    // Committed again after a forget: its old tombstone must not condemn the new object.
+    tx.execute(
+        "DELETE FROM repo_forgotten WHERE ClientId = ?1 AND SnapshotId = ?2",
+        params![client, &snapshot.id.0],
+    )
+    .map_err(query_err(OP))?;
     {
         let mut insert = tx
             .prepare(
@@ -1351,13 +1357,16 @@ pub(crate) fn list_snapshots(
         .collect()
 }
 
-/// Deletes a snapshot's record and its reference list; `false` if it was not recorded.
+/// Deletes a snapshot's record and its reference list and writes its tombstone (migration
+/// 10); `false` if it was not recorded.
 pub(crate) fn forget_snapshot(
     conn: &mut Connection,
     client: &ClientId,
     id: &SnapshotId,
+    now: u64,
 ) -> Result<bool, CatalogError> {
     const OP: &str = "forget_snapshot";
+    let now = to_i64("forgotten at", now)?;
     let tx = immediate(conn).map_err(query_err(OP))?;
     let deleted = tx
         .execute(
@@ -1370,8 +1379,47 @@ pub(crate) fn forget_snapshot(
         params![client, &id.0],
     )
     .map_err(query_err(OP))?;
+    if deleted > 0 {
+        tx.execute(
+            "INSERT INTO repo_forgotten (ClientId, SnapshotId, ForgottenAt) VALUES (?1, ?2, ?3)
+             ON CONFLICT (ClientId, SnapshotId) DO NOTHING",
+            params![client, &id.0, now],
+        )
+        .map_err(query_err(OP))?;
+    }
     tx.commit().map_err(query_err(OP))?;
     Ok(deleted > 0)
+}
+
+/// Which of `snapshots` have a forget tombstone.
+pub(crate) fn snapshots_forgotten(
+    conn: &Connection,
+    client: &ClientId,
+    snapshots: &[SnapshotId],
+) -> Result<Vec<bool>, CatalogError> {
+    let ids: Vec<[u8; 32]> = snapshots.iter().map(|s| s.0).collect();
+    let found = ids_present(
+        conn,
+        "SELECT SnapshotId FROM repo_forgotten WHERE ClientId = ?1 AND SnapshotId IN",
+        client,
+        &ids,
+        "snapshots_forgotten",
+    )?;
+    Ok(ids.iter().map(|id| found.contains(id)).collect())
+}
+
+/// Removes a snapshot's forget tombstone (its object is gone).
+pub(crate) fn clear_tombstone(
+    conn: &mut Connection,
+    client: &ClientId,
+    id: &SnapshotId,
+) -> Result<(), CatalogError> {
+    conn.execute(
+        "DELETE FROM repo_forgotten WHERE ClientId = ?1 AND SnapshotId = ?2",
+        params![client, &id.0],
+    )
+    .map_err(query_err("clear_tombstone"))?;
+    Ok(())
 }
 
 // ---- scrub and repository usage (`super::scrub`, `super::usage`, migration 9) ----

@@ -248,7 +248,8 @@ impl Catalog {
             .await
     }
 
-    /// Deletes a snapshot record and its reference list; `false` if it was not recorded.
+    /// Deletes a snapshot record and its reference list and writes its forget tombstone
+    /// (dated `now`, Unix seconds); `false` if it was not recorded.
     ///
     /// # Errors
     /// A [`CatalogError`] if the database fails.
@@ -256,8 +257,35 @@ impl Catalog {
         &self,
         client: ClientId,
         id: SnapshotId,
+        now: u64,
     ) -> Result<bool, CatalogError> {
-        self.write(move |c| queries::forget_snapshot(c, &client, &id))
+        self.write(move |c| queries::forget_snapshot(c, &client, &id, now))
+            .await
+    }
+
+    /// Which of `snapshots` have a forget tombstone (forgotten; the object may remain).
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn snapshots_forgotten(
+        &self,
+        client: ClientId,
+        snapshots: Vec<SnapshotId>,
+    ) -> Result<Vec<bool>, CatalogError> {
+        self.read(move |c| queries::snapshots_forgotten(c, &client, &snapshots))
+            .await
+    }
+
+    /// Removes a snapshot's forget tombstone once its object is deleted.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn clear_tombstone(
+        &self,
+        client: ClientId,
+        id: SnapshotId,
+    ) -> Result<(), CatalogError> {
+        self.write(move |c| queries::clear_tombstone(c, &client, &id))
             .await
     }
 }

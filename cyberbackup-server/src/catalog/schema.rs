@@ -294,6 +294,22 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX files_corrupt ON files(ID) WHERE CorruptAt IS NOT NULL;
     ",
     },
+    // 10: forget tombstones (`crate::repository::recovery`). A forget deletes the snapshot's
+    // record and writes its tombstone in one transaction, then deletes the object, then the
+    // tombstone. Start-up recovery deletes an unrecorded snapshot object only when it has a
+    // tombstone (an interrupted forget); any other unrecorded object is checked like a commit
+    // and recorded again (an interrupted commit, or a catalog restored from an older backup).
+    Migration {
+        name: "forget tombstones",
+        sql: r"
+    CREATE TABLE repo_forgotten (
+        ClientId    BLOB NOT NULL CHECK (length(ClientId) = 16),
+        SnapshotId  BLOB NOT NULL CHECK (length(SnapshotId) = 32),
+        ForgottenAt INTEGER NOT NULL,
+        PRIMARY KEY (ClientId, SnapshotId)
+    );
+    ",
+    },
 ];
 
 /// Newest schema version this build knows.

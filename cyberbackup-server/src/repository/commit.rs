@@ -51,13 +51,7 @@ pub(super) async fn commit_snapshot(
     received: Received,
 ) -> Result<(), RepoStoreError> {
     let bytes = received.read_at(0, size).await?;
-    let (envelope, actual) = SnapshotEnvelope::decode(&bytes).map_err(bad_object)?;
-    if actual != id {
-        return Err(RepoStoreError::HashMismatch {
-            expected: id.to_hex(),
-            actual: actual.to_hex(),
-        });
-    }
+    let envelope = decode_claimed(&bytes, id)?;
     let _shared = store.maintenance_lock(client).read_owned().await;
     let checked = check_references(store, client, &envelope.ref_chunks).await?;
     let key = layout::snapshot_key(client, &id);
@@ -70,6 +64,49 @@ pub(super) async fn commit_snapshot(
             ContentHash::from_bytes(received.hash),
         )
         .await?;
+    record(store, client, id, size, envelope, checked).await
+}
+
+/// Start-up recovery's commit of a snapshot object found stored without a record (a commit
+/// interrupted between its put and its record, or a catalog older than the repository): the
+/// same check as [`commit_snapshot`], then the record.
+///
+/// # Errors
+/// [`RepoStoreError::MissingBlobs`] or [`RepoStoreError::BadObject`] when it would not pass
+/// a commit; catalog failures.
+pub(super) async fn record_stored(
+    store: &RepoStore,
+    client: ClientId,
+    id: SnapshotId,
+    bytes: &[u8],
+) -> Result<(), RepoStoreError> {
+    let envelope = decode_claimed(bytes, id)?;
+    let _shared = store.maintenance_lock(client).read_owned().await;
+    let checked = check_references(store, client, &envelope.ref_chunks).await?;
+    let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    record(store, client, id, size, envelope, checked).await
+}
+
+/// The envelope of a snapshot object whose bytes must hash to `id`.
+fn decode_claimed(bytes: &[u8], id: SnapshotId) -> Result<SnapshotEnvelope, RepoStoreError> {
+    let (envelope, actual) = SnapshotEnvelope::decode(bytes).map_err(bad_object)?;
+    if actual != id {
+        return Err(RepoStoreError::HashMismatch {
+            expected: id.to_hex(),
+            actual: actual.to_hex(),
+        });
+    }
+    Ok(envelope)
+}
+
+async fn record(
+    store: &RepoStore,
+    client: ClientId,
+    id: SnapshotId,
+    size: u64,
+    envelope: SnapshotEnvelope,
+    checked: Checked,
+) -> Result<(), RepoStoreError> {
     store
         .inner
         .catalog

@@ -446,22 +446,31 @@ impl RepoStore {
             .collect())
     }
 
-    /// Forgets a snapshot: its record and reference list are deleted (durable when this
-    /// returns), then its object. Its blobs stay until a later prune.
+    /// Forgets a snapshot: its record and reference list are deleted and its tombstone
+    /// written (durable when this returns), then its object and the tombstone. Its blobs stay
+    /// until a later prune.
     ///
     /// # Errors
     /// [`RepoStoreError::NoRepository`], [`RepoStoreError::NotFound`],
     /// [`RepoStoreError::Catalog`].
     pub async fn forget(&self, client: ClientId, id: SnapshotId) -> Result<(), RepoStoreError> {
         self.require_repository(client).await?;
-        if !self.inner.catalog.forget_snapshot(client.0, id).await? {
+        let catalog = &self.inner.catalog;
+        if !catalog.forget_snapshot(client.0, id, unix_now()).await? {
             return Err(not_found_snapshot(&id));
         }
         let key = layout::snapshot_key(client, &id);
-        if let Err(error) = self.inner.backend.delete(&key).await {
-            // The record is gone, so the snapshot is forgotten; start-up recovery deletes an
-            // object without a record.
-            tracing::warn!(%key, %error, "could not delete a forgotten snapshot's object");
+        match self.inner.backend.delete(&key).await {
+            Ok(()) => {
+                if let Err(error) = catalog.clear_tombstone(client.0, id).await {
+                    tracing::warn!(%key, %error, "could not clear a forgotten snapshot's tombstone");
+                }
+            }
+            // The record is gone and the tombstone written, so the snapshot is forgotten;
+            // start-up recovery deletes the object of a tombstone.
+            Err(error) => {
+                tracing::warn!(%key, %error, "could not delete a forgotten snapshot's object");
+            }
         }
         Ok(())
     }

@@ -9,10 +9,14 @@
 //!   whose client has no repository, is deleted: nothing acknowledged refers to it. A pack
 //!   pending deletion (a prune retired it; crash before its object was deleted) is left to
 //!   the pending deletion, never indexed again.
-//! * a snapshot object without a record (crash between the backend's put and the record
-//!   transaction, or between a forget's record deletion and its object deletion):
-//!   **deleted**; the client was not told it was committed (it commits again) or was told
-//!   it was forgotten.
+//! * a snapshot object without a record, with a forget tombstone (crash between a forget's
+//!   record deletion and its object deletion): **deleted**, with its tombstone; the client
+//!   was told it was forgotten.
+//! * a snapshot object without a record and without a tombstone (crash between a commit's
+//!   put and its record transaction, or a catalog restored from a backup older than the
+//!   snapshot): **checked like a commit and recorded** when every blob it references is
+//!   indexed (a client that commits it again is told it is stored); deleted, with a
+//!   warning, when it would not pass a commit — nothing restorable is lost that way.
 
 use std::collections::BTreeMap;
 
@@ -36,8 +40,10 @@ pub struct RecoveryReport {
     pub packs_indexed: u64,
     /// Unindexed packs deleted (header damaged, or no repository for the client).
     pub packs_deleted: u64,
-    /// Snapshot objects without a record, deleted.
+    /// Snapshot objects without a record, deleted (forgotten, or failing the commit check).
     pub snapshots_deleted: u64,
+    /// Snapshot objects without a record or tombstone that passed the commit check, recorded.
+    pub snapshots_recorded: u64,
     /// Backend objects that are not repository objects, left alone.
     pub unknown_objects: u64,
 }
@@ -124,14 +130,53 @@ async fn reconcile(
         }
     }
     for (client, items) in snapshots {
-        let ids = items.iter().map(|(id, _)| *id).collect();
-        let recorded = catalog.snapshots_recorded(client.0, ids).await?;
-        for ((_, key), recorded) in items.into_iter().zip(recorded) {
-            if !recorded {
+        let ids: Vec<SnapshotId> = items.iter().map(|(id, _)| *id).collect();
+        let recorded = catalog.snapshots_recorded(client.0, ids.clone()).await?;
+        let forgotten = catalog.snapshots_forgotten(client.0, ids).await?;
+        for (((id, key), recorded), forgotten) in items.into_iter().zip(recorded).zip(forgotten) {
+            if recorded {
+                continue;
+            }
+            if forgotten {
                 store.inner.backend.delete(&key).await?;
+                catalog.clear_tombstone(client.0, id).await?;
                 report.snapshots_deleted += 1;
+            } else {
+                recover_snapshot(store, client, id, &key, report).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Records an unrecorded, unforgotten snapshot object that passes the commit check, or
+/// deletes it.
+async fn recover_snapshot(
+    store: &RepoStore,
+    client: ClientId,
+    id: SnapshotId,
+    key: &ObjectKey,
+    report: &mut RecoveryReport,
+) -> Result<(), RepoStoreError> {
+    let checked = if store.inner.catalog.repository_exists(client.0).await? {
+        let bytes = store.inner.backend.get(key, None).await?;
+        super::commit::record_stored(store, client, id, &bytes).await
+    } else {
+        Err(RepoStoreError::NoRepository)
+    };
+    match checked {
+        Ok(()) => report.snapshots_recorded += 1,
+        Err(
+            error @ (RepoStoreError::MissingBlobs { .. }
+            | RepoStoreError::BadObject(_)
+            | RepoStoreError::HashMismatch { .. }
+            | RepoStoreError::NoRepository),
+        ) => {
+            tracing::warn!(%key, %error, "deleting an unrecorded snapshot object that fails the commit check");
+            store.inner.backend.delete(key).await?;
+            report.snapshots_deleted += 1;
+        }
+        Err(other) => return Err(other),
     }
     Ok(())
 }
