@@ -4,8 +4,13 @@
 //! unverified file ever has its final name. Files already correct at the target are skipped:
 //! "correct" means a regular file with the snapshot's size and mtime (the restore sets the
 //! mtime last, so an interrupted restore never leaves a match behind). Then symlinks, empty
-//! directories, hard links, modes, times (directories last, after their contents) and, when
-//! running as root, owners.
+//! directories, hard links, modes, times and, when running as root, owners.
+//!
+//! A written file's fsync, rename and metadata run on the blocking pool while the next
+//! files are fetched and written, up to [`MAX_FINISHING`] at once: the file system commits
+//! their fsyncs together instead of one round trip to the disk per small file. Directory
+//! metadata is applied once every file is in place (a rename into a directory changes its
+//! mtime), children before parents; the restore returns only when all of it is done.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -50,6 +55,9 @@ pub struct RestoreSummary {
     /// Metadata that could not be set (extended attributes the target refuses).
     pub warnings: Vec<String>,
 }
+
+/// Files whose fsync, rename and metadata may run in the background at once.
+const MAX_FINISHING: usize = 32;
 
 struct Filter {
     include: Option<GlobSet>,
@@ -131,6 +139,8 @@ impl<R: RepoRemote> Repository<R> {
             summary: RestoreSummary::default(),
             links: HashMap::new(),
             is_root: rustix::process::geteuid().is_root(),
+            finishing: tokio::task::JoinSet::new(),
+            dirs: Vec::new(),
         };
         match entry {
             Some(entry) if !matches!(entry.kind, EntryKind::Dir { .. }) => {
@@ -140,17 +150,19 @@ impl<R: RepoRemote> Repository<R> {
             }
             Some(entry) => {
                 let EntryKind::Dir { subtree } = entry.kind else {
+                    run.finish().await?;
                     return Ok(run.summary);
                 };
                 self.restore_dir(&mut run, subtree, &entry_path, target)
                     .await?;
-                run.set_meta(target, &entry.meta, false)?;
+                run.dirs.push((target.to_path_buf(), entry.meta));
             }
             None => {
                 self.restore_dir(&mut run, snap.root, &entry_path, target)
                     .await?;
             }
         }
+        run.finish().await?;
         Ok(run.summary)
     }
 
@@ -204,7 +216,7 @@ impl<R: RepoRemote> Repository<R> {
                     let _ = fs::remove_dir(dest);
                     return Ok(false);
                 }
-                run.set_meta(dest, &entry.meta, false)?;
+                run.dirs.push((dest.to_path_buf(), entry.meta.clone()));
                 run.summary.dirs += 1;
                 Ok(true)
             }
@@ -222,13 +234,15 @@ impl<R: RepoRemote> Repository<R> {
             }
             EntryKind::File { content } => {
                 if entry.meta.hardlink != 0 {
-                    if let Some(first) = run.links.get(&entry.meta.hardlink) {
-                        if !same_file(first, dest) {
+                    if let Some(first) = run.links.get(&entry.meta.hardlink).cloned() {
+                        // The first path of the group must be in place before it is linked.
+                        run.wait_for_all_finishing().await?;
+                        if !same_file(&first, dest) {
                             remove_existing(dest)?;
                             local(
                                 dest,
                                 "cannot create the hard link",
-                                fs::hard_link(first, dest),
+                                fs::hard_link(&first, dest),
                             )?;
                         }
                         run.summary.hardlinks += 1;
@@ -240,23 +254,24 @@ impl<R: RepoRemote> Repository<R> {
                     run.summary.files_skipped += 1;
                     return Ok(true);
                 }
-                let written = self.write_file(content, snapshot_path, dest).await?;
+                let (temp, written) = self.write_file(content, snapshot_path, dest).await?;
                 run.summary.bytes_written += written;
-                run.set_meta(dest, &entry.meta, false)?;
                 run.summary.files_restored += 1;
+                run.finish_file(temp, dest, entry.meta.clone()).await?;
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
 
-    /// Writes the blobs to a temp file beside `dest`, fsyncs it and renames it over `dest`.
+    /// Writes the verified blobs to a temp file beside `dest`; [`RestoreRun::finish_file`]
+    /// puts it in place.
     async fn write_file(
         &mut self,
         content: &[cyberbackup_core::repo::BlobId],
         snapshot_path: &Path,
         dest: &Path,
-    ) -> Result<u64, V4ClientError> {
+    ) -> Result<(tempfile::NamedTempFile, u64), V4ClientError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         let mut temp = local(
             dest,
@@ -296,14 +311,7 @@ impl<R: RepoRemote> Repository<R> {
                 sealed = fetched?;
             }
         }
-        local(dest, "cannot fsync", temp.as_file().sync_all())?;
-        remove_dir_in_the_way(dest)?;
-        local(
-            dest,
-            "cannot rename into place",
-            temp.persist(dest).map_err(|err| err.error),
-        )?;
-        Ok(written)
+        Ok((temp, written))
     }
 }
 
@@ -313,52 +321,130 @@ struct RestoreRun {
     /// Hard-link group → the first restored path of the group.
     links: HashMap<u64, PathBuf>,
     is_root: bool,
+    /// Files being fsynced, renamed into place and given their metadata; each yields the
+    /// warnings of its metadata.
+    finishing: tokio::task::JoinSet<Result<Vec<String>, V4ClientError>>,
+    /// Directories restored, children before parents: their metadata is applied last.
+    dirs: Vec<(PathBuf, Metadata)>,
 }
 
 impl RestoreRun {
-    /// Owner (as root), mode (not for symlinks), extended attributes and times, in that
-    /// order (chown clears set-id bits; times last).
+    /// Puts a written temp file in place in the background: fsync, rename over `dest`,
+    /// metadata. Waits for one such file first when [`MAX_FINISHING`] are running.
+    async fn finish_file(
+        &mut self,
+        temp: tempfile::NamedTempFile,
+        dest: &Path,
+        meta: Metadata,
+    ) -> Result<(), V4ClientError> {
+        if self.finishing.len() >= MAX_FINISHING {
+            self.wait_for_one_finishing().await?;
+        }
+        let dest = dest.to_path_buf();
+        let is_root = self.is_root;
+        self.finishing.spawn_blocking(move || {
+            local(&dest, "cannot fsync", temp.as_file().sync_all())?;
+            remove_dir_in_the_way(&dest)?;
+            local(
+                &dest,
+                "cannot rename into place",
+                temp.persist(&dest).map_err(|err| err.error),
+            )?;
+            let mut warnings = Vec::new();
+            apply_meta(&dest, &meta, false, is_root, &mut warnings)?;
+            Ok(warnings)
+        });
+        Ok(())
+    }
+
+    async fn wait_for_one_finishing(&mut self) -> Result<(), V4ClientError> {
+        if let Some(done) = self.finishing.join_next().await {
+            let warnings = done.map_err(|err| V4ClientError::Local {
+                what: "a restore task failed for",
+                path: PathBuf::from("."),
+                source: io::Error::other(err),
+            })??;
+            self.summary.warnings.extend(warnings);
+        }
+        Ok(())
+    }
+
+    async fn wait_for_all_finishing(&mut self) -> Result<(), V4ClientError> {
+        while !self.finishing.is_empty() {
+            self.wait_for_one_finishing().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every file to be in place, then applies the directories' metadata.
+    async fn finish(&mut self) -> Result<(), V4ClientError> {
+        self.wait_for_all_finishing().await?;
+        for (dir, meta) in std::mem::take(&mut self.dirs) {
+            self.set_meta(&dir, &meta, false)?;
+        }
+        Ok(())
+    }
+
     fn set_meta(
         &mut self,
         path: &Path,
         meta: &Metadata,
         symlink: bool,
     ) -> Result<(), V4ClientError> {
-        if self.is_root {
-            local(
-                path,
-                "cannot set the owner of",
-                std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)),
-            )?;
-        }
-        if !symlink {
-            let mode = fs::Permissions::from_mode(meta.mode & 0o7777);
-            local(
-                path,
-                "cannot set the mode of",
-                fs::set_permissions(path, mode),
-            )?;
-        }
-        for xattr in &meta.xattrs {
-            let name = OsStr::from_bytes(&xattr.name);
-            if let Err(err) = lsetxattr(path, name, &xattr.value, XattrFlags::empty()) {
-                self.summary.warnings.push(format!(
-                    "{}: cannot set the extended attribute {}: {err}",
-                    path.display(),
-                    String::from_utf8_lossy(&xattr.name)
-                ));
-            }
-        }
-        let times = Timestamps {
-            last_access: timespec(meta.mtime),
-            last_modification: timespec(meta.mtime),
-        };
-        local(
+        apply_meta(
             path,
-            "cannot set the times of",
-            utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from),
+            meta,
+            symlink,
+            self.is_root,
+            &mut self.summary.warnings,
         )
     }
+}
+
+/// Owner (as root), mode (not for symlinks), extended attributes and times, in that
+/// order (chown clears set-id bits; times last); an extended attribute the target refuses
+/// is a warning in `warnings`.
+fn apply_meta(
+    path: &Path,
+    meta: &Metadata,
+    symlink: bool,
+    is_root: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(), V4ClientError> {
+    if is_root {
+        local(
+            path,
+            "cannot set the owner of",
+            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)),
+        )?;
+    }
+    if !symlink {
+        let mode = fs::Permissions::from_mode(meta.mode & 0o7777);
+        local(
+            path,
+            "cannot set the mode of",
+            fs::set_permissions(path, mode),
+        )?;
+    }
+    for xattr in &meta.xattrs {
+        let name = OsStr::from_bytes(&xattr.name);
+        if let Err(err) = lsetxattr(path, name, &xattr.value, XattrFlags::empty()) {
+            warnings.push(format!(
+                "{}: cannot set the extended attribute {}: {err}",
+                path.display(),
+                String::from_utf8_lossy(&xattr.name)
+            ));
+        }
+    }
+    let times = Timestamps {
+        last_access: timespec(meta.mtime),
+        last_modification: timespec(meta.mtime),
+    };
+    local(
+        path,
+        "cannot set the times of",
+        utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from),
+    )
 }
 
 fn timespec(time: Timestamp) -> Timespec {
