@@ -19,7 +19,7 @@ use crate::catalog::integrity::schema_status;
 use crate::repository::REPOSITORY_DIR;
 use crate::storage::{FILES_DIR, free_space};
 
-/// Recent warnings and errors included (newest last).
+/// Recent warnings and errors included (newest first).
 const RECENT_ERRORS: usize = 20;
 
 pub(crate) async fn diagnostics(
@@ -44,8 +44,8 @@ pub(crate) async fn diagnostics(
         Err(err) => return internal("printing the configuration", err),
     };
     let catalog_bytes = std::fs::metadata(config.catalog_path()).map_or(0, |m| m.len());
-    let recent = state.live.recent().snapshot();
-    let recent = &recent[recent.len().saturating_sub(RECENT_ERRORS)..];
+    let mut recent = state.live.recent().snapshot();
+    recent.truncate(RECENT_ERRORS);
     let mut protocols = vec!["v4"];
     if config.legacy_v3 {
         protocols.insert(0, "v3");
