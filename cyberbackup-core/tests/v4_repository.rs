@@ -372,3 +372,105 @@ fn a_client_reaches_only_its_own_repository() {
         1
     );
 }
+
+/// `GET`s queued behind a `GET` are sent at once, up to `MAX_GETS_IN_FLIGHT` in flight, and
+/// answered in order — a refused one (`NOT_FOUND`) in the middle included, the rest going on.
+#[test]
+fn queued_gets_are_sent_ahead_and_answered_in_order() {
+    use cyberbackup_core::v4::Output;
+    use cyberbackup_core::v4::client::MAX_GETS_IN_FLIGHT;
+
+    let server_keys = StaticKeypair::from_private([9; 32]);
+    let mut store = MemStore::default();
+    let f = fixture();
+    let mut c = conn(&server_keys, 4);
+    c.client.repository(RepoCall::Create {
+        config: f.config.clone(),
+        key: Bytes::from_static(b"key object"),
+    });
+    for (id, bytes) in [&f.data_pack, &f.ref_pack] {
+        c.client.repository(RepoCall::Put {
+            target: PutTarget::Pack(*id),
+            object: bytes.clone(),
+        });
+    }
+    let now = Instant::now();
+    run_pair(
+        &mut c.client,
+        &mut c.files,
+        &mut c.server,
+        &mut store,
+        now,
+        |bytes| bytes,
+    );
+
+    let missing = BlobId([0xEE; 32]);
+    let targets: Vec<GetTarget> = (0..MAX_GETS_IN_FLIGHT + 4)
+        .map(|i| match i {
+            3 => GetTarget::Blob(missing),
+            _ => GetTarget::Blob(f.blob_ids[i % 2]),
+        })
+        .collect();
+    let ops: Vec<OpId> = targets
+        .iter()
+        .map(|target| c.client.repository(RepoCall::Get(*target)))
+        .collect();
+    // Before any answer: one frame per GET in flight went out.
+    let mut sent = Vec::new();
+    while let Some(output) = c.client.poll_output() {
+        match output {
+            Output::Transmit(bytes) => sent.push(bytes),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sent.len(), MAX_GETS_IN_FLIGHT, "GETs sent ahead");
+
+    let mut pending = Some(sent.concat());
+    c.client.finish_when_idle();
+    let outcome = run_pair(
+        &mut c.client,
+        &mut c.files,
+        &mut c.server,
+        &mut store,
+        now,
+        |bytes| match pending.take() {
+            Some(mut first) => {
+                first.extend_from_slice(&bytes);
+                first
+            }
+            None => bytes,
+        },
+    );
+    assert_eq!(
+        outcome.client_close,
+        Some(CloseReason::Done),
+        "{:?}",
+        c.files.events
+    );
+
+    let mut opener =
+        cyberbackup_core::repo::BlobOpener::new(&f.keys, &RepoConfig::new([1; 16])).unwrap();
+    for (op, target) in ops.iter().zip(&targets) {
+        match (target, c.result(*op)) {
+            (GetTarget::Blob(id), Err(code)) if *id == missing => {
+                assert_eq!(code, ErrorCode::NOT_FOUND);
+            }
+            (GetTarget::Blob(id), Ok(RepoResult::Object(sealed))) => {
+                opener.open(BlobKind::Data, id, &sealed).unwrap();
+            }
+            (target, other) => panic!("{target:?}: {other:?}"),
+        }
+    }
+    // The results arrived in the order the operations were queued.
+    let finished: Vec<OpId> = c
+        .files
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            ClientEvent::RepoDone { op, .. } | ClientEvent::OpFailed { op, .. } => Some(*op),
+            _ => None,
+        })
+        .filter(|op| ops.contains(op))
+        .collect();
+    assert_eq!(finished, ops);
+}

@@ -43,6 +43,20 @@ pub trait RepoRemote: Send {
     /// One sealed blob's (or reference chunk's) bytes.
     fn get_blob(&mut self, id: BlobId)
     -> impl Future<Output = Result<Bytes, V4ClientError>> + Send;
+    /// The bytes of each of `ids`, in order. A connection keeps the requests in flight
+    /// together; this default asks one at a time.
+    fn get_blobs(
+        &mut self,
+        ids: &[BlobId],
+    ) -> impl Future<Output = Result<Vec<Bytes>, V4ClientError>> + Send {
+        async move {
+            let mut blobs = Vec::with_capacity(ids.len());
+            for id in ids {
+                blobs.push(self.get_blob(*id).await?);
+            }
+            Ok(blobs)
+        }
+    }
     /// One snapshot object.
     fn get_snapshot(
         &mut self,

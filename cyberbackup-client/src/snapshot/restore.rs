@@ -20,7 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use cyberbackup_core::repo::{BlobKind, EntryKind, Metadata, Timestamp, TreeEntry};
+use bytes::Bytes;
+use cyberbackup_core::repo::{BlobId, BlobKind, EntryKind, Metadata, Timestamp, Tree, TreeEntry};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags, lsetxattr, utimensat};
 
@@ -145,8 +146,14 @@ impl<R: RepoRemote> Repository<R> {
         match entry {
             Some(entry) if !matches!(entry.kind, EntryKind::Dir { .. }) => {
                 let dest = target.join(OsStr::from_bytes(&entry.name));
-                self.restore_entry(&mut run, &entry, &entry_path, &dest)
-                    .await?;
+                self.restore_entry(
+                    &mut run,
+                    &entry,
+                    &entry_path,
+                    &dest,
+                    &mut Prefetch::default(),
+                )
+                .await?;
             }
             Some(entry) => {
                 let EntryKind::Dir { subtree } = entry.kind else {
@@ -171,7 +178,7 @@ impl<R: RepoRemote> Repository<R> {
     fn restore_dir<'a>(
         &'a mut self,
         run: &'a mut RestoreRun,
-        tree: cyberbackup_core::repo::BlobId,
+        tree: BlobId,
         snapshot_path: &'a Path,
         dest: &'a Path,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<bool, V4ClientError>> + Send + 'a>>
@@ -180,6 +187,7 @@ impl<R: RepoRemote> Repository<R> {
     {
         Box::pin(async move {
             let tree = self.tree(tree).await?;
+            let mut ahead = Prefetch::of_small_files(run, &tree, snapshot_path, dest);
             let mut any = false;
             for entry in tree.entries() {
                 let name = OsStr::from_bytes(&entry.name);
@@ -188,7 +196,7 @@ impl<R: RepoRemote> Repository<R> {
                     continue;
                 }
                 any |= self
-                    .restore_entry(run, entry, &child_path, &dest.join(name))
+                    .restore_entry(run, entry, &child_path, &dest.join(name), &mut ahead)
                     .await?;
             }
             Ok(any)
@@ -201,6 +209,7 @@ impl<R: RepoRemote> Repository<R> {
         entry: &TreeEntry,
         snapshot_path: &Path,
         dest: &Path,
+        ahead: &mut Prefetch,
     ) -> Result<bool, V4ClientError> {
         match &entry.kind {
             EntryKind::Dir { subtree } => {
@@ -254,7 +263,7 @@ impl<R: RepoRemote> Repository<R> {
                     run.summary.files_skipped += 1;
                     return Ok(true);
                 }
-                let (temp, written) = self.write_file(content, snapshot_path, dest).await?;
+                let (temp, written) = self.write_file(content, snapshot_path, dest, ahead).await?;
                 run.summary.bytes_written += written;
                 run.summary.files_restored += 1;
                 run.finish_file(temp, dest, entry.meta.clone()).await?;
@@ -265,12 +274,15 @@ impl<R: RepoRemote> Repository<R> {
     }
 
     /// Writes the verified blobs to a temp file beside `dest`; [`RestoreRun::finish_file`]
-    /// puts it in place.
+    /// puts it in place. A one-blob file takes its blob from `ahead`; a larger one fetches
+    /// [`FETCH_WINDOW`] blobs at a time, the next window in flight while the current one is
+    /// opened and written.
     async fn write_file(
         &mut self,
-        content: &[cyberbackup_core::repo::BlobId],
+        content: &[BlobId],
         snapshot_path: &Path,
         dest: &Path,
+        ahead: &mut Prefetch,
     ) -> Result<(tempfile::NamedTempFile, u64), V4ClientError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         let mut temp = local(
@@ -280,31 +292,39 @@ impl<R: RepoRemote> Repository<R> {
                 .prefix(".cb-restore-")
                 .tempfile_in(dir),
         )?;
-        let mut written = 0u64;
-        // The next blob is asked for before this one is opened and written: the server reads
-        // and sends it while the client decrypts and writes (one connection, one request in
-        // flight, no waiting on both sides in turn).
         let Self { remote, opener, .. } = self;
-        let mut sealed = match content.first() {
-            Some(first) => remote.get_blob(*first).await?,
-            None => bytes::Bytes::new(),
+        let mut write = |ids: &[BlobId], sealed: &[Bytes]| -> Result<u64, V4ClientError> {
+            let mut written = 0;
+            for (id, sealed) in ids.iter().zip(sealed) {
+                let plaintext = opener
+                    .open(BlobKind::Data, id, sealed)
+                    .map_err(|source| super::corrupt(snapshot_path, source))?;
+                local(dest, "cannot write", temp.write_all(&plaintext))?;
+                written += plaintext.len() as u64;
+            }
+            Ok(written)
         };
-        for (index, id) in content.iter().enumerate() {
-            let following = content.get(index + 1);
+        if let [only] = content {
+            let sealed = ahead.take(remote, *only).await?;
+            let written = write(content, &[sealed])?;
+            return Ok((temp, written));
+        }
+        let windows: Vec<&[BlobId]> = content.chunks(FETCH_WINDOW).collect();
+        let mut sealed = match windows.first() {
+            Some(first) => remote.get_blobs(first).await?,
+            None => Vec::new(),
+        };
+        let mut written = 0u64;
+        for (index, window) in windows.iter().enumerate() {
+            let following = windows.get(index + 1);
             let (fetched, stored) = tokio::join!(
                 async {
                     match following {
-                        Some(following) => Some(remote.get_blob(*following).await),
+                        Some(following) => Some(remote.get_blobs(following).await),
                         None => None,
                     }
                 },
-                async {
-                    let plaintext = opener
-                        .open(BlobKind::Data, id, &sealed)
-                        .map_err(|source| super::corrupt(snapshot_path, source))?;
-                    local(dest, "cannot write", temp.write_all(&plaintext))?;
-                    Ok::<_, V4ClientError>(plaintext.len() as u64)
-                }
+                async { write(window, &sealed) }
             );
             written += stored?;
             if let Some(fetched) = fetched {
@@ -312,6 +332,78 @@ impl<R: RepoRemote> Repository<R> {
             }
         }
         Ok((temp, written))
+    }
+}
+
+/// Blobs fetched per request window: a window of sealed blobs (at most 8 MiB each) is the
+/// restore's buffer, with the next window in flight.
+const FETCH_WINDOW: usize = 8;
+
+/// The one-blob files of one directory that the restore will write, fetched
+/// [`FETCH_WINDOW`] at a time ahead of their writing (a directory of small files costs a
+/// few round trips, not one per file).
+#[derive(Default)]
+struct Prefetch {
+    upcoming: std::collections::VecDeque<BlobId>,
+    ready: HashMap<BlobId, Bytes>,
+}
+
+impl Prefetch {
+    /// The contents of `tree`'s one-blob files the filter keeps and that are not already
+    /// correct at the target, in order (a guess: a blob never asked for is dropped).
+    fn of_small_files(run: &RestoreRun, tree: &Tree, snapshot_path: &Path, dest: &Path) -> Self {
+        let upcoming = tree
+            .entries()
+            .iter()
+            .filter_map(|entry| {
+                let EntryKind::File { content } = &entry.kind else {
+                    return None;
+                };
+                let [only] = content.as_slice() else {
+                    return None;
+                };
+                let name = OsStr::from_bytes(&entry.name);
+                let child = snapshot_path.join(name);
+                let wanted = !run.filter.excluded(&child)
+                    && run.filter.included(&child)
+                    && !is_correct(&dest.join(name), &entry.meta);
+                wanted.then_some(*only)
+            })
+            .collect();
+        Self {
+            upcoming,
+            ready: HashMap::new(),
+        }
+    }
+
+    /// Blob `id`: fetched with the next window of upcoming blobs when it is one of them,
+    /// else alone. A refusal inside a window is not this file's: the blob is then asked
+    /// for alone, so an error names the file it belongs to.
+    async fn take<R: RepoRemote>(
+        &mut self,
+        remote: &mut R,
+        id: BlobId,
+    ) -> Result<Bytes, V4ClientError> {
+        if let Some(sealed) = self.ready.remove(&id) {
+            return Ok(sealed);
+        }
+        while self.upcoming.front().is_some_and(|front| *front != id) {
+            self.upcoming.pop_front();
+        }
+        if !self.upcoming.is_empty() {
+            let window: Vec<BlobId> = std::iter::from_fn(|| self.upcoming.pop_front())
+                .take(FETCH_WINDOW)
+                .collect();
+            match remote.get_blobs(&window).await {
+                Ok(blobs) => self.ready.extend(window.into_iter().zip(blobs)),
+                Err(V4ClientError::Failed(_)) => {}
+                Err(fatal) => return Err(fatal),
+            }
+            if let Some(sealed) = self.ready.remove(&id) {
+                return Ok(sealed);
+            }
+        }
+        remote.get_blob(id).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`V4Client`]: one TCP connection driving a v4 `ClientSession` (the canonical loop:
 //! drain outputs in order, perform effects, re-feed after an answer, then read).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,6 +59,9 @@ pub struct V4Client {
     restores: HashMap<OpId, RestoreTarget>,
     trusted_on_first_use: Option<Fingerprint>,
     closed: Option<CloseReason>,
+    /// Operations that finished while another one was awaited (pipelined `GET`s answered in
+    /// one read); [`Self::run_op`] takes its operation from here first.
+    finished: VecDeque<ClientEvent>,
     /// Deadline of one write (the response timeout): a server that stops reading fails the
     /// connection as one that stops answering does.
     write_timeout: std::time::Duration,
@@ -165,6 +168,7 @@ impl V4Client {
             restores: HashMap::new(),
             trusted_on_first_use: None,
             closed: None,
+            finished: VecDeque::new(),
             write_timeout: options.response_timeout,
         };
         client
@@ -359,6 +363,32 @@ impl V4Client {
         }
     }
 
+    /// Runs `calls` queued together, so that `GET`s among them stay in flight together
+    /// (the session sends up to `MAX_GETS_IN_FLIGHT` ahead); one result per call, in order.
+    /// A refused call is its own `Err`; the others still run.
+    ///
+    /// # Errors
+    /// A fatal error of the connection.
+    pub async fn repository_all(
+        &mut self,
+        calls: Vec<RepoCall>,
+    ) -> Result<Vec<Result<RepoResult, V4ClientError>>, V4ClientError> {
+        let ops: Vec<OpId> = calls
+            .into_iter()
+            .map(|call| self.session.repository(call))
+            .collect();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            match self.run_op(op, &mut |_| {}).await {
+                Ok(ClientEvent::RepoDone { result, .. }) => results.push(Ok(result)),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(refused @ V4ClientError::Failed(_)) => results.push(Err(refused)),
+                Err(fatal) => return Err(fatal),
+            }
+        }
+        Ok(results)
+    }
+
     /// Says goodbye and closes the connection.
     ///
     /// # Errors
@@ -378,19 +408,17 @@ impl V4Client {
         op: OpId,
         observe: &mut F,
     ) -> Result<ClientEvent, V4ClientError> {
-        let event = self
-            .run_until(
-                |event| match event {
-                    ClientEvent::UploadCommitted { op: o, .. }
-                    | ClientEvent::Listed { op: o, .. }
-                    | ClientEvent::Restored { op: o, .. }
-                    | ClientEvent::RepoDone { op: o, .. }
-                    | ClientEvent::OpFailed { op: o, .. } => *o == op,
-                    _ => false,
-                },
-                observe,
-            )
-            .await?;
+        let early = self
+            .finished
+            .iter()
+            .position(|event| finished_op(event) == Some(op));
+        let event = match early {
+            Some(at) => self.finished.remove(at),
+            None => {
+                self.run_until(|event| finished_op(event) == Some(op), observe)
+                    .await?
+            }
+        };
         match event {
             Some(ClientEvent::OpFailed { failure, .. }) => Err(V4ClientError::Failed(failure)),
             Some(event) => Ok(event),
@@ -433,6 +461,8 @@ impl V4Client {
                         self.observe(&event)?;
                         if found.is_none() && done(&event) {
                             found = Some(event);
+                        } else if finished_op(&event).is_some() {
+                            self.finished.push_back(event);
                         } else {
                             observe(&event);
                         }
@@ -594,6 +624,18 @@ fn check_name(name: &str) -> Result<(), V4ClientError> {
         });
     }
     Ok(())
+}
+
+/// The operation an event finishes, if it finishes one.
+fn finished_op(event: &ClientEvent) -> Option<OpId> {
+    match event {
+        ClientEvent::UploadCommitted { op, .. }
+        | ClientEvent::Listed { op, .. }
+        | ClientEvent::Restored { op, .. }
+        | ClientEvent::RepoDone { op, .. }
+        | ClientEvent::OpFailed { op, .. } => Some(*op),
+        _ => None,
+    }
 }
 
 fn unexpected(event: &ClientEvent) -> V4ClientError {

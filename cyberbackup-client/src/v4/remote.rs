@@ -60,6 +60,18 @@ impl RepoRemote for V4Client {
         object(self.repository(RepoCall::Get(GetTarget::Blob(id))).await?)
     }
 
+    async fn get_blobs(&mut self, ids: &[BlobId]) -> Result<Vec<Bytes>, V4ClientError> {
+        let calls = ids
+            .iter()
+            .map(|id| RepoCall::Get(GetTarget::Blob(*id)))
+            .collect();
+        self.repository_all(calls)
+            .await?
+            .into_iter()
+            .map(|result| object(result?))
+            .collect()
+    }
+
     async fn get_snapshot(&mut self, id: SnapshotId) -> Result<Bytes, V4ClientError> {
         object(
             self.repository(RepoCall::Get(GetTarget::Snapshot(id)))

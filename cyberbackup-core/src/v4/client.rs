@@ -146,6 +146,11 @@ pub enum RepoResult {
 /// Largest object a `GET` may return: a bound on what a server can make the client hold.
 pub const MAX_GET_OBJECT_LEN: u64 = 1 << 30;
 
+/// Repository `GET`s a session keeps in flight: while one is answered, the next queued
+/// `GET`s (up to this many in all) are already sent, so the server never waits for the
+/// client between objects. The server answers requests in order (docs/protocol-v4.md).
+pub const MAX_GETS_IN_FLIGHT: usize = 8;
+
 /// Work the driver carries out for a v4 client session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -406,6 +411,9 @@ pub struct ClientSession {
     decoder: FrameDecoder,
     phase: Phase,
     queue: VecDeque<(OpId, Op)>,
+    /// `GET`s sent while an earlier `GET` is answered, in order; they run next, each
+    /// waiting for its `OBJECT` ([`MAX_GETS_IN_FLIGHT`]).
+    sent_ahead: VecDeque<OpId>,
     next_op: u32,
     finish_when_idle: bool,
     timer: IdleTimer,
@@ -454,6 +462,7 @@ impl ClientSession {
             decoder: FrameDecoder::new(Side::FromServer),
             phase: Phase::AwaitMsg2,
             queue: VecDeque::new(),
+            sent_ahead: VecDeque::new(),
             next_op: 0,
             finish_when_idle: false,
             out,
@@ -687,11 +696,35 @@ impl ClientSession {
         let id = OpId(self.next_op);
         self.next_op += 1;
         self.queue.push_back((id, op));
-        if matches!(self.phase, Phase::Ready) {
-            let result = self.start_next();
-            let _ = self.fail_on(result);
-        }
+        let result = if matches!(self.phase, Phase::Ready) {
+            self.start_next()
+        } else {
+            self.send_gets_ahead()
+        };
+        let _ = self.fail_on(result);
         id
+    }
+
+    /// While a `GET` is the current operation, sends the `GET`s at the front of the queue
+    /// ahead, up to [`MAX_GETS_IN_FLIGHT`] in flight (the order of operations is kept:
+    /// only the queue's front is ever taken).
+    fn send_gets_ahead(&mut self) -> Result<(), V4Error> {
+        if !matches!(
+            self.phase,
+            Phase::Repo(_, RepoWait::Object | RepoWait::ObjectData { .. })
+        ) {
+            return Ok(());
+        }
+        while self.sent_ahead.len() + 1 < MAX_GETS_IN_FLIGHT {
+            let Some((op, Op::Repo(RepoCall::Get(target)))) = self.queue.front() else {
+                break;
+            };
+            let (op, target) = (*op, *target);
+            self.queue.pop_front();
+            self.send(&ClientMessage::Repo(RepoRequest::Get { target }))?;
+            self.sent_ahead.push_back(op);
+        }
+        Ok(())
     }
 
     fn check_failed(&self) -> Result<(), V4Error> {
@@ -1021,6 +1054,12 @@ impl ClientSession {
         if !matches!(self.phase, Phase::Ready) {
             return Ok(());
         }
+        if let Some(op) = self.sent_ahead.pop_front() {
+            // Its request is on the way already.
+            self.timer.reset(self.now);
+            self.phase = Phase::Repo(op, RepoWait::Object);
+            return self.send_gets_ahead();
+        }
         let Some((op, next)) = self.queue.pop_front() else {
             if self.finish_when_idle {
                 self.send(&ClientMessage::Bye)?;
@@ -1088,7 +1127,7 @@ impl ClientSession {
         };
         self.send(&ClientMessage::Repo(request))?;
         self.phase = Phase::Repo(op, wait);
-        Ok(())
+        self.send_gets_ahead()
     }
 
     /// A server message while a repository operation waits.
