@@ -46,12 +46,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cyberbackup_client::snapshot::{
-    BackupOptions, KeyOptions, NoObserver, ReadData, Repository, RestoreFilter,
-};
-use cyberbackup_client::v4::{V4Client, V4ClientError, V4Options};
+use cyberbackup_client::snapshot::{ReadData, RestoreFilter};
+use cyberbackup_client::v4::V4ClientError;
 use repo_fixture::files_under;
-use support::{SplitMix64, free_port, seed_from_env, spin, throttled_proxy, wait_ready};
+use support::{
+    RepoClient, SplitMix64, free_port, read_tree, seed_from_env, spin, throttled_proxy, tree_diff,
+    wait_ready,
+};
 use tokio::sync::mpsc;
 
 /// Seconds between scheduled prunes.
@@ -90,7 +91,7 @@ async fn kill_9_during_prune_leaves_every_snapshot_restorable() {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     write_config(&config, &data, port);
-    let client = ClientSide::new(dir.path(), addr);
+    let client = RepoClient::new(dir.path(), addr, "alice", HOST);
     let (proxy, uploaded) = throttled_proxy(addr, SLOW_UPLINK_BYTES_PER_SEC).await;
     let slow_client = client.through(proxy);
     let mut trees = Trees::new(dir.path().join("src"), &mut rng);
@@ -281,7 +282,7 @@ async fn kill_9_during_prune_leaves_every_snapshot_restorable() {
 async fn verify(
     ctx: &str,
     data: &Path,
-    client: &ClientSide,
+    client: &RepoClient,
     model: &mut Model,
     stats: &mut Stats,
     killed_at: SystemTime,
@@ -569,74 +570,6 @@ impl Delay {
     }
 }
 
-/// The client: one identity and device key, a connection per operation.
-#[derive(Clone)]
-struct ClientSide {
-    options: V4Options,
-    keys: KeyOptions,
-}
-
-impl ClientSide {
-    fn new(dir: &Path, addr: SocketAddr) -> Self {
-        let home = dir.join("client");
-        fs::create_dir_all(&home).unwrap();
-        let identity = home.join("alice-v4.json");
-        let mut options = V4Options::new(addr.to_string(), identity.clone()).with_name("alice");
-        options.response_timeout = Duration::from_secs(30);
-        Self {
-            options,
-            keys: KeyOptions::new(&identity),
-        }
-    }
-
-    /// The same client reaching the server through `addr` (a proxy).
-    fn through(&self, addr: SocketAddr) -> Self {
-        let mut other = self.clone();
-        other.options.server = addr.to_string();
-        other
-    }
-
-    async fn try_open(&self) -> Result<Repository<V4Client>, V4ClientError> {
-        let client = V4Client::connect(&self.options).await?;
-        Repository::open(client, &self.keys).await
-    }
-
-    async fn open(&self) -> Repository<V4Client> {
-        self.try_open().await.unwrap()
-    }
-
-    /// Backs up `path` as a snapshot tagged `tag`; its ID.
-    async fn backup(&self, path: PathBuf, tag: &str) -> Result<String, V4ClientError> {
-        let mut repo = self.try_open().await?;
-        let options = BackupOptions {
-            paths: vec![path],
-            tags: vec![tag.to_owned()],
-            host: Some(HOST.to_vec()),
-            ..BackupOptions::default()
-        };
-        let summary = repo.backup(&options, &mut NoObserver).await?;
-        let _ = repo.into_remote().close().await;
-        Ok(summary.snapshot_id)
-    }
-
-    /// [`Self::backup`] on a task of its own.
-    fn spawn_backup(
-        &self,
-        path: PathBuf,
-        tag: String,
-    ) -> tokio::task::JoinHandle<Result<String, V4ClientError>> {
-        let this = self.clone();
-        tokio::spawn(async move { this.backup(path, &tag).await })
-    }
-
-    async fn forget(&self, id: &str) -> Result<(), V4ClientError> {
-        let mut repo = self.try_open().await?;
-        repo.forget(id).await?;
-        let _ = repo.into_remote().close().await;
-        Ok(())
-    }
-}
-
 /// Whether a backup failed because the server went away (not because it refused).
 fn cut_off(error: &V4ClientError) -> bool {
     error.code().is_none()
@@ -872,41 +805,5 @@ fn random_bytes(rng: &mut SplitMix64, len: usize) -> Vec<u8> {
         out.extend_from_slice(&rng.next().to_le_bytes());
     }
     out.truncate(len);
-    out
-}
-
-/// Every file under `root`: relative path → content.
-fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    files_under(root)
-        .into_iter()
-        .map(|f| {
-            let content = fs::read(root.join(&f)).unwrap();
-            (f, content)
-        })
-        .collect()
-}
-
-/// What differs between two trees, for a failure message.
-fn tree_diff(expected: &BTreeMap<String, Vec<u8>>, actual: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut out = String::new();
-    for (name, content) in expected {
-        match actual.get(name) {
-            None => {
-                let _ = write!(out, "missing {name}; ");
-            }
-            Some(other) if other != content => {
-                let _ = write!(
-                    out,
-                    "{name} differs ({} vs {} bytes); ",
-                    content.len(),
-                    other.len()
-                );
-            }
-            Some(_) => {}
-        }
-    }
-    for name in actual.keys().filter(|n| !expected.contains_key(*n)) {
-        let _ = write!(out, "unexpected {name}; ");
-    }
     out
 }
