@@ -16,6 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use cyberbackup_core::repo::{BlobKind, EntryKind, Metadata, Timestamp, TreeEntry};
+use cyberbackup_core::v4::client::OpFailure;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags, lsetxattr, utimensat};
 
@@ -167,7 +168,10 @@ impl<R: RepoRemote> Repository<R> {
         R: 'a,
     {
         Box::pin(async move {
-            let tree = self.tree(tree).await?;
+            let tree = self
+                .tree(tree)
+                .await
+                .map_err(|err| not_restored(snapshot_path, err))?;
             let mut any = false;
             for entry in tree.entries() {
                 let name = OsStr::from_bytes(&entry.name);
@@ -271,7 +275,10 @@ impl<R: RepoRemote> Repository<R> {
         // flight, no waiting on both sides in turn).
         let Self { remote, opener, .. } = self;
         let mut sealed = match content.first() {
-            Some(first) => remote.get_blob(*first).await?,
+            Some(first) => remote
+                .get_blob(*first)
+                .await
+                .map_err(|err| not_restored(snapshot_path, err))?,
             None => bytes::Bytes::new(),
         };
         for (index, id) in content.iter().enumerate() {
@@ -293,7 +300,7 @@ impl<R: RepoRemote> Repository<R> {
             );
             written += stored?;
             if let Some(fetched) = fetched {
-                sealed = fetched?;
+                sealed = fetched.map_err(|err| not_restored(snapshot_path, err))?;
             }
         }
         local(dest, "cannot fsync", temp.as_file().sync_all())?;
@@ -406,4 +413,26 @@ fn local<T>(path: &Path, what: &'static str, result: io::Result<T>) -> Result<T,
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A refusal of the server (a blob or tree it cannot provide: damaged storage) or a tree
+/// that does not verify, while restoring `path`, with the path named, so the user knows
+/// which file or directory is lost; other errors as they are.
+fn not_restored(path: &Path, err: V4ClientError) -> V4ClientError {
+    match err {
+        V4ClientError::Failed(OpFailure::Refused { code, message }) => {
+            V4ClientError::Failed(OpFailure::Refused {
+                code,
+                message: format!(
+                    "{}: {message}; it was not restored under its name",
+                    path.display()
+                ),
+            })
+        }
+        V4ClientError::Repo { context, source } => V4ClientError::Repo {
+            context: format!("{}: {context}", path.display()),
+            source,
+        },
+        other => other,
+    }
 }
