@@ -150,6 +150,15 @@ async fn run_case(damage: Damage) {
             report.errors
         );
     }
+    if matches!(damage, Damage::TruncatePack | Damage::DeletePack) {
+        // A pack the backend no longer has whole is damaged storage, not a passing failure
+        // (STORAGE would tell the client to retry).
+        assert!(
+            report.errors.iter().any(|l| l.contains("[CORRUPT (13)]")),
+            "{ctx}: no CORRUPT refusal: {:#?}",
+            report.errors
+        );
+    }
     assert_no_wrong_byte(&ctx, &client, &first, &source, &first_files).await;
     assert_no_wrong_byte(&ctx, &client, &second, &source, &second_files).await;
     server.stop().await;
