@@ -175,9 +175,7 @@ fn data(bytes: &[u8]) -> Vec<u8> {
 /// finished calls it must produce: proof that the targets get past the handshake.
 fn repo_seeds() -> Vec<(&'static str, &'static str, Vec<u8>, usize)> {
     use cyberbackup_core::repo::{PackId, SnapshotId};
-    use cyberbackup_core::v4::repository::{
-        GetTarget, PutTarget, RepoPruneReport, SnapshotEntry,
-    };
+    use cyberbackup_core::v4::repository::{GetTarget, PutTarget, RepoPruneReport, SnapshotEntry};
     use cyberbackup_core::v4::wire::ErrorCode;
     let small = || Bytes::from_static(b"object");
     let session = framed(&[

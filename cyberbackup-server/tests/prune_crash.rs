@@ -311,9 +311,10 @@ async fn kill_9_during_scrub_marks_no_pack_damaged_and_loses_nothing() {
         "scrub_bytes_per_sec = {SCRUB_BYTES_PER_SEC}\nscrub_interval_secs = {SCRUB_INTERVAL_SECS}\n"
     );
     write_config_with(&config, &data, port, &extra);
-    let text = fs::read_to_string(&config)
-        .unwrap()
-        .replace(&format!("prune_interval_secs = {PRUNE_INTERVAL_SECS}\n"), "prune_interval_secs = 86400\n");
+    let text = fs::read_to_string(&config).unwrap().replace(
+        &format!("prune_interval_secs = {PRUNE_INTERVAL_SECS}\n"),
+        "prune_interval_secs = 86400\n",
+    );
     fs::write(&config, text).unwrap();
     let client = RepoClient::new(dir.path(), addr, "alice", HOST);
     let (proxy, _) = throttled_proxy(addr, SLOW_UPLINK_BYTES_PER_SEC).await;
@@ -360,7 +361,10 @@ async fn kill_9_during_scrub_marks_no_pack_damaged_and_loses_nothing() {
             inside_scrub += 1;
         }
         if let Some(error) = life.errors.first() {
-            panic!("{ctx}: the server logged an error: {error}\n{}", life.tail());
+            panic!(
+                "{ctx}: the server logged an error: {error}\n{}",
+                life.tail()
+            );
         }
         if let Some((tag, task)) = in_flight {
             match tokio::time::timeout(Duration::from_secs(60), task)
@@ -381,7 +385,7 @@ async fn kill_9_during_scrub_marks_no_pack_damaged_and_loses_nothing() {
         assert_no_pack_marked_damaged(&ctx, &data);
         verify(&ctx, &data, &client, &mut model, &mut stats, killed_at).await;
         eprintln!(
-            "{ctx}: killed {delay:?} after the restart, {} scrub cycles finished ({:.1} s)",
+            "{ctx}: killed {delay:?} after the backup, {} scrub cycles finished ({:.1} s)",
             life.scrub_cycles,
             started.elapsed().as_secs_f64()
         );
@@ -393,7 +397,10 @@ async fn kill_9_during_scrub_marks_no_pack_damaged_and_loses_nothing() {
         if scrubbed.0 == scrubbed.1 {
             break;
         }
-        assert!(Instant::now() < deadline, "no scrub cycle finished: {scrubbed:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no scrub cycle finished: {scrubbed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_no_pack_marked_damaged("final", &data);

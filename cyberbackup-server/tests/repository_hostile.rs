@@ -23,6 +23,7 @@
 //! snapshot restores byte for byte and passes `check --read-data`, and a new client backs
 //! up and restores. Runtime: a few seconds.
 #![allow(
+    clippy::print_stderr,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::cast_possible_truncation
@@ -79,9 +80,13 @@ async fn malformed_repository_messages_are_protocol_errors_and_leave_nothing() {
         m
     };
     let data = |bytes: &[u8]| [&[0x02][..], bytes].concat();
-    let cases: Vec<(&str, Vec<Vec<u8>>, Vec<u8>)> = vec![
+    let cases: Vec<Case> = vec![
         ("an unknown repository type", vec![], vec![0x1F]),
-        ("REPO_OPEN with a trailing byte", vec![], vec![msg::REPO_OPEN, 0]),
+        (
+            "REPO_OPEN with a trailing byte",
+            vec![],
+            vec![msg::REPO_OPEN, 0],
+        ),
         ("HAVE of 0 IDs", vec![], vec![msg::HAVE, 0, 0]),
         ("HAVE of 2 001 IDs", vec![], {
             let mut m = vec![msg::HAVE];
@@ -173,7 +178,10 @@ async fn malformed_repository_messages_are_protocol_errors_and_leave_nothing() {
     // damage on the way).
     let mut raw = RawV4::connect(scene.server.addr, key, None).await;
     raw.send(&[]).await;
-    assert!(raw.closed().await, "an empty message: the server did not close");
+    assert!(
+        raw.closed().await,
+        "an empty message: the server did not close"
+    );
 
     // Malformed objects in well-formed messages are the non-fatal BAD_OBJECT.
     let (mut fresh, fresh_id) = scene.connect("fresh-mallory").await;
@@ -185,7 +193,11 @@ async fn malformed_repository_messages_are_protocol_errors_and_leave_nothing() {
         })
         .await
         .unwrap_err();
-    assert_code(&err, ErrorCode::BAD_OBJECT, "REPO_CREATE of a garbage config");
+    assert_code(
+        &err,
+        ErrorCode::BAD_OBJECT,
+        "REPO_CREATE of a garbage config",
+    );
     let err = fresh
         .repository(RepoCall::Create {
             config: repo.config.clone(),
@@ -249,10 +261,17 @@ async fn claims_of_blobs_never_uploaded_or_of_another_accounts_are_refused() {
     for (target, what) in [
         (GetTarget::Blob(alice_data[0]), "a data blob"),
         (GetTarget::Blob(alice_chunks[0]), "a reference chunk"),
-        (GetTarget::Snapshot(scene.alice_snapshot_id()), "the snapshot"),
+        (
+            GetTarget::Snapshot(scene.alice_snapshot_id()),
+            "the snapshot",
+        ),
     ] {
         let err = mallory.repository(RepoCall::Get(target)).await.unwrap_err();
-        assert_code(&err, ErrorCode::NOT_FOUND, &format!("GET of Alice's {what}"));
+        assert_code(
+            &err,
+            ErrorCode::NOT_FOUND,
+            &format!("GET of Alice's {what}"),
+        );
     }
     // PUT of the other account's pack ID is not "already stored": the bytes are asked
     // for, and bytes that are not that pack are a hash mismatch.
@@ -286,11 +305,19 @@ async fn claims_of_blobs_never_uploaded_or_of_another_accounts_are_refused() {
     // ... whose envelope names a reference chunk never uploaded.
     let snapshot = repo.snapshot(vec![BlobId([0x77; 32])], 1_700_000_002);
     let err = commit(&mut mallory, &snapshot).await.unwrap_err();
-    assert_code(&err, ErrorCode::MISSING_BLOBS, "reference chunk never uploaded");
+    assert_code(
+        &err,
+        ErrorCode::MISSING_BLOBS,
+        "reference chunk never uploaded",
+    );
     // ... whose envelope names a sealed blob it did upload as a reference chunk.
     let snapshot = repo.snapshot(vec![uploaded[0].0], 1_700_000_003);
     let err = commit(&mut mallory, &snapshot).await.unwrap_err();
-    assert_code(&err, ErrorCode::MISSING_BLOBS, "a sealed blob named as a chunk");
+    assert_code(
+        &err,
+        ErrorCode::MISSING_BLOBS,
+        "a sealed blob named as a chunk",
+    );
 
     // (c) A snapshot naming the other account's reference chunks ...
     let snapshot = repo.snapshot(alice_chunks.clone(), 1_700_000_005);
@@ -305,7 +332,11 @@ async fn claims_of_blobs_never_uploaded_or_of_another_accounts_are_refused() {
         .unwrap();
     let snapshot = repo.snapshot(chunks_alice, 1_700_000_004);
     let err = commit(&mut mallory, &snapshot).await.unwrap_err();
-    assert_code(&err, ErrorCode::MISSING_BLOBS, "Alice's blob IDs in a chunk");
+    assert_code(
+        &err,
+        ErrorCode::MISSING_BLOBS,
+        "Alice's blob IDs in a chunk",
+    );
     mallory.close().await.unwrap();
 
     let mut claimed = alice_data.clone();
@@ -313,7 +344,7 @@ async fn claims_of_blobs_never_uploaded_or_of_another_accounts_are_refused() {
     scene
         .assert_nothing_visible(mallory_id, &claimed, &[data_pack, refs_never, refs_alice])
         .await;
-    eprintln!("hostile (b, c): 4 claims and 5 commits refused");
+    eprintln!("hostile (b, c): 5 claims and 5 commits refused");
     scene.assert_honest_unaffected().await;
 }
 
@@ -344,8 +375,16 @@ async fn packs_and_snapshots_replayed_under_new_ids_are_refused() {
     // account's pack under a new ID.
     let (alice_pack, alice_bytes) = scene.alice_packs().swap_remove(0);
     let replays = [
-        (PackId([0x99; 32]), data_bytes.clone(), "its pack under a new ID"),
-        (PackId([0x98; 32]), alice_bytes.clone(), "Alice's pack under a new ID"),
+        (
+            PackId([0x99; 32]),
+            data_bytes.clone(),
+            "its pack under a new ID",
+        ),
+        (
+            PackId([0x98; 32]),
+            alice_bytes.clone(),
+            "Alice's pack under a new ID",
+        ),
     ];
     for (id, bytes, what) in replays {
         let err = put(&mut mallory, PutTarget::Pack(id), bytes)
@@ -366,7 +405,11 @@ async fn packs_and_snapshots_replayed_under_new_ids_are_refused() {
     )
     .await
     .unwrap_err();
-    assert_code(&err, ErrorCode::HASH_MISMATCH, "its snapshot under a new ID");
+    assert_code(
+        &err,
+        ErrorCode::HASH_MISMATCH,
+        "its snapshot under a new ID",
+    );
     // The other account's snapshot object, under its true ID, into this account: its
     // references are not this account's.
     let alice_snapshot = scene.alice_snapshot_object();
@@ -383,9 +426,17 @@ async fn packs_and_snapshots_replayed_under_new_ids_are_refused() {
     assert_eq!(listed, [first.id], "only its honest snapshot is listed");
     mallory.close().await.unwrap();
     let data = &scene.server.data;
-    let snapshots = files_below(&data.join("repository").join(mallory_id.to_hex()).join("snapshots"));
+    let snapshots = files_below(
+        &data
+            .join("repository")
+            .join(mallory_id.to_hex())
+            .join("snapshots"),
+    );
     assert_eq!(snapshots, [first.id.to_hex()], "snapshot objects on disk");
-    let mut packs: Vec<PackId> = stored_packs(data, mallory_id).into_iter().map(|(id, _)| id).collect();
+    let mut packs: Vec<PackId> = stored_packs(data, mallory_id)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     packs.sort();
     let mut expected = vec![data_pack, refs];
     expected.sort();
@@ -399,7 +450,11 @@ async fn packs_and_snapshots_replayed_under_new_ids_are_refused() {
         refs_bytes,
         "the pack whose ID was replayed is untouched"
     );
-    assert!(!stored_packs(data, mallory_id).iter().any(|(id, _)| *id == alice_pack));
+    assert!(
+        !stored_packs(data, mallory_id)
+            .iter()
+            .any(|(id, _)| *id == alice_pack)
+    );
     scene.wait_no_staging("after the replays").await;
     eprintln!("hostile (d): 2 pack replays and 2 snapshot replays refused, 1 ignored");
     scene.assert_honest_unaffected().await;
@@ -422,17 +477,71 @@ async fn packs_whose_header_lies_are_refused_or_never_committed() {
 
     let (chunk_len, blob_len) = (entries[0].len, entries[1].len);
     let lies: Vec<(&str, Lie)> = vec![
-        ("a length one too long", Lie::lens(&[chunk_len + 1, blob_len])),
-        ("a length one too short", Lie::lens(&[chunk_len, blob_len - 1])),
+        (
+            "a length one too long",
+            Lie::lens(&[chunk_len + 1, blob_len]),
+        ),
+        (
+            "a length one too short",
+            Lie::lens(&[chunk_len, blob_len - 1]),
+        ),
         ("lengths past the pack", Lie::lens(&[u32::MAX, blob_len])),
-        ("one more entry than present", Lie { count: Some(3), ..Lie::default() }),
-        ("one entry fewer than present", Lie { count: Some(1), ..Lie::default() }),
-        ("an unknown class", Lie { classes: Some(vec![2, 9]), ..Lie::default() }),
-        ("a header length past the pack", Lie { header_len: Some(1 << 30), ..Lie::default() }),
-        ("a header length of 0", Lie { header_len: Some(0), ..Lie::default() }),
-        ("a wrong trailer magic", Lie { trailer_magic: Some(*b"CBPX"), ..Lie::default() }),
-        ("a wrong header magic", Lie { header_magic: Some(*b"XBPH"), ..Lie::default() }),
-        ("version 2", Lie { version: Some(2), ..Lie::default() }),
+        (
+            "one more entry than present",
+            Lie {
+                count: Some(3),
+                ..Lie::default()
+            },
+        ),
+        (
+            "one entry fewer than present",
+            Lie {
+                count: Some(1),
+                ..Lie::default()
+            },
+        ),
+        (
+            "an unknown class",
+            Lie {
+                classes: Some(vec![2, 9]),
+                ..Lie::default()
+            },
+        ),
+        (
+            "a header length past the pack",
+            Lie {
+                header_len: Some(1 << 30),
+                ..Lie::default()
+            },
+        ),
+        (
+            "a header length of 0",
+            Lie {
+                header_len: Some(0),
+                ..Lie::default()
+            },
+        ),
+        (
+            "a wrong trailer magic",
+            Lie {
+                trailer_magic: Some(*b"CBPX"),
+                ..Lie::default()
+            },
+        ),
+        (
+            "a wrong header magic",
+            Lie {
+                header_magic: Some(*b"XBPH"),
+                ..Lie::default()
+            },
+        ),
+        (
+            "version 2",
+            Lie {
+                version: Some(2),
+                ..Lie::default()
+            },
+        ),
     ];
     let refused = lies.len();
     for (what, lie) in lies {
@@ -460,7 +569,11 @@ async fn packs_whose_header_lies_are_refused_or_never_committed() {
         .unwrap();
     let snapshot = repo.snapshot(vec![mixed.chunk], 1_700_000_020);
     let err = commit(&mut mallory, &snapshot).await.unwrap_err();
-    assert_code(&err, ErrorCode::MISSING_BLOBS, "a chunk shifted by a lying header");
+    assert_code(
+        &err,
+        ErrorCode::MISSING_BLOBS,
+        "a chunk shifted by a lying header",
+    );
     assert!(err.to_string().contains("do not match its ID"), "{err}");
     // A header that names the blob a reference chunk and the chunk a sealed blob (other
     // blobs: a blob already indexed keeps its first location).
@@ -476,23 +589,37 @@ async fn packs_whose_header_lies_are_refused_or_never_committed() {
         .unwrap();
     let snapshot = repo.snapshot(vec![other.blob], 1_700_000_021);
     let err = commit(&mut mallory, &snapshot).await.unwrap_err();
-    assert_code(&err, ErrorCode::MISSING_BLOBS, "a sealed blob labelled a chunk");
+    assert_code(
+        &err,
+        ErrorCode::MISSING_BLOBS,
+        "a sealed blob labelled a chunk",
+    );
     assert!(err.to_string().contains("do not match its ID"), "{err}");
     let snapshot = repo.snapshot(vec![other.chunk], 1_700_000_022);
     let err = commit(&mut mallory, &snapshot).await.unwrap_err();
-    assert_code(&err, ErrorCode::MISSING_BLOBS, "a chunk labelled a sealed blob");
+    assert_code(
+        &err,
+        ErrorCode::MISSING_BLOBS,
+        "a chunk labelled a sealed blob",
+    );
     mallory.close().await.unwrap();
 
     scene
         .assert_nothing_visible(mallory_id, &[], &[shifted_id, swapped_id])
         .await;
-    eprintln!("hostile (e): {refused} lying headers refused, 2 stored but never committed (3 commits refused)");
+    eprintln!(
+        "hostile (e): {refused} lying headers refused, 2 stored but never committed (3 commits refused)"
+    );
     scene.assert_honest_unaffected().await;
 }
 
 // ---------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------
+
+/// A malformed-message case: its label, the messages that set it up (a `PUT` gets its
+/// `PUT_READY`), and the malformed message.
+type Case = (&'static str, Vec<Vec<u8>>, Vec<u8>);
 
 /// A server with one honest account (Alice) that backed up a tree.
 struct Scene {
@@ -561,7 +688,12 @@ impl Scene {
     }
 
     fn alice_snapshot_id(&self) -> SnapshotId {
-        SnapshotId(hex::decode(&self.alice_snapshot).unwrap().try_into().unwrap())
+        SnapshotId(
+            hex::decode(&self.alice_snapshot)
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
     }
 
     fn alice_snapshot_object(&self) -> Vec<u8> {
@@ -583,7 +715,10 @@ impl Scene {
             if left.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "{ctx}: staging files left: {left:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{ctx}: staging files left: {left:?}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -599,7 +734,10 @@ impl Scene {
             Vec::<String>::new(),
             "a snapshot object was stored"
         );
-        let mut stored: Vec<PackId> = stored_packs(data, client).into_iter().map(|(id, _)| id).collect();
+        let mut stored: Vec<PackId> = stored_packs(data, client)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         stored.sort();
         let mut expected = packs.to_vec();
         expected.sort();
@@ -702,7 +840,11 @@ async fn create(client: &mut V4Client, repo: &Repo) {
 }
 
 async fn have(client: &mut V4Client, ids: &[BlobId]) -> Vec<bool> {
-    match client.repository(RepoCall::Have(ids.to_vec())).await.unwrap() {
+    match client
+        .repository(RepoCall::Have(ids.to_vec()))
+        .await
+        .unwrap()
+    {
         RepoResult::Have(stored) => stored,
         other => panic!("HAVE: {other:?}"),
     }
@@ -729,7 +871,12 @@ async fn commit(
     client: &mut V4Client,
     snapshot: &cyberbackup_core::repo::SealedSnapshot,
 ) -> Result<(), V4ClientError> {
-    put(client, PutTarget::Snapshot(snapshot.id), snapshot.bytes.clone()).await
+    put(
+        client,
+        PutTarget::Snapshot(snapshot.id),
+        snapshot.bytes.clone(),
+    )
+    .await
 }
 
 async fn snapshot_ids(client: &mut V4Client) -> Vec<SnapshotId> {

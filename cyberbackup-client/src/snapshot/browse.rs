@@ -465,7 +465,8 @@ impl<R: RepoRemote> Repository<R> {
                         for entry in tree.entries() {
                             match &entry.kind {
                                 EntryKind::Dir { subtree } => {
-                                    stack.push((dir.join(OsStr::from_bytes(&entry.name)), *subtree));
+                                    stack
+                                        .push((dir.join(OsStr::from_bytes(&entry.name)), *subtree));
                                 }
                                 EntryKind::File { content } => data.extend(content.iter().copied()),
                                 _ => {}

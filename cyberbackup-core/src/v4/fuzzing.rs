@@ -322,7 +322,8 @@ pub fn repo_replies_v4_results(data: &[u8]) -> usize {
     let Ok(len) = hs.write_message(&hello, &mut scratch) else {
         return 0;
     };
-    let mut msg2 = BytesMut::from(&encode_frame(kind::HANDSHAKE, scratch.get(..len).unwrap_or_default())[..]);
+    let mut msg2 =
+        BytesMut::from(&encode_frame(kind::HANDSHAKE, scratch.get(..len).unwrap_or_default())[..]);
     let _ = client.handle_bytes(now, &mut msg2);
     drain(&mut client, &mut from_client);
     let Ok(Some(Frame::Handshake(msg3))) = decoder.decode(&mut from_client) else {

@@ -10,8 +10,8 @@
     clippy::cast_possible_truncation
 )]
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Arc;
@@ -750,7 +750,10 @@ pub fn tree_diff(
 }
 
 /// The packs of `client` in the local repository backend under `data`: ID and bytes.
-pub fn stored_packs(data: &Path, client: ClientId) -> Vec<(cyberbackup_core::repo::PackId, Vec<u8>)> {
+pub fn stored_packs(
+    data: &Path,
+    client: ClientId,
+) -> Vec<(cyberbackup_core::repo::PackId, Vec<u8>)> {
     let root = data.join("repository").join(client.to_hex()).join("packs");
     files_below(&root)
         .into_iter()
@@ -758,7 +761,10 @@ pub fn stored_packs(data: &Path, client: ClientId) -> Vec<(cyberbackup_core::rep
             let path = root.join(&f);
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             let id: [u8; 32] = hex::decode(name).unwrap().try_into().unwrap();
-            (cyberbackup_core::repo::PackId(id), std::fs::read(&path).unwrap())
+            (
+                cyberbackup_core::repo::PackId(id),
+                std::fs::read(&path).unwrap(),
+            )
         })
         .collect()
 }
@@ -820,7 +826,9 @@ impl RawV4 {
     /// `None`) and waits for `WELCOME`.
     pub async fn connect(addr: SocketAddr, private: [u8; 32], name: Option<&str>) -> Self {
         use cyberbackup_core::v4::codec::{Frame, FrameDecoder, Side};
-        use cyberbackup_core::v4::wire::{ClientAuth, ServerMessage, encode_frame, hello_header, kind};
+        use cyberbackup_core::v4::wire::{
+            ClientAuth, ServerMessage, encode_frame, hello_header, kind,
+        };
         let params: snow::params::NoiseParams =
             cyberbackup_core::v4::noise::NOISE_PARAMS.parse().unwrap();
         let prologue = cyberbackup_core::v4::noise::prologue();
@@ -840,7 +848,8 @@ impl RawV4 {
         stream.write_all(&hello).await.unwrap();
         let mut this_decoder = FrameDecoder::new(Side::FromServer);
         let mut buf = BytesMut::new();
-        let Some(Frame::Handshake(msg2)) = read_frame(&mut stream, &mut this_decoder, &mut buf).await
+        let Some(Frame::Handshake(msg2)) =
+            read_frame(&mut stream, &mut this_decoder, &mut buf).await
         else {
             panic!("no Noise message 2");
         };
@@ -890,7 +899,10 @@ impl RawV4 {
     }
 
     /// Sends a well-formed repository request.
-    pub async fn send_repo(&mut self, request: &cyberbackup_core::v4::repository::RepoRequest) -> bool {
+    pub async fn send_repo(
+        &mut self,
+        request: &cyberbackup_core::v4::repository::RepoRequest,
+    ) -> bool {
         let mut plain = BytesMut::new();
         request.encode(&mut plain);
         self.send(&plain).await
