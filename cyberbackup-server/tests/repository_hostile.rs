@@ -232,7 +232,9 @@ async fn malformed_repository_messages_are_protocol_errors_and_leave_nothing() {
 
     scene.assert_nothing_visible(mallory, &[], &[]).await;
     scene.assert_nothing_visible(fresh_id, &[], &[]).await;
-    eprintln!("hostile (a): {tried} malformed messages (one refused at the frame) + 3 malformed objects refused");
+    eprintln!(
+        "hostile (a): {tried} malformed messages (one refused at the frame) + 3 malformed objects refused"
+    );
     scene.assert_honest_unaffected().await;
 }
 

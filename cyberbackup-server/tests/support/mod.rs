@@ -1,7 +1,10 @@
 //! Shared helpers of the reliability suite: an in-process server on 127.0.0.1, a raw v3
 //! client that builds every frame by hand, so each real client's byte layout can be
 //! reproduced exactly, and what the `kill -9` tests (crash.rs, prune_crash.rs) share: a
-//! seeded SplitMix64, a free port, waiting for a child server to listen, a busy wait.
+//! seeded SplitMix64, a free port, waiting for a child server to listen, a busy wait. For
+//! the repository tests: an honest snapshot client ([`RepoClient`], the client library), a
+//! v4 client written from the spec on raw Noise ([`RawV4`]) that sends any message, and
+//! readers of the repository's files on disk.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -609,6 +612,7 @@ impl RepoClient {
         cyberbackup_client::v4::V4Client::connect(&self.options).await
     }
 
+    /// Connects and opens (or, on first use, creates) the repository.
     pub async fn try_open(
         &self,
     ) -> Result<
@@ -619,6 +623,7 @@ impl RepoClient {
         cyberbackup_client::snapshot::Repository::open(client, &self.keys).await
     }
 
+    /// [`Self::try_open`], panicking on failure.
     pub async fn open(
         &self,
     ) -> cyberbackup_client::snapshot::Repository<cyberbackup_client::v4::V4Client> {
@@ -655,6 +660,7 @@ impl RepoClient {
         tokio::spawn(async move { this.backup(path, &tag).await })
     }
 
+    /// Forgets snapshot `id` (the device needs the `manage` role, e.g. `default_device_role`).
     pub async fn forget(&self, id: &str) -> Result<(), cyberbackup_client::v4::V4ClientError> {
         let mut repo = self.try_open().await?;
         repo.forget(id).await?;
