@@ -32,7 +32,7 @@ use cyberbackup_client::snapshot::{CheckReport, RestoreFilter};
 use cyberbackup_core::names::ClientId;
 use cyberbackup_server::ServerConfig;
 use cyberbackup_server::faults::Faults;
-use support::{RepoClient, pattern, read_tree, start_with, test_config};
+use support::{RepoClient, files_below, pattern, read_tree, start_with, test_config};
 
 /// The big file both snapshots hold, whose blobs the cases damage.
 const BIG: &str = "sub/big.bin";
@@ -329,4 +329,42 @@ fn summary(report: &CheckReport) -> String {
         report.damaged.len(),
         report.errors.first().map_or("", String::as_str)
     )
+}
+
+/// A catalog that lost the repository's rows — rebuilt by `cyberbackup-server catalog
+/// rebuild`, which knows only the legacy file store — must not make the next start-up
+/// recovery delete the repository's packs and snapshot objects: they are kept on disk for
+/// the operator to restore the catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_without_the_repository_does_not_delete_its_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        min_free_disk_mb: 0,
+        scrub_bytes_per_sec: 0,
+        ..test_config(&dir.path().join("data"))
+    };
+    let data = config.data_dir.clone();
+    let server = start_with(config.clone(), Faults::none()).await;
+    let client = RepoClient::new(dir.path(), server.addr, "alice", b"rebuild-host");
+    let tree = dir.path().join("src");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("a.bin"), pattern(300_000, 3)).unwrap();
+    client.backup(tree.clone(), "only").await.unwrap();
+    server.stop().await;
+    let objects = files_below(&data.join("repository"));
+    assert!(
+        objects.iter().any(|o| o.contains("/snapshots/")),
+        "{objects:?}"
+    );
+
+    cyberbackup_server::catalog::rebuild::rebuild(&config)
+        .await
+        .unwrap();
+    let server = start_with(config.clone(), Faults::none()).await;
+    server.stop().await;
+    assert_eq!(
+        files_below(&data.join("repository")),
+        objects,
+        "start-up recovery deleted the objects of a repository the catalog does not know"
+    );
 }
