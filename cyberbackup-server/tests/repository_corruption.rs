@@ -331,12 +331,14 @@ fn summary(report: &CheckReport) -> String {
     )
 }
 
-/// A catalog that lost the repository's rows — rebuilt by `cyberbackup-server catalog
-/// rebuild`, which knows only the legacy file store — must not make the next start-up
-/// recovery delete the repository's packs and snapshot objects: they are kept on disk for
-/// the operator to restore the catalog.
+/// `cyberbackup-server catalog rebuild` with the old catalog still readable brings the
+/// repository back (config and key objects and devices from the old catalog, snapshots from
+/// their objects, packs indexed by the next start-up): both snapshots are listed, restore
+/// byte for byte and pass `check --read-data`. With the catalog lost altogether, the
+/// repository cannot come back (its config and key objects were only there), but start-up
+/// recovery keeps its packs and snapshot objects for the operator instead of deleting them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_catalog_without_the_repository_does_not_delete_its_objects() {
+async fn catalog_rebuild_brings_the_repository_back_or_keeps_its_objects() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         min_free_disk_mb: 0,
@@ -349,17 +351,45 @@ async fn a_catalog_without_the_repository_does_not_delete_its_objects() {
     let tree = dir.path().join("src");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("a.bin"), pattern(300_000, 3)).unwrap();
-    client.backup(tree.clone(), "only").await.unwrap();
+    let first_files = read_tree(&tree);
+    let first = client.backup(tree.clone(), "first").await.unwrap();
+    std::fs::write(tree.join("b.txt"), b"second backup").unwrap();
+    let second_files = read_tree(&tree);
+    let second = client.backup(tree.clone(), "second").await.unwrap();
     server.stop().await;
     let objects = files_below(&data.join("repository"));
-    assert!(
-        objects.iter().any(|o| o.contains("/snapshots/")),
-        "{objects:?}"
-    );
 
-    cyberbackup_server::catalog::rebuild::rebuild(&config)
+    let report = cyberbackup_server::catalog::rebuild::rebuild(&config)
         .await
         .unwrap();
+    assert_eq!((report.repositories, report.snapshots), (1, 2), "{report}");
+    let server = start_with(config.clone(), Faults::none()).await;
+    let client = client.through(server.addr);
+    let source = tree.canonicalize().unwrap();
+    for (id, files) in [(&first, &first_files), (&second, &second_files)] {
+        let restored = client.restore_tree(id, &source).await.unwrap();
+        assert!(&restored == files, "snapshot {id} after the rebuild");
+    }
+    let check = client.check_read_data().await.unwrap();
+    assert!(check.is_ok() && check.snapshots == 2, "{check:?}");
+    server.stop().await;
+
+    // The catalog lost altogether: nothing to salvage the repository from.
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("defensive.db")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let report = cyberbackup_server::catalog::rebuild::rebuild(&config)
+        .await
+        .unwrap();
+    assert_eq!(report.repositories, 0, "{report}");
     let server = start_with(config.clone(), Faults::none()).await;
     server.stop().await;
     assert_eq!(
