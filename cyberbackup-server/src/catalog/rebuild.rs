@@ -114,7 +114,10 @@ pub async fn rebuild(config: &ServerConfig) -> Result<RebuildReport, CatalogErro
         move || -> Result<_, CatalogError> {
             let aside = move_aside(&path)?;
             let old = aside.as_deref().map(salvage_clients).unwrap_or_default();
-            let repos = aside.as_deref().map(salvage_repositories).unwrap_or_default();
+            let repos = aside
+                .as_deref()
+                .map(salvage_repositories)
+                .unwrap_or_default();
             Ok((aside, old, repos))
         }
     })

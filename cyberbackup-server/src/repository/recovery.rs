@@ -16,9 +16,9 @@
 //!
 //! Objects of a client the catalog has **no repository** for are never deleted: no crash
 //! leaves them (a put needs the repository), only a catalog that lost the repository —
-//! restored from an older backup, or rebuilt by `catalog rebuild`, which knows only the
-//! legacy file store. They are kept and counted, and a warning tells the operator to
-//! restore the catalog (the repository's config and key objects live only there).
+//! restored from an older backup, or rebuilt by `catalog rebuild` without a readable old
+//! catalog. They are kept and counted, and a warning tells the operator to restore the
+//! catalog (the repository's config and key objects live only there).
 
 use std::collections::BTreeMap;
 
