@@ -585,7 +585,13 @@ async fn a_corrupted_blob_fails_the_restore_of_that_file_and_nothing_is_written_
         Err(V4ClientError::Corrupt { .. })
     ));
     let report = repo.check(ReadData::All).await.unwrap();
-    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    // The blob that fails verification, then the file that uses it.
+    assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
+    assert!(
+        report.errors[1].contains("victim.txt: 1 of its blobs are missing or fail verification"),
+        "{:?}",
+        report.errors
+    );
     assert!(repo.check(ReadData::No).await.unwrap().is_ok());
 }
 

@@ -54,6 +54,15 @@ fn repo_targets_seeds_replay() {
     }
 }
 
+/// The v4 repository session targets (`fuzz/fuzz_targets/repo_requests_v4.rs`,
+/// `repo_replies_v4.rs`) replay their seeds (written by `tests/v4_fuzz_seeds.rs`); they get
+/// a `corpus/` directory with their first fuzz run.
+#[test]
+fn repo_v4_session_seeds_replay() {
+    replay_kinds("repo_requests_v4", &["seeds"], fuzzing_v4::repo_requests_v4);
+    replay_kinds("repo_replies_v4", &["seeds"], fuzzing_v4::repo_replies_v4);
+}
+
 /// A fuzz entry point.
 type Entry = fn(&[u8]);
 

@@ -46,12 +46,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cyberbackup_client::snapshot::{
-    BackupOptions, KeyOptions, NoObserver, ReadData, Repository, RestoreFilter,
-};
-use cyberbackup_client::v4::{V4Client, V4ClientError, V4Options};
+use cyberbackup_client::snapshot::{ReadData, RestoreFilter};
+use cyberbackup_client::v4::V4ClientError;
 use repo_fixture::files_under;
-use support::{SplitMix64, free_port, seed_from_env, spin, throttled_proxy, wait_ready};
+use support::{
+    RepoClient, SplitMix64, free_port, read_tree, seed_from_env, spin, throttled_proxy, tree_diff,
+    wait_ready,
+};
 use tokio::sync::mpsc;
 
 /// Seconds between scheduled prunes.
@@ -90,7 +91,7 @@ async fn kill_9_during_prune_leaves_every_snapshot_restorable() {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     write_config(&config, &data, port);
-    let client = ClientSide::new(dir.path(), addr);
+    let client = RepoClient::new(dir.path(), addr, "alice", HOST);
     let (proxy, uploaded) = throttled_proxy(addr, SLOW_UPLINK_BYTES_PER_SEC).await;
     let slow_client = client.through(proxy);
     let mut trees = Trees::new(dir.path().join("src"), &mut rng);
@@ -277,11 +278,183 @@ async fn kill_9_during_prune_leaves_every_snapshot_restorable() {
     }
 }
 
+/// Seconds between scrub cycles in the scrub crash test, and its read rate: the stored
+/// packs (some 8 MB) take about 2 s to read, so the scrub is nearly always running.
+const SCRUB_INTERVAL_SECS: u64 = 1;
+const SCRUB_BYTES_PER_SEC: u64 = 4 << 20;
+
+/// `kill -9` of the server binary while its scrub reads the packs back (issue 19, item 1,
+/// the scrub part): the scrub starts with the server, so a kill at a seeded delay after the
+/// restart lands inside a cycle (counted when the killed process had not finished one), in
+/// odd iterations with a backup over the slow link running too. After each restart the
+/// checks of [`verify`] hold, and no pack is marked damaged: the catalog has no `CorruptAt`,
+/// the server logged no damaged object, and `check --read-data` (in `verify`) sees no
+/// damaged path. `SCRUB_CRASH_SEED` (default 0x5C2B) and `SCRUB_CRASH_ITERATIONS` (default
+/// 12). About 25 s in debug.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_scrub_marks_no_pack_damaged_and_loses_nothing() {
+    let seed = seed_from_env("SCRUB_CRASH_SEED", 0x5C2B);
+    let iterations: usize = std::env::var("SCRUB_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    eprintln!("scrub crash test: SCRUB_CRASH_SEED={seed:#x} SCRUB_CRASH_ITERATIONS={iterations}");
+    let started = Instant::now();
+    let mut rng = SplitMix64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("server.toml");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // No prune here (its interval is a day): only the scrub runs in the background.
+    let extra = format!(
+        "scrub_bytes_per_sec = {SCRUB_BYTES_PER_SEC}\nscrub_interval_secs = {SCRUB_INTERVAL_SECS}\n"
+    );
+    write_config_with(&config, &data, port, &extra);
+    let text = fs::read_to_string(&config).unwrap().replace(
+        &format!("prune_interval_secs = {PRUNE_INTERVAL_SECS}\n"),
+        "prune_interval_secs = 86400\n",
+    );
+    fs::write(&config, text).unwrap();
+    let client = RepoClient::new(dir.path(), addr, "alice", HOST);
+    let (proxy, _) = throttled_proxy(addr, SLOW_UPLINK_BYTES_PER_SEC).await;
+    let slow_client = client.through(proxy);
+    let mut trees = Trees::new(dir.path().join("src"), &mut rng);
+    let mut model = Model::default();
+    let mut stats = Stats::default();
+    let mut server = ServerProcess::spawn(&config);
+    wait_ready(addr, &mut server.child).await;
+    // Some megabytes of packs for the scrub to read.
+    for round in 0..2 {
+        trees.prepare_slow_backup(round, &mut rng);
+        let tag = model.next_tag();
+        let expected = trees.contents(round);
+        let id = client.backup(trees.path(round), &tag).await.unwrap();
+        model.record(tag, expected, Status::Committed(id));
+    }
+    let mut inside_scrub = 0;
+    let mut cycles = 0;
+    for iteration in 0..iterations {
+        let ctx = format!("iteration {iteration}, SCRUB_CRASH_SEED={seed:#x}");
+        let tree = iteration % 2;
+        trees.mutate(tree, &mut rng);
+        let tag = model.next_tag();
+        let expected = trees.contents(tree);
+        let id = client
+            .backup(trees.path(tree), &tag)
+            .await
+            .unwrap_or_else(|e| panic!("{ctx}: backup {tag} failed: {e}"));
+        model.record(tag, expected, Status::Committed(id));
+        let in_flight = (iteration % 2 == 1).then(|| {
+            trees.prepare_slow_backup(1, &mut rng);
+            let tag = model.next_tag();
+            model.record(tag.clone(), trees.contents(1), Status::InDoubt);
+            (tag.clone(), slow_client.spawn_backup(trees.path(1), tag))
+        });
+        let delay = Duration::from_millis(rng.below(2000));
+        tokio::time::sleep(delay).await;
+        let life = server.kill();
+        let killed_at = SystemTime::now();
+        stats.kills += 1;
+        cycles += life.scrub_cycles;
+        if life.scrub_cycles == 0 {
+            inside_scrub += 1;
+        }
+        if let Some(error) = life.errors.first() {
+            panic!(
+                "{ctx}: the server logged an error: {error}\n{}",
+                life.tail()
+            );
+        }
+        if let Some((tag, task)) = in_flight {
+            match tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("the backup did not notice the kill")
+                .unwrap()
+            {
+                Ok(id) => {
+                    stats.backups_finished_before_kill += 1;
+                    model.set(&tag, Status::Committed(id));
+                }
+                Err(error) if cut_off(&error) => stats.backups_interrupted += 1,
+                Err(error) => panic!("{ctx}: the backup in flight failed: {error}"),
+            }
+        }
+        server = ServerProcess::spawn(&config);
+        wait_ready(addr, &mut server.child).await;
+        assert_no_pack_marked_damaged(&ctx, &data);
+        verify(&ctx, &data, &client, &mut model, &mut stats, killed_at).await;
+        eprintln!(
+            "{ctx}: killed {delay:?} after the backup, {} scrub cycles finished ({:.1} s)",
+            life.scrub_cycles,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // Let one cycle finish on the last server: whole packs are still whole.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scrubbed = scrubbed_packs(&data);
+        if scrubbed.0 == scrubbed.1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scrub cycle finished: {scrubbed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_no_pack_marked_damaged("final", &data);
+    let life = server.kill();
+    assert!(life.errors.is_empty(), "{:?}", life.errors);
+    eprintln!(
+        "scrub crash test: {} kills in {:.1} s, {inside_scrub} inside a scrub's first cycle, \
+         {cycles} cycles finished between kills; {} backups interrupted, {} finished before \
+         the kill; {} snapshot restores compared",
+        stats.kills,
+        started.elapsed().as_secs_f64(),
+        stats.backups_interrupted,
+        stats.backups_finished_before_kill,
+        stats.restores,
+    );
+    assert!(inside_scrub > 0, "no kill landed inside a scrub cycle");
+}
+
+/// No pack of the catalog is marked damaged by a scrub.
+fn assert_no_pack_marked_damaged(ctx: &str, data: &Path) {
+    let db = rusqlite::Connection::open(data.join("defensive.db")).unwrap();
+    let marked: Vec<(Vec<u8>, String)> = db
+        .prepare("SELECT PackId, COALESCE(CorruptReason, '') FROM repo_packs WHERE CorruptAt IS NOT NULL")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        marked.is_empty(),
+        "{ctx}: packs wrongly marked damaged: {:?}",
+        marked
+            .iter()
+            .map(|(id, why)| format!("{}: {why}", hex::encode(id)))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// (packs scrubbed since the server started, packs) from the catalog.
+fn scrubbed_packs(data: &Path) -> (i64, i64) {
+    let db = rusqlite::Connection::open(data.join("defensive.db")).unwrap();
+    db.query_row(
+        "SELECT COUNT(ScrubbedAt), COUNT(*) FROM repo_packs",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .unwrap()
+}
+
 /// The checks after a restart (module docs).
 async fn verify(
     ctx: &str,
     data: &Path,
-    client: &ClientSide,
+    client: &RepoClient,
     model: &mut Model,
     stats: &mut Stats,
     killed_at: SystemTime,
@@ -379,7 +552,12 @@ async fn verify(
 }
 
 fn write_config(path: &Path, data: &Path, port: u16) {
-    let config = format!(
+    write_config_with(path, data, port, "");
+}
+
+/// [`write_config`] with `extra` lines appended (they override nothing it sets).
+fn write_config_with(path: &Path, data: &Path, port: u16, extra: &str) {
+    let mut config = format!(
         r#"listen = "127.0.0.1"
 port = {port}
 data_dir = "{data}"
@@ -394,6 +572,7 @@ repack_below_percent = 90
 "#,
         data = data.display()
     );
+    config.push_str(extra);
     fs::write(path, config).unwrap();
 }
 
@@ -417,6 +596,8 @@ enum PruneLine {
 #[derive(Debug, Default)]
 struct Life {
     prune: Vec<PruneLine>,
+    /// Scrub cycles the process finished (`scrub cycle done` / `found damaged` lines).
+    scrub_cycles: usize,
     errors: Vec<String>,
     tail: VecDeque<String>,
 }
@@ -427,7 +608,10 @@ impl ServerProcess {
             .arg("--config")
             .arg(config)
             .env_remove("CYBERBACKUP_CONFIG")
-            .env("RUST_LOG", "warn,cyberbackup_server::repository=info")
+            .env(
+                "RUST_LOG",
+                "warn,cyberbackup_server::repository=info,cyberbackup_server::scrub=info",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -442,6 +626,9 @@ impl ServerProcess {
                 if let Some(prune) = prune_line(&line) {
                     life.prune.push(prune.clone());
                     let _ = send.send(prune);
+                }
+                if line.contains("scrub cycle") {
+                    life.scrub_cycles += 1;
                 }
                 if line.contains(r#""level":"ERROR""#) {
                     life.errors.push(line.clone());
@@ -566,74 +753,6 @@ impl Delay {
             Self::Spin(wait) => spin(wait),
             Self::Sleep(wait) => tokio::time::sleep(wait).await,
         }
-    }
-}
-
-/// The client: one identity and device key, a connection per operation.
-#[derive(Clone)]
-struct ClientSide {
-    options: V4Options,
-    keys: KeyOptions,
-}
-
-impl ClientSide {
-    fn new(dir: &Path, addr: SocketAddr) -> Self {
-        let home = dir.join("client");
-        fs::create_dir_all(&home).unwrap();
-        let identity = home.join("alice-v4.json");
-        let mut options = V4Options::new(addr.to_string(), identity.clone()).with_name("alice");
-        options.response_timeout = Duration::from_secs(30);
-        Self {
-            options,
-            keys: KeyOptions::new(&identity),
-        }
-    }
-
-    /// The same client reaching the server through `addr` (a proxy).
-    fn through(&self, addr: SocketAddr) -> Self {
-        let mut other = self.clone();
-        other.options.server = addr.to_string();
-        other
-    }
-
-    async fn try_open(&self) -> Result<Repository<V4Client>, V4ClientError> {
-        let client = V4Client::connect(&self.options).await?;
-        Repository::open(client, &self.keys).await
-    }
-
-    async fn open(&self) -> Repository<V4Client> {
-        self.try_open().await.unwrap()
-    }
-
-    /// Backs up `path` as a snapshot tagged `tag`; its ID.
-    async fn backup(&self, path: PathBuf, tag: &str) -> Result<String, V4ClientError> {
-        let mut repo = self.try_open().await?;
-        let options = BackupOptions {
-            paths: vec![path],
-            tags: vec![tag.to_owned()],
-            host: Some(HOST.to_vec()),
-            ..BackupOptions::default()
-        };
-        let summary = repo.backup(&options, &mut NoObserver).await?;
-        let _ = repo.into_remote().close().await;
-        Ok(summary.snapshot_id)
-    }
-
-    /// [`Self::backup`] on a task of its own.
-    fn spawn_backup(
-        &self,
-        path: PathBuf,
-        tag: String,
-    ) -> tokio::task::JoinHandle<Result<String, V4ClientError>> {
-        let this = self.clone();
-        tokio::spawn(async move { this.backup(path, &tag).await })
-    }
-
-    async fn forget(&self, id: &str) -> Result<(), V4ClientError> {
-        let mut repo = self.try_open().await?;
-        repo.forget(id).await?;
-        let _ = repo.into_remote().close().await;
-        Ok(())
     }
 }
 
@@ -872,41 +991,5 @@ fn random_bytes(rng: &mut SplitMix64, len: usize) -> Vec<u8> {
         out.extend_from_slice(&rng.next().to_le_bytes());
     }
     out.truncate(len);
-    out
-}
-
-/// Every file under `root`: relative path → content.
-fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    files_under(root)
-        .into_iter()
-        .map(|f| {
-            let content = fs::read(root.join(&f)).unwrap();
-            (f, content)
-        })
-        .collect()
-}
-
-/// What differs between two trees, for a failure message.
-fn tree_diff(expected: &BTreeMap<String, Vec<u8>>, actual: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut out = String::new();
-    for (name, content) in expected {
-        match actual.get(name) {
-            None => {
-                let _ = write!(out, "missing {name}; ");
-            }
-            Some(other) if other != content => {
-                let _ = write!(
-                    out,
-                    "{name} differs ({} vs {} bytes); ",
-                    content.len(),
-                    other.len()
-                );
-            }
-            Some(_) => {}
-        }
-    }
-    for name in actual.keys().filter(|n| !expected.contains_key(*n)) {
-        let _ = write!(out, "unexpected {name}; ");
-    }
     out
 }

@@ -538,6 +538,7 @@ async fn recovery_indexes_an_unindexed_pack_and_cleans_up() {
             snapshots_deleted: 1,
             snapshots_recorded: 0,
             unknown_objects: 0,
+            kept_without_repository: 0,
         }
     );
     let ids: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();

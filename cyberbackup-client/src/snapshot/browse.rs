@@ -443,31 +443,45 @@ impl<R: RepoRemote> Repository<R> {
                     report.errors.push(format!("{context}: {source}"));
                     continue;
                 }
+                // The server refused it (its object is damaged or missing there).
+                Err(V4ClientError::Failed(failure)) => {
+                    report.errors.push(format!("snapshot {short}: {failure}"));
+                    continue;
+                }
                 Err(err) => return Err(err),
             };
             report.snapshots += 1;
             let mut trees = BTreeSet::new();
             let mut data = BTreeSet::new();
-            let mut stack = vec![snapshot.root];
-            while let Some(tree_id) = stack.pop() {
+            let mut stack = vec![(PathBuf::from("/"), snapshot.root)];
+            while let Some((dir, tree_id)) = stack.pop() {
                 if !trees.insert(tree_id) {
                     continue;
                 }
+                let listing_of = dir.display();
                 match self.tree(tree_id).await {
                     Ok(tree) => {
                         report.trees += 1;
                         for entry in tree.entries() {
                             match &entry.kind {
-                                EntryKind::Dir { subtree } => stack.push(*subtree),
+                                EntryKind::Dir { subtree } => {
+                                    stack
+                                        .push((dir.join(OsStr::from_bytes(&entry.name)), *subtree));
+                                }
                                 EntryKind::File { content } => data.extend(content.iter().copied()),
                                 _ => {}
                             }
                         }
                     }
                     Err(V4ClientError::Repo { context, source }) => {
-                        report
-                            .errors
-                            .push(format!("snapshot {short}: {context}: {source}"));
+                        report.errors.push(format!(
+                            "snapshot {short}: {listing_of}: {context}: {source}"
+                        ));
+                    }
+                    Err(V4ClientError::Failed(failure)) => {
+                        report.errors.push(format!(
+                            "snapshot {short}: {listing_of}: the directory listing cannot be read: {failure}"
+                        ));
                     }
                     Err(err) => return Err(err),
                 }
@@ -500,8 +514,11 @@ impl<R: RepoRemote> Repository<R> {
             }
             let ids: Vec<BlobId> = referenced.iter().copied().collect();
             let have = have_all(&mut self.remote, &ids).await?;
+            // Blobs missing or failing to read, named by the paths that use them below.
+            let mut lost = BTreeSet::new();
             for (id, have) in ids.iter().zip(have) {
                 if !have {
+                    lost.insert(*id);
                     report
                         .errors
                         .push(format!("snapshot {short}: blob {id} is missing"));
@@ -511,15 +528,25 @@ impl<R: RepoRemote> Repository<R> {
                 match self.blob(BlobKind::Data, *id).await {
                     Ok(_) => report.blobs_read += 1,
                     Err(BlobError::Verify(source)) => {
+                        lost.insert(*id);
                         report
                             .errors
                             .push(format!("snapshot {short}: blob {id}: {source}"));
                     }
                     Err(BlobError::Remote(err)) => {
+                        lost.insert(*id);
                         report
                             .errors
                             .push(format!("snapshot {short}: blob {id}: {err}"));
                     }
+                }
+            }
+            if !lost.is_empty() {
+                for (path, blobs) in self.damaged_paths(snapshot.root, &lost).await? {
+                    let path = String::from_utf8_lossy(&path);
+                    report.errors.push(format!(
+                        "snapshot {short}: {path}: {blobs} of its blobs are missing or fail verification (restore it from another copy of the file, or back it up again if the original still exists)"
+                    ));
                 }
             }
         }
@@ -541,7 +568,7 @@ impl<R: RepoRemote> Repository<R> {
         while let Some((dir, tree_id)) = stack.pop() {
             let tree = match self.tree(tree_id).await {
                 Ok(tree) => tree,
-                Err(V4ClientError::Repo { .. }) => continue,
+                Err(V4ClientError::Repo { .. } | V4ClientError::Failed(_)) => continue,
                 Err(err) => return Err(err),
             };
             for entry in tree.entries() {

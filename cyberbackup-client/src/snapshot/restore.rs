@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use cyberbackup_core::repo::{BlobId, BlobKind, EntryKind, Metadata, Timestamp, Tree, TreeEntry};
+use cyberbackup_core::v4::client::OpFailure;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags, lsetxattr, utimensat};
 
@@ -143,34 +144,45 @@ impl<R: RepoRemote> Repository<R> {
             finishing: tokio::task::JoinSet::new(),
             dirs: Vec::new(),
         };
-        match entry {
-            Some(entry) if !matches!(entry.kind, EntryKind::Dir { .. }) => {
-                let dest = target.join(OsStr::from_bytes(&entry.name));
-                self.restore_entry(
-                    &mut run,
-                    &entry,
-                    &entry_path,
-                    &dest,
-                    &mut Prefetch::default(),
-                )
-                .await?;
-            }
-            Some(entry) => {
-                let EntryKind::Dir { subtree } = entry.kind else {
-                    run.finish().await?;
-                    return Ok(run.summary);
-                };
-                self.restore_dir(&mut run, subtree, &entry_path, target)
-                    .await?;
-                run.dirs.push((target.to_path_buf(), entry.meta));
-            }
-            None => {
-                self.restore_dir(&mut run, snap.root, &entry_path, target)
-                    .await?;
-            }
+        let walked = self
+            .restore_root(&mut run, entry, &entry_path, target, snap.root)
+            .await;
+        if let Err(err) = walked {
+            // Files already written finish (or fail) before the error is reported, so no
+            // temp file outlives the restore.
+            let _ = run.wait_for_all_finishing().await;
+            return Err(err);
         }
         run.finish().await?;
         Ok(run.summary)
+    }
+
+    /// Restores the entry `subpath` resolved to (`None`: the whole snapshot from `root`).
+    async fn restore_root(
+        &mut self,
+        run: &mut RestoreRun,
+        entry: Option<TreeEntry>,
+        entry_path: &Path,
+        target: &Path,
+        root: BlobId,
+    ) -> Result<(), V4ClientError> {
+        match entry {
+            Some(entry) if !matches!(entry.kind, EntryKind::Dir { .. }) => {
+                let dest = target.join(OsStr::from_bytes(&entry.name));
+                self.restore_entry(run, &entry, entry_path, &dest, &mut Prefetch::default())
+                    .await?;
+            }
+            Some(entry) => {
+                if let EntryKind::Dir { subtree } = entry.kind {
+                    self.restore_dir(run, subtree, entry_path, target).await?;
+                    run.dirs.push((target.to_path_buf(), entry.meta));
+                }
+            }
+            None => {
+                self.restore_dir(run, root, entry_path, target).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Restores the contents of tree `tree` into the existing directory `dest`; returns
@@ -186,7 +198,10 @@ impl<R: RepoRemote> Repository<R> {
         R: 'a,
     {
         Box::pin(async move {
-            let tree = self.tree(tree).await?;
+            let tree = self
+                .tree(tree)
+                .await
+                .map_err(|err| not_restored(snapshot_path, err))?;
             let mut ahead = Prefetch::of_small_files(run, &tree, snapshot_path, dest);
             let mut any = false;
             for entry in tree.entries() {
@@ -305,13 +320,19 @@ impl<R: RepoRemote> Repository<R> {
             Ok(written)
         };
         if let [only] = content {
-            let sealed = ahead.take(remote, *only).await?;
+            let sealed = ahead
+                .take(remote, *only)
+                .await
+                .map_err(|err| not_restored(snapshot_path, err))?;
             let written = write(content, &[sealed])?;
             return Ok((temp, written));
         }
         let windows: Vec<&[BlobId]> = content.chunks(FETCH_WINDOW).collect();
         let mut sealed = match windows.first() {
-            Some(first) => remote.get_blobs(first).await?,
+            Some(first) => remote
+                .get_blobs(first)
+                .await
+                .map_err(|err| not_restored(snapshot_path, err))?,
             None => Vec::new(),
         };
         let mut written = 0u64;
@@ -328,7 +349,7 @@ impl<R: RepoRemote> Repository<R> {
             );
             written += stored?;
             if let Some(fetched) = fetched {
-                sealed = fetched?;
+                sealed = fetched.map_err(|err| not_restored(snapshot_path, err))?;
             }
         }
         Ok((temp, written))
@@ -584,4 +605,26 @@ fn local<T>(path: &Path, what: &'static str, result: io::Result<T>) -> Result<T,
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A refusal of the server (a blob or tree it cannot provide: damaged storage) or a tree
+/// that does not verify, while restoring `path`, with the path named, so the user knows
+/// which file or directory is lost; other errors as they are.
+fn not_restored(path: &Path, err: V4ClientError) -> V4ClientError {
+    match err {
+        V4ClientError::Failed(OpFailure::Refused { code, message }) => {
+            V4ClientError::Failed(OpFailure::Refused {
+                code,
+                message: format!(
+                    "{}: {message}; it was not restored under its name",
+                    path.display()
+                ),
+            })
+        }
+        V4ClientError::Repo { context, source } => V4ClientError::Repo {
+            context: format!("{}: {context}", path.display()),
+            source,
+        },
+        other => other,
+    }
 }

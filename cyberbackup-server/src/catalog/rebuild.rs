@@ -7,6 +7,11 @@
 //! a verified version of its client again, with its size, SHA-256 and POSIX cksum recomputed:
 //! `<name>.~N~` is version N and the current file is the highest kept version + 1.
 //!
+//! Snapshot repositories come back when the old catalog still holds their config and key
+//! objects (they exist nowhere else): those, the clients' v4 devices, and a record of every
+//! snapshot object on disk (from its cleartext envelope); the packs are indexed from their
+//! headers by the next start-up recovery.
+//!
 //! What the disk does not hold cannot come back: a client missing from the old catalog is
 //! registered as `recovered-<client-id>` without a public key (a v3 client must register a key
 //! again; a v4 client, whose key is only in the catalog, is unknown until an operator restores
@@ -46,6 +51,10 @@ pub struct RebuildReport {
     pub bytes: u64,
     /// Files left out, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Snapshot repositories whose config and key objects the old catalog still held.
+    pub repositories: usize,
+    /// Their snapshots, recorded again from the snapshot objects (envelopes) on disk.
+    pub snapshots: usize,
 }
 
 impl fmt::Display for RebuildReport {
@@ -57,6 +66,11 @@ impl fmt::Display for RebuildReport {
             f,
             "catalog rebuilt: {} client(s) ({} without a record in the old catalog, named recovered-<id>, no public key), {} file version(s), {} bytes",
             self.clients, self.recovered_clients, self.files, self.bytes
+        )?;
+        writeln!(
+            f,
+            "repositories: {} (config and key objects from the old catalog), {} snapshot(s) recorded from their objects; their packs are indexed from their headers at the next start",
+            self.repositories, self.snapshots
         )?;
         for (path, reason) in &self.skipped {
             writeln!(f, "skipped {}: {reason}", path.display())?;
@@ -94,21 +108,30 @@ struct Found {
 pub async fn rebuild(config: &ServerConfig) -> Result<RebuildReport, CatalogError> {
     let path = config.catalog_path();
     let files = config.data_dir.join(FILES_DIR);
-    let (aside, old_clients) = tokio::task::spawn_blocking({
+    let repository = config.data_dir.join(crate::repository::REPOSITORY_DIR);
+    let (aside, old_clients, old_repos) = tokio::task::spawn_blocking({
         let path = path.clone();
         move || -> Result<_, CatalogError> {
             let aside = move_aside(&path)?;
             let old = aside.as_deref().map(salvage_clients).unwrap_or_default();
-            Ok((aside, old))
+            let repos = aside
+                .as_deref()
+                .map(salvage_repositories)
+                .unwrap_or_default();
+            Ok((aside, old, repos))
         }
     })
     .await
     .map_err(CatalogError::Task)??;
     // Creates the file and its schema (migrations) the way the server does.
     Catalog::open(&path).await?.close().await?;
-    let mut report = tokio::task::spawn_blocking(move || fill(&path, &files, &old_clients))
-        .await
-        .map_err(CatalogError::Task)??;
+    let mut report = tokio::task::spawn_blocking(move || {
+        let mut report = fill(&path, &files, &old_clients)?;
+        fill_repositories(&path, &repository, &old_repos, &mut report)?;
+        Ok::<_, CatalogError>(report)
+    })
+    .await
+    .map_err(CatalogError::Task)??;
     report.moved_aside = aside;
     Ok(report)
 }
@@ -167,6 +190,157 @@ fn salvage_clients(old: &Path) -> BTreeMap<ClientId, OldClient> {
         Ok(rows.map_while(Result::ok).collect())
     };
     read().unwrap_or_default()
+}
+
+/// What of the snapshot repositories only the catalog holds: their config and key objects
+/// and the v4 devices (keys and roles) of their clients.
+#[derive(Default)]
+struct OldRepositories {
+    /// Client → (config, created at).
+    configs: BTreeMap<ClientId, (Vec<u8>, String)>,
+    /// (client, seq, key object, added at).
+    keys: Vec<(ClientId, i64, Vec<u8>, String)>,
+    /// (public key, client, role, added at).
+    devices: Vec<(Vec<u8>, ClientId, String, String)>,
+}
+
+/// The repositories that can still be read from the old catalog (none if it cannot be read).
+fn salvage_repositories(old: &Path) -> OldRepositories {
+    let read = || -> rusqlite::Result<OldRepositories> {
+        let conn = Connection::open_with_flags(old, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let mut out = OldRepositories::default();
+        let mut stmt = conn.prepare("SELECT ClientId, Config, CreatedAt FROM repositories")?;
+        out.configs = stmt
+            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+            .map_while(Result::ok)
+            .collect();
+        let mut stmt = conn.prepare("SELECT ClientId, Seq, KeyObject, AddedAt FROM repo_keys")?;
+        out.keys = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .map_while(Result::ok)
+            .collect();
+        let mut stmt = conn.prepare("SELECT PublicKey, ClientId, Role, AddedAt FROM v4_devices")?;
+        out.devices = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .map_while(Result::ok)
+            .collect();
+        Ok(out)
+    };
+    read().unwrap_or_default()
+}
+
+/// Brings back the repositories of the clients in the new catalog: config and key objects
+/// and devices from the old catalog, and a record of every snapshot object on disk (its
+/// envelope is cleartext: ID, time, group, reference chunks). The packs are indexed from
+/// their headers by the server's start-up recovery, since their repository exists again.
+/// Snapshot objects are read from the local backend (`repository/` in the data directory).
+fn fill_repositories(
+    path: &Path,
+    repository: &Path,
+    old: &OldRepositories,
+    report: &mut RebuildReport,
+) -> Result<(), CatalogError> {
+    const OP: &str = "rebuild repositories";
+    let mut conn = schema::open_writer(path)?;
+    let tx = conn.transaction().map_err(query_err(OP))?;
+    let known = |tx: &rusqlite::Transaction<'_>, id: &ClientId| -> Result<bool, CatalogError> {
+        tx.query_row("SELECT COUNT(*) FROM clients WHERE ID = ?1", [id], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n > 0)
+        .map_err(query_err(OP))
+    };
+    for (public_key, client, role, added_at) in &old.devices {
+        if known(&tx, client)? {
+            tx.execute(
+                "INSERT OR IGNORE INTO v4_devices (PublicKey, ClientId, Role, AddedAt)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![public_key, client, role, added_at],
+            )
+            .map_err(query_err(OP))?;
+        }
+    }
+    for (client, (config, created_at)) in &old.configs {
+        if !known(&tx, client)? {
+            continue;
+        }
+        tx.execute(
+            "INSERT INTO repositories (ClientId, Config, CreatedAt) VALUES (?1, ?2, ?3)",
+            params![client, config, created_at],
+        )
+        .map_err(query_err(OP))?;
+        for (_, seq, key, added_at) in old.keys.iter().filter(|k| k.0 == *client) {
+            tx.execute(
+                "INSERT INTO repo_keys (ClientId, Seq, KeyObject, AddedAt) VALUES (?1, ?2, ?3, ?4)",
+                params![client, seq, key, added_at],
+            )
+            .map_err(query_err(OP))?;
+        }
+        report.repositories += 1;
+        let dir = repository.join(hex::encode(client)).join("snapshots");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let file = entry.path();
+            let recorded = record_snapshot_object(&tx, client, &file);
+            match recorded {
+                Ok(()) => report.snapshots += 1,
+                Err(reason) => report.skipped.push((file, reason)),
+            }
+        }
+    }
+    tx.commit().map_err(query_err(OP))?;
+    Ok(())
+}
+
+/// Records the snapshot object at `file` (named by its ID) for `client`; why not, if not.
+fn record_snapshot_object(
+    tx: &rusqlite::Transaction<'_>,
+    client: &ClientId,
+    file: &Path,
+) -> Result<(), String> {
+    let bytes = fs::read(file).map_err(|e| format!("cannot read the snapshot object: {e}"))?;
+    let (envelope, id) = cyberbackup_core::repo::SnapshotEnvelope::decode(&bytes)
+        .map_err(|e| format!("not a snapshot object: {e}"))?;
+    if file.file_name().and_then(|n| n.to_str()) != Some(id.to_hex().as_str()) {
+        return Err("the snapshot object's bytes do not hash to its name".into());
+    }
+    let stored_at = fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let fail = |e: rusqlite::Error| format!("cannot record it: {e}");
+    tx.execute(
+        "INSERT INTO repo_snapshots
+             (ClientId, SnapshotId, Size, TimeSecs, TimeNanos, StoredAt, GroupKey)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            client,
+            &id.0,
+            i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+            envelope.time.secs,
+            envelope.time.nanos,
+            i64::try_from(stored_at).unwrap_or(i64::MAX),
+            &envelope.group,
+        ],
+    )
+    .map_err(fail)?;
+    for (seq, chunk) in envelope.ref_chunks.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO repo_snapshot_refs (ClientId, SnapshotId, Seq, RefChunkId)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                client,
+                &id.0,
+                i64::try_from(seq).unwrap_or(i64::MAX),
+                &chunk.0
+            ],
+        )
+        .map_err(fail)?;
+    }
+    Ok(())
 }
 
 fn fill(

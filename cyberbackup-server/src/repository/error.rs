@@ -53,6 +53,21 @@ pub enum RepoStoreError {
         /// Its ID (hex).
         id: String,
     },
+    /// A stored object is missing or shorter than the index says: the server's storage
+    /// was damaged (the scrub marks such packs; the client's `check` names what is lost).
+    #[error(
+        "{what} {id} cannot be read: {problem} on the server (damaged storage: run \
+         `cyberbackup-client check --read-data` to see which files are affected; backing them \
+         up again stores them anew)"
+    )]
+    Damaged {
+        /// `blob` or `snapshot`.
+        what: &'static str,
+        /// Its ID (hex).
+        id: String,
+        /// What is wrong with the object holding it.
+        problem: String,
+    },
     /// The key object is the repository's only one: removing it would leave no way to open
     /// the repository.
     #[error(

@@ -5,8 +5,8 @@
 //! * a pack in the backend that is not indexed (crash between the backend's put and the
 //!   index transaction): **indexed from its header** — the backend only stores a pack whose
 //!   hash matched, and the header parsed before the put, so indexing it is what the
-//!   interrupted put would have done. A pack whose header no longer parses (damage), or
-//!   whose client has no repository, is deleted: nothing acknowledged refers to it. A pack
+//!   interrupted put would have done. A pack whose header no longer parses (damage) is
+//!   deleted: nothing acknowledged refers to it. A pack
 //!   pending deletion (a prune retired it; crash before its object was deleted) is left to
 //!   the pending deletion, never indexed again.
 //! * a snapshot object without a record, with a forget tombstone (crash between a forget's
@@ -17,6 +17,12 @@
 //!   snapshot): **checked like a commit and recorded** when every blob it references is
 //!   indexed (a client that commits it again is told it is stored); deleted, with a
 //!   warning, when it would not pass a commit — nothing restorable is lost that way.
+//!
+//! Objects of a client the catalog has **no repository** for are never deleted: no crash
+//! leaves them (a put needs the repository), only a catalog that lost the repository —
+//! restored from an older backup, or rebuilt by `catalog rebuild` without a readable old
+//! catalog. They are kept and counted, and a warning tells the operator to restore the
+//! catalog (the repository's config and key objects live only there).
 
 use std::collections::BTreeMap;
 
@@ -38,7 +44,7 @@ pub struct RecoveryReport {
     pub staging_files_removed: u64,
     /// Packs found in the backend but not in the index, indexed from their headers.
     pub packs_indexed: u64,
-    /// Unindexed packs deleted (header damaged, or no repository for the client).
+    /// Unindexed packs deleted (header damaged).
     pub packs_deleted: u64,
     /// Snapshot objects without a record, deleted (forgotten, or failing the commit check).
     pub snapshots_deleted: u64,
@@ -46,6 +52,8 @@ pub struct RecoveryReport {
     pub snapshots_recorded: u64,
     /// Backend objects that are not repository objects, left alone.
     pub unknown_objects: u64,
+    /// Packs and snapshot objects of clients the catalog has no repository for, kept.
+    pub kept_without_repository: u64,
 }
 
 pub(super) async fn recover(store: &RepoStore) -> Result<RecoveryReport, RepoStoreError> {
@@ -68,6 +76,14 @@ pub(super) async fn recover(store: &RepoStore) -> Result<RecoveryReport, RepoSto
         if done {
             break;
         }
+    }
+    if report.kept_without_repository > 0 {
+        tracing::warn!(
+            objects = report.kept_without_repository,
+            "the storage holds repository objects of clients the catalog has no repository \
+             for: the catalog lost them (restored from an older backup, or rebuilt); they were \
+             kept, not deleted — restore the catalog from a backup to make them usable again"
+        );
     }
     if report != RecoveryReport::default() {
         tracing::info!(
@@ -120,6 +136,10 @@ async fn reconcile(
     }
     let catalog = &store.inner.catalog;
     for (client, items) in packs {
+        if !catalog.repository_exists(client.0).await? {
+            report.kept_without_repository += items.len() as u64;
+            continue;
+        }
         let ids: Vec<PackId> = items.iter().map(|(id, _)| *id).collect();
         let indexed = catalog.packs_indexed(client.0, ids.clone()).await?;
         let retired = catalog.packs_pending_deletion(client.0, ids).await?;
@@ -130,6 +150,10 @@ async fn reconcile(
         }
     }
     for (client, items) in snapshots {
+        if !catalog.repository_exists(client.0).await? {
+            report.kept_without_repository += items.len() as u64;
+            continue;
+        }
         let ids: Vec<SnapshotId> = items.iter().map(|(id, _)| *id).collect();
         let recorded = catalog.snapshots_recorded(client.0, ids.clone()).await?;
         let forgotten = catalog.snapshots_forgotten(client.0, ids).await?;
@@ -149,8 +173,8 @@ async fn reconcile(
     Ok(())
 }
 
-/// Records an unrecorded, unforgotten snapshot object that passes the commit check, or
-/// deletes it.
+/// Records an unrecorded, unforgotten snapshot object of an existing repository that passes
+/// the commit check, or deletes it.
 async fn recover_snapshot(
     store: &RepoStore,
     client: ClientId,
@@ -158,19 +182,13 @@ async fn recover_snapshot(
     key: &ObjectKey,
     report: &mut RecoveryReport,
 ) -> Result<(), RepoStoreError> {
-    let checked = if store.inner.catalog.repository_exists(client.0).await? {
-        let bytes = store.inner.backend.get(key, None).await?;
-        super::commit::record_stored(store, client, id, &bytes).await
-    } else {
-        Err(RepoStoreError::NoRepository)
-    };
-    match checked {
+    let bytes = store.inner.backend.get(key, None).await?;
+    match super::commit::record_stored(store, client, id, &bytes).await {
         Ok(()) => report.snapshots_recorded += 1,
         Err(
             error @ (RepoStoreError::MissingBlobs { .. }
             | RepoStoreError::BadObject(_)
-            | RepoStoreError::HashMismatch { .. }
-            | RepoStoreError::NoRepository),
+            | RepoStoreError::HashMismatch { .. }),
         ) => {
             tracing::warn!(%key, %error, "deleting an unrecorded snapshot object that fails the commit check");
             store.inner.backend.delete(key).await?;
@@ -191,23 +209,18 @@ async fn recover_pack(
 ) -> Result<(), RepoStoreError> {
     let backend = &store.inner.backend;
     let catalog = &store.inner.catalog;
-    let header = if catalog.repository_exists(client.0).await? {
-        let pack = StoredPack {
-            backend: backend.as_ref(),
-            key: &info.key,
-        };
-        read_pack_header(info.len_bytes, &pack).await
-    } else {
-        Err(RepoStoreError::NoRepository)
+    let pack = StoredPack {
+        backend: backend.as_ref(),
+        key: &info.key,
     };
-    match header {
+    match read_pack_header(info.len_bytes, &pack).await {
         Ok(header) => {
             catalog
                 .index_pack(client.0, id, info.len_bytes, header.entries, unix_now())
                 .await?;
             report.packs_indexed += 1;
         }
-        Err(RepoStoreError::BadObject(_) | RepoStoreError::NoRepository) => {
+        Err(RepoStoreError::BadObject(_)) => {
             backend.delete(&info.key).await?;
             report.packs_deleted += 1;
         }

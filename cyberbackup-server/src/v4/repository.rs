@@ -12,6 +12,7 @@ use cyberbackup_core::v4::server::RepoAnswer;
 use cyberbackup_core::v4::wire::ErrorCode;
 use cyberbackup_core::v4::{Refusal, StorageFailure};
 
+use crate::backend::BackendError;
 use crate::repository::{
     ObjectClass, PruneOptions, PutStart, RepoStore, RepoStoreError, StagedPut,
 };
@@ -94,12 +95,14 @@ impl RepoConnection {
             }
             RepoRequest::Get { target } => {
                 let object = match target {
-                    cyberbackup_core::v4::repository::GetTarget::Blob(id) => {
-                        store.get_blob(client, id).await
-                    }
-                    cyberbackup_core::v4::repository::GetTarget::Snapshot(id) => {
-                        store.get_snapshot(client, id).await
-                    }
+                    cyberbackup_core::v4::repository::GetTarget::Blob(id) => store
+                        .get_blob(client, id)
+                        .await
+                        .map_err(|err| damaged(err, "blob", id.to_hex(), "its pack")),
+                    cyberbackup_core::v4::repository::GetTarget::Snapshot(id) => store
+                        .get_snapshot(client, id)
+                        .await
+                        .map_err(|err| damaged(err, "snapshot", id.to_hex(), "its object")),
                 };
                 RepoAnswer::Object(object.map_err(refusal)?)
             }
@@ -170,6 +173,22 @@ impl RepoConnection {
     }
 }
 
+/// An indexed object the backend no longer has whole (missing, or shorter than the index
+/// says) is damaged storage, not a passing failure: `CORRUPT`, which says so, instead of
+/// `STORAGE`, which tells the client to retry.
+fn damaged(err: RepoStoreError, what: &'static str, id: String, holder: &str) -> RepoStoreError {
+    match err {
+        RepoStoreError::Backend(
+            BackendError::NotFound { .. } | BackendError::InvalidRange { .. },
+        ) => RepoStoreError::Damaged {
+            what,
+            id,
+            problem: format!("{holder} is missing or shorter than indexed"),
+        },
+        other => other,
+    }
+}
+
 /// The protocol's answer to a store error: what went wrong and what the user can do. The
 /// store's own failures (backend, catalog) are logged here and reported as `STORAGE`.
 fn refusal(err: RepoStoreError) -> Refusal {
@@ -183,7 +202,7 @@ fn refusal(err: RepoStoreError) -> Refusal {
         RepoStoreError::TooLarge { .. } => ErrorCode::TOO_LARGE,
         RepoStoreError::QuotaExceeded { .. } => ErrorCode::QUOTA_EXCEEDED,
         RepoStoreError::LastKey => ErrorCode::FORBIDDEN,
-        RepoStoreError::PruneUnsafe { .. } => ErrorCode::CORRUPT,
+        RepoStoreError::PruneUnsafe { .. } | RepoStoreError::Damaged { .. } => ErrorCode::CORRUPT,
         _ => {
             tracing::error!(%err, "repository store failed");
             return Refusal::new(

@@ -1,7 +1,10 @@
 //! Shared helpers of the reliability suite: an in-process server on 127.0.0.1, a raw v3
 //! client that builds every frame by hand, so each real client's byte layout can be
 //! reproduced exactly, and what the `kill -9` tests (crash.rs, prune_crash.rs) share: a
-//! seeded SplitMix64, a free port, waiting for a child server to listen, a busy wait.
+//! seeded SplitMix64, a free port, waiting for a child server to listen, a busy wait. For
+//! the repository tests: an honest snapshot client ([`RepoClient`], the client library), a
+//! v4 client written from the spec on raw Noise ([`RawV4`]) that sends any message, and
+//! readers of the repository's files on disk.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -10,6 +13,7 @@
     clippy::cast_possible_truncation
 )]
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -561,4 +565,398 @@ pub async fn throttled_proxy(
         }
     });
     (addr, forwarded)
+}
+
+// ---------------------------------------------------------------------------------------
+// v4 repository clients (repository_hostile.rs, repository_corruption.rs, prune_crash.rs)
+// ---------------------------------------------------------------------------------------
+
+/// An honest snapshot client: the client library (backup, forget, restore, check) with one
+/// identity and device key, a connection per operation.
+#[derive(Clone)]
+pub struct RepoClient {
+    pub options: cyberbackup_client::v4::V4Options,
+    pub keys: cyberbackup_client::snapshot::KeyOptions,
+    /// The host name its snapshots record.
+    pub host: Vec<u8>,
+}
+
+impl RepoClient {
+    /// A client named `name` whose identity lives in `dir/<name>/`.
+    pub fn new(dir: &Path, addr: SocketAddr, name: &str, host: &[u8]) -> Self {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let identity = home.join(format!("{name}-v4.json"));
+        let mut options =
+            cyberbackup_client::v4::V4Options::new(addr.to_string(), identity.clone())
+                .with_name(name);
+        options.response_timeout = Duration::from_secs(30);
+        Self {
+            options,
+            keys: cyberbackup_client::snapshot::KeyOptions::new(&identity),
+            host: host.to_vec(),
+        }
+    }
+
+    /// The same client reaching the server through `addr` (a proxy).
+    pub fn through(&self, addr: SocketAddr) -> Self {
+        let mut other = self.clone();
+        other.options.server = addr.to_string();
+        other
+    }
+
+    /// A v4 connection of this client (registers it on first use).
+    pub async fn connect(
+        &self,
+    ) -> Result<cyberbackup_client::v4::V4Client, cyberbackup_client::v4::V4ClientError> {
+        cyberbackup_client::v4::V4Client::connect(&self.options).await
+    }
+
+    /// Connects and opens (or, on first use, creates) the repository.
+    pub async fn try_open(
+        &self,
+    ) -> Result<
+        cyberbackup_client::snapshot::Repository<cyberbackup_client::v4::V4Client>,
+        cyberbackup_client::v4::V4ClientError,
+    > {
+        let client = self.connect().await?;
+        cyberbackup_client::snapshot::Repository::open(client, &self.keys).await
+    }
+
+    /// [`Self::try_open`], panicking on failure.
+    pub async fn open(
+        &self,
+    ) -> cyberbackup_client::snapshot::Repository<cyberbackup_client::v4::V4Client> {
+        self.try_open().await.unwrap()
+    }
+
+    /// Backs up `path` as a snapshot tagged `tag`; its ID.
+    pub async fn backup(
+        &self,
+        path: PathBuf,
+        tag: &str,
+    ) -> Result<String, cyberbackup_client::v4::V4ClientError> {
+        let mut repo = self.try_open().await?;
+        let options = cyberbackup_client::snapshot::BackupOptions {
+            paths: vec![path],
+            tags: vec![tag.to_owned()],
+            host: Some(self.host.clone()),
+            ..cyberbackup_client::snapshot::BackupOptions::default()
+        };
+        let summary = repo
+            .backup(&options, &mut cyberbackup_client::snapshot::NoObserver)
+            .await?;
+        let _ = repo.into_remote().close().await;
+        Ok(summary.snapshot_id)
+    }
+
+    /// [`Self::backup`] on a task of its own.
+    pub fn spawn_backup(
+        &self,
+        path: PathBuf,
+        tag: String,
+    ) -> tokio::task::JoinHandle<Result<String, cyberbackup_client::v4::V4ClientError>> {
+        let this = self.clone();
+        tokio::spawn(async move { this.backup(path, &tag).await })
+    }
+
+    /// Forgets snapshot `id` (the device needs the `manage` role, e.g. `default_device_role`).
+    pub async fn forget(&self, id: &str) -> Result<(), cyberbackup_client::v4::V4ClientError> {
+        let mut repo = self.try_open().await?;
+        repo.forget(id).await?;
+        let _ = repo.into_remote().close().await;
+        Ok(())
+    }
+
+    /// Restores snapshot `id` whole into a new temp directory and returns the files found
+    /// under `source` (the backed-up directory, absolute) there.
+    pub async fn restore_tree(
+        &self,
+        id: &str,
+        source: &Path,
+    ) -> Result<BTreeMap<String, Vec<u8>>, cyberbackup_client::v4::V4ClientError> {
+        let mut repo = self.try_open().await?;
+        let target = tempfile::tempdir().unwrap();
+        repo.restore(
+            id,
+            b"/",
+            target.path(),
+            &cyberbackup_client::snapshot::RestoreFilter::default(),
+        )
+        .await?;
+        repo.into_remote().close().await?;
+        let relative = source.strip_prefix("/").unwrap_or(source);
+        Ok(read_tree(&target.path().join(relative)))
+    }
+
+    /// `check --read-data`: every snapshot, every blob read and verified.
+    pub async fn check_read_data(
+        &self,
+    ) -> Result<cyberbackup_client::snapshot::CheckReport, cyberbackup_client::v4::V4ClientError>
+    {
+        let mut repo = self.try_open().await?;
+        let report = repo
+            .check(cyberbackup_client::snapshot::ReadData::All)
+            .await?;
+        repo.into_remote().close().await?;
+        Ok(report)
+    }
+}
+
+/// Every regular file under `root`, relative, sorted.
+pub fn files_below(root: &Path) -> Vec<String> {
+    let mut files: Vec<String> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every file under `root`: relative path → content.
+pub fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    files_below(root)
+        .into_iter()
+        .map(|f| {
+            let content = std::fs::read(root.join(&f)).unwrap();
+            (f, content)
+        })
+        .collect()
+}
+
+/// What differs between two trees, for a failure message.
+pub fn tree_diff(
+    expected: &BTreeMap<String, Vec<u8>>,
+    actual: &BTreeMap<String, Vec<u8>>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (name, content) in expected {
+        match actual.get(name) {
+            None => {
+                let _ = write!(out, "missing {name}; ");
+            }
+            Some(other) if other != content => {
+                let _ = write!(
+                    out,
+                    "{name} differs ({} vs {} bytes); ",
+                    content.len(),
+                    other.len()
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    for name in actual.keys().filter(|n| !expected.contains_key(*n)) {
+        let _ = write!(out, "unexpected {name}; ");
+    }
+    out
+}
+
+/// The packs of `client` in the local repository backend under `data`: ID and bytes.
+pub fn stored_packs(
+    data: &Path,
+    client: ClientId,
+) -> Vec<(cyberbackup_core::repo::PackId, Vec<u8>)> {
+    let root = data.join("repository").join(client.to_hex()).join("packs");
+    files_below(&root)
+        .into_iter()
+        .map(|f| {
+            let path = root.join(&f);
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let id: [u8; 32] = hex::decode(name).unwrap().try_into().unwrap();
+            (
+                cyberbackup_core::repo::PackId(id),
+                std::fs::read(&path).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The staging files (objects being received) under `data`.
+pub fn staging_files(data: &Path) -> Vec<String> {
+    files_below(&data.join("repo-staging"))
+}
+
+/// A v4 client written from the spec (`snow` directly, raw plaintext messages) over a real
+/// socket, so it can send what the real client never sends: any type byte, any body.
+pub struct RawV4 {
+    stream: TcpStream,
+    transport: snow::TransportState,
+    decoder: cyberbackup_core::v4::codec::FrameDecoder,
+    buf: BytesMut,
+    /// The id the server's `WELCOME` gave.
+    pub client_id: ClientId,
+}
+
+/// snow's primitives with the operating system's randomness (for the ephemeral key).
+struct OsResolver;
+
+struct OsRandom;
+
+impl snow::types::Random for OsRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        rand_core::RngCore::fill_bytes(&mut OsRng, dest);
+        Ok(())
+    }
+}
+
+impl snow::resolvers::CryptoResolver for OsResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        Some(Box::new(OsRandom))
+    }
+
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        snow::resolvers::DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(
+        &self,
+        choice: &snow::params::HashChoice,
+    ) -> Option<Box<dyn snow::types::Hash>> {
+        snow::resolvers::DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(
+        &self,
+        choice: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        snow::resolvers::DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+impl RawV4 {
+    /// Registers the static key `private` under `name` (or logs in with it when `name` is
+    /// `None`) and waits for `WELCOME`.
+    pub async fn connect(addr: SocketAddr, private: [u8; 32], name: Option<&str>) -> Self {
+        use cyberbackup_core::v4::codec::{Frame, FrameDecoder, Side};
+        use cyberbackup_core::v4::wire::{
+            ClientAuth, ServerMessage, encode_frame, hello_header, kind,
+        };
+        let params: snow::params::NoiseParams =
+            cyberbackup_core::v4::noise::NOISE_PARAMS.parse().unwrap();
+        let prologue = cyberbackup_core::v4::noise::prologue();
+        let mut hs = snow::Builder::with_resolver(params, Box::new(OsResolver))
+            .local_private_key(&private)
+            .unwrap()
+            .prologue(&prologue)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut msg = vec![0u8; 65_535];
+        let len = hs.write_message(&[], &mut msg).unwrap();
+        let mut hello = hello_header().to_vec();
+        hello.extend_from_slice(&msg[..len]);
+        stream.write_all(&hello).await.unwrap();
+        let mut this_decoder = FrameDecoder::new(Side::FromServer);
+        let mut buf = BytesMut::new();
+        let Some(Frame::Handshake(msg2)) =
+            read_frame(&mut stream, &mut this_decoder, &mut buf).await
+        else {
+            panic!("no Noise message 2");
+        };
+        let mut payload = vec![0u8; msg2.len()];
+        hs.read_message(&msg2, &mut payload).unwrap();
+        let auth = match name {
+            Some(name) => ClientAuth::Register {
+                name: NameField::new(name.as_bytes().to_vec()).unwrap(),
+                token: String::new(),
+            },
+            None => ClientAuth::Login,
+        };
+        let mut plain = BytesMut::new();
+        auth.encode(&mut plain);
+        let len = hs.write_message(&plain, &mut msg).unwrap();
+        stream
+            .write_all(&encode_frame(kind::HANDSHAKE, &msg[..len]))
+            .await
+            .unwrap();
+        let mut raw = Self {
+            stream,
+            transport: hs.into_transport_mode().unwrap(),
+            decoder: this_decoder,
+            buf,
+            client_id: ClientId::ZERO,
+        };
+        match raw.recv().await {
+            Some(ServerMessage::Welcome { client_id, .. }) => raw.client_id = client_id,
+            other => panic!("no WELCOME: {other:?}"),
+        }
+        raw
+    }
+
+    /// Seals `plaintext` (type byte and body) as one transport frame and sends it; false
+    /// when the server already closed.
+    pub async fn send(&mut self, plaintext: &[u8]) -> bool {
+        use cyberbackup_core::v4::wire::{encode_frame, kind};
+        let mut ciphertext = vec![0u8; plaintext.len() + 16];
+        let len = self
+            .transport
+            .write_message(plaintext, &mut ciphertext)
+            .unwrap();
+        self.stream
+            .write_all(&encode_frame(kind::TRANSPORT, &ciphertext[..len]))
+            .await
+            .is_ok()
+    }
+
+    /// Sends a well-formed repository request.
+    pub async fn send_repo(
+        &mut self,
+        request: &cyberbackup_core::v4::repository::RepoRequest,
+    ) -> bool {
+        let mut plain = BytesMut::new();
+        request.encode(&mut plain);
+        self.send(&plain).await
+    }
+
+    /// The next message; `None` when the connection ended (or nothing came in
+    /// [`REPLY_WAIT`]).
+    pub async fn recv(&mut self) -> Option<cyberbackup_core::v4::wire::ServerMessage> {
+        use cyberbackup_core::v4::codec::Frame;
+        let frame = tokio::time::timeout(
+            REPLY_WAIT,
+            read_frame(&mut self.stream, &mut self.decoder, &mut self.buf),
+        )
+        .await
+        .ok()??;
+        let Frame::Transport(ciphertext) = frame else {
+            panic!("expected a transport frame, got {frame:?}");
+        };
+        let mut plaintext = vec![0u8; ciphertext.len()];
+        let len = self
+            .transport
+            .read_message(&ciphertext, &mut plaintext)
+            .unwrap();
+        plaintext.truncate(len);
+        Some(cyberbackup_core::v4::wire::ServerMessage::decode(plaintext.into()).unwrap())
+    }
+
+    /// True when the server closes the connection within [`REPLY_WAIT`] without sending
+    /// another message.
+    pub async fn closed(&mut self) -> bool {
+        let read = read_frame(&mut self.stream, &mut self.decoder, &mut self.buf);
+        matches!(tokio::time::timeout(REPLY_WAIT, read).await, Ok(None))
+    }
+}
+
+/// Reads until `decoder` yields a frame; `None` on EOF, a reset or a malformed frame.
+async fn read_frame(
+    stream: &mut TcpStream,
+    decoder: &mut cyberbackup_core::v4::codec::FrameDecoder,
+    buf: &mut BytesMut,
+) -> Option<cyberbackup_core::v4::codec::Frame> {
+    loop {
+        if let Some(frame) = decoder.decode(buf).ok()? {
+            return Some(frame);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
 }
