@@ -5,9 +5,12 @@ use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 
+use crate::backend::config::StorageConfig;
 use crate::catalog::integrity::SchemaStatus;
 use crate::config::ServerConfig;
+use crate::repository::REPOSITORY_DIR;
 use crate::storage::Storage;
+use futures_util::StreamExt;
 
 /// Result of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +104,39 @@ pub async fn run_checks(config: &ServerConfig) -> CheckReport {
         name: "disk",
         outcome: check_free_space(&config.data_dir, config.min_free_disk_bytes()),
     });
+    if let StorageConfig::S3(_) = &config.storage {
+        items.push(CheckItem {
+            name: "storage",
+            outcome: check_storage(config).await,
+        });
+    }
     CheckReport { items }
+}
+
+/// How long the storage check waits for the store's first answer.
+const STORAGE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Lists the first object of the configured object store: the bucket exists, the
+/// credentials are accepted and the endpoint answers (nothing is written).
+async fn check_storage(config: &ServerConfig) -> Result<String, String> {
+    let described = config.storage.describe(&config.data_dir, REPOSITORY_DIR);
+    let fix = "check bucket, endpoint, region and the credentials in [storage] (or AWS_*), and that the bucket exists";
+    let backend = config
+        .storage
+        .open(&config.data_dir, REPOSITORY_DIR)
+        .map_err(|e| format!("{described}: {e} — {fix}"))?;
+    let first = tokio::time::timeout(STORAGE_CHECK_TIMEOUT, async {
+        backend.list(None).next().await.transpose()
+    })
+    .await;
+    match first {
+        Ok(Ok(_)) => Ok(format!("{described} answers")),
+        Ok(Err(e)) => Err(format!("{described}: {e} — {fix}")),
+        Err(_) => Err(format!(
+            "{described}: no answer within {} s — {fix}",
+            STORAGE_CHECK_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// The catalog line of a sound catalog: its schema version and the migrations `run` would

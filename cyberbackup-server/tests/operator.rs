@@ -323,6 +323,37 @@ async fn storage_copy_moves_the_repository_objects_into_a_bucket_and_refuses_a_b
         "{}",
         text(&itself)
     );
+
+    // `--check` asks the configured store for its first object, and names a wrong bucket.
+    let wrong_bucket = write_config(
+        "wrong.toml",
+        &std::fs::read_to_string(&s3_target)
+            .unwrap()
+            .replace(s3_server::BUCKET, "no-such-bucket"),
+    );
+    let check_with = |config: &Path| {
+        server_command(dir.path(), free_addr(), free_addr())
+            .arg("--config")
+            .arg(config)
+            .arg("--check")
+            .output()
+            .unwrap()
+    };
+    let reachable = check_with(&s3_target);
+    let unreachable = check_with(&wrong_bucket);
+    assert_eq!(reachable.status.code(), Some(0), "{}", text(&reachable));
+    assert!(
+        String::from_utf8_lossy(&reachable.stdout).contains("ok    storage    s3 "),
+        "{}",
+        text(&reachable)
+    );
+    assert_eq!(unreachable.status.code(), Some(1), "{}", text(&unreachable));
+    let report = String::from_utf8_lossy(&unreachable.stdout);
+    assert!(
+        report.contains("FAIL  storage    s3 no-such-bucket") && report.contains("bucket exists"),
+        "{}",
+        text(&unreachable)
+    );
 }
 
 /// `cyberbackup-server --check` with a data directory and port in `dir`.
