@@ -93,3 +93,28 @@ async fn enospc_during_a_v4_registration_says_storage_full() {
     assert!(!message.contains("could not check your key"), "{message}");
     assert!(again.is_ok(), "space is back: {:?}", again.err());
 }
+
+/// `ENOSPC` in the middle of a v4 upload (a write of its temp file fails after the client
+/// sent megabytes): the server's fatal `ERROR` reaches the client, which says "server
+/// storage is full" — not "connection closed", although its own writes may fail first on
+/// the connection the server closed — and that the upload resumes from its checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_in_the_middle_of_a_v4_upload_says_storage_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let plan = Arc::new(DiskFull::default());
+    let srv = start_with(test_config(&data), Faults::new(plan.clone())).await;
+    let source = dir.path().join("big.bin");
+    std::fs::write(&source, pattern(48 << 20, 3)).unwrap();
+    let mut client = V4Client::connect(&options(srv.addr, dir.path(), "carol"))
+        .await
+        .unwrap();
+
+    plan.arm(FaultPoint::Write);
+    let error = client.upload(&source, None).await.unwrap_err();
+    srv.stop().await;
+
+    let message = error.to_string();
+    assert!(message.contains("server storage is full"), "{message}");
+    assert!(message.contains("resumes from the last checkpoint"), "{message}");
+}

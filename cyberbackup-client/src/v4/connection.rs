@@ -22,6 +22,8 @@ use crate::source::SourceFile;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 256 * 1024;
+/// How long a client whose write failed waits for the rest of what the server sent.
+const LAST_WORDS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A committed upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,6 +428,22 @@ impl V4Client {
         }
     }
 
+    /// After a failed write: feeds the session whatever the server sent before it closed
+    /// (at most [`LAST_WORDS_WAIT`] of waiting), so a fatal `ERROR` it sent is reported
+    /// instead of a bare "connection closed".
+    async fn read_last_words(&mut self) {
+        let deadline = tokio::time::Instant::now() + LAST_WORDS_WAIT;
+        loop {
+            self.buf.reserve(READ_CHUNK);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        self.session
+            .handle_last_bytes(Instant::now(), &mut self.buf);
+    }
+
     /// Drives the session until an event matches `done` (returned), or the session closes
     /// (`Ok(None)` after `Done`, else the error). Every other event goes to `observe` (and
     /// is then dropped: nothing accumulates over a long connection).
@@ -445,8 +463,13 @@ impl V4Client {
                                 .await;
                         match written {
                             Ok(Ok(())) => {}
-                            // The session reports the broken connection.
-                            Ok(Err(_)) => self.session.handle_eof(Instant::now()),
+                            // The server may have closed after a fatal ERROR (its disk is
+                            // full, say): read what it sent before reporting the broken
+                            // connection, so the user sees its reason.
+                            Ok(Err(_)) => {
+                                self.read_last_words().await;
+                                self.session.handle_eof(Instant::now());
+                            }
                             Err(_) => {
                                 self.closed.get_or_insert(CloseReason::IdleTimeout);
                                 break;

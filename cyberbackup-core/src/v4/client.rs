@@ -516,6 +516,34 @@ impl ClientSession {
         self.fail_on(result)
     }
 
+    /// The connection broke (the driver's write failed, or the server closed) while frames
+    /// may wait in `buf` undecoded, because an effect was pending: reads them only to find
+    /// the fatal `ERROR` the server sent before it closed, which then becomes the session's
+    /// error (its reason, such as a full disk). Any other frame is skipped: the connection
+    /// is over. Call [`handle_eof`](Self::handle_eof) after it.
+    pub fn handle_last_bytes(&mut self, now: Instant, buf: &mut BytesMut) {
+        self.now = now;
+        while !self.closed {
+            let Ok(Some(Frame::Transport(ciphertext))) = self.decoder.decode(buf) else {
+                return;
+            };
+            let Noise::Transport(transport) = &mut self.noise else {
+                return;
+            };
+            let Ok(plaintext) = super::open(transport, &ciphertext) else {
+                return;
+            };
+            if let Ok(ServerMessage::Error {
+                code,
+                fatal: true,
+                message,
+            }) = ServerMessage::decode(plaintext)
+            {
+                let _ = self.fail_on(Err(V4Error::Refused { code, message }));
+            }
+        }
+    }
+
     /// The server closed the connection.
     pub fn handle_eof(&mut self, now: Instant) {
         self.now = now;
