@@ -356,6 +356,65 @@ async fn storage_copy_moves_the_repository_objects_into_a_bucket_and_refuses_a_b
     );
 }
 
+/// Issue 12 item 16: colour codes in the log only on a terminal, and never with `NO_COLOR`
+/// set — the server's stderr on a real pseudo-terminal.
+#[test]
+fn the_log_is_coloured_on_a_terminal_unless_no_color_is_set() {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::Read;
+
+    for (no_color, coloured) in [(None, true), (Some("1"), false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave_path = ptsname(&master, Vec::new()).unwrap();
+        let slave = rustix::fs::open(
+            slave_path.as_c_str(),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let mut command = server_command(dir.path(), free_addr(), free_addr());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(slave));
+        let mut child = command.spawn().unwrap();
+        drop(command);
+        let (send, received) = mpsc::channel();
+        let mut master = std::fs::File::from(master);
+        std::thread::spawn(move || {
+            let mut piece = [0u8; 4096];
+            while let Ok(n) = master.read(&mut piece) {
+                if n == 0 || send.send(piece[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        while !String::from_utf8_lossy(&log).contains("listening") {
+            let piece = received.recv_timeout(START_TIMEOUT).unwrap_or_else(|e| {
+                panic!("no start-up line: {e}: {}", String::from_utf8_lossy(&log))
+            });
+            log.extend(piece);
+        }
+        stop(&mut child);
+
+        let text = String::from_utf8_lossy(&log);
+        assert_eq!(
+            text.contains("\x1b["),
+            coloured,
+            "NO_COLOR={no_color:?}:\n{text}"
+        );
+    }
+}
+
 /// `cyberbackup-server --check` with a data directory and port in `dir`.
 fn check(dir: &Path, admin: SocketAddr) -> Output {
     server_command(dir, free_addr(), admin)

@@ -116,5 +116,8 @@ async fn enospc_in_the_middle_of_a_v4_upload_says_storage_full() {
 
     let message = error.to_string();
     assert!(message.contains("server storage is full"), "{message}");
-    assert!(message.contains("resumes from the last checkpoint"), "{message}");
+    assert!(
+        message.contains("resumes from the last checkpoint"),
+        "{message}"
+    );
 }
