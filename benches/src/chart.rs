@@ -209,11 +209,11 @@ pub(crate) fn compare(
             .build_cartesian_2d(0.0..groups, 0.0..top)?;
         // Labels at the middle of each group (x = g + 0.5), none elsewhere.
         let step_label = |x: &f64| {
-            let g = (x - 0.5).round();
-            let index = usize::try_from(g as i64).ok().filter(|_| (x - g - 0.5).abs() < 1e-6);
-            index
-                .and_then(|i| steps.get(i))
-                .map_or_else(String::new, |label| (*label).to_owned())
+            steps
+                .iter()
+                .enumerate()
+                .find(|(i, _)| (x - (*i as f64 + 0.5)).abs() < 1e-6)
+                .map_or_else(String::new, |(_, label)| (*label).to_owned())
         };
         chart
             .configure_mesh()
@@ -230,10 +230,9 @@ pub(crate) fn compare(
                 let x = g as f64 + 0.1 + width * t as f64;
                 v.map(|s| Rectangle::new([(x, 0.0), (x + width * 0.9, s.median)], colour.filled()))
             });
-            chart
-                .draw_series(bars)?
-                .label(*tool)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
+            chart.draw_series(bars)?.label(*tool).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled())
+            });
             let whiskers = values.iter().enumerate().filter_map(|(g, v)| {
                 let x = g as f64 + 0.1 + width * t as f64 + width * 0.45;
                 v.map(|s| PathElement::new(vec![(x, s.min), (x, s.max)], BLACK.stroke_width(1)))

@@ -29,7 +29,7 @@ pub(crate) struct ProcSample {
 /// Reads `/proc/<pid>/status`, `/proc/<pid>/io` and (if `count_fds`) `/proc/<pid>/fd`.
 pub(crate) fn sample(pid: u32, count_fds: bool) -> ProcSample {
     let mut out = ProcSample::default();
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+    if let Some(status) = status_of(pid) {
         out.rss_kib = status_kib(&status, "VmRSS:");
         out.hwm_kib = status_kib(&status, "VmHWM:");
     }
@@ -48,6 +48,11 @@ pub(crate) fn sample(pid: u32, count_fds: bool) -> ProcSample {
             .map(|dir| dir.count() as u64);
     }
     out
+}
+
+/// `/proc/<pid>/status`, if readable.
+fn status_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
 }
 
 /// utime + stime (fields 14 and 15) of `/proc/<pid>/stat`; the command name in field 2 may
@@ -219,8 +224,15 @@ pub(crate) fn run_watched(
         .and_then(rustix::process::Pid::from_raw)
         .context("the child's pid is out of range")?;
     // Wait for the exit without reaping, so /proc/<pid>/stat still holds the final CPU
-    // times; `try_wait` reaps it afterwards.
+    // times; `wait` reaps it afterwards. `VmHWM` is read at every poll too: a child that
+    // lives a few milliseconds may never meet the sampler.
+    let mut polled_hwm_kib = 0;
     loop {
+        polled_hwm_kib = polled_hwm_kib.max(
+            status_of(child.id())
+                .and_then(|status| status_kib(&status, "VmHWM:"))
+                .unwrap_or(0),
+        );
         let exited = rustix::process::waitid(
             rustix::process::WaitId::Pid(pid),
             rustix::process::WaitIdOptions::EXITED
@@ -244,6 +256,7 @@ pub(crate) fn run_watched(
         );
     }
     let mut child_peaks = peaks(&rows, 0);
+    child_peaks.hwm_kib = child_peaks.hwm_kib.max(polled_hwm_kib);
     if let Some(ticks) = final_ticks {
         child_peaks.cpu_secs = child_peaks.cpu_secs.max(ticks as f64 / ticks_per_second());
     }

@@ -121,8 +121,7 @@ impl Dataset {
 /// # Errors
 /// The source tree's origins cannot be found or read, or the disk is full.
 pub(crate) fn build(kind: Kind, root: &Path, sizes: &Sizes) -> anyhow::Result<Dataset> {
-    std::fs::create_dir_all(root)
-        .with_context(|| format!("cannot create {}", root.display()))?;
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     let root = std::path::absolute(root)?;
     match kind {
         Kind::Source => copy_sources(&root, sizes.source_bytes)?,
@@ -234,7 +233,10 @@ fn source_origins() -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
         ("toolchain", sysroot),
         ("registry", cargo_home.join("registry").join("src")),
     ];
-    Ok(origins.into_iter().filter(|(_, dir)| dir.is_dir()).collect())
+    Ok(origins
+        .into_iter()
+        .filter(|(_, dir)| dir.is_dir())
+        .collect())
 }
 
 /// Copies files of the toolchain and the registry into `root` until `budget` bytes: every
@@ -248,7 +250,12 @@ fn copy_sources(root: &Path, budget: u64) -> anyhow::Result<()> {
                 continue;
             }
             let rel = format!("{label}/{}", entry.rel.display());
-            candidates.push((fnv1a(rel.as_bytes()), rel, origin.join(&entry.rel), entry.len));
+            candidates.push((
+                fnv1a(rel.as_bytes()),
+                rel,
+                origin.join(&entry.rel),
+                entry.len,
+            ));
         }
     }
     if candidates.is_empty() {

@@ -93,7 +93,7 @@ struct ToolResult {
     version: String,
     runs: Vec<Run>,
     steps: BTreeMap<Step, StepSummary>,
-    repo_bytes: f64,
+    repo_bytes: u64,
     /// Every run verified.
     verified: bool,
 }
@@ -106,26 +106,32 @@ impl ToolResult {
             if of.is_empty() {
                 continue;
             }
-            let med = |f: &dyn Fn(&StepRun) -> f64| median(&of.iter().map(|s| f(s)).collect::<Vec<_>>());
+            let med =
+                |f: &dyn Fn(&StepRun) -> f64| median(&of.iter().map(|s| f(s)).collect::<Vec<_>>());
+            let med_u64 =
+                |f: &dyn Fn(&StepRun) -> u64| median_u64(of.iter().map(|s| f(s)).collect());
             let wall = Stat::of(&of.iter().map(|s| s.wall_secs).collect::<Vec<_>>());
-            let moves_tree = matches!(step, Step::First | Step::Unchanged | Step::Modified | Step::Restore);
+            let moves_tree = matches!(
+                step,
+                Step::First | Step::Unchanged | Step::Modified | Step::Restore
+            );
             steps.insert(
                 step,
                 StepSummary {
                     wall_secs: wall,
                     mb_per_s: moves_tree.then(|| tree_bytes as f64 / wall.median / 1e6),
                     cpu_secs: med(&|s| s.cpu_secs),
-                    client_hwm_kib: med(&|s| s.client_hwm_kib as f64) as u64,
+                    client_hwm_kib: med_u64(&|s| s.client_hwm_kib),
                     server_rss_kib: of[0]
                         .server_rss_kib
-                        .map(|_| med(&|s| s.server_rss_kib.unwrap_or(0) as f64) as u64),
+                        .map(|_| med_u64(&|s| s.server_rss_kib.unwrap_or(0))),
                     socket_bytes: of[0]
                         .socket
-                        .map(|_| med(&|s| s.socket.map_or(0, |t| t.total()) as f64) as u64),
+                        .map(|_| med_u64(&|s| s.socket.map_or(0, |t| t.total()))),
                 },
             );
         }
-        let repo_bytes = median(&runs.iter().map(|r| r.repo_bytes as f64).collect::<Vec<_>>());
+        let repo_bytes = median_u64(runs.iter().map(|r| r.repo_bytes).collect());
         let verified = !runs.is_empty() && runs.iter().all(|r| r.verified);
         Self {
             tool,
@@ -143,7 +149,11 @@ impl ToolResult {
 
     /// The largest peak RSS of the tool's process over all steps.
     fn client_hwm_kib(&self) -> u64 {
-        self.steps.values().map(|s| s.client_hwm_kib).max().unwrap_or(0)
+        self.steps
+            .values()
+            .map(|s| s.client_hwm_kib)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -203,8 +213,18 @@ fn run_inner(
             .collect();
         for rep in 0..options.reps {
             for (tool, _, runs) in &mut per_tool {
-                eprintln!("  compare: {} {} run {} ...", kind.name(), tool.name(), rep + 1);
-                match run_one(*tool, bins, &ds, &ds_dir.join(format!("{}-{rep}", tool.name()))) {
+                eprintln!(
+                    "  compare: {} {} run {} ...",
+                    kind.name(),
+                    tool.name(),
+                    rep + 1
+                );
+                match run_one(
+                    *tool,
+                    bins,
+                    &ds,
+                    &ds_dir.join(format!("{}-{rep}", tool.name())),
+                ) {
                     Ok(run) => runs.push(run),
                     Err(error) => section.failures.push(format!(
                         "{} {} run {}: {error:#}",
@@ -247,7 +267,10 @@ fn run_inner(
             let labels: Vec<&str> = Step::ALL.iter().map(|s| s.label()).collect();
             let title = format!("compare: {} tree, {}", kind.name(), ds.describe());
             crate::chart::compare(&path, &title, &labels, &series)?;
-            section.row(format!("{}: chart", kind.name()), path.display().to_string());
+            section.row(
+                format!("{}: chart", kind.name()),
+                path.display().to_string(),
+            );
         }
         if options.extras && kind == scaling_kind(&options.datasets) {
             extras.insert("scaling".into(), scaling(bins, &ds, &ds_dir, section)?);
@@ -306,7 +329,8 @@ fn modified_steps(
     run.steps
         .insert(Step::Modified, session.backup(Step::Modified, &ds.root)?);
     let target = dir.join("restored");
-    run.steps.insert(Step::Restore, session.restore(&target, None)?);
+    run.steps
+        .insert(Step::Restore, session.restore(&target, None)?);
     run.restored_files = tree::compare(&ds.root, &tree::restored_root(&target, &ds.root))?;
     std::fs::remove_dir_all(&target)?;
     // The file in the middle of the sorted list that the modification did not delete.
@@ -327,10 +351,13 @@ fn modified_steps(
         target.join(one.rel.file_name().unwrap_or_default()),
         target.clone(),
     ];
-    let restored = candidates
-        .iter()
-        .find(|p| p.is_file())
-        .with_context(|| format!("the one-file restore wrote no file {} below {}", one.rel.display(), target.display()))?;
+    let restored = candidates.iter().find(|p| p.is_file()).with_context(|| {
+        format!(
+            "the one-file restore wrote no file {} below {}",
+            one.rel.display(),
+            target.display()
+        )
+    })?;
     tree::compare_file(&original, restored)?;
     Ok(())
 }
@@ -343,7 +370,10 @@ fn report_tool(section: &mut Section, kind: Kind, result: &ToolResult) {
             "{:.2} s [{:.2}–{:.2}]",
             s.wall_secs.median, s.wall_secs.min, s.wall_secs.max
         );
-        if let Some(mb) = s.mb_per_s.filter(|_| matches!(step, Step::First | Step::Restore)) {
+        if let Some(mb) = s
+            .mb_per_s
+            .filter(|_| matches!(step, Step::First | Step::Restore))
+        {
             value.push_str(&format!(", {mb:.0} MB/s"));
         }
         value.push_str(&format!(", CPU {:.2} s", s.cpu_secs));
@@ -360,7 +390,7 @@ fn report_tool(section: &mut Section, kind: Kind, result: &ToolResult) {
     }
     section.row(
         format!("{prefix} / repository"),
-        data::human(result.repo_bytes as u64),
+        data::human(result.repo_bytes),
     );
 }
 
@@ -394,7 +424,7 @@ fn judge(section: &mut Section, kind: Kind, results: &[ToolResult]) {
             Some(restic.client_hwm_kib() as f64),
         )
         .map(|r| (r, r <= 0.5)),
-        ratio(Some(ours.repo_bytes), Some(restic.repo_bytes)).map(|r| (r, r <= 1.0)),
+        ratio(Some(ours.repo_bytes as f64), Some(restic.repo_bytes as f64)).map(|r| (r, r <= 1.0)),
     ];
     for ((what, goal), m) in GOALS.iter().zip(measured) {
         let target = match m {
@@ -453,7 +483,10 @@ fn scaling(
         std::fs::remove_dir_all(&dir)?;
         let mb_per_s = ds.bytes() as f64 / first.wall_secs / 1e6;
         section.row(
-            format!("scaling ({}) / client on {cores} core(s) / first backup", ds.kind.name()),
+            format!(
+                "scaling ({}) / client on {cores} core(s) / first backup",
+                ds.kind.name()
+            ),
             format!(
                 "{:.2} s, {mb_per_s:.0} MB/s, CPU {:.2} s (client + server), RSS {}",
                 first.wall_secs,
@@ -464,7 +497,8 @@ fn scaling(
         out.push(serde_json::json!({"cores": cores, "mb_per_s": mb_per_s, "first": first}));
     }
     if let [one, two] = out.as_slice() {
-        let speedup = two["mb_per_s"].as_f64().unwrap_or(0.0) / one["mb_per_s"].as_f64().unwrap_or(1.0);
+        let speedup =
+            two["mb_per_s"].as_f64().unwrap_or(0.0) / one["mb_per_s"].as_f64().unwrap_or(1.0);
         section.row(
             format!("scaling ({}) / 2 cores ÷ 1 core", ds.kind.name()),
             format!("{speedup:.2} ×"),
@@ -515,7 +549,11 @@ fn memory(
         session.finish()?;
         std::fs::remove_dir_all(&dir)?;
         section.row(
-            format!("memory ({}) / repository holding {factor} × ({})", ds.kind.name(), data::human(held)),
+            format!(
+                "memory ({}) / repository prefilled with {factor} × the tree's bytes ({} stored)",
+                ds.kind.name(),
+                data::human(held)
+            ),
             format!(
                 "first backup of the tree: {:.2} s, client RSS {} (filling it: {})",
                 backup.wall_secs,
@@ -532,6 +570,15 @@ fn memory(
     }
     std::fs::remove_dir_all(&prefill)?;
     Ok(serde_json::Value::Array(out))
+}
+
+/// The median (nearest rank, as [`median`]) of whole numbers; 0 for none.
+fn median_u64(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// `sync`: dirty pages written back.

@@ -211,7 +211,11 @@ impl Session {
     ///
     /// # Errors
     /// The tool fails.
-    pub(crate) fn restore(&mut self, target: &Path, file: Option<&Path>) -> anyhow::Result<StepRun> {
+    pub(crate) fn restore(
+        &mut self,
+        target: &Path,
+        file: Option<&Path>,
+    ) -> anyhow::Result<StepRun> {
         std::fs::create_dir_all(target)?;
         let step = if file.is_some() {
             Step::RestoreOne
@@ -250,7 +254,9 @@ impl Session {
     fn run(&mut self, step: Step, args: &[&std::ffi::OsStr]) -> anyhow::Result<StepRun> {
         let mut command = self.command(step, args)?;
         let what = format!("{} {}", self.tool.name(), step.label());
-        let log = self.dir.join(format!("{}.err", step.label().replace(' ', "-")));
+        let log = self
+            .dir
+            .join(format!("{}.err", step.label().replace(' ', "-")));
         let server_pid = self.server.as_ref().map(|(server, _)| server.pid());
         let before = self.server.as_ref().map(|(_, proxy)| proxy.traffic());
         if let Some(cpus) = &self.pin {
@@ -315,8 +321,11 @@ impl Session {
                         c.arg("restore").arg(spec).arg("--target").arg(args[0]);
                     }
                 }
-                c.args(["--server", &proxy.addr().to_string()])
-                    .args(["--v4-identity", "bench-v4.json", "--quiet"]);
+                c.args(["--server", &proxy.addr().to_string()]).args([
+                    "--v4-identity",
+                    "bench-v4.json",
+                    "--quiet",
+                ]);
                 c
             }
             Tool::Restic => {

@@ -185,7 +185,10 @@ pub(crate) fn compare(expected: &Path, actual: &Path) -> anyhow::Result<usize> {
         }
     }
     for rel in got.keys().filter(|rel| !want.contains_key(*rel)).take(5) {
-        problems.push(format!("{} was restored but is not in the tree", rel.display()));
+        problems.push(format!(
+            "{} was restored but is not in the tree",
+            rel.display()
+        ));
     }
     if !problems.is_empty() {
         bail!(
@@ -249,7 +252,8 @@ fn shape(root: &Path) -> anyhow::Result<BTreeMap<PathBuf, Node>> {
 
 /// Whether two files hold the same bytes (read in 1 MiB pieces).
 fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
-    let open = |p: &Path| std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()));
+    let open =
+        |p: &Path| std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()));
     let (mut fa, mut fb) = (open(a)?, open(b)?);
     if fa.metadata()?.len() != fb.metadata()?.len() {
         return Ok(false);
@@ -337,7 +341,11 @@ mod tests {
         std::fs::write(copy.join(&victim.rel), &bytes).unwrap();
         std::fs::remove_file(copy.join(&tree.files[3].rel)).unwrap();
         let missing = compare(&tree.root, &copy).unwrap_err().to_string();
-        std::fs::copy(tree.root.join(&tree.files[3].rel), copy.join(&tree.files[3].rel)).unwrap();
+        std::fs::copy(
+            tree.root.join(&tree.files[3].rel),
+            copy.join(&tree.files[3].rel),
+        )
+        .unwrap();
         std::fs::write(copy.join("extra"), b"x").unwrap();
         let extra = compare(&tree.root, &copy).unwrap_err().to_string();
 
@@ -356,6 +364,9 @@ mod tests {
         std::fs::create_dir_all(other.path().join("tree")).unwrap();
 
         assert_eq!(restored_root(dir.path(), original), full);
-        assert_eq!(restored_root(other.path(), original), other.path().join("tree"));
+        assert_eq!(
+            restored_root(other.path(), original),
+            other.path().join("tree")
+        );
     }
 }
