@@ -106,7 +106,7 @@ struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     reps: Option<u32>,
     /// compare: bytes copied from the toolchain and cargo registry for the source tree
-    /// (also the source part of the mixed home) [default: 128MiB; smoke 3MiB].
+    /// (also the source part of the mixed home) [default: 64MiB; smoke 3MiB].
     #[arg(long, value_parser = data::parse_size)]
     source_size: Option<u64>,
     /// compare: total of the mixed home's three binaries [default: 192MiB; smoke 6MiB].
@@ -115,10 +115,10 @@ struct Cli {
     /// compare: the mixed home's generated text [default: 64MiB; smoke 1MiB].
     #[arg(long, value_parser = data::parse_size)]
     text_size: Option<u64>,
-    /// compare: files of the tiny-files tree [default: 20000; smoke 300].
+    /// compare: files of the tiny-files tree [default: 10000; smoke 300].
     #[arg(long)]
     tiny_files: Option<usize>,
-    /// compare: size of the one big file [default: 512MiB; smoke 16MiB].
+    /// compare: size of the one big file [default: 384MiB; smoke 16MiB].
     #[arg(long, value_parser = data::parse_size)]
     big_size: Option<u64>,
     /// compare: skip the runs of our client on 1 and 2 cores and with a repository of 1 ×

@@ -68,11 +68,11 @@ pub(crate) struct Sizes {
 impl Sizes {
     /// The defaults: the whole comparison in under 15 minutes on a 2-core VM.
     pub(crate) const DEFAULT: Self = Self {
-        source_bytes: 128 << 20,
+        source_bytes: 64 << 20,
         binary_bytes: 192 << 20,
         text_bytes: 64 << 20,
-        tiny_files: 20_000,
-        big_bytes: 512 << 20,
+        tiny_files: 10_000,
+        big_bytes: 384 << 20,
     };
     /// `--smoke`: every step of every tool in seconds, even in a debug build.
     pub(crate) const SMOKE: Self = Self {

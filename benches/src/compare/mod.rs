@@ -213,25 +213,23 @@ fn run_inner(
             .collect();
         for rep in 0..options.reps {
             for (tool, _, runs) in &mut per_tool {
-                eprintln!(
-                    "  compare: {} {} run {} ...",
-                    kind.name(),
-                    tool.name(),
-                    rep + 1
-                );
-                match run_one(
-                    *tool,
-                    bins,
-                    &ds,
-                    &ds_dir.join(format!("{}-{rep}", tool.name())),
-                ) {
-                    Ok(run) => runs.push(run),
-                    Err(error) => section.failures.push(format!(
-                        "{} {} run {}: {error:#}",
-                        kind.name(),
-                        tool.name(),
-                        rep + 1
-                    )),
+                eprint!("  compare: {} {} run {} ...", kind.name(), tool.name(), rep + 1);
+                let started = std::time::Instant::now();
+                let rep_dir = ds_dir.join(format!("{}-{rep}", tool.name()));
+                match run_one(*tool, bins, &ds, &rep_dir) {
+                    Ok(run) => {
+                        eprintln!(" {:.1} s", started.elapsed().as_secs_f64());
+                        runs.push(run);
+                    }
+                    Err(error) => {
+                        eprintln!(" failed");
+                        section.failures.push(format!(
+                            "{} {} run {}: {error:#}",
+                            kind.name(),
+                            tool.name(),
+                            rep + 1
+                        ));
+                    }
                 }
             }
         }
