@@ -213,7 +213,12 @@ fn run_inner(
             .collect();
         for rep in 0..options.reps {
             for (tool, _, runs) in &mut per_tool {
-                eprint!("  compare: {} {} run {} ...", kind.name(), tool.name(), rep + 1);
+                eprint!(
+                    "  compare: {} {} run {} ...",
+                    kind.name(),
+                    tool.name(),
+                    rep + 1
+                );
                 let started = std::time::Instant::now();
                 let rep_dir = ds_dir.join(format!("{}-{rep}", tool.name()));
                 match run_one(*tool, bins, &ds, &rep_dir) {
