@@ -1,5 +1,5 @@
-//! The single-file chart (PNG): throughput and RSS over time, drawn with `plotters`' bitmap
-//! backend. Text uses DejaVu Sans embedded by the `dejavu` crate through `ab_glyph`, so no
+//! The charts (PNG): single-file throughput and RSS over time, and the `compare` bars per
+//! tree, drawn with `plotters`' bitmap backend. Text uses DejaVu Sans embedded by the `dejavu` crate through `ab_glyph`, so no
 //! system font or fontconfig is needed.
 
 use std::path::Path;
@@ -162,6 +162,89 @@ pub(crate) fn single_file(path: &Path, upload: &Upload, cbc_mb_per_s: f64) -> an
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("cannot draw the chart {}: {e}", path.display()))
+}
+
+/// Draws the `compare` chart of one tree into `path` (1000 × 560 PNG): per step, one bar
+/// per tool (median wall seconds) with a whisker over the range of the runs. `series` is
+/// `(tool, one value per step label, None where the tool has no figure)`.
+///
+/// # Errors
+/// The PNG cannot be written.
+pub(crate) fn compare(
+    path: &Path,
+    title: &str,
+    steps: &[&str],
+    series: &[(&str, Vec<Option<crate::compare::Stat>>)],
+) -> anyhow::Result<()> {
+    register_font()?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let colours = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+    ];
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let top = series
+            .iter()
+            .flat_map(|(_, v)| v.iter().flatten().map(|s| s.max))
+            .fold(0.1, f64::max)
+            * 1.15;
+        let groups = steps.len() as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .caption(title, (FONT, 20))
+            .build_cartesian_2d(0.0..groups, 0.0..top)?;
+        // Labels at the middle of each group (x = g + 0.5), none elsewhere.
+        let step_label = |x: &f64| {
+            steps
+                .iter()
+                .enumerate()
+                .find(|(i, _)| (x - (*i as f64 + 0.5)).abs() < 1e-6)
+                .map_or_else(String::new, |(_, label)| (*label).to_owned())
+        };
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(steps.len() * 2 + 1)
+            .x_label_formatter(&step_label)
+            .y_desc("seconds (median of the runs, whisker = range)")
+            .label_style((FONT, 13))
+            .draw()?;
+        let width = 0.8 / series.len().max(1) as f64;
+        for (t, (tool, values)) in series.iter().enumerate() {
+            let colour = colours[t % colours.len()];
+            let bars = values.iter().enumerate().filter_map(|(g, v)| {
+                let x = g as f64 + 0.1 + width * t as f64;
+                v.map(|s| Rectangle::new([(x, 0.0), (x + width * 0.9, s.median)], colour.filled()))
+            });
+            chart.draw_series(bars)?.label(*tool).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled())
+            });
+            let whiskers = values.iter().enumerate().filter_map(|(g, v)| {
+                let x = g as f64 + 0.1 + width * t as f64 + width * 0.45;
+                v.map(|s| PathElement::new(vec![(x, s.min), (x, s.max)], BLACK.stroke_width(1)))
+            });
+            chart.draw_series(whiskers)?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
             .draw()?;
         root.present()?;
         Ok(())

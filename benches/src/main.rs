@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release -p cyberbackup-bench -- single-file --compare-sizes
 //! cargo run --release -p cyberbackup-bench -- many-clients many-files catalog peer
+//! cargo run --release -p cyberbackup-bench -- compare --json compare.json
 //! cargo run --release -p cyberbackup-bench -- soak --clients 1000 --minutes 10 --seed 1
 //! cargo run --release -p cyberbackup-bench -- --smoke
 //! ```
@@ -19,6 +20,7 @@
 
 mod catalog;
 mod chart;
+mod compare;
 mod data;
 mod driver;
 mod many_clients;
@@ -28,7 +30,6 @@ mod procfs;
 mod report;
 mod server;
 mod single_file;
-mod snapshots;
 mod soak;
 
 use std::path::PathBuf;
@@ -53,9 +54,12 @@ enum Scenario {
     Catalog,
     /// restic on the same file, when installed.
     Peer,
-    /// A mixed tree as snapshots: first backup, unchanged backup, restore; next to restic
-    /// and borg in the same run when installed.
-    Snapshots,
+    /// Snapshots next to restic, borg and rustic (those installed) on four trees: init,
+    /// first, unchanged and modified backup, verified full and one-file restore, repository
+    /// size; median of --reps runs; then our client on 1 and 2 cores and with a repository
+    /// of 1 × and 10 × the tree. (Replaces `snapshots`.)
+    #[value(alias = "snapshots")]
+    Compare,
     /// Load and soak: N clients for --minutes, random sizes, disconnects and reconnects;
     /// server RSS and descriptors over time. Only when named (not in the default set).
     Soak,
@@ -68,8 +72,7 @@ struct Cli {
     /// Scenarios to run, in order [default: all].
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
-    /// single-file / peer: file size; snapshots: total of the large binaries (B, KiB, MiB,
-    /// GiB) [default: 1GiB; smoke 64MiB].
+    /// single-file / peer: file size (B, KiB, MiB, GiB) [default: 1GiB; smoke 64MiB].
     #[arg(long, value_parser = data::parse_size)]
     size: Option<u64>,
     /// single-file: also upload a file of `--compare-size` and compare peak RSS.
@@ -81,7 +84,7 @@ struct Cli {
     /// many-clients / soak: number of clients [default: 1000; smoke 50, soak smoke 20].
     #[arg(long)]
     clients: Option<usize>,
-    /// many-files / snapshots: number of (small) files [default: 10000; smoke 200].
+    /// many-files: number of (small) files [default: 10000; smoke 200].
     #[arg(long)]
     files: Option<usize>,
     /// many-files: size of each file [default: 4KiB].
@@ -96,6 +99,36 @@ struct Cli {
     /// catalog: file rows [default: 1000000; smoke 20000].
     #[arg(long)]
     rows: Option<usize>,
+    /// compare: the trees, comma-separated [default: source,mixed,tiny,big].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    datasets: Vec<compare::dataset::Kind>,
+    /// compare: runs per tool and tree [default: 3; smoke 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: Option<u32>,
+    /// compare: bytes copied from the toolchain and cargo registry for the source tree
+    /// (also the source part of the mixed home) [default: 64MiB; smoke 3MiB].
+    #[arg(long, value_parser = data::parse_size)]
+    source_size: Option<u64>,
+    /// compare: total of the mixed home's three binaries [default: 192MiB; smoke 6MiB].
+    #[arg(long, value_parser = data::parse_size)]
+    binaries_size: Option<u64>,
+    /// compare: the mixed home's generated text [default: 64MiB; smoke 1MiB].
+    #[arg(long, value_parser = data::parse_size)]
+    text_size: Option<u64>,
+    /// compare: files of the tiny-files tree [default: 10000; smoke 300].
+    #[arg(long)]
+    tiny_files: Option<usize>,
+    /// compare: size of the one big file [default: 384MiB; smoke 16MiB].
+    #[arg(long, value_parser = data::parse_size)]
+    big_size: Option<u64>,
+    /// compare: skip the runs of our client on 1 and 2 cores and with a repository of 1 ×
+    /// and 10 × the tree.
+    #[arg(long)]
+    no_extras: bool,
+    /// compare: folder of the charts (`bench-compare-<tree>.png`) [default: docs/images;
+    /// none in smoke].
+    #[arg(long, value_name = "DIR")]
+    chart_dir: Option<PathBuf>,
     /// Small sizes for CI: 64 MiB, 50 clients, 200 files, 20,000 rows, no chart unless
     /// --chart is given. Timings are printed but mean little.
     #[arg(long)]
@@ -223,12 +256,36 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
             }
             Scenario::ManyFiles => many_files::run(&bins, &work, files, cli.file_size),
             Scenario::Catalog => catalog::run(&work, rows),
-            Scenario::Snapshots => {
-                let options = snapshots::Options {
-                    small_files: files,
-                    large_bytes: size,
+            Scenario::Compare => {
+                let base = if smoke {
+                    compare::dataset::Sizes::SMOKE
+                } else {
+                    compare::dataset::Sizes::DEFAULT
                 };
-                snapshots::run(&bins, &work, &options)
+                let options = compare::Options {
+                    datasets: if cli.datasets.is_empty() {
+                        compare::dataset::Kind::value_variants().to_vec()
+                    } else {
+                        cli.datasets.clone()
+                    },
+                    sizes: compare::dataset::Sizes {
+                        source_bytes: cli.source_size.unwrap_or(base.source_bytes),
+                        binary_bytes: cli.binaries_size.unwrap_or(base.binary_bytes),
+                        text_bytes: cli.text_size.unwrap_or(base.text_bytes),
+                        tiny_files: cli.tiny_files.unwrap_or(base.tiny_files),
+                        big_bytes: cli.big_size.unwrap_or(base.big_bytes),
+                    },
+                    reps: cli.reps.map_or(if smoke { 1 } else { 3 }, |n| n as usize),
+                    chart_dir: match (&cli.chart_dir, cli.no_chart || smoke) {
+                        (Some(dir), _) => Some(dir.clone()),
+                        (None, true) => None,
+                        (None, false) => Some(server::workspace_root().join("docs/images")),
+                    },
+                    extras: !cli.no_extras,
+                };
+                let (section, notes) = compare::run(&bins, &work, &options);
+                report.notes.extend(notes);
+                section
             }
             Scenario::Peer => match peer::restic_version() {
                 Some(version) => peer::run(&work, size, &version),

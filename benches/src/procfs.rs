@@ -29,7 +29,7 @@ pub(crate) struct ProcSample {
 /// Reads `/proc/<pid>/status`, `/proc/<pid>/io` and (if `count_fds`) `/proc/<pid>/fd`.
 pub(crate) fn sample(pid: u32, count_fds: bool) -> ProcSample {
     let mut out = ProcSample::default();
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+    if let Some(status) = status_of(pid) {
         out.rss_kib = status_kib(&status, "VmRSS:");
         out.hwm_kib = status_kib(&status, "VmHWM:");
     }
@@ -48,6 +48,11 @@ pub(crate) fn sample(pid: u32, count_fds: bool) -> ProcSample {
             .map(|dir| dir.count() as u64);
     }
     out
+}
+
+/// `/proc/<pid>/status`, if readable.
+fn status_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
 }
 
 /// utime + stime (fields 14 and 15) of `/proc/<pid>/stat`; the command name in field 2 may
@@ -164,10 +169,39 @@ pub(crate) fn peaks(rows: &[Row], index: usize) -> Peaks {
 /// # Errors
 /// The command cannot start or exits unsuccessfully.
 pub(crate) fn run_sampled(
-    mut command: std::process::Command,
+    command: std::process::Command,
     what: &str,
     stderr_log: &std::path::Path,
 ) -> anyhow::Result<(f64, Peaks)> {
+    let run = run_watched(command, what, stderr_log, &[])?;
+    Ok((run.wall_secs, run.child))
+}
+
+/// What [`run_watched`] measured.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub(crate) struct WatchedRun {
+    /// Spawn to exit.
+    pub(crate) wall_secs: f64,
+    /// The child's peaks; `cpu_secs` read from the exited child before it is reaped, so it
+    /// includes its last 100 ms.
+    pub(crate) child: Peaks,
+    /// Per other watched process: highest sampled `VmRSS` during the run (its `VmHWM` is
+    /// the peak of its whole life, so says nothing about this run) and CPU seconds it used
+    /// during the run.
+    pub(crate) others: Vec<Peaks>,
+}
+
+/// [`run_sampled`], also sampling the already running processes `others` (a server the
+/// child talks to).
+///
+/// # Errors
+/// The command cannot start or exits unsuccessfully.
+pub(crate) fn run_watched(
+    mut command: std::process::Command,
+    what: &str,
+    stderr_log: &std::path::Path,
+    others: &[u32],
+) -> anyhow::Result<WatchedRun> {
     use anyhow::Context as _;
     let start = Instant::now();
     let mut child = command
@@ -176,25 +210,72 @@ pub(crate) fn run_sampled(
         .stderr(std::fs::File::create(stderr_log)?)
         .spawn()
         .with_context(|| format!("cannot run {what}"))?;
-    let sampler = Sampler::start(vec![Watch {
+    let mut watch = vec![Watch {
         pid: child.id(),
         count_fds: false,
-    }]);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+    }];
+    watch.extend(others.iter().map(|&pid| Watch {
+        pid,
+        count_fds: false,
+    }));
+    let sampler = Sampler::start(watch);
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .context("the child's pid is out of range")?;
+    // Wait for the exit without reaping, so /proc/<pid>/stat still holds the final CPU
+    // times; `wait` reaps it afterwards. `VmHWM` is read at every poll too: a child that
+    // lives a few milliseconds may never meet the sampler.
+    let mut polled_hwm_kib = 0;
+    loop {
+        polled_hwm_kib = polled_hwm_kib.max(
+            status_of(child.id())
+                .and_then(|status| status_kib(&status, "VmHWM:"))
+                .unwrap_or(0),
+        );
+        let exited = rustix::process::waitid(
+            rustix::process::WaitId::Pid(pid),
+            rustix::process::WaitIdOptions::EXITED
+                | rustix::process::WaitIdOptions::NOWAIT
+                | rustix::process::WaitIdOptions::NOHANG,
+        )
+        .with_context(|| format!("cannot wait for {what}"))?;
+        if exited.is_some() {
+            break;
         }
         std::thread::sleep(Duration::from_millis(5));
-    };
-    let secs = start.elapsed().as_secs_f64();
-    let peaks = peaks(&sampler.finish(), 0);
+    }
+    let wall_secs = start.elapsed().as_secs_f64();
+    let final_ticks = sample(child.id(), false).cpu_ticks;
+    let rows = sampler.finish();
+    let status = child.wait()?;
     if !status.success() {
         anyhow::bail!(
             "{what} failed ({status}): {}",
             std::fs::read_to_string(stderr_log).unwrap_or_default()
         );
     }
-    Ok((secs, peaks))
+    let mut child_peaks = peaks(&rows, 0);
+    child_peaks.hwm_kib = child_peaks.hwm_kib.max(polled_hwm_kib);
+    if let Some(ticks) = final_ticks {
+        child_peaks.cpu_secs = child_peaks.cpu_secs.max(ticks as f64 / ticks_per_second());
+    }
+    let others = (1..=others.len())
+        .map(|index| {
+            let mut p = peaks(&rows, index);
+            let first = rows
+                .iter()
+                .find_map(|row| row.procs.get(index).and_then(|s| s.cpu_ticks));
+            let used = first.map_or(0.0, |ticks| ticks as f64 / ticks_per_second());
+            p.cpu_secs = (p.cpu_secs - used).max(0.0);
+            p
+        })
+        .collect();
+    Ok(WatchedRun {
+        wall_secs,
+        child: child_peaks,
+        others,
+    })
 }
 
 #[cfg(test)]
@@ -219,6 +300,23 @@ mod tests {
         assert!(me.fds.is_some_and(|n| n >= 3));
         assert!(me.read_bytes.is_some());
         assert!(me.cpu_ticks.is_some());
+    }
+
+    #[test]
+    fn watched_run_counts_the_child_cpu_to_its_exit() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut busy = std::process::Command::new("sh");
+        // About 30 ms of CPU: over before the sampler's second sample (at 100 ms), so only
+        // the read of the exited, not yet reaped child sees it.
+        busy.args(["-c", "i=0; while [ $i -lt 50000 ]; do i=$((i+1)); done"]);
+
+        let run = run_watched(busy, "busy loop", log.path(), &[std::process::id()]).unwrap();
+
+        assert!(run.child.cpu_secs >= 0.015, "{run:?}");
+        assert!(run.child.cpu_secs <= run.wall_secs + 0.05, "{run:?}");
+        assert!(run.child.hwm_kib > 0, "{run:?}");
+        assert_eq!(run.others.len(), 1);
+        assert!(run.others[0].rss_kib > 0);
     }
 
     #[test]

@@ -1,15 +1,28 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Runs the harness in `--smoke` mode (64 MiB file over v3 and v4, 50 clients, 200 files, 20,000 catalog
-//! rows) against freshly built server and client binaries, so the harness cannot rot. It
-//! judges no timing: only that every scenario ran, reported its figures and had no failure.
+//! rows, `compare` on four trees of a few MiB with every installed tool) against freshly
+//! built server and client binaries, so the harness cannot rot. It judges no timing: only
+//! that every scenario ran, reported its figures and had no failure, and that every
+//! installed tool of `compare` ran every step and restored a verified tree.
 //! Takes about 1–2 minutes in a debug build, most of it building the two binaries.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+/// Whether `program arg` runs (how the harness decides a peer tool is installed).
+fn installed(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
 
 #[test]
 fn smoke_mode_runs_every_scenario_without_failures() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("report.json");
+    let charts = dir.path().join("charts");
 
     let output = Command::new(env!("CARGO_BIN_EXE_cyberbackup-bench"))
         .arg("--smoke")
@@ -17,6 +30,8 @@ fn smoke_mode_runs_every_scenario_without_failures() {
         .arg(&json_path)
         .arg("--work-dir")
         .arg(dir.path())
+        .arg("--chart-dir")
+        .arg(&charts)
         .output()
         .unwrap();
 
@@ -36,7 +51,13 @@ fn smoke_mode_runs_every_scenario_without_failures() {
             .find(|s| s["scenario"] == name)
             .unwrap_or_else(|| panic!("no {name} section in {report}"))
     };
-    for name in ["single-file", "many-clients", "many-files", "catalog"] {
+    for name in [
+        "single-file",
+        "many-clients",
+        "many-files",
+        "catalog",
+        "compare",
+    ] {
         assert_eq!(section(name)["failures"], serde_json::json!([]), "{name}");
     }
 
@@ -73,6 +94,84 @@ fn smoke_mode_runs_every_scenario_without_failures() {
     for query in catalog["queries"].as_array().unwrap() {
         assert!(query["median_ms"].as_f64().unwrap() > 0.0, "{query}");
     }
+
+    let compare = &section("compare")["data"];
+    let mut expected_tools = vec!["cyberbackup"];
+    for (tool, arg) in [
+        ("restic", "version"),
+        ("borg", "--version"),
+        ("rustic", "--version"),
+    ] {
+        if installed(tool, arg) {
+            expected_tools.push(tool);
+        }
+    }
+    if !installed("rustic", "--version") {
+        let notes = report["notes"].as_array().unwrap();
+        assert!(
+            notes.contains(&serde_json::json!(
+                "rustic: skipped (not installed; cargo install rustic-rs --locked)"
+            )),
+            "{notes:?}"
+        );
+    }
+    let datasets = compare["datasets"].as_array().unwrap();
+    let names: Vec<&str> = datasets
+        .iter()
+        .map(|d| d["dataset"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["source", "mixed", "tiny", "big"]);
+    for dataset in datasets {
+        let name = dataset["dataset"].as_str().unwrap();
+        assert!(dataset["files"].as_u64().unwrap() > 0, "{name}");
+        let tools: Vec<&str> = dataset["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["tool"].as_str().unwrap())
+            .collect();
+        assert_eq!(tools, expected_tools, "{name}");
+        for tool in dataset["tools"].as_array().unwrap() {
+            let what = format!("{name} {}", tool["tool"]);
+            assert_eq!(tool["verified"], true, "{what}");
+            let runs = tool["runs"].as_array().unwrap();
+            assert_eq!(runs.len(), 1, "{what}");
+            assert!(runs[0]["restored_files"].as_u64().unwrap() > 0, "{what}");
+            assert!(tool["repo_bytes"].as_u64().unwrap() > 0, "{what}");
+            let steps = tool["steps"].as_object().unwrap();
+            let mut step_names: Vec<&str> = steps.keys().map(String::as_str).collect();
+            step_names.sort_unstable();
+            assert_eq!(
+                step_names,
+                [
+                    "first",
+                    "init",
+                    "modified",
+                    "restore",
+                    "restore_one",
+                    "unchanged"
+                ],
+                "{what}"
+            );
+        }
+        let ours = &dataset["tools"][0]["steps"];
+        for step in ["first", "restore"] {
+            assert!(
+                ours[step]["socket_bytes"].as_u64().unwrap() > 0,
+                "{name} {step}"
+            );
+            assert!(
+                ours[step]["server_rss_kib"].as_u64().unwrap() > 0,
+                "{name} {step}"
+            );
+        }
+        assert!(
+            charts.join(format!("bench-compare-{name}.png")).is_file(),
+            "{name}"
+        );
+    }
+    assert_eq!(compare["extras"]["scaling"].as_array().unwrap().len(), 2);
+    assert_eq!(compare["extras"]["memory"].as_array().unwrap().len(), 2);
 
     // Every target got a verdict.
     let verdicts: Vec<&serde_json::Value> = sections
