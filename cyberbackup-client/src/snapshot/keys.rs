@@ -232,12 +232,10 @@ pub fn list_keys(open: &OpenRepository) -> Vec<KeyInfo> {
         .collect()
 }
 
-/// The ID of a key object: the first 8 hex digits of the BLAKE3 hash of its encoding. It
-/// names the object in `key list` and `key remove` and says nothing about the key.
+/// The ID of a key object ([`KeyObject::id_of`] its encoding).
 #[must_use]
 pub fn key_id(object: &KeyObject) -> String {
-    let hash = blake3::hash(&object.encode());
-    hex::encode(hash.as_bytes().get(..4).unwrap_or_default())
+    KeyObject::id_of(&object.encode())
 }
 
 /// `key passwd`: adds a key object for `new`, then removes every passphrase key object that

@@ -339,6 +339,19 @@ impl KeyObject {
         out
     }
 
+    /// The ID that names a key object in `key list`, `key remove` and the server's
+    /// messages: the first 8 hex digits of the BLAKE3 hash of its encoded bytes (`encoded`,
+    /// what the server stores). It says nothing about the key.
+    #[must_use]
+    pub fn id_of(encoded: &[u8]) -> String {
+        hex::encode(
+            blake3::hash(encoded)
+                .as_bytes()
+                .get(..4)
+                .unwrap_or_default(),
+        )
+    }
+
     /// Parses a key object (it is opened later, with a passphrase or device key).
     ///
     /// # Errors

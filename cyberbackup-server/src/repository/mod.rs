@@ -243,7 +243,7 @@ impl RepoStore {
     /// [`RepoStoreError::NoRepository`], [`RepoStoreError::NotFound`] when no key object has
     /// these bytes, [`RepoStoreError::LastKey`], [`RepoStoreError::Catalog`].
     pub async fn remove_key(&self, client: ClientId, key: Bytes) -> Result<(), RepoStoreError> {
-        let id = hex::encode(blake3::hash(&key).as_bytes().get(..8).unwrap_or_default());
+        let id = KeyObject::id_of(&key);
         match self
             .inner
             .catalog
