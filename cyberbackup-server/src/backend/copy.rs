@@ -2,7 +2,7 @@
 //! which moves a single-node repository into object storage (or from one bucket to
 //! another) with the server stopped.
 //!
-//! Each object is read twice in pieces of [`PIECE`] bytes — once to hash it, once to
+//! Each object is read twice in pieces of 8 MiB — once to hash it, once to
 //! stream it into the target's `put` with that hash — so memory stays at a few pieces
 //! however large a pack is, and the target checks every byte it stored against the source's
 //! hash. An object the target already holds with the same length is skipped, so an
