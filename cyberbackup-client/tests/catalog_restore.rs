@@ -9,7 +9,9 @@ mod support;
 
 use std::fs;
 
-use support::{RealServer, client_command, output_text as text, write_pattern};
+use support::{
+    RealServer, check_read_data, client_command, output_text as text, restore_latest, write_pattern,
+};
 
 fn snapshot_count(dir: &std::path::Path, server: &RealServer) -> usize {
     let listed = client_command(dir, server, "carol", &["snapshots", "--json"])
@@ -60,21 +62,8 @@ fn a_catalog_restored_from_an_older_backup_keeps_the_snapshots_committed_after_i
     let server = RealServer::restart_in(data);
 
     assert_eq!(snapshot_count(dir.path(), &server), 2);
-    let check = client_command(dir.path(), &server, "carol", &["check", "--read-data"])
-        .output()
-        .unwrap();
-    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
-    let target = dir.path().join("restored");
-    let restore = client_command(
-        dir.path(),
-        &server,
-        "carol",
-        &["restore", "latest", "--target", target.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(restore.status.code(), Some(0), "{}", text(&restore));
-    let restored = target.join(source.canonicalize().unwrap().strip_prefix("/").unwrap());
+    check_read_data(dir.path(), &server, "carol");
+    let restored = restore_latest(dir.path(), &server, "carol", &source);
     for name in ["first.bin", "second.bin"] {
         assert_eq!(
             fs::read(restored.join(name)).unwrap(),

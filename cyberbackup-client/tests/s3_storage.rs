@@ -20,7 +20,10 @@ use cyberbackup_server::backend::copy::copy_all;
 use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
 use cyberbackup_server::backend::s3::S3Backend;
 use futures_util::TryStreamExt;
-use support::{RealServer, client_command, files_under, output_text as text, write_pattern};
+use support::{
+    RealServer, check_read_data, client_command, files_under, output_text as text, restore_latest,
+    write_pattern,
+};
 
 const CONTENT_MARKER: &str = "S3-PLAINTEXT-MARKER-51c2";
 const NAME_MARKER: &str = "s3-secret-file-name-77";
@@ -142,21 +145,8 @@ fn a_backup_to_an_s3_backed_server_lands_in_the_bucket_as_ciphertext_and_restore
         "{diagnostics}"
     );
 
-    let check = client_command(dir.path(), &server, "alice", &["check", "--read-data"])
-        .output()
-        .unwrap();
-    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
-    let target = dir.path().join("restored");
-    let restore = client_command(
-        dir.path(),
-        &server,
-        "alice",
-        &["restore", "latest", "--target", target.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(restore.status.code(), Some(0), "{}", text(&restore));
-    let restored = target.join(source.canonicalize().unwrap().strip_prefix("/").unwrap());
+    check_read_data(dir.path(), &server, "alice");
+    let restored = restore_latest(dir.path(), &server, "alice", &source);
     for relative in [Path::new("big.bin"), &Path::new("nested").join(NAME_MARKER)] {
         assert_eq!(
             fs::read(restored.join(relative)).unwrap(),
@@ -209,17 +199,7 @@ fn a_local_repository_copied_into_a_bucket_serves_its_snapshots_from_there() {
 
     let storage = StorageConfig::S3(settings(&s3, "moved"));
     let server = RealServer::restart_configured(data, move |config| config.storage = storage);
-    let target = dir.path().join("restored");
-    let restore = client_command(
-        dir.path(),
-        &server,
-        "bob",
-        &["restore", "latest", "--target", target.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(restore.status.code(), Some(0), "{}", text(&restore));
-    let restored = target.join(source.canonicalize().unwrap().strip_prefix("/").unwrap());
+    let restored = restore_latest(dir.path(), &server, "bob", &source);
     assert_eq!(
         fs::read(restored.join("data.bin")).unwrap(),
         fs::read(source.join("data.bin")).unwrap()

@@ -355,3 +355,28 @@ pub fn enroll_device_of(server: &RealServer, name: &[u8]) -> String {
         token
     })
 }
+
+/// `check --read-data` of `name`'s repository, which must pass.
+pub fn check_read_data(dir: &Path, server: &RealServer, name: &str) {
+    let check = client_command(dir, server, name, &["check", "--read-data"])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", output_text(&check));
+}
+
+/// `restore latest` of `name`'s repository into `<dir>/restored`, which must succeed;
+/// returns where `source` (a directory given to `backup`) was restored (restic's layout:
+/// its absolute path below the target).
+pub fn restore_latest(dir: &Path, server: &RealServer, name: &str, source: &Path) -> PathBuf {
+    let target = dir.join("restored");
+    let restore = client_command(
+        dir,
+        server,
+        name,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(restore.status.code(), Some(0), "{}", output_text(&restore));
+    target.join(source.canonicalize().unwrap().strip_prefix("/").unwrap())
+}
