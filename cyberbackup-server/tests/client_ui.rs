@@ -600,3 +600,161 @@ async fn every_answer_refuses_framing_and_sniffing() {
     }
     ui.shutdown().await;
 }
+
+/// Backs `tree` up as a snapshot of client `ui-test` with the UI's own v4 identity.
+async fn snapshot_of(dir: &Path, server: &str, tree: &Path) {
+    use cyberbackup_client::snapshot::{BackupOptions, KeyOptions, NoObserver, Repository};
+    let identity = dir.join(cyberbackup_client::v4::DEFAULT_IDENTITY_FILE);
+    let mut options = cyberbackup_client::v4::V4Options::new(server, identity.clone());
+    options.name = Some("ui-test".into());
+    let client = cyberbackup_client::v4::V4Client::connect(&options)
+        .await
+        .unwrap();
+    let mut repo = Repository::open(client, &KeyOptions::new(&identity))
+        .await
+        .unwrap();
+    let backup = BackupOptions {
+        paths: vec![tree.to_path_buf()],
+        ..BackupOptions::default()
+    };
+    repo.backup(&backup, &mut NoObserver).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_browse_search_diff_restore_and_download_as_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+    let ui = start_ui(dir.path(), &server.addr.to_string(), 1 << 20).await;
+    let tree = dir.path().join("tree");
+    let deep = tree.join("a").join("b").join("c");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("report-2026.txt"), vec![b'r'; 300_000]).unwrap();
+    std::fs::write(tree.join("a").join("notes.md"), b"first").unwrap();
+    for i in 0..150 {
+        std::fs::write(tree.join(format!("f{i:03}")), vec![b'x'; i]).unwrap();
+    }
+    snapshot_of(dir.path(), &server.addr.to_string(), &tree).await;
+    std::fs::write(tree.join("a").join("notes.md"), b"second, longer").unwrap();
+    std::fs::write(tree.join("added.txt"), b"new").unwrap();
+    snapshot_of(dir.path(), &server.addr.to_string(), &tree).await;
+    let hex_of = |path: &Path| hex::encode(path.as_os_str().as_encoded_bytes());
+
+    let listed = get(ui.addr, "/api/snapshots", &[]).await.json();
+    let newest = listed["snapshots"][0]["id"].as_str().unwrap().to_owned();
+    let deep_dir = get(
+        ui.addr,
+        &format!("/api/snapshots/{newest}/dir?path={}", hex_of(&deep)),
+        &[],
+    )
+    .await
+    .json();
+    let root_page = get(
+        ui.addr,
+        &format!(
+            "/api/snapshots/{newest}/dir?path={}&offset=100&limit=40&sort=size&order=desc",
+            hex_of(&tree)
+        ),
+        &[],
+    )
+    .await
+    .json();
+    let found = get(
+        ui.addr,
+        &format!("/api/snapshots/{newest}/search?q=REPORT"),
+        &[],
+    )
+    .await
+    .json();
+    let changes = get(ui.addr, &format!("/api/snapshots/{newest}/diff"), &[])
+        .await
+        .json();
+    let missing = get(
+        ui.addr,
+        &format!(
+            "/api/snapshots/{newest}/dir?path={}",
+            hex_of(&tree.join("nope"))
+        ),
+        &[],
+    )
+    .await;
+    let tar = get(
+        ui.addr,
+        &format!(
+            "/api/snapshots/{newest}/download?path={}",
+            hex_of(&tree.join("a"))
+        ),
+        &[],
+    )
+    .await;
+    let target = dir.path().join("restored");
+    let started = ui
+        .post_json(
+            &format!("/api/snapshots/{newest}/restore"),
+            &json!({ "path": hex_of(&tree.join("a")), "target": target }),
+        )
+        .await;
+    let mut restore = Value::Null;
+    for _ in 0..300 {
+        restore = ui.state().await["snapshot_restore"].clone();
+        if restore["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed["snapshots"][0]["files"], 153);
+    assert_eq!(
+        deep_dir["entries"][0]["name"], "report-2026.txt",
+        "{deep_dir}"
+    );
+    assert_eq!(deep_dir["entries"][0]["size"], 300_000);
+    assert_eq!(root_page["total"], 152, "{root_page}");
+    let sizes: Vec<u64> = root_page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 40);
+    assert_eq!(sizes.first(), Some(&49), "{root_page}");
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+    assert_eq!(found["hits"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(
+        found["hits"][0]["path"],
+        deep.join("report-2026.txt").display().to_string()
+    );
+    assert_eq!(changes["added"], 1, "{changes}");
+    assert_eq!(changes["modified"], 1, "{changes}");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert_eq!(tar.status, 200, "{}", tar.head);
+    let extracted = dir.path().join("extracted");
+    std::fs::create_dir(&extracted).unwrap();
+    std::fs::write(dir.path().join("a.tar"), &tar.bytes).unwrap();
+    let untar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(dir.path().join("a.tar"))
+        .arg("-C")
+        .arg(&extracted)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    assert_eq!(
+        std::fs::read(extracted.join("a/b/c/report-2026.txt")).unwrap(),
+        vec![b'r'; 300_000]
+    );
+    assert_eq!(
+        std::fs::read(extracted.join("a/notes.md")).unwrap(),
+        b"second, longer"
+    );
+    assert_eq!(started.status, 200, "{}", started.body);
+    assert_eq!(restore["state"], "succeeded", "{restore}");
+    assert_eq!(restore["bytes_written"], 300_000 + 14);
+    assert_eq!(restore["bytes_total"], 300_000 + 14);
+    assert_eq!(
+        std::fs::read(target.join("b/c/report-2026.txt")).unwrap(),
+        vec![b'r'; 300_000]
+    );
+    ui.shutdown().await;
+    server.stop().await;
+}

@@ -1,10 +1,11 @@
 //! Browsing a repository: resolve a snapshot argument (a hex ID, a unique prefix, or
 //! `latest`), `snapshots` (table rows and restic-like JSON), `ls`, `find`, `diff`, `dump`,
-//! `forget` and `check`.
+//! `forget` and `check`; and for the local UI one directory at a time ([`DirListing`]) and
+//! a bounded search of one snapshot ([`Repository::search`]).
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::io::Write;
+use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -12,7 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use cyberbackup_core::repo::{
     BlobId, BlobKind, EntryKind, RefChunk, Snapshot, SnapshotId, Timestamp, TreeEntry,
 };
-use globset::Glob;
+use globset::{Glob, GlobMatcher};
 use rand_core::{OsRng, RngCore};
 
 use super::remote::{RepoRemote, damaged_all, have_all};
@@ -134,6 +135,26 @@ pub struct FindMatch {
     pub snapshot: SnapshotId,
     /// The entry and its path.
     pub found: LsEntry,
+}
+
+/// One directory of a snapshot: what a browser shows when it is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirListing {
+    /// The snapshot it is in.
+    pub snapshot: SnapshotId,
+    /// Its path in the snapshot (`/` for the root).
+    pub path: PathBuf,
+    /// Its entries, in name order.
+    pub entries: Vec<TreeEntry>,
+}
+
+/// What [`Repository::search`] found in one snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SearchHits {
+    /// The matching entries, in walk order (depth first, names in order).
+    pub hits: Vec<LsEntry>,
+    /// Whether the search stopped at its limit with more of the snapshot unread.
+    pub truncated: bool,
 }
 
 /// How a path differs between two snapshots.
@@ -303,6 +324,98 @@ impl<R: RepoRemote> Repository<R> {
         Ok(out)
     }
 
+    /// The entries of the directory at `path` (`/` for the root) of a snapshot: one tree
+    /// fetched and opened, plus one per path component to find it.
+    ///
+    /// # Errors
+    /// As [`Self::resolve`]; [`V4ClientError::PathNotInSnapshot`] when `path` is missing or
+    /// not a directory.
+    pub async fn dir(&mut self, spec: &str, path: &[u8]) -> Result<DirListing, V4ClientError> {
+        let found = self.locate(spec, path).await?;
+        let tree = match &found.entry {
+            None => found.root,
+            Some(entry) => dir_subtree(entry).ok_or_else(|| V4ClientError::PathNotInSnapshot {
+                path: found.path.display().to_string(),
+                snapshot: short_hex(found.snapshot.as_bytes()),
+                reason: "is not a directory",
+            })?,
+        };
+        let entries = self.tree(tree).await?.entries().to_vec();
+        Ok(DirListing {
+            snapshot: found.snapshot,
+            path: found.path,
+            entries,
+        })
+    }
+
+    /// The entry at `path` of a snapshot (`None` for the root `/`), with the snapshot's ID
+    /// and the path as found.
+    ///
+    /// # Errors
+    /// As [`Self::resolve`]; [`V4ClientError::PathNotInSnapshot`].
+    pub async fn stat(
+        &mut self,
+        spec: &str,
+        path: &[u8],
+    ) -> Result<(SnapshotId, PathBuf, Option<TreeEntry>), V4ClientError> {
+        let found = self.locate(spec, path).await?;
+        Ok((found.snapshot, found.path, found.entry))
+    }
+
+    /// Files and bytes of file content at and below `path` of a snapshot (what a restore of
+    /// it writes): a walk of its trees, no data read.
+    ///
+    /// # Errors
+    /// As [`Self::stat`]; the remote's errors.
+    pub async fn tally(&mut self, spec: &str, path: &[u8]) -> Result<(u64, u64), V4ClientError> {
+        let found = self.locate(spec, path).await?;
+        let start = match &found.entry {
+            None => found.root,
+            Some(entry) => match dir_subtree(entry) {
+                Some(subtree) => subtree,
+                None => return Ok((1, entry.meta.size)),
+            },
+        };
+        let (mut files, mut bytes) = (0, 0);
+        self.walk(&found.path, start, &mut |below| {
+            if matches!(below.entry.kind, EntryKind::File { .. }) {
+                files += 1;
+                bytes += below.entry.meta.size;
+            }
+        })
+        .await?;
+        Ok((files, bytes))
+    }
+
+    /// Entries of one snapshot whose name matches `matcher`, at most `limit` of them. The
+    /// walk stops at the limit, so a search of a huge snapshot answers quickly.
+    ///
+    /// # Errors
+    /// As [`Self::resolve`]; the remote's errors.
+    pub async fn search(
+        &mut self,
+        spec: &str,
+        matcher: &GlobMatcher,
+        limit: usize,
+    ) -> Result<SearchHits, V4ClientError> {
+        let id = self.resolve(spec).await?;
+        let root = self.snapshot(id).await?.1.root;
+        let mut found = SearchHits::default();
+        self.walk_until(Path::new("/"), root, &mut |entry| {
+            if !matcher.is_match(OsStr::from_bytes(&entry.entry.name)) {
+                return ControlFlow::Continue(());
+            }
+            if found.hits.len() == limit {
+                found.truncated = true;
+                return ControlFlow::Break(());
+            }
+            found.hits.push(entry);
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(found)
+    }
+
     /// `find PATTERN`: entries of every snapshot whose name matches the glob.
     ///
     /// # Errors
@@ -377,52 +490,6 @@ impl<R: RepoRemote> Repository<R> {
         }
         out.sort_by(|x, y| x.path.cmp(&y.path));
         Ok(out)
-    }
-
-    /// `dump SNAPSHOT PATH`: streams a file's content to `out`; returns the bytes written.
-    ///
-    /// # Errors
-    /// [`V4ClientError::PathNotInSnapshot`] when `path` is not a file;
-    /// [`V4ClientError::Corrupt`] when a blob fails verification; [`V4ClientError::Local`]
-    /// when `out` fails.
-    pub async fn dump(
-        &mut self,
-        spec: &str,
-        path: &[u8],
-        out: &mut (dyn Write + Send),
-    ) -> Result<u64, V4ClientError> {
-        let id = self.resolve(spec).await?;
-        let (_, snapshot) = self.snapshot(id).await?;
-        let (at, entry) = self.lookup(id, snapshot.root, path).await?;
-        let Some(TreeEntry {
-            kind: EntryKind::File { content },
-            ..
-        }) = entry
-        else {
-            return Err(V4ClientError::PathNotInSnapshot {
-                path: at.display().to_string(),
-                snapshot: short_hex(id.as_bytes()),
-                reason: "is not a file",
-            });
-        };
-        let mut written = 0u64;
-        for blob in content {
-            let plaintext = self
-                .blob(BlobKind::Data, blob)
-                .await
-                .map_err(|err| match err {
-                    BlobError::Remote(err) => err,
-                    BlobError::Verify(source) => super::corrupt(&at, source),
-                })?;
-            out.write_all(&plaintext)
-                .map_err(|source| V4ClientError::Local {
-                    what: "cannot write the dump of",
-                    path: at.clone(),
-                    source,
-                })?;
-            written += plaintext.len() as u64;
-        }
-        Ok(written)
     }
 
     /// `check`: every snapshot opens, every tree decodes, every referenced blob is on the
@@ -595,6 +662,23 @@ impl<R: RepoRemote> Repository<R> {
         Ok(found)
     }
 
+    /// Resolves `spec` and finds `path` in that snapshot.
+    pub(super) async fn locate(
+        &mut self,
+        spec: &str,
+        path: &[u8],
+    ) -> Result<Located, V4ClientError> {
+        let snapshot = self.resolve(spec).await?;
+        let root = self.snapshot(snapshot).await?.1.root;
+        let (path, entry) = self.lookup(snapshot, root, path).await?;
+        Ok(Located {
+            snapshot,
+            root,
+            path,
+            entry,
+        })
+    }
+
     /// Finds `path` in the snapshot whose root tree is `root`: `None` for `/`.
     pub(super) async fn lookup(
         &mut self,
@@ -637,6 +721,20 @@ impl<R: RepoRemote> Repository<R> {
         root: BlobId,
         visit: &mut (dyn FnMut(LsEntry) + Send),
     ) -> Result<(), V4ClientError> {
+        self.walk_until(path, root, &mut |entry| {
+            visit(entry);
+            ControlFlow::Continue(())
+        })
+        .await
+    }
+
+    /// [`Self::walk`] until `visit` breaks.
+    async fn walk_until(
+        &mut self,
+        path: &Path,
+        root: BlobId,
+        visit: &mut (dyn FnMut(LsEntry) -> ControlFlow<()> + Send),
+    ) -> Result<(), V4ClientError> {
         let mut stack = vec![(path.to_path_buf(), root)];
         while let Some((dir, tree_id)) = stack.pop() {
             let tree = self.tree(tree_id).await?;
@@ -646,10 +744,13 @@ impl<R: RepoRemote> Repository<R> {
                 if let Some(subtree) = dir_subtree(entry) {
                     below.push((child.clone(), subtree));
                 }
-                visit(LsEntry {
+                let found = LsEntry {
                     path: child.as_os_str().as_bytes().to_vec(),
                     entry: entry.clone(),
-                });
+                };
+                if visit(found).is_break() {
+                    return Ok(());
+                }
             }
             stack.extend(below.into_iter().rev());
         }
@@ -710,6 +811,18 @@ impl<R: RepoRemote> Repository<R> {
         }
         Ok(Some(listed))
     }
+}
+
+/// A path found in a snapshot ([`Repository::locate`]).
+pub(super) struct Located {
+    /// The snapshot.
+    pub(super) snapshot: SnapshotId,
+    /// Its root tree.
+    pub(super) root: BlobId,
+    /// The path as found.
+    pub(super) path: PathBuf,
+    /// The entry there; `None` for the root.
+    pub(super) entry: Option<TreeEntry>,
 }
 
 fn dir_subtree(entry: &TreeEntry) -> Option<BlobId> {

@@ -523,7 +523,7 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
             EXIT_OK
         }
         SnapshotCommand::Dump(dump) => {
-            let mut stdout = std::io::stdout();
+            let mut stdout = tokio::io::stdout();
             repo.dump(&dump.snapshot, dump.path.as_bytes(), &mut stdout)
                 .await?;
             EXIT_OK

@@ -14,6 +14,7 @@ mod backup;
 mod browse;
 pub mod cli;
 mod exclude;
+mod export;
 mod forget;
 mod keys;
 mod remote;
@@ -27,10 +28,11 @@ use cyberbackup_core::repo::{
 
 pub use backup::{BackupEvent, BackupObserver, BackupOptions, BackupSummary, NoObserver};
 pub use browse::{
-    CheckReport, DamagedPath, DiffEntry, DiffKind, FindMatch, LsEntry, ReadData, SnapshotInfo,
-    SnapshotJson,
+    CheckReport, DamagedPath, DiffEntry, DiffKind, DirListing, FindMatch, LsEntry, ReadData,
+    SearchHits, SnapshotInfo, SnapshotJson,
 };
 pub use exclude::{ExcludeOptions, Excluder};
+pub use export::ExportSummary;
 pub use forget::{ForgetEntry, ForgetGroup, ForgetPolicy, GroupBy, parse_local_time};
 pub use keys::{
     DEVICE_KEY_FILE, KeyInfo, KeyOptions, NEW_REPO_PACK_TARGET_BYTES, OpenRepository, OpenedBy,
@@ -38,7 +40,7 @@ pub use keys::{
     remove_key,
 };
 pub use remote::{MAX_HAVE_BATCH, RemoteRepo, RepoRemote, SnapshotListing};
-pub use restore::{RestoreFilter, RestoreSummary};
+pub use restore::{RestoreFilter, RestoreProgress, RestoreSummary};
 
 use crate::v4::V4ClientError;
 

@@ -19,6 +19,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cyberbackup_core::repo::{BlobId, BlobKind, EntryKind, Metadata, Timestamp, Tree, TreeEntry};
@@ -56,6 +57,28 @@ pub struct RestoreSummary {
     pub bytes_written: u64,
     /// Metadata that could not be set (extended attributes the target refuses).
     pub warnings: Vec<String>,
+}
+
+/// Counters a running restore updates as it goes, for a progress display: read them from
+/// another task while [`Repository::restore_with_progress`] runs.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    bytes: AtomicU64,
+    files: AtomicU64,
+}
+
+impl RestoreProgress {
+    /// Bytes of file content written so far.
+    #[must_use]
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Files restored or found already correct so far.
+    #[must_use]
+    pub fn files_done(&self) -> u64 {
+        self.files.load(Ordering::Relaxed)
+    }
 }
 
 /// Files whose fsync, rename and metadata may run in the background at once.
@@ -127,6 +150,28 @@ impl<R: RepoRemote> Repository<R> {
         target: &Path,
         filter: &RestoreFilter,
     ) -> Result<RestoreSummary, V4ClientError> {
+        self.restore_with_progress(
+            snapshot,
+            subpath,
+            target,
+            filter,
+            &RestoreProgress::default(),
+        )
+        .await
+    }
+
+    /// [`Self::restore`], counting what it writes in `progress` as it goes.
+    ///
+    /// # Errors
+    /// As [`Self::restore`].
+    pub async fn restore_with_progress(
+        &mut self,
+        snapshot: &str,
+        subpath: &[u8],
+        target: &Path,
+        filter: &RestoreFilter,
+        progress: &RestoreProgress,
+    ) -> Result<RestoreSummary, V4ClientError> {
         let filter = Filter::new(filter)?;
         let id = self.resolve(snapshot).await?;
         let (_, snap) = self.snapshot(id).await?;
@@ -145,7 +190,7 @@ impl<R: RepoRemote> Repository<R> {
             dirs: Vec::new(),
         };
         let walked = self
-            .restore_root(&mut run, entry, &entry_path, target, snap.root)
+            .restore_root(&mut run, entry, &entry_path, target, snap.root, progress)
             .await;
         if let Err(err) = walked {
             // Files already written finish (or fail) before the error is reported, so no
@@ -165,21 +210,25 @@ impl<R: RepoRemote> Repository<R> {
         entry_path: &Path,
         target: &Path,
         root: BlobId,
+        progress: &RestoreProgress,
     ) -> Result<(), V4ClientError> {
         match entry {
             Some(entry) if !matches!(entry.kind, EntryKind::Dir { .. }) => {
                 let dest = target.join(OsStr::from_bytes(&entry.name));
-                self.restore_entry(run, &entry, entry_path, &dest, &mut Prefetch::default())
+                let mut ahead = Prefetch::default();
+                self.restore_entry(run, &entry, entry_path, &dest, &mut ahead, progress)
                     .await?;
             }
             Some(entry) => {
                 if let EntryKind::Dir { subtree } = entry.kind {
-                    self.restore_dir(run, subtree, entry_path, target).await?;
+                    self.restore_dir(run, subtree, entry_path, target, progress)
+                        .await?;
                     run.dirs.push((target.to_path_buf(), entry.meta));
                 }
             }
             None => {
-                self.restore_dir(run, root, entry_path, target).await?;
+                self.restore_dir(run, root, entry_path, target, progress)
+                    .await?;
             }
         }
         Ok(())
@@ -193,6 +242,7 @@ impl<R: RepoRemote> Repository<R> {
         tree: BlobId,
         snapshot_path: &'a Path,
         dest: &'a Path,
+        progress: &'a RestoreProgress,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<bool, V4ClientError>> + Send + 'a>>
     where
         R: 'a,
@@ -211,7 +261,14 @@ impl<R: RepoRemote> Repository<R> {
                     continue;
                 }
                 any |= self
-                    .restore_entry(run, entry, &child_path, &dest.join(name), &mut ahead)
+                    .restore_entry(
+                        run,
+                        entry,
+                        &child_path,
+                        &dest.join(name),
+                        &mut ahead,
+                        progress,
+                    )
                     .await?;
             }
             Ok(any)
@@ -225,6 +282,7 @@ impl<R: RepoRemote> Repository<R> {
         snapshot_path: &Path,
         dest: &Path,
         ahead: &mut Prefetch,
+        progress: &RestoreProgress,
     ) -> Result<bool, V4ClientError> {
         match &entry.kind {
             EntryKind::Dir { subtree } => {
@@ -234,7 +292,9 @@ impl<R: RepoRemote> Repository<R> {
                     remove_existing(dest)?;
                     local(dest, "cannot create the directory", fs::create_dir(dest))?;
                 }
-                let any = self.restore_dir(run, *subtree, snapshot_path, dest).await?;
+                let any = self
+                    .restore_dir(run, *subtree, snapshot_path, dest, progress)
+                    .await?;
                 let keep = any || run.filter.included(snapshot_path);
                 if !keep && !existed {
                     let _ = fs::remove_dir(dest);
@@ -276,11 +336,15 @@ impl<R: RepoRemote> Repository<R> {
                 }
                 if is_correct(dest, &entry.meta) {
                     run.summary.files_skipped += 1;
+                    progress.files.fetch_add(1, Ordering::Relaxed);
                     return Ok(true);
                 }
-                let (temp, written) = self.write_file(content, snapshot_path, dest, ahead).await?;
+                let (temp, written) = self
+                    .write_file(content, snapshot_path, dest, ahead, progress)
+                    .await?;
                 run.summary.bytes_written += written;
                 run.summary.files_restored += 1;
+                progress.files.fetch_add(1, Ordering::Relaxed);
                 run.finish_file(temp, dest, entry.meta.clone()).await?;
                 Ok(true)
             }
@@ -298,6 +362,7 @@ impl<R: RepoRemote> Repository<R> {
         snapshot_path: &Path,
         dest: &Path,
         ahead: &mut Prefetch,
+        progress: &RestoreProgress,
     ) -> Result<(tempfile::NamedTempFile, u64), V4ClientError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         let mut temp = local(
@@ -316,6 +381,9 @@ impl<R: RepoRemote> Repository<R> {
                     .map_err(|source| super::corrupt(snapshot_path, source))?;
                 local(dest, "cannot write", temp.write_all(&plaintext))?;
                 written += plaintext.len() as u64;
+                progress
+                    .bytes
+                    .fetch_add(plaintext.len() as u64, Ordering::Relaxed);
             }
             Ok(written)
         };

@@ -26,6 +26,7 @@
 
 mod job;
 mod remote;
+mod snapshots;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -156,6 +157,8 @@ struct Inner {
     notice: Option<String>,
     /// Verified restores waiting for the page to download them, by id.
     restores: std::collections::BTreeMap<String, remote::Prepared>,
+    /// The last restore of a snapshot path to a folder on this machine.
+    snapshot_restore: Option<snapshots::RestoreView>,
 }
 
 /// Shared state of the UI server.
@@ -166,6 +169,10 @@ struct Ui {
     inner: Mutex<Inner>,
     state_tx: watch::Sender<Arc<serde_json::Value>>,
     shutdown: watch::Sender<bool>,
+    /// The repository connection the snapshot browser shares (opened on first use).
+    repository: tokio::sync::Mutex<Option<snapshots::Browser>>,
+    /// A passphrase the page gave for the repository, in memory only.
+    passphrase: tokio::sync::Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
 }
 
 impl Ui {
@@ -198,6 +205,7 @@ impl Ui {
             "job": inner.job.as_ref().map(job::JobView::to_json),
             "history": history,
             "notice": inner.notice,
+            "snapshot_restore": inner.snapshot_restore,
         })
     }
 
@@ -289,9 +297,12 @@ impl UiServer {
                 next_job,
                 notice: None,
                 restores: std::collections::BTreeMap::new(),
+                snapshot_restore: None,
             }),
             state_tx,
             shutdown,
+            repository: tokio::sync::Mutex::new(None),
+            passphrase: tokio::sync::Mutex::new(None),
         });
         ui.publish();
         Ok(Self { listener, ui })
@@ -361,6 +372,13 @@ fn router(ui: Arc<Ui>) -> Router {
         .route("/api/versions", get(remote::versions))
         .route("/api/restores", post(remote::prepare))
         .route("/api/restores/{id}", get(remote::download))
+        .route("/api/snapshots", get(snapshots::list))
+        .route("/api/snapshots/{id}/dir", get(snapshots::dir))
+        .route("/api/snapshots/{id}/search", get(snapshots::search))
+        .route("/api/snapshots/{id}/diff", get(snapshots::diff))
+        .route("/api/snapshots/{id}/restore", post(snapshots::restore))
+        .route("/api/snapshots/{id}/download", get(snapshots::download))
+        .route("/api/repository/passphrase", post(snapshots::passphrase))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -545,6 +563,7 @@ async fn settings(State(ui): State<Arc<Ui>>, Json(body): Json<SettingsBody>) -> 
         };
         ui.save_store(&inner)
     };
+    snapshots::forget_repository(&ui).await;
     ui.publish();
     match saved {
         Ok(()) => Json(json!({ "ok": true })).into_response(),

@@ -115,7 +115,7 @@ fn not_ready(ui: &Ui, settings: &Settings) -> Option<String> {
 }
 
 /// Why a list or restore cannot run.
-enum NotReady {
+pub(super) enum NotReady {
     /// Nothing to list yet, or not over v3 (a state, not a bad request).
     Note(String),
     /// The saved settings cannot be used.
@@ -123,7 +123,7 @@ enum NotReady {
 }
 
 /// Settings for a list or restore: v4, with an identity that already exists.
-fn ready(ui: &Ui) -> Result<V4Options, NotReady> {
+pub(super) fn ready(ui: &Ui) -> Result<V4Options, NotReady> {
     let settings = ui.lock().settings.clone();
     if let Some(note) = not_ready(ui, &settings) {
         return Err(NotReady::Note(note));
@@ -133,7 +133,7 @@ fn ready(ui: &Ui) -> Result<V4Options, NotReady> {
 
 /// A v4 failure as a response: the library's sentence (with the page's fixes), 404 when the
 /// server has no such file or version, 502 when the server could not be used at all.
-fn failure(server: &str, err: V4ClientError) -> Response {
+pub(super) fn failure(server: &str, err: V4ClientError) -> Response {
     let status = match &err {
         _ if err.code() == Some(ErrorCode::NOT_FOUND) => StatusCode::NOT_FOUND,
         V4ClientError::Usage { .. } => StatusCode::BAD_REQUEST,
@@ -343,7 +343,7 @@ fn random_id() -> String {
 }
 
 /// `attachment` with an ASCII fallback name and the exact name in RFC 5987 form.
-fn content_disposition(name: &str) -> String {
+pub(super) fn content_disposition(name: &str) -> String {
     let fallback: String = name
         .chars()
         .map(|c| {
