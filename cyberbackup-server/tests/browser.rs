@@ -18,10 +18,9 @@
 
 mod admin_common;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use admin_common::cdp::{Browser, find_chromium};
+use admin_common::cdp::{Browser, find_chromium, screenshot_dir, wait_for_download};
 use admin_common::{config_for, post_empty_json, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
@@ -198,37 +197,4 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
     let _ = stop_ui.send(());
     ui_task.await.unwrap().unwrap();
     server.stop().await;
-}
-
-/// Waits until Chromium has saved `path` completely (it writes `*.crdownload` first).
-fn wait_for_download(path: &std::path::Path, len: usize) -> Vec<u8> {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    loop {
-        if let Ok(data) = std::fs::read(path) {
-            if data.len() >= len {
-                return data;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no complete download at {} within 20 s (directory: {:?})",
-            path.display(),
-            std::fs::read_dir(path.parent().unwrap()).map(|d| d
-                .filter_map(Result::ok)
-                .map(|e| e.file_name())
-                .collect::<Vec<_>>())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn screenshot_dir(temp: &std::path::Path) -> PathBuf {
-    if std::env::var_os("CYBERBACKUP_UPDATE_SCREENSHOTS").is_some() {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("docs")
-            .join("images")
-    } else {
-        temp.to_path_buf()
-    }
 }

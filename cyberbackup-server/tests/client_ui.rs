@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use admin_common::{Response, config_for, get, request, start};
+use admin_common::{Response, config_for, get, request, snapshot_of, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
 use serde_json::{Value, json};
@@ -599,25 +599,6 @@ async fn every_answer_refuses_framing_and_sniffing() {
         }
     }
     ui.shutdown().await;
-}
-
-/// Backs `tree` up as a snapshot of client `ui-test` with the UI's own v4 identity.
-async fn snapshot_of(dir: &Path, server: &str, tree: &Path) {
-    use cyberbackup_client::snapshot::{BackupOptions, KeyOptions, NoObserver, Repository};
-    let identity = dir.join(cyberbackup_client::v4::DEFAULT_IDENTITY_FILE);
-    let mut options = cyberbackup_client::v4::V4Options::new(server, identity.clone());
-    options.name = Some("ui-test".into());
-    let client = cyberbackup_client::v4::V4Client::connect(&options)
-        .await
-        .unwrap();
-    let mut repo = Repository::open(client, &KeyOptions::new(&identity))
-        .await
-        .unwrap();
-    let backup = BackupOptions {
-        paths: vec![tree.to_path_buf()],
-        ..BackupOptions::default()
-    };
-    repo.backup(&backup, &mut NoObserver).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

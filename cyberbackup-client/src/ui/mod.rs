@@ -63,6 +63,7 @@ pub const UI_HEADER: &str = "x-cyberbackup-ui";
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const UI_JS: &str = include_str!("assets/ui.js");
+const SNAPSHOTS_JS: &str = include_str!("assets/snapshots.js");
 const UI_CSS: &str = include_str!("assets/ui.css");
 
 /// How the UI server runs.
@@ -352,6 +353,10 @@ fn router(ui: Arc<Ui>) -> Router {
         .route(
             "/assets/ui.js",
             get(|| async { asset(UI_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/snapshots.js",
+            get(|| async { asset(SNAPSHOTS_JS, "text/javascript; charset=utf-8") }),
         )
         .route(
             "/assets/ui.css",

@@ -278,3 +278,38 @@ impl Drop for Browser {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until Chromium has saved `path` completely (it writes `*.crdownload` first).
+pub fn wait_for_download(path: &Path, len: usize) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        if let Ok(data) = std::fs::read(path) {
+            if data.len() >= len {
+                return data;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete download at {} within 45 s (directory: {:?})",
+            path.display(),
+            std::fs::read_dir(path.parent().unwrap()).map(|d| d
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Where screenshots go: `docs/images/` with `CYBERBACKUP_UPDATE_SCREENSHOTS=1`, else the
+/// test's temporary directory.
+pub fn screenshot_dir(temp: &Path) -> PathBuf {
+    if std::env::var_os("CYBERBACKUP_UPDATE_SCREENSHOTS").is_some() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("docs")
+            .join("images")
+    } else {
+        temp.to_path_buf()
+    }
+}

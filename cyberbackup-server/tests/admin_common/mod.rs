@@ -212,3 +212,22 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[size + 2..];
     }
 }
+
+/// Backs `tree` up as a snapshot of client `ui-test` with the UI's own v4 identity.
+pub async fn snapshot_of(dir: &Path, server: &str, tree: &Path) {
+    use cyberbackup_client::snapshot::{BackupOptions, KeyOptions, NoObserver, Repository};
+    let identity = dir.join(cyberbackup_client::v4::DEFAULT_IDENTITY_FILE);
+    let mut options = cyberbackup_client::v4::V4Options::new(server, identity.clone());
+    options.name = Some("ui-test".into());
+    let client = cyberbackup_client::v4::V4Client::connect(&options)
+        .await
+        .unwrap();
+    let mut repo = Repository::open(client, &KeyOptions::new(&identity))
+        .await
+        .unwrap();
+    let backup = BackupOptions {
+        paths: vec![tree.to_path_buf()],
+        ..BackupOptions::default()
+    };
+    repo.backup(&backup, &mut NoObserver).await.unwrap();
+}

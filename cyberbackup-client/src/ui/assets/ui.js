@@ -123,6 +123,7 @@ function render(state) {
       bytes(h.bytes), h.result + (h.message ? " — " + h.message : "")];
   }, "no backup yet");
   if (state.notice) showError(new Error(state.notice));
+  if (typeof renderSnapshotRestore === "function") renderSnapshotRestore(state.snapshot_restore);
   // The restore list: load it once, and again whenever a backup finishes.
   const jobKey = job ? job.id + ":" + job.state : null;
   // A job first seen already finished (it can end between two updates) counts too.
