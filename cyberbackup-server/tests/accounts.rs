@@ -1,14 +1,19 @@
-//! The accounts API over real HTTP after real backups (the client library's snapshot engine
-//! and its single-file mode), with the dashboard's clock injected so the tests move time
-//! instead of waiting.
+//! The accounts API and the per-account metrics over real HTTP after real backups (the
+//! client library's snapshot engine and its single-file mode, protocol v4), with the
+//! dashboard's clock injected so the tests move time instead of waiting; and the example
+//! Prometheus rules in docs/ name only metrics the server exports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin_common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use admin_common::{ShiftedClock, backup, config_for, get, snapshot_backup, start_with_clock};
+use admin_common::{
+    ShiftedClock, backup, config_for, get, post_empty_json, snapshot_backup, start,
+    start_with_clock,
+};
 
 /// Names the backed-up tree holds; the server must never show any of them.
 const NAMES: [&str; 3] = [
@@ -135,4 +140,124 @@ async fn accounts_age_with_the_injected_clock_and_show_envelope_data_only() {
             .contains("/api/v1/accounts")
     );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_real_backup_and_the_alert_rules_name_exported_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&dir.path().join("data"));
+    config.quota_hard_bytes = 50 << 20;
+    let server = start(config).await;
+    let tree = dir.path().join("tree");
+    make_tree(&tree);
+    snapshot_backup(server.addr, dir.path(), "alice", &tree).await;
+    let pruned = post_empty_json(server.admin, "/api/v1/prune").await;
+    assert_eq!(pruned.status, 200, "{}", pruned.body);
+    let accounts = get(server.admin, "/api/v1/accounts", &[]).await.json();
+
+    let scraped = get(server.admin, "/metrics", &[]).await;
+
+    assert_eq!(scraped.status, 200);
+    let lines = scraped.body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name}{labels:?} in\n{}", scraped.body));
+        match sample.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is {other:?}"),
+        }
+    };
+    let alice = account(&accounts, "alice");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = value(
+        "cyberbackup_account_last_backup_timestamp_seconds",
+        &[("account", "alice")],
+    );
+    assert!(
+        now - last < 120.0 && last <= now,
+        "last backup at {last}, now {now}"
+    );
+    assert_eq!(
+        value("cyberbackup_account_stored_bytes", &[("account", "alice")]),
+        alice["stored_bytes"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("cyberbackup_account_snapshots", &[("account", "alice")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "cyberbackup_account_quota_bytes",
+            &[("account", "alice"), ("kind", "hard")]
+        ),
+        f64::from(50 << 20)
+    );
+    assert_eq!(
+        value(
+            "cyberbackup_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(value("cyberbackup_prune_runs_total", &[]), 1.0);
+    assert_eq!(
+        value("cyberbackup_prune_freed_bytes_total", &[]),
+        pruned.json()["totals"]["bytes_freed"].as_f64().unwrap()
+    );
+    assert_eq!(value("cyberbackup_scrub_corrupt_objects", &[]), 0.0);
+    assert!(value("process_resident_memory_bytes", &[]) > f64::from(1 << 20));
+    assert!(value("process_open_fds", &[]) >= 3.0);
+    assert!(value("process_max_fds", &[]) >= value("process_open_fds", &[]));
+    assert!(value("process_cpu_seconds_total", &[]) >= 0.0);
+    let started = value("process_start_time_seconds", &[]);
+    assert!(
+        started <= now + 1.0 && started > now - 3600.0,
+        "started {started}"
+    );
+
+    let exported: BTreeSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    let named = alert_rule_metrics();
+    assert!(
+        named.contains("cyberbackup_account_last_backup_timestamp_seconds")
+            && named.contains("cyberbackup_scrub_corrupt_objects"),
+        "{named:?}"
+    );
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|m| !exported.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/prometheus-alerts.yml names metrics the server does not export: {missing:?}"
+    );
+    server.stop().await;
+}
+
+/// Every metric name (`cyberbackup_*`, `process_*`) in an `expr:` of the example rules.
+fn alert_rule_metrics() -> BTreeSet<String> {
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus-alerts.yml"),
+    )
+    .unwrap();
+    let mut names = BTreeSet::new();
+    for line in rules.lines() {
+        let Some(expr) = line.trim().strip_prefix("expr:") else {
+            continue;
+        };
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("cyberbackup_") || word.starts_with("process_") {
+                names.insert(word.to_owned());
+            }
+        }
+    }
+    names
 }

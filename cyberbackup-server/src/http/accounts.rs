@@ -74,6 +74,9 @@ pub(crate) struct AccountRow {
     devices: Vec<AccountDevice>,
     /// The newest snapshot stored or single-file version verified (RFC 3339).
     last_backup_at: Option<String>,
+    /// The same as Unix seconds (for the metrics).
+    #[serde(skip)]
+    pub(crate) last_backup_unix: Option<u64>,
     /// Seconds since the last backup (since registration when there was none).
     age_secs: u64,
     status: BackupStatus,
@@ -146,6 +149,9 @@ pub(crate) async fn account_rows(state: &AdminState) -> Result<Vec<AccountRow>, 
                 registered_at: c.registered_at,
                 devices: by_client.remove(&c.id).unwrap_or_default(),
                 last_backup_at: last_backup.map(format_rfc3339),
+                last_backup_unix: last_backup
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
                 age_secs: age.as_secs(),
                 status: BackupStatus::of(age, &state.config),
                 snapshots: summary.map_or(0, |s| s.snapshots),

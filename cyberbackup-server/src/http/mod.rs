@@ -15,6 +15,7 @@ mod accounts;
 mod api;
 mod diagnostics;
 mod health;
+mod process;
 mod repo_api;
 
 use std::net::SocketAddr;
