@@ -294,6 +294,11 @@ function accountLink(name) {
   return a;
 }
 
+// "2026-12-03T11:59:54.841Z" as "2026-12-03 11:59 UTC".
+function shortTime(rfc3339) {
+  return rfc3339.slice(0, 10) + " " + rfc3339.slice(11, 16) + " UTC";
+}
+
 function renderAccount(tr, a) {
   tr.className = "status-" + a.status;
   tr.dataset.status = a.status;
@@ -303,7 +308,7 @@ function renderAccount(tr, a) {
   });
   const devices = a.devices.length === 0 ? "none (v3)" :
     a.devices.map((d) => d.fingerprint.slice(0, 16) + " " + d.role).join(", ");
-  const last = a.last_backup_at ? a.last_backup_at + " (" + duration(a.age_secs) + " ago)" :
+  const last = a.last_backup_at ? shortTime(a.last_backup_at) + " (" + duration(a.age_secs) + " ago)" :
     "never (registered " + duration(a.age_secs) + " ago)";
   const ratio = a.dedup_compression_ratio == null ? "–" : a.dedup_compression_ratio.toFixed(2) + "×";
   const quota = a.quota_used_percent == null ? "no quota" : a.quota_used_percent.toFixed(1) + " %";
