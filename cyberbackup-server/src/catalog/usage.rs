@@ -61,3 +61,80 @@ impl Catalog {
         self.read(queries::snapshot_summaries).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cyberbackup_core::repo::SnapshotId;
+
+    use super::*;
+    use crate::catalog::repo::NewSnapshot;
+
+    fn snapshot(seed: u8, total_bytes: u64, stored_at: u64) -> NewSnapshot {
+        NewSnapshot {
+            id: SnapshotId([seed; 32]),
+            size: 200,
+            time_secs: 1_700_000_000,
+            time_nanos: 0,
+            group: [1; 32],
+            total_bytes,
+            blob_count: 3,
+            stored_at,
+            ref_chunks: Vec::new(),
+            verified_chunks: Vec::new(),
+            revived: Vec::new(),
+        }
+    }
+
+    /// The content total is known only while every snapshot has one: a row recorded before
+    /// migration 11 (NULL) makes it unknown instead of too small.
+    #[tokio::test]
+    async fn summaries_count_snapshots_and_know_totals_only_when_all_have_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("defensive.db");
+        let catalog = Catalog::open(&path).await.unwrap();
+        let client = [7; 16];
+        catalog
+            .create_repository(client, b"config".to_vec(), b"key".to_vec())
+            .await
+            .unwrap();
+        catalog
+            .record_snapshot(client, snapshot(1, 500, 100))
+            .await
+            .unwrap();
+        catalog
+            .record_snapshot(client, snapshot(2, 700, 300))
+            .await
+            .unwrap();
+
+        let known = catalog.snapshot_summaries().await.unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE repo_snapshots SET TotalBytes = NULL, BlobCount = NULL
+                 WHERE SnapshotId = ?1",
+                [[1u8; 32]],
+            )
+            .unwrap();
+        let partly = catalog.snapshot_summaries().await.unwrap();
+        let listed = catalog.list_snapshots(client).await.unwrap();
+
+        let expected = SnapshotSummary {
+            snapshots: 2,
+            last_stored_at: 300,
+            total_bytes: Some(1200),
+        };
+        assert_eq!(known.get(&client), Some(&expected));
+        assert_eq!(
+            partly.get(&client),
+            Some(&SnapshotSummary {
+                total_bytes: None,
+                ..expected
+            })
+        );
+        let totals: Vec<_> = listed
+            .iter()
+            .map(|s| (s.total_bytes, s.blob_count))
+            .collect();
+        assert_eq!(totals, [(None, None), (Some(700), Some(3))]);
+    }
+}
