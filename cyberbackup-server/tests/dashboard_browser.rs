@@ -4,7 +4,8 @@
 //! dashboard's injected clock moved past `backup_warn_after_secs` it turns amber, past
 //! `backup_alert_after_secs` red — without sleeping through either. The table sorts, pages,
 //! wraps the long name and fits 1280 px; a click on the row opens the account's snapshots,
-//! which say that the server cannot show names and show none. No console errors.
+//! which say that the server cannot show names and show none. The overview reports that no
+//! prune or scrub runs and the start-up scrub cycle's result. No console errors.
 //!
 //! Without Chromium the test is skipped with a message, unless `CYBERBACKUP_REQUIRE_BROWSER=1`
 //! (set by `.ci/run`), which turns a missing browser into a failure. With
@@ -137,6 +138,14 @@ async fn account_row_turns_amber_then_red_as_the_injected_clock_moves() {
         for name in NAMES {
             assert!(!text.contains(name), "the dashboard showed {name}:\n{text}");
         }
+        // The overview's maintenance part: nothing running, the start-up scrub cycle's result.
+        browser.navigate(&url.replace("#accounts", "#overview"));
+        browser.wait_for(
+            "document.querySelector('#tasks-table td.empty')?.textContent === 'no prune or scrub running'
+             && document.getElementById('tasks-last').textContent.includes('Last prune: none yet')
+             && document.getElementById('tasks-last').textContent.includes('0 damaged')",
+            Duration::from_secs(10),
+        );
         (browser.errors.clone(), png)
     })
     .await
