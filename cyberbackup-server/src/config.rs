@@ -220,6 +220,10 @@ pub struct ServerConfig {
     pub scrub_bytes_per_sec: u64,
     /// Seconds from the start of one scrub cycle to the start of the next.
     pub scrub_interval_secs: u64,
+    /// An account whose last backup is older than this many seconds is shown `warn`.
+    pub backup_warn_after_secs: u64,
+    /// An account whose last backup is older than this many seconds is shown `alert`.
+    pub backup_alert_after_secs: u64,
     /// Stored repository bytes per client above which its backups warn; 0 = none.
     pub quota_soft_bytes: u64,
     /// Stored repository bytes per client a pack may not take it above; 0 = none.
@@ -347,6 +351,8 @@ impl Default for ServerConfig {
             default_device_role: DeviceRole::AppendOnly,
             scrub_bytes_per_sec: DEFAULT_SCRUB_BYTES_PER_SEC,
             scrub_interval_secs: 86_400,
+            backup_warn_after_secs: 26 * 3600,
+            backup_alert_after_secs: 72 * 3600,
             quota_soft_bytes: 0,
             quota_hard_bytes: 0,
             client_quotas: BTreeMap::new(),
@@ -457,6 +463,12 @@ pub struct ConfigOverrides {
     /// Seconds from one scrub cycle's start to the next [default: 86400]
     #[arg(long, global = true, value_name = "SECS")]
     pub scrub_interval_secs: Option<u64>,
+    /// Seconds after an account's last backup before the dashboard shows it amber [default: 93600]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub backup_warn_after_secs: Option<u64>,
+    /// Seconds after an account's last backup before the dashboard shows it red [default: 259200]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub backup_alert_after_secs: Option<u64>,
     /// Soft quota on each client's stored repository bytes, 0 = none [default: 0]
     #[arg(long, global = true, value_name = "BYTES")]
     pub quota_soft_bytes: Option<u64>,
@@ -633,6 +645,15 @@ impl ServerConfig {
         };
         if self.scrub_interval_secs == 0 {
             return invalid("scrub_interval_secs", "must be greater than 0");
+        }
+        if self.backup_warn_after_secs == 0 {
+            return invalid("backup_warn_after_secs", "must be greater than 0");
+        }
+        if self.backup_alert_after_secs < self.backup_warn_after_secs {
+            return invalid(
+                "backup_alert_after_secs",
+                "must not be below backup_warn_after_secs (an account turns amber before it turns red)",
+            );
         }
         let quotas = self.quotas();
         let crossed = |limits: &QuotaLimits| matches!((limits.soft_bytes, limits.hard_bytes), (Some(soft), Some(hard)) if soft > hard);
@@ -811,6 +832,8 @@ impl ServerConfig {
             default_device_role,
             scrub_bytes_per_sec,
             scrub_interval_secs,
+            backup_warn_after_secs,
+            backup_alert_after_secs,
             quota_soft_bytes,
             quota_hard_bytes,
             client_quotas,
@@ -866,6 +889,8 @@ impl ServerConfig {
         set(&mut self.default_device_role, default_device_role);
         set(&mut self.scrub_bytes_per_sec, scrub_bytes_per_sec);
         set(&mut self.scrub_interval_secs, scrub_interval_secs);
+        set(&mut self.backup_warn_after_secs, backup_warn_after_secs);
+        set(&mut self.backup_alert_after_secs, backup_alert_after_secs);
         set(&mut self.quota_soft_bytes, quota_soft_bytes);
         set(&mut self.quota_hard_bytes, quota_hard_bytes);
         set(&mut self.client_quotas, client_quotas);
@@ -924,6 +949,8 @@ impl ConfigOverrides {
             default_device_role: env_var(env, "DEFAULT_DEVICE_ROLE")?,
             scrub_bytes_per_sec: env_var(env, "SCRUB_BYTES_PER_SEC")?,
             scrub_interval_secs: env_var(env, "SCRUB_INTERVAL_SECS")?,
+            backup_warn_after_secs: env_var(env, "BACKUP_WARN_AFTER_SECS")?,
+            backup_alert_after_secs: env_var(env, "BACKUP_ALERT_AFTER_SECS")?,
             quota_soft_bytes: env_var(env, "QUOTA_SOFT_BYTES")?,
             quota_hard_bytes: env_var(env, "QUOTA_HARD_BYTES")?,
             client_quotas: None,

@@ -28,15 +28,43 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// A file being received now.
+/// What a transfer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferObject {
+    /// A file of the single-file mode (v3 or v4 `upload`), by the name the client sent.
+    File(String),
+    /// A pack of a snapshot backup, by its ID (hex).
+    Pack(String),
+    /// A snapshot object (storing it commits the snapshot), by its ID (hex).
+    Snapshot(String),
+}
+
+impl TransferObject {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Pack(_) => "pack",
+            Self::Snapshot(_) => "snapshot",
+        }
+    }
+}
+
+/// An object being received now.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActiveTransfer {
     /// Client id, 32 hex digits.
     pub client_id: String,
-    /// File name as sent (lossy UTF-8).
-    pub file_name: String,
-    /// Plaintext bytes written so far.
+    /// `file` (single-file mode), `pack` or `snapshot` (a snapshot backup's objects).
+    pub kind: &'static str,
+    /// File name as sent (lossy UTF-8); `null` for packs and snapshots, whose content the
+    /// server cannot read.
+    pub file_name: Option<String>,
+    /// The pack or snapshot ID (hex); `null` for files.
+    pub object_id: Option<String>,
+    /// Bytes written so far (plaintext for files, the sealed object for the others).
     pub bytes: u64,
+    /// Bytes announced for the whole object (`null`: v3 does not announce them).
+    pub total_bytes: Option<u64>,
     /// Seconds since the transfer began.
     pub elapsed_secs: f64,
     /// Average plaintext bytes per second so far.
@@ -192,7 +220,8 @@ impl LiveState {
             } => self.transfer_began(
                 (connection, transfer.0),
                 client_id.to_hex(),
-                file_name.to_string_lossy(),
+                TransferObject::File(file_name.to_string_lossy()),
+                None,
             ),
             ServerEffect::AppendFile { transfer, data } => {
                 self.transfer_received((connection, transfer.0), data.len());
@@ -204,14 +233,29 @@ impl LiveState {
         }
     }
 
-    /// A file began to arrive: `transfer` is (connection, transfer number on it).
-    pub fn transfer_began(&self, transfer: (u64, u64), client_id: String, file_name: String) {
+    /// An object of `total_bytes` (when announced) began to arrive: `transfer` is
+    /// (connection, transfer number on it).
+    pub fn transfer_began(
+        &self,
+        transfer: (u64, u64),
+        client_id: String,
+        object: TransferObject,
+        total_bytes: Option<u64>,
+    ) {
+        let kind = object.kind();
+        let (file_name, object_id) = match object {
+            TransferObject::File(name) => (Some(name), None),
+            TransferObject::Pack(id) | TransferObject::Snapshot(id) => (None, Some(id)),
+        };
         self.transfers_lock().insert(
             transfer,
             ActiveTransfer {
                 client_id,
+                kind,
                 file_name,
+                object_id,
                 bytes: 0,
+                total_bytes,
                 elapsed_secs: 0.0,
                 bytes_per_sec: 0.0,
                 started: Some(Instant::now()),

@@ -103,6 +103,15 @@ pub struct ScrubCycle {
     pub report: ScrubReport,
 }
 
+/// A cycle in progress: when it started and what it has read and found so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubProgress {
+    /// When the cycle started.
+    pub started_at: SystemTime,
+    /// What it read and found so far.
+    pub report: ScrubReport,
+}
+
 /// Counters of the scrub task, shared with `/metrics` and the admin API.
 #[derive(Debug, Default)]
 pub struct ScrubStatus {
@@ -110,6 +119,20 @@ pub struct ScrubStatus {
     objects: AtomicU64,
     cycles: AtomicU64,
     last_cycle: Mutex<Option<ScrubCycle>>,
+    running: Mutex<Option<ScrubProgress>>,
+}
+
+/// Clears [`ScrubStatus::running`] when the cycle ends, finished or failed.
+struct RunningCycle<'a>(&'a ScrubStatus);
+
+impl Drop for RunningCycle<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.running) = None;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ScrubStatus {
@@ -134,10 +157,27 @@ impl ScrubStatus {
     /// The latest full cycle, if one finished.
     #[must_use]
     pub fn last_cycle(&self) -> Option<ScrubCycle> {
-        *self
-            .last_cycle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.last_cycle)
+    }
+
+    /// The cycle running now, if any.
+    #[must_use]
+    pub fn running(&self) -> Option<ScrubProgress> {
+        *lock(&self.running)
+    }
+
+    fn begin_cycle(&self) -> RunningCycle<'_> {
+        *lock(&self.running) = Some(ScrubProgress {
+            started_at: SystemTime::now(),
+            report: ScrubReport::default(),
+        });
+        RunningCycle(self)
+    }
+
+    fn progressed(&self, report: ScrubReport) {
+        if let Some(running) = lock(&self.running).as_mut() {
+            running.report = report;
+        }
     }
 
     fn read(&self, bytes: u64) {
@@ -145,10 +185,7 @@ impl ScrubStatus {
     }
 
     fn finished(&self, cycle: ScrubCycle) {
-        *self
-            .last_cycle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(cycle);
+        *lock(&self.last_cycle) = Some(cycle);
         self.cycles.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -202,6 +239,7 @@ impl Scrubber {
         let cycle_start = unix_ms();
         let only = client.map(|c| c.0);
         let mut report = ScrubReport::default();
+        let _running = self.status.begin_cycle();
         loop {
             let due = self
                 .catalog
@@ -221,6 +259,7 @@ impl Scrubber {
                     .record_pack_scrub(pack.client, pack.pack, unix_ms(), damage)
                     .await?;
                 self.status.objects.fetch_add(1, Ordering::Relaxed);
+                self.status.progressed(report);
             }
         }
         loop {
@@ -240,6 +279,7 @@ impl Scrubber {
                     .record_file_scrub(file.row, file.path_name, unix_ms(), damage)
                     .await?;
                 self.status.objects.fetch_add(1, Ordering::Relaxed);
+                self.status.progressed(report);
             }
         }
         // Stamps are milliseconds and a cycle takes what was stamped before it began: make
@@ -534,4 +574,29 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_cycle_shows_its_progress_until_it_ends() {
+        let status = ScrubStatus::default();
+        let so_far = ScrubReport {
+            packs: 2,
+            files: 1,
+            bytes: 300,
+            damaged: 1,
+        };
+
+        let during = {
+            let _running = status.begin_cycle();
+            status.progressed(so_far);
+            status.running()
+        };
+
+        assert_eq!(during.map(|r| r.report), Some(so_far));
+        assert_eq!(status.running(), None, "the cycle ended (or failed)");
+    }
 }

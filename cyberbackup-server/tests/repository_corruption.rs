@@ -363,6 +363,21 @@ async fn catalog_rebuild_brings_the_repository_back_or_keeps_its_objects() {
         .await
         .unwrap();
     assert_eq!((report.repositories, report.snapshots), (1, 2), "{report}");
+    // The rebuilt snapshot rows keep the envelopes' content sizes (the dashboard's ratios).
+    let catalog = cyberbackup_server::Catalog::open(data.join("defensive.db"))
+        .await
+        .unwrap();
+    let alice = catalog.list_clients().await.unwrap().remove(0).id;
+    let mut sizes: Vec<Option<u64>> = catalog
+        .list_snapshots(alice)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.total_bytes)
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [Some(300_000), Some(300_013)]);
+    drop(catalog);
     let server = start_with(config.clone(), Faults::none()).await;
     let client = client.through(server.addr);
     let source = tree.canonicalize().unwrap();

@@ -335,10 +335,12 @@ pub struct CatalogStats {
 }
 
 /// Verified files of one client, from [`Catalog::client_totals`](super::Catalog::client_totals).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClientTotals {
     /// Number of verified file versions.
     pub files: u64,
     /// Sum of their plaintext sizes.
     pub bytes: u64,
+    /// When the newest of them was verified (RFC 3339 UTC).
+    pub last_verified_at: Option<String>,
 }

@@ -17,7 +17,7 @@ use super::repo::{
 };
 use super::scrub::{CorruptKind, CorruptObject, Damage, FileToScrub, PackToScrub};
 use super::timestamp::format_rfc3339;
-use super::usage::RepoUsageRecord;
+use super::usage::{RepoUsageRecord, SnapshotSummary};
 use crate::storage::{VersionFile, versioned_path};
 use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId, Timestamp};
 
@@ -776,7 +776,7 @@ pub(crate) fn client_totals(
     const OP: &str = "client_totals";
     let mut stmt = conn
         .prepare(
-            "SELECT ID, COUNT(*), COALESCE(SUM(Size), 0) FROM files
+            "SELECT ID, COUNT(*), COALESCE(SUM(Size), 0), max(VerifiedAt) FROM files
              WHERE State = 'verified' GROUP BY ID",
         )
         .map_err(query_err(OP))?;
@@ -786,11 +786,13 @@ pub(crate) fn client_totals(
         let id: ClientId = row.get(0).map_err(query_err(OP))?;
         let files: i64 = row.get(1).map_err(query_err(OP))?;
         let bytes: i64 = row.get(2).map_err(query_err(OP))?;
+        let last_verified_at: Option<String> = row.get(3).map_err(query_err(OP))?;
         totals.insert(
             id,
             ClientTotals {
                 files: to_u64("files", files)?,
                 bytes: to_u64("bytes", bytes)?,
+                last_verified_at,
             },
         );
     }
@@ -1254,8 +1256,9 @@ pub(crate) fn record_snapshot(
     let inserted = tx
         .execute(
             "INSERT INTO repo_snapshots
-                 (ClientId, SnapshotId, Size, TimeSecs, TimeNanos, StoredAt, GroupKey)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 (ClientId, SnapshotId, Size, TimeSecs, TimeNanos, StoredAt, GroupKey,
+                  TotalBytes, BlobCount)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (ClientId, SnapshotId) DO NOTHING",
             params![
                 client,
@@ -1265,6 +1268,8 @@ pub(crate) fn record_snapshot(
                 snapshot.time_nanos,
                 to_i64("stored at", snapshot.stored_at)?,
                 &snapshot.group,
+                to_i64("snapshot content size", snapshot.total_bytes)?,
+                to_i64("snapshot blob count", snapshot.blob_count)?,
             ],
         )
         .map_err(query_err(OP))?;
@@ -1324,7 +1329,8 @@ pub(crate) fn list_snapshots(
     const OP: &str = "list_snapshots";
     let rows = conn
         .prepare(
-            "SELECT SnapshotId, Size, StoredAt, TimeSecs, TimeNanos, GroupKey
+            "SELECT SnapshotId, Size, StoredAt, TimeSecs, TimeNanos, GroupKey, TotalBytes,
+                    BlobCount
              FROM repo_snapshots WHERE ClientId = ?1
              ORDER BY TimeSecs, TimeNanos, SnapshotId",
         )
@@ -1339,20 +1345,71 @@ pub(crate) fn list_snapshots(
                         nanos: r.get(4)?,
                     },
                     r.get::<_, Option<[u8; 32]>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(query_err(OP))?;
     rows.into_iter()
-        .map(|(id, size, stored_at, time, group)| {
+        .map(|(id, size, stored_at, time, group, total, blobs)| {
             Ok(SnapshotRecord {
                 id: SnapshotId(id),
                 size: to_u64("snapshot size", size)?,
                 stored_at: to_u64("stored at", stored_at)?,
                 time,
                 group,
+                total_bytes: total
+                    .map(|t| to_u64("snapshot content size", t))
+                    .transpose()?,
+                blob_count: blobs
+                    .map(|b| to_u64("snapshot blob count", b))
+                    .transpose()?,
             })
+        })
+        .collect()
+}
+
+/// Per client with snapshots: their number, the newest `StoredAt`, the sum of the known
+/// envelope content sizes and how many snapshots have one.
+pub(crate) fn snapshot_summaries(
+    conn: &Connection,
+) -> Result<BTreeMap<ClientId, SnapshotSummary>, CatalogError> {
+    const OP: &str = "snapshot_summaries";
+    let rows = conn
+        .prepare(
+            "SELECT ClientId, count(*), max(StoredAt), COALESCE(SUM(TotalBytes), 0),
+                    count(TotalBytes)
+             FROM repo_snapshots GROUP BY ClientId",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((
+                    r.get::<_, ClientId>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(query_err(OP))?;
+    rows.into_iter()
+        .map(|(client, count, newest, total, with_total)| {
+            let snapshots = to_u64("snapshots", count)?;
+            let sized = to_u64("snapshots with a content size", with_total)?;
+            Ok((
+                client,
+                SnapshotSummary {
+                    snapshots,
+                    last_stored_at: to_u64("stored at", newest)?,
+                    total_bytes: (sized == snapshots)
+                        .then(|| to_u64("snapshot content size", total))
+                        .transpose()?,
+                },
+            ))
         })
         .collect()
 }
@@ -1992,7 +2049,8 @@ mod tests {
                 .filter(|f| f.client_name == *client && f.state == FileState::Verified);
             let expected = ClientTotals {
                 files: mine.clone().count() as u64,
-                bytes: mine.map(|f| f.size.unwrap_or(0)).sum(),
+                bytes: mine.clone().map(|f| f.size.unwrap_or(0)).sum(),
+                last_verified_at: mine.filter_map(|f| f.verified_at.clone()).max(),
             };
             assert!(expected.files > 0);
             assert_eq!(totals.get(&client_id(i)), Some(&expected), "client {i}");

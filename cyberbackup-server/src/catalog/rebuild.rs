@@ -314,8 +314,9 @@ fn record_snapshot_object(
     let fail = |e: rusqlite::Error| format!("cannot record it: {e}");
     tx.execute(
         "INSERT INTO repo_snapshots
-             (ClientId, SnapshotId, Size, TimeSecs, TimeNanos, StoredAt, GroupKey)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (ClientId, SnapshotId, Size, TimeSecs, TimeNanos, StoredAt, GroupKey,
+              TotalBytes, BlobCount)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             client,
             &id.0,
@@ -324,6 +325,8 @@ fn record_snapshot_object(
             envelope.time.nanos,
             i64::try_from(stored_at).unwrap_or(i64::MAX),
             &envelope.group,
+            i64::try_from(envelope.total_bytes).unwrap_or(i64::MAX),
+            i64::try_from(envelope.blob_count).unwrap_or(i64::MAX),
         ],
     )
     .map_err(fail)?;

@@ -79,6 +79,10 @@ pub struct NewSnapshot {
     pub time_nanos: u32,
     /// The envelope's group (host and paths, keyed).
     pub group: [u8; 32],
+    /// The envelope's content size: bytes of file content in the snapshot.
+    pub total_bytes: u64,
+    /// The envelope's blob count.
+    pub blob_count: u64,
     /// When the server stored it (Unix seconds).
     pub stored_at: u64,
     /// Its reference chunks, in envelope order (kept for the later prune).
@@ -103,6 +107,10 @@ pub struct SnapshotRecord {
     pub time: Timestamp,
     /// The envelope's group; `None` when recorded before the server kept it.
     pub group: Option<[u8; 32]>,
+    /// The envelope's content size; `None` when recorded before the server kept it.
+    pub total_bytes: Option<u64>,
+    /// The envelope's blob count; `None` when recorded before the server kept it.
+    pub blob_count: Option<u64>,
 }
 
 impl Catalog {

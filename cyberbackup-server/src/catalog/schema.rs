@@ -310,6 +310,18 @@ const MIGRATIONS: &[Migration] = &[
     );
     ",
     },
+    // 11: the envelope's totals (`crate::http::accounts`, the dashboard's accounts). The
+    // envelope's content size and blob count of each snapshot, which the server reads
+    // without a key (docs/repository.md, "Snapshots"); NULL for snapshots recorded before
+    // this migration. `repo_snapshots_by_stored` serves each account's latest backup.
+    Migration {
+        name: "snapshot envelope totals",
+        sql: r"
+    ALTER TABLE repo_snapshots ADD COLUMN TotalBytes INTEGER;
+    ALTER TABLE repo_snapshots ADD COLUMN BlobCount INTEGER;
+    CREATE INDEX repo_snapshots_by_stored ON repo_snapshots(ClientId, StoredAt);
+    ",
+    },
 ];
 
 /// Newest schema version this build knows.

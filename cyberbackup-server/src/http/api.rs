@@ -104,7 +104,7 @@ async fn clients(State(state): State<Arc<AdminState>>) -> Response {
     let rows: Vec<ClientRow> = records
         .into_iter()
         .map(|c| {
-            let totals = totals.get(&c.id).copied().unwrap_or_default();
+            let totals = totals.get(&c.id).cloned().unwrap_or_default();
             ClientRow {
                 id: hex::encode(c.id),
                 name: String::from_utf8_lossy(&c.name).into_owned(),

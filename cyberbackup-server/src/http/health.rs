@@ -11,6 +11,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AdminState;
+use super::accounts::account_rows;
+use super::process::ProcessStats;
 use crate::catalog::FileFilter;
 
 pub(crate) async fn health() -> Response {
@@ -148,10 +150,52 @@ fn check(name: &'static str, detail: Result<String, String>) -> Check {
 pub(crate) async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let totals = state.catalog_stats().await.ok();
     let corrupt = state.catalog.corrupt_object_count().await.ok();
+    let accounts = match account_rows(&state).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(%err, "/metrics: the per-account metrics are left out");
+            Vec::new()
+        }
+    };
+    let process = ProcessStats::read();
     let stats = &state.stats;
     let scrub = state.live.scrub();
+    let (prune_runs, prune_freed) = state.live.prune().totals();
     state.live.record(|| {
         describe();
+        metrics::gauge!("cyberbackup_build_info", "version" => env!("CARGO_PKG_VERSION"))
+            .set(1.0);
+        for account in &accounts {
+            let name = account.name.clone();
+            if let Some(at) = account.last_backup_unix {
+                metrics::gauge!("cyberbackup_account_last_backup_timestamp_seconds", "account" => name.clone())
+                    .set(at as f64);
+            }
+            metrics::gauge!("cyberbackup_account_snapshots", "account" => name.clone())
+                .set(account.snapshots as f64);
+            metrics::gauge!("cyberbackup_account_stored_bytes", "account" => name.clone())
+                .set(account.stored_bytes as f64);
+            for (kind, limit) in [
+                ("soft", account.soft_quota_bytes),
+                ("hard", account.hard_quota_bytes),
+            ] {
+                if let Some(limit) = limit {
+                    metrics::gauge!("cyberbackup_account_quota_bytes", "account" => name.clone(), "kind" => kind)
+                        .set(limit as f64);
+                }
+            }
+        }
+        metrics::counter!("cyberbackup_prune_runs_total").absolute(prune_runs);
+        metrics::counter!("cyberbackup_prune_freed_bytes_total").absolute(prune_freed);
+        if let Some(p) = process {
+            metrics::gauge!("process_resident_memory_bytes").set(p.resident_bytes as f64);
+            metrics::gauge!("process_open_fds").set(p.open_fds as f64);
+            if let Some(max) = p.max_fds {
+                metrics::gauge!("process_max_fds").set(max as f64);
+            }
+            metrics::counter!("process_cpu_seconds_total").absolute(p.cpu_seconds);
+            metrics::gauge!("process_start_time_seconds").set(p.start_time_secs);
+        }
         metrics::gauge!("cyberbackup_connections").set(stats.connections() as f64);
         metrics::gauge!("cyberbackup_active_transfers").set(stats.active_transfers() as f64);
         metrics::counter!("cyberbackup_bytes_received_total").absolute(stats.bytes_received());
@@ -257,6 +301,58 @@ fn describe() {
     describe_gauge!(
         "cyberbackup_scrub_corrupt_objects",
         "Stored objects the latest scrub of each found damaged or missing."
+    );
+    describe_gauge!(
+        "cyberbackup_build_info",
+        "Always 1; the server's version in the version label."
+    );
+    describe_gauge!(
+        "cyberbackup_account_last_backup_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the account's newest stored snapshot or verified single-file version."
+    );
+    describe_gauge!(
+        "cyberbackup_account_snapshots",
+        "Snapshots recorded for the account."
+    );
+    describe_gauge!(
+        "cyberbackup_account_stored_bytes",
+        Unit::Bytes,
+        "Bytes of the account's repository packs (what its quotas apply to)."
+    );
+    describe_gauge!(
+        "cyberbackup_account_quota_bytes",
+        Unit::Bytes,
+        "The account's soft or hard quota (kind label) on its repository's bytes."
+    );
+    describe_counter!(
+        "cyberbackup_prune_runs_total",
+        "Prunes of every repository finished since start (scheduled and POST /api/v1/prune)."
+    );
+    describe_counter!(
+        "cyberbackup_prune_freed_bytes_total",
+        Unit::Bytes,
+        "Bytes those prunes gave back since start."
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory size."
+    );
+    describe_gauge!("process_open_fds", "Open file descriptors.");
+    describe_gauge!(
+        "process_max_fds",
+        "The soft limit on open file descriptors."
+    );
+    describe_counter!(
+        "process_cpu_seconds_total",
+        Unit::Seconds,
+        "User and system CPU time, whole seconds."
+    );
+    describe_gauge!(
+        "process_start_time_seconds",
+        Unit::Seconds,
+        "Unix time the process started."
     );
     describe_gauge!(
         "cyberbackup_uptime_seconds",

@@ -11,14 +11,16 @@
 //! answer carries the security headers of [`cyberbackup_core::web::SECURITY_HEADERS`]. See
 //! `docs/admin-api.md`.
 
+mod accounts;
 mod api;
 mod diagnostics;
 mod health;
+mod process;
 mod repo_api;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
@@ -56,6 +58,37 @@ const INDEX_HTML: &str = include_str!("assets/index.html");
 const ADMIN_JS: &str = include_str!("assets/admin.js");
 const ADMIN_CSS: &str = include_str!("assets/admin.css");
 
+/// The wall clock the dashboard ages backups by: real time unless a test injects its own
+/// ([`AdminServer::set_clock`]), so a test can move time instead of waiting.
+#[derive(Clone)]
+pub struct AdminClock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl AdminClock {
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// The current time by this clock.
+    #[must_use]
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
+impl Default for AdminClock {
+    /// The system clock.
+    fn default() -> Self {
+        Self::new(SystemTime::now)
+    }
+}
+
+impl std::fmt::Debug for AdminClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AdminClock").field(&self.now()).finish()
+    }
+}
+
 /// What the handlers share.
 #[derive(Debug)]
 pub(crate) struct AdminState {
@@ -65,6 +98,8 @@ pub(crate) struct AdminState {
     pub(crate) stats: Arc<Stats>,
     pub(crate) live: Arc<LiveState>,
     pub(crate) repo: crate::repository::RepoStore,
+    /// The time backups are aged by (accounts, their status and metrics).
+    pub(crate) clock: AdminClock,
     token: Option<AdminToken>,
     /// The address the listener is bound to (the `Host` check accepts it).
     listen: SocketAddr,
@@ -111,7 +146,7 @@ impl AdminState {
 #[derive(Debug)]
 pub struct AdminServer {
     listener: TcpListener,
-    state: Arc<AdminState>,
+    state: AdminState,
 }
 
 impl AdminServer {
@@ -131,19 +166,25 @@ impl AdminServer {
             .map_err(|source| ServerError::io("cannot read the admin listening address", source))?;
         Ok(Self {
             listener,
-            state: Arc::new(AdminState {
+            state: AdminState {
                 config: shared.config.clone(),
                 catalog: shared.catalog.clone(),
                 storage: shared.storage.clone(),
                 stats: Arc::clone(&shared.stats),
                 live: Arc::clone(&shared.live),
                 repo: shared.repo.clone(),
+                clock: AdminClock::default(),
                 token: shared.config.admin_token.clone(),
                 listen,
                 stats_cache: Mutex::new(None),
                 ready_failing: Mutex::new(Vec::new()),
-            }),
+            },
         })
+    }
+
+    /// Replaces the clock the dashboard ages backups by (the system clock by default).
+    pub fn set_clock(&mut self, clock: AdminClock) {
+        self.state.clock = clock;
     }
 
     /// The bound address.
@@ -174,7 +215,7 @@ impl AdminServer {
             max_connections: ADMIN_MAX_CONNECTIONS,
             shutdown_grace: self.state.config.shutdown_grace(),
         };
-        let app = router(self.state);
+        let app = router(Arc::new(self.state));
         cyberbackup_http::serve(self.listener, app, limits, async move {
             shutdown.cancelled().await;
         })
@@ -202,6 +243,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/diagnostics", get(diagnostics::diagnostics))
         .merge(api::routes())
         .merge(repo_api::routes())
+        .merge(accounts::routes())
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
@@ -369,7 +411,7 @@ async fn sample_throughput(stats: Arc<Stats>, live: Arc<LiveState>, shutdown: Ca
             _ = ticker.tick() => {}
         }
         let now = stats.bytes_received();
-        let at = std::time::SystemTime::now()
+        let at = SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         live.push_throughput(ThroughputSample {

@@ -99,6 +99,12 @@ async fn scrub(State(state): State<Arc<AdminState>>, Query(query): Query<ScrubQu
             "report": cycle.report,
         })
     });
+    let running = status.running().map(|r| {
+        json!({
+            "started_at": format_rfc3339(r.started_at),
+            "report": r.report,
+        })
+    });
     let objects: Vec<_> = objects
         .into_iter()
         .map(|o| {
@@ -124,6 +130,7 @@ async fn scrub(State(state): State<Arc<AdminState>>, Query(query): Query<ScrubQu
         "bytes_scrubbed": status.bytes_scrubbed(),
         "objects_scrubbed": status.objects_scrubbed(),
         "last_cycle": last_cycle,
+        "running": running,
         "corrupt_objects": objects,
     }))
     .into_response()

@@ -118,6 +118,8 @@ async fn record(
                 time_secs: envelope.time.secs,
                 time_nanos: envelope.time.nanos,
                 group: envelope.group,
+                total_bytes: envelope.total_bytes,
+                blob_count: envelope.blob_count,
                 stored_at: unix_now(),
                 ref_chunks: envelope.ref_chunks,
                 verified_chunks: checked.verified_now,

@@ -30,23 +30,42 @@ pub struct PruneRun {
     pub failed: Vec<(String, String)>,
 }
 
-/// The latest [`PruneRun`], shared with the admin API. Cheap to clone.
+/// The latest [`PruneRun`] and the totals of every run since start (scheduled and
+/// `POST /api/v1/prune`), shared with the admin API and `/metrics`. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct LastPrune(Arc<Mutex<Option<PruneRun>>>);
+pub struct LastPrune(Arc<Mutex<PruneHistory>>);
+
+#[derive(Debug, Default)]
+struct PruneHistory {
+    last: Option<PruneRun>,
+    runs: u64,
+    bytes_freed: u64,
+}
 
 impl LastPrune {
     /// The latest run, if one finished.
     #[must_use]
     pub fn get(&self) -> Option<PruneRun> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().last.clone()
+    }
+
+    /// Runs finished since start and the bytes they gave back, in all.
+    #[must_use]
+    pub fn totals(&self) -> (u64, u64) {
+        let history = self.lock();
+        (history.runs, history.bytes_freed)
     }
 
     /// Records a finished run.
     pub fn set(&self, run: PruneRun) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(run);
+        let mut history = self.lock();
+        history.runs += 1;
+        history.bytes_freed = history.bytes_freed.saturating_add(run.totals.bytes_freed);
+        history.last = Some(run);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PruneHistory> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

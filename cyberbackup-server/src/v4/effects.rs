@@ -10,8 +10,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use cyberbackup_core::names::{ClientId, FileName, NameField};
 use cyberbackup_core::v4::noise::PublicKey;
-use cyberbackup_core::v4::repository::RepoRequest;
-use cyberbackup_core::v4::server::{AuthDecision, ResumePoint, ServerEffect, ServerSession};
+use cyberbackup_core::v4::repository::{PutTarget, RepoRequest};
+use cyberbackup_core::v4::server::{
+    AuthDecision, RepoAnswer, ResumePoint, ServerEffect, ServerSession,
+};
 use cyberbackup_core::v4::wire::{ClientAuth, ErrorCode, VersionRecord};
 use cyberbackup_core::v4::{ContentDigest, Refusal, StorageFailure, V4Error};
 use rand_core::{CryptoRngCore, OsRng, RngCore};
@@ -21,6 +23,7 @@ use super::repository::RepoConnection;
 use super::token_hash;
 use crate::catalog::v4::{V4RegisterOutcome, V4Version};
 use crate::catalog::{CommittingFile, DeviceRole, FileRowId, ReceivedFile};
+use crate::live::TransferObject;
 use crate::maintenance::{self, CommitOutcome};
 use crate::shared::Shared;
 use crate::storage::Storage;
@@ -119,6 +122,11 @@ impl<'a> V4Effects<'a> {
         (self.connection, 0)
     }
 
+    /// The dashboard's key of this connection's repository object put (one at a time).
+    fn live_put(&self) -> (u64, u64) {
+        (self.connection, 1)
+    }
+
     async fn perform<R: CryptoRngCore>(
         &mut self,
         session: &mut ServerSession<R>,
@@ -146,7 +154,8 @@ impl<'a> V4Effects<'a> {
                     self.shared.live.transfer_began(
                         self.live_transfer(),
                         client_id.to_hex(),
-                        name.to_string_lossy(),
+                        TransferObject::File(name.to_string_lossy()),
+                        Some(size),
                     );
                 }
                 session.handle_upload_opened(now(), outcome)
@@ -207,6 +216,16 @@ impl<'a> V4Effects<'a> {
                 Ok(())
             }
             ServerEffect::Repository { client_id, request } => {
+                let put = match &request {
+                    RepoRequest::Put { target, size } => Some((
+                        match target {
+                            PutTarget::Pack(id) => TransferObject::Pack(id.to_hex()),
+                            PutTarget::Snapshot(id) => TransferObject::Snapshot(id.to_hex()),
+                        },
+                        *size,
+                    )),
+                    _ => None,
+                };
                 let answer = match self.authorize(client_id, &request).await {
                     Ok(()) => {
                         self.repo
@@ -220,6 +239,14 @@ impl<'a> V4Effects<'a> {
                     }
                     Err(refusal) => Err(refusal),
                 };
+                if let (Some((object, size)), Ok(RepoAnswer::PutReady)) = (put, &answer) {
+                    self.shared.live.transfer_began(
+                        self.live_put(),
+                        client_id.to_hex(),
+                        object,
+                        Some(size),
+                    );
+                }
                 session.handle_repository(now(), answer)
             }
             ServerEffect::WritePut { data } => {
@@ -227,16 +254,19 @@ impl<'a> V4Effects<'a> {
                 let result = self.repo.write(data).await;
                 if result.is_ok() {
                     self.shared.stats.add_bytes_received(len);
+                    self.shared.live.transfer_received(self.live_put(), len);
                     self.summary.received(len);
                 }
                 session.handle_storage(now(), result)
             }
             ServerEffect::FinishPut => {
                 let answer = self.repo.finish(&self.shared.repo).await;
+                self.shared.live.transfer_ended(self.live_put());
                 session.handle_repository(now(), answer)
             }
             ServerEffect::AbortPut => {
                 self.repo.abort(&self.shared.repo).await;
+                self.shared.live.transfer_ended(self.live_put());
                 Ok(())
             }
             other => {

@@ -7,8 +7,12 @@ pub mod cdp;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use cyberbackup_client::{Client, ClientOptions, IdentityFile, NoProgress, RetryPolicy};
+use cyberbackup_server::http::AdminClock;
 use cyberbackup_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,12 +41,37 @@ pub fn config_for(data: &Path) -> ServerConfig {
 }
 
 pub async fn start(config: ServerConfig) -> Running {
+    start_with_clock(config, AdminClock::default()).await
+}
+
+/// The system clock moved forward by a number of seconds the test sets, for the
+/// dashboard's [`AdminClock`]: a test ages backups without waiting.
+#[derive(Clone, Default)]
+pub struct ShiftedClock(Arc<AtomicU64>);
+
+impl ShiftedClock {
+    /// From now on the clock runs `ahead` in front of the system clock.
+    pub fn set_ahead(&self, ahead: Duration) {
+        self.0.store(ahead.as_secs(), Ordering::SeqCst);
+    }
+
+    pub fn admin_clock(&self) -> AdminClock {
+        let ahead = Arc::clone(&self.0);
+        AdminClock::new(move || {
+            SystemTime::now() + Duration::from_secs(ahead.load(Ordering::SeqCst))
+        })
+    }
+}
+
+/// [`start`] with the dashboard reading `clock`.
+pub async fn start_with_clock(config: ServerConfig, clock: AdminClock) -> Running {
     let server = Server::bind(config.clone()).await.unwrap();
     let addr = server.local_addr().unwrap();
-    let admin = server
+    let mut admin = server
         .bind_admin(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
+    admin.set_clock(clock);
     let admin_addr = admin.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let serve_admin = tokio::spawn({
@@ -97,6 +126,27 @@ pub async fn backup(
     client.close(&mut NoProgress).await.unwrap();
     assert!(report.all_verified(), "{report:?}");
     paths
+}
+
+/// Backs the directory `tree` up as one snapshot of account `name` (protocol v4, the
+/// client library's snapshot engine; the repository is created on the first run), with the
+/// identity and device key kept in `dir`.
+pub async fn snapshot_backup(server: SocketAddr, dir: &Path, name: &str, tree: &Path) {
+    use cyberbackup_client::snapshot::{BackupOptions, KeyOptions, NoObserver, Repository};
+    let identity = dir.join(format!("{name}-v4.json"));
+    let mut options = cyberbackup_client::v4::V4Options::new(server.to_string(), identity.clone());
+    options.name = Some(name.into());
+    let client = cyberbackup_client::v4::V4Client::connect(&options)
+        .await
+        .unwrap();
+    let mut repo = Repository::open(client, &KeyOptions::new(&identity))
+        .await
+        .unwrap();
+    let backup = BackupOptions {
+        paths: vec![tree.to_path_buf()],
+        ..BackupOptions::default()
+    };
+    repo.backup(&backup, &mut NoObserver).await.unwrap();
 }
 
 /// An HTTP response read to the end.

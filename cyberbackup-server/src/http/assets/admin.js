@@ -2,7 +2,8 @@
 "use strict";
 
 const token = new URLSearchParams(location.search).get("token");
-const pages = ["overview", "clients", "files", "repositories", "maintenance", "events"];
+const pages = ["overview", "accounts", "snapshots", "clients", "files", "repositories", "maintenance", "events"];
+const PAGE_ROWS = 25;   // rows per page of the accounts and snapshots tables
 let timer = null;
 let filesCursor = [];   // stack of "after" cursors, for First/Next paging
 
@@ -96,8 +97,29 @@ function drawChart(samples, intervalSecs) {
   svg.appendChild(line);
 }
 
+// A progress bar with its text: done of total (a fraction), or just done when total is unknown.
+function progress(done, total, text) {
+  const span = document.createElement("span");
+  if (total) {
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = Math.min(100, 100 * done / total).toFixed(1) + "%";
+    bar.append(fill);
+    span.append(bar, Math.floor(100 * done / total) + " % · ");
+  }
+  span.append(text);
+  return span;
+}
+
+function transferObject(t) {
+  if (t.kind === "file") return t.file_name;
+  return t.kind + " " + t.object_id.slice(0, 16) + "…";
+}
+
 async function loadOverview() {
-  const [ov, tp] = await Promise.all([api("/api/v1/overview"), api("/api/v1/throughput")]);
+  const [ov, tp, m, scrub] = await Promise.all([api("/api/v1/overview"), api("/api/v1/throughput"),
+    api("/api/v1/maintenance"), api("/api/v1/scrub")]);
   document.getElementById("ov-uptime").textContent = duration(ov.uptime_secs);
   document.getElementById("ov-clients").textContent = ov.clients;
   document.getElementById("ov-files").textContent = ov.files;
@@ -106,11 +128,33 @@ async function loadOverview() {
   document.getElementById("ov-received").textContent = bytes(ov.bytes_received);
   fillTable("transfers-table", ov.active_transfers, (t) => [
     t.client_id.slice(0, 8) + "…",
-    t.file_name,
-    bytes(t.bytes),
+    t.kind,
+    transferObject(t),
+    progress(t.bytes, t.total_bytes, bytes(t.bytes) + (t.total_bytes ? " of " + bytes(t.total_bytes) : "")),
     bytes(t.bytes_per_sec) + "/s",
     duration(t.elapsed_secs),
   ], "no transfer running");
+  const tasks = m.prune.running.map((p) => ({
+    task: "prune (" + p.phase + ")", who: p.client_id.slice(0, 8) + "…", started: p.started_at,
+    progress: progress(p.done, p.total, p.total ? p.done + " of " + p.total : "running"),
+  }));
+  if (scrub.running) {
+    const r = scrub.running.report;
+    tasks.push({
+      task: "scrub", who: "every repository", started: scrub.running.started_at,
+      progress: progress(0, 0, r.packs + " packs, " + r.files + " files, " + bytes(r.bytes) +
+        " read, " + r.damaged + " damaged"),
+    });
+  }
+  fillTable("tasks-table", tasks, (t) => [t.task, t.who, t.progress, t.started], "no prune or scrub running");
+  const lastPrune = m.prune.last_run;
+  const lastScrub = scrub.last_cycle;
+  document.getElementById("tasks-last").textContent =
+    "Last prune: " + (lastPrune ? lastPrune.finished_at + ", " + lastPrune.repositories +
+      " repositories, " + bytes(lastPrune.totals.bytes_freed) + " given back" +
+      (lastPrune.failed.length ? ", " + lastPrune.failed.length + " failed" : "") : "none yet") +
+    ". Last scrub cycle: " + (lastScrub ? lastScrub.finished_at + ", " + bytes(lastScrub.report.bytes) +
+      " read, " + lastScrub.report.damaged + " damaged" : "none yet") + ".";
   drawChart(tp.samples, tp.interval_secs);
 }
 
@@ -188,6 +232,130 @@ async function loadRepositories() {
   ], "no corrupt object found");
 }
 
+// Client-side sorting and paging of a table whose rows the API sends whole.
+const tables = {
+  accounts: { sort: "name", dir: 1, page: 0, rows: [] },
+  snapshots: { sort: "stored_at", dir: -1, page: 0, rows: [] },
+};
+const statusRank = { ok: 0, warn: 1, alert: 2 };
+
+function sortValue(key, row) {
+  if (key === "status") return statusRank[row.status];
+  if (key === "devices") return row.devices.length;
+  return row[key];
+}
+
+function compare(key, dir) {
+  return (a, b) => {
+    const x = sortValue(key, a), y = sortValue(key, b);
+    if (x === y) return 0;
+    if (x === null || x === undefined) return 1;    // unknown values last
+    if (y === null || y === undefined) return -1;
+    return (x < y ? -1 : 1) * dir;
+  };
+}
+
+function renderTable(name, render, empty) {
+  const t = tables[name];
+  const rows = [...t.rows].sort(compare(t.sort, t.dir));
+  const pagesCount = Math.max(1, Math.ceil(rows.length / PAGE_ROWS));
+  t.page = Math.min(t.page, pagesCount - 1);
+  const shown = rows.slice(t.page * PAGE_ROWS, (t.page + 1) * PAGE_ROWS);
+  const body = document.querySelector("#" + name + "-table tbody");
+  body.replaceChildren();
+  if (shown.length === 0) {
+    const td = body.insertRow().insertCell();
+    td.colSpan = document.querySelectorAll("#" + name + "-table th").length;
+    td.className = "empty";
+    td.textContent = empty;
+  }
+  for (const row of shown) render(body.insertRow(), row);
+  for (const th of document.querySelectorAll("#" + name + "-table th[data-sort]")) {
+    th.classList.toggle("sorted-asc", th.dataset.sort === t.sort && t.dir === 1);
+    th.classList.toggle("sorted-desc", th.dataset.sort === t.sort && t.dir === -1);
+  }
+  document.getElementById(name + "-pageinfo").textContent =
+    "page " + (t.page + 1) + " of " + pagesCount + " (" + rows.length + " rows)";
+  document.getElementById(name + "-prev").disabled = t.page === 0;
+  document.getElementById(name + "-next").disabled = t.page >= pagesCount - 1;
+}
+
+function cells(tr, values) {
+  for (const value of values) {
+    const td = tr.insertCell();
+    if (value instanceof Node) td.appendChild(value); else td.textContent = value;
+  }
+}
+
+function accountLink(name) {
+  const a = document.createElement("a");
+  a.href = "#accounts/" + encodeURIComponent(name);
+  a.textContent = name;
+  return a;
+}
+
+// "2026-12-03T11:59:54.841Z" as "2026-12-03 11:59 UTC".
+function shortTime(rfc3339) {
+  return rfc3339.slice(0, 10) + " " + rfc3339.slice(11, 16) + " UTC";
+}
+
+function renderAccount(tr, a) {
+  tr.className = "status-" + a.status;
+  tr.dataset.status = a.status;
+  tr.dataset.name = a.name;
+  tr.addEventListener("click", (e) => {
+    if (e.target.tagName !== "A") location.hash = "accounts/" + encodeURIComponent(a.name);
+  });
+  const devices = a.devices.length === 0 ? "none (v3)" :
+    a.devices.map((d) => d.fingerprint.slice(0, 16) + " " + d.role).join(", ");
+  const last = a.last_backup_at ? shortTime(a.last_backup_at) + " (" + duration(a.age_secs) + " ago)" :
+    "never (registered " + duration(a.age_secs) + " ago)";
+  const ratio = a.dedup_compression_ratio == null ? "–" : a.dedup_compression_ratio.toFixed(2) + "×";
+  const quota = a.quota_used_percent == null ? "no quota" : a.quota_used_percent.toFixed(1) + " %";
+  const status = badge(a.status, a.status === "alert" ? "bad" : a.status === "warn" ? "warn" : "ok");
+  cells(tr, [accountLink(a.name), devices, last, a.snapshots, bytes(a.stored_bytes), ratio, quota, status]);
+}
+
+async function loadAccounts() {
+  const answer = await api("/api/v1/accounts");
+  document.getElementById("accounts-thresholds").textContent =
+    "Amber: no backup for more than " + duration(answer.warn_after_secs) +
+    "; red: more than " + duration(answer.alert_after_secs) +
+    " (backup_warn_after_secs, backup_alert_after_secs). Click an account for its snapshots.";
+  tables.accounts.rows = answer.accounts;
+  renderTable("accounts", renderAccount, "no account yet");
+}
+
+function renderSnapshot(tr, s) {
+  cells(tr, [s.stored_at, s.time ?? "–", bytes(s.content_bytes), bytes(s.object_bytes),
+    s.blobs ?? "–", s.group ?? "–", s.id.slice(0, 16)]);
+}
+
+async function loadSnapshots() {
+  const name = decodeURIComponent(location.hash.slice("#accounts/".length));
+  const answer = await api("/api/v1/accounts/" + encodeURIComponent(name) + "/snapshots");
+  document.getElementById("snapshots-title").textContent = "Snapshots of " + answer.account;
+  document.getElementById("snapshots-note").textContent = answer.note;
+  tables.snapshots.rows = answer.snapshots;
+  renderTable("snapshots", renderSnapshot, "this account has no snapshot");
+}
+
+for (const name of Object.keys(tables)) {
+  const render = name === "accounts" ? () => renderTable("accounts", renderAccount, "no account yet") :
+    () => renderTable("snapshots", renderSnapshot, "this account has no snapshot");
+  for (const th of document.querySelectorAll("#" + name + "-table th[data-sort]")) {
+    th.addEventListener("click", () => {
+      const t = tables[name];
+      t.dir = t.sort === th.dataset.sort ? -t.dir : 1;
+      t.sort = th.dataset.sort;
+      t.page = 0;
+      render();
+    });
+  }
+  document.getElementById(name + "-prev").addEventListener("click", () => { tables[name].page--; render(); });
+  document.getElementById(name + "-next").addEventListener("click", () => { tables[name].page++; render(); });
+}
+
 async function loadMaintenance() {
   const m = await api("/api/v1/maintenance");
   const dl = document.getElementById("maintenance");
@@ -244,13 +412,15 @@ async function loadEvents() {
 }
 
 const loaders = {
-  overview: loadOverview, clients: loadClients, files: loadFiles,
+  overview: loadOverview, accounts: loadAccounts, snapshots: loadSnapshots,
+  clients: loadClients, files: loadFiles,
   repositories: loadRepositories, maintenance: loadMaintenance, events: loadEvents,
 };
 
 function current() {
   const page = location.hash.slice(1);
-  return pages.includes(page) ? page : "overview";
+  if (page.startsWith("accounts/")) return "snapshots";
+  return pages.includes(page) && page !== "snapshots" ? page : "overview";
 }
 
 async function refresh() {
@@ -268,14 +438,14 @@ function show() {
     document.getElementById("page-" + p).hidden = p !== page;
   }
   for (const a of document.querySelectorAll("nav a")) {
-    a.classList.toggle("active", a.dataset.page === page);
+    a.classList.toggle("active", a.dataset.page === (page === "snapshots" ? "accounts" : page));
     if (token) a.href = "?token=" + encodeURIComponent(token) + "#" + a.dataset.page;
   }
   clearInterval(timer);
   refresh();
   // Live pages refresh themselves; the files page only on request (it may be paged).
   if (page === "overview") timer = setInterval(refresh, 1000);
-  if (page === "events" || page === "clients" || page === "repositories") {
+  if (page === "events" || page === "clients" || page === "repositories" || page === "accounts") {
     timer = setInterval(refresh, 5000);
   }
 }
