@@ -18,6 +18,7 @@
 // A command-line harness prints its report.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod browse;
 mod catalog;
 mod chart;
 mod compare;
@@ -52,6 +53,8 @@ enum Scenario {
     ManyFiles,
     /// Admin and client listings on a generated catalog.
     Catalog,
+    /// The client UI's snapshot browser on a snapshot of many files: time of each page.
+    Browse,
     /// restic on the same file, when installed.
     Peer,
     /// Snapshots next to restic, borg and rustic (those installed) on four trees: init,
@@ -96,6 +99,9 @@ struct Cli {
     /// soak: seed of file sizes, contents and disconnects.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// browse: files in the snapshot [default: 100000; smoke 2000].
+    #[arg(long, value_name = "N")]
+    browse_files: Option<usize>,
     /// catalog: file rows [default: 1000000; smoke 20000].
     #[arg(long)]
     rows: Option<usize>,
@@ -256,6 +262,12 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
             }
             Scenario::ManyFiles => many_files::run(&bins, &work, files, cli.file_size),
             Scenario::Catalog => catalog::run(&work, rows),
+            Scenario::Browse => browse::run(
+                &bins,
+                &work,
+                cli.browse_files
+                    .unwrap_or(if smoke { 2000 } else { 100_000 }),
+            ),
             Scenario::Compare => {
                 let base = if smoke {
                     compare::dataset::Sizes::SMOKE

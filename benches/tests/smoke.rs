@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Runs the harness in `--smoke` mode (64 MiB file over v3 and v4, 50 clients, 200 files, 20,000 catalog
-//! rows, `compare` on four trees of a few MiB with every installed tool) against freshly
-//! built server and client binaries, so the harness cannot rot. It judges no timing: only
-//! that every scenario ran, reported its figures and had no failure, and that every
+//! rows, a 2,000-file snapshot browsed in the client UI, `compare` on four trees of a few MiB
+//! with every installed tool) against freshly built server and client binaries, so the
+//! harness cannot rot. It judges no timing: only that every scenario ran, reported its figures and had no failure, and that every
 //! installed tool of `compare` ran every step and restored a verified tree.
 //! Takes about 1–2 minutes in a debug build, most of it building the two binaries.
 
@@ -56,6 +56,7 @@ fn smoke_mode_runs_every_scenario_without_failures() {
         "many-clients",
         "many-files",
         "catalog",
+        "browse",
         "compare",
     ] {
         assert_eq!(section(name)["failures"], serde_json::json!([]), "{name}");
@@ -93,6 +94,14 @@ fn smoke_mode_runs_every_scenario_without_failures() {
     assert_eq!(catalog["rows"], 20_000);
     for query in catalog["queries"].as_array().unwrap() {
         assert!(query["median_ms"].as_f64().unwrap() > 0.0, "{query}");
+    }
+
+    let browse = &section("browse")["data"];
+    assert_eq!(browse["files"], 2000);
+    let requests = browse["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 8, "{browse}");
+    for request in requests {
+        assert!(request["median_ms"].as_f64().unwrap() > 0.0, "{request}");
     }
 
     let compare = &section("compare")["data"];

@@ -52,8 +52,20 @@ async fn accounts_age_with_the_injected_clock_and_show_envelope_data_only() {
     let server = start_with_clock(config, clock.admin_clock()).await;
     let tree = dir.path().join("tree");
     let content = make_tree(&tree);
-    snapshot_backup(server.addr, dir.path(), "alice", &tree).await;
-    snapshot_backup(server.addr, dir.path(), "alice", &tree).await;
+    snapshot_backup(
+        server.addr,
+        &dir.path().join("alice-v4.json"),
+        "alice",
+        &tree,
+    )
+    .await;
+    snapshot_backup(
+        server.addr,
+        &dir.path().join("alice-v4.json"),
+        "alice",
+        &tree,
+    )
+    .await;
     backup(
         server.addr,
         dir.path(),
@@ -150,7 +162,13 @@ async fn metrics_after_a_real_backup_and_the_alert_rules_name_exported_metrics()
     let server = start(config).await;
     let tree = dir.path().join("tree");
     make_tree(&tree);
-    snapshot_backup(server.addr, dir.path(), "alice", &tree).await;
+    snapshot_backup(
+        server.addr,
+        &dir.path().join("alice-v4.json"),
+        "alice",
+        &tree,
+    )
+    .await;
     let pruned = post_empty_json(server.admin, "/api/v1/prune").await;
     assert_eq!(pruned.status, 200, "{}", pruned.body);
     let accounts = get(server.admin, "/api/v1/accounts", &[]).await.json();

@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use admin_common::{Response, config_for, get, request, snapshot_of, start};
+use admin_common::{Response, config_for, get, request, snapshot_backup, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
+use cyberbackup_client::v4::DEFAULT_IDENTITY_FILE;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -614,10 +615,22 @@ async fn snapshots_browse_search_diff_restore_and_download_as_tar() {
     for i in 0..150 {
         std::fs::write(tree.join(format!("f{i:03}")), vec![b'x'; i]).unwrap();
     }
-    snapshot_of(dir.path(), &server.addr.to_string(), &tree).await;
+    snapshot_backup(
+        server.addr,
+        &dir.path().join(DEFAULT_IDENTITY_FILE),
+        "ui-test",
+        &tree,
+    )
+    .await;
     std::fs::write(tree.join("a").join("notes.md"), b"second, longer").unwrap();
     std::fs::write(tree.join("added.txt"), b"new").unwrap();
-    snapshot_of(dir.path(), &server.addr.to_string(), &tree).await;
+    snapshot_backup(
+        server.addr,
+        &dir.path().join(DEFAULT_IDENTITY_FILE),
+        "ui-test",
+        &tree,
+    )
+    .await;
     let hex_of = |path: &Path| hex::encode(path.as_os_str().as_encoded_bytes());
 
     let listed = get(ui.addr, "/api/snapshots", &[]).await.json();

@@ -20,10 +20,9 @@
 
 mod admin_common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use admin_common::cdp::{Browser, find_chromium};
+use admin_common::cdp::{Browser, find_chromium, screenshot_dir};
 use admin_common::{ShiftedClock, backup, config_for, snapshot_backup, start_with_clock};
 use serde_json::Value;
 
@@ -53,7 +52,13 @@ async fn account_row_turns_amber_then_red_as_the_injected_clock_moves() {
     for (byte, name) in [b'a', b'b'].into_iter().zip(NAMES) {
         std::fs::write(tree.join(name), vec![byte; 200_000]).unwrap();
     }
-    snapshot_backup(server.addr, dir.path(), "alice", &tree).await;
+    snapshot_backup(
+        server.addr,
+        &dir.path().join("alice-v4.json"),
+        "alice",
+        &tree,
+    )
+    .await;
     for i in 0..25 {
         let name = format!("member-{i:02}");
         backup(server.addr, dir.path(), &name, &[("f.txt", b"x")]).await;
@@ -159,15 +164,4 @@ async fn account_row_turns_amber_then_red_as_the_injected_clock_moves() {
     std::fs::create_dir_all(&screenshots).unwrap();
     std::fs::write(screenshots.join("admin-accounts.png"), png).unwrap();
     server.stop().await;
-}
-
-fn screenshot_dir(temp: &std::path::Path) -> PathBuf {
-    if std::env::var_os("CYBERBACKUP_UPDATE_SCREENSHOTS").is_some() {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("docs")
-            .join("images")
-    } else {
-        temp.to_path_buf()
-    }
 }

@@ -24,9 +24,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use admin_common::cdp::{Browser, find_chromium, screenshot_dir, wait_for_download};
-use admin_common::{config_for, get, snapshot_of, start};
+use admin_common::{config_for, get, snapshot_backup, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
+use cyberbackup_client::v4::DEFAULT_IDENTITY_FILE;
 use serde_json::Value;
 
 /// Names and content in the tree; none may reach the server in the clear.
@@ -95,10 +96,22 @@ async fn snapshots_view_browses_searches_diffs_restores_and_downloads() {
         std::fs::write(tree.join(format!("f{i:03}")), vec![b'x'; i]).unwrap();
     }
     let addr = server.addr.to_string();
-    snapshot_of(dir.path(), &addr, &tree).await;
+    snapshot_backup(
+        server.addr,
+        &dir.path().join(DEFAULT_IDENTITY_FILE),
+        "ui-test",
+        &tree,
+    )
+    .await;
     std::fs::write(tree.join(FOLDER).join(NOTES), CONTENT.repeat(3)).unwrap();
     std::fs::write(tree.join("added.txt"), CONTENT).unwrap();
-    snapshot_of(dir.path(), &addr, &tree).await;
+    snapshot_backup(
+        server.addr,
+        &dir.path().join(DEFAULT_IDENTITY_FILE),
+        "ui-test",
+        &tree,
+    )
+    .await;
 
     let mut options = UiOptions::new(
         dir.path().join("ui").join("ui-history.json"),

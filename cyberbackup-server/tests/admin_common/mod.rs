@@ -130,16 +130,16 @@ pub async fn backup(
 
 /// Backs the directory `tree` up as one snapshot of account `name` (protocol v4, the
 /// client library's snapshot engine; the repository is created on the first run), with the
-/// identity and device key kept in `dir`.
-pub async fn snapshot_backup(server: SocketAddr, dir: &Path, name: &str, tree: &Path) {
+/// identity file `identity` (its device key beside it).
+pub async fn snapshot_backup(server: SocketAddr, identity: &Path, name: &str, tree: &Path) {
     use cyberbackup_client::snapshot::{BackupOptions, KeyOptions, NoObserver, Repository};
-    let identity = dir.join(format!("{name}-v4.json"));
-    let mut options = cyberbackup_client::v4::V4Options::new(server.to_string(), identity.clone());
+    let mut options =
+        cyberbackup_client::v4::V4Options::new(server.to_string(), identity.to_path_buf());
     options.name = Some(name.into());
     let client = cyberbackup_client::v4::V4Client::connect(&options)
         .await
         .unwrap();
-    let mut repo = Repository::open(client, &KeyOptions::new(&identity))
+    let mut repo = Repository::open(client, &KeyOptions::new(identity))
         .await
         .unwrap();
     let backup = BackupOptions {
@@ -261,23 +261,4 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
     }
-}
-
-/// Backs `tree` up as a snapshot of client `ui-test` with the UI's own v4 identity.
-pub async fn snapshot_of(dir: &Path, server: &str, tree: &Path) {
-    use cyberbackup_client::snapshot::{BackupOptions, KeyOptions, NoObserver, Repository};
-    let identity = dir.join(cyberbackup_client::v4::DEFAULT_IDENTITY_FILE);
-    let mut options = cyberbackup_client::v4::V4Options::new(server, identity.clone());
-    options.name = Some("ui-test".into());
-    let client = cyberbackup_client::v4::V4Client::connect(&options)
-        .await
-        .unwrap();
-    let mut repo = Repository::open(client, &KeyOptions::new(&identity))
-        .await
-        .unwrap();
-    let backup = BackupOptions {
-        paths: vec![tree.to_path_buf()],
-        ..BackupOptions::default()
-    };
-    repo.backup(&backup, &mut NoObserver).await.unwrap();
 }
