@@ -20,19 +20,14 @@ mod admin_common;
 
 use std::time::Duration;
 
-use admin_common::cdp::{Browser, find_chromium, screenshot_dir, wait_for_download};
+use admin_common::cdp::{Browser, chromium_or_skip, screenshot_dir, wait_for_download};
 use admin_common::{config_for, post_empty_json, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ui_backs_up_and_dashboard_lists_the_file() {
-    let Some(chromium) = find_chromium() else {
-        assert!(
-            std::env::var_os("CYBERBACKUP_REQUIRE_BROWSER").is_none(),
-            "CYBERBACKUP_REQUIRE_BROWSER is set but Chromium is missing — apt-get install -y chromium"
-        );
-        eprintln!("SKIPPED: Chromium not found (apt-get install -y chromium, or set CHROMIUM)");
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

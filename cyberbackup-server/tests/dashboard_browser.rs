@@ -22,7 +22,7 @@ mod admin_common;
 
 use std::time::Duration;
 
-use admin_common::cdp::{Browser, find_chromium, screenshot_dir};
+use admin_common::cdp::{Browser, chromium_or_skip, screenshot_dir};
 use admin_common::{ShiftedClock, backup, config_for, snapshot_backup, start_with_clock};
 use serde_json::Value;
 
@@ -36,12 +36,7 @@ const RED: &str = "rgb(253, 232, 232)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_row_turns_amber_then_red_as_the_injected_clock_moves() {
-    let Some(chromium) = find_chromium() else {
-        assert!(
-            std::env::var_os("CYBERBACKUP_REQUIRE_BROWSER").is_none(),
-            "CYBERBACKUP_REQUIRE_BROWSER is set but Chromium is missing — apt-get install -y chromium"
-        );
-        eprintln!("SKIPPED: Chromium not found (apt-get install -y chromium, or set CHROMIUM)");
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,7 @@ use std::path::{Component, Path};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use admin_common::cdp::{Browser, find_chromium, screenshot_dir, wait_for_download};
+use admin_common::cdp::{Browser, chromium_or_skip, screenshot_dir, wait_for_download};
 use admin_common::{config_for, get, snapshot_backup, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
@@ -75,12 +75,7 @@ impl std::io::Write for LogWriter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_view_browses_searches_diffs_restores_and_downloads() {
-    let Some(chromium) = find_chromium() else {
-        assert!(
-            std::env::var_os("CYBERBACKUP_REQUIRE_BROWSER").is_none(),
-            "CYBERBACKUP_REQUIRE_BROWSER is set but Chromium is missing — apt-get install -y chromium"
-        );
-        eprintln!("SKIPPED: Chromium not found (apt-get install -y chromium, or set CHROMIUM)");
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let logs = server_logs();

@@ -13,8 +13,27 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tungstenite::WebSocket;
 
-/// Where Chromium is, or `None` (the caller decides whether that is a skip or a failure).
-pub fn find_chromium() -> Option<PathBuf> {
+/// Chromium for a browser test, or `None` when the test is to be skipped (it prints why).
+/// With `CYBERBACKUP_REQUIRE_BROWSER` set (as `.ci/run` does) a missing browser fails the
+/// test instead.
+#[allow(
+    clippy::print_stderr,
+    reason = "a skipped test must say so in the test output"
+)]
+pub fn chromium_or_skip() -> Option<PathBuf> {
+    let found = find_chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CYBERBACKUP_REQUIRE_BROWSER").is_none(),
+            "CYBERBACKUP_REQUIRE_BROWSER is set but Chromium is missing — apt-get install -y chromium"
+        );
+        eprintln!("SKIPPED: Chromium not found (apt-get install -y chromium, or set CHROMIUM)");
+    }
+    found
+}
+
+/// Where Chromium is, or `None`.
+fn find_chromium() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("CHROMIUM").map(PathBuf::from),
         Some(PathBuf::from("/usr/bin/chromium")),
