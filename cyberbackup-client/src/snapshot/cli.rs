@@ -167,7 +167,7 @@ pub struct RestoreArgs {
 pub struct DumpArgs {
     /// Snapshot: an ID, a unique prefix or `latest`.
     pub snapshot: String,
-    /// The file's path in the snapshot.
+    /// Path in the snapshot: a file is written as it is, a folder or symlink as a tar.
     pub path: String,
     /// Repository options.
     #[command(flatten)]
