@@ -34,6 +34,7 @@ pub mod identity;
 pub mod legacy;
 pub mod progress;
 pub mod retry;
+pub mod schedule;
 pub mod snapshot;
 mod source;
 pub mod ui;

@@ -226,6 +226,10 @@ pub struct ForgetArgs {
     /// With a policy: only snapshots whose paths include this one (repeatable).
     #[arg(long, value_name = "PATH")]
     pub path: Vec<String>,
+    /// With a policy: only snapshots carrying this tag (repeatable: all of them), e.g.
+    /// `source:documents` for a scheduled source's snapshots.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
     /// Print what would be forgotten and why, and forget nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -265,6 +269,7 @@ impl ForgetArgs {
             group_by: self.group_by,
             hosts: self.host.iter().map(|h| h.as_bytes().to_vec()).collect(),
             paths: self.path.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            tags: self.tag.iter().map(|t| t.as_bytes().to_vec()).collect(),
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct ForgetPolicy {
     pub hosts: Vec<Vec<u8>>,
     /// Only snapshots whose paths include all of these.
     pub paths: Vec<Vec<u8>>,
+    /// Only snapshots carrying all of these tags (a scheduled source's `source:NAME`).
+    pub tags: Vec<Vec<u8>>,
 }
 
 /// One group of a `forget` run.
@@ -188,6 +190,7 @@ impl ForgetPolicy {
         let s = &info.snapshot;
         (self.hosts.is_empty() || self.hosts.contains(&s.host))
             && self.paths.iter().all(|path| s.paths.contains(path))
+            && self.tags.iter().all(|tag| s.tags.contains(tag))
     }
 }
 

@@ -206,7 +206,9 @@ fn short_hex(bytes: &[u8; 32]) -> String {
 }
 
 /// This machine's host name as bytes (empty when unknown).
-fn host_name() -> Vec<u8> {
+/// This machine's host name, as snapshots record it.
+#[must_use]
+pub fn host_name() -> Vec<u8> {
     rustix::system::uname().nodename().to_bytes().to_vec()
 }
 

@@ -18,7 +18,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use cyberbackup_core::v4::noise::{Fingerprint, to_hex};
+use cyberbackup_core::v4::noise::to_hex;
 use cyberbackup_core::v4::wire::{ErrorCode, VersionRecord};
 use rand_core::RngCore;
 use serde::Deserialize;
@@ -45,27 +45,15 @@ pub(super) struct Prepared {
     created: Instant,
 }
 
-/// The v4 options the settings describe; `register` passes the client name so that a first
-/// backup registers a new identity (listing and restoring never register).
+/// The v4 options the settings describe, with this UI's v4 identity; `register` passes the
+/// client name so that a first backup registers a new identity (listing and restoring
+/// never register).
 pub(super) fn v4_options(
     ui: &Ui,
     settings: &Settings,
     register: bool,
 ) -> Result<V4Options, String> {
-    let mut options = V4Options::new(settings.server.clone(), ui.options.v4_identity.clone());
-    if register {
-        options.name = Some(settings.name.clone());
-    }
-    options.enroll_token.clone_from(&settings.enroll_token);
-    if let Some(text) = &settings.server_fingerprint {
-        let fingerprint = text.parse::<Fingerprint>().map_err(|_| {
-            format!(
-                "the saved server fingerprint {text:?} is not sha256: followed by 64 hex digits — correct it in the server settings, or clear it"
-            )
-        })?;
-        options.server_fingerprint = Some(fingerprint);
-    }
-    Ok(options)
+    settings.v4_options(&ui.options.v4_identity, register)
 }
 
 /// Rewrites the CLI's fix-it hints (flags) into what to do on this page.

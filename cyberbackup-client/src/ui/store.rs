@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use cyberbackup_core::v4::noise::Fingerprint;
 use serde::{Deserialize, Serialize};
+
+use crate::v4::V4Options;
 
 /// History entries kept (oldest dropped first).
 pub const MAX_HISTORY: usize = 200;
@@ -51,6 +54,31 @@ pub struct Settings {
     /// identity registers; never sent to the page).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enroll_token: Option<String>,
+}
+
+impl Settings {
+    /// The v4 options these settings describe, with the identity file `identity`;
+    /// `register` passes the client name so that a first backup registers a new identity
+    /// (listing and restoring never register).
+    ///
+    /// # Errors
+    /// A sentence when the saved server fingerprint is malformed.
+    pub fn v4_options(&self, identity: &Path, register: bool) -> Result<V4Options, String> {
+        let mut options = V4Options::new(self.server.clone(), identity.to_path_buf());
+        if register {
+            options.name = Some(self.name.clone());
+        }
+        options.enroll_token.clone_from(&self.enroll_token);
+        if let Some(text) = &self.server_fingerprint {
+            let fingerprint = text.parse::<Fingerprint>().map_err(|_| {
+                format!(
+                    "the saved server fingerprint {text:?} is not sha256: followed by 64 hex digits — correct it in the server settings, or clear it"
+                )
+            })?;
+            options.server_fingerprint = Some(fingerprint);
+        }
+        Ok(options)
+    }
 }
 
 /// One finished backup.
