@@ -54,8 +54,14 @@ pub enum Command {
     /// Legacy mode: read ./transfer.info and ./me.info, write ./me.info (drop-in for the
     /// old client).
     Legacy(LegacyArgs),
-    /// Serve the local web UI (default http://127.0.0.1:9090/) until Ctrl-C.
+    /// Serve the local web UI (default http://127.0.0.1:9090/) until Ctrl-C; it also runs
+    /// the scheduled backups while it is open.
     Ui(UiArgs),
+    /// Run the scheduled backups (`schedule add`, or the UI's Sources) until stopped.
+    Daemon(crate::schedule::cli::DaemonArgs),
+    /// Scheduled backups: add, list, remove or run a source; install the systemd user unit.
+    #[command(subcommand)]
+    Schedule(crate::schedule::cli::ScheduleCommand),
     /// Single-file mode: list my uploaded files and their versions (protocol v4).
     Files(crate::v4::cli::ListArgs),
     /// Single-file mode: download a version of one of my uploaded files, verified (v4).
@@ -74,13 +80,9 @@ pub struct UiArgs {
     /// Largest total size of uploaded files staged at once, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = crate::ui::DEFAULT_MAX_STAGING_MB)]
     pub max_staging_mb: u64,
-    /// Directory of the UI history [default: $XDG_DATA_HOME/cyberbackup or
-    /// ~/.local/share/cyberbackup].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Identity file [default: as for `upload`].
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
+    /// Data directory and identity.
+    #[command(flatten)]
+    pub data: crate::schedule::cli::DataArgs,
     /// Server address proposed until one is saved, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", env = "CYBERBACKUP_SERVER")]
     pub server: Option<String>,
@@ -98,14 +100,8 @@ impl UiArgs {
     /// # Errors
     /// [`ClientError::Usage`] when no default location exists for the history or identity.
     pub fn options(&self) -> Result<crate::ui::UiOptions, ClientError> {
-        let store_path = match &self.data_dir {
-            Some(dir) => dir.join("ui-history.json"),
-            None => crate::ui::UiOptions::default_store_path()?,
-        };
-        let identity = match &self.identity {
-            Some(path) => IdentityFile::new(path),
-            None => IdentityFile::default_location()?,
-        };
+        let store_path = self.data.data_dir()?.join(crate::ui::STORE_FILE);
+        let identity = self.data.identity()?;
         let mut options = crate::ui::UiOptions::new(store_path, identity);
         options.listen = self.listen;
         options.token.clone_from(&self.token);
@@ -184,7 +180,9 @@ impl Command {
         match self {
             Self::Upload(args) => args.transfer.json,
             Self::Legacy(args) => args.transfer.json,
-            Self::Ui(_) => false,
+            Self::Ui(_) | Self::Daemon(_) => false,
+            Self::Schedule(crate::schedule::cli::ScheduleCommand::List(args)) => args.json,
+            Self::Schedule(_) => false,
             Self::Files(args) => args.json,
             Self::Download(args) => args.json,
             Self::Snapshot(command) => command.json(),
@@ -231,6 +229,11 @@ pub async fn execute(
         Command::Ui(_) => {
             return Err(ClientError::Usage {
                 message: "`ui` runs a server, not a backup: call cyberbackup_client::ui".into(),
+            });
+        }
+        Command::Daemon(_) | Command::Schedule(_) => {
+            return Err(ClientError::Usage {
+                message: "`daemon` and `schedule` are the scheduler's commands: run them with cyberbackup_client::schedule::cli".into(),
             });
         }
         Command::Files(_) | Command::Download(_) => {

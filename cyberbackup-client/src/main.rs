@@ -48,13 +48,22 @@ fn main() -> ExitCode {
     if let Command::Ui(args) = &command {
         return run_ui(args);
     }
+    let mut print = |stream, line: &str| match stream {
+        cyberbackup_client::snapshot::cli::Stream::Stdout => out_lines([line]),
+        cyberbackup_client::snapshot::cli::Stream::Stderr => err_line(line),
+    };
+    if let Command::Daemon(args) = &command {
+        return ExitCode::from(cyberbackup_client::schedule::cli::run_daemon(
+            args, &mut print,
+        ));
+    }
+    if let Command::Schedule(command) = command {
+        return ExitCode::from(cyberbackup_client::schedule::cli::run_schedule(
+            command, &mut print,
+        ));
+    }
     if let Command::Snapshot(command) = command {
-        let code =
-            cyberbackup_client::snapshot::cli::run(command, &mut |stream, line| match stream {
-                cyberbackup_client::snapshot::cli::Stream::Stdout => out_lines([line]),
-                cyberbackup_client::snapshot::cli::Stream::Stderr => err_line(line),
-            });
-        return ExitCode::from(code);
+        return ExitCode::from(cyberbackup_client::snapshot::cli::run(command, &mut print));
     }
     if cyberbackup_client::v4::cli::handles(&command) {
         let outcome = cyberbackup_client::v4::cli::run(command);

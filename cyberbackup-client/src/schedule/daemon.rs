@@ -13,7 +13,9 @@
 //! - A failed run (server down, disk unreadable) is retried with a back-off from a minute
 //!   to an hour; its sentence is kept in the state for the UI and `schedule list`.
 //! - Each snapshot carries the tag `source:NAME`, and the retention rules apply only to
-//!   this host's snapshots with that tag.
+//!   this host's snapshots with that tag. Forgetting needs the device's manage role; on an
+//!   append-only device the backup still counts as done, and its message says why the
+//!   rules were not applied.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -301,11 +303,10 @@ impl Scheduler {
             }
         };
         let state = self.current_state(&source.name);
-        if !forced
-            && !self
-                .next_run(source, &state)
-                .is_some_and(|next| next <= Timestamp::now())
-        {
+        let due = self
+            .next_run(source, &state)
+            .is_some_and(|next| next <= Timestamp::now());
+        if !forced && !due {
             return state;
         }
         let started = Timestamp::now();
@@ -320,7 +321,7 @@ impl Scheduler {
         });
         let outcome = self.back_up(source).await;
         let (result, message, snapshot) = match outcome {
-            Ok((summary, forgotten)) => {
+            Ok((summary, retention)) => {
                 let result = if summary.unreadable.is_empty() {
                     RunResult::Succeeded
                 } else {
@@ -341,10 +342,16 @@ impl Scheduler {
                         summary.unreadable[0]
                     ));
                 }
-                if forgotten > 0 {
-                    message.push_str(&format!(
+                match retention {
+                    Retention::NotAsked | Retention::Forgot(0) => {}
+                    Retention::Forgot(forgotten) => message.push_str(&format!(
                         "; {forgotten} older snapshot(s) forgotten by the retention rules"
-                    ));
+                    )),
+                    // The snapshot is saved: a retention that could not run is a warning,
+                    // not a failed backup (it is tried again after the next one).
+                    Retention::Failed(why) => {
+                        message.push_str(&format!("; the retention rules were not applied: {why}"))
+                    }
                 }
                 (result, message, Some(summary.snapshot_id))
             }
@@ -386,12 +393,12 @@ impl Scheduler {
             .unwrap_or_default()
     }
 
-    /// The backup itself and the retention; returns the summary and how many snapshots
-    /// the retention forgot, or the sentence of what went wrong.
+    /// The backup itself and the retention; returns the summary and what the retention
+    /// did, or the sentence of what went wrong (then no snapshot was saved).
     async fn back_up(
         &self,
         source: &Source,
-    ) -> Result<(crate::snapshot::BackupSummary, usize), String> {
+    ) -> Result<(crate::snapshot::BackupSummary, Retention), String> {
         let settings = (self.settings)()?;
         if settings.server.is_empty() || settings.name.is_empty() {
             return Err(
@@ -424,30 +431,40 @@ impl Scheduler {
             events: Arc::clone(&self.events),
         };
         let summary = repo.backup(&backup, &mut progress).await.map_err(failed)?;
-        let mut forgotten = 0;
-        if !source.retention.keeps_everything() {
+        let retention = if source.retention.keeps_everything() {
+            Retention::NotAsked
+        } else {
             let plan = ForgetPolicy {
                 policy: source.retention.policy(),
                 hosts: vec![crate::snapshot::host_name()],
                 tags: vec![source.tag().into_bytes()],
                 ..ForgetPolicy::default()
             };
-            let groups = repo.forget_policy(&plan, false).await.map_err(|err| {
-                format!(
-                    "the snapshot was saved, but applying the retention rules failed: {}",
-                    failed(err)
-                )
-            })?;
-            forgotten = groups
-                .iter()
-                .flat_map(|group| &group.snapshots)
-                .filter(|entry| !entry.keep)
-                .count();
-        }
+            match repo.forget_policy(&plan, false).await {
+                Ok(groups) => Retention::Forgot(
+                    groups
+                        .iter()
+                        .flat_map(|group| &group.snapshots)
+                        .filter(|entry| !entry.keep)
+                        .count(),
+                ),
+                Err(err) => Retention::Failed(failed(err)),
+            }
+        };
         // The snapshot is committed; a failed goodbye changes nothing.
         let _ignored = repo.into_remote().close().await;
-        Ok((summary, forgotten))
+        Ok((summary, retention))
     }
+}
+
+/// What a run's retention did.
+enum Retention {
+    /// The source keeps every snapshot.
+    NotAsked,
+    /// It forgot this many snapshots.
+    Forgot(usize),
+    /// It could not run (e.g. an append-only device); the sentence says why.
+    Failed(String),
 }
 
 /// Turns a backup's events into the scheduler's.

@@ -6,7 +6,9 @@
 //! - [`state`]: what ran when, and the per-source locks.
 //! - [`daemon`]: the [`Scheduler`] loop, used by `cyberbackup-client daemon` and the UI.
 //! - [`install`]: the systemd user unit `schedule install` writes.
+//! - [`cli`]: the `daemon` and `schedule` commands.
 
+pub mod cli;
 pub mod daemon;
 pub mod install;
 pub mod plan;

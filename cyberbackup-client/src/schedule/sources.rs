@@ -318,7 +318,8 @@ mod tests {
 
     #[test]
     fn invalid_sources_are_refused_with_the_fix() {
-        let cases: [(fn(&mut Source), &str); 6] = [
+        type Breaks = fn(&mut Source);
+        let cases: [(Breaks, &str); 6] = [
             (|s| s.name = "my docs".into(), "not allowed"),
             (|s| s.name = ".hidden".into(), "not allowed"),
             (|s| s.paths.clear(), "at least one absolute path"),

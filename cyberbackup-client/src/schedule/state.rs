@@ -6,10 +6,11 @@
 //! holding it dies, so a crash never leaves a source locked.
 
 use std::collections::BTreeMap;
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
+use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 /// File name of the state file in the data directory.
@@ -190,14 +191,15 @@ fn lock_file(path: &Path, wait: bool) -> Result<Option<File>, String> {
             .open(path)
             .map_err(fail)?
     };
-    if wait {
-        file.lock().map_err(fail)?;
-        return Ok(Some(file));
-    }
-    match file.try_lock() {
+    let operation = if wait {
+        FlockOperation::LockExclusive
+    } else {
+        FlockOperation::NonBlockingLockExclusive
+    };
+    match rustix::fs::flock(&file, operation) {
         Ok(()) => Ok(Some(file)),
-        Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(err)) => Err(fail(err)),
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => Ok(None),
+        Err(errno) => Err(fail(errno.into())),
     }
 }
 

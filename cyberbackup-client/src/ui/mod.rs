@@ -27,6 +27,7 @@
 mod job;
 mod remote;
 mod snapshots;
+mod sources;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -58,12 +59,15 @@ use store::{HistoryEntry, Settings, Store, StoreData, UiProtocol};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
 /// Default staging limit for uploaded files (MiB).
 pub const DEFAULT_MAX_STAGING_MB: u64 = 1024;
+/// File name of the UI's settings and history in the data directory.
+pub const STORE_FILE: &str = "ui-history.json";
 /// Header every state-changing request must carry.
 pub const UI_HEADER: &str = "x-cyberbackup-ui";
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const UI_JS: &str = include_str!("assets/ui.js");
 const SNAPSHOTS_JS: &str = include_str!("assets/snapshots.js");
+const SOURCES_JS: &str = include_str!("assets/sources.js");
 const UI_CSS: &str = include_str!("assets/ui.css");
 
 /// How the UI server runs.
@@ -95,11 +99,7 @@ impl UiOptions {
     /// `--identity`).
     #[must_use]
     pub fn new(store_path: PathBuf, identity: IdentityFile) -> Self {
-        let v4_identity = identity
-            .path()
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .join(crate::v4::DEFAULT_IDENTITY_FILE);
+        let v4_identity = crate::v4::identity_beside(identity.path());
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
@@ -119,17 +119,26 @@ impl UiOptions {
     /// # Errors
     /// [`ClientError::Usage`] when neither variable is set.
     pub fn default_store_path() -> Result<PathBuf, ClientError> {
+        Ok(Self::default_data_dir()?.join(STORE_FILE))
+    }
+
+    /// The client's data directory (UI history, sources, schedule state):
+    /// `$XDG_DATA_HOME/cyberbackup`, else `~/.local/share/cyberbackup`.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] when neither variable is set.
+    pub fn default_data_dir() -> Result<PathBuf, ClientError> {
         let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let base = match (from_env("XDG_DATA_HOME"), from_env("HOME")) {
             (Some(data), _) => PathBuf::from(data),
             (None, Some(home)) => PathBuf::from(home).join(".local").join("share"),
             (None, None) => {
                 return Err(ClientError::Usage {
-                    message: "cannot find a place for the UI history: set HOME or XDG_DATA_HOME, or pass --data-dir".into(),
+                    message: "cannot find a place for the client's data: set HOME or XDG_DATA_HOME, or pass --data-dir".into(),
                 });
             }
         };
-        Ok(base.join("cyberbackup").join("ui-history.json"))
+        Ok(base.join("cyberbackup"))
     }
 }
 
@@ -160,6 +169,8 @@ struct Inner {
     restores: std::collections::BTreeMap<String, remote::Prepared>,
     /// The last restore of a snapshot path to a folder on this machine.
     snapshot_restore: Option<snapshots::RestoreView>,
+    /// The latest progress of each scheduled backup running in this process.
+    schedule_progress: std::collections::BTreeMap<String, crate::schedule::ScheduleEvent>,
 }
 
 /// Shared state of the UI server.
@@ -174,6 +185,9 @@ struct Ui {
     repository: tokio::sync::Mutex<Option<snapshots::Browser>>,
     /// A passphrase the page gave for the repository, in memory only.
     passphrase: tokio::sync::Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
+    /// The scheduler of the data directory's sources (set once the `Ui` exists, since it
+    /// reads the settings and reports progress through it).
+    scheduler: std::sync::OnceLock<crate::schedule::Scheduler>,
 }
 
 impl Ui {
@@ -299,12 +313,15 @@ impl UiServer {
                 notice: None,
                 restores: std::collections::BTreeMap::new(),
                 snapshot_restore: None,
+                schedule_progress: std::collections::BTreeMap::new(),
             }),
             state_tx,
             shutdown,
             repository: tokio::sync::Mutex::new(None),
             passphrase: tokio::sync::Mutex::new(None),
+            scheduler: std::sync::OnceLock::new(),
         });
+        let _first = ui.scheduler.set(scheduler_of(&ui));
         ui.publish();
         Ok(Self { listener, ui })
     }
@@ -332,6 +349,16 @@ impl UiServer {
     ) -> Result<(), ClientError> {
         let ui = Arc::clone(&self.ui);
         let app = router(Arc::clone(&self.ui));
+        let scheduled = self.ui.scheduler.get().cloned().map(|scheduler| {
+            let mut stopped = self.ui.shutdown.subscribe();
+            tokio::spawn(async move {
+                scheduler
+                    .run(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+            })
+        });
         cyberbackup_http::serve(self.listener, app, UI_HTTP_LIMITS, async move {
             shutdown.await;
             ui.shutdown.send_replace(true);
@@ -340,8 +367,38 @@ impl UiServer {
             }
         })
         .await;
+        if let Some(task) = scheduled {
+            let _ = task.await;
+        }
         Ok(())
     }
+}
+
+/// The UI's scheduler: the sources of the store's directory, backed up with the settings
+/// the page saved and this UI's v4 identity; its events go to the page.
+fn scheduler_of(ui: &Arc<Ui>) -> crate::schedule::Scheduler {
+    let data_dir = ui
+        .options
+        .store_path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let for_settings = Arc::downgrade(ui);
+    let for_events = Arc::downgrade(ui);
+    crate::schedule::Scheduler::new(
+        data_dir,
+        ui.options.v4_identity.clone(),
+        Arc::new(move || {
+            for_settings
+                .upgrade()
+                .map(|ui| ui.lock().settings.clone())
+                .ok_or_else(|| "the UI is stopping".to_owned())
+        }),
+        Arc::new(move |event| {
+            if let Some(ui) = for_events.upgrade() {
+                sources::record_event(&ui, event);
+            }
+        }),
+    )
 }
 
 fn router(ui: Arc<Ui>) -> Router {
@@ -357,6 +414,10 @@ fn router(ui: Arc<Ui>) -> Router {
         .route(
             "/assets/snapshots.js",
             get(|| async { asset(SNAPSHOTS_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/sources.js",
+            get(|| async { asset(SOURCES_JS, "text/javascript; charset=utf-8") }),
         )
         .route(
             "/assets/ui.css",
@@ -384,6 +445,9 @@ fn router(ui: Arc<Ui>) -> Router {
         .route("/api/snapshots/{id}/restore", post(snapshots::restore))
         .route("/api/snapshots/{id}/download", get(snapshots::download))
         .route("/api/repository/passphrase", post(snapshots::passphrase))
+        .route("/api/sources", get(sources::list).post(sources::save))
+        .route("/api/sources/{name}", delete(sources::remove))
+        .route("/api/sources/{name}/run", post(sources::run_now))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

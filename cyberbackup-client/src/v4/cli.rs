@@ -158,10 +158,7 @@ pub fn run(command: Command) -> Outcome {
 fn identity_path(args: &V4Args, v3_identity: Option<&Path>) -> Result<PathBuf, V4ClientError> {
     match (&args.v4_identity, v3_identity) {
         (Some(path), _) => Ok(path.clone()),
-        (None, Some(me_info)) => Ok(me_info
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(super::DEFAULT_IDENTITY_FILE)),
+        (None, Some(me_info)) => Ok(super::identity_beside(me_info)),
         (None, None) => V4Options::default_identity_path(),
     }
 }

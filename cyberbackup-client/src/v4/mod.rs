@@ -86,13 +86,18 @@ impl V4Options {
                 message: e.to_string(),
             }
         })?;
-        let dir = me_info
-            .path()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        Ok(dir.join(DEFAULT_IDENTITY_FILE))
+        Ok(identity_beside(me_info.path()))
     }
+}
+
+/// The v4 identity file beside a v3 identity file (`me.info`): `cyberbackup-v4.json` in
+/// the same directory.
+#[must_use]
+pub fn identity_beside(me_info: &Path) -> PathBuf {
+    me_info
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(DEFAULT_IDENTITY_FILE)
 }
 
 /// Errors of the v4 client.
