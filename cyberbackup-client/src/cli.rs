@@ -316,6 +316,13 @@ fn glob_set(patterns: &[String], flag: &str) -> Result<GlobSet, ClientError> {
 mod tests {
     use super::*;
 
+    /// clap checks a subcommand's arguments only when it is parsed; this checks them all
+    /// (two arguments named alike panic at run time otherwise).
+    #[test]
+    fn every_command_line_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
     #[test]
     fn directories_expand_recursively_with_globs() {
         let dir = tempfile::tempdir().unwrap();

@@ -141,7 +141,8 @@ pub struct RemoveArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The source's name.
-    pub name: String,
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
     /// Data directory and identity.
     #[command(flatten)]
     pub data: DataArgs,
@@ -320,7 +321,7 @@ fn execute(command: ScheduleCommand, print: &mut Printer<'_>) -> Result<u8, Stri
             let state = runtime.block_on(async {
                 let backup = async move {
                     let state = tokio::select! {
-                        state = scheduler.run_now(&run.name) => Some(state),
+                        state = scheduler.run_now(&run.source) => Some(state),
                         () = stopped() => None,
                     };
                     // Ends the printing below once the last line is out.
