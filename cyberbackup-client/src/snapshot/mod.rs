@@ -15,6 +15,7 @@ mod browse;
 pub mod cli;
 mod exclude;
 mod export;
+mod export_zip;
 mod forget;
 mod keys;
 mod remote;
@@ -32,7 +33,7 @@ pub use browse::{
     SearchHits, SnapshotInfo, SnapshotJson,
 };
 pub use exclude::{ExcludeOptions, Excluder};
-pub use export::ExportSummary;
+pub use export::{ArchiveFormat, ExportSummary};
 pub use forget::{ForgetEntry, ForgetGroup, ForgetPolicy, GroupBy, parse_local_time};
 pub use keys::{
     DEVICE_KEY_FILE, KeyInfo, KeyOptions, NEW_REPO_PACK_TARGET_BYTES, OpenRepository, OpenedBy,

@@ -1,6 +1,6 @@
 //! The snapshots view over the repository: the timeline, a lazy tree browser, search,
 //! changes since the previous snapshot, restore to a path on this machine with progress,
-//! and downloads (a file as it is, a folder as a streamed `.tar`).
+//! and downloads (a file as it is, a folder as a streamed `.tar` or `.zip`).
 //!
 //! Everything is decrypted here, in the client process, with this machine's device key (or
 //! a passphrase the page gives, kept in memory only); the server sees the same sealed
@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 use super::remote::{NotReady, content_disposition, failure, ready};
 use super::{Ui, error};
 use crate::snapshot::{
-    DiffKind, KeyOptions, Repository, RestoreFilter, RestoreProgress, SnapshotInfo,
+    ArchiveFormat, DiffKind, KeyOptions, Repository, RestoreFilter, RestoreProgress, SnapshotInfo,
 };
 use crate::v4::{V4Client, V4ClientError};
 
@@ -579,12 +579,14 @@ async fn run_restore(ui: Arc<Ui>, snapshot: String, path: Vec<u8>, target: PathB
 #[derive(Debug, Deserialize)]
 pub(super) struct DownloadQuery {
     path: Option<String>,
+    /// `tar` (the default) or `zip`: what a folder is archived as.
+    format: Option<String>,
 }
 
-/// `GET /api/snapshots/{id}/download?path=HEX`: a file as it is (with its length), or a
-/// folder as a `.tar` streamed while its blobs are fetched and verified. A failure midway
-/// aborts the response, so the browser reports a failed download rather than saving a
-/// short file.
+/// `GET /api/snapshots/{id}/download?path=HEX&format=tar|zip`: a file as it is (with its
+/// length), or a folder as a `.tar` or `.zip` streamed while its blobs are fetched and
+/// verified (see `snapshot/export_zip.rs` for what the zip holds). A failure midway aborts
+/// the response, so the browser reports a failed download rather than saving a short file.
 pub(super) async fn download(
     State(ui): State<Arc<Ui>>,
     UrlPath(snapshot): UrlPath<String>,
@@ -593,6 +595,16 @@ pub(super) async fn download(
     let path = match path_param(query.path.as_deref()) {
         Ok(path) => path,
         Err(response) => return *response,
+    };
+    let (format, extension, archive_type) = match query.format.as_deref() {
+        None | Some("tar") => (ArchiveFormat::Tar, "tar", "application/x-tar"),
+        Some("zip") => (ArchiveFormat::Zip, "zip", "application/zip"),
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot download as {other:?}: choose format=tar or format=zip"),
+            );
+        }
     };
     let mut repo = match open(&ui).await {
         Ok(repo) => repo,
@@ -604,20 +616,20 @@ pub(super) async fn download(
         Err(err) => return answer(&server, err),
     };
     let (name, length) = match &entry {
-        None => (format!("snapshot-{}.tar", &id.to_hex()[..8]), None),
+        None => (format!("snapshot-{}.{extension}", &id.to_hex()[..8]), None),
         Some(
             entry @ TreeEntry {
                 kind: EntryKind::File { .. },
                 ..
             },
         ) => (lossy(&entry.name), Some(entry.meta.size)),
-        Some(entry) => (format!("{}.tar", lossy(&entry.name)), None),
+        Some(entry) => (format!("{}.{extension}", lossy(&entry.name)), None),
     };
     let (mut writer, reader) = tokio::io::duplex(DOWNLOAD_BUFFER);
     let (result_tx, result_rx) = tokio::sync::oneshot::channel();
     let spec = id.to_hex();
     tokio::spawn(async move {
-        let dumped = repo.dump(&spec, &path, &mut writer).await;
+        let dumped = repo.export(&spec, &path, format, &mut writer).await;
         drop(writer);
         let _ = result_tx.send(dumped.map(|_| ()));
         let _ignored = repo.into_remote().close().await;
@@ -638,7 +650,7 @@ pub(super) async fn download(
     let content_type = if length.is_some() {
         "application/octet-stream"
     } else {
-        "application/x-tar"
+        archive_type
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(length) = length {
