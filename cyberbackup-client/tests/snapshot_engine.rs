@@ -862,6 +862,41 @@ async fn browse_lists_resolves_finds_diffs_and_forgets() {
 }
 
 #[tokio::test]
+async fn a_limited_diff_keeps_the_first_changes_by_path_and_counts_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("m")).unwrap();
+    fs::write(src.join("m/changed"), b"1").unwrap();
+    fs::write(src.join("m/removed"), b"2").unwrap();
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    let a = backup(&mut repo, &[&src]).await.snapshot_id;
+    fs::write(src.join("m/changed"), b"one").unwrap();
+    fs::remove_file(src.join("m/removed")).unwrap();
+    // Added in an order unlike path order, some in a new folder (listed with its content).
+    for i in (0..20).rev() {
+        fs::write(src.join(format!("add{i:02}")), b"new").unwrap();
+    }
+    fs::create_dir(src.join("a-dir")).unwrap();
+    for i in 0..4 {
+        fs::write(src.join(format!("a-dir/{i}")), b"new").unwrap();
+    }
+    let b = backup(&mut repo, &[&src]).await.snapshot_id;
+    let all = repo.diff(&a, &b).await.unwrap();
+    assert_eq!(all.len(), 27);
+
+    let page = repo.diff_limited(&a, &b, 10).await.unwrap();
+
+    assert_eq!(page.changes, all[..10]);
+    assert_eq!(
+        (page.total, page.added, page.removed, page.modified),
+        (27, 25, 1, 1)
+    );
+    let whole = repo.diff_limited(&a, &b, 100).await.unwrap();
+    assert_eq!(whole.changes, all);
+    assert_eq!(whole.total, 27);
+}
+
+#[tokio::test]
 async fn keys_open_with_the_device_key_recover_with_the_passphrase_and_refuse_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let remote = MemRemote::default();

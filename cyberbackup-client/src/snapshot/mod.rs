@@ -29,8 +29,8 @@ use cyberbackup_core::repo::{
 
 pub use backup::{BackupEvent, BackupObserver, BackupOptions, BackupSummary, NoObserver};
 pub use browse::{
-    CheckReport, DamagedPath, DiffEntry, DiffKind, DirListing, FindMatch, LsEntry, ReadData,
-    SearchHits, SnapshotInfo, SnapshotJson,
+    CheckReport, DamagedPath, DiffEntry, DiffKind, DiffPage, DirListing, FindMatch, LsEntry,
+    ReadData, SearchHits, SnapshotInfo, SnapshotJson,
 };
 pub use exclude::{ExcludeOptions, Excluder};
 pub use export::{ArchiveFormat, ExportSummary};

@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 use super::remote::{NotReady, content_disposition, failure, ready};
 use super::{Ui, error};
 use crate::snapshot::{
-    ArchiveFormat, DiffKind, KeyOptions, Repository, RestoreFilter, RestoreProgress, SnapshotInfo,
+    ArchiveFormat, KeyOptions, Repository, RestoreFilter, RestoreProgress, SnapshotInfo,
 };
 use crate::v4::{V4Client, V4ClientError};
 
@@ -395,29 +395,28 @@ pub(super) async fn diff(
             let Some(previous) = previous else {
                 return Ok(None);
             };
-            let changes = repo.diff(&previous.to_hex(), &id.to_hex()).await?;
-            Ok(Some((previous, changes)))
+            let page = repo
+                .diff_limited(&previous.to_hex(), &id.to_hex(), MAX_CHANGES)
+                .await?;
+            Ok(Some((previous, page)))
         })
     })
     .await;
     match changed {
         Ok(None) => Json(json!({ "against": null, "total": 0, "changes": [] })).into_response(),
-        Ok(Some((previous, changes))) => {
-            let count = |kind| changes.iter().filter(|c| c.kind == kind).count();
-            Json(json!({
-                "against": previous.to_hex(),
-                "total": changes.len(),
-                "added": count(DiffKind::Added),
-                "removed": count(DiffKind::Removed),
-                "modified": count(DiffKind::Modified),
-                "changes": changes.iter().take(MAX_CHANGES).map(|c| json!({
-                    "kind": c.kind,
-                    "path": lossy(&c.path),
-                    "key": hex::encode(&c.path),
-                })).collect::<Vec<_>>(),
-            }))
-            .into_response()
-        }
+        Ok(Some((previous, page))) => Json(json!({
+            "against": previous.to_hex(),
+            "total": page.total,
+            "added": page.added,
+            "removed": page.removed,
+            "modified": page.modified,
+            "changes": page.changes.iter().map(|c| json!({
+                "kind": c.kind,
+                "path": lossy(&c.path),
+                "key": hex::encode(&c.path),
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
         Err(response) => response,
     }
 }
