@@ -9,8 +9,11 @@
 //!
 //! Records are written here rather than with a crate: the `zip` crate's writers need a
 //! blocking `Write` (its streaming mode included), while content arrives asynchronously
-//! blob by blob — the reason `export.rs` writes tar headers itself — and the format needs
-//! little: stored members, data descriptors, ZIP64 fields, two extra fields.
+//! blob by blob — the reason `export.rs` writes tar headers itself. `async_zip` does stream
+//! over an async writer with data descriptors, but it is pre-1.0 (0.0.x, with a separately
+//! maintained fork), works on futures-io writers (an adapter over tokio's) and would add
+//! its own CRC and I/O crates, for what is here a few hundred lines that the unit tests
+//! below pin byte by byte: stored members, data descriptors, ZIP64 fields, two extra fields.
 //!
 //! - Members are *stored* (method 0), not compressed: cheap and streamable, though the
 //!   archive is then as large as the content.
