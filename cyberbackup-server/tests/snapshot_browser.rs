@@ -28,6 +28,7 @@ use admin_common::{config_for, get, snapshot_backup, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
 use cyberbackup_client::v4::DEFAULT_IDENTITY_FILE;
+use cyberbackup_core::testing::LogWriter;
 use serde_json::Value;
 
 /// Names and content in the tree; none may reach the server in the clear.
@@ -57,20 +58,6 @@ fn server_logs() -> &'static Mutex<Vec<u8>> {
             .init();
         logs
     })
-}
-
-/// Appends log lines to the shared buffer.
-struct LogWriter(&'static Mutex<Vec<u8>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
