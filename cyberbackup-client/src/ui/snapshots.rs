@@ -7,6 +7,9 @@
 //! blobs a restore fetches and nothing else. Browsing reuses one open repository
 //! connection ([`Ui::repository`]) so that opening a folder costs a few tree fetches; a
 //! restore and a download each open their own, so browsing stays responsive meanwhile.
+//! A download's export runs in its own task and feeds the response through a bounded pipe:
+//! when the browser abandons the download, the pipe's next write fails and the task ends,
+//! closing its connection (`cyberbackup-server/tests/snapshot_download.rs`).
 //!
 //! Paths travel as hex of their bytes (`path=2f686f6d65` for `/home`): a file name need not
 //! be UTF-8, and what the page sends back must name exactly the entry it was shown.
