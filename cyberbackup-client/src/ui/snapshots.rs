@@ -9,7 +9,8 @@
 //! restore and a download each open their own, so browsing stays responsive meanwhile.
 //! A download's export runs in its own task and feeds the response through a bounded pipe:
 //! when the browser abandons the download, the pipe's next write fails and the task ends,
-//! closing its connection (`cyberbackup-server/tests/snapshot_download.rs`).
+//! closing its connection. A restore runs in a task that ends when the UI stops, its
+//! progress ticking inside it (`cyberbackup-server/tests/snapshot_background.rs`).
 //!
 //! Paths travel as hex of their bytes (`path=2f686f6d65` for `/home`): a file name need not
 //! be UTF-8, and what the page sends back must name exactly the entry it was shown.
@@ -500,7 +501,15 @@ pub(super) async fn restore(
     };
     ui.publish();
     let task_ui = Arc::clone(&ui);
-    tokio::spawn(async move { run_restore(task_ui, snapshot, path, target).await });
+    let mut stop = ui.shutdown.subscribe();
+    // Ends with the UI: dropping the restore stops it between two writes (a file being
+    // written stays in its temporary name, as after Ctrl-C on the CLI's restore).
+    tokio::spawn(async move {
+        tokio::select! {
+            () = run_restore(task_ui, snapshot, path, target) => {}
+            _ = stop.wait_for(|stopped| *stopped) => {}
+        }
+    });
     Json(json!({ "id": id })).into_response()
 }
 
@@ -518,38 +527,28 @@ async fn run_restore(ui: Arc<Ui>, snapshot: String, path: Vec<u8>, target: PathB
         });
         return;
     };
-    let progress = Arc::new(RestoreProgress::default());
+    let progress = RestoreProgress::default();
     let outcome = async {
         let (files, bytes) = repo.tally(&snapshot, &path).await?;
         update(&|view| {
             view.files_total = files;
             view.bytes_total = bytes;
         });
-        let ticker = {
-            let (ui, progress) = (Arc::clone(&ui), Arc::clone(&progress));
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(PROGRESS_EVERY);
-                loop {
-                    every.tick().await;
-                    if let Some(view) = ui.lock().snapshot_restore.as_mut() {
-                        view.files_done = progress.files_done();
-                        view.bytes_written = progress.bytes_written();
-                    }
-                    ui.publish();
-                }
-            })
-        };
-        let restored = repo
-            .restore_with_progress(
-                &snapshot,
-                &path,
-                &target,
-                &RestoreFilter::default(),
-                &progress,
-            )
-            .await;
-        ticker.abort();
-        restored
+        let filter = RestoreFilter::default();
+        let restored = repo.restore_with_progress(&snapshot, &path, &target, &filter, &progress);
+        tokio::pin!(restored);
+        // The progress ticks in this future, not a task of its own, so that nothing
+        // outlives the restore.
+        let mut every = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                restored = &mut restored => break restored,
+                _ = every.tick() => update(&|view| {
+                    view.files_done = progress.files_done();
+                    view.bytes_written = progress.bytes_written();
+                }),
+            }
+        }
     }
     .await;
     let server = ui.lock().settings.server.clone();
