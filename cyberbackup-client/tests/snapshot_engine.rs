@@ -8,16 +8,16 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cyberbackup_client::snapshot::{
-    BackupEvent, BackupObserver, BackupOptions, BackupSummary, DiffKind, ExcludeOptions,
-    KeyOptions, NoObserver, OpenedBy, ReadData, RemoteRepo, RepoRemote, Repository, RestoreFilter,
-    SnapshotListing,
+    ArchiveFormat, BackupEvent, BackupObserver, BackupOptions, BackupSummary, DiffKind,
+    ExcludeOptions, KeyOptions, NoObserver, OpenedBy, ReadData, RemoteRepo, RepoRemote, Repository,
+    RestoreFilter, SnapshotListing,
 };
 use cyberbackup_client::v4::V4ClientError;
 use cyberbackup_core::repo::{
@@ -441,6 +441,128 @@ async fn thousands_of_blobs_are_asked_about_in_have_batches_of_at_most_2000() {
 }
 
 #[tokio::test]
+async fn a_folder_exported_as_zip_reads_back_in_pythons_zipfile_with_every_byte_mode_link_and_time()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    // An odd second: the DOS field rounds it down, the extended timestamp keeps it.
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_001);
+    fs::File::options()
+        .write(true)
+        .open(src.join("run.sh"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    backup(&mut repo, &[&src]).await;
+    let zip_path = dir.path().join("src.zip");
+    let mut out = tokio::fs::File::create(&zip_path).await.unwrap();
+
+    let summary = repo
+        .export(
+            "latest",
+            src.as_os_str().as_bytes(),
+            ArchiveFormat::Zip,
+            &mut out,
+        )
+        .await
+        .unwrap();
+    drop(out);
+
+    assert!(summary.archive);
+    let read = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(READ_ZIP)
+        .arg(&zip_path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let members: Vec<serde_json::Value> = serde_json::from_slice(&read.stdout).unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    for entry in walkdir::WalkDir::new(&src) {
+        let entry = entry.unwrap();
+        let relative = entry.path().strip_prefix(dir.path()).unwrap();
+        let mut name = String::from_utf8_lossy(relative.as_os_str().as_bytes()).into_owned();
+        let meta = entry.path().symlink_metadata().unwrap();
+        let data = if meta.is_symlink() {
+            fs::read_link(entry.path())
+                .unwrap()
+                .into_os_string()
+                .into_vec()
+        } else if meta.is_dir() {
+            name.push('/');
+            Vec::new()
+        } else {
+            fs::read(entry.path()).unwrap()
+        };
+        expected.insert(name, (meta.mode(), meta.mtime(), data));
+    }
+    assert_eq!(members.len(), expected.len(), "one member per entry");
+    for member in &members {
+        let name = member["name"].as_str().unwrap();
+        let (mode, mtime, data) = &expected[name];
+        assert_eq!(member["mode"], *mode, "mode of {name}");
+        assert_eq!(member["mtime"], *mtime, "mtime of {name}");
+        assert_eq!(
+            member["dos_time"],
+            json_dos_time(*mtime),
+            "DOS time of {name}"
+        );
+        assert!(
+            hex::decode(member["data"].as_str().unwrap()).unwrap() == *data,
+            "content of {name}"
+        );
+    }
+    assert!(expected.contains_key("src/empty-dir/"));
+    assert!(expected.contains_key("src/odd/bad\u{FFFD}\u{FFFD}utf8"));
+    assert_eq!(expected["src/rel-link"].2, b"a/same.txt");
+    assert_eq!(expected["src/run.sh"].1, 1_000_000_001);
+}
+
+/// Reads a zip with Python's `zipfile` (which checks every CRC-32 and local header) and
+/// prints each member: name, Unix mode, extended-timestamp mtime, DOS time, content (hex).
+const READ_ZIP: &str = r#"
+import json, struct, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as archive:
+    assert archive.testzip() is None
+    members = []
+    for info in archive.infolist():
+        assert info.flag_bits & 0x800, info.filename
+        extra, mtime = info.extra, None
+        while len(extra) >= 4:
+            tag, size = struct.unpack("<HH", extra[:4])
+            if tag == 0x5455 and extra[4] & 1:
+                mtime = struct.unpack("<i", extra[5:9])[0]
+            extra = extra[4 + size:]
+        members.append({
+            "name": info.filename,
+            "mode": info.external_attr >> 16,
+            "mtime": mtime,
+            "dos_time": list(info.date_time),
+            "data": archive.read(info).hex(),
+        })
+json.dump(members, sys.stdout)
+"#;
+
+/// What `zipfile` reports as the DOS time of `secs`: UTC, seconds rounded down to even.
+fn json_dos_time(secs: i64) -> serde_json::Value {
+    let utc = jiff::tz::TimeZone::UTC.to_datetime(jiff::Timestamp::from_second(secs).unwrap());
+    serde_json::json!([
+        utc.year(),
+        utc.month(),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second() / 2 * 2
+    ])
+}
+
+#[tokio::test]
 async fn a_have_answer_of_the_wrong_length_fails_the_backup_and_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
@@ -737,6 +859,41 @@ async fn browse_lists_resolves_finds_diffs_and_forgets() {
     ));
     repo.forget(&a).await.unwrap();
     assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_limited_diff_keeps_the_first_changes_by_path_and_counts_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("m")).unwrap();
+    fs::write(src.join("m/changed"), b"1").unwrap();
+    fs::write(src.join("m/removed"), b"2").unwrap();
+    let (_remote, mut repo) = open_new(dir.path()).await;
+    let a = backup(&mut repo, &[&src]).await.snapshot_id;
+    fs::write(src.join("m/changed"), b"one").unwrap();
+    fs::remove_file(src.join("m/removed")).unwrap();
+    // Added in an order unlike path order, some in a new folder (listed with its content).
+    for i in (0..20).rev() {
+        fs::write(src.join(format!("add{i:02}")), b"new").unwrap();
+    }
+    fs::create_dir(src.join("a-dir")).unwrap();
+    for i in 0..4 {
+        fs::write(src.join(format!("a-dir/{i}")), b"new").unwrap();
+    }
+    let b = backup(&mut repo, &[&src]).await.snapshot_id;
+    let all = repo.diff(&a, &b).await.unwrap();
+    assert_eq!(all.len(), 27);
+
+    let page = repo.diff_limited(&a, &b, 10).await.unwrap();
+
+    assert_eq!(page.changes, all[..10]);
+    assert_eq!(
+        (page.total, page.added, page.removed, page.modified),
+        (27, 25, 1, 1)
+    );
+    let whole = repo.diff_limited(&a, &b, 100).await.unwrap();
+    assert_eq!(whole.changes, all);
+    assert_eq!(whole.total, 27);
 }
 
 #[tokio::test]

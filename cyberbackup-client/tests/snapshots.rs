@@ -24,6 +24,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use cyberbackup_core::testing::LogWriter;
 use cyberbackup_server::catalog::DeviceRole;
 use cyberbackup_server::config::RetentionConfig;
 use support::{
@@ -44,20 +45,6 @@ fn server_logs() -> &'static Mutex<Vec<u8>> {
             .init();
         logs
     })
-}
-
-/// Appends log lines to the shared buffer.
-struct LogWriter(&'static Mutex<Vec<u8>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 const MIB: u64 = 1024 * 1024;

@@ -2,8 +2,8 @@
 //! server: the timeline lists two snapshots; the folder browser opens a folder three levels
 //! deep, pages a folder of 152 entries 100 at a time and goes back by its breadcrumbs; a
 //! search finds a file by part of its name; the changes since the previous snapshot are
-//! listed; a folder is restored to a path with progress, and downloaded as a `.tar`, and a
-//! file as itself — each compared byte for byte with the original.
+//! listed; a folder is restored to a path with progress, and downloaded as a `.tar` and as
+//! a `.zip`, and a file as itself — each compared byte for byte with the original.
 //!
 //! Then the zero-knowledge check of the session: neither the server's logs nor any answer
 //! of its admin API (JSON, CSV, metrics) contains a file name or the content of the tree.
@@ -19,7 +19,7 @@
 
 mod admin_common;
 
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use admin_common::{config_for, get, snapshot_backup, start};
 use cyberbackup_client::IdentityFile;
 use cyberbackup_client::ui::{UiOptions, UiServer};
 use cyberbackup_client::v4::DEFAULT_IDENTITY_FILE;
+use cyberbackup_core::testing::LogWriter;
 use serde_json::Value;
 
 /// Names and content in the tree; none may reach the server in the clear.
@@ -57,20 +58,6 @@ fn server_logs() -> &'static Mutex<Vec<u8>> {
             .init();
         logs
     })
-}
-
-/// Appends log lines to the shared buffer.
-struct LogWriter(&'static Mutex<Vec<u8>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +136,7 @@ async fn snapshots_view_browses_searches_diffs_restores_and_downloads() {
             )
         })
     };
-    let (errors, png, tar, downloaded) = session.await.unwrap();
+    let (errors, png, tar, zip, downloaded) = session.await.unwrap();
 
     assert!(errors.is_empty(), "the page reported errors: {errors:#?}");
     // Restored to a path: the folder's content lands in the target.
@@ -180,6 +167,41 @@ async fn snapshots_view_browses_searches_diffs_restores_and_downloads() {
     assert_eq!(
         std::fs::read(in_tar.join(NOTES)).unwrap(),
         CONTENT.repeat(3).into_bytes()
+    );
+    // The folder as a zip: exactly its two files, byte for byte.
+    let unzipped = dir.path().join("unzipped");
+    let unzip = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&zip)
+        .arg(&unzipped)
+        .status()
+        .unwrap();
+    assert!(
+        unzip.success(),
+        "Python's zipfile could not read the download"
+    );
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(&unzipped).sort_by_file_name() {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            let name = entry.path().strip_prefix(&unzipped).unwrap().to_owned();
+            files.push((name, std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    let expected = vec![
+        (
+            Path::new(FOLDER).join("beta/gamma").join(REPORT),
+            report.clone(),
+        ),
+        (
+            Path::new(FOLDER).join(NOTES),
+            CONTENT.repeat(3).into_bytes(),
+        ),
+    ];
+    assert!(
+        files == expected,
+        "the zip holds {:?}",
+        files.iter().map(|(name, _)| name).collect::<Vec<_>>()
     );
     assert!(downloaded == report, "the downloaded file differs");
 
@@ -237,8 +259,8 @@ async fn snapshots_view_browses_searches_diffs_restores_and_downloads() {
     server.stop().await;
 }
 
-/// The browser's part: returns the page's errors, a screenshot, the downloaded tar's path
-/// and the downloaded file's bytes.
+/// The browser's part: returns the page's errors, a screenshot, the downloaded tar's and
+/// zip's paths and the downloaded file's bytes.
 fn browse_session(
     chromium: &Path,
     ui_url: &str,
@@ -246,7 +268,7 @@ fn browse_session(
     downloads: &Path,
     target: &Path,
     report_len: usize,
-) -> (Vec<String>, Vec<u8>, std::path::PathBuf, Vec<u8>) {
+) -> (Vec<String>, Vec<u8>, PathBuf, PathBuf, Vec<u8>) {
     let wait = Duration::from_secs(45);
     let mut browser = Browser::launch(chromium);
     browser.allow_downloads_to(downloads);
@@ -329,7 +351,7 @@ fn browse_session(
         "document.getElementById('browse-status').textContent",
     );
 
-    // Restore the folder to a path, with progress, then download it as a tar.
+    // Restore the folder to a path, with progress, then download it as a tar and a zip.
     browser.eval("document.getElementById('back-to-folder').click(), true");
     open(&mut browser, FOLDER);
     browser.wait_for(
@@ -351,6 +373,9 @@ fn browse_session(
     browser.eval("document.getElementById('download-selected').click(), true");
     let tar = downloads.join(format!("{FOLDER}.tar"));
     wait_for_download(&tar, report_len);
+    browser.eval("document.getElementById('download-zip').click(), true");
+    let zip = downloads.join(format!("{FOLDER}.zip"));
+    wait_for_download(&zip, report_len);
 
     // A single file downloads as itself.
     for name in ["beta", "gamma"] {
@@ -362,5 +387,10 @@ fn browse_session(
     ));
     browser.eval("document.getElementById('download-selected').click(), true");
     let downloaded = wait_for_download(&downloads.join(REPORT), report_len);
-    (browser.errors.clone(), png, tar, downloaded)
+    assert_eq!(
+        browser.eval("getComputedStyle(document.getElementById('download-zip')).display"),
+        Value::from("none"),
+        "a file is offered as itself only"
+    );
+    (browser.errors.clone(), png, tar, zip, downloaded)
 }

@@ -3,7 +3,7 @@
 //! `forget` and `check`; and for the local UI one directory at a time ([`DirListing`]) and
 //! a bounded search of one snapshot ([`Repository::search`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
@@ -176,6 +176,22 @@ pub struct DiffEntry {
     pub kind: DiffKind,
     /// Path in the snapshots, as bytes.
     pub path: Vec<u8>,
+}
+
+/// The first changes of a diff, in path order, with the counts of all of them
+/// ([`Repository::diff_limited`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiffPage {
+    /// The first changes by path, at most the limit asked for.
+    pub changes: Vec<DiffEntry>,
+    /// Every change, listed or not.
+    pub total: u64,
+    /// Added paths, listed or not.
+    pub added: u64,
+    /// Removed paths, listed or not.
+    pub removed: u64,
+    /// Modified paths, listed or not.
+    pub modified: u64,
 }
 
 /// How much data `check` reads.
@@ -447,11 +463,57 @@ impl<R: RepoRemote> Repository<R> {
     /// # Errors
     /// As [`Self::resolve`]; the remote's errors.
     pub async fn diff(&mut self, a: &str, b: &str) -> Result<Vec<DiffEntry>, V4ClientError> {
+        let mut out = Vec::new();
+        self.diff_each(a, b, &mut |entry| out.push(entry)).await?;
+        out.sort_by(|x, y| x.path.cmp(&y.path));
+        Ok(out)
+    }
+
+    /// [`Self::diff`] keeping only the first `limit` changes by path (memory: `limit`
+    /// entries, however many paths changed), with the counts of all of them.
+    ///
+    /// # Errors
+    /// As [`Self::diff`].
+    pub async fn diff_limited(
+        &mut self,
+        a: &str,
+        b: &str,
+        limit: usize,
+    ) -> Result<DiffPage, V4ClientError> {
+        let mut page = DiffPage::default();
+        // Paths are unique in a diff: a path is added, removed or modified, never two.
+        let mut first = BTreeMap::new();
+        self.diff_each(a, b, &mut |entry| {
+            page.total += 1;
+            match entry.kind {
+                DiffKind::Added => page.added += 1,
+                DiffKind::Removed => page.removed += 1,
+                DiffKind::Modified => page.modified += 1,
+            }
+            first.insert(entry.path, entry.kind);
+            if first.len() > limit {
+                first.pop_last();
+            }
+        })
+        .await?;
+        page.changes = first
+            .into_iter()
+            .map(|(path, kind)| DiffEntry { kind, path })
+            .collect();
+        Ok(page)
+    }
+
+    /// Calls `visit` for every change from snapshot `a` to `b`, in no particular order.
+    async fn diff_each(
+        &mut self,
+        a: &str,
+        b: &str,
+        visit: &mut (dyn FnMut(DiffEntry) + Send),
+    ) -> Result<(), V4ClientError> {
         let a = self.resolve(a).await?;
         let b = self.resolve(b).await?;
         let root_a = self.snapshot(a).await?.1.root;
         let root_b = self.snapshot(b).await?.1.root;
-        let mut out = Vec::new();
         let mut stack = vec![(PathBuf::from("/"), root_a, root_b)];
         while let Some((path, tree_a, tree_b)) = stack.pop() {
             if tree_a == tree_b {
@@ -470,26 +532,24 @@ impl<R: RepoRemote> Repository<R> {
                 match (ta.get(name), tb.get(name)) {
                     (Some(ea), Some(eb)) => match (dir_subtree(ea), dir_subtree(eb)) {
                         (Some(sa), Some(sb)) => stack.push((child, sa, sb)),
-                        _ if ea != eb => out.push(DiffEntry {
+                        _ if ea != eb => visit(DiffEntry {
                             kind: DiffKind::Modified,
                             path: child.as_os_str().as_bytes().to_vec(),
                         }),
                         _ => {}
                     },
                     (Some(entry), None) => {
-                        self.diff_all(&child, entry, DiffKind::Removed, &mut out)
+                        self.diff_all(&child, entry, DiffKind::Removed, visit)
                             .await?
                     }
                     (None, Some(entry)) => {
-                        self.diff_all(&child, entry, DiffKind::Added, &mut out)
-                            .await?
+                        self.diff_all(&child, entry, DiffKind::Added, visit).await?
                     }
                     (None, None) => {}
                 }
             }
         }
-        out.sort_by(|x, y| x.path.cmp(&y.path));
-        Ok(out)
+        Ok(())
     }
 
     /// `check`: every snapshot opens, every tree decodes, every referenced blob is on the
@@ -762,15 +822,15 @@ impl<R: RepoRemote> Repository<R> {
         path: &Path,
         entry: &TreeEntry,
         kind: DiffKind,
-        out: &mut Vec<DiffEntry>,
+        visit: &mut (dyn FnMut(DiffEntry) + Send),
     ) -> Result<(), V4ClientError> {
-        out.push(DiffEntry {
+        visit(DiffEntry {
             kind,
             path: path.as_os_str().as_bytes().to_vec(),
         });
         if let Some(subtree) = dir_subtree(entry) {
             self.walk(path, subtree, &mut |found| {
-                out.push(DiffEntry {
+                visit(DiffEntry {
                     kind,
                     path: found.path,
                 });

@@ -1,10 +1,12 @@
 //! Export: a path of a snapshot as one byte stream, written to any [`AsyncWrite`] as the
-//! blobs arrive — a file's content as it is, a directory (or a symlink) as a tar archive.
-//! `dump` prints it (restic's behaviour for a directory) and the local UI streams it as a
-//! download. Every blob is opened and verified before a byte of it is written; a file whose
-//! content does not add up to the size its tree records ends the stream with an error.
+//! blobs arrive — a file's content as it is, a directory (or a symlink) as a tar or zip
+//! archive. `dump` prints it (restic's behaviour for a directory) and the local UI streams
+//! it as a download. Every blob is opened and verified before a byte of it is written; a
+//! file whose content does not add up to the size its tree records ends the stream with an
+//! error. One tree walk serves both formats; [`Archive`] turns its members into records.
 //!
-//! The 512-byte headers come from the `tar` crate ([`tar::Header`]: fields, checksum). Its
+//! The zip records are `export_zip.rs`'s (which says why they are written by hand).
+//! The 512-byte tar headers come from the `tar` crate ([`tar::Header`]: fields, checksum). Its
 //! `Builder` is not used because it wants a blocking `Read` for each file while the content
 //! here arrives asynchronously, blob by blob; so this module writes the headers, the
 //! content, the padding and, for a name or link target longer than the header's 100 bytes,
@@ -19,6 +21,7 @@ use cyberbackup_core::repo::{BlobId, BlobKind, EntryKind, Metadata, RepoError, T
 use tar::{EntryType, Header};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::export_zip::{NameTooLong, ZipEncoder};
 use super::{BlobError, RepoRemote, Repository, short_hex};
 use crate::v4::V4ClientError;
 
@@ -27,10 +30,20 @@ const BLOCK: usize = 512;
 /// Longest name (or link target) a plain header holds.
 const HEADER_NAME_BYTES: usize = 100;
 
+/// What a directory or symlink is exported as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// A tar archive (GNU long names).
+    #[default]
+    Tar,
+    /// A zip archive of stored members with Unix modes and times, written as a stream.
+    Zip,
+}
+
 /// What an export wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ExportSummary {
-    /// Whether the stream is a tar archive (a directory or symlink) rather than a file's
+    /// Whether the stream is an archive (of a directory or symlink) rather than a file's
     /// bytes.
     pub archive: bool,
     /// Regular files written.
@@ -44,34 +57,58 @@ pub struct ExportSummary {
 }
 
 impl<R: RepoRemote> Repository<R> {
-    /// `dump SNAPSHOT PATH`: writes the file at `path` to `out`, or, for a directory (`/`
-    /// for the whole snapshot) or a symlink, a tar archive of it whose names start with its
-    /// base name (`snapshot-<short ID>` for `/`).
+    /// `dump SNAPSHOT PATH`: [`Self::export`] with directories as tar archives.
     ///
     /// # Errors
-    /// As [`Self::resolve`]; [`V4ClientError::PathNotInSnapshot`];
-    /// [`V4ClientError::Corrupt`] when a blob fails verification or a file's content does not
-    /// match its recorded size (the stream is then incomplete); [`V4ClientError::Local`] when
-    /// `out` fails (a closed pipe included).
+    /// As [`Self::export`].
     pub async fn dump(
         &mut self,
         spec: &str,
         path: &[u8],
         out: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<ExportSummary, V4ClientError> {
+        self.export(spec, path, ArchiveFormat::Tar, out).await
+    }
+
+    /// Writes the file at `path` to `out`, or, for a directory (`/` for the whole snapshot)
+    /// or a symlink, an archive of it in `format` whose names start with its base name
+    /// (`snapshot-<short ID>` for `/`).
+    ///
+    /// # Errors
+    /// As [`Self::resolve`]; [`V4ClientError::PathNotInSnapshot`];
+    /// [`V4ClientError::Corrupt`] when a blob fails verification or a file's content does not
+    /// match its recorded size (the stream is then incomplete); [`V4ClientError::Local`] when
+    /// `out` fails (a closed pipe included); [`V4ClientError::Usage`] for a zip whose member
+    /// name would exceed 65,535 bytes.
+    pub async fn export(
+        &mut self,
+        spec: &str,
+        path: &[u8],
+        format: ArchiveFormat,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<ExportSummary, V4ClientError> {
         let found = self.locate(spec, path).await?;
         let at = found.path;
         let mut summary = ExportSummary::default();
-        let mut archive = Archive { out, at: &at };
+        let encoding = match format {
+            ArchiveFormat::Tar => Encoding::Tar,
+            ArchiveFormat::Zip => Encoding::Zip(ZipEncoder::default()),
+        };
+        let mut archive = Archive {
+            out,
+            at: &at,
+            encoding,
+        };
         match found.entry {
             Some(TreeEntry {
                 kind: EntryKind::File { content },
                 meta,
                 ..
             }) => {
+                // A file is its bytes whatever the format: no archive around it.
                 summary.files = 1;
                 summary.bytes = self
-                    .copy_content(&content, meta.size, &at, archive.out)
+                    .copy_content(&content, meta.size, &at, &mut archive)
                     .await?;
                 archive.flush().await?;
                 return Ok(summary);
@@ -86,9 +123,7 @@ impl<R: RepoRemote> Repository<R> {
                 summary.archive = true;
                 let name =
                     PathBuf::from(format!("snapshot-{}", short_hex(found.snapshot.as_bytes())));
-                archive
-                    .header(&name, EntryType::Directory, &root_meta(), 0, None)
-                    .await?;
+                archive.directory(&name, &root_meta()).await?;
                 summary.dirs += 1;
                 self.archive_tree(&mut archive, found.root, &name, &mut summary)
                     .await?;
@@ -109,26 +144,20 @@ impl<R: RepoRemote> Repository<R> {
         match &entry.kind {
             EntryKind::File { content } => {
                 let size = entry.meta.size;
-                archive
-                    .header(name, EntryType::Regular, &entry.meta, size, None)
-                    .await?;
+                archive.begin_file(name, &entry.meta, size).await?;
                 let at = archive.at.join(name);
-                let written = self.copy_content(content, size, &at, archive.out).await?;
-                archive.pad(written).await?;
+                let written = self.copy_content(content, size, &at, archive).await?;
+                archive.end_file(written).await?;
                 summary.files += 1;
                 summary.bytes += written;
             }
             EntryKind::Dir { subtree } => {
-                archive
-                    .header(name, EntryType::Directory, &entry.meta, 0, None)
-                    .await?;
+                archive.directory(name, &entry.meta).await?;
                 summary.dirs += 1;
                 self.archive_tree(archive, *subtree, name, summary).await?;
             }
             EntryKind::Symlink { target } => {
-                archive
-                    .header(name, EntryType::Symlink, &entry.meta, 0, Some(target))
-                    .await?;
+                archive.symlink(name, &entry.meta, target).await?;
                 summary.symlinks += 1;
             }
             _ => {}
@@ -163,7 +192,7 @@ impl<R: RepoRemote> Repository<R> {
         content: &[BlobId],
         size: u64,
         at: &Path,
-        out: &mut (dyn AsyncWrite + Unpin + Send),
+        archive: &mut Archive<'_>,
     ) -> Result<u64, V4ClientError> {
         let mut written = 0u64;
         for blob in content {
@@ -178,9 +207,7 @@ impl<R: RepoRemote> Repository<R> {
             if written > size {
                 break;
             }
-            out.write_all(&plaintext)
-                .await
-                .map_err(|source| write_error(at, source))?;
+            archive.content(&plaintext).await?;
         }
         if written != size {
             return Err(super::corrupt(
@@ -195,16 +222,117 @@ impl<R: RepoRemote> Repository<R> {
     }
 }
 
-/// The tar stream being written.
+/// The archive being written: the walk's members become the records of its encoding.
 struct Archive<'a> {
     out: &'a mut (dyn AsyncWrite + Unpin + Send),
     /// The snapshot path exported (for error messages).
     at: &'a Path,
+    encoding: Encoding,
+}
+
+/// The format's state.
+enum Encoding {
+    Tar,
+    Zip(ZipEncoder),
 }
 
 impl Archive<'_> {
-    /// Writes the header of one member, preceded by GNU long-name records when `name` or
-    /// `link` does not fit.
+    /// A directory member.
+    async fn directory(&mut self, name: &Path, meta: &Metadata) -> Result<(), V4ClientError> {
+        match &mut self.encoding {
+            Encoding::Tar => self.header(name, EntryType::Directory, meta, 0, None).await,
+            Encoding::Zip(zip) => {
+                let record = zip
+                    .directory(name.as_os_str().as_bytes(), meta.mode, meta.mtime.secs)
+                    .map_err(|NameTooLong| name_too_long(self.at, name))?;
+                self.write(&record).await
+            }
+        }
+    }
+
+    /// A symlink member pointing at `target`.
+    async fn symlink(
+        &mut self,
+        name: &Path,
+        meta: &Metadata,
+        target: &[u8],
+    ) -> Result<(), V4ClientError> {
+        match &mut self.encoding {
+            Encoding::Tar => {
+                self.header(name, EntryType::Symlink, meta, 0, Some(target))
+                    .await
+            }
+            Encoding::Zip(zip) => {
+                let record = zip
+                    .symlink(
+                        name.as_os_str().as_bytes(),
+                        meta.mode,
+                        meta.mtime.secs,
+                        target,
+                    )
+                    .map_err(|NameTooLong| name_too_long(self.at, name))?;
+                self.write(&record).await
+            }
+        }
+    }
+
+    /// Starts a file member of `size` bytes; its content follows through
+    /// [`Self::content`], then [`Self::end_file`].
+    async fn begin_file(
+        &mut self,
+        name: &Path,
+        meta: &Metadata,
+        size: u64,
+    ) -> Result<(), V4ClientError> {
+        match &mut self.encoding {
+            Encoding::Tar => {
+                self.header(name, EntryType::Regular, meta, size, None)
+                    .await
+            }
+            Encoding::Zip(zip) => {
+                let record = zip
+                    .begin_file(
+                        name.as_os_str().as_bytes(),
+                        meta.mode,
+                        meta.mtime.secs,
+                        size,
+                    )
+                    .map_err(|NameTooLong| name_too_long(self.at, name))?;
+                self.write(&record).await
+            }
+        }
+    }
+
+    /// A piece of the current file's content.
+    async fn content(&mut self, bytes: &[u8]) -> Result<(), V4ClientError> {
+        if let Encoding::Zip(zip) = &mut self.encoding {
+            zip.content(bytes);
+        }
+        self.write(bytes).await
+    }
+
+    /// Ends the current file member after `len` bytes of content.
+    async fn end_file(&mut self, len: u64) -> Result<(), V4ClientError> {
+        match &mut self.encoding {
+            Encoding::Tar => self.pad(len).await,
+            Encoding::Zip(zip) => {
+                let descriptor = zip.end_file();
+                self.write(&descriptor).await
+            }
+        }
+    }
+
+    /// Ends the archive (tar's two zero blocks; zip's central directory), then flushes.
+    async fn finish(&mut self) -> Result<(), V4ClientError> {
+        match std::mem::replace(&mut self.encoding, Encoding::Tar) {
+            Encoding::Tar => self.write(&[0; 2 * BLOCK]).await?,
+            Encoding::Zip(zip) => self.write(&zip.finish()).await?,
+        }
+        self.flush().await
+    }
+
+    /// Writes the tar header of one member, preceded by GNU long-name records when `name`
+    /// or `link` does not fit.
     async fn header(
         &mut self,
         name: &Path,
@@ -255,19 +383,13 @@ impl Archive<'_> {
         self.pad(value.len() as u64 + 1).await
     }
 
-    /// Zeros up to the next block boundary after `len` bytes of content.
+    /// Tar's zeros up to the next block boundary after `len` bytes of content.
     async fn pad(&mut self, len: u64) -> Result<(), V4ClientError> {
         let partial = usize::try_from(len % BLOCK as u64).unwrap_or(0);
         if partial == 0 {
             return Ok(());
         }
         self.write(&[0; BLOCK][partial..]).await
-    }
-
-    /// The two zero blocks that end an archive, then a flush.
-    async fn finish(&mut self) -> Result<(), V4ClientError> {
-        self.write(&[0; 2 * BLOCK]).await?;
-        self.flush().await
     }
 
     async fn flush(&mut self) -> Result<(), V4ClientError> {
@@ -305,5 +427,14 @@ fn write_error(at: &Path, source: std::io::Error) -> V4ClientError {
         what: "cannot write the dump of",
         path: at.to_path_buf(),
         source,
+    }
+}
+
+fn name_too_long(at: &Path, name: &Path) -> V4ClientError {
+    V4ClientError::Usage {
+        message: format!(
+            "{}: a name in it is longer than a .zip member can hold (65,535 bytes) — download it as .tar instead",
+            at.join(name).display()
+        ),
     }
 }

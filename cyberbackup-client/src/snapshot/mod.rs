@@ -15,6 +15,7 @@ mod browse;
 pub mod cli;
 mod exclude;
 mod export;
+mod export_zip;
 mod forget;
 mod keys;
 mod remote;
@@ -28,11 +29,11 @@ use cyberbackup_core::repo::{
 
 pub use backup::{BackupEvent, BackupObserver, BackupOptions, BackupSummary, NoObserver};
 pub use browse::{
-    CheckReport, DamagedPath, DiffEntry, DiffKind, DirListing, FindMatch, LsEntry, ReadData,
-    SearchHits, SnapshotInfo, SnapshotJson,
+    CheckReport, DamagedPath, DiffEntry, DiffKind, DiffPage, DirListing, FindMatch, LsEntry,
+    ReadData, SearchHits, SnapshotInfo, SnapshotJson,
 };
 pub use exclude::{ExcludeOptions, Excluder};
-pub use export::ExportSummary;
+pub use export::{ArchiveFormat, ExportSummary};
 pub use forget::{ForgetEntry, ForgetGroup, ForgetPolicy, GroupBy, parse_local_time};
 pub use keys::{
     DEVICE_KEY_FILE, KeyInfo, KeyOptions, NEW_REPO_PACK_TARGET_BYTES, OpenRepository, OpenedBy,

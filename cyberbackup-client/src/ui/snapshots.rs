@@ -1,12 +1,16 @@
 //! The snapshots view over the repository: the timeline, a lazy tree browser, search,
 //! changes since the previous snapshot, restore to a path on this machine with progress,
-//! and downloads (a file as it is, a folder as a streamed `.tar`).
+//! and downloads (a file as it is, a folder as a streamed `.tar` or `.zip`).
 //!
 //! Everything is decrypted here, in the client process, with this machine's device key (or
 //! a passphrase the page gives, kept in memory only); the server sees the same sealed
 //! blobs a restore fetches and nothing else. Browsing reuses one open repository
 //! connection ([`Ui::repository`]) so that opening a folder costs a few tree fetches; a
 //! restore and a download each open their own, so browsing stays responsive meanwhile.
+//! A download's export runs in its own task and feeds the response through a bounded pipe:
+//! when the browser abandons the download, the pipe's next write fails and the task ends,
+//! closing its connection. A restore runs in a task that ends when the UI stops, its
+//! progress ticking inside it (`cyberbackup-server/tests/snapshot_background.rs`).
 //!
 //! Paths travel as hex of their bytes (`path=2f686f6d65` for `/home`): a file name need not
 //! be UTF-8, and what the page sends back must name exactly the entry it was shown.
@@ -29,7 +33,7 @@ use zeroize::Zeroizing;
 use super::remote::{NotReady, content_disposition, failure, ready};
 use super::{Ui, error};
 use crate::snapshot::{
-    DiffKind, KeyOptions, Repository, RestoreFilter, RestoreProgress, SnapshotInfo,
+    ArchiveFormat, KeyOptions, Repository, RestoreFilter, RestoreProgress, SnapshotInfo,
 };
 use crate::v4::{V4Client, V4ClientError};
 
@@ -395,29 +399,28 @@ pub(super) async fn diff(
             let Some(previous) = previous else {
                 return Ok(None);
             };
-            let changes = repo.diff(&previous.to_hex(), &id.to_hex()).await?;
-            Ok(Some((previous, changes)))
+            let page = repo
+                .diff_limited(&previous.to_hex(), &id.to_hex(), MAX_CHANGES)
+                .await?;
+            Ok(Some((previous, page)))
         })
     })
     .await;
     match changed {
         Ok(None) => Json(json!({ "against": null, "total": 0, "changes": [] })).into_response(),
-        Ok(Some((previous, changes))) => {
-            let count = |kind| changes.iter().filter(|c| c.kind == kind).count();
-            Json(json!({
-                "against": previous.to_hex(),
-                "total": changes.len(),
-                "added": count(DiffKind::Added),
-                "removed": count(DiffKind::Removed),
-                "modified": count(DiffKind::Modified),
-                "changes": changes.iter().take(MAX_CHANGES).map(|c| json!({
-                    "kind": c.kind,
-                    "path": lossy(&c.path),
-                    "key": hex::encode(&c.path),
-                })).collect::<Vec<_>>(),
-            }))
-            .into_response()
-        }
+        Ok(Some((previous, page))) => Json(json!({
+            "against": previous.to_hex(),
+            "total": page.total,
+            "added": page.added,
+            "removed": page.removed,
+            "modified": page.modified,
+            "changes": page.changes.iter().map(|c| json!({
+                "kind": c.kind,
+                "path": lossy(&c.path),
+                "key": hex::encode(&c.path),
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
         Err(response) => response,
     }
 }
@@ -498,7 +501,15 @@ pub(super) async fn restore(
     };
     ui.publish();
     let task_ui = Arc::clone(&ui);
-    tokio::spawn(async move { run_restore(task_ui, snapshot, path, target).await });
+    let mut stop = ui.shutdown.subscribe();
+    // Ends with the UI: dropping the restore stops it between two writes (a file being
+    // written stays in its temporary name, as after Ctrl-C on the CLI's restore).
+    tokio::spawn(async move {
+        tokio::select! {
+            () = run_restore(task_ui, snapshot, path, target) => {}
+            _ = stop.wait_for(|stopped| *stopped) => {}
+        }
+    });
     Json(json!({ "id": id })).into_response()
 }
 
@@ -516,38 +527,28 @@ async fn run_restore(ui: Arc<Ui>, snapshot: String, path: Vec<u8>, target: PathB
         });
         return;
     };
-    let progress = Arc::new(RestoreProgress::default());
+    let progress = RestoreProgress::default();
     let outcome = async {
         let (files, bytes) = repo.tally(&snapshot, &path).await?;
         update(&|view| {
             view.files_total = files;
             view.bytes_total = bytes;
         });
-        let ticker = {
-            let (ui, progress) = (Arc::clone(&ui), Arc::clone(&progress));
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(PROGRESS_EVERY);
-                loop {
-                    every.tick().await;
-                    if let Some(view) = ui.lock().snapshot_restore.as_mut() {
-                        view.files_done = progress.files_done();
-                        view.bytes_written = progress.bytes_written();
-                    }
-                    ui.publish();
-                }
-            })
-        };
-        let restored = repo
-            .restore_with_progress(
-                &snapshot,
-                &path,
-                &target,
-                &RestoreFilter::default(),
-                &progress,
-            )
-            .await;
-        ticker.abort();
-        restored
+        let filter = RestoreFilter::default();
+        let restored = repo.restore_with_progress(&snapshot, &path, &target, &filter, &progress);
+        tokio::pin!(restored);
+        // The progress ticks in this future, not a task of its own, so that nothing
+        // outlives the restore.
+        let mut every = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                restored = &mut restored => break restored,
+                _ = every.tick() => update(&|view| {
+                    view.files_done = progress.files_done();
+                    view.bytes_written = progress.bytes_written();
+                }),
+            }
+        }
     }
     .await;
     let server = ui.lock().settings.server.clone();
@@ -579,12 +580,14 @@ async fn run_restore(ui: Arc<Ui>, snapshot: String, path: Vec<u8>, target: PathB
 #[derive(Debug, Deserialize)]
 pub(super) struct DownloadQuery {
     path: Option<String>,
+    /// `tar` (the default) or `zip`: what a folder is archived as.
+    format: Option<String>,
 }
 
-/// `GET /api/snapshots/{id}/download?path=HEX`: a file as it is (with its length), or a
-/// folder as a `.tar` streamed while its blobs are fetched and verified. A failure midway
-/// aborts the response, so the browser reports a failed download rather than saving a
-/// short file.
+/// `GET /api/snapshots/{id}/download?path=HEX&format=tar|zip`: a file as it is (with its
+/// length), or a folder as a `.tar` or `.zip` streamed while its blobs are fetched and
+/// verified (see `snapshot/export_zip.rs` for what the zip holds). A failure midway aborts
+/// the response, so the browser reports a failed download rather than saving a short file.
 pub(super) async fn download(
     State(ui): State<Arc<Ui>>,
     UrlPath(snapshot): UrlPath<String>,
@@ -593,6 +596,16 @@ pub(super) async fn download(
     let path = match path_param(query.path.as_deref()) {
         Ok(path) => path,
         Err(response) => return *response,
+    };
+    let (format, extension, archive_type) = match query.format.as_deref() {
+        None | Some("tar") => (ArchiveFormat::Tar, "tar", "application/x-tar"),
+        Some("zip") => (ArchiveFormat::Zip, "zip", "application/zip"),
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot download as {other:?}: choose format=tar or format=zip"),
+            );
+        }
     };
     let mut repo = match open(&ui).await {
         Ok(repo) => repo,
@@ -604,20 +617,20 @@ pub(super) async fn download(
         Err(err) => return answer(&server, err),
     };
     let (name, length) = match &entry {
-        None => (format!("snapshot-{}.tar", &id.to_hex()[..8]), None),
+        None => (format!("snapshot-{}.{extension}", &id.to_hex()[..8]), None),
         Some(
             entry @ TreeEntry {
                 kind: EntryKind::File { .. },
                 ..
             },
         ) => (lossy(&entry.name), Some(entry.meta.size)),
-        Some(entry) => (format!("{}.tar", lossy(&entry.name)), None),
+        Some(entry) => (format!("{}.{extension}", lossy(&entry.name)), None),
     };
     let (mut writer, reader) = tokio::io::duplex(DOWNLOAD_BUFFER);
     let (result_tx, result_rx) = tokio::sync::oneshot::channel();
     let spec = id.to_hex();
     tokio::spawn(async move {
-        let dumped = repo.dump(&spec, &path, &mut writer).await;
+        let dumped = repo.export(&spec, &path, format, &mut writer).await;
         drop(writer);
         let _ = result_tx.send(dumped.map(|_| ()));
         let _ignored = repo.into_remote().close().await;
@@ -638,7 +651,7 @@ pub(super) async fn download(
     let content_type = if length.is_some() {
         "application/octet-stream"
     } else {
-        "application/x-tar"
+        archive_type
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(length) = length {

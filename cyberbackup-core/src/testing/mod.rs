@@ -1,6 +1,10 @@
 //! Test harness (feature `test-util`): in-memory drivers for both sessions, so tests run
 //! whole conversations without sockets, files or clocks.
 
+mod log;
+
+pub use log::LogWriter;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 

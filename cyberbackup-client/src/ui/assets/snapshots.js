@@ -86,9 +86,13 @@ function openSnapshot(snapshot) {
 function select(key, name, kind) {
   view.selected = { key, name, kind };
   document.getElementById("restore-what").textContent = name;
+  const url = "/api/snapshots/" + view.snapshot.id + "/download?path=" + key;
   const link = document.getElementById("download-selected");
-  link.href = withToken("/api/snapshots/" + view.snapshot.id + "/download?path=" + key);
-  link.textContent = kind === "file" ? "Download the file" : "Download as .tar";
+  link.href = withToken(url);
+  link.textContent = kind === "file" ? "Download the file" : "Download .tar";
+  const zip = document.getElementById("download-zip");
+  zip.style.display = kind === "file" ? "none" : "";
+  zip.href = withToken(url + "&format=zip");
 }
 
 function showMode(mode) {
