@@ -149,7 +149,10 @@ function count(id) {
 }
 
 function editSource(source) {
-  document.getElementById("source-name").value = source.name;
+  const name = document.getElementById("source-name");
+  name.value = source.name;
+  // The name identifies the source (its lock, its snapshots' tag): edit the rest.
+  name.readOnly = true;
   document.getElementById("source-paths").value = source.paths.join("\n");
   document.getElementById("source-exclude").value = source.exclude.join("\n");
   const text = source.schedule;
@@ -194,6 +197,9 @@ document.getElementById("source-form").addEventListener("submit", async (e) => {
     showError(null);
     document.getElementById("source-editor").open = false;
     document.getElementById("source-editor-title").textContent = "Add a folder to back up on a schedule";
+    document.getElementById("source-form").reset();
+    document.getElementById("source-name").readOnly = false;
+    showWhenInputs();
     await loadSources();
   } catch (err) {
     showError(err);
