@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cyberbackup_server::backend::Backend;
-use cyberbackup_server::backend::config::{S3Settings, StorageConfig, StorageSecret};
+use cyberbackup_server::backend::config::StorageConfig;
 use cyberbackup_server::backend::copy::copy_all;
 use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
 use cyberbackup_server::backend::s3::S3Backend;
@@ -27,21 +27,6 @@ use support::{
 
 const CONTENT_MARKER: &str = "S3-PLAINTEXT-MARKER-51c2";
 const NAME_MARKER: &str = "s3-secret-file-name-77";
-
-fn settings(s3: &s3_server::S3Server, prefix: &str) -> S3Settings {
-    S3Settings {
-        bucket: s3_server::BUCKET.into(),
-        endpoint: Some(format!("http://{}", s3.addr)),
-        region: Some("us-east-1".into()),
-        prefix: Some(prefix.into()),
-        access_key_id: Some(s3_server::ACCESS_KEY.into()),
-        secret_access_key: Some(StorageSecret::new(s3_server::SECRET_KEY)),
-        allow_http: true,
-        part_len_bytes: None,
-        max_retries: Some(2),
-        request_timeout_secs: Some(30),
-    }
-}
 
 fn block_on<T>(future: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -76,7 +61,7 @@ fn a_backup_to_an_s3_backed_server_lands_in_the_bucket_as_ciphertext_and_restore
     let Some(s3) = s3_server::S3Server::start_or_skip() else {
         return;
     };
-    let storage = StorageConfig::S3(settings(&s3, "site-a"));
+    let storage = StorageConfig::S3(s3.settings("site-a"));
     let server = RealServer::start_configured(move |config| config.storage = storage);
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("src");
@@ -197,7 +182,7 @@ fn a_local_repository_copied_into_a_bucket_serves_its_snapshots_from_there() {
     );
     fs::remove_dir_all(&local_root).unwrap();
 
-    let storage = StorageConfig::S3(settings(&s3, "moved"));
+    let storage = StorageConfig::S3(s3.settings("moved"));
     let server = RealServer::restart_configured(data, move |config| config.storage = storage);
     let restored = restore_latest(dir.path(), &server, "bob", &source);
     assert_eq!(

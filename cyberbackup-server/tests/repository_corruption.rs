@@ -16,6 +16,10 @@
 //! under a final name: every file it wrote is byte-identical to the original, and one
 //! whose content cannot be verified is reported by path and is not there. Runtime: a few
 //! seconds.
+//!
+//! The same damage to objects (packs flipped, truncated, deleted, swapped; an envelope
+//! flipped) is then done to a repository on the S3 backend, in the bucket of a real S3 server
+//! process (moto), with the same checks.
 #![allow(
     clippy::print_stderr,
     clippy::unwrap_used,
@@ -23,14 +27,19 @@
     clippy::cast_possible_truncation
 )]
 
+mod s3_server;
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use cyberbackup_client::snapshot::{CheckReport, RestoreFilter};
 use cyberbackup_core::names::ClientId;
 use cyberbackup_server::ServerConfig;
+use cyberbackup_server::backend::config::StorageConfig;
+use cyberbackup_server::backend::s3::S3Backend;
+use cyberbackup_server::backend::{Backend, BackendError, ContentHash, ObjectKey};
 use cyberbackup_server::faults::Faults;
 use support::{RepoClient, files_below, pattern, read_tree, start_with, test_config};
 
@@ -60,6 +69,57 @@ impl Damage {
     }
 }
 
+/// Where the repository's objects live, for the damage to reach them.
+enum Objects {
+    /// The local backend: `<data>/repository/<key>`, read-only files.
+    Local(PathBuf),
+    /// An S3 bucket.
+    Bucket(S3Backend),
+}
+
+impl Objects {
+    async fn read(&self, key: &str) -> Vec<u8> {
+        match self {
+            Self::Local(root) => std::fs::read(root.join(key)).unwrap(),
+            Self::Bucket(bucket) => bucket.get(&object_key(key), None).await.unwrap().to_vec(),
+        }
+    }
+
+    async fn write(&self, key: &str, bytes: &[u8]) {
+        match self {
+            Self::Local(root) => {
+                // The backend keeps objects read-only.
+                use std::os::unix::fs::PermissionsExt;
+                let path = root.join(key);
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                std::fs::write(&path, bytes).unwrap();
+            }
+            Self::Bucket(bucket) => bucket
+                .put_bytes(
+                    &object_key(key),
+                    Bytes::copy_from_slice(bytes),
+                    ContentHash::of(bytes),
+                )
+                .await
+                .unwrap(),
+        }
+    }
+
+    async fn delete(&self, key: &str) {
+        match self {
+            Self::Local(root) => std::fs::remove_file(root.join(key)).unwrap(),
+            Self::Bucket(bucket) => match bucket.delete(&object_key(key)).await {
+                Ok(()) | Err(BackendError::NotFound { .. }) => {}
+                Err(err) => panic!("delete {key}: {err}"),
+            },
+        }
+    }
+}
+
+fn object_key(key: &str) -> ObjectKey {
+    ObjectKey::new(key).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_damage_is_detected_and_restore_writes_nothing_wrong() {
     let cases = [
@@ -74,7 +134,7 @@ async fn every_damage_is_detected_and_restore_writes_nothing_wrong() {
         Damage::FlipEnvelopeByte,
     ];
     for damage in cases {
-        run_case(damage).await;
+        run_case(damage, None).await;
     }
     eprintln!(
         "repository corruption: {} kinds of damage detected",
@@ -82,13 +142,50 @@ async fn every_damage_is_detected_and_restore_writes_nothing_wrong() {
     );
 }
 
-async fn run_case(damage: Damage) {
-    let ctx = format!("{damage:?}");
+/// The damage to objects, done in an S3 bucket (the index rows live in the catalog, as
+/// with the local backend, and are covered above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_to_objects_in_an_s3_bucket_is_detected_and_restore_writes_nothing_wrong() {
+    let Some(s3) = s3_server::S3Server::start_or_skip() else {
+        return;
+    };
+    let cases = [
+        Damage::FlipPackByte,
+        Damage::TruncatePack,
+        Damage::DeletePack,
+        Damage::SwapPacks,
+        Damage::FlipEnvelopeByte,
+    ];
+    for (n, damage) in cases.into_iter().enumerate() {
+        run_case(damage, Some((&s3, format!("case-{n}")))).await;
+    }
+    eprintln!(
+        "repository corruption in a bucket: {} kinds of damage detected",
+        cases.len()
+    );
+}
+
+/// One case, on the local backend or (with a server and a key prefix) in an S3 bucket.
+async fn run_case(damage: Damage, bucket: Option<(&s3_server::S3Server, String)>) {
+    let ctx = format!(
+        "{damage:?}{}",
+        if bucket.is_some() {
+            " in the bucket"
+        } else {
+            ""
+        }
+    );
     let dir = tempfile::tempdir().unwrap();
+    let storage = bucket
+        .as_ref()
+        .map_or(StorageConfig::Local, |(s3, prefix)| {
+            StorageConfig::S3(s3.settings(prefix))
+        });
     let config = ServerConfig {
         min_free_disk_mb: 0,
         // The test runs the scrub itself, once the damage is done.
         scrub_bytes_per_sec: 0,
+        storage,
         ..test_config(&dir.path().join("data"))
     };
     let data = config.data_dir.clone();
@@ -109,7 +206,11 @@ async fn run_case(damage: Damage) {
     probe.close().await.unwrap();
     server.stop().await;
 
-    let big_pack = damage_it(damage, &data, alice, &first);
+    let objects = match &bucket {
+        None => Objects::Local(data.join("repository")),
+        Some((s3, prefix)) => Objects::Bucket(S3Backend::new(&s3.config(Some(prefix))).unwrap()),
+    };
+    let big_pack = damage_it(damage, &data, &objects, alice, &first).await;
 
     if damage.scrub_sees_it() {
         let (report, corrupt) = cyberbackup_server::scrub::scrub_now(&config, None, None)
@@ -235,8 +336,14 @@ async fn assert_no_wrong_byte(
 }
 
 /// Does the damage with the server stopped; returns the pack (hex) it damaged, if one.
-fn damage_it(damage: Damage, data: &Path, client: ClientId, first: &str) -> Option<String> {
-    let repo = data.join("repository").join(client.to_hex());
+async fn damage_it(
+    damage: Damage,
+    data: &Path,
+    objects: &Objects,
+    client: ClientId,
+    first: &str,
+) -> Option<String> {
+    let repo = client.to_hex();
     let db = rusqlite::Connection::open(data.join("defensive.db")).unwrap();
     // The pack and row of the big file's largest blob: no other blob of the tree is as long.
     let (blob, pack, offset, len): (Vec<u8>, Vec<u8>, i64, i64) = db
@@ -248,7 +355,7 @@ fn damage_it(damage: Damage, data: &Path, client: ClientId, first: &str) -> Opti
         )
         .unwrap();
     let pack_hex = hex::encode(&pack);
-    let pack_path = pack_file(&repo, &pack_hex);
+    let big_key = pack_key(&repo, &pack_hex);
     let other_pack: Vec<u8> = db
         .query_row(
             "SELECT PackId FROM repo_packs WHERE ClientId = ?1 AND PackId != ?2 LIMIT 1",
@@ -262,24 +369,21 @@ fn damage_it(damage: Damage, data: &Path, client: ClientId, first: &str) -> Opti
     };
     match damage {
         Damage::FlipPackByte => {
-            let mut bytes = std::fs::read(&pack_path).unwrap();
+            let mut bytes = objects.read(&big_key).await;
             let at = usize::try_from(offset + len / 2).unwrap();
             bytes[at] ^= 0x10;
-            rewrite(&pack_path, &bytes);
+            objects.write(&big_key, &bytes).await;
         }
         Damage::TruncatePack => {
-            let bytes = std::fs::read(&pack_path).unwrap();
-            rewrite(&pack_path, &bytes[..bytes.len() / 2]);
+            let bytes = objects.read(&big_key).await;
+            objects.write(&big_key, &bytes[..bytes.len() / 2]).await;
         }
-        Damage::DeletePack => std::fs::remove_file(&pack_path).unwrap(),
+        Damage::DeletePack => objects.delete(&big_key).await,
         Damage::SwapPacks => {
-            let other_path = pack_file(&repo, &hex::encode(&other_pack));
-            let (a, b) = (
-                std::fs::read(&pack_path).unwrap(),
-                std::fs::read(&other_path).unwrap(),
-            );
-            rewrite(&pack_path, &b);
-            rewrite(&other_path, &a);
+            let other_key = pack_key(&repo, &hex::encode(&other_pack));
+            let (a, b) = (objects.read(&big_key).await, objects.read(&other_key).await);
+            objects.write(&big_key, &b).await;
+            objects.write(&other_key, &a).await;
         }
         Damage::ShiftIndexOffset => update(
             "UPDATE repo_blobs SET BlobOffset = BlobOffset + 1 WHERE ClientId = ?1 AND BlobId = ?2",
@@ -300,26 +404,20 @@ fn damage_it(damage: Damage, data: &Path, client: ClientId, first: &str) -> Opti
             update("DELETE FROM repo_blobs WHERE ClientId = ?1 AND BlobId = ?2");
         }
         Damage::FlipEnvelopeByte => {
-            let path = repo.join("snapshots").join(first);
-            let mut bytes = std::fs::read(&path).unwrap();
+            let key = format!("{repo}/snapshots/{first}");
+            let mut bytes = objects.read(&key).await;
             let at = bytes.len() / 2;
             bytes[at] ^= 0x01;
-            rewrite(&path, &bytes);
+            objects.write(&key, &bytes).await;
         }
     }
     db.close().unwrap();
     Some(pack_hex)
 }
 
-fn pack_file(repo: &Path, pack_hex: &str) -> PathBuf {
-    repo.join("packs").join(&pack_hex[..2]).join(pack_hex)
-}
-
-/// Replaces a stored object's bytes (the backend keeps objects read-only).
-fn rewrite(path: &Path, bytes: &[u8]) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(path, bytes).unwrap();
+/// A pack's key (`repository/layout.rs`).
+fn pack_key(repo: &str, pack_hex: &str) -> String {
+    format!("{repo}/packs/{}/{pack_hex}", &pack_hex[..2])
 }
 
 fn summary(report: &CheckReport) -> String {

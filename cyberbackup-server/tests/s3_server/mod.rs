@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cyberbackup_server::backend::config::{S3Settings, StorageSecret};
 use cyberbackup_server::backend::s3::S3Config;
 use zeroize::Zeroizing;
 
@@ -90,6 +91,23 @@ impl S3Server {
         config.retry_timeout = Duration::from_secs(10);
         config.request_timeout = Duration::from_secs(30);
         config
+    }
+
+    /// The `[storage]` settings of a server whose repository lives in this bucket under
+    /// `prefix`.
+    pub fn settings(&self, prefix: &str) -> S3Settings {
+        S3Settings {
+            bucket: BUCKET.into(),
+            endpoint: Some(format!("http://{}", self.addr)),
+            region: Some("us-east-1".into()),
+            prefix: Some(prefix.into()),
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(StorageSecret::new(SECRET_KEY)),
+            allow_http: true,
+            part_len_bytes: None,
+            max_retries: Some(2),
+            request_timeout_secs: Some(30),
+        }
     }
 
     fn log(&self) -> String {
