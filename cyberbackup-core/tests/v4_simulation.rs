@@ -1,7 +1,8 @@
 //! Deterministic simulation of v4 (issue 19 item 3): the core's client and server sessions
 //! run over a simulated network against the in-memory store (`v4::testing::MemStore`, which
 //! keeps the real server's durability and keyless repository checks), all steered by one
-//! seeded scheduler. Each schedule has three users who upload files (resumable, checkpointed
+//! seeded scheduler. Each schedule has three users who register (first contact, trusting the
+//! server key on first use), upload files (resumable, checkpointed
 //! every 4 KiB), build a repository (create, a data pack, a reference pack, a snapshot
 //! commit) and read it back (`GET`s of both blobs and the snapshot, queued together so the
 //! session keeps them in flight at once); the scheduler delivers bytes in random pieces in both directions, cuts
@@ -18,7 +19,10 @@
 //! 3. every snapshot the store lists has every blob it references stored (the commit rule),
 //!    and every repository step the client saw acknowledged is still stored;
 //! 4. every object a `GET` returned is the one asked for (a blob opens and verifies under its
-//!    keyed ID; the snapshot is byte for byte the committed one), whatever was cut before.
+//!    keyed ID; the snapshot is byte for byte the committed one), whatever was cut before;
+//! 5. a registration the client saw accepted is stored under the id it was told, with its
+//!    name, and a retried registration whose answer was lost gets that same id (never a
+//!    second account, never "name taken" for its own name).
 //!
 //! And at the end of a schedule, that every user's work completed (retries make progress).
 //!
@@ -44,6 +48,7 @@ use cyberbackup_core::v4::repository::{GetTarget, PutTarget};
 use cyberbackup_core::v4::server::{ServerConfig, ServerSession};
 use cyberbackup_core::v4::testing::{MemClient, MemStore, drive_client, drive_server};
 use cyberbackup_core::v4::wire::{ClientAuth, ErrorCode};
+use cyberbackup_core::v4::{CloseReason, V4Error};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use repo_fixture::{Fixture, fixture};
@@ -67,8 +72,10 @@ const READS: usize = 3;
 struct User {
     keys: StaticKeypair,
     name: String,
-    id: ClientId,
-    pin: Fingerprint,
+    /// The id the server told it (`None` until a registration's answer arrived).
+    id: Option<ClientId>,
+    /// The server key it trusted on first use (`None` until it saw the key).
+    pin: Option<Fingerprint>,
     files: Vec<(FileName, Bytes)>,
     acked_files: BTreeMap<Vec<u8>, Bytes>,
     /// Repository steps acknowledged, in order: create, data pack, reference pack, commit,
@@ -93,6 +100,8 @@ struct Faults {
     crashes: u64,
     clock_jumps: u64,
     steps: u64,
+    /// Registrations that needed more than one connection.
+    registrations_retried: u64,
 }
 
 impl Faults {
@@ -101,6 +110,7 @@ impl Faults {
         self.crashes += other.crashes;
         self.clock_jumps += other.clock_jumps;
         self.steps += other.steps;
+        self.registrations_retried += other.registrations_retried;
     }
 }
 
@@ -159,12 +169,11 @@ impl World {
                     )
                 })
                 .collect();
-            let (id, pin) = world.register(&keys, &name);
             world.users.push(User {
                 keys,
                 name,
-                id,
-                pin,
+                id: None,
+                pin: None,
                 files,
                 acked_files: BTreeMap::new(),
                 repo_acked: 0,
@@ -172,44 +181,6 @@ impl World {
         }
         world.rng = rng;
         world
-    }
-
-    /// Registration without faults (first contact, trust on first use).
-    fn register(&mut self, keys: &StaticKeypair, name: &str) -> (ClientId, Fingerprint) {
-        let auth = ClientAuth::Register {
-            name: NameField::new(Bytes::copy_from_slice(name.as_bytes())).unwrap(),
-            token: String::new(),
-        };
-        let mut client = ClientSession::new(
-            client_config(),
-            keys,
-            None,
-            auth,
-            &mut ChaCha20Rng::seed_from_u64(7),
-            self.now,
-        )
-        .unwrap();
-        client.finish_when_idle();
-        let mut files = MemClient::default();
-        let outcome = cyberbackup_core::v4::testing::run_pair(
-            &mut client,
-            &mut files,
-            &mut self.server(),
-            &mut self.store,
-            self.now,
-            |bytes| bytes,
-        );
-        assert!(outcome.client_close.is_some());
-        self.store.end_connection();
-        let id = files
-            .events
-            .iter()
-            .find_map(|event| match event {
-                ClientEvent::Authenticated { client_id, .. } => Some(*client_id),
-                _ => None,
-            })
-            .expect("registered");
-        (id, files.trusted.unwrap().fingerprint())
     }
 
     fn server(&mut self) -> ServerSession<ChaCha20Rng> {
@@ -224,7 +195,9 @@ impl World {
 
     fn done(&self) -> bool {
         self.users.iter().all(|user| {
-            user.acked_files.len() == user.files.len() && user.repo_acked == WRITES + READS
+            user.id.is_some()
+                && user.acked_files.len() == user.files.len()
+                && user.repo_acked == WRITES + READS
         })
     }
 
@@ -264,11 +237,27 @@ impl World {
     fn episode(&mut self, u: usize) -> Result<(), String> {
         let seed = self.rng.next_u64();
         let user = &self.users[u];
+        // First contact registers; once the server's answer arrived, later connections log
+        // in. A registration whose answer was lost is sent again.
+        let auth = if user.id.is_some() {
+            ClientAuth::Login
+        } else {
+            ClientAuth::Register {
+                name: NameField::new(Bytes::copy_from_slice(user.name.as_bytes())).unwrap(),
+                token: String::new(),
+            }
+        };
+        let retrying_registration =
+            user.id.is_none() && self.store.clients.contains_key(&user.keys.public());
+        if retrying_registration {
+            self.faults.registrations_retried += 1;
+        }
+        let user = &self.users[u];
         let mut client = ClientSession::new(
             client_config(),
             &user.keys,
-            Some(user.pin),
-            ClientAuth::Login,
+            user.pin,
+            auth,
             &mut ChaCha20Rng::seed_from_u64(seed),
             self.now,
         )
@@ -350,8 +339,17 @@ impl World {
             server_closed |= step.close.is_some();
             let step = drive_client(&mut client, &mut files, &mut to_client, self.now);
             c2s.extend_from_slice(&step.sent);
+            if let Some(CloseReason::Error(V4Error::Refused { code, message })) = &step.close {
+                // Nothing here is refused for a good reason: a lost answer must not turn a
+                // retried registration or a login into a refusal.
+                return Err(format!(
+                    "{}: the server refused the connection: {message} [{code}]",
+                    self.users[u].name
+                ));
+            }
             client_closed |= step.close.is_some();
             seen = self.record_acks(u, &files.events[seen..], &work, seen)?;
+            self.remember_trust(u, &files);
             self.check()?;
             if client_closed && (server_closed || c2s.is_empty()) {
                 self.store.end_connection();
@@ -362,7 +360,17 @@ impl World {
             self.store.end_connection();
         }
         self.record_acks(u, &files.events[seen..], &work, seen)?;
+        self.remember_trust(u, &files);
         self.check()
+    }
+
+    /// Trust on first use: the server key the client saw is pinned for its later
+    /// connections (as the real client saves it in its identity file).
+    fn remember_trust(&mut self, u: usize, files: &MemClient) {
+        let user = &mut self.users[u];
+        if user.pin.is_none() {
+            user.pin = files.trusted.map(|key| key.fingerprint());
+        }
     }
 
     /// Records what the client saw acknowledged in `events` (the connection's events from
@@ -377,6 +385,25 @@ impl World {
     ) -> Result<usize, String> {
         let user = &mut self.users[u];
         for event in events {
+            if let ClientEvent::Authenticated { client_id, .. } = event {
+                match user.id {
+                    None => user.id = Some(*client_id),
+                    Some(id) if id == *client_id => {}
+                    Some(id) => {
+                        return Err(format!("{}: told id {client_id:?} after {id:?}", user.name));
+                    }
+                }
+                continue;
+            }
+            if let ClientEvent::OpFailed {
+                failure: OpFailure::Refused { code, .. },
+                ..
+            } = event
+            {
+                if *code == ErrorCode::NAME_TAKEN {
+                    return Err(format!("{}: its own name was refused as taken", user.name));
+                }
+            }
             let op = match event {
                 ClientEvent::UploadCommitted { op, .. }
                 | ClientEvent::RepoDone { op, .. }
@@ -425,8 +452,27 @@ impl World {
     /// The invariants of the module docs.
     fn check(&self) -> Result<(), String> {
         for user in &self.users {
+            let registered = self.store.clients.get(&user.keys.public());
+            let Some((id, stored_name)) = registered else {
+                if user.id.is_some() {
+                    return Err(format!(
+                        "{}: its acknowledged registration is lost",
+                        user.name
+                    ));
+                }
+                continue;
+            };
+            let id = *id;
+            if user.id.is_some_and(|seen| seen != id) || stored_name != user.name.as_bytes() {
+                return Err(format!(
+                    "{}: registered as {id:?} / {:?}, told {:?}",
+                    user.name,
+                    String::from_utf8_lossy(stored_name),
+                    user.id
+                ));
+            }
             for (name, data) in &user.acked_files {
-                let stored = self.store.versions.get(&(user.id, name.clone()));
+                let stored = self.store.versions.get(&(id, name.clone()));
                 if !stored.is_some_and(|versions| versions.iter().any(|(_, c)| c == data)) {
                     return Err(format!(
                         "{}: acknowledged upload {} is not stored",
@@ -442,7 +488,7 @@ impl World {
                     .map(|(_, data)| data)
             };
             for ((client, name), versions) in &self.store.versions {
-                if *client != user.id {
+                if *client != id {
                     continue;
                 }
                 let Some(data) = source(name) else {
@@ -456,7 +502,7 @@ impl World {
                 }
             }
             for ((client, name), partial) in &self.store.partials {
-                if *client != user.id {
+                if *client != id {
                     continue;
                 }
                 let data = source(name).ok_or("a partial of an unknown file")?;
@@ -467,7 +513,7 @@ impl World {
                     return Err(format!("{}: a partial upload is not a prefix", user.name));
                 }
             }
-            let repo = self.store.repos.get(&user.id);
+            let repo = self.store.repos.get(&id);
             let f = &self.repo;
             let acked_stored = [
                 repo.is_some(),
