@@ -156,6 +156,16 @@ fn the_daemon_backs_up_on_schedule_tags_applies_retention_and_stops_on_sigterm()
     wait_for_sources(dir.path(), "the first scheduled backup", |list| {
         source(list, "docs")["state"]["last_result"] == "succeeded"
     });
+    // The daemon created the repository with this machine's key only, and says so.
+    let list = sources(dir.path());
+    let message = source(&list, "docs")["state"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("warning:") && message.contains("key passwd"),
+        "{message}"
+    );
     let first = snapshots(dir.path(), &server);
     assert!(!first.is_empty());
     for snapshot in &first {

@@ -321,7 +321,11 @@ impl Scheduler {
         });
         let outcome = self.back_up(source).await;
         let (result, message, snapshot) = match outcome {
-            Ok((summary, retention)) => {
+            Ok(Done {
+                summary,
+                retention,
+                warning,
+            }) => {
                 let result = if summary.unreadable.is_empty() {
                     RunResult::Succeeded
                 } else {
@@ -352,6 +356,9 @@ impl Scheduler {
                     Retention::Failed(why) => {
                         message.push_str(&format!("; the retention rules were not applied: {why}"))
                     }
+                }
+                if let Some(warning) = warning {
+                    message.push_str(&format!("; warning: {warning}"));
                 }
                 (result, message, Some(summary.snapshot_id))
             }
@@ -395,10 +402,7 @@ impl Scheduler {
 
     /// The backup itself and the retention; returns the summary and what the retention
     /// did, or the sentence of what went wrong (then no snapshot was saved).
-    async fn back_up(
-        &self,
-        source: &Source,
-    ) -> Result<(crate::snapshot::BackupSummary, Retention), String> {
+    async fn back_up(&self, source: &Source) -> Result<Done, String> {
         let settings = (self.settings)()?;
         if settings.server.is_empty() || settings.name.is_empty() {
             return Err(
@@ -417,6 +421,13 @@ impl Scheduler {
         let client = V4Client::connect(&options).await.map_err(failed)?;
         let keys = KeyOptions::new(&options.identity);
         let mut repo = Repository::open(client, &keys).await.map_err(failed)?;
+        // A repository with only device keys cannot be restored on another machine: say so
+        // on every run until a passphrase is set.
+        let warning = (!repo.opened().has_passphrase_key()).then(|| {
+            repo.opened().warning.clone().unwrap_or_else(|| {
+                "the repository has no passphrase: if this machine is lost, these backups cannot be restored elsewhere — set one with `cyberbackup-client key passwd`".to_owned()
+            })
+        });
         let backup = BackupOptions {
             paths: source.paths.clone(),
             tags: vec![source.tag()],
@@ -453,8 +464,22 @@ impl Scheduler {
         };
         // The snapshot is committed; a failed goodbye changes nothing.
         let _ignored = repo.into_remote().close().await;
-        Ok((summary, retention))
+        Ok(Done {
+            summary,
+            retention,
+            warning,
+        })
     }
+}
+
+/// What a run that saved a snapshot did.
+struct Done {
+    /// The backup's summary.
+    summary: crate::snapshot::BackupSummary,
+    /// What the retention did.
+    retention: Retention,
+    /// The repository's warning (created with this machine's key only).
+    warning: Option<String>,
 }
 
 /// What a run's retention did.
