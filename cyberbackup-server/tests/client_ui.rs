@@ -752,3 +752,74 @@ async fn snapshots_browse_search_diff_restore_and_download_as_tar() {
     ui.shutdown().await;
     server.stop().await;
 }
+
+/// A repository created with the device key only is flagged in the timeline until a
+/// passphrase is set from the page; then the passphrase alone opens it (as on another
+/// machine), and changing it needs the current one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_passphrase_is_set_from_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config_for(&dir.path().join("data"))).await;
+    let ui = start_ui(dir.path(), &server.addr.to_string(), 1 << 20).await;
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("a.txt"), b"alpha").unwrap();
+    let identity = dir.path().join(DEFAULT_IDENTITY_FILE);
+    snapshot_backup(server.addr, &identity, "ui-test", &tree).await;
+
+    let listed = get(ui.addr, "/api/snapshots", &[]).await.json();
+    let warning = listed["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains("passphrase"), "{listed}");
+    let empty = ui
+        .post_json("/api/repository/key", &json!({ "new": "" }))
+        .await;
+    assert_eq!(empty.status, 400, "{}", empty.body);
+    let set = ui
+        .post_json(
+            "/api/repository/key",
+            &json!({ "new": "correct horse battery" }),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert!(
+        set.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("first passphrase")
+    );
+    let listed = get(ui.addr, "/api/snapshots", &[]).await.json();
+    assert!(listed["warning"].is_null(), "{listed}");
+
+    // The passphrase alone opens the repository: a machine without this device key.
+    let other_device = dir.path().join("other-machine").join("device.key");
+    std::fs::create_dir_all(other_device.parent().unwrap()).unwrap();
+    let mut keys = cyberbackup_client::snapshot::KeyOptions::new(&identity);
+    keys.device_key = other_device;
+    let keys = keys.with_passphrase(b"correct horse battery");
+    let client = cyberbackup_client::v4::V4Client::connect(
+        &cyberbackup_client::v4::V4Options::new(server.addr.to_string(), identity.clone()),
+    )
+    .await
+    .unwrap();
+    let repo = cyberbackup_client::snapshot::Repository::open(client, &keys)
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.opened().opened_by,
+        cyberbackup_client::snapshot::OpenedBy::Recovered
+    );
+    repo.into_remote().close().await.unwrap();
+
+    // Changing it needs the current one.
+    let change = ui
+        .post_json("/api/repository/key", &json!({ "new": "another one" }))
+        .await;
+    assert_eq!(change.status, 400, "{}", change.body);
+    assert!(
+        change.body.contains("current passphrase"),
+        "{}",
+        change.body
+    );
+    ui.shutdown().await;
+    server.stop().await;
+}

@@ -423,11 +423,7 @@ impl Scheduler {
         let mut repo = Repository::open(client, &keys).await.map_err(failed)?;
         // A repository with only device keys cannot be restored on another machine: say so
         // on every run until a passphrase is set.
-        let warning = (!repo.opened().has_passphrase_key()).then(|| {
-            repo.opened().warning.clone().unwrap_or_else(|| {
-                "the repository has no passphrase: if this machine is lost, these backups cannot be restored elsewhere — set one with `cyberbackup-client key passwd`".to_owned()
-            })
-        });
+        let warning = repo.opened().recovery_warning();
         let backup = BackupOptions {
             paths: source.paths.clone(),
             tags: vec![source.tag()],

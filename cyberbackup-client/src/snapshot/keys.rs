@@ -101,6 +101,17 @@ pub struct OpenRepository {
 }
 
 impl OpenRepository {
+    /// Why the repository cannot be restored on another machine yet: it has no passphrase
+    /// key object (only device keys), or `None`. Shown on every open until one is set.
+    #[must_use]
+    pub fn recovery_warning(&self) -> Option<String> {
+        (!self.has_passphrase_key()).then(|| {
+            self.warning.clone().unwrap_or_else(|| {
+                "the repository has no passphrase: if this machine is lost, its backups cannot be restored elsewhere — set one with `cyberbackup-client key passwd` (or in the UI's Snapshots panel)".to_owned()
+            })
+        })
+    }
+
     /// Whether a passphrase key object exists (`key passwd` then needs the current one).
     #[must_use]
     pub fn has_passphrase_key(&self) -> bool {

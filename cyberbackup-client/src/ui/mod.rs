@@ -445,6 +445,7 @@ fn router(ui: Arc<Ui>) -> Router {
         .route("/api/snapshots/{id}/restore", post(snapshots::restore))
         .route("/api/snapshots/{id}/download", get(snapshots::download))
         .route("/api/repository/passphrase", post(snapshots::passphrase))
+        .route("/api/repository/key", post(snapshots::set_passphrase))
         .route("/api/sources", get(sources::list).post(sources::save))
         .route("/api/sources/{name}", delete(sources::remove))
         .route("/api/sources/{name}/run", post(sources::run_now))

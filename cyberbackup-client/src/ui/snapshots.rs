@@ -24,7 +24,7 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cyberbackup_core::repo::{EntryKind, TreeEntry};
+use cyberbackup_core::repo::{EntryKind, KdfParams, TreeEntry};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -221,7 +221,7 @@ pub(super) async fn list(State(ui): State<Arc<Ui>>) -> Response {
     }
     let listed = with_repository(&ui, |repo| {
         Box::pin(async move {
-            let warning = repo.opened().warning.clone();
+            let warning = repo.opened().recovery_warning();
             Ok((repo.snapshots().await?, warning))
         })
     })
@@ -429,6 +429,60 @@ pub(super) async fn diff(
 #[derive(Deserialize)]
 pub(super) struct PassphraseBody {
     passphrase: String,
+}
+
+/// Body of `POST /api/repository/key`.
+#[derive(Deserialize)]
+pub(super) struct SetPassphraseBody {
+    /// The passphrase to replace (needed when the repository has one).
+    #[serde(default)]
+    current: Option<String>,
+    /// The new passphrase.
+    new: String,
+}
+
+/// `POST /api/repository/key`: sets the repository's passphrase (the first one, or a new
+/// one replacing `current`), so that its backups can be restored on another machine.
+pub(super) async fn set_passphrase(
+    State(ui): State<Arc<Ui>>,
+    Json(body): Json<SetPassphraseBody>,
+) -> Response {
+    let new = Zeroizing::new(body.new);
+    let current = body.current.map(Zeroizing::new).filter(|c| !c.is_empty());
+    if new.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "enter the new passphrase (and the same again to confirm it)",
+        );
+    }
+    let changed = with_repository(&ui, |repo| {
+        let (new, current) = (new.clone(), current.clone());
+        Box::pin(async move {
+            if current.is_none() && repo.opened().has_passphrase_key() {
+                return Err(V4ClientError::Usage {
+                    message: "the repository already has a passphrase: enter the current passphrase too".into(),
+                });
+            }
+            repo.change_passphrase(
+                current.as_ref().map(|c| c.as_bytes()),
+                new.as_bytes(),
+                KdfParams::DEFAULT,
+            )
+            .await
+        })
+    })
+    .await;
+    match changed {
+        Ok(replaced) => {
+            let message = if replaced == 0 {
+                "the repository's first passphrase is set: with it, these backups can be restored on another machine"
+            } else {
+                "passphrase changed: the old one no longer opens the repository"
+            };
+            Json(json!({ "replaced": replaced, "message": message })).into_response()
+        }
+        Err(response) => response,
+    }
 }
 
 /// `POST /api/repository/passphrase`: keeps a passphrase in memory (never on disk) for

@@ -271,6 +271,25 @@ document.getElementById("restore-to").addEventListener("submit", async (e) => {
     showError(err);
   }
 });
+document.getElementById("set-passphrase").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const fresh = document.getElementById("new-passphrase");
+  const again = document.getElementById("new-passphrase-again");
+  const current = document.getElementById("current-passphrase");
+  if (fresh.value !== again.value) {
+    showError(new Error("the two new passphrases differ — type the same one twice"));
+    return;
+  }
+  try {
+    const answer = await call("POST", "/api/repository/key", { new: fresh.value, current: current.value });
+    for (const input of [fresh, again, current]) input.value = "";
+    showError(null);
+    snapshotsStatus(answer.message, false);
+    document.getElementById("set-passphrase-box").open = false;
+  } catch (err) {
+    showError(err);
+  }
+});
 document.getElementById("unlock").addEventListener("submit", async (e) => {
   e.preventDefault();
   const input = document.getElementById("passphrase");
