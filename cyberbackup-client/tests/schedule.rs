@@ -341,6 +341,41 @@ fn a_source_locked_by_another_process_is_not_backed_up_until_released() {
 }
 
 #[test]
+fn a_paused_source_waits_until_resumed() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = tree(dir.path());
+    run_ok(client(
+        dir.path(),
+        &[
+            "schedule",
+            "add",
+            "docs",
+            tree.to_str().unwrap(),
+            "--schedule",
+            "every 1s",
+        ],
+    ));
+    let paused = run_ok(client(dir.path(), &["schedule", "pause", "docs"]));
+    assert!(paused.contains("source docs paused"), "{paused}");
+    let daemon = start_daemon(dir.path(), &server);
+    std::thread::sleep(Duration::from_secs(3));
+    let list = sources(dir.path());
+    assert!(
+        source(&list, "docs")["state"]["last_attempt"].is_null(),
+        "{list:?}"
+    );
+    assert!(source(&list, "docs")["next_run"].is_null(), "{list:?}");
+    let table = run_ok(client(dir.path(), &["schedule", "list"]));
+    assert!(table.contains("paused"), "{table}");
+    run_ok(client(dir.path(), &["schedule", "resume", "docs"]));
+    wait_for_sources(dir.path(), "the backup after resume", |list| {
+        source(list, "docs")["state"]["last_result"] == "succeeded"
+    });
+    stop_daemon(daemon, dir.path());
+}
+
+#[test]
 fn schedule_commands_refuse_bad_sources_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let output = client(

@@ -70,6 +70,7 @@ async fn a_folder_added_in_the_page_is_backed_up_by_the_ui_scheduler_and_shows_i
     assert_eq!(sources[0].schedule, Schedule::Interval { secs: 60 });
     assert_eq!(sources[0].exclude, vec!["*.tmp".to_owned()]);
     assert_eq!(sources[0].retention.keep_daily, Some(7));
+    assert!(sources[0].paused);
 
     // Two snapshots of the folder, tagged with the source, without the excluded file.
     let identity = dir.path().join(DEFAULT_IDENTITY_FILE);
@@ -191,6 +192,15 @@ fn schedule_session(chromium: &Path, ui_url: &str, tree: &Path) -> (Vec<String>,
     );
     browser.wait_for_or(
         &format!("{row}.innerText.includes('0 changed, 2 unmodified')"),
+        wait,
+        status,
+    );
+    // Pause: the next run says so, and the sources file keeps it.
+    browser.eval(&format!(
+        "[...{row}.querySelectorAll('button')].find(b => b.textContent === 'Pause').click(), true"
+    ));
+    browser.wait_for_or(
+        &format!("{row}.cells[5].textContent === 'paused'"),
         wait,
         status,
     );

@@ -137,6 +137,16 @@ pub struct RemoveArgs {
     pub data: DataArgs,
 }
 
+/// Arguments of `schedule pause` and `schedule resume`.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// The source's name.
+    pub name: String,
+    /// Data directory and identity.
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
 /// Arguments of `schedule run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -171,6 +181,10 @@ pub enum ScheduleCommand {
     List(ListArgs),
     /// Remove a source (its snapshots stay in the repository).
     Remove(RemoveArgs),
+    /// Stop running a source on its schedule until `resume` (`run` still backs it up).
+    Pause(PauseArgs),
+    /// Run a paused source on its schedule again.
+    Resume(PauseArgs),
     /// Back up a source now, in the foreground.
     Run(RunArgs),
     /// Write a systemd user unit that starts the daemon at login.
@@ -227,11 +241,12 @@ fn execute(command: ScheduleCommand, print: &mut Printer<'_>) -> Result<u8, Stri
                 keep_yearly: add.keep_yearly,
             };
             let file = super::SourcesFile::in_dir(&data_dir(&add.data)?);
-            let added = file
+            // Replacing a source keeps when it was added and whether it is paused.
+            let (added, paused) = file
                 .load()?
                 .into_iter()
                 .find(|source| source.name == add.name)
-                .map_or_else(Timestamp::now, |existing| existing.added);
+                .map_or_else(|| (Timestamp::now(), false), |old| (old.added, old.paused));
             let source = Source {
                 name: add.name,
                 paths: add.paths,
@@ -239,6 +254,7 @@ fn execute(command: ScheduleCommand, print: &mut Printer<'_>) -> Result<u8, Stri
                 schedule: add.schedule,
                 retention,
                 added,
+                paused,
             };
             let line = format!(
                 "source {} saved: {} ({}), {}; the daemon (or the UI) runs it",
@@ -314,6 +330,12 @@ fn execute(command: ScheduleCommand, print: &mut Printer<'_>) -> Result<u8, Stri
             );
             Ok(EXIT_OK)
         }
+        ScheduleCommand::Pause(PauseArgs { name, data }) => {
+            set_paused(&data_dir(&data)?, &name, true, print)
+        }
+        ScheduleCommand::Resume(PauseArgs { name, data }) => {
+            set_paused(&data_dir(&data)?, &name, false, print)
+        }
         ScheduleCommand::Run(run) => {
             let (scheduler, mut lines) = scheduler(&run.data, &run.server, print)
                 .map_err(|_| "cannot find the data directory (see above)".to_owned())?;
@@ -379,6 +401,29 @@ fn execute(command: ScheduleCommand, print: &mut Printer<'_>) -> Result<u8, Stri
     }
 }
 
+/// `schedule pause` and `schedule resume`.
+fn set_paused(
+    data_dir: &std::path::Path,
+    name: &str,
+    paused: bool,
+    print: &mut Printer<'_>,
+) -> Result<u8, String> {
+    if !super::SourcesFile::in_dir(data_dir).set_paused(name, paused)? {
+        return Err(format!(
+            "there is no source named {name:?} — `cyberbackup-client schedule list` shows the sources"
+        ));
+    }
+    let line = if paused {
+        format!(
+            "source {name} paused: it does not run on its schedule until `schedule resume {name}`"
+        )
+    } else {
+        format!("source {name} resumed: it runs on its schedule again (a missed slot runs at once)")
+    };
+    print(Stream::Stdout, &line);
+    Ok(EXIT_OK)
+}
+
 /// One `schedule list` row.
 fn list_row(status: &SourceStatus) -> Vec<String> {
     let source = &status.source;
@@ -409,9 +454,11 @@ fn list_row(status: &SourceStatus) -> Vec<String> {
             .last_attempt
             .map_or_else(|| "never".to_owned(), local_time),
         result,
-        status
-            .next_run
-            .map_or_else(|| "next login".to_owned(), local_time),
+        match status.next_run {
+            Some(next) => local_time(next),
+            None if source.paused => "paused".to_owned(),
+            None => "next login".to_owned(),
+        },
     ]
 }
 

@@ -99,7 +99,8 @@ pub struct SourceStatus {
     pub source: Source,
     /// Its runs so far.
     pub state: RunState,
-    /// When it runs next (`None`: an at-login source that already ran in this session).
+    /// When it runs next (`None`: paused, or an at-login source that already ran in this
+    /// session).
     pub next_run: Option<Timestamp>,
     /// Whether a backup of it is running now (here or in another process).
     pub running: bool,
@@ -170,8 +171,11 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
-    /// When `source`, in `state`, is next due.
+    /// When `source`, in `state`, is next due (`None` while it is paused).
     fn next_run(&self, source: &Source, state: &RunState) -> Option<Timestamp> {
+        if source.paused {
+            return None;
+        }
         let scheduled =
             source
                 .schedule

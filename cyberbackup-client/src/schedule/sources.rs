@@ -34,6 +34,9 @@ pub struct Source {
     pub retention: Retention,
     /// When it was added (a daily source's first run is the first slot after this).
     pub added: Timestamp,
+    /// Paused: not run on its schedule until resumed ("Back up now" still runs it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// Snapshots of a source to keep (restic's `--keep-*` counts); none set keeps every
@@ -246,6 +249,20 @@ impl SourcesFile {
         self.save(sources)
     }
 
+    /// Pauses or resumes the source named `name`; returns whether it exists.
+    ///
+    /// # Errors
+    /// The file's.
+    pub fn set_paused(&self, name: &str, paused: bool) -> Result<bool, String> {
+        let mut sources = self.load()?;
+        let Some(source) = sources.iter_mut().find(|s| s.name == name) else {
+            return Ok(false);
+        };
+        source.paused = paused;
+        self.save(sources)?;
+        Ok(true)
+    }
+
     /// Removes the source named `name`; returns whether it existed.
     ///
     /// # Errors
@@ -292,6 +309,7 @@ mod tests {
                 ..Retention::default()
             },
             added: "2026-12-01T10:00:00Z".parse().unwrap(),
+            paused: false,
         }
     }
 
@@ -308,6 +326,20 @@ mod tests {
         assert_eq!(file.load().unwrap(), vec![changed, source("photos")]);
         let text = std::fs::read_to_string(file.path()).unwrap();
         assert!(text.contains("\"schedule\": \"login\""), "{text}");
+        assert!(file.set_paused("photos", true).unwrap());
+        assert!(!file.set_paused("nope", true).unwrap());
+        assert!(file.load().unwrap()[1].paused);
+        assert!(
+            std::fs::read_to_string(file.path())
+                .unwrap()
+                .contains("\"paused\": true")
+        );
+        assert!(file.set_paused("photos", false).unwrap());
+        assert!(
+            !std::fs::read_to_string(file.path())
+                .unwrap()
+                .contains("paused")
+        );
         assert!(file.remove("documents").unwrap());
         assert!(!file.remove("documents").unwrap());
         assert_eq!(file.load().unwrap(), vec![source("photos")]);

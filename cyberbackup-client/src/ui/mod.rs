@@ -449,6 +449,7 @@ fn router(ui: Arc<Ui>) -> Router {
         .route("/api/sources", get(sources::list).post(sources::save))
         .route("/api/sources/{name}", delete(sources::remove))
         .route("/api/sources/{name}/run", post(sources::run_now))
+        .route("/api/sources/{name}/pause", post(sources::pause))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

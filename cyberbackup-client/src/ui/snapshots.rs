@@ -460,7 +460,9 @@ pub(super) async fn set_passphrase(
         Box::pin(async move {
             if current.is_none() && repo.opened().has_passphrase_key() {
                 return Err(V4ClientError::Usage {
-                    message: "the repository already has a passphrase: enter the current passphrase too".into(),
+                    message:
+                        "the repository already has a passphrase: enter the current passphrase too"
+                            .into(),
                 });
             }
             repo.change_passphrase(

@@ -98,11 +98,12 @@ pub(super) async fn save(State(ui): State<Arc<Ui>>, Json(body): Json<SourceBody>
     };
     let file = scheduler.sources();
     let name = body.name.trim().to_owned();
-    let added = match file.load() {
+    // An edit keeps when the source was added and whether it is paused.
+    let (added, paused) = match file.load() {
         Ok(sources) => sources
             .into_iter()
             .find(|source| source.name == name)
-            .map_or_else(Timestamp::now, |existing| existing.added),
+            .map_or_else(|| (Timestamp::now(), false), |old| (old.added, old.paused)),
         Err(message) => return error(StatusCode::INTERNAL_SERVER_ERROR, message),
     };
     let source = Source {
@@ -112,6 +113,7 @@ pub(super) async fn save(State(ui): State<Arc<Ui>>, Json(body): Json<SourceBody>
         schedule,
         retention: body.retention,
         added,
+        paused,
     };
     if let Some(missing) = source.paths.iter().find(|path| !path.exists()) {
         return error(
@@ -127,6 +129,36 @@ pub(super) async fn save(State(ui): State<Arc<Ui>>, Json(body): Json<SourceBody>
     }
     scheduler.wake();
     Json(json!({ "saved": source.name })).into_response()
+}
+
+/// Body of `POST /api/sources/{name}/pause`.
+#[derive(Debug, Deserialize)]
+pub(super) struct PauseBody {
+    paused: bool,
+}
+
+/// `POST /api/sources/{name}/pause`: `{paused: true}` stops running the source on its
+/// schedule, `false` resumes it.
+pub(super) async fn pause(
+    State(ui): State<Arc<Ui>>,
+    UrlPath(name): UrlPath<String>,
+    Json(body): Json<PauseBody>,
+) -> Response {
+    let scheduler = match scheduler(&ui) {
+        Ok(scheduler) => scheduler,
+        Err(response) => return *response,
+    };
+    match scheduler.sources().set_paused(&name, body.paused) {
+        Ok(true) => {
+            scheduler.wake();
+            Json(json!({ "name": name, "paused": body.paused })).into_response()
+        }
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            format!("there is no source named {name:?} — reload the page"),
+        ),
+        Err(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+    }
 }
 
 /// `DELETE /api/sources/{name}`: removes a source (its snapshots stay).

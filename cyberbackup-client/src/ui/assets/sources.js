@@ -77,6 +77,18 @@ function sourceActions(source) {
       run.disabled = false;
     }
   });
+  const pause = document.createElement("button");
+  pause.type = "button";
+  pause.textContent = source.paused ? "Resume" : "Pause";
+  pause.addEventListener("click", async () => {
+    try {
+      await call("POST", "/api/sources/" + encodeURIComponent(source.name) + "/pause", { paused: !source.paused });
+      showError(null);
+      await loadSources();
+    } catch (err) {
+      showError(err);
+    }
+  });
   const edit = document.createElement("button");
   edit.type = "button";
   edit.textContent = "Edit";
@@ -94,7 +106,7 @@ function sourceActions(source) {
       showError(err);
     }
   });
-  box.append(run, " ", edit, " ", remove);
+  box.append(run, " ", pause, " ", edit, " ", remove);
   return box;
 }
 
@@ -116,7 +128,7 @@ async function loadSources() {
     s.schedule_text,
     s.retention_text.replace(/^keep /, ""),
     lastRun(s),
-    s.running ? "–" : s.next_run ? fromNow(s.next_run, answer.now) + " (" + localTime(s.next_run) + ")" : "at next login",
+    s.running ? "–" : s.paused ? "paused" : s.next_run ? fromNow(s.next_run, answer.now) + " (" + localTime(s.next_run) + ")" : "at next login",
     sourceActions(s),
   ], "No scheduled backups yet: add a folder below.");
   const finished = sources.map((s) => s.name + "=" + (s.state.last_finished || "")).join(",");
