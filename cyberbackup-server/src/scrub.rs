@@ -249,15 +249,22 @@ impl Scrubber {
                 break;
             }
             for pack in due {
+                let _no_deletion = self.repo.scrub_guard(ClientId(pack.client)).await;
                 let verdict = self.check_pack(&pack, pacer, &mut report).await?;
                 report.packs += 1;
-                let damage = damage(verdict, || {
-                    format!("{}/packs/{}", hex::encode(pack.client), pack.pack.to_hex())
-                });
-                report.damaged += u64::from(damage.is_some());
-                self.catalog
-                    .record_pack_scrub(pack.client, pack.pack, unix_ms(), damage)
+                let damage = to_damage(verdict);
+                let indexed = self
+                    .catalog
+                    .record_pack_scrub(pack.client, pack.pack, unix_ms(), damage.clone())
                     .await?;
+                // A pack a prune retired since the listing is gone on purpose: not damage.
+                if let Some(damage) = damage.filter(|_| indexed) {
+                    log_damage(
+                        &format!("{}/packs/{}", hex::encode(pack.client), pack.pack.to_hex()),
+                        &damage,
+                    );
+                    report.damaged += 1;
+                }
                 self.status.objects.fetch_add(1, Ordering::Relaxed);
                 self.status.progressed(report);
             }
@@ -273,7 +280,10 @@ impl Scrubber {
             for file in due {
                 let verdict = self.check_file(&file, pacer, &mut report).await?;
                 report.files += 1;
-                let damage = damage(verdict, || file.path_name.clone());
+                let damage = to_damage(verdict);
+                if let Some(damage) = &damage {
+                    log_damage(&file.path_name, damage);
+                }
                 report.damaged += u64::from(damage.is_some());
                 self.catalog
                     .record_file_scrub(file.row, file.path_name, unix_ms(), damage)
@@ -555,18 +565,20 @@ pub fn write_summary(
     Ok(())
 }
 
-/// The damage to record for `verdict`, logged with the object's key.
-fn damage(verdict: Verdict, key: impl FnOnce() -> String) -> Option<Damage> {
+/// The damage to record for `verdict`.
+fn to_damage(verdict: Verdict) -> Option<Damage> {
     match verdict {
         Verdict::Whole => None,
-        Verdict::Damaged(reason) => {
-            tracing::error!(object = %key(), %reason, "scrub: stored object is damaged");
-            Some(Damage {
-                found_at: unix_ms() / 1000,
-                reason,
-            })
-        }
+        Verdict::Damaged(reason) => Some(Damage {
+            found_at: unix_ms() / 1000,
+            reason,
+        }),
     }
+}
+
+/// The error line of a damaged object (once it is known to be stored, not pruned).
+fn log_damage(object: &str, damage: &Damage) {
+    tracing::error!(object, reason = %damage.reason, "scrub: stored object is damaged");
 }
 
 /// Milliseconds since the Unix epoch.

@@ -435,6 +435,45 @@ async fn a_snapshot_committed_while_the_prune_reads_its_live_set_is_kept() {
     assert!(fx.backend_path(&during.data_pack).exists());
 }
 
+/// A pack a prune deletes while a scrub cycle is under way is not damage: the scrub neither
+/// marks nor counts it (a false "scrub found corruption" alert otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_a_prune_deletes_during_a_scrub_are_not_reported_damaged() {
+    let plan = FaultPlan::new();
+    let fx = Fixture::with_faults(Arc::clone(&plan)).await;
+    let mut repo = Repo::new(12);
+    create(&fx, ALICE, &repo).await;
+    let forgotten = backup(&fx, &mut repo, &[b"forgotten while scrubbed"], &[]).await;
+    fx.store.forget(ALICE, forgotten.snapshot.id).await.unwrap();
+    let (scrubber, catalog) = scrubber(&fx).await;
+    // Every read takes 200 ms: the prune runs while the scrub reads its first pack.
+    plan.slow_gets(Duration::from_millis(200));
+    let reads_before = plan.gets_started();
+    let scrub = tokio::spawn(async move {
+        scrubber
+            .run_cycle(None, &mut cyberbackup_server::scrub::Pacer::new(0))
+            .await
+    });
+    while plan.gets_started() == reads_before {
+        tokio::task::yield_now().await;
+    }
+    let aggressive = PruneOptions {
+        grace: Duration::ZERO,
+        ..options()
+    };
+    let pruned = fx
+        .store
+        .prune_at(ALICE, &aggressive, now() + 10)
+        .await
+        .unwrap();
+    assert_eq!(pruned.packs_deleted, 2, "{pruned:?}");
+    let report = scrub.await.unwrap().unwrap();
+    plan.slow_gets(Duration::ZERO);
+    assert_eq!(report.packs, 2, "{report:?}");
+    assert_eq!(report.damaged, 0, "{report:?}");
+    assert!(catalog.corrupt_objects(None, 10).await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_prune_shows_its_phase_and_progress_and_two_prunes_of_one_repository_take_turns()
 {

@@ -22,8 +22,7 @@ use cyberbackup_server::repository::{
     ObjectClass, PruneOptions, PutStart, QuotaLimits, Quotas, RecoveryReport, RepoStore,
     RepoStoreError,
 };
-use cyberbackup_server::scrub::{Pacer, ScrubReport, ScrubStatus, Scrubber};
-use cyberbackup_server::storage::Storage;
+use cyberbackup_server::scrub::{Pacer, ScrubReport, Scrubber};
 use repo_fixture::*;
 
 #[tokio::test]
@@ -793,19 +792,6 @@ async fn a_failed_backend_put_indexes_nothing_and_the_put_can_be_retried() {
 }
 
 // ---- scrub and quotas ----
-
-/// A scrubber over the fixture's store, with its own catalog handle and legacy storage.
-async fn scrubber(fx: &Fixture) -> (Scrubber, Catalog) {
-    let catalog = Catalog::open(fx.data().join("defensive.db")).await.unwrap();
-    let storage = Storage::open(fx.data()).unwrap();
-    let scrubber = Scrubber::new(
-        catalog.clone(),
-        fx.store.clone(),
-        storage,
-        Arc::new(ScrubStatus::default()),
-    );
-    (scrubber, catalog)
-}
 
 async fn cycle(scrubber: &Scrubber) -> ScrubReport {
     scrubber.run_cycle(None, &mut Pacer::new(0)).await.unwrap()

@@ -30,6 +30,13 @@ pub enum PieceError {
 }
 
 impl RepoStore {
+    /// Holds off the client's prune deletions (shared with commits) while the scrub checks
+    /// one of its packs, so a pack is never deleted under a read that would then call it
+    /// lost.
+    pub async fn scrub_guard(&self, client: ClientId) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.maintenance_lock(client).read_owned().await
+    }
+
     /// Bytes `range` of the client's stored pack, straight from the backend.
     ///
     /// # Errors

@@ -17,6 +17,8 @@ use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
 use cyberbackup_server::backend::{Backend, ObjectKey};
 use cyberbackup_server::catalog::Catalog;
 use cyberbackup_server::repository::{ObjectClass, PutStart, RepoStore, RepoStoreError};
+use cyberbackup_server::scrub::{ScrubStatus, Scrubber};
+use cyberbackup_server::storage::Storage;
 use futures_util::StreamExt;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -27,6 +29,19 @@ pub const NOBODY: ClientId = ClientId([0x0e; 16]);
 /// Plaintext that must never reach the server's disk.
 pub const MARKER: &[u8] = b"PLAINTEXT-MARKER-7f3a9c-file-content";
 pub const HOST_MARKER: &[u8] = b"HOSTNAME-MARKER-51d2e0";
+
+/// A scrubber over the fixture's store, with its own catalog handle and legacy storage.
+pub async fn scrubber(fx: &Fixture) -> (Scrubber, Catalog) {
+    let catalog = Catalog::open(fx.data().join("defensive.db")).await.unwrap();
+    let storage = Storage::open(fx.data()).unwrap();
+    let scrubber = Scrubber::new(
+        catalog.clone(),
+        fx.store.clone(),
+        storage,
+        Arc::new(ScrubStatus::default()),
+    );
+    (scrubber, catalog)
+}
 
 /// A store on a fresh data directory, recovered once (as the server's start-up does).
 pub struct Fixture {
