@@ -16,19 +16,13 @@ use std::time::{Duration, Instant};
 use cyberbackup_client::schedule::{RunResult, SourceLock, StateFile};
 use cyberbackup_server::catalog::DeviceRole;
 use serde_json::Value;
-use support::{RealServer, client_binary, output_text, set_role_of};
+use support::{RealServer, client_binary, machine_command, output_text, set_role_of};
 
 /// A machine of its own in `dir`: data directory `dir/data`, identity `dir/me.info` (so
 /// the v4 identity is `dir/cyberbackup-v4.json`), no settings from the environment.
 fn client(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(client_binary());
+    let mut command = machine_command(dir);
     command
-        .current_dir(dir)
-        .env_remove("CYBERBACKUP_SERVER")
-        .env_remove("CYBERBACKUP_NAME")
-        .env_remove("CYBERBACKUP_PASSWORD")
-        .env("HOME", dir)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
         .env("XDG_DATA_HOME", dir.join("xdg-data"))
         .args(args)
         .arg("--data-dir")
@@ -36,6 +30,34 @@ fn client(dir: &Path, args: &[&str]) -> Command {
         .arg("--identity")
         .arg(dir.join("me.info"));
     command
+}
+
+/// The snapshot command `args` against `server` with the daemon's v4 identity.
+fn repo_command(dir: &Path, server: &RealServer, args: &[&str]) -> Command {
+    let mut command = machine_command(dir);
+    command
+        .args(args)
+        .args(["--server", &server.server()])
+        .arg("--v4-identity")
+        .arg(dir.join("cyberbackup-v4.json"));
+    command
+}
+
+/// `schedule add NAME TREE --schedule WHEN`, then `extra`.
+fn add_source(dir: &Path, name: &str, tree: &Path, when: &str, extra: &[&str]) -> String {
+    let mut command = client(
+        dir,
+        &[
+            "schedule",
+            "add",
+            name,
+            tree.to_str().unwrap(),
+            "--schedule",
+            when,
+        ],
+    );
+    command.args(extra);
+    run_ok(command)
 }
 
 fn run_ok(mut command: Command) -> String {
@@ -104,15 +126,7 @@ fn wait_for_sources(dir: &Path, what: &str, condition: impl Fn(&[Value]) -> bool
 
 /// The repository's snapshots, as `snapshots --json` lists them with the daemon's identity.
 fn snapshots(dir: &Path, server: &RealServer) -> Vec<Value> {
-    let mut command = Command::new(client_binary());
-    command
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env_remove("CYBERBACKUP_PASSWORD")
-        .args(["snapshots", "--json", "--server", &server.server()])
-        .arg("--v4-identity")
-        .arg(dir.join("cyberbackup-v4.json"));
-    let text = run_ok(command);
+    let text = run_ok(repo_command(dir, server, &["snapshots", "--json"]));
     serde_json::from_str::<Value>(&text)
         .unwrap()
         .as_array()
@@ -134,21 +148,13 @@ fn the_daemon_backs_up_on_schedule_tags_applies_retention_and_stops_on_sigterm()
     let server = RealServer::start();
     let dir = tempfile::tempdir().unwrap();
     let tree = tree(dir.path());
-    let added = run_ok(client(
+    let added = add_source(
         dir.path(),
-        &[
-            "schedule",
-            "add",
-            "docs",
-            tree.to_str().unwrap(),
-            "--schedule",
-            "every 1s",
-            "--exclude",
-            "*.tmp",
-            "--keep-last",
-            "2",
-        ],
-    ));
+        "docs",
+        &tree,
+        "every 1s",
+        &["--exclude", "*.tmp", "--keep-last", "2"],
+    );
     assert!(added.contains("source docs saved: every 1s"), "{added}");
     let daemon = start_daemon(dir.path(), &server);
 
@@ -203,16 +209,7 @@ fn the_daemon_backs_up_on_schedule_tags_applies_retention_and_stops_on_sigterm()
     assert!(log.contains("docs: done: snapshot"), "{log}");
 
     // The excluded file is not in the snapshot.
-    let ls = run_ok({
-        let mut command = Command::new(client_binary());
-        command
-            .current_dir(dir.path())
-            .env("HOME", dir.path())
-            .args(["ls", "latest", "--server", &server.server()])
-            .arg("--v4-identity")
-            .arg(dir.path().join("cyberbackup-v4.json"));
-        command
-    });
+    let ls = run_ok(repo_command(dir.path(), &server, &["ls", "latest"]));
     assert!(ls.contains("a.txt") && ls.contains("b.txt"), "{ls}");
     assert!(!ls.contains("skip.tmp"), "{ls}");
 }
@@ -223,17 +220,7 @@ fn a_missed_slot_runs_at_once_and_a_recent_run_waits_for_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     let tree = tree(dir.path());
     for name in ["missed", "recent"] {
-        run_ok(client(
-            dir.path(),
-            &[
-                "schedule",
-                "add",
-                name,
-                tree.to_str().unwrap(),
-                "--schedule",
-                "hourly",
-            ],
-        ));
+        add_source(dir.path(), name, &tree, "hourly", &[]);
     }
     // As a machine that was off: "missed" last ran two hours ago, "recent" ten minutes ago.
     let state = StateFile::in_dir(&dir.path().join("data"));
@@ -296,17 +283,7 @@ fn a_source_locked_by_another_process_is_not_backed_up_until_released() {
     let server = RealServer::start();
     let dir = tempfile::tempdir().unwrap();
     let tree = tree(dir.path());
-    run_ok(client(
-        dir.path(),
-        &[
-            "schedule",
-            "add",
-            "docs",
-            tree.to_str().unwrap(),
-            "--schedule",
-            "every 1s",
-        ],
-    ));
+    add_source(dir.path(), "docs", &tree, "every 1s", &[]);
     // This test process is "another backup of docs" for as long as it holds the lock.
     let lock = SourceLock::try_acquire(&dir.path().join("data"), "docs")
         .unwrap()
@@ -345,17 +322,7 @@ fn a_paused_source_waits_until_resumed() {
     let server = RealServer::start();
     let dir = tempfile::tempdir().unwrap();
     let tree = tree(dir.path());
-    run_ok(client(
-        dir.path(),
-        &[
-            "schedule",
-            "add",
-            "docs",
-            tree.to_str().unwrap(),
-            "--schedule",
-            "every 1s",
-        ],
-    ));
+    add_source(dir.path(), "docs", &tree, "every 1s", &[]);
     let paused = run_ok(client(dir.path(), &["schedule", "pause", "docs"]));
     assert!(paused.contains("source docs paused"), "{paused}");
     let daemon = start_daemon(dir.path(), &server);

@@ -258,10 +258,9 @@ pub fn client_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cyberbackup-client"))
 }
 
-/// The client binary run in `dir` as a machine of its own (`HOME` and the config there, no
-/// `CYBERBACKUP_*` settings from the environment): `args`, then `--server` and
-/// `--v4-identity NAME-v4.json`.
-pub fn client_command(dir: &Path, server: &RealServer, name: &str, args: &[&str]) -> Command {
+/// The client binary run in `dir` as a machine of its own: `HOME` and the config there, no
+/// `CYBERBACKUP_*` settings from the environment.
+pub fn machine_command(dir: &Path) -> Command {
     let mut command = Command::new(client_binary());
     command
         .current_dir(dir)
@@ -269,7 +268,14 @@ pub fn client_command(dir: &Path, server: &RealServer, name: &str, args: &[&str]
         .env_remove("CYBERBACKUP_NAME")
         .env_remove("CYBERBACKUP_PASSWORD")
         .env("HOME", dir)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_CONFIG_HOME", dir.join("config"));
+    command
+}
+
+/// [`machine_command`] with `args`, then `--server` and `--v4-identity NAME-v4.json`.
+pub fn client_command(dir: &Path, server: &RealServer, name: &str, args: &[&str]) -> Command {
+    let mut command = machine_command(dir);
+    command
         .args(args)
         .args(["--server", &server.server()])
         .args(["--v4-identity", &format!("{name}-v4.json")]);
