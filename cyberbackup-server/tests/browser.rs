@@ -21,9 +21,8 @@ mod admin_common;
 use std::time::Duration;
 
 use admin_common::cdp::{Browser, chromium_or_skip, screenshot_dir, wait_for_download};
+use admin_common::ui::{RunningUi, ui_options};
 use admin_common::{config_for, post_empty_json, start};
-use cyberbackup_client::IdentityFile;
-use cyberbackup_client::ui::{UiOptions, UiServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ui_backs_up_and_dashboard_lists_the_file() {
@@ -34,19 +33,8 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
     let server = start(config_for(&dir.path().join("data"))).await;
     let typed = dir.path().join("typed-path.txt");
     std::fs::write(&typed, vec![b'x'; 300_000]).unwrap();
-    let mut options = UiOptions::new(
-        dir.path().join("ui").join("ui-history.json"),
-        IdentityFile::new(dir.path().join("me.info")),
-    );
-    options.listen = "127.0.0.1:0".parse().unwrap();
-    options.default_server = Some(server.addr.to_string());
-    options.default_name = Some("browser-test".into());
-    let ui = UiServer::bind(options).await.unwrap();
-    let ui_url = format!("http://{}/", ui.local_addr().unwrap());
-    let (stop_ui, stopped) = tokio::sync::oneshot::channel::<()>();
-    let ui_task = tokio::spawn(ui.serve(async {
-        let _ = stopped.await;
-    }));
+    let ui = RunningUi::start(ui_options(dir.path(), server.addr, "browser-test")).await;
+    let ui_url = ui.url();
     let admin_url = format!("http://{}/", server.admin);
     let screenshots = screenshot_dir(dir.path());
     let expected_server = server.addr.to_string();
@@ -189,7 +177,6 @@ async fn client_ui_backs_up_and_dashboard_lists_the_file() {
         );
         std::fs::write(screenshots.join(name), png).unwrap();
     }
-    let _ = stop_ui.send(());
-    ui_task.await.unwrap().unwrap();
+    ui.shutdown().await;
     server.stop().await;
 }

@@ -13,9 +13,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use admin_common::ui::{RunningUi, ui_options};
 use admin_common::{Response, config_for, get, request, snapshot_backup, start};
-use cyberbackup_client::IdentityFile;
-use cyberbackup_client::ui::{UiOptions, UiServer};
 use cyberbackup_client::v4::DEFAULT_IDENTITY_FILE;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -24,37 +23,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const UI: (&str, &str) = ("X-CyberBackup-UI", "1");
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
-struct RunningUi {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), cyberbackup_client::ClientError>>,
-}
-
 async fn start_ui(dir: &Path, server: &str, max_staging_bytes: u64) -> RunningUi {
-    let mut options = UiOptions::new(
-        dir.join("ui").join("ui-history.json"),
-        IdentityFile::new(dir.join("me.info")),
-    );
-    options.listen = "127.0.0.1:0".parse().unwrap();
-    options.default_server = Some(server.to_owned());
-    options.default_name = Some("ui-test".into());
+    let mut options = ui_options(dir, server.parse().unwrap(), "ui-test");
     options.max_staging_bytes = max_staging_bytes;
     options.retries = 0;
-    let ui = UiServer::bind(options).await.unwrap();
-    let addr = ui.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ui.serve(async {
-        let _ = stopped.await;
-    }));
-    RunningUi { addr, stop, task }
+    RunningUi::start(options).await
 }
 
 impl RunningUi {
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-
     async fn post_json(&self, path: &str, body: &Value) -> Response {
         request(
             self.addr,

@@ -20,11 +20,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use admin_common::cdp::{Browser, chromium_or_skip, screenshot_dir};
+use admin_common::ui::{RunningUi, ui_options};
 use admin_common::{config_for, start};
-use cyberbackup_client::IdentityFile;
 use cyberbackup_client::schedule::{Schedule, SourcesFile};
 use cyberbackup_client::snapshot::{KeyOptions, Repository};
-use cyberbackup_client::ui::{UiOptions, UiServer};
 use cyberbackup_client::v4::{DEFAULT_IDENTITY_FILE, V4Client, V4Options};
 use serde_json::Value;
 
@@ -42,19 +41,8 @@ async fn a_folder_added_in_the_page_is_backed_up_by_the_ui_scheduler_and_shows_i
     std::fs::write(tree.join("scratch.tmp"), b"not wanted").unwrap();
 
     let data_dir = dir.path().join("ui");
-    let mut options = UiOptions::new(
-        data_dir.join("ui-history.json"),
-        IdentityFile::new(dir.path().join("me.info")),
-    );
-    options.listen = "127.0.0.1:0".parse().unwrap();
-    options.default_server = Some(server.addr.to_string());
-    options.default_name = Some("sched-test".into());
-    let ui = UiServer::bind(options).await.unwrap();
-    let ui_url = format!("http://{}/", ui.local_addr().unwrap());
-    let (stop_ui, stopped) = tokio::sync::oneshot::channel::<()>();
-    let ui_task = tokio::spawn(ui.serve(async {
-        let _ = stopped.await;
-    }));
+    let ui = RunningUi::start(ui_options(dir.path(), server.addr, "sched-test")).await;
+    let ui_url = ui.url();
 
     let session = {
         let tree = tree.clone();
@@ -114,8 +102,7 @@ async fn a_folder_added_in_the_page_is_backed_up_by_the_ui_scheduler_and_shows_i
         "the screenshot looks empty"
     );
     std::fs::write(screenshots.join("client-schedules.png"), png).unwrap();
-    let _ = stop_ui.send(());
-    ui_task.await.unwrap().unwrap();
+    ui.shutdown().await;
     server.stop().await;
 }
 

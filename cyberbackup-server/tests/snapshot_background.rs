@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use admin_common::ui::{RunningUi, ui_options};
 use admin_common::{Running, config_for, get, request, snapshot_backup, start};
-use cyberbackup_client::IdentityFile;
-use cyberbackup_client::ui::{UiOptions, UiServer};
 use cyberbackup_client::v4::DEFAULT_IDENTITY_FILE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +29,7 @@ async fn an_abandoned_folder_download_ends_its_export_and_closes_its_server_conn
     let browsing = setup.connections_after_browsing().await;
 
     let refused = get(
-        setup.ui,
+        setup.ui.addr,
         &format!(
             "/api/snapshots/{}/download?path={}&format=rar",
             setup.id, setup.folder
@@ -38,13 +37,13 @@ async fn an_abandoned_folder_download_ends_its_export_and_closes_its_server_conn
         &[],
     )
     .await;
-    let mut stream = TcpStream::connect(setup.ui).await.unwrap();
+    let mut stream = TcpStream::connect(setup.ui.addr).await.unwrap();
     stream
         .write_all(
             format!(
                 "GET /api/snapshots/{}/download?path={}&format=zip HTTP/1.1\r\n\
                  Host: {}\r\nConnection: close\r\n\r\n",
-                setup.id, setup.folder, setup.ui
+                setup.id, setup.folder, setup.ui.addr
             )
             .as_bytes(),
         )
@@ -80,7 +79,7 @@ async fn a_restore_running_when_the_ui_stops_is_stopped_with_it() {
     let target = dir.path().join("restored");
 
     let started = request(
-        setup.ui,
+        setup.ui.addr,
         "POST",
         &format!("/api/snapshots/{}/restore", setup.id),
         &[
@@ -92,8 +91,7 @@ async fn a_restore_running_when_the_ui_stops_is_stopped_with_it() {
             .as_bytes(),
     )
     .await;
-    let _ = setup.stop_ui.send(());
-    setup.ui_task.await.unwrap().unwrap();
+    setup.ui.shutdown().await;
     let after = Setup::connections_of(setup.server.admin, 0).await;
     // Were the restore still running, it would finish well within this.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -114,9 +112,7 @@ async fn a_restore_running_when_the_ui_stops_is_stopped_with_it() {
 /// A real server holding one snapshot of a tree of [`FILES`] files, and a client UI for it.
 struct Setup {
     server: Running,
-    ui: SocketAddr,
-    stop_ui: tokio::sync::oneshot::Sender<()>,
-    ui_task: tokio::task::JoinHandle<Result<(), cyberbackup_client::ClientError>>,
+    ui: RunningUi,
     /// The snapshot's ID.
     id: String,
     /// The tree's path, as the UI's `path` parameter.
@@ -152,27 +148,13 @@ impl Setup {
             &tree,
         )
         .await;
-        let mut options = UiOptions::new(
-            dir.join("ui").join("ui-history.json"),
-            IdentityFile::new(dir.join("me.info")),
-        );
-        options.listen = "127.0.0.1:0".parse().unwrap();
-        options.default_server = Some(server.addr.to_string());
-        options.default_name = Some("ui-test".into());
-        let ui_server = UiServer::bind(options).await.unwrap();
-        let ui = ui_server.local_addr().unwrap();
-        let (stop_ui, stopped) = tokio::sync::oneshot::channel::<()>();
-        let ui_task = tokio::spawn(ui_server.serve(async {
-            let _ = stopped.await;
-        }));
-        let listed = get(ui, "/api/snapshots", &[]).await.json();
+        let ui = RunningUi::start(ui_options(dir, server.addr, "ui-test")).await;
+        let listed = get(ui.addr, "/api/snapshots", &[]).await.json();
         let id = listed["snapshots"][0]["id"].as_str().unwrap().to_owned();
         let folder = hex::encode(tree.as_os_str().as_encoded_bytes());
         Self {
             server,
             ui,
-            stop_ui,
-            ui_task,
             id,
             folder,
         }
@@ -209,8 +191,7 @@ impl Setup {
     }
 
     async fn stop(self) {
-        let _ = self.stop_ui.send(());
-        self.ui_task.await.unwrap().unwrap();
+        self.ui.shutdown().await;
         self.server.stop().await;
     }
 }

@@ -24,9 +24,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use admin_common::cdp::{Browser, chromium_or_skip, screenshot_dir, wait_for_download};
+use admin_common::ui::{RunningUi, ui_options};
 use admin_common::{config_for, get, snapshot_backup, start};
-use cyberbackup_client::IdentityFile;
-use cyberbackup_client::ui::{UiOptions, UiServer};
 use cyberbackup_client::v4::DEFAULT_IDENTITY_FILE;
 use cyberbackup_core::testing::LogWriter;
 use serde_json::Value;
@@ -77,7 +76,6 @@ async fn snapshots_view_browses_searches_diffs_restores_and_downloads() {
     for i in 0..150 {
         std::fs::write(tree.join(format!("f{i:03}")), vec![b'x'; i]).unwrap();
     }
-    let addr = server.addr.to_string();
     snapshot_backup(
         server.addr,
         &dir.path().join(DEFAULT_IDENTITY_FILE),
@@ -95,19 +93,8 @@ async fn snapshots_view_browses_searches_diffs_restores_and_downloads() {
     )
     .await;
 
-    let mut options = UiOptions::new(
-        dir.path().join("ui").join("ui-history.json"),
-        IdentityFile::new(dir.path().join("me.info")),
-    );
-    options.listen = "127.0.0.1:0".parse().unwrap();
-    options.default_server = Some(addr.clone());
-    options.default_name = Some("ui-test".into());
-    let ui = UiServer::bind(options).await.unwrap();
-    let ui_url = format!("http://{}/", ui.local_addr().unwrap());
-    let (stop_ui, stopped) = tokio::sync::oneshot::channel::<()>();
-    let ui_task = tokio::spawn(ui.serve(async {
-        let _ = stopped.await;
-    }));
+    let ui = RunningUi::start(ui_options(dir.path(), server.addr, "ui-test")).await;
+    let ui_url = ui.url();
     let downloads = dir.path().join("downloads");
     std::fs::create_dir(&downloads).unwrap();
     let target = dir.path().join("restored");
@@ -254,8 +241,7 @@ async fn snapshots_view_browses_searches_diffs_restores_and_downloads() {
         "the screenshot looks empty"
     );
     std::fs::write(screenshots.join("client-snapshots.png"), png).unwrap();
-    let _ = stop_ui.send(());
-    ui_task.await.unwrap().unwrap();
+    ui.shutdown().await;
     server.stop().await;
 }
 
