@@ -238,7 +238,10 @@ mod tests {
                 supported: 1
             }
         );
-        assert!(err.to_string().contains("upgrade cyberbackup"));
+        assert!(
+            err.to_string().contains("upgrade to open this repository")
+                && err.to_string().contains("damaged")
+        );
     }
 
     #[test]

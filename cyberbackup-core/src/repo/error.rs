@@ -69,7 +69,7 @@ pub enum RepoError {
     },
     /// The object has a format version this build does not read.
     #[error(
-        "the {object} has format version {found}; this build reads version {supported} only: upgrade cyberbackup to open this repository"
+        "the {object} has format version {found}; this build reads version {supported} only: if a newer cyberbackup wrote it, upgrade to open this repository; if not, the object is damaged (`check --read-data` names what it affects)"
     )]
     UnsupportedVersion {
         /// Object being read.
