@@ -343,6 +343,24 @@ fn a_paused_source_waits_until_resumed() {
 }
 
 #[test]
+fn an_unusable_lock_directory_is_reported_once_not_at_every_tick() {
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = tree(dir.path());
+    add_source(dir.path(), "docs", &tree, "every 1s", &[]);
+    // A file where the lock directory belongs: no lock can be taken (root ignores modes).
+    std::fs::write(dir.path().join("data/locks"), b"not a directory").unwrap();
+    let daemon = start_daemon(dir.path(), &server);
+    std::thread::sleep(Duration::from_secs(3));
+    stop_daemon(daemon, dir.path());
+    let log = daemon_log(dir.path());
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" error: ")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("lock file"), "{log}");
+    assert!(!log.contains("backup started"), "{log}");
+}
+
+#[test]
 fn schedule_commands_refuse_bad_sources_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let output = client(

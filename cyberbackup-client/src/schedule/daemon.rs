@@ -252,7 +252,9 @@ impl Scheduler {
         for status in self.overview()? {
             let due = status.next_run.is_some_and(|next| next <= Timestamp::now());
             if due && !status.running {
-                self.run_source(&status.source, false).await;
+                // A lock or state file that cannot be written fails every source alike: it
+                // is reported once by the loop, which then waits, instead of once a moment.
+                self.run_source(&status.source, false).await?;
             }
         }
         let next = self
@@ -282,12 +284,13 @@ impl Scheduler {
                 "there is no source named {name:?} — `cyberbackup-client schedule list` shows the sources"
             ));
         };
-        Ok(self.run_source(&source, true).await)
+        self.run_source(&source, true).await
     }
 
     /// Runs one source's backup under its lock (unless another holder has it, or — when
-    /// not `forced` — another process already served this slot); records the outcome.
-    async fn run_source(&self, source: &Source, forced: bool) -> RunState {
+    /// not `forced` — another process already served this slot); records the outcome and
+    /// returns the source's state. `Err`: its lock or state file cannot be used.
+    async fn run_source(&self, source: &Source, forced: bool) -> Result<RunState, String> {
         let name = source.name.clone();
         let skip = |reason: String| {
             (self.events)(&ScheduleEvent::Skipped {
@@ -295,31 +298,21 @@ impl Scheduler {
                 reason,
             });
         };
-        let _lock = match SourceLock::try_acquire(&self.data_dir, &source.name) {
-            Ok(Some(lock)) => lock,
-            Ok(None) => {
-                skip("a backup of this source is already running".into());
-                return self.current_state(&source.name);
-            }
-            Err(message) => {
-                skip(message);
-                return self.current_state(&source.name);
-            }
+        let Some(_lock) = SourceLock::try_acquire(&self.data_dir, &source.name)? else {
+            skip("a backup of this source is already running".into());
+            return Ok(self.current_state(&source.name));
         };
         let state = self.current_state(&source.name);
         let due = self
             .next_run(source, &state)
             .is_some_and(|next| next <= Timestamp::now());
         if !forced && !due {
-            return state;
+            return Ok(state);
         }
         let started = Timestamp::now();
-        if let Err(message) = self.state().update(&source.name, |state| {
+        self.state().update(&source.name, |state| {
             state.last_attempt = Some(started);
-        }) {
-            skip(message);
-            return state;
-        }
+        })?;
         (self.events)(&ScheduleEvent::Started {
             source: name.clone(),
         });
@@ -381,19 +374,12 @@ impl Scheduler {
                 state.last_snapshot.clone_from(&snapshot);
             }
         });
-        let state = match recorded {
-            Ok(state) => state,
-            Err(problem) => {
-                (self.events)(&ScheduleEvent::Problem { message: problem });
-                self.current_state(&source.name)
-            }
-        };
         (self.events)(&ScheduleEvent::Finished {
             source: name,
             result,
             message,
         });
-        state
+        recorded
     }
 
     fn current_state(&self, name: &str) -> RunState {
