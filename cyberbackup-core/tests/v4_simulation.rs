@@ -5,7 +5,10 @@
 //! server key on first use), upload files (resumable, checkpointed
 //! every 4 KiB), build a repository (create, a data pack, a reference pack, a snapshot
 //! commit) and read it back (`GET`s of both blobs and the snapshot, queued together so the
-//! session keeps them in flight at once); the scheduler delivers bytes in random pieces in both directions, cuts
+//! session keeps them in flight at once). Half the episodes run connections of two users at
+//! once against the one store (each connection's open upload, restore and put kept apart,
+//! `MemStore::switch_to`); the scheduler delivers bytes in random pieces in both directions
+//! of a random connection, cuts
 //! connections at any byte, crashes the server (the store keeps only what was durable), and
 //! jumps the clock past the idle timeouts. The users reconnect and retry until their work is
 //! acknowledged.
@@ -45,7 +48,7 @@ use cyberbackup_core::v4::client::{
 };
 use cyberbackup_core::v4::noise::{Fingerprint, StaticKeypair};
 use cyberbackup_core::v4::repository::{GetTarget, PutTarget};
-use cyberbackup_core::v4::server::{ServerConfig, ServerSession};
+use cyberbackup_core::v4::server::{ServerConfig, ServerEvent, ServerSession};
 use cyberbackup_core::v4::testing::{MemClient, MemStore, drive_client, drive_server};
 use cyberbackup_core::v4::wire::{ClientAuth, ErrorCode};
 use cyberbackup_core::v4::{CloseReason, V4Error};
@@ -91,6 +94,31 @@ struct World {
     users: Vec<User>,
     now: Instant,
     faults: Faults,
+    /// Connections opened so far (each has its own number in the store).
+    connections: u64,
+}
+
+/// One connection of an episode: a user's client session, the server's session for it and
+/// the bytes in flight between them.
+struct Conn {
+    user: usize,
+    /// Its number in the store ([`MemStore::switch_to`]).
+    number: u64,
+    client: ClientSession,
+    server: ServerSession<ChaCha20Rng>,
+    files: MemClient,
+    work: Vec<(OpId, Work)>,
+    to_server: BytesMut,
+    to_client: BytesMut,
+    c2s: Vec<u8>,
+    s2c: Vec<u8>,
+    events: Vec<ServerEvent>,
+    client_closed: bool,
+    server_closed: bool,
+    /// Client events already recorded.
+    seen: usize,
+    /// Closed, cut or crashed.
+    ended: bool,
 }
 
 /// What the scheduler did, for the report at the end of a run.
@@ -102,6 +130,8 @@ struct Faults {
     steps: u64,
     /// Registrations that needed more than one connection.
     registrations_retried: u64,
+    /// Episodes with two connections at once.
+    concurrent_episodes: u64,
 }
 
 impl Faults {
@@ -111,6 +141,7 @@ impl Faults {
         self.clock_jumps += other.clock_jumps;
         self.steps += other.steps;
         self.registrations_retried += other.registrations_retried;
+        self.concurrent_episodes += other.concurrent_episodes;
     }
 }
 
@@ -156,6 +187,7 @@ impl World {
             users: Vec::new(),
             now: Instant::now(),
             faults: Faults::default(),
+            connections: 0,
             rng: ChaCha20Rng::seed_from_u64(0),
         };
         for who in 0..3u8 {
@@ -201,6 +233,18 @@ impl World {
         })
     }
 
+    /// The users of the next episode: one, or (half the time) two different users whose
+    /// connections run at once.
+    fn pick_users(&mut self) -> Vec<usize> {
+        let n = self.users.len() as u64;
+        let first = usize::try_from(self.below(n)).unwrap();
+        if self.below(2) == 0 {
+            return vec![first];
+        }
+        let second = (first + 1 + usize::try_from(self.below(n - 1)).unwrap()) % self.users.len();
+        vec![first, second]
+    }
+
     /// A random number below `n`.
     fn below(&mut self, n: u64) -> u64 {
         self.rng.next_u64() % n
@@ -231,10 +275,9 @@ impl World {
         }
     }
 
-    /// One connection of user `u`: its remaining work queued, bytes delivered in random
-    /// pieces until both sides closed, the connection is cut, the server crashes or the
-    /// clock jumps past the timeouts.
-    fn episode(&mut self, u: usize) -> Result<(), String> {
+    /// A new connection of user `u`, numbered `number` in the store: its remaining work
+    /// queued, its first bytes in flight.
+    fn connect(&mut self, u: usize, number: u64) -> Conn {
         let seed = self.rng.next_u64();
         let user = &self.users[u];
         // First contact registers; once the server's answer arrived, later connections log
@@ -280,40 +323,80 @@ impl World {
             work.push((client.repository(self.repo_call(step)), Work::Repo(step)));
         }
         client.finish_when_idle();
-        let mut server = self.server();
-        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-        let (mut c2s, mut s2c) = (Vec::<u8>::new(), Vec::<u8>::new());
-        let mut events = Vec::new();
-        let (mut client_closed, mut server_closed) = (false, false);
-        let mut seen = 0;
+        let server = self.server();
+        let mut to_client = BytesMut::new();
         let first = drive_client(&mut client, &mut files, &mut to_client, self.now);
-        c2s.extend_from_slice(&first.sent);
+        Conn {
+            user: u,
+            number,
+            client,
+            server,
+            files,
+            work,
+            to_server: BytesMut::new(),
+            to_client,
+            c2s: first.sent,
+            s2c: Vec::new(),
+            events: Vec::new(),
+            client_closed: false,
+            server_closed: false,
+            seen: 0,
+            ended: false,
+        }
+    }
+
+    /// One episode: a connection of each of `users` (distinct users) at once, their bytes
+    /// delivered in random pieces, in a random direction of a random connection, until each
+    /// has closed, is cut, or the server crashes (all of them end) — or the clock jumps past
+    /// the timeouts (of all of them).
+    fn episode(&mut self, users: &[usize]) -> Result<(), String> {
+        if users.len() > 1 {
+            self.faults.concurrent_episodes += 1;
+        }
+        let mut conns: Vec<Conn> = Vec::with_capacity(users.len());
+        for &u in users {
+            let number = self.connections;
+            self.connections += 1;
+            conns.push(self.connect(u, number));
+        }
         for _ in 0..MAX_STEPS {
+            let live: Vec<usize> = (0..conns.len()).filter(|&i| !conns[i].ended).collect();
+            if live.is_empty() {
+                break;
+            }
             self.faults.steps += 1;
             self.now += Duration::from_millis(1);
+            let k = live[usize::try_from(self.below(live.len() as u64)).unwrap()];
             match self.below(1000) {
                 0..=3 => {
                     self.faults.cuts += 1;
+                    self.store.switch_to(conns[k].number);
                     self.store.end_connection();
-                    break;
+                    conns[k].ended = true;
+                    continue;
                 }
                 4 => {
                     self.faults.crashes += 1;
                     self.store.crash();
+                    for conn in &mut conns {
+                        conn.ended = true;
+                    }
                     break;
                 }
                 5 => {
                     self.faults.clock_jumps += 1;
                     self.now += TIMEOUT * 2;
-                    client.handle_timeout(self.now);
-                    server.handle_timeout(self.now);
+                    for &i in &live {
+                        conns[i].client.handle_timeout(self.now);
+                        conns[i].server.handle_timeout(self.now);
+                    }
                 }
                 pick => {
-                    let to_server_side = pick % 2 == 0;
-                    let (queue, buf) = if to_server_side {
-                        (&mut c2s, &mut to_server)
+                    let conn = &mut conns[k];
+                    let (queue, buf) = if pick % 2 == 0 {
+                        (&mut conn.c2s, &mut conn.to_server)
                     } else {
-                        (&mut s2c, &mut to_client)
+                        (&mut conn.s2c, &mut conn.to_client)
                     };
                     if !queue.is_empty() {
                         // Half the time all that is in flight, else a random prefix of it.
@@ -328,39 +411,59 @@ impl World {
                     }
                 }
             }
+            let conn = &mut conns[k];
+            self.store.switch_to(conn.number);
             let step = drive_server(
-                &mut server,
+                &mut conn.server,
                 &mut self.store,
-                &mut to_server,
-                &mut events,
+                &mut conn.to_server,
+                &mut conn.events,
                 self.now,
             );
-            s2c.extend_from_slice(&step.sent);
-            server_closed |= step.close.is_some();
-            let step = drive_client(&mut client, &mut files, &mut to_client, self.now);
-            c2s.extend_from_slice(&step.sent);
+            conn.s2c.extend_from_slice(&step.sent);
+            conn.server_closed |= step.close.is_some();
+            let step = drive_client(
+                &mut conn.client,
+                &mut conn.files,
+                &mut conn.to_client,
+                self.now,
+            );
+            conn.c2s.extend_from_slice(&step.sent);
             if let Some(CloseReason::Error(V4Error::Refused { code, message })) = &step.close {
                 // Nothing here is refused for a good reason: a lost answer must not turn a
                 // retried registration or a login into a refusal.
                 return Err(format!(
                     "{}: the server refused the connection: {message} [{code}]",
-                    self.users[u].name
+                    self.users[conn.user].name
                 ));
             }
-            client_closed |= step.close.is_some();
-            seen = self.record_acks(u, &files.events[seen..], &work, seen)?;
-            self.remember_trust(u, &files);
+            conn.client_closed |= step.close.is_some();
+            conn.seen = self.record_acks(
+                conn.user,
+                &conn.files.events[conn.seen..],
+                &conn.work,
+                conn.seen,
+            )?;
+            self.remember_trust(conn.user, &conn.files);
             self.check()?;
-            if client_closed && (server_closed || c2s.is_empty()) {
+            if conn.client_closed && (conn.server_closed || conn.c2s.is_empty()) {
                 self.store.end_connection();
-                break;
+                conn.ended = true;
             }
         }
-        if !(client_closed && server_closed) {
-            self.store.end_connection();
+        for conn in &mut conns {
+            if !conn.ended {
+                self.store.switch_to(conn.number);
+                self.store.end_connection();
+            }
+            self.record_acks(
+                conn.user,
+                &conn.files.events[conn.seen..],
+                &conn.work,
+                conn.seen,
+            )?;
+            self.remember_trust(conn.user, &conn.files);
         }
-        self.record_acks(u, &files.events[seen..], &work, seen)?;
-        self.remember_trust(u, &files);
         self.check()
     }
 
@@ -568,9 +671,8 @@ fn run_schedule(seed: u64) -> Result<Faults, String> {
         if world.done() {
             return Ok(world.faults);
         }
-        let users = world.users.len() as u64;
-        let u = usize::try_from(world.below(users)).unwrap();
-        world.episode(u)?;
+        let users = world.pick_users();
+        world.episode(&users)?;
     }
     Err(format!(
         "work left after {MAX_EPISODES} connections: {:?}",
@@ -632,9 +734,8 @@ fn a_seed_replays_exactly() {
     let end = |seed| {
         let mut world = World::new(seed);
         while !world.done() {
-            let users = world.users.len() as u64;
-            let u = usize::try_from(world.below(users)).unwrap();
-            world.episode(u).unwrap();
+            let users = world.pick_users();
+            world.episode(&users).unwrap();
         }
         (
             world.faults.steps,

@@ -54,9 +54,19 @@ pub struct MemStore {
     pub commits: usize,
     /// Repositories per client.
     pub repos: BTreeMap<ClientId, MemRepo>,
-    open_upload: Option<(ClientId, Vec<u8>)>,
-    open_version: Option<Vec<u8>>,
-    open_put: Option<(ClientId, PutTarget, Vec<u8>)>,
+    open: OpenState,
+    /// The connection [`perform`](Self::perform) serves (see [`switch_to`](Self::switch_to)).
+    current: u64,
+    /// The open state of the other connections, by number.
+    parked: BTreeMap<u64, OpenState>,
+}
+
+/// What one connection has open in the store.
+#[derive(Debug, Default)]
+struct OpenState {
+    upload: Option<(ClientId, Vec<u8>)>,
+    version: Option<Vec<u8>>,
+    put: Option<(ClientId, PutTarget, Vec<u8>)>,
 }
 
 /// One client's repository kept by [`MemStore`]: the keyless checks of the real server
@@ -126,22 +136,34 @@ impl MemStore {
         self.versions.values().map(Vec::len).sum()
     }
 
-    /// The connection ended: what was written becomes durable (the driver's final
+    /// Serves connection `connection` from now on: the current connection's open upload,
+    /// restore and put are set aside until it is switched back to. Connection 0 is the one
+    /// served at first; a store used by one connection at a time never needs this.
+    pub fn switch_to(&mut self, connection: u64) {
+        if connection == self.current {
+            return;
+        }
+        let open = self.parked.remove(&connection).unwrap_or_default();
+        let previous = std::mem::replace(&mut self.open, open);
+        self.parked.insert(self.current, previous);
+        self.current = connection;
+    }
+
+    /// The current connection ended: what was written becomes durable (the driver's final
     /// checkpoint), as the real server does.
     pub fn end_connection(&mut self) {
-        if let Some(key) = self.open_upload.take()
+        if let Some(key) = self.open.upload.take()
             && let Some(partial) = self.partials.get_mut(&key)
         {
             partial.durable = partial.data.len() as u64;
         }
-        self.open_version = None;
+        self.open.version = None;
     }
 
-    /// Like a crash: the connection ended and non-durable bytes are lost.
+    /// Like a crash: every connection ended and non-durable bytes are lost.
     pub fn crash(&mut self) {
-        self.open_upload = None;
-        self.open_version = None;
-        self.open_put = None;
+        self.open = OpenState::default();
+        self.parked.clear();
         for partial in self.partials.values_mut() {
             partial
                 .data
@@ -187,7 +209,7 @@ impl MemStore {
                 let mut digest = ContentDigest::new();
                 digest.update(&partial.data);
                 let offset = partial.durable;
-                self.open_upload = Some(key);
+                self.open.upload = Some(key);
                 session.handle_upload_opened(now, Ok(ResumePoint { offset, digest }))
             }
             ServerEffect::WriteUpload { data } => {
@@ -208,7 +230,7 @@ impl MemStore {
                 sha256,
                 cksum,
             } => {
-                let key = self.open_upload.take().unwrap_or_default();
+                let key = self.open.upload.take().unwrap_or_default();
                 let partial = self.partials.remove(&key).unwrap_or_default();
                 let versions = self.versions.entry(key.clone()).or_default();
                 let version = versions.last().map_or(1, |(r, _)| r.version + 1);
@@ -229,7 +251,7 @@ impl MemStore {
                 session.handle_committed(now, Ok(version))
             }
             ServerEffect::DiscardUpload => {
-                if let Some(key) = self.open_upload.take() {
+                if let Some(key) = self.open.upload.take() {
                     self.partials.remove(&key);
                 }
                 Ok(())
@@ -256,11 +278,11 @@ impl MemStore {
                         Some(v) => versions.iter().find(|(r, _)| r.version == v),
                     })
                     .cloned();
-                self.open_version = found.as_ref().map(|(_, data)| data.clone());
+                self.open.version = found.as_ref().map(|(_, data)| data.clone());
                 session.handle_version_opened(now, Ok(found.map(|(record, _)| record)))
             }
             ServerEffect::ReadVersion { offset, max } => {
-                let data = self.open_version.as_deref().unwrap_or_default();
+                let data = self.open.version.as_deref().unwrap_or_default();
                 let start = usize::try_from(offset)
                     .unwrap_or(usize::MAX)
                     .min(data.len());
@@ -269,7 +291,7 @@ impl MemStore {
                 session.handle_version_data(now, Ok(piece))
             }
             ServerEffect::CloseVersion => {
-                self.open_version = None;
+                self.open.version = None;
                 Ok(())
             }
             ServerEffect::Repository { client_id, request } => {
@@ -277,13 +299,13 @@ impl MemStore {
                 session.handle_repository(now, answer)
             }
             ServerEffect::WritePut { data } => {
-                if let Some((_, _, staged)) = &mut self.open_put {
+                if let Some((_, _, staged)) = &mut self.open.put {
                     staged.extend_from_slice(&data);
                 }
                 session.handle_storage(now, Ok(()))
             }
             ServerEffect::FinishPut => {
-                let Some((client_id, target, staged)) = self.open_put.take() else {
+                let Some((client_id, target, staged)) = self.open.put.take() else {
                     return Err(V4Error::ApiMisuse("no put is open"));
                 };
                 let repo = self.repos.entry(client_id).or_default();
@@ -294,7 +316,7 @@ impl MemStore {
                 session.handle_repository(now, stored.map(|()| RepoAnswer::Stored))
             }
             ServerEffect::AbortPut => {
-                self.open_put = None;
+                self.open.put = None;
                 Ok(())
             }
         }
@@ -358,7 +380,7 @@ impl MemStore {
                 if stored {
                     return Ok(RepoAnswer::Stored);
                 }
-                self.open_put = Some((client_id, target, Vec::new()));
+                self.open.put = Some((client_id, target, Vec::new()));
                 Ok(RepoAnswer::PutReady)
             }
             RepoRequest::Get { target } => match target {
@@ -405,7 +427,7 @@ impl MemStore {
     }
 
     fn open_partial(&mut self) -> Option<&mut MemPartial> {
-        let key = self.open_upload.as_ref()?;
+        let key = self.open.upload.as_ref()?;
         self.partials.get_mut(key)
     }
 
