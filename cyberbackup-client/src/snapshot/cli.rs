@@ -15,8 +15,8 @@ use cyberbackup_core::repo::KdfParams;
 use cyberbackup_core::repo::retention::{KeepWithin, RetentionPolicy};
 
 use super::{
-    BackupEvent, BackupObserver, BackupOptions, ExcludeOptions, ForgetGroup, ForgetPolicy, GroupBy,
-    KeyOptions, ReadData, Repository, RestoreFilter, parse_local_time,
+    ArchiveFormat, BackupEvent, BackupObserver, BackupOptions, ExcludeOptions, ForgetGroup,
+    ForgetPolicy, GroupBy, KeyOptions, ReadData, Repository, RestoreFilter, parse_local_time,
 };
 use crate::error::{EXIT_OK, EXIT_USAGE};
 use crate::v4::cli::{V4Args, options as v4_options, printable, table};
@@ -167,8 +167,11 @@ pub struct RestoreArgs {
 pub struct DumpArgs {
     /// Snapshot: an ID, a unique prefix or `latest`.
     pub snapshot: String,
-    /// Path in the snapshot: a file is written as it is, a folder or symlink as a tar.
+    /// Path in the snapshot: a file is written as it is, a folder or symlink as an archive.
     pub path: String,
+    /// The archive a folder or symlink is written as: tar or zip (restic's `--archive`).
+    #[arg(long, value_name = "FORMAT", default_value = "tar", value_parser = archive_format)]
+    pub archive: ArchiveFormat,
     /// Repository options.
     #[command(flatten)]
     pub repo: RepoArgs,
@@ -284,6 +287,10 @@ fn positive(text: &str) -> Result<u32, String> {
 fn duration(text: &str) -> Result<KeepWithin, String> {
     text.parse()
         .map_err(|err: cyberbackup_core::repo::retention::RetentionError| err.to_string())
+}
+
+fn archive_format(text: &str) -> Result<ArchiveFormat, String> {
+    text.parse()
 }
 
 fn group_by(text: &str) -> Result<GroupBy, String> {
@@ -529,8 +536,13 @@ async fn execute(command: SnapshotCommand, print: &mut Printer<'_>) -> Result<u8
         }
         SnapshotCommand::Dump(dump) => {
             let mut stdout = tokio::io::stdout();
-            repo.dump(&dump.snapshot, dump.path.as_bytes(), &mut stdout)
-                .await?;
+            repo.export(
+                &dump.snapshot,
+                dump.path.as_bytes(),
+                dump.archive,
+                &mut stdout,
+            )
+            .await?;
             EXIT_OK
         }
         SnapshotCommand::Check(check) => {

@@ -40,6 +40,41 @@ pub enum ArchiveFormat {
     Zip,
 }
 
+impl ArchiveFormat {
+    /// The file name extension: `tar` or `zip`.
+    #[must_use]
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Tar => "tar",
+            Self::Zip => "zip",
+        }
+    }
+
+    /// The media type of the archive.
+    #[must_use]
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Tar => "application/x-tar",
+            Self::Zip => "application/zip",
+        }
+    }
+}
+
+impl std::str::FromStr for ArchiveFormat {
+    type Err = String;
+
+    /// `tar` or `zip`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "tar" => Ok(Self::Tar),
+            "zip" => Ok(Self::Zip),
+            other => Err(format!(
+                "{other:?} is not an archive format: give tar or zip"
+            )),
+        }
+    }
+}
+
 /// What an export wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ExportSummary {

@@ -653,16 +653,14 @@ pub(super) async fn download(
         Ok(path) => path,
         Err(response) => return *response,
     };
-    let (format, extension, archive_type) = match query.format.as_deref() {
-        None | Some("tar") => (ArchiveFormat::Tar, "tar", "application/x-tar"),
-        Some("zip") => (ArchiveFormat::Zip, "zip", "application/zip"),
-        Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot download as {other:?}: choose format=tar or format=zip"),
-            );
-        }
+    let requested = query.format.as_deref().unwrap_or("tar");
+    let Ok(format) = requested.parse::<ArchiveFormat>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot download as {requested:?}: choose format=tar or format=zip"),
+        );
     };
+    let (extension, archive_type) = (format.extension(), format.media_type());
     let mut repo = match open(&ui).await {
         Ok(repo) => repo,
         Err(response) => return response,
