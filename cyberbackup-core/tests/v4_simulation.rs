@@ -438,13 +438,7 @@ impl World {
                 ));
             }
             conn.client_closed |= step.close.is_some();
-            conn.seen = self.record_acks(
-                conn.user,
-                &conn.files.events[conn.seen..],
-                &conn.work,
-                conn.seen,
-            )?;
-            self.remember_trust(conn.user, &conn.files);
+            self.take_events(conn)?;
             self.check()?;
             if conn.client_closed && (conn.server_closed || conn.c2s.is_empty()) {
                 self.store.end_connection();
@@ -456,15 +450,22 @@ impl World {
                 self.store.switch_to(conn.number);
                 self.store.end_connection();
             }
-            self.record_acks(
-                conn.user,
-                &conn.files.events[conn.seen..],
-                &conn.work,
-                conn.seen,
-            )?;
-            self.remember_trust(conn.user, &conn.files);
+            self.take_events(conn)?;
         }
         self.check()
+    }
+
+    /// Records the connection's client events not yet seen: its acknowledgements, and the
+    /// server key it trusted.
+    fn take_events(&mut self, conn: &mut Conn) -> Result<(), String> {
+        conn.seen = self.record_acks(
+            conn.user,
+            &conn.files.events[conn.seen..],
+            &conn.work,
+            conn.seen,
+        )?;
+        self.remember_trust(conn.user, &conn.files);
+        Ok(())
     }
 
     /// Trust on first use: the server key the client saw is pinned for its later
