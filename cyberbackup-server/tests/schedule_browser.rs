@@ -25,7 +25,6 @@ use admin_common::{config_for, start};
 use cyberbackup_client::schedule::{Schedule, SourcesFile};
 use cyberbackup_client::snapshot::{KeyOptions, Repository};
 use cyberbackup_client::v4::{DEFAULT_IDENTITY_FILE, V4Client, V4Options};
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_added_in_the_page_is_backed_up_by_the_ui_scheduler_and_shows_in_the_timeline() {
@@ -201,6 +200,5 @@ fn schedule_session(chromium: &Path, ui_url: &str, tree: &Path) -> (Vec<String>,
     browser.eval("document.getElementById('sources-panel').scrollIntoView(), true");
     let png = browser.screenshot();
     drop(browser);
-    let _ = Value::Null;
     (errors, png)
 }
