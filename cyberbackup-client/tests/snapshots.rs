@@ -426,9 +426,15 @@ fn unchanged_files_are_not_sent_again_and_a_changed_file_costs_about_one_chunk()
 
     // Append 1 MiB: the new bytes and at most the old last chunk are stored again.
     let mut appended = fs::OpenOptions::new().append(true).open(&large).unwrap();
+    // Incompressible (xorshift), so the bytes stored measure the append, not how well
+    // zstd packs a pattern (a multiplicative pattern stored as little as 190 KB).
     let mut tail = vec![0u8; MIB as usize];
-    for (i, byte) in tail.iter_mut().enumerate() {
-        *byte = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for byte in &mut tail {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = (state >> 32) as u8;
     }
     std::io::Write::write_all(&mut appended, &tail).unwrap();
     drop(appended);
