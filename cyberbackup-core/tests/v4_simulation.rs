@@ -5,11 +5,14 @@
 //! server key on first use), upload files (resumable, checkpointed
 //! every 4 KiB), build a repository (create, a data pack, a reference pack, a snapshot
 //! commit) and read it back (`GET`s of both blobs and the snapshot, queued together so the
-//! session keeps them in flight at once). Half the episodes run connections of two users at
-//! once against the one store (each connection's open upload, restore and put kept apart,
-//! `MemStore::switch_to`); the scheduler delivers bytes in random pieces in both directions
-//! of a random connection, cuts
-//! connections at any byte, crashes the server (the store keeps only what was durable), and
+//! session keeps them in flight at once). Half the episodes run two connections at once
+//! against the one store (each connection's open upload, restore and put kept apart,
+//! `MemStore::switch_to`), a third of those two connections of the *same* user (the store
+//! refuses the second one a file the first has open with `BUSY`, as the real server's
+//! upload claim does); the scheduler delivers bytes in random pieces in both directions of a
+//! random connection, cuts connections at any byte, crashes the server between steps or in
+//! the middle of one (after any of its storage calls), tearing the unsynced tails of partial
+//! uploads (some bytes survive, some sectors come back zeroed; the durable part is kept), and
 //! jumps the clock past the idle timeouts. The users reconnect and retry until their work is
 //! acknowledged.
 //!
@@ -17,8 +20,8 @@
 //! 1. every upload the client saw committed is stored with exactly its content — after any
 //!    later cut or crash too (no acknowledged byte is lost);
 //! 2. every stored version is exactly one of its user's sources (nothing partial or foreign
-//!    becomes visible), and every partial upload is a prefix of its source, its durable
-//!    offset within what was written;
+//!    becomes visible), and the durable part of every partial upload is a prefix of its
+//!    source (torn bytes may follow it; a resumed upload starts at the durable offset);
 //! 3. every snapshot the store lists has every blob it references stored (the commit rule),
 //!    and every repository step the client saw acknowledged is still stored;
 //! 4. every object a `GET` returned is the one asked for (a blob opens and verifies under its
@@ -132,6 +135,14 @@ struct Faults {
     registrations_retried: u64,
     /// Episodes with two connections at once.
     concurrent_episodes: u64,
+    /// Of those, episodes with two connections of the same user.
+    same_user_episodes: u64,
+    /// Uploads refused `BUSY` (the same file open on the user's other connection).
+    busy_refusals: u64,
+    /// Crashes in the middle of a server step (between two of its storage calls).
+    mid_step_crashes: u64,
+    /// Unsynced bytes that survived a crash (torn writes), zeroed ones included.
+    torn_bytes: u64,
 }
 
 impl Faults {
@@ -142,6 +153,10 @@ impl Faults {
         self.steps += other.steps;
         self.registrations_retried += other.registrations_retried;
         self.concurrent_episodes += other.concurrent_episodes;
+        self.same_user_episodes += other.same_user_episodes;
+        self.busy_refusals += other.busy_refusals;
+        self.mid_step_crashes += other.mid_step_crashes;
+        self.torn_bytes += other.torn_bytes;
     }
 }
 
@@ -233,16 +248,26 @@ impl World {
         })
     }
 
-    /// The users of the next episode: one, or (half the time) two different users whose
-    /// connections run at once.
+    /// The users of the next episode: one, or (half the time) two users whose connections
+    /// run at once — a third of those twice the same user (one device's two connections,
+    /// or two devices of one account).
     fn pick_users(&mut self) -> Vec<usize> {
         let n = self.users.len() as u64;
         let first = usize::try_from(self.below(n)).unwrap();
         if self.below(2) == 0 {
             return vec![first];
         }
-        let second = (first + 1 + usize::try_from(self.below(n - 1)).unwrap()) % self.users.len();
-        vec![first, second]
+        vec![first, usize::try_from(self.below(n)).unwrap()]
+    }
+
+    /// The server crashes: every connection ends, and each partial upload's unsynced tail
+    /// is torn (a random part of it reached the disk, a random few of those bytes as zeros).
+    fn crash(&mut self, conns: &mut [Conn]) {
+        self.faults.crashes += 1;
+        self.faults.torn_bytes += self.store.crash_tearing(&mut self.rng);
+        for conn in conns {
+            conn.ended = true;
+        }
     }
 
     /// A random number below `n`.
@@ -352,6 +377,9 @@ impl World {
     fn episode(&mut self, users: &[usize]) -> Result<(), String> {
         if users.len() > 1 {
             self.faults.concurrent_episodes += 1;
+            if users[0] == users[1] {
+                self.faults.same_user_episodes += 1;
+            }
         }
         let mut conns: Vec<Conn> = Vec::with_capacity(users.len());
         for &u in users {
@@ -375,13 +403,15 @@ impl World {
                     conns[k].ended = true;
                     continue;
                 }
-                4 => {
-                    self.faults.crashes += 1;
-                    self.store.crash();
-                    for conn in &mut conns {
-                        conn.ended = true;
-                    }
+                // Half the crashes come between steps, half within the next server step,
+                // after a random number of its storage calls.
+                4 if self.below(2) == 0 => {
+                    self.crash(&mut conns);
                     break;
+                }
+                4 => {
+                    let effects = usize::try_from(self.below(6)).unwrap();
+                    self.store.power_off_after(effects);
                 }
                 5 => {
                     self.faults.clock_jumps += 1;
@@ -420,6 +450,12 @@ impl World {
                 &mut conn.events,
                 self.now,
             );
+            if self.store.powered_off() {
+                // What the server sent before its power failed is lost with it.
+                self.faults.mid_step_crashes += 1;
+                self.crash(&mut conns);
+                break;
+            }
             conn.s2c.extend_from_slice(&step.sent);
             conn.server_closed |= step.close.is_some();
             let step = drive_client(
@@ -506,6 +542,9 @@ impl World {
             {
                 if *code == ErrorCode::NAME_TAKEN {
                     return Err(format!("{}: its own name was refused as taken", user.name));
+                }
+                if *code == ErrorCode::BUSY {
+                    self.faults.busy_refusals += 1;
                 }
             }
             let op = match event {
@@ -609,12 +648,18 @@ impl World {
                 if *client != id {
                     continue;
                 }
+                // Past the last checkpoint, a crash may have left torn bytes: only the
+                // durable part is promised (a resumed upload starts after it).
                 let data = source(name).ok_or("a partial of an unknown file")?;
-                if !data.starts_with(&partial.data)
-                    || partial.durable > partial.data.len() as u64
+                let durable = usize::try_from(partial.durable).unwrap();
+                if partial.durable > partial.data.len() as u64
+                    || !data.starts_with(&partial.data[..durable])
                     || partial.size != data.len() as u64
                 {
-                    return Err(format!("{}: a partial upload is not a prefix", user.name));
+                    return Err(format!(
+                        "{}: a partial upload's durable part is not a prefix",
+                        user.name
+                    ));
                 }
             }
             let repo = self.store.repos.get(&id);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use rand_core::CryptoRngCore;
+use rand_core::{CryptoRngCore, RngCore};
 
 use super::client::{ClientEffect, ClientEvent, ClientSession, OpId};
 use super::noise::PublicKey;
@@ -30,6 +30,13 @@ pub struct MemPartial {
     pub data: Vec<u8>,
     /// Offset of the last checkpoint.
     pub durable: u64,
+}
+
+impl MemPartial {
+    /// The durable length, as an index into `data`.
+    fn durable_len(&self) -> usize {
+        usize::try_from(self.durable).unwrap_or(usize::MAX)
+    }
 }
 
 /// A committed version and its content.
@@ -59,11 +66,15 @@ pub struct MemStore {
     current: u64,
     /// The open state of the other connections, by number.
     parked: BTreeMap<u64, OpenState>,
+    /// Effects left before the power fails ([`power_off_after`](Self::power_off_after)).
+    power_left: Option<usize>,
 }
 
 /// What one connection has open in the store.
 #[derive(Debug, Default)]
 struct OpenState {
+    /// The upload this connection holds the claim on (the real server refuses a second
+    /// connection the same file with `BUSY` until the claim is released).
     upload: Option<(ClientId, Vec<u8>)>,
     version: Option<Vec<u8>>,
     put: Option<(ClientId, PutTarget, Vec<u8>)>,
@@ -162,13 +173,61 @@ impl MemStore {
 
     /// Like a crash: every connection ended and non-durable bytes are lost.
     pub fn crash(&mut self) {
+        self.restart();
+        for partial in self.partials.values_mut() {
+            partial.data.truncate(partial.durable_len());
+        }
+    }
+
+    /// Like a crash that tears writes: every connection ends, and of each partial upload's
+    /// bytes after its last checkpoint (never synced) `rng` picks how many reached the disk
+    /// anyway (none, all or some) and which 512-byte sectors of those came back as zeros
+    /// (allocated, never written). The durable part is untouched, as `fdatasync` promises;
+    /// the store truncates the rest away when the upload is resumed, as the real server
+    /// does. Returns how many unsynced bytes survived.
+    pub fn crash_tearing(&mut self, rng: &mut dyn RngCore) -> u64 {
+        const SECTOR: usize = 512;
+        self.restart();
+        let mut survived = 0;
+        for partial in self.partials.values_mut() {
+            let durable = partial.durable_len();
+            let tail = partial.data.len().saturating_sub(durable);
+            let kept = match rng.next_u32() % 3 {
+                0 => 0,
+                1 => tail,
+                _ => usize::try_from(rng.next_u64() % (tail as u64 + 1)).unwrap_or(0),
+            };
+            partial.data.truncate(durable + kept);
+            let torn = partial.data.get_mut(durable..).unwrap_or_default();
+            for sector in torn.chunks_mut(SECTOR) {
+                if rng.next_u32() % 4 == 0 {
+                    sector.fill(0);
+                }
+            }
+            survived += kept as u64;
+        }
+        survived
+    }
+
+    /// Every connection ends and the power is back.
+    fn restart(&mut self) {
         self.open = OpenState::default();
         self.parked.clear();
-        for partial in self.partials.values_mut() {
-            partial
-                .data
-                .truncate(usize::try_from(partial.durable).unwrap_or(usize::MAX));
-        }
+        self.power_left = None;
+    }
+
+    /// The power fails after `effects` more effects: from then on [`perform`](Self::perform)
+    /// does nothing (the server is gone mid-step, between any two of its storage calls)
+    /// until one of the crash functions restarts the store. [`powered_off`](Self::powered_off)
+    /// tells the driver.
+    pub fn power_off_after(&mut self, effects: usize) {
+        self.power_left = Some(effects);
+    }
+
+    /// Whether the power failed ([`power_off_after`](Self::power_off_after)).
+    #[must_use]
+    pub fn powered_off(&self) -> bool {
+        self.power_left == Some(0)
     }
 
     /// Performs one server effect and answers it.
@@ -181,6 +240,11 @@ impl MemStore {
         effect: ServerEffect,
         now: Instant,
     ) -> Result<(), V4Error> {
+        match &mut self.power_left {
+            Some(0) => return Ok(()),
+            Some(left) => *left -= 1,
+            None => {}
+        }
         match effect {
             ServerEffect::Authenticate {
                 client_key,
@@ -196,6 +260,19 @@ impl MemStore {
                 restart,
             } => {
                 let key = (client_id, name.as_bytes().to_vec());
+                if self
+                    .parked
+                    .values()
+                    .any(|open| open.upload.as_ref() == Some(&key))
+                {
+                    return session.handle_upload_opened(
+                        now,
+                        Err(Refusal::new(
+                            ErrorCode::BUSY,
+                            "this file is being uploaded on another connection",
+                        )),
+                    );
+                }
                 let partial = self.partials.entry(key.clone()).or_default();
                 if restart || partial.size != size {
                     *partial = MemPartial {
@@ -203,9 +280,8 @@ impl MemStore {
                         ..MemPartial::default()
                     };
                 }
-                partial
-                    .data
-                    .truncate(usize::try_from(partial.durable).unwrap_or(usize::MAX));
+                let durable = partial.durable_len();
+                partial.data.truncate(durable);
                 let mut digest = ContentDigest::new();
                 digest.update(&partial.data);
                 let offset = partial.durable;
