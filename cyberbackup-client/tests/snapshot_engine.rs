@@ -43,6 +43,9 @@ struct Store {
     short_have: bool,
     /// Packs the "server's scrub" marked damaged: DAMAGED lists their blobs.
     damaged_packs: std::collections::HashSet<PackId>,
+    /// Fault: the next OPEN answers "no repository" although there is one (another process
+    /// created it right after this one looked).
+    hide_repository_once: bool,
 }
 
 #[derive(Clone, Default)]
@@ -71,7 +74,10 @@ impl MemRemote {
 
 impl RepoRemote for MemRemote {
     async fn open(&mut self) -> Result<Option<RemoteRepo>, V4ClientError> {
-        let store = self.store();
+        let mut store = self.store();
+        if std::mem::take(&mut store.hide_repository_once) {
+            return Ok(None);
+        }
         Ok(store.config.clone().map(|config| RemoteRepo {
             config,
             keys: store.keys.clone(),
@@ -81,7 +87,7 @@ impl RepoRemote for MemRemote {
     async fn create(&mut self, config: Bytes, key: Bytes) -> Result<(), V4ClientError> {
         let mut store = self.store();
         if store.config.is_some() {
-            return Err(refused(ErrorCode::CORRUPT, "exists"));
+            return Err(refused(ErrorCode::EXISTS, "repository exists"));
         }
         store.config = Some(config);
         store.keys.push(key);
@@ -946,6 +952,24 @@ async fn keys_open_with_the_device_key_recover_with_the_passphrase_and_refuse_ot
     // Machine B now opens with its own device key.
     let again = Repository::open(remote.clone(), &machine_b).await.unwrap();
     assert_eq!(again.opened().opened_by, OpenedBy::DeviceKey);
+}
+
+/// The UI and the scheduler (or two backups started at once) on one machine, both first
+/// use: the one that finds the repository created between its look and its create opens that
+/// repository with the one device key, instead of failing with "exists".
+#[tokio::test]
+async fn a_repository_another_process_created_meanwhile_is_opened_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = MemRemote::default();
+    let machine = key_options(&dir.path().join("identity.json"));
+    let first = Repository::open(remote.clone(), &machine).await.unwrap();
+    assert_eq!(first.opened().opened_by, OpenedBy::Created);
+
+    remote.store().hide_repository_once = true;
+    let second = Repository::open(remote.clone(), &machine).await.unwrap();
+    assert_eq!(second.opened().opened_by, OpenedBy::DeviceKey);
+    assert_eq!(second.opened().config, first.opened().config);
+    assert_eq!(remote.store().keys.len(), 1, "no second key object");
 }
 
 #[tokio::test]

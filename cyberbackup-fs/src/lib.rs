@@ -6,6 +6,8 @@
 //! a fresh temp file in the same directory (`tempfile` creates it with `O_EXCL` and mode 0600),
 //! which is fsynced, renamed over the destination (`persist`) and whose directory is fsynced.
 //! Readers see the whole old file or the whole new one, and a crash leaves no half-written key.
+//! [`create_private`] is its first-use twin, for keys generated once (the device key, the v4
+//! identity): it never replaces a file another process created meanwhile.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
@@ -14,6 +16,8 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
+use tempfile::NamedTempFile;
+
 /// Writes `contents` to `path` atomically with mode 0600, creating its directory (mode 0700)
 /// when missing. On error the previous file, if any, is untouched and no temp file remains.
 ///
@@ -21,6 +25,34 @@ use std::path::Path;
 /// The IO error of the step that failed (creating the directory or temp file, writing,
 /// fsync, rename).
 pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let (dir, temp) = synced_temp(path, contents)?;
+    temp.persist(path).map_err(|err| err.error)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Like [`write_private`], but only when `path` does not exist yet (the temp file is linked
+/// to `path`, which fails when something is there): returns `false`, leaving the existing
+/// file as it is, when it was there first. Two processes creating one key file at once thus
+/// end with one key that both read back, instead of the later write replacing a key the
+/// earlier one already used.
+///
+/// # Errors
+/// As [`write_private`].
+pub fn create_private(path: &Path, contents: &[u8]) -> io::Result<bool> {
+    let (dir, temp) = synced_temp(path, contents)?;
+    match temp.persist_noclobber(path) {
+        Ok(_) => {
+            File::open(dir)?.sync_all()?;
+            Ok(true)
+        }
+        Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(err.error),
+    }
+}
+
+/// A synced temp file holding `contents` in the directory of `path` (created 0700 when
+/// missing), and that directory.
+fn synced_temp<'p>(path: &'p Path, contents: &[u8]) -> io::Result<(&'p Path, NamedTempFile)> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -31,8 +63,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
         .tempfile_in(dir)?;
     temp.write_all(contents)?;
     temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|err| err.error)?;
-    File::open(dir)?.sync_all()
+    Ok((dir, temp))
 }
 
 /// Creates `dir` and its missing parents with mode 0700 (on Unix); an existing directory is
@@ -78,6 +109,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("key.json")]);
+    }
+
+    #[test]
+    fn create_private_keeps_a_file_that_is_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("device.key");
+
+        assert!(create_private(&path, b"first").unwrap());
+        assert!(!create_private(&path, b"second").unwrap());
+
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(mode(&path), 0o600);
+        let names = fs::read_dir(path.parent().unwrap()).unwrap().count();
+        assert_eq!(names, 1, "no temp file left behind");
     }
 
     #[test]

@@ -169,8 +169,18 @@ pub async fn open_or_create<R: RepoRemote>(
     remote: &mut R,
     options: &KeyOptions,
 ) -> Result<OpenRepository, V4ClientError> {
-    let Some(existing) = remote.open().await? else {
-        return create(remote, options).await;
+    let existing = match remote.open().await? {
+        Some(existing) => existing,
+        None => match create(remote, options).await? {
+            Some(created) => return Ok(created),
+            // Another process of this client (the UI and the scheduler, two backups started
+            // at once) created it between our open and our create: open that one.
+            None => remote.open().await?.ok_or_else(|| V4ClientError::Usage {
+                message:
+                    "the repository was created by another connection and is gone again; retry"
+                        .into(),
+            })?,
+        },
     };
     let key_objects = existing
         .keys
@@ -370,10 +380,12 @@ pub async fn add_passphrase_key<R: RepoRemote>(
     add_key_object(remote, open, object).await
 }
 
+/// Creates the repository; `None` when the server refused because it exists already
+/// (created by another connection since this one looked).
 async fn create<R: RepoRemote>(
     remote: &mut R,
     options: &KeyOptions,
-) -> Result<OpenRepository, V4ClientError> {
+) -> Result<Option<OpenRepository>, V4ClientError> {
     let master = MasterKey::generate(&mut OsRng);
     let keys = master.derive();
     let mut repo_id = [0u8; 16];
@@ -405,12 +417,16 @@ async fn create<R: RepoRemote>(
         ),
         None => None,
     };
-    remote
+    let created = remote
         .create(
             Bytes::from(config_bytes),
             Bytes::from(device_object.encode()),
         )
-        .await?;
+        .await;
+    match created {
+        Err(err) if err.code() == Some(ErrorCode::EXISTS) => return Ok(None),
+        other => other?,
+    }
     let mut open = OpenRepository {
         keys,
         config,
@@ -429,7 +445,7 @@ async fn create<R: RepoRemote>(
             ));
         }
     }
-    Ok(open)
+    Ok(Some(open))
 }
 
 async fn add_key_object<R: RepoRemote>(
@@ -506,15 +522,25 @@ fn read_device_key(path: &Path) -> Result<Option<DeviceKey>, V4ClientError> {
     Ok(Some(DeviceKey::from_bytes(*bytes)))
 }
 
+/// Generates this machine's device key and saves it at `path` — unless another process
+/// (the UI and the scheduler, two backups started at once) saved one first: then that key is
+/// the device key, read back, so no key object is ever wrapped with a key the file lost.
 fn new_device_key(path: &Path) -> Result<DeviceKey, V4ClientError> {
     let device = DeviceKey::generate(&mut OsRng);
     let text = Zeroizing::new(format!("{}\n", hex::encode(device.as_bytes())));
-    cyberbackup_fs::write_private(path, text.as_bytes()).map_err(|source| {
+    let created = cyberbackup_fs::create_private(path, text.as_bytes()).map_err(|source| {
         V4ClientError::Local {
             what: "cannot write the device key",
             path: path.to_path_buf(),
             source,
         }
     })?;
-    Ok(device)
+    if created {
+        return Ok(device);
+    }
+    read_device_key(path)?.ok_or_else(|| V4ClientError::Local {
+        what: "cannot read the device key",
+        path: path.to_path_buf(),
+        source: io::Error::other("it was created by another process and removed again"),
+    })
 }

@@ -102,9 +102,7 @@ impl V4Client {
                     });
                 };
                 check_name(&name)?;
-                let identity = V4Identity::generate(name, options.server_fingerprint);
-                identity.save(&path)?;
-                identity
+                V4Identity::generate(name, options.server_fingerprint).create(&path)?
             }
         };
         if let Some(name) = options.name.as_ref().filter(|name| **name != identity.name)

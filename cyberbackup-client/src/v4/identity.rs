@@ -177,10 +177,41 @@ impl V4Identity {
     /// # Errors
     /// [`V4IdentityError::Io`].
     pub fn save(&self, path: &Path) -> Result<(), V4IdentityError> {
-        let io_err = |op| {
-            let path = path.to_path_buf();
-            move |source| V4IdentityError::Io { op, path, source }
-        };
+        cyberbackup_fs::write_private(path, &self.encode(path)?).map_err(|source| {
+            V4IdentityError::Io {
+                op: "write",
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    /// Saves a new identity at `path` unless one is there already (another process created
+    /// it first: the UI and the scheduler, two commands started at once); returns the
+    /// identity the file holds afterwards, so both processes use one key.
+    ///
+    /// # Errors
+    /// [`V4IdentityError::Io`], or those of [`Self::load`].
+    pub fn create(self, path: &Path) -> Result<Self, V4IdentityError> {
+        let created =
+            cyberbackup_fs::create_private(path, &self.encode(path)?).map_err(|source| {
+                V4IdentityError::Io {
+                    op: "write",
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        if created {
+            return Ok(self);
+        }
+        Self::load(path)?.ok_or_else(|| V4IdentityError::Invalid {
+            path: path.to_path_buf(),
+            reason: "it was created by another process and removed again".into(),
+        })
+    }
+
+    /// The identity file's bytes (zeroized when dropped: they hold the private key).
+    fn encode(&self, path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, V4IdentityError> {
         let json = IdentityJson {
             format: IDENTITY_FORMAT.to_owned(),
             name: self.name.clone(),
@@ -204,7 +235,7 @@ impl V4Identity {
         let mut contents = zeroize::Zeroizing::new(Vec::with_capacity(text.len() + 1));
         contents.extend_from_slice(text.as_bytes());
         contents.push(b'\n');
-        cyberbackup_fs::write_private(path, &contents).map_err(io_err("write"))
+        Ok(contents)
     }
 }
 
@@ -240,6 +271,21 @@ mod tests {
             "docs/client.md: the directory is 0700"
         );
         assert!(!format!("{registered:?}").contains(identity.keys.private_hex().as_str()));
+    }
+
+    #[test]
+    fn a_second_first_use_gets_the_identity_already_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DEFAULT_IDENTITY_FILE);
+        let first = V4Identity::generate("alice".into(), None)
+            .create(&path)
+            .unwrap();
+        let second = V4Identity::generate("alice".into(), None)
+            .create(&path)
+            .unwrap();
+        assert_eq!(second.keys.public(), first.keys.public());
+        let stored = V4Identity::load(&path).unwrap().unwrap();
+        assert_eq!(stored.keys.public(), first.keys.public());
     }
 
     #[test]
