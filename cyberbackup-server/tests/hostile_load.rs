@@ -51,11 +51,11 @@ async fn connect_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
 /// returns how long that took from the first byte, or `None` if it stayed open for `guard`.
 async fn trickle_until_closed(
     stream: &mut TcpStream,
+    connected: Instant,
     bytes: &[u8],
     every: Duration,
     guard: Duration,
 ) -> Option<Duration> {
-    let started = Instant::now();
     let (mut reader, mut writer) = stream.split();
     let closed = async {
         let mut byte = [0u8; 1];
@@ -76,7 +76,7 @@ async fn trickle_until_closed(
         std::future::pending::<()>().await;
     };
     tokio::select! {
-        () = closed => Some(started.elapsed()),
+        () = closed => Some(connected.elapsed()),
         () = send => None,
         () = tokio::time::sleep(guard) => None,
     }
@@ -104,19 +104,44 @@ async fn a_trickled_request_is_closed_at_the_read_timeout() {
     );
 
     // From the first byte (still in the dispatch read).
+    // Each time is measured from the connect (the server's deadline starts at its accept,
+    // which cannot come earlier), not from when the trickles start: the keyed connection's
+    // key exchange below can take long on a loaded machine while the others' clocks run.
     let mut from_start = Raw::connect(srv.addr).await;
-    let dispatch = trickle_until_closed(&mut from_start.stream, &register, every, guard);
+    let dispatch_connected = Instant::now();
+    let dispatch = trickle_until_closed(
+        &mut from_start.stream,
+        dispatch_connected,
+        &register,
+        every,
+        guard,
+    );
     // Past the dispatch read: 20 bytes at once, then a trickle.
     let mut past_dispatch = Raw::connect(srv.addr).await;
+    let header_connected = Instant::now();
     past_dispatch.send(&register[..20]).await;
-    let header = trickle_until_closed(&mut past_dispatch.stream, &register[20..], every, guard);
+    let header = trickle_until_closed(
+        &mut past_dispatch.stream,
+        header_connected,
+        &register[20..],
+        every,
+        guard,
+    );
     // File content of a keyed connection: the header announces 64 KiB, the bytes trickle.
+    // The request deadline starts with this request, after the key exchange.
     let keys = keys();
     let mut keyed = Raw::keyed(srv.addr, b"trickler", &keys).await;
     let content = vec![0u8; 64 * 1024];
     let frame = file_frame(keyed.id, 64 * 1024, 64 * 1024 - 1, 1, 1, b"t.bin", &content);
+    let file_started = Instant::now();
     keyed.send(&frame[..23 + 267]).await;
-    let file = trickle_until_closed(&mut keyed.stream, &frame[23 + 267..], every, guard);
+    let file = trickle_until_closed(
+        &mut keyed.stream,
+        file_started,
+        &frame[23 + 267..],
+        every,
+        guard,
+    );
 
     let (dispatch, header, file) = tokio::join!(dispatch, header, file);
     for (what, took) in [

@@ -67,6 +67,8 @@ pub struct BlobSealer {
     keys: RepoKeys,
     compressor: zstd::bulk::Compressor<'static>,
     max_data_bytes: usize,
+    /// The compressed probe of the last blob (kept to spare an allocation per blob).
+    probe: Vec<u8>,
 }
 
 impl std::fmt::Debug for BlobSealer {
@@ -87,6 +89,7 @@ impl BlobSealer {
             keys: keys.clone(),
             compressor,
             max_data_bytes: config.chunker.max_bytes as usize,
+            probe: Vec::new(),
         })
     }
 
@@ -137,10 +140,13 @@ impl BlobSealer {
         } else {
             out.extend_from_slice(plaintext);
         }
-        let mut payload = out.split_off(HEADER_LEN);
         let key = object_key(sub_key(&self.keys, kind), &salt);
-        seal_in_place(&key, &associated_data(kind, flags, &id), &mut payload)?;
-        out.append(&mut payload);
+        seal_in_place(
+            &key,
+            &associated_data(kind, flags, &id),
+            &mut out,
+            HEADER_LEN,
+        )?;
         Ok(SealedBlob {
             id,
             bytes: Bytes::from(out),
@@ -154,11 +160,13 @@ impl BlobSealer {
         if probe.len() < 64 {
             return Ok(false);
         }
-        let mut scratch = Vec::with_capacity(zstd::zstd_safe::compress_bound(probe.len()));
+        self.probe.clear();
+        self.probe
+            .reserve(zstd::zstd_safe::compress_bound(probe.len()));
         self.compressor
-            .compress_to_buffer(probe, &mut scratch)
+            .compress_to_buffer(probe, &mut self.probe)
             .map_err(compress_error)?;
-        Ok(scratch.len() + probe.len() / 32 < probe.len())
+        Ok(self.probe.len() + probe.len() / 32 < probe.len())
     }
 }
 

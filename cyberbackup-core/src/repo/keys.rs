@@ -406,7 +406,7 @@ impl KeyObject {
         };
         let mut buf = Zeroizing::new(Vec::with_capacity(WRAPPED_LEN));
         buf.extend_from_slice(master.as_bytes());
-        seal_in_place(kek, &object.header(), &mut buf)?;
+        seal_in_place(kek, &object.header(), &mut buf, 0)?;
         object.wrapped.copy_from_slice(&buf);
         Ok(object)
     }
@@ -473,11 +473,23 @@ pub(crate) fn object_key(sub_key: &SubKey, salt: &[u8; SALT_LEN]) -> Zeroizing<[
     Zeroizing::new(*blake3::keyed_hash(&sub_key.0, salt).as_bytes())
 }
 
-/// AES-256-GCM with a one-time key and the zero nonce; appends the tag to `buf`.
-pub(crate) fn seal_in_place(key: &[u8; 32], ad: &[u8], buf: &mut Vec<u8>) -> Result<(), RepoError> {
-    less_safe_key(key)?
-        .seal_in_place_append_tag(zero_nonce(), aead::Aad::from(ad), buf)
-        .map_err(|_| RepoError::ApiMisuse("AES-GCM input too long"))
+/// AES-256-GCM with a one-time key and the zero nonce over `buf[from..]` (what comes before
+/// stays as it is, in clear); appends the tag to `buf`. Sealing after a header in the same
+/// buffer saves a blob two copies.
+pub(crate) fn seal_in_place(
+    key: &[u8; 32],
+    ad: &[u8],
+    buf: &mut Vec<u8>,
+    from: usize,
+) -> Result<(), RepoError> {
+    let payload = buf
+        .get_mut(from..)
+        .ok_or(RepoError::ApiMisuse("seal offset past the end"))?;
+    let tag = less_safe_key(key)?
+        .seal_in_place_separate_tag(zero_nonce(), aead::Aad::from(ad), payload)
+        .map_err(|_| RepoError::ApiMisuse("AES-GCM input too long"))?;
+    buf.extend_from_slice(tag.as_ref());
+    Ok(())
 }
 
 /// Opens what [`seal_in_place`] sealed; returns the plaintext part of `buf`.

@@ -134,7 +134,7 @@ impl Snapshot {
         let mut body = Zeroizing::new(self.encode_body()?);
         let salt = new_salt(rng);
         let key = object_key(&keys.snapshot, &salt);
-        seal_in_place(&key, &bytes, &mut body)?;
+        seal_in_place(&key, &bytes, &mut body, 0)?;
         bytes.reserve(SALT_LEN + body.len());
         bytes.extend_from_slice(&salt);
         bytes.extend_from_slice(&body);
