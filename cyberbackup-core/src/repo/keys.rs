@@ -3,14 +3,15 @@
 //! uses, and key objects (the master key wrapped by a passphrase through Argon2id, or by a
 //! device key) that the server stores but cannot open.
 //!
-//! All key bytes are zeroized on drop and `Debug` prints none of them. ring's expanded AES
-//! key schedules live only for the duration of one seal or open call.
+//! All key bytes are zeroized on drop and `Debug` prints none of them. The AEAD is aws-lc-rs's
+//! AES-256-GCM; its expanded key schedules live only for the duration of one seal or open
+//! call.
 
 use std::fmt;
 use std::time::Duration;
 
+use aws_lc_rs::aead;
 use rand_core::CryptoRngCore;
-use ring::aead;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::error::{ObjectKind, RepoError};
