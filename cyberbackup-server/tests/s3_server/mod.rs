@@ -137,18 +137,35 @@ impl S3Server {
         }
     }
 
-    /// moto accepts any credentials; a bucket is one unsigned `PUT /bucket`.
+    /// moto accepts any credentials; a bucket is one unsigned `PUT /bucket`. A server that
+    /// listens but is still starting can reset the connection (seen once in ten suite runs
+    /// on a loaded machine): the request is retried until [`START_TIMEOUT`].
     fn create_bucket(&self) {
-        let mut stream = TcpStream::connect(self.addr).unwrap();
+        let deadline = Instant::now() + START_TIMEOUT;
+        let reply = loop {
+            match self.put_bucket() {
+                Ok(reply) => break reply,
+                Err(err) => assert!(
+                    Instant::now() < deadline,
+                    "create bucket: {err}\n{}",
+                    self.log()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
+    }
+
+    fn put_bucket(&self) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(self.addr)?;
         write!(
             stream,
             "PUT /{BUCKET} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.addr
-        )
-        .unwrap();
+        )?;
         let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
+        stream.read_to_string(&mut reply)?;
+        Ok(reply)
     }
 }
 
