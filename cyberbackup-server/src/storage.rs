@@ -484,7 +484,7 @@ pub enum StorageError {
 }
 
 /// Whether `err` (or one of its sources) says the disk is full: [`StorageError::Full`], an IO
-/// error `ENOSPC` / `EDQUOT`, or SQLite's "database or disk is full".
+/// error `ENOSPC` / `EDQUOT`, or the catalog's engine saying its disk is full (SQLite's "database or disk is full", PostgreSQL's `disk_full`).
 #[must_use]
 pub fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
@@ -501,8 +501,8 @@ pub fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
                 return true;
             }
         }
-        if let Some(sqlite) = err.downcast_ref::<rusqlite::Error>() {
-            if sqlite.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        if let Some(sql) = err.downcast_ref::<crate::catalog::SqlError>() {
+            if sql.is_storage_full() {
                 return true;
             }
         }

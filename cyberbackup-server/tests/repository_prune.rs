@@ -7,6 +7,7 @@
 //! commits never break a committed snapshot. Time is moved with `prune_at`, never slept.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod repo_fixture;
 
 use std::sync::Arc;
@@ -88,9 +89,7 @@ fn ids(blobs: &[(BlobId, Bytes)]) -> Vec<BlobId> {
     blobs.iter().map(|(id, _)| *id).collect()
 }
 
-#[tokio::test]
-async fn a_forgotten_snapshot_is_reclaimed_and_the_kept_one_stays_whole() {
-    let fx = Fixture::new().await;
+async fn a_forgotten_snapshot_is_reclaimed_and_the_kept_one_stays_whole(fx: Fixture) {
     let mut repo = Repo::new(1);
     create(&fx, ALICE, &repo).await;
     let shared = backup(&fx, &mut repo, &[b"shared by both snapshots"], &[]).await;
@@ -159,9 +158,7 @@ async fn a_forgotten_snapshot_is_reclaimed_and_the_kept_one_stays_whole() {
     );
 }
 
-#[tokio::test]
-async fn a_backup_that_asked_before_the_prune_commits_and_keeps_its_blobs() {
-    let fx = Fixture::new().await;
+async fn a_backup_that_asked_before_the_prune_commits_and_keeps_its_blobs(fx: Fixture) {
     let mut repo = Repo::new(2);
     create(&fx, ALICE, &repo).await;
     let first = backup(&fx, &mut repo, &[b"reused by the backup in flight"], &[]).await;
@@ -199,9 +196,7 @@ async fn a_backup_that_asked_before_the_prune_commits_and_keeps_its_blobs() {
     assert!(fx.backend_path(&first.data_pack).exists());
 }
 
-#[tokio::test]
-async fn an_upload_claims_a_condemned_blob_back() {
-    let fx = Fixture::new().await;
+async fn an_upload_claims_a_condemned_blob_back(fx: Fixture) {
     let mut repo = Repo::new(3);
     create(&fx, ALICE, &repo).await;
     let first = backup(&fx, &mut repo, &[b"uploaded again"], &[]).await;
@@ -226,9 +221,7 @@ async fn an_upload_claims_a_condemned_blob_back() {
     assert!(!fx.backend_path(&first.data_pack).exists());
 }
 
-#[tokio::test]
-async fn repack_moves_live_blobs_unchanged_and_frees_the_old_pack() {
-    let fx = Fixture::new().await;
+async fn repack_moves_live_blobs_unchanged_and_frees_the_old_pack(fx: Fixture) {
     let mut repo = Repo::new(4);
     create(&fx, ALICE, &repo).await;
     // Incompressible, so the sealed blob stays large.
@@ -258,15 +251,13 @@ async fn repack_moves_live_blobs_unchanged_and_frees_the_old_pack() {
     assert!(gone(&fx.store, mixed.blobs[1].0).await);
     // The repacked pack is a valid pack under its own hash: a restart's recovery (which
     // parses every unindexed pack's header) and the store agree it is indexed.
-    let (store, _) = open(fx.dir.path()).await;
+    let store = fx.reopen().await;
     let recovered = store.recover().await.unwrap();
     assert_eq!((recovered.packs_indexed, recovered.packs_deleted), (0, 0));
     assert_readable(&store, keep).await;
 }
 
-#[tokio::test]
-async fn a_damaged_reference_chunk_stops_the_prune_before_it_changes_anything() {
-    let fx = Fixture::new().await;
+async fn a_damaged_reference_chunk_stops_the_prune_before_it_changes_anything(fx: Fixture) {
     let mut repo = Repo::new(5);
     create(&fx, ALICE, &repo).await;
     let forgotten = backup(&fx, &mut repo, &[b"forgotten"], &[]).await;
@@ -292,9 +283,7 @@ async fn a_damaged_reference_chunk_stops_the_prune_before_it_changes_anything() 
     assert!(fx.backend_path(&forgotten.data_pack).exists());
 }
 
-#[tokio::test]
-async fn recovery_never_indexes_a_pack_pending_deletion() {
-    let fx = Fixture::new().await;
+async fn recovery_never_indexes_a_pack_pending_deletion(fx: Fixture) {
     let mut repo = Repo::new(6);
     create(&fx, ALICE, &repo).await;
     let forgotten = backup(&fx, &mut repo, &[b"forgotten"], &[]).await;
@@ -315,7 +304,7 @@ async fn recovery_never_indexes_a_pack_pending_deletion() {
     assert!(fx.backend_path(&forgotten.data_pack).exists());
 
     // A crash now: the objects are still there, their rows are gone.
-    let (store, _) = open(fx.dir.path()).await;
+    let store = fx.reopen().await;
     let recovered = store.recover().await.unwrap();
     assert_eq!(recovered.packs_indexed, 0, "{recovered:?}");
     assert_eq!(
@@ -531,9 +520,7 @@ async fn a_running_prune_shows_its_phase_and_progress_and_two_prunes_of_one_repo
     );
 }
 
-#[tokio::test]
-async fn the_servers_retention_policy_keeps_per_source_without_keys() {
-    let fx = Fixture::new().await;
+async fn the_servers_retention_policy_keeps_per_source_without_keys(fx: Fixture) {
     let mut repo = Repo::new(11);
     create(&fx, ALICE, &repo).await;
     // Two sources (paths), three daily snapshots each, committed out of order.
@@ -592,9 +579,7 @@ async fn the_servers_retention_policy_keeps_per_source_without_keys() {
     assert!(again.is_empty(), "{again:?}");
 }
 
-#[tokio::test]
-async fn prune_needs_a_repository_and_only_touches_its_own_client() {
-    let fx = Fixture::new().await;
+async fn prune_needs_a_repository_and_only_touches_its_own_client(fx: Fixture) {
     let err = fx.store.prune(ALICE, &options()).await.unwrap_err();
     assert!(matches!(err, RepoStoreError::NoRepository), "{err:?}");
 
@@ -619,3 +604,14 @@ async fn prune_needs_a_repository_and_only_touches_its_own_client() {
         bob_blobs[0].1
     );
 }
+
+on_both_engines!(
+    a_forgotten_snapshot_is_reclaimed_and_the_kept_one_stays_whole,
+    a_backup_that_asked_before_the_prune_commits_and_keeps_its_blobs,
+    an_upload_claims_a_condemned_blob_back,
+    repack_moves_live_blobs_unchanged_and_frees_the_old_pack,
+    a_damaged_reference_chunk_stops_the_prune_before_it_changes_anything,
+    recovery_never_indexes_a_pack_pending_deletion,
+    the_servers_retention_policy_keeps_per_source_without_keys,
+    prune_needs_a_repository_and_only_touches_its_own_client,
+);

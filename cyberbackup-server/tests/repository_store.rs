@@ -6,6 +6,7 @@
 //! directory is plaintext. Runtime: about a second.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod repo_fixture;
 
 use std::os::unix::fs::PermissionsExt;
@@ -25,9 +26,7 @@ use cyberbackup_server::repository::{
 use cyberbackup_server::scrub::{Pacer, ScrubReport, Scrubber};
 use repo_fixture::*;
 
-#[tokio::test]
-async fn pack_round_trip_and_have() {
-    let fx = Fixture::new().await;
+async fn pack_round_trip_and_have(fx: Fixture) {
     let mut repo = Repo::new(1);
     create(&fx, ALICE, &repo).await;
     let (pack, bytes, blobs) = repo.data_pack(&[b"one", b"two two", MARKER]);
@@ -62,9 +61,7 @@ async fn pack_round_trip_and_have() {
     assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn a_duplicate_blob_keeps_its_first_location() {
-    let fx = Fixture::new().await;
+async fn a_duplicate_blob_keeps_its_first_location(fx: Fixture) {
     let mut repo = Repo::new(2);
     create(&fx, ALICE, &repo).await;
     let (first, first_bytes, blobs) = repo.data_pack(&[b"shared blob"]);
@@ -84,9 +81,7 @@ async fn a_duplicate_blob_keeps_its_first_location() {
     );
 }
 
-#[tokio::test]
-async fn hash_mismatch_leaves_nothing() {
-    let fx = Fixture::new().await;
+async fn hash_mismatch_leaves_nothing(fx: Fixture) {
     let mut repo = Repo::new(3);
     create(&fx, ALICE, &repo).await;
     let (pack, bytes, blobs) = repo.data_pack(&[b"payload"]);
@@ -120,9 +115,7 @@ async fn hash_mismatch_leaves_nothing() {
     assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn a_pack_whose_header_does_not_parse_is_refused() {
-    let fx = Fixture::new().await;
+async fn a_pack_whose_header_does_not_parse_is_refused(fx: Fixture) {
     let repo = Repo::new(4);
     create(&fx, ALICE, &repo).await;
     for bytes in [
@@ -141,9 +134,7 @@ async fn a_pack_whose_header_does_not_parse_is_refused() {
     assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn a_put_must_have_the_announced_length() {
-    let fx = Fixture::new().await;
+async fn a_put_must_have_the_announced_length(fx: Fixture) {
     let mut repo = Repo::new(5);
     create(&fx, ALICE, &repo).await;
     let (pack, bytes, _) = repo.data_pack(&[b"x"]);
@@ -182,9 +173,7 @@ async fn a_put_must_have_the_announced_length() {
     assert!(matches!(err, RepoStoreError::TooLarge { .. }), "{err:?}");
 }
 
-#[tokio::test]
-async fn a_commit_with_a_missing_blob_is_refused_and_nothing_is_listed() {
-    let fx = Fixture::new().await;
+async fn a_commit_with_a_missing_blob_is_refused_and_nothing_is_listed(fx: Fixture) {
     let mut repo = Repo::new(6);
     create(&fx, ALICE, &repo).await;
     let (data, data_bytes, blobs) = repo.data_pack(&[b"stored"]);
@@ -239,9 +228,7 @@ async fn a_commit_with_a_missing_blob_is_refused_and_nothing_is_listed() {
     assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn a_commit_after_all_packs_is_listed_and_readable() {
-    let fx = Fixture::new().await;
+async fn a_commit_after_all_packs_is_listed_and_readable(fx: Fixture) {
     let mut repo = Repo::new(7);
     create(&fx, ALICE, &repo).await;
     let (data, data_bytes, blobs) = repo.data_pack(&[b"a", b"b", b"c"]);
@@ -291,9 +278,7 @@ async fn a_commit_after_all_packs_is_listed_and_readable() {
     assert_eq!(stored, first.bytes);
 }
 
-#[tokio::test]
-async fn a_snapshot_under_another_id_is_refused() {
-    let fx = Fixture::new().await;
+async fn a_snapshot_under_another_id_is_refused(fx: Fixture) {
     let mut repo = Repo::new(8);
     create(&fx, ALICE, &repo).await;
     let snapshot = repo.snapshot(Vec::new(), 1);
@@ -319,9 +304,7 @@ async fn a_snapshot_under_another_id_is_refused() {
     assert_eq!(fx.objects().await, Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn clients_cannot_reach_each_others_repositories() {
-    let fx = Fixture::new().await;
+async fn clients_cannot_reach_each_others_repositories(fx: Fixture) {
     let mut alice = Repo::new(9);
     let bob = Repo::new(10);
     create(&fx, ALICE, &alice).await;
@@ -372,9 +355,7 @@ async fn clients_cannot_reach_each_others_repositories() {
     );
 }
 
-#[tokio::test]
-async fn every_operation_needs_a_repository() {
-    let fx = Fixture::new().await;
+async fn every_operation_needs_a_repository(fx: Fixture) {
     let mut repo = Repo::new(11);
     let s = &fx.store;
     assert_eq!(s.state(NOBODY).await.unwrap(), None);
@@ -398,9 +379,7 @@ async fn every_operation_needs_a_repository() {
     no_repo(s.forget(NOBODY, repo.snapshot(Vec::new(), 2).id).await);
 }
 
-#[tokio::test]
-async fn create_checks_its_objects_and_refuses_a_second_repository() {
-    let fx = Fixture::new().await;
+async fn create_checks_its_objects_and_refuses_a_second_repository(fx: Fixture) {
     let mut repo = Repo::new(12);
     let s = &fx.store;
     let err = s
@@ -445,9 +424,7 @@ async fn create_checks_its_objects_and_refuses_a_second_repository() {
     assert_eq!(state.keys, keys);
 }
 
-#[tokio::test]
-async fn staging_files_are_private_and_an_abort_leaves_none() {
-    let fx = Fixture::new().await;
+async fn staging_files_are_private_and_an_abort_leaves_none(fx: Fixture) {
     let mut repo = Repo::new(13);
     create(&fx, ALICE, &repo).await;
     let (pack, bytes, _) = repo.data_pack(&[MARKER]);
@@ -485,9 +462,7 @@ async fn staging_files_are_private_and_an_abort_leaves_none() {
     assert_eq!(fx.objects().await, Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn recovery_indexes_an_unindexed_pack_and_cleans_up() {
-    let fx = Fixture::new().await;
+async fn recovery_indexes_an_unindexed_pack_and_cleans_up(fx: Fixture) {
     let mut repo = Repo::new(14);
     create(&fx, ALICE, &repo).await;
     let (pack, bytes, blobs) = repo.data_pack(&[b"stored before the crash", b"second"]);
@@ -526,7 +501,7 @@ async fn recovery_indexes_an_unindexed_pack_and_cleans_up() {
     assert_eq!(fx.store.have(ALICE, &[blobs[0].0]).await.unwrap(), [false]);
 
     // Restart: a new store on the same data directory.
-    let (store, _) = open(fx.dir.path()).await;
+    let store = fx.reopen().await;
     let report = store.recover().await.unwrap();
     assert_eq!(
         report,
@@ -585,7 +560,7 @@ async fn recovery_records_an_interrupted_commit_and_finishes_an_interrupted_forg
     fx.store.forget(ALICE, forgotten.id).await.unwrap();
     assert_eq!(plan.injected(), 1, "the forget's delete did not fail");
 
-    let (store, _) = open(fx.dir.path()).await;
+    let store = fx.reopen().await;
     let report = store.recover().await.unwrap();
 
     assert_eq!(
@@ -629,9 +604,7 @@ async fn recovery_records_an_interrupted_commit_and_finishes_an_interrupted_forg
     assert_eq!(store.recover().await.unwrap(), RecoveryReport::default());
 }
 
-#[tokio::test]
-async fn forget_removes_the_snapshot_but_keeps_its_blobs() {
-    let fx = Fixture::new().await;
+async fn forget_removes_the_snapshot_but_keeps_its_blobs(fx: Fixture) {
     let mut repo = Repo::new(15);
     create(&fx, ALICE, &repo).await;
     let (data, data_bytes, blobs) = repo.data_pack(&[b"kept"]);
@@ -677,9 +650,7 @@ async fn forget_removes_the_snapshot_but_keeps_its_blobs() {
     assert_eq!(fx.store.snapshots(ALICE).await.unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn the_data_directory_holds_no_plaintext() {
-    let fx = Fixture::new().await;
+async fn the_data_directory_holds_no_plaintext(fx: Fixture) {
     let mut repo = Repo::new(16);
     create(&fx, ALICE, &repo).await;
     let marker_file = [MARKER, b" ", MARKER, b" and more of the same file"].concat();
@@ -698,16 +669,16 @@ async fn the_data_directory_holds_no_plaintext() {
         files.iter().any(|f| f.starts_with("repository/")),
         "{files:?}"
     );
-    assert!(
-        files.iter().any(|f| f.starts_with("defensive.db")),
-        "{files:?}"
-    );
-    for file in &files {
-        let bytes = std::fs::read(fx.data().join(file)).unwrap();
+    let catalog = fx.catalog_files();
+    assert!(!catalog.is_empty(), "no catalog file found");
+    let every = files.iter().map(|f| fx.data().join(f)).chain(catalog);
+    for file in every {
+        let bytes = std::fs::read(&file).unwrap();
         for marker in [MARKER, HOST_MARKER, b"secret-project".as_slice()] {
             assert!(
                 !bytes.windows(marker.len()).any(|w| w == marker),
-                "{file} holds plaintext {:?}",
+                "{} holds plaintext {:?}",
+                file.display(),
                 String::from_utf8_lossy(marker)
             );
         }
@@ -797,9 +768,9 @@ async fn cycle(scrubber: &Scrubber) -> ScrubReport {
     scrubber.run_cycle(None, &mut Pacer::new(0)).await.unwrap()
 }
 
-#[tokio::test]
-async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_mark_once_restored() {
-    let fx = Fixture::new().await;
+async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_mark_once_restored(
+    fx: Fixture,
+) {
     let mut repo = Repo::new(1);
     create(&fx, ALICE, &repo).await;
     let (first, first_bytes, first_blobs) = repo.data_pack(&[b"one", b"two", b"three"]);
@@ -867,9 +838,9 @@ async fn scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_ma
     );
 }
 
-#[tokio::test]
-async fn a_cycle_reads_never_scrubbed_packs_first_so_a_restart_goes_on_where_it_stopped() {
-    let fx = Fixture::new().await;
+async fn a_cycle_reads_never_scrubbed_packs_first_so_a_restart_goes_on_where_it_stopped(
+    fx: Fixture,
+) {
     let mut repo = Repo::new(2);
     create(&fx, ALICE, &repo).await;
     let (old, old_bytes, _) = repo.data_pack(&[b"old"]);
@@ -891,9 +862,7 @@ async fn a_cycle_reads_never_scrubbed_packs_first_so_a_restart_goes_on_where_it_
     );
 }
 
-#[tokio::test]
-async fn a_pack_above_the_hard_quota_is_refused_before_anything_is_staged() {
-    let fx = Fixture::new().await;
+async fn a_pack_above_the_hard_quota_is_refused_before_anything_is_staged(fx: Fixture) {
     let mut repo = Repo::new(3);
     create(&fx, ALICE, &repo).await;
     let (first, first_bytes, _) = repo.data_pack(&[b"fits"]);
@@ -939,9 +908,7 @@ async fn a_pack_above_the_hard_quota_is_refused_before_anything_is_staged() {
     assert!(usage.is_over_soft());
 }
 
-#[tokio::test]
-async fn puts_in_flight_count_against_the_hard_quota_until_they_end() {
-    let fx = Fixture::new().await;
+async fn puts_in_flight_count_against_the_hard_quota_until_they_end(fx: Fixture) {
     let mut repo = Repo::new(4);
     create(&fx, ALICE, &repo).await;
     let (first, first_bytes, _) = repo.data_pack(&[b"first connection"]);
@@ -983,9 +950,9 @@ async fn puts_in_flight_count_against_the_hard_quota_until_they_end() {
     );
 }
 
-#[tokio::test]
-async fn blobs_of_a_damaged_pack_are_uploaded_again_by_the_next_backup_and_move_to_its_pack() {
-    let fx = Fixture::new().await;
+async fn blobs_of_a_damaged_pack_are_uploaded_again_by_the_next_backup_and_move_to_its_pack(
+    fx: Fixture,
+) {
     let mut repo = Repo::new(3);
     create(&fx, ALICE, &repo).await;
     let (damaged, damaged_bytes, blobs) = repo.data_pack(&[b"healed by the next backup"]);
@@ -1014,9 +981,7 @@ async fn blobs_of_a_damaged_pack_are_uploaded_again_by_the_next_backup_and_move_
     );
 }
 
-#[tokio::test]
-async fn a_damaged_pack_is_never_repacked_so_its_damage_stays_visible() {
-    let fx = Fixture::new().await;
+async fn a_damaged_pack_is_never_repacked_so_its_damage_stays_visible(fx: Fixture) {
     let mut repo = Repo::new(4);
     create(&fx, ALICE, &repo).await;
     // Incompressible, so the dead blob is most of the pack.
@@ -1060,3 +1025,27 @@ async fn a_damaged_pack_is_never_repacked_so_its_damage_stays_visible() {
     assert_eq!(fx.store.have(ALICE, &kept).await.unwrap(), [false]);
     assert!(path.exists());
 }
+
+on_both_engines!(
+    pack_round_trip_and_have,
+    a_duplicate_blob_keeps_its_first_location,
+    hash_mismatch_leaves_nothing,
+    a_pack_whose_header_does_not_parse_is_refused,
+    a_put_must_have_the_announced_length,
+    a_commit_with_a_missing_blob_is_refused_and_nothing_is_listed,
+    a_commit_after_all_packs_is_listed_and_readable,
+    a_snapshot_under_another_id_is_refused,
+    clients_cannot_reach_each_others_repositories,
+    every_operation_needs_a_repository,
+    create_checks_its_objects_and_refuses_a_second_repository,
+    staging_files_are_private_and_an_abort_leaves_none,
+    recovery_indexes_an_unindexed_pack_and_cleans_up,
+    forget_removes_the_snapshot_but_keeps_its_blobs,
+    the_data_directory_holds_no_plaintext,
+    scrub_marks_a_flipped_or_missing_pack_lists_its_blobs_and_clears_the_mark_once_restored,
+    a_cycle_reads_never_scrubbed_packs_first_so_a_restart_goes_on_where_it_stopped,
+    a_pack_above_the_hard_quota_is_refused_before_anything_is_staged,
+    puts_in_flight_count_against_the_hard_quota_until_they_end,
+    blobs_of_a_damaged_pack_are_uploaded_again_by_the_next_backup_and_move_to_its_pack,
+    a_damaged_pack_is_never_repacked_so_its_damage_stays_visible,
+);

@@ -17,6 +17,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::CatalogError;
 use super::schema::BUSY_TIMEOUT;
+use super::sql::Conn;
 
 /// What [`backup`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +66,10 @@ fn backup_blocking(catalog: &Path, target: &Path) -> Result<BackupReport, Catalo
 
     let open_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| CatalogError::Open { path, source }
+        move |source: rusqlite::Error| CatalogError::Open {
+            path,
+            source: source.into(),
+        }
     };
     let source = Connection::open_with_flags(
         catalog,
@@ -99,8 +103,9 @@ fn backup_blocking(catalog: &Path, target: &Path) -> Result<BackupReport, Catalo
             }
         }
     }
+    let copy = Conn::sqlite(copy);
     let answer: String = copy
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .query_row("PRAGMA integrity_check", (), |row| row.get(0))
         .map_err(super::error::query_err("check the backup"))?;
     if answer != "ok" {
         return Err(fail(
@@ -110,7 +115,7 @@ fn backup_blocking(catalog: &Path, target: &Path) -> Result<BackupReport, Catalo
     let schema_version = super::schema::current_version(&copy)
         .map_err(super::error::query_err("read the schema version"))?;
     copy.close()
-        .map_err(|(_, e)| super::error::query_err("close the backup")(e))?;
+        .map_err(super::error::query_err("close the backup"))?;
     let file = temp.as_file();
     file.sync_all().map_err(fail("check the disk"))?;
     let bytes = file.metadata().map_err(fail("check the disk"))?.len();

@@ -1,6 +1,8 @@
-//! Errors of the SQLite catalog.
+//! Errors of the catalog (SQLite or PostgreSQL).
 
 use std::path::PathBuf;
+
+use super::sql::{Engine, SqlError};
 
 /// Everything that can go wrong in the catalog (`defensive.db`).
 ///
@@ -37,9 +39,30 @@ pub enum CatalogError {
     Open {
         /// Path of the database file.
         path: PathBuf,
-        /// Underlying SQLite error.
+        /// Underlying engine error.
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
+    },
+    /// The PostgreSQL catalog could not be reached, or refused the login.
+    #[error(
+        "cannot connect to the catalog database {target}: {source} — check that the PostgreSQL server is running and reachable, and the URL's user, password and database name"
+    )]
+    Connect {
+        /// The database's URL, without its password.
+        target: String,
+        /// Underlying PostgreSQL error.
+        #[source]
+        source: SqlError,
+    },
+    /// An operation only one engine has was asked of the other.
+    #[error("{what} is not available on a {engine} catalog — {instead}")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
+        /// The catalog's engine.
+        engine: Engine,
+        /// What to do instead.
+        instead: &'static str,
     },
     /// A schema migration failed; the database was left at the previous version.
     #[error(
@@ -48,9 +71,9 @@ pub enum CatalogError {
     Migrate {
         /// Version the migration was trying to reach.
         version: u32,
-        /// Underlying SQLite error.
+        /// Underlying engine error.
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
     },
     /// The database was written by a newer server.
     #[error(
@@ -67,9 +90,9 @@ pub enum CatalogError {
     Query {
         /// Name of the catalog operation.
         op: &'static str,
-        /// Underlying SQLite error.
+        /// Underlying engine error.
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
     },
     /// A file row does not exist.
     #[error("catalog has no file row {row}")]
@@ -162,6 +185,9 @@ pub enum CatalogError {
 }
 
 /// Maps a rusqlite error to [`CatalogError::Query`] for operation `op`.
-pub(crate) fn query_err(op: &'static str) -> impl FnOnce(rusqlite::Error) -> CatalogError {
-    move |source| CatalogError::Query { op, source }
+pub(crate) fn query_err<E: Into<SqlError>>(op: &'static str) -> impl FnOnce(E) -> CatalogError {
+    move |source| CatalogError::Query {
+        op,
+        source: source.into(),
+    }
 }

@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
+
+use super::sql::{Conn, OptionalExtension as _, SqlError};
 
 use super::{Catalog, CatalogError};
 use crate::config::ServerConfig;
@@ -82,12 +84,12 @@ pub struct SchemaStatus {
 /// [`CatalogError::Open`] when it cannot be read.
 pub async fn schema_status(path: PathBuf) -> Result<SchemaStatus, CatalogError> {
     tokio::task::spawn_blocking(move || {
-        let conn = super::schema::open_reader(&path)?;
-        let read = || -> rusqlite::Result<u32> {
+        let conn = Conn::sqlite(super::schema::open_reader(&path)?);
+        let read = || -> Result<u32, SqlError> {
             let has_versions = conn
                 .query_row(
                     "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version'",
-                    [],
+                    (),
                     |_| Ok(()),
                 )
                 .optional()?

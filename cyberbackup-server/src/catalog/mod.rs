@@ -21,6 +21,7 @@
 pub mod backup;
 mod error;
 pub mod integrity;
+mod location;
 mod model;
 pub mod prune;
 mod queries;
@@ -28,28 +29,31 @@ pub mod rebuild;
 pub mod repo;
 pub(crate) mod schema;
 pub mod scrub;
+pub(crate) mod sql;
 mod timestamp;
 pub mod usage;
 pub mod v4;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::faults::{FaultPoint, Faults};
 use crate::storage::VersionFile;
+use sql::Conn;
 
 pub use error::CatalogError;
+pub use location::{CatalogLocation, PostgresUrl};
 pub use model::{
     AbandonedTransfer, CatalogStats, ClientId, ClientRecord, ClientTotals, CommitResult,
     CommittingFile, DEFAULT_PAGE, DeviceRecord, DeviceRole, FileFilter, FileRecord, FileRowId,
     FileState, KeptVersion, KeyOutcome, ReceivedFile, RegisterOutcome, SupersededFile,
 };
 pub use schema::latest_version as latest_schema_version;
+pub use sql::{Engine, SqlError};
 pub use timestamp::format_rfc3339;
 
 pub use crate::config::CATALOG_FILE_NAME;
@@ -60,7 +64,7 @@ const WRITE_QUEUE: usize = 256;
 /// once, the others wait for a connection.
 pub const READ_POOL_SIZE: usize = 4;
 
-type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+type WriteJob = Box<dyn FnOnce(&mut Conn) + Send>;
 
 enum Command {
     Write(WriteJob),
@@ -78,15 +82,15 @@ pub struct Catalog {
 impl fmt::Debug for Catalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Catalog")
-            .field("path", &self.readers.path)
+            .field("location", &self.readers.location)
             .finish_non_exhaustive()
     }
 }
 
 struct ReadPool {
-    path: PathBuf,
+    location: CatalogLocation,
     /// Connections not in use; never more than [`READ_POOL_SIZE`].
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Conn>>,
     /// One permit per pooled connection; closed by [`Catalog::close`].
     permits: Arc<Semaphore>,
 }
@@ -100,24 +104,36 @@ impl Catalog {
     /// [`CatalogError::CreateDir`], [`CatalogError::Open`], [`CatalogError::Migrate`],
     /// [`CatalogError::SchemaTooNew`] or [`CatalogError::SpawnWriter`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_at(CatalogLocation::Sqlite(path.as_ref().to_path_buf())).await
+    }
+
+    /// Opens the catalog at `location`: as [`open`](Self::open) for a SQLite file; for a
+    /// PostgreSQL database, connects the writer and the read pool and migrates the schema
+    /// (several servers starting together migrate it once: see [`sql::Conn::immediate`]).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), and [`CatalogError::Connect`] when the PostgreSQL server
+    /// cannot be reached or refuses the login.
+    pub async fn open_at(location: CatalogLocation) -> Result<Self, CatalogError> {
         let (conn, readers) = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || -> Result<(Connection, Vec<Connection>), CatalogError> {
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    // 0700 like the rest of the data directory (`Storage::open` refuses it
-                    // readable by others).
-                    cyberbackup_fs::create_private_dir(parent).map_err(|source| {
-                        CatalogError::CreateDir {
-                            path: parent.to_path_buf(),
-                            source,
-                        }
-                    })?;
+            let location = location.clone();
+            move || -> Result<(Conn, Vec<Conn>), CatalogError> {
+                if let CatalogLocation::Sqlite(path) = &location {
+                    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        // 0700 like the rest of the data directory (`Storage::open` refuses
+                        // it readable by others).
+                        cyberbackup_fs::create_private_dir(parent).map_err(|source| {
+                            CatalogError::CreateDir {
+                                path: parent.to_path_buf(),
+                                source,
+                            }
+                        })?;
+                    }
                 }
-                let mut conn = schema::open_writer(&path)?;
+                let mut conn = connect(&location, Role::Writer)?;
                 schema::migrate(&mut conn)?;
                 let readers = (0..READ_POOL_SIZE)
-                    .map(|_| schema::open_reader(&path))
+                    .map(|_| connect(&location, Role::Reader))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((conn, readers))
             }
@@ -133,7 +149,7 @@ impl Catalog {
         Ok(Self {
             writer: tx,
             readers: Arc::new(ReadPool {
-                path,
+                location,
                 idle: Mutex::new(readers),
                 permits: Arc::new(Semaphore::new(READ_POOL_SIZE)),
             }),
@@ -232,14 +248,21 @@ impl Catalog {
             source: rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(code),
                 Some(format!("injected fault: {error}")),
-            ),
+            )
+            .into(),
         })
     }
 
-    /// Path of the database file.
+    /// Where the catalog is (shown without a password).
     #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.readers.path
+    pub fn location(&self) -> &CatalogLocation {
+        &self.readers.location
+    }
+
+    /// The engine the catalog runs on.
+    #[must_use]
+    pub fn engine(&self) -> Engine {
+        self.readers.location.engine()
     }
 
     /// Checkpoints the WAL into the database file without closing.
@@ -503,7 +526,7 @@ impl Catalog {
     async fn write<T, F>(&self, f: F) -> Result<T, CatalogError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, CatalogError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, CatalogError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job: WriteJob = Box::new(move |conn| {
@@ -520,7 +543,7 @@ impl Catalog {
     async fn read<T, F>(&self, f: F) -> Result<T, CatalogError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, CatalogError> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T, CatalogError> + Send + 'static,
     {
         if self.writer.is_closed() {
             return Err(CatalogError::Closed);
@@ -546,7 +569,7 @@ impl Catalog {
 impl ReadPool {
     /// An idle connection; the caller holds a permit, so one is idle unless a read panicked
     /// and lost its connection, which is then replaced.
-    fn take(&self) -> Result<Connection, CatalogError> {
+    fn take(&self) -> Result<Conn, CatalogError> {
         let idle = self
             .idle
             .lock()
@@ -554,13 +577,13 @@ impl ReadPool {
             .pop();
         match idle {
             Some(conn) => Ok(conn),
-            None => schema::open_reader(&self.path),
+            None => connect(&self.location, Role::Reader),
         }
     }
 
     /// Returns a connection taken with [`take`](Self::take); after [`close`](Self::close) it
     /// is closed instead.
-    fn give_back(&self, conn: Connection) {
+    fn give_back(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.permits.is_closed() && idle.len() < READ_POOL_SIZE {
             idle.push(conn);
@@ -576,7 +599,33 @@ impl ReadPool {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+/// Which connection of the catalog is being opened.
+#[derive(Clone, Copy)]
+enum Role {
+    /// The one writer (SQLite: creates the file and sets WAL and `synchronous=FULL`).
+    Writer,
+    /// A read-pool connection (SQLite: read-only).
+    Reader,
+}
+
+fn connect(location: &CatalogLocation, role: Role) -> Result<Conn, CatalogError> {
+    match (location, role) {
+        (CatalogLocation::Sqlite(path), Role::Writer) => {
+            schema::open_writer(path).map(Conn::sqlite)
+        }
+        (CatalogLocation::Sqlite(path), Role::Reader) => {
+            schema::open_reader(path).map(Conn::sqlite)
+        }
+        (CatalogLocation::Postgres(url), _) => {
+            Conn::postgres(url.expose()).map_err(|source| CatalogError::Connect {
+                target: url.to_string(),
+                source,
+            })
+        }
+    }
+}
+
+fn writer_loop(mut conn: Conn, mut rx: mpsc::Receiver<Command>) {
     while let Some(command) = rx.blocking_recv() {
         match command {
             Command::Write(job) => job(&mut conn),
@@ -589,7 +638,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
                 let result = queries::checkpoint(&conn);
                 let result = match conn.close() {
                     Ok(()) => result,
-                    Err((_, source)) => result.and(Err(CatalogError::Query {
+                    Err(source) => result.and(Err(CatalogError::Query {
                         op: "close",
                         source,
                     })),

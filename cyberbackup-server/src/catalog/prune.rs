@@ -4,13 +4,13 @@
 //! (`repo_pack_deletions`, migration 6). Every query is keyed by the client id; each write
 //! is one transaction, so a crash leaves either the state before it or the state after it.
 
-use rusqlite::{Connection, params};
+use super::sql::{Conn, Engine, FromColumn, Params, params};
 
 use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId};
 
 use super::error::{CatalogError, query_err};
 use super::model::ClientId;
-use super::queries::{immediate, to_i64, to_u64};
+use super::queries::{to_i64, to_u64};
 use super::{Catalog, queries};
 
 /// What [`Catalog::mark_unreferenced`] changed.
@@ -72,7 +72,7 @@ impl Catalog {
             collect(
                 c,
                 "SELECT ClientId FROM repositories ORDER BY ClientId",
-                [],
+                (),
                 "repository_clients",
             )
         })
@@ -140,7 +140,7 @@ impl Catalog {
         self.write(move |c| {
             const OP: &str = "sweep_condemned";
             let by = to_i64("condemned by", condemned_by)?;
-            let tx = immediate(c).map_err(query_err(OP))?;
+            let tx = c.immediate().map_err(query_err(OP))?;
             let (blobs, bytes): (i64, i64) = tx
                 .query_row(
                     "SELECT count(*), coalesce(sum(BlobLen), 0) FROM repo_blobs
@@ -407,19 +407,18 @@ impl Catalog {
 }
 
 /// Runs `sql` and collects its first column.
-fn collect<T: rusqlite::types::FromSql>(
-    conn: &Connection,
+fn collect<T: FromColumn>(
+    conn: &Conn,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: impl Params,
     op: &'static str,
 ) -> Result<Vec<T>, CatalogError> {
-    conn.prepare(sql)
-        .and_then(|mut s| s.query_map(params, |r| r.get(0))?.collect())
+    conn.query_map(sql, params, |r| r.get(0))
         .map_err(query_err(op))
 }
 
 fn mark(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     live: &[BlobId],
     now: u64,
@@ -428,13 +427,19 @@ fn mark(
     const OP: &str = "mark_unreferenced";
     let now = to_i64("now", now)?;
     let old_before = to_i64("old before", old_before)?;
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     // A temporary table of this connection, emptied before and after: the live set can be
     // millions of IDs, too many for one statement's parameters.
-    tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS prune_live (BlobId BLOB PRIMARY KEY);
-         DELETE FROM prune_live;",
-    )
+    tx.execute_batch(match tx.engine() {
+        Engine::Sqlite => {
+            "CREATE TEMP TABLE IF NOT EXISTS prune_live (BlobId BLOB PRIMARY KEY);
+             DELETE FROM prune_live;"
+        }
+        Engine::Postgres => {
+            "CREATE TEMP TABLE IF NOT EXISTS prune_live (BlobId BYTEA PRIMARY KEY);
+             DELETE FROM prune_live;"
+        }
+    })
     .map_err(query_err(OP))?;
     {
         let mut insert = tx
@@ -462,7 +467,7 @@ fn mark(
             params![client, now, old_before],
         )
         .map_err(query_err(OP))?;
-    tx.execute("DELETE FROM prune_live", [])
+    tx.execute("DELETE FROM prune_live", ())
         .map_err(query_err(OP))?;
     tx.commit().map_err(query_err(OP))?;
     Ok(MarkOutcome {
@@ -472,13 +477,13 @@ fn mark(
 }
 
 fn retire_empty(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     delete_after: u64,
 ) -> Result<EmptiedPacks, CatalogError> {
     const OP: &str = "retire_empty_packs";
     let delete_after = to_i64("delete after", delete_after)?;
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     // No alias: SQLite's DELETE does not take one.
     let empty = "FROM repo_packs WHERE ClientId = ?1 AND NOT EXISTS
                  (SELECT 1 FROM repo_blobs b
@@ -510,7 +515,7 @@ fn retire_empty(
 }
 
 fn move_blobs(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     pack: &PackId,
     size: u64,
@@ -518,7 +523,7 @@ fn move_blobs(
     stored_at: u64,
 ) -> Result<u64, CatalogError> {
     const OP: &str = "move_to_repacked";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     tx.execute(
         "INSERT INTO repo_packs (ClientId, PackId, Size, StoredAt) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (ClientId, PackId) DO NOTHING",

@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use super::sql::{Conn, Engine, OptionalExtension, Row, SqlError, Tx, Value, params};
 
 use super::error::{CatalogError, query_err};
 use super::model::{
@@ -23,7 +22,7 @@ use cyberbackup_core::repo::{BlobClass, BlobId, PackEntry, PackId, SnapshotId, T
 
 /// Inserts a client unless its name (or id) is taken.
 pub(crate) fn register_client(
-    conn: &Connection,
+    conn: &Conn,
     id: &ClientId,
     name: &[u8],
     protocol: u8,
@@ -59,14 +58,14 @@ pub(crate) fn register_client(
 /// has no files) is given to the new registration: the old row is deleted and the new one
 /// inserted in one transaction.
 pub(crate) fn register_or_replace_keyless(
-    conn: &mut Connection,
+    conn: &mut Conn,
     id: &ClientId,
     name: &[u8],
     protocol: u8,
     now: &str,
 ) -> Result<RegisterOutcome, CatalogError> {
     const OP: &str = "register_or_replace_keyless";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     let keyless: Option<ClientId> = tx
         .query_row(
             "SELECT c.ID FROM clients c
@@ -96,7 +95,7 @@ pub(crate) fn register_or_replace_keyless(
 /// Stores the client's first public key. A client that already has a key keeps it unless
 /// the offered key is byte-identical (a harmless repeat).
 pub(crate) fn store_first_public_key(
-    conn: &Connection,
+    conn: &Conn,
     id: &ClientId,
     der: &[u8],
     now: &str,
@@ -126,7 +125,7 @@ pub(crate) fn store_first_public_key(
 
 /// Looks a client up by id.
 pub(crate) fn client_by_id(
-    conn: &Connection,
+    conn: &Conn,
     id: &ClientId,
 ) -> Result<Option<ClientRecord>, CatalogError> {
     conn.query_row(
@@ -139,7 +138,7 @@ pub(crate) fn client_by_id(
 }
 
 /// All clients ordered by name.
-pub(crate) fn list_clients(conn: &Connection) -> Result<Vec<ClientRecord>, CatalogError> {
+pub(crate) fn list_clients(conn: &Conn) -> Result<Vec<ClientRecord>, CatalogError> {
     const OP: &str = "list_clients";
     let mut stmt = conn
         .prepare(&format!(
@@ -147,7 +146,7 @@ pub(crate) fn list_clients(conn: &Connection) -> Result<Vec<ClientRecord>, Catal
         ))
         .map_err(query_err(OP))?;
     let rows = stmt
-        .query_map([], client_from_row)
+        .query_map((), client_from_row)
         .map_err(query_err(OP))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(query_err(OP))?;
@@ -156,7 +155,7 @@ pub(crate) fn list_clients(conn: &Connection) -> Result<Vec<ClientRecord>, Catal
 
 /// Stores the client's DER public key; `false` when the client does not exist.
 pub(crate) fn set_public_key(
-    conn: &Connection,
+    conn: &Conn,
     id: &ClientId,
     der: &[u8],
     now: &str,
@@ -171,11 +170,7 @@ pub(crate) fn set_public_key(
 }
 
 /// Updates `LastSeen`; `false` when the client does not exist.
-pub(crate) fn touch_client(
-    conn: &Connection,
-    id: &ClientId,
-    now: &str,
-) -> Result<bool, CatalogError> {
+pub(crate) fn touch_client(conn: &Conn, id: &ClientId, now: &str) -> Result<bool, CatalogError> {
     let n = conn
         .execute(
             "UPDATE clients SET LastSeen = ?2 WHERE ID = ?1",
@@ -187,7 +182,7 @@ pub(crate) fn touch_client(
 
 /// Inserts a `receiving` row with version = highest existing version of this name + 1.
 pub(crate) fn begin_file(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     name: &[u8],
     path_name: &str,
@@ -195,7 +190,7 @@ pub(crate) fn begin_file(
     now: &str,
 ) -> Result<(FileRowId, u32), CatalogError> {
     const OP: &str = "begin_file";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     let begun =
         insert_receiving(&tx, client, name, path_name, temp_path, now).map_err(query_err(OP))?;
     tx.commit().map_err(query_err(OP))?;
@@ -205,29 +200,31 @@ pub(crate) fn begin_file(
 /// The insert of [`begin_file`], inside the caller's write transaction (the v4 upload adds
 /// its resume record in the same one).
 pub(crate) fn insert_receiving(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Tx<'_>,
     client: &ClientId,
     name: &[u8],
     path_name: &str,
     temp_path: Option<&str>,
     now: &str,
-) -> rusqlite::Result<(FileRowId, u32)> {
+) -> Result<(FileRowId, u32), SqlError> {
     let version: u32 = tx.query_row(
         "SELECT COALESCE(MAX(Version), 0) + 1 FROM files WHERE ID = ?1 AND FileName = ?2",
         params![client, name],
         |r| r.get(0),
     )?;
-    tx.execute(
+    let row = tx.query_row(
         "INSERT INTO files (ID, FileName, PathName, Verified, Version, State, CreatedAt, UpdatedAt, TempPath)
-         VALUES (?1, ?2, ?3, 0, ?4, 'receiving', ?5, ?5, ?6)",
+         VALUES (?1, ?2, ?3, 0, ?4, 'receiving', ?5, ?5, ?6)
+         RETURNING RowId",
         params![client, name, path_name, version, now, temp_path],
+        |r| r.get(0),
     )?;
-    Ok((FileRowId(tx.last_insert_rowid()), version))
+    Ok((FileRowId(row), version))
 }
 
 /// Records content facts and moves a `receiving` row to `received`.
 pub(crate) fn mark_received(
-    conn: &Connection,
+    conn: &Conn,
     row: FileRowId,
     facts: &ReceivedFile,
     now: &str,
@@ -251,7 +248,7 @@ pub(crate) fn mark_received(
 
 /// Records the intent to commit: `received` → `committing`, with the retention to apply.
 pub(crate) fn begin_commit(
-    conn: &Connection,
+    conn: &Conn,
     row: FileRowId,
     keep_versions: u32,
     now: &str,
@@ -272,7 +269,7 @@ pub(crate) fn begin_commit(
 
 /// Rows in state `committing` last updated before `cutoff` (every one for `None`).
 pub(crate) fn committing_files(
-    conn: &Connection,
+    conn: &Conn,
     cutoff: Option<&str>,
 ) -> Result<Vec<CommittingFile>, CatalogError> {
     const OP: &str = "committing_files";
@@ -280,7 +277,7 @@ pub(crate) fn committing_files(
         .prepare(
             "SELECT RowId, ID, FileName, PathName, TempPath, Sha256, COALESCE(CommitKeep, 1)
              FROM files
-             WHERE State = 'committing' AND (?1 IS NULL OR UpdatedAt < ?1)
+             WHERE State = 'committing' AND (UpdatedAt < ?1 OR ?1 IS NULL)
              ORDER BY RowId",
         )
         .map_err(query_err(OP))?;
@@ -305,13 +302,13 @@ pub(crate) fn committing_files(
 /// Marks a `received` (or `committing`) row verified and applies the retention of
 /// `keep_versions` (≥ 1).
 pub(crate) fn commit_file(
-    conn: &mut Connection,
+    conn: &mut Conn,
     row: FileRowId,
     keep_versions: u32,
     now: &str,
 ) -> Result<CommitResult, CatalogError> {
     const OP: &str = "commit_file";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     let found = tx
         .query_row(
             "SELECT ID, FileName, PathName, Version, State FROM files WHERE RowId = ?1",
@@ -319,7 +316,7 @@ pub(crate) fn commit_file(
             |r| {
                 Ok((
                     r.get::<_, ClientId>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
                     r.get::<_, String>(2)?,
                     r.get::<_, u32>(3)?,
                     r.get::<_, String>(4)?,
@@ -408,7 +405,7 @@ pub(crate) fn commit_file(
 
 /// The verified row currently stored at the file's base path: `(row, version)`.
 pub(crate) fn current_version(
-    conn: &Connection,
+    conn: &Conn,
     client: &ClientId,
     name: &[u8],
 ) -> Result<Option<(FileRowId, u32)>, CatalogError> {
@@ -429,12 +426,12 @@ pub(crate) fn current_version(
 /// resume record, if any (an abandoned upload cannot be resumed); `false` if it was not
 /// unfinished.
 pub(crate) fn discard_file(
-    conn: &mut Connection,
+    conn: &mut Conn,
     row: FileRowId,
     now: &str,
 ) -> Result<bool, CatalogError> {
     const OP: &str = "discard_file";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     let n = tx
         .execute(
             "UPDATE files SET State = 'discarded', Verified = 0, TempPath = NULL, UpdatedAt = ?2
@@ -451,7 +448,7 @@ pub(crate) fn discard_file(
 
 /// Deletes the v4 resume record (`v4_uploads`) of a row that left state `receiving` for
 /// good (committed or discarded).
-fn forget_resume_record(conn: &Connection, row: FileRowId) -> rusqlite::Result<usize> {
+fn forget_resume_record(conn: &Conn, row: FileRowId) -> Result<usize, SqlError> {
     conn.execute("DELETE FROM v4_uploads WHERE RowId = ?1", [row.0])
 }
 
@@ -464,13 +461,13 @@ fn forget_resume_record(conn: &Connection, row: FileRowId) -> rusqlite::Result<u
 /// the client's rows, so that a file is never called unreferenced because its name did not
 /// decode to the row's `FileName`.
 pub(crate) fn version_file_referenced(
-    conn: &Connection,
+    conn: &Conn,
     file: &VersionFile,
 ) -> Result<bool, CatalogError> {
     const OP: &str = "version_file_referenced";
     if let Some(name) = &file.file_name {
         let by_name = conn
-            .prepare_cached(
+            .prepare(
                 "SELECT EXISTS (SELECT 1 FROM files
                  WHERE ID = ?1 AND FileName = ?2 AND Version = ?3
                    AND (PathName = ?4 OR (PathName = ?5 AND State <> 'discarded')))",
@@ -492,7 +489,7 @@ pub(crate) fn version_file_referenced(
             return Ok(true);
         }
     }
-    conn.prepare_cached(
+    conn.prepare(
         "SELECT EXISTS (SELECT 1 FROM files
          WHERE ID = ?1
            AND (PathName = ?2 OR (PathName = ?3 AND Version = ?4 AND State <> 'discarded')))",
@@ -513,7 +510,7 @@ pub(crate) fn version_file_referenced(
 
 /// Unfinished rows whose `UpdatedAt` is before `cutoff`.
 pub(crate) fn abandoned_transfers(
-    conn: &Connection,
+    conn: &Conn,
     cutoff: &str,
 ) -> Result<Vec<AbandonedTransfer>, CatalogError> {
     const OP: &str = "abandoned_transfers";
@@ -542,10 +539,7 @@ pub(crate) fn abandoned_transfers(
 
 /// Deletes clients registered before `cutoff` that never stored a public key and own no file
 /// row (a registration that went no further, or a flood of them); returns how many.
-pub(crate) fn remove_keyless_clients(
-    conn: &Connection,
-    cutoff: &str,
-) -> Result<usize, CatalogError> {
+pub(crate) fn remove_keyless_clients(conn: &Conn, cutoff: &str) -> Result<usize, CatalogError> {
     conn.execute(
         "DELETE FROM clients
          WHERE PublicKey IS NULL AND RegisteredAt < ?1
@@ -579,7 +573,7 @@ pub(crate) enum NameSearch {
 
 /// One page of files matching `filter`, ordered by row id.
 pub(crate) fn list_files(
-    conn: &Connection,
+    conn: &Conn,
     filter: &FileFilter,
 ) -> Result<Vec<FileRecord>, CatalogError> {
     list_files_with(
@@ -593,13 +587,15 @@ pub(crate) fn list_files(
 
 /// [`list_files`] with an explicit name-search strategy. Every strategy returns the same rows.
 pub(crate) fn list_files_with(
-    conn: &Connection,
+    conn: &Conn,
     filter: &FileFilter,
     search: NameSearch,
 ) -> Result<Vec<FileRecord>, CatalogError> {
     const OP: &str = "list_files";
     let limit = usize::try_from(page_limit(filter)).unwrap_or(usize::MAX);
     let indexed = match (search, filter.name_contains.as_deref()) {
+        // PostgreSQL has no name index (schema migration 4): it scans.
+        _ if conn.engine() == Engine::Postgres => None,
         (NameSearch::Trigram { budget }, Some(part)) => {
             trigram_phrase(part).map(|phrase| (phrase, budget))
         }
@@ -612,7 +608,7 @@ pub(crate) fn list_files_with(
     // The index drives, in row-id order; each candidate row carries whether it passes the
     // other filters and the exact byte test, so the page is the same as the scan's.
     let mut query = SqlBuilder::new(&format!("SELECT {FILE_COLUMNS}, CASE WHEN 1 = 1"));
-    push_conditions(&mut query, filter);
+    push_conditions(&mut query, filter, conn.engine());
     query.text.push_str(
         " THEN 1 ELSE 0 END
          FROM files_name_trigram t JOIN files f ON f.RowId = t.rowid
@@ -625,44 +621,43 @@ pub(crate) fn list_files_with(
     }
     query.text.push_str(" ORDER BY t.rowid");
 
-    let mut stmt = conn.prepare(&query.text).map_err(query_err(OP))?;
-    let mut rows = stmt
-        .query(params_from_iter(query.args))
-        .map_err(query_err(OP))?;
     let mut page = Vec::new();
     let mut examined = 0usize;
-    while let Some(row) = rows.next().map_err(query_err(OP))? {
-        let candidate = FileRowId(row.get(0).map_err(query_err(OP))?);
-        if row
-            .get::<_, bool>(FILE_COLUMN_COUNT)
-            .map_err(query_err(OP))?
-        {
-            page.push(file_from_row(row).map_err(query_err(OP))?);
+    let mut over_budget = None;
+    conn.query_each(&query.text, query.args, |row| {
+        let candidate = FileRowId(row.get(0)?);
+        if row.get::<_, bool>(FILE_COLUMN_COUNT)? {
+            page.push(file_from_row(row)?);
             if page.len() >= limit {
-                return Ok(page);
+                return Ok(false);
             }
         }
         examined += 1;
         if examined >= budget {
-            let rest = FileFilter {
-                after_row: Some(candidate),
-                limit: u32::try_from(limit - page.len()).unwrap_or(u32::MAX),
-                ..filter.clone()
-            };
-            page.extend(scan_files(conn, &rest)?);
-            return Ok(page);
+            over_budget = Some(candidate);
+            return Ok(false);
         }
+        Ok(true)
+    })
+    .map_err(query_err(OP))?;
+    if let Some(candidate) = over_budget {
+        let rest = FileFilter {
+            after_row: Some(candidate),
+            limit: u32::try_from(limit - page.len()).unwrap_or(u32::MAX),
+            ..filter.clone()
+        };
+        page.extend(scan_files(conn, &rest)?);
     }
     Ok(page)
 }
 
 /// The scan: the other filters pick the index, `instr` tests each name.
-fn scan_files(conn: &Connection, filter: &FileFilter) -> Result<Vec<FileRecord>, CatalogError> {
+fn scan_files(conn: &Conn, filter: &FileFilter) -> Result<Vec<FileRecord>, CatalogError> {
     const OP: &str = "list_files";
     let mut query = SqlBuilder::new(&format!(
         "SELECT {FILE_COLUMNS} FROM files f JOIN clients c ON c.ID = f.ID WHERE 1 = 1"
     ));
-    push_conditions(&mut query, filter);
+    push_conditions(&mut query, filter, conn.engine());
     if let Some(after) = filter.after_row {
         query.push(" AND f.RowId > ?", Value::Integer(after.0));
     }
@@ -673,7 +668,7 @@ fn scan_files(conn: &Connection, filter: &FileFilter) -> Result<Vec<FileRecord>,
 
     let mut stmt = conn.prepare(&query.text).map_err(query_err(OP))?;
     let rows = stmt
-        .query_map(params_from_iter(query.args), file_from_row)
+        .query_map(query.args, file_from_row)
         .map_err(query_err(OP))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(query_err(OP))?;
@@ -708,7 +703,7 @@ fn trigram_phrase(part: &[u8]) -> Option<String> {
 }
 
 /// Appends the filter's conditions except the cursor, each as ` AND …` on `f` (files).
-fn push_conditions(query: &mut SqlBuilder, filter: &FileFilter) {
+fn push_conditions(query: &mut SqlBuilder, filter: &FileFilter, engine: Engine) {
     if let Some(client) = &filter.client_name {
         // A subquery keeps the plan on files_by_client instead of scanning clients.
         query.push(
@@ -717,7 +712,11 @@ fn push_conditions(query: &mut SqlBuilder, filter: &FileFilter) {
         );
     }
     if let Some(part) = &filter.name_contains {
-        query.push(" AND instr(f.FileName, ?) > 0", Value::Blob(part.clone()));
+        let contains = match engine {
+            Engine::Sqlite => " AND instr(f.FileName, ?) > 0",
+            Engine::Postgres => " AND position(? IN f.FileName) > 0",
+        };
+        query.push(contains, Value::Blob(part.clone()));
     }
     if let Some(verified) = filter.verified {
         query.push(" AND f.Verified = ?", Value::Integer(i64::from(verified)));
@@ -770,23 +769,25 @@ impl SqlBuilder {
 }
 
 /// Verified files and bytes per client id (clients without verified files are absent).
-pub(crate) fn client_totals(
-    conn: &Connection,
-) -> Result<BTreeMap<ClientId, ClientTotals>, CatalogError> {
+pub(crate) fn client_totals(conn: &Conn) -> Result<BTreeMap<ClientId, ClientTotals>, CatalogError> {
     const OP: &str = "client_totals";
-    let mut stmt = conn
-        .prepare(
+    let rows = conn
+        .query_map(
             "SELECT ID, COUNT(*), COALESCE(SUM(Size), 0), max(VerifiedAt) FROM files
              WHERE State = 'verified' GROUP BY ID",
+            (),
+            |row| {
+                Ok((
+                    row.get::<_, ClientId>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                ))
+            },
         )
         .map_err(query_err(OP))?;
-    let mut rows = stmt.query([]).map_err(query_err(OP))?;
     let mut totals = BTreeMap::new();
-    while let Some(row) = rows.next().map_err(query_err(OP))? {
-        let id: ClientId = row.get(0).map_err(query_err(OP))?;
-        let files: i64 = row.get(1).map_err(query_err(OP))?;
-        let bytes: i64 = row.get(2).map_err(query_err(OP))?;
-        let last_verified_at: Option<String> = row.get(3).map_err(query_err(OP))?;
+    for (id, files, bytes, last_verified_at) in rows {
         totals.insert(
             id,
             ClientTotals {
@@ -800,34 +801,45 @@ pub(crate) fn client_totals(
 }
 
 /// Runs `PRAGMA integrity_check`; `true` when SQLite answers `ok`.
-pub(crate) fn integrity_check(conn: &Connection) -> Result<bool, CatalogError> {
+pub(crate) fn integrity_check(conn: &Conn) -> Result<bool, CatalogError> {
+    if conn.engine() == Engine::Postgres {
+        return Err(CatalogError::Unsupported {
+            what: "the integrity check",
+            engine: Engine::Postgres,
+            instead: "PostgreSQL checks its own pages: create the cluster with data checksums (initdb -k) and use pg_amcheck",
+        });
+    }
     let answer: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .query_row("PRAGMA integrity_check", (), |r| r.get(0))
         .map_err(query_err("integrity_check"))?;
     Ok(answer == "ok")
 }
 
 /// Merges a bounded amount of the file-name search index (FTS5 `merge`): inserts leave it
 /// in many small segments, which slows deep pages; this keeps it compact a step at a time.
-pub(crate) fn merge_name_index(conn: &Connection) -> Result<(), CatalogError> {
+pub(crate) fn merge_name_index(conn: &Conn) -> Result<(), CatalogError> {
+    if conn.engine() == Engine::Postgres {
+        // No name index there (see migration 4).
+        return Ok(());
+    }
     conn.execute(
         "INSERT INTO files_name_trigram (files_name_trigram, rank) VALUES ('merge', 500)",
-        [],
+        (),
     )
     .map_err(query_err("merge_name_index"))?;
     Ok(())
 }
 
 /// Counts clients, verified files and their bytes.
-pub(crate) fn stats(conn: &Connection) -> Result<CatalogStats, CatalogError> {
+pub(crate) fn stats(conn: &Conn) -> Result<CatalogStats, CatalogError> {
     const OP: &str = "stats";
     let clients: i64 = conn
-        .query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM clients", (), |r| r.get(0))
         .map_err(query_err(OP))?;
     let (files, bytes): (i64, i64) = conn
         .query_row(
             "SELECT COUNT(*), COALESCE(SUM(Size), 0) FROM files WHERE State = 'verified'",
-            [],
+            (),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(query_err(OP))?;
@@ -839,14 +851,18 @@ pub(crate) fn stats(conn: &Connection) -> Result<CatalogStats, CatalogError> {
 }
 
 /// Checkpoints the WAL into the main database file and truncates it.
-pub(crate) fn checkpoint(conn: &Connection) -> Result<(), CatalogError> {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+pub(crate) fn checkpoint(conn: &Conn) -> Result<(), CatalogError> {
+    if conn.engine() == Engine::Postgres {
+        // PostgreSQL checkpoints its WAL itself.
+        return Ok(());
+    }
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", (), |_| Ok(()))
         .map_err(query_err("checkpoint"))
 }
 
 const CLIENT_COLUMNS: &str = "ID, Name, PublicKey, LastSeen, Protocol, RegisteredAt";
 
-fn client_from_row(r: &Row<'_>) -> rusqlite::Result<ClientRecord> {
+fn client_from_row(r: &Row<'_>) -> Result<ClientRecord, SqlError> {
     Ok(ClientRecord {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -863,14 +879,13 @@ const FILE_COLUMNS: &str = "f.RowId, f.ID, c.Name, f.FileName, f.PathName, f.Ver
 /// Number of [`FILE_COLUMNS`]; a query may add columns after them.
 const FILE_COLUMN_COUNT: usize = 15;
 
-fn file_from_row(r: &Row<'_>) -> rusqlite::Result<FileRecord> {
+fn file_from_row(r: &Row<'_>) -> Result<FileRecord, SqlError> {
     let state: String = r.get(6)?;
     let Some(state) = FileState::parse(&state) else {
-        return Err(rusqlite::Error::FromSqlConversionFailure(
-            6,
-            rusqlite::types::Type::Text,
-            format!("unknown file state {state:?}").into(),
-        ));
+        return Err(SqlError::Conversion {
+            column: Some(6),
+            problem: format!("unknown file state {state:?}"),
+        });
     };
     Ok(FileRecord {
         row: FileRowId(r.get(0)?),
@@ -891,13 +906,16 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<FileRecord> {
     })
 }
 
-fn opt_u64(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+fn opt_u64(r: &Row<'_>, idx: usize) -> Result<Option<u64>, SqlError> {
     let Some(v) = r.get::<_, Option<i64>>(idx)? else {
         return Ok(None);
     };
     u64::try_from(v)
         .map(Some)
-        .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+        .map_err(|_| SqlError::Conversion {
+            column: Some(idx),
+            problem: format!("{v} is not a size"),
+        })
 }
 
 pub(super) fn to_i64(field: &'static str, v: u64) -> Result<i64, CatalogError> {
@@ -915,7 +933,7 @@ pub(super) fn to_u64(field: &'static str, v: i64) -> Result<u64, CatalogError> {
 }
 
 fn state_error(
-    conn: &Connection,
+    conn: &Conn,
     row: FileRowId,
     expected: &'static str,
     op: &'static str,
@@ -936,14 +954,6 @@ fn state_error(
     }
 }
 
-/// Starts a write transaction that takes the write lock at once (`BEGIN IMMEDIATE`). A
-/// deferred transaction that reads first and then writes fails with `SQLITE_BUSY_SNAPSHOT`,
-/// without waiting, when another connection (an admin command, a checkpoint) committed in
-/// between; an immediate one waits on the busy timeout instead.
-pub(super) fn immediate(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
-    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-}
-
 // ---- the snapshot repository store (`super::repo`, migration 5) ----
 
 /// Blob IDs per `IN (…)` lookup: well under SQLite's parameter limit.
@@ -951,14 +961,14 @@ const REPO_LOOKUP_BATCH: usize = 500;
 
 /// Inserts the client's repository with its first key object; `false` if it already has one.
 pub(crate) fn create_repository(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     config: &[u8],
     key: &[u8],
     now: &str,
 ) -> Result<bool, CatalogError> {
     const OP: &str = "create_repository";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     if repository_exists(&tx, client)? {
         return Ok(false);
     }
@@ -979,14 +989,14 @@ pub(crate) fn create_repository(
 /// Appends a key object unless the repository is missing, already holds these bytes, or
 /// holds `max_keys` key objects.
 pub(crate) fn add_repo_key(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     key: &[u8],
     max_keys: usize,
     now: &str,
 ) -> Result<AddKeyOutcome, CatalogError> {
     const OP: &str = "add_repo_key";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     if !repository_exists(&tx, client)? {
         return Ok(AddKeyOutcome::NoRepository);
     }
@@ -1022,12 +1032,12 @@ pub(crate) fn add_repo_key(
 
 /// Deletes the key object with exactly these bytes, unless it is the repository's last.
 pub(crate) fn remove_repo_key(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     key: &[u8],
 ) -> Result<RemoveKeyOutcome, CatalogError> {
     const OP: &str = "remove_repo_key";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     if !repository_exists(&tx, client)? {
         return Ok(RemoveKeyOutcome::NoRepository);
     }
@@ -1054,10 +1064,7 @@ pub(crate) fn remove_repo_key(
 }
 
 /// Whether the client has a repository.
-pub(crate) fn repository_exists(
-    conn: &Connection,
-    client: &ClientId,
-) -> Result<bool, CatalogError> {
+pub(crate) fn repository_exists(conn: &Conn, client: &ClientId) -> Result<bool, CatalogError> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM repositories WHERE ClientId = ?1",
@@ -1071,7 +1078,7 @@ pub(crate) fn repository_exists(
 
 /// The client's repository config and key objects (in the order they were added).
 pub(crate) fn repository(
-    conn: &Connection,
+    conn: &Conn,
     client: &ClientId,
 ) -> Result<Option<RepoRecord>, CatalogError> {
     const OP: &str = "repository";
@@ -1090,7 +1097,7 @@ pub(crate) fn repository(
         .prepare("SELECT KeyObject FROM repo_keys WHERE ClientId = ?1 ORDER BY Seq")
         .and_then(|mut s| {
             s.query_map([client], |r| r.get::<_, Vec<u8>>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()
+                .collect::<Result<Vec<_>, SqlError>>()
         })
         .map_err(query_err(OP))?;
     Ok(Some(RepoRecord { config, keys }))
@@ -1098,7 +1105,7 @@ pub(crate) fn repository(
 
 /// Which of `packs` are indexed for the client.
 pub(crate) fn packs_indexed(
-    conn: &Connection,
+    conn: &Conn,
     client: &ClientId,
     packs: &[PackId],
 ) -> Result<Vec<bool>, CatalogError> {
@@ -1115,7 +1122,7 @@ pub(crate) fn packs_indexed(
 
 /// Which of `snapshots` are recorded for the client.
 pub(crate) fn snapshots_recorded(
-    conn: &Connection,
+    conn: &Conn,
     client: &ClientId,
     snapshots: &[SnapshotId],
 ) -> Result<Vec<bool>, CatalogError> {
@@ -1135,7 +1142,7 @@ pub(crate) fn snapshots_recorded(
 /// again. A pack already indexed is left as it is; a pending deletion of this pack ID (a
 /// prune removed an identical pack) is cancelled, since the object was just stored again.
 pub(crate) fn index_pack(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     pack: &PackId,
     size: u64,
@@ -1145,7 +1152,7 @@ pub(crate) fn index_pack(
     const OP: &str = "index_pack";
     let size = to_i64("pack size", size)?;
     let stored_at = to_i64("stored at", stored_at)?;
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     tx.execute(
         "INSERT INTO repo_packs (ClientId, PackId, Size, StoredAt) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (ClientId, PackId) DO NOTHING",
@@ -1189,7 +1196,7 @@ pub(crate) fn index_pack(
 
 /// Where each of `ids` is stored for the client (`None`: not indexed).
 pub(crate) fn blob_locations(
-    conn: &Connection,
+    conn: &Conn,
     client: &ClientId,
     ids: &[BlobId],
 ) -> Result<Vec<Option<BlobLocation>>, CatalogError> {
@@ -1247,12 +1254,12 @@ pub(crate) fn blob_locations(
 /// Records a snapshot that passed the commit check, its reference chunks, and the reference
 /// chunks this commit verified, in one transaction; `false` if it was already recorded.
 pub(crate) fn record_snapshot(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     snapshot: &NewSnapshot,
 ) -> Result<bool, CatalogError> {
     const OP: &str = "record_snapshot";
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     let inserted = tx
         .execute(
             "INSERT INTO repo_snapshots
@@ -1323,7 +1330,7 @@ pub(crate) fn record_snapshot(
 
 /// The client's snapshots, oldest backup first.
 pub(crate) fn list_snapshots(
-    conn: &Connection,
+    conn: &Conn,
     client: &ClientId,
 ) -> Result<Vec<SnapshotRecord>, CatalogError> {
     const OP: &str = "list_snapshots";
@@ -1349,7 +1356,7 @@ pub(crate) fn list_snapshots(
                     r.get::<_, Option<i64>>(7)?,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            .collect::<Result<Vec<_>, SqlError>>()
         })
         .map_err(query_err(OP))?;
     rows.into_iter()
@@ -1374,7 +1381,7 @@ pub(crate) fn list_snapshots(
 /// Per client with snapshots: their number, the newest `StoredAt`, the sum of the known
 /// envelope content sizes and how many snapshots have one.
 pub(crate) fn snapshot_summaries(
-    conn: &Connection,
+    conn: &Conn,
 ) -> Result<BTreeMap<ClientId, SnapshotSummary>, CatalogError> {
     const OP: &str = "snapshot_summaries";
     let rows = conn
@@ -1384,7 +1391,7 @@ pub(crate) fn snapshot_summaries(
              FROM repo_snapshots GROUP BY ClientId",
         )
         .and_then(|mut s| {
-            s.query_map([], |r| {
+            s.query_map((), |r| {
                 Ok((
                     r.get::<_, ClientId>(0)?,
                     r.get::<_, i64>(1)?,
@@ -1393,7 +1400,7 @@ pub(crate) fn snapshot_summaries(
                     r.get::<_, i64>(4)?,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            .collect::<Result<Vec<_>, SqlError>>()
         })
         .map_err(query_err(OP))?;
     rows.into_iter()
@@ -1417,14 +1424,14 @@ pub(crate) fn snapshot_summaries(
 /// Deletes a snapshot's record and its reference list and writes its tombstone (migration
 /// 10); `false` if it was not recorded.
 pub(crate) fn forget_snapshot(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     id: &SnapshotId,
     now: u64,
 ) -> Result<bool, CatalogError> {
     const OP: &str = "forget_snapshot";
     let now = to_i64("forgotten at", now)?;
-    let tx = immediate(conn).map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     let deleted = tx
         .execute(
             "DELETE FROM repo_snapshots WHERE ClientId = ?1 AND SnapshotId = ?2",
@@ -1450,7 +1457,7 @@ pub(crate) fn forget_snapshot(
 
 /// Which of `snapshots` have a forget tombstone.
 pub(crate) fn snapshots_forgotten(
-    conn: &Connection,
+    conn: &Conn,
     client: &ClientId,
     snapshots: &[SnapshotId],
 ) -> Result<Vec<bool>, CatalogError> {
@@ -1467,7 +1474,7 @@ pub(crate) fn snapshots_forgotten(
 
 /// Removes a snapshot's forget tombstone (its object is gone).
 pub(crate) fn clear_tombstone(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     id: &SnapshotId,
 ) -> Result<(), CatalogError> {
@@ -1483,7 +1490,7 @@ pub(crate) fn clear_tombstone(
 
 /// Up to `limit` packs with `ScrubbedAt` NULL or before `before_ms`, never scrubbed first.
 pub(crate) fn packs_to_scrub(
-    conn: &Connection,
+    conn: &Conn,
     before_ms: u64,
     client: Option<&ClientId>,
     limit: u32,
@@ -1494,7 +1501,7 @@ pub(crate) fn packs_to_scrub(
     let rows = conn
         .prepare(
             "SELECT ClientId, PackId, Size FROM repo_packs
-             WHERE (ScrubbedAt IS NULL OR ScrubbedAt < ?1) AND (?2 IS NULL OR ClientId = ?2)
+             WHERE (ScrubbedAt IS NULL OR ScrubbedAt < ?1) AND (ClientId = ?2 OR ?2 IS NULL)
              ORDER BY ScrubbedAt NULLS FIRST, ClientId, PackId
              LIMIT ?3",
         )
@@ -1506,7 +1513,7 @@ pub(crate) fn packs_to_scrub(
                     r.get::<_, i64>(2)?,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            .collect::<Result<Vec<_>, SqlError>>()
         })
         .map_err(query_err(OP))?;
     rows.into_iter()
@@ -1523,7 +1530,7 @@ pub(crate) fn packs_to_scrub(
 /// Sets a pack's `ScrubbedAt` and its corrupt mark (kept from the first finding while it
 /// stays damaged, cleared when it is whole); `false` when the pack is not indexed.
 pub(crate) fn record_pack_scrub(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     pack: &PackId,
     at_ms: u64,
@@ -1533,7 +1540,7 @@ pub(crate) fn record_pack_scrub(
     let updated = conn
         .execute(
             "UPDATE repo_packs SET ScrubbedAt = ?3,
-                 CorruptAt = CASE WHEN ?4 IS NULL THEN NULL ELSE COALESCE(CorruptAt, ?4) END,
+                 CorruptAt = CASE WHEN COALESCE(CorruptAt, ?4) IS NOT NULL AND ?4 IS NOT NULL THEN COALESCE(CorruptAt, ?4) END,
                  CorruptReason = ?5
              WHERE ClientId = ?1 AND PackId = ?2",
             params![
@@ -1550,7 +1557,7 @@ pub(crate) fn record_pack_scrub(
 
 /// Up to `limit` verified files with a SHA-256 and `ScrubbedAt` NULL or before `before_ms`.
 pub(crate) fn files_to_scrub(
-    conn: &Connection,
+    conn: &Conn,
     before_ms: u64,
     client: Option<&ClientId>,
     limit: u32,
@@ -1561,7 +1568,7 @@ pub(crate) fn files_to_scrub(
     conn.prepare(
         "SELECT RowId, ID, PathName, Sha256 FROM files
          WHERE State = 'verified' AND length(Sha256) = 32
-           AND (ScrubbedAt IS NULL OR ScrubbedAt < ?1) AND (?2 IS NULL OR ID = ?2)
+           AND (ScrubbedAt IS NULL OR ScrubbedAt < ?1) AND (ID = ?2 OR ?2 IS NULL)
          ORDER BY ScrubbedAt NULLS FIRST, RowId
          LIMIT ?3",
     )
@@ -1574,14 +1581,14 @@ pub(crate) fn files_to_scrub(
                 sha256: r.get(3)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()
+        .collect::<Result<Vec<_>, SqlError>>()
     })
     .map_err(query_err(OP))
 }
 
 /// Sets a verified file's `ScrubbedAt` and corrupt mark while it is still at `path_name`.
 pub(crate) fn record_file_scrub(
-    conn: &mut Connection,
+    conn: &mut Conn,
     row: FileRowId,
     path_name: &str,
     at_ms: u64,
@@ -1591,7 +1598,7 @@ pub(crate) fn record_file_scrub(
     let updated = conn
         .execute(
             "UPDATE files SET ScrubbedAt = ?3,
-                 CorruptAt = CASE WHEN ?4 IS NULL THEN NULL ELSE COALESCE(CorruptAt, ?4) END,
+                 CorruptAt = CASE WHEN COALESCE(CorruptAt, ?4) IS NOT NULL AND ?4 IS NOT NULL THEN COALESCE(CorruptAt, ?4) END,
                  CorruptReason = ?5
              WHERE RowId = ?1 AND PathName = ?2 AND State = 'verified'",
             params![
@@ -1608,7 +1615,7 @@ pub(crate) fn record_file_scrub(
 
 /// Whether the row is a verified file at `path_name`.
 pub(crate) fn file_still_at(
-    conn: &Connection,
+    conn: &Conn,
     row: FileRowId,
     path_name: &str,
 ) -> Result<bool, CatalogError> {
@@ -1635,7 +1642,7 @@ fn damage_columns(damage: Option<&Damage>) -> Result<(Option<i64>, Option<&str>)
 
 /// Packs and verified files marked corrupt (up to `limit` of each), oldest finding first.
 pub(crate) fn corrupt_objects(
-    conn: &Connection,
+    conn: &Conn,
     client: Option<&ClientId>,
     limit: u32,
 ) -> Result<Vec<CorruptObject>, CatalogError> {
@@ -1643,17 +1650,18 @@ pub(crate) fn corrupt_objects(
     let client = client.map(|c| c.to_vec());
     let mut found = conn
         .prepare(
-            "SELECT p.ClientId, COALESCE(c.Name, X''), p.PackId, p.Size, p.CorruptAt,
+            "SELECT p.ClientId, c.Name, p.PackId, p.Size, p.CorruptAt,
                     p.CorruptReason
              FROM repo_packs p LEFT JOIN clients c ON c.ID = p.ClientId
-             WHERE p.CorruptAt IS NOT NULL AND (?1 IS NULL OR p.ClientId = ?1)
+             WHERE p.CorruptAt IS NOT NULL AND (p.ClientId = ?1 OR ?1 IS NULL)
              ORDER BY p.CorruptAt, p.ClientId, p.PackId LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![client, limit], |r| {
                 Ok((
                     r.get::<_, ClientId>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
+                    // A client deleted since: no name.
+                    r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
                     hex::encode(r.get::<_, [u8; 32]>(2)?),
                     None,
                     r.get::<_, i64>(3)?,
@@ -1662,22 +1670,22 @@ pub(crate) fn corrupt_objects(
                     CorruptKind::Pack,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            .collect::<Result<Vec<_>, SqlError>>()
         })
         .map_err(query_err(OP))?;
     let files = conn
         .prepare(
-            "SELECT f.ID, COALESCE(c.Name, X''), f.PathName, f.FileName, f.Version,
+            "SELECT f.ID, c.Name, f.PathName, f.FileName, f.Version,
                     COALESCE(f.Size, 0), f.CorruptAt, f.CorruptReason
              FROM files f LEFT JOIN clients c ON c.ID = f.ID
-             WHERE f.CorruptAt IS NOT NULL AND f.State = 'verified' AND (?1 IS NULL OR f.ID = ?1)
+             WHERE f.CorruptAt IS NOT NULL AND f.State = 'verified' AND (f.ID = ?1 OR ?1 IS NULL)
              ORDER BY f.CorruptAt, f.RowId LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![client, limit], |r| {
                 Ok((
                     r.get::<_, ClientId>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
                     r.get::<_, String>(2)?,
                     Some((r.get::<_, Vec<u8>>(3)?, r.get::<_, u32>(4)?)),
                     r.get::<_, i64>(5)?,
@@ -1686,7 +1694,7 @@ pub(crate) fn corrupt_objects(
                     CorruptKind::File,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            .collect::<Result<Vec<_>, SqlError>>()
         })
         .map_err(query_err(OP))?;
     found.extend(files);
@@ -1712,12 +1720,12 @@ pub(crate) fn corrupt_objects(
 }
 
 /// Packs plus verified files marked corrupt.
-pub(crate) fn corrupt_object_count(conn: &Connection) -> Result<u64, CatalogError> {
+pub(crate) fn corrupt_object_count(conn: &Conn) -> Result<u64, CatalogError> {
     let count: i64 = conn
         .query_row(
             "SELECT (SELECT count(*) FROM repo_packs WHERE CorruptAt IS NOT NULL)
                   + (SELECT count(*) FROM files WHERE CorruptAt IS NOT NULL AND State = 'verified')",
-            [],
+            (),
             |r| r.get(0),
         )
         .map_err(query_err("corrupt_object_count"))?;
@@ -1726,7 +1734,7 @@ pub(crate) fn corrupt_object_count(conn: &Connection) -> Result<u64, CatalogErro
 
 /// Up to `limit` blob IDs above `after` indexed in the client's packs marked corrupt.
 pub(crate) fn damaged_blobs(
-    conn: &Connection,
+    conn: &Conn,
     client: &ClientId,
     after: Option<&BlobId>,
     limit: u32,
@@ -1742,13 +1750,13 @@ pub(crate) fn damaged_blobs(
         s.query_map(params![client, after, limit], |r| {
             r.get::<_, [u8; 32]>(0).map(BlobId)
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()
+        .collect::<Result<Vec<_>, SqlError>>()
     })
     .map_err(query_err("damaged_blobs"))
 }
 
 /// Bytes of the client's stored packs.
-pub(crate) fn repo_stored_bytes(conn: &Connection, client: &ClientId) -> Result<u64, CatalogError> {
+pub(crate) fn repo_stored_bytes(conn: &Conn, client: &ClientId) -> Result<u64, CatalogError> {
     let bytes: i64 = conn
         .query_row(
             "SELECT COALESCE(SUM(Size), 0) FROM repo_packs WHERE ClientId = ?1",
@@ -1760,7 +1768,7 @@ pub(crate) fn repo_stored_bytes(conn: &Connection, client: &ClientId) -> Result<
 }
 
 /// Packs, stored bytes and corrupt packs of every repository.
-pub(crate) fn repo_usage(conn: &Connection) -> Result<Vec<RepoUsageRecord>, CatalogError> {
+pub(crate) fn repo_usage(conn: &Conn) -> Result<Vec<RepoUsageRecord>, CatalogError> {
     const OP: &str = "repo_usage";
     let rows = conn
         .prepare(
@@ -1770,7 +1778,7 @@ pub(crate) fn repo_usage(conn: &Connection) -> Result<Vec<RepoUsageRecord>, Cata
              GROUP BY r.ClientId ORDER BY r.ClientId",
         )
         .and_then(|mut s| {
-            s.query_map([], |r| {
+            s.query_map((), |r| {
                 Ok((
                     r.get::<_, ClientId>(0)?,
                     r.get::<_, i64>(1)?,
@@ -1778,7 +1786,7 @@ pub(crate) fn repo_usage(conn: &Connection) -> Result<Vec<RepoUsageRecord>, Cata
                     r.get::<_, i64>(3)?,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            .collect::<Result<Vec<_>, SqlError>>()
         })
         .map_err(query_err(OP))?;
     rows.into_iter()
@@ -1796,7 +1804,7 @@ pub(crate) fn repo_usage(conn: &Connection) -> Result<Vec<RepoUsageRecord>, Cata
 /// The subset of `ids` that `select_in` (a `SELECT id … WHERE ClientId = ?1 AND id IN`
 /// prefix) finds, queried in batches.
 pub(super) fn ids_present(
-    conn: &Connection,
+    conn: &Conn,
     select_in: &str,
     client: &ClientId,
     ids: &[[u8; 32]],
@@ -1824,11 +1832,11 @@ fn placeholders(n: usize) -> String {
         .join(", ")
 }
 
-fn batch_params(client: &ClientId, batch: &[[u8; 32]]) -> rusqlite::ParamsFromIter<Vec<Value>> {
+fn batch_params(client: &ClientId, batch: &[[u8; 32]]) -> Vec<Value> {
     let mut values = Vec::with_capacity(batch.len() + 1);
     values.push(Value::Blob(client.to_vec()));
     values.extend(batch.iter().map(|id| Value::Blob(id.to_vec())));
-    params_from_iter(values)
+    values
 }
 
 #[cfg(test)]
@@ -1953,7 +1961,7 @@ mod tests {
     #[test]
     fn names_of_three_characters_or_more_come_from_the_index() {
         let (_dir, conn) = catalog_with(&[b"report.txt".to_vec(), b"xy".to_vec()]);
-        let search = |conn: &Connection, part: &[u8]| -> usize {
+        let search = |conn: &Conn, part: &[u8]| -> usize {
             let filter = FileFilter {
                 name_contains: Some(part.to_vec()),
                 include_discarded: true,
@@ -1966,7 +1974,7 @@ mod tests {
         // Emptying the index leaves `files` alone: only the short name is still found.
         conn.execute(
             "INSERT INTO files_name_trigram (files_name_trigram) VALUES ('delete-all')",
-            [],
+            (),
         )
         .unwrap();
         let after = (search(&conn, b"port"), search(&conn, b"xy"));
@@ -1978,7 +1986,7 @@ mod tests {
     #[test]
     fn triggers_follow_inserts_renames_and_deletes() {
         let (_dir, conn) = catalog_with(&[b"alpha.txt".to_vec(), b"beta.txt".to_vec()]);
-        let found = |conn: &Connection, part: &str| -> Vec<Vec<u8>> {
+        let found = |conn: &Conn, part: &str| -> Vec<Vec<u8>> {
             let filter = FileFilter {
                 name_contains: Some(part.as_bytes().to_vec()),
                 include_discarded: true,
@@ -1994,21 +2002,21 @@ mod tests {
 
         conn.execute(
             "UPDATE files SET FileName = CAST('omega.txt' AS BLOB) WHERE FileName = CAST('alpha.txt' AS BLOB)",
-            [],
+            (),
         )
         .unwrap();
         let renamed = (found(&conn, "pha"), found(&conn, "ega"));
-        conn.execute("UPDATE files SET State = 'discarded'", [])
+        conn.execute("UPDATE files SET State = 'discarded'", ())
             .unwrap();
         let other_update = found(&conn, ".txt").len();
         conn.execute(
             "DELETE FROM files WHERE FileName = CAST('beta.txt' AS BLOB)",
-            [],
+            (),
         )
         .unwrap();
         let deleted = (found(&conn, "eta"), found(&conn, ".txt").len());
         let integrity: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .query_row("PRAGMA integrity_check", (), |r| r.get(0))
             .unwrap();
 
         assert_eq!(inserted, [b"alpha.txt".to_vec()]);
@@ -2108,7 +2116,7 @@ mod tests {
             && filter.after_row.is_none_or(|a| f.row > a)
     }
 
-    fn all_pages(conn: &Connection, filter: &FileFilter, search: NameSearch) -> Vec<FileRowId> {
+    fn all_pages(conn: &Conn, filter: &FileFilter, search: NameSearch) -> Vec<FileRowId> {
         let mut rows = Vec::new();
         let mut filter = filter.clone();
         loop {
@@ -2122,7 +2130,7 @@ mod tests {
         }
     }
 
-    fn all_rows(conn: &Connection) -> Vec<FileRecord> {
+    fn all_rows(conn: &Conn) -> Vec<FileRecord> {
         let filter = FileFilter {
             include_discarded: true,
             limit: u32::MAX,
@@ -2150,11 +2158,11 @@ mod tests {
 
     /// A migrated catalog of the three clients and one row per name, spread over clients,
     /// states and creation times (`time(i)` for row `i`).
-    fn catalog_with(names: &[Vec<u8>]) -> (tempfile::TempDir, Connection) {
+    fn catalog_with(names: &[Vec<u8>]) -> (tempfile::TempDir, Conn) {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = schema::open_writer(&dir.path().join("defensive.db")).unwrap();
+        let mut conn = Conn::sqlite(schema::open_writer(&dir.path().join("defensive.db")).unwrap());
         schema::migrate(&mut conn).unwrap();
-        let tx = conn.transaction().unwrap();
+        let tx = conn.immediate().unwrap();
         for (i, name) in CLIENTS.iter().enumerate() {
             tx.execute(
                 "INSERT INTO clients (ID, Name, RegisteredAt) VALUES (?1, ?2, 'x')",

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use super::sql::{Conn, Engine, OptionalExtension, Row, SqlError, params};
 
 use super::error::{CatalogError, query_err};
 use super::model::{ClientId, DeviceRecord, DeviceRole, FileRowId};
@@ -155,7 +155,7 @@ impl Catalog {
                  ORDER BY c.Name, d.AddedAt, d.PublicKey",
             )
             .and_then(|mut s| {
-                s.query_map([], |r| {
+                s.query_map((), |r| {
                     Ok(DeviceRecord {
                         client_id: r.get(0)?,
                         client_name: r.get(1)?,
@@ -284,9 +284,7 @@ impl Catalog {
         let now = now();
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
         self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(query_err("v4_checkpoint"))?;
+            let tx = c.immediate().map_err(query_err("v4_checkpoint"))?;
             tx.execute(
                 "UPDATE v4_uploads SET DurableOffset = ?2 WHERE RowId = ?1",
                 params![row.0, offset],
@@ -323,7 +321,8 @@ impl Catalog {
         self.read(move |c| {
             let mut stmt = c
                 .prepare(&format!(
-                    "{VERSION_COLUMNS} WHERE ID = ?1 AND State = 'verified' ORDER BY FileName, Version"
+                    "{} WHERE ID = ?1 AND State = 'verified' ORDER BY FileName, Version",
+                    version_columns(c.engine())
                 ))
                 .map_err(query_err("v4_versions"))?;
             let rows = stmt
@@ -348,8 +347,9 @@ impl Catalog {
     ) -> Result<Option<V4Version>, CatalogError> {
         self.read(move |c| {
             let sql = format!(
-                "{VERSION_COLUMNS} WHERE ID = ?1 AND FileName = ?2 AND State = 'verified'
-                   AND (?3 IS NULL OR Version = ?3) ORDER BY Version DESC LIMIT 1"
+                "{} WHERE ID = ?1 AND FileName = ?2 AND State = 'verified'
+                   AND (Version = ?3 OR ?3 IS NULL) ORDER BY Version DESC LIMIT 1",
+                version_columns(c.engine())
             );
             c.query_row(&sql, params![client, name, version], version_from_row)
                 .optional()
@@ -359,11 +359,24 @@ impl Catalog {
     }
 }
 
-const VERSION_COLUMNS: &str = "SELECT RowId, FileName, Version, COALESCE(Size, 0),
-        CAST(strftime('%s', COALESCE(VerifiedAt, CreatedAt)) AS INTEGER), COALESCE(Cksum, 0),
-        Sha256, PathName FROM files";
+/// The columns [`version_from_row`] reads; the stored time (RFC 3339 text) becomes Unix
+/// seconds in each engine's own function.
+fn version_columns(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Sqlite => {
+            "SELECT RowId, FileName, Version, COALESCE(Size, 0),
+                CAST(strftime('%s', COALESCE(VerifiedAt, CreatedAt)) AS INTEGER), COALESCE(Cksum, 0),
+                Sha256, PathName FROM files"
+        }
+        Engine::Postgres => {
+            "SELECT RowId, FileName, Version, COALESCE(Size, 0),
+                CAST(EXTRACT(EPOCH FROM CAST(COALESCE(VerifiedAt, CreatedAt) AS TIMESTAMPTZ)) AS BIGINT),
+                COALESCE(Cksum, 0), Sha256, PathName FROM files"
+        }
+    }
+}
 
-fn version_from_row(r: &Row<'_>) -> rusqlite::Result<V4Version> {
+fn version_from_row(r: &Row<'_>) -> Result<V4Version, SqlError> {
     let sha: Option<Vec<u8>> = r.get(6)?;
     let mut sha256 = [0u8; 32];
     if let Some(sha) = sha.filter(|s| s.len() == 32) {
@@ -390,18 +403,15 @@ pub fn device_fingerprint(key: &[u8; 32]) -> String {
 }
 
 /// The [`DeviceRole`] in column `index` (the schema's CHECK allows only the known names).
-fn role_from_column(r: &Row<'_>, index: usize) -> rusqlite::Result<DeviceRole> {
+fn role_from_column(r: &Row<'_>, index: usize) -> Result<DeviceRole, SqlError> {
     let name: String = r.get(index)?;
-    DeviceRole::from_name(&name).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            format!("unknown device role {name:?}").into(),
-        )
+    DeviceRole::from_name(&name).ok_or_else(|| SqlError::Conversion {
+        column: Some(index),
+        problem: format!("unknown device role {name:?}"),
     })
 }
 
-fn client_by_key(conn: &Connection, key: &[u8; 32]) -> Result<Option<V4Client>, CatalogError> {
+fn client_by_key(conn: &Conn, key: &[u8; 32]) -> Result<Option<V4Client>, CatalogError> {
     conn.query_row(
         "SELECT c.ID, c.Name FROM v4_devices d JOIN clients c ON c.ID = d.ClientId
          WHERE d.PublicKey = ?1",
@@ -418,7 +428,7 @@ fn client_by_key(conn: &Connection, key: &[u8; 32]) -> Result<Option<V4Client>, 
 }
 
 fn register(
-    conn: &mut Connection,
+    conn: &mut Conn,
     id: &ClientId,
     name: &[u8],
     key: &[u8; 32],
@@ -427,9 +437,7 @@ fn register(
     now: &str,
 ) -> Result<V4RegisterOutcome, CatalogError> {
     const OP: &str = "register_v4_client";
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     if let Some(existing) = client_by_key(&tx, key)? {
         return Ok(V4RegisterOutcome::AlreadyRegistered(existing));
     }
@@ -484,7 +492,7 @@ fn register(
 
 /// Marks an enrollment token used by `user`.
 fn consume_token(
-    conn: &Connection,
+    conn: &Conn,
     hash: &[u8; 32],
     user: &ClientId,
     now: &str,
@@ -498,7 +506,7 @@ fn consume_token(
 }
 
 fn insert_device(
-    conn: &Connection,
+    conn: &Conn,
     key: &[u8; 32],
     client: &ClientId,
     role: DeviceRole,
@@ -515,7 +523,7 @@ fn insert_device(
 /// Adds `key` as a device of `owner`, whose name must be `name` (the token was issued for
 /// that client).
 fn add_device(
-    conn: &Connection,
+    conn: &Conn,
     owner: &ClientId,
     name: &[u8],
     key: &[u8; 32],
@@ -541,11 +549,7 @@ fn add_device(
     }))
 }
 
-fn partial(
-    conn: &Connection,
-    client: &ClientId,
-    name: &[u8],
-) -> Result<Option<V4Partial>, CatalogError> {
+fn partial(conn: &Conn, client: &ClientId, name: &[u8]) -> Result<Option<V4Partial>, CatalogError> {
     conn.query_row(
         "SELECT f.RowId, f.TempPath, f.PathName, u.Size, u.DurableOffset
          FROM files f JOIN v4_uploads u ON u.RowId = f.RowId
@@ -567,7 +571,7 @@ fn partial(
 }
 
 fn begin_upload(
-    conn: &mut Connection,
+    conn: &mut Conn,
     client: &ClientId,
     name: &[u8],
     path_name: &str,
@@ -576,13 +580,11 @@ fn begin_upload(
     now: &str,
 ) -> Result<FileRowId, CatalogError> {
     const OP: &str = "begin_v4_upload";
-    let size = i64::try_from(size).map_err(|_| CatalogError::Query {
-        op: OP,
-        source: rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX),
+    let size = i64::try_from(size).map_err(|_| CatalogError::OutOfRange {
+        field: "upload size",
+        value: size.to_string(),
     })?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(query_err(OP))?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
     let (row, _) =
         super::queries::insert_receiving(&tx, client, name, path_name, Some(temp_path), now)
             .map_err(query_err(OP))?;
@@ -863,7 +865,7 @@ mod tests {
         catalog.commit_file(committed, 1).await.unwrap();
         catalog.discard_file(discarded).await.unwrap();
 
-        let conn = Connection::open(dir.path().join("defensive.db")).unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("defensive.db")).unwrap();
         let mut stmt = conn
             .prepare("SELECT RowId FROM v4_uploads ORDER BY RowId")
             .unwrap();

@@ -87,10 +87,7 @@ async fn database(state: &AdminState) -> Check {
         Err(err) => Err(format!("catalog read failed: {err}")),
         Ok(_) => match state.catalog.touch_client([0; 16]).await {
             Err(err) => Err(format!("catalog write failed: {err}")),
-            Ok(_) => Ok(format!(
-                "{} reads and writes",
-                state.catalog.path().display()
-            )),
+            Ok(_) => Ok(format!("{} reads and writes", state.catalog.location())),
         },
     };
     check("database", detail)

@@ -1,7 +1,13 @@
 //! Shared by the repository store and prune tests: a store on a fresh data directory (real
-//! SQLite catalog, real local backend) and a client-side repository built with the core's own
-//! writers under a seeded RNG.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+//! catalog, SQLite or PostgreSQL; real local backend) and a client-side repository built with
+//! the core's own writers under a seeded RNG. [`on_both_engines!`] runs a scenario on each.
+#![allow(
+    dead_code,
+    unused_macros,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,13 +21,43 @@ use cyberbackup_core::repo::{
 use cyberbackup_server::backend::faulty::{FaultPlan, Faulty};
 use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
 use cyberbackup_server::backend::{Backend, ObjectKey};
-use cyberbackup_server::catalog::Catalog;
+use cyberbackup_server::catalog::{Catalog, CatalogLocation};
 use cyberbackup_server::repository::{ObjectClass, PutStart, RepoStore, RepoStoreError};
 use cyberbackup_server::scrub::{ScrubStatus, Scrubber};
 use cyberbackup_server::storage::Storage;
 use futures_util::StreamExt;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
+
+#[path = "../postgres_server/mod.rs"]
+pub mod postgres_server;
+
+/// Runs each scenario (`async fn name(fx: Fixture)`) as two tests, `on_sqlite::name` and
+/// `on_postgres::name`, each on a fresh fixture (the second skips when PostgreSQL is not
+/// installed; see [`postgres_server`]).
+macro_rules! on_both_engines {
+    ($($scenario:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(crate::repo_fixture::Fixture::new().await).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let Some(fx) = crate::repo_fixture::Fixture::on_postgres().await else {
+                        return;
+                    };
+                    super::$scenario(fx).await;
+                }
+            )*
+        }
+    };
+}
 
 pub const ALICE: ClientId = ClientId([0xa1; 16]);
 pub const BOB: ClientId = ClientId([0xb0; 16]);
@@ -32,7 +68,7 @@ pub const HOST_MARKER: &[u8] = b"HOSTNAME-MARKER-51d2e0";
 
 /// A scrubber over the fixture's store, with its own catalog handle and legacy storage.
 pub async fn scrubber(fx: &Fixture) -> (Scrubber, Catalog) {
-    let catalog = Catalog::open(fx.data().join("defensive.db")).await.unwrap();
+    let catalog = Catalog::open_at(fx.catalog.clone()).await.unwrap();
     let storage = Storage::open(fx.data()).unwrap();
     let scrubber = Scrubber::new(
         catalog.clone(),
@@ -48,18 +84,47 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub store: RepoStore,
     pub backend: Arc<LocalBackend>,
+    /// The store's catalog.
+    pub catalog: CatalogLocation,
+    /// The PostgreSQL server of that catalog, if it is one (stopped with the fixture).
+    postgres: Option<postgres_server::PgServer>,
 }
 
 impl Fixture {
+    /// On a SQLite catalog in the data directory.
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (store, backend) = open(dir.path()).await;
+        let catalog = CatalogLocation::Sqlite(dir.path().join("data").join("defensive.db"));
+        Self::on(dir, catalog, None).await
+    }
+
+    /// On a PostgreSQL catalog, in a server of its own; `None` when PostgreSQL is not
+    /// installed (see [`postgres_server::PgServer::start_or_skip`]).
+    pub async fn on_postgres() -> Option<Self> {
+        let server = postgres_server::PgServer::start_or_skip()?;
+        let catalog = server.database();
+        Some(Self::on(tempfile::tempdir().unwrap(), catalog, Some(server)).await)
+    }
+
+    async fn on(
+        dir: tempfile::TempDir,
+        catalog: CatalogLocation,
+        postgres: Option<postgres_server::PgServer>,
+    ) -> Self {
+        let (store, backend) = open_at(dir.path(), &catalog).await;
         store.recover().await.unwrap();
         Self {
             dir,
             store,
             backend,
+            catalog,
+            postgres,
         }
+    }
+
+    /// Another store on the same data directory and catalog (a restarted server's).
+    pub async fn reopen(&self) -> RepoStore {
+        open_at(self.dir.path(), &self.catalog).await.0
     }
 
     /// A fixture whose store reaches its backend through a [`Faulty`] steered by `plan`.
@@ -77,10 +142,28 @@ impl Fixture {
             64 << 20,
         );
         store.recover().await.unwrap();
+        let catalog = CatalogLocation::Sqlite(data.join("defensive.db"));
         Self {
             dir,
             store,
             backend,
+            catalog,
+            postgres: None,
+        }
+    }
+
+    /// Every file that holds the catalog: SQLite's database, WAL and shared memory in the
+    /// data directory, or the PostgreSQL server's whole data directory (tables and WAL).
+    pub fn catalog_files(&self) -> Vec<PathBuf> {
+        match &self.postgres {
+            Some(server) => walk(&server.data_dir()),
+            None => walk(&self.data())
+                .into_iter()
+                .filter(|f| {
+                    f.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("defensive.db"))
+                })
+                .collect(),
         }
     }
 
@@ -112,9 +195,19 @@ impl Fixture {
     }
 }
 
+/// A store on the data directory under `root` with its catalog there (SQLite).
 pub async fn open(root: &Path) -> (RepoStore, Arc<LocalBackend>) {
+    open_at(
+        root,
+        &CatalogLocation::Sqlite(root.join("data").join("defensive.db")),
+    )
+    .await
+}
+
+/// A store on the data directory under `root` with its catalog at `catalog`.
+pub async fn open_at(root: &Path, catalog: &CatalogLocation) -> (RepoStore, Arc<LocalBackend>) {
     let data = root.join("data");
-    let catalog = Catalog::open(data.join("defensive.db")).await.unwrap();
+    let catalog = Catalog::open_at(catalog.clone()).await.unwrap();
     let backend = Arc::new(LocalBackend::open(LocalConfig::new(data.join("repository"))).unwrap());
     let store = RepoStore::new(
         Arc::clone(&backend) as Arc<dyn Backend>,
@@ -282,6 +375,16 @@ pub async fn create(fx: &Fixture, client: ClientId, repo: &Repo) {
 }
 
 /// Every file under `root` (relative), hidden ones included.
+/// Every file under `root`, recursively.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_file())
+        .map(walkdir::DirEntry::into_path)
+        .collect()
+}
+
 pub fn files_under(root: &Path) -> Vec<String> {
     let mut files: Vec<String> = walkdir::WalkDir::new(root)
         .into_iter()
