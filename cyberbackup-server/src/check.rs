@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 
 use crate::backend::config::StorageConfig;
+use crate::catalog::CatalogLocation;
 use crate::catalog::integrity::SchemaStatus;
 use crate::config::ServerConfig;
 use crate::repository::REPOSITORY_DIR;
@@ -84,16 +85,23 @@ pub async fn run_checks(config: &ServerConfig) -> CheckReport {
         outcome: check_data_dir(&config.data_dir),
     });
 
-    let catalog_outcome = match crate::catalog::integrity::inspect(config).await {
-        Ok(()) if !config.catalog_path().exists() => Ok(format!(
-            "{} does not exist yet; `run` creates it",
-            config.catalog_path().display()
-        )),
-        Ok(()) => match crate::catalog::integrity::schema_status(config.catalog_path()).await {
-            Ok(status) => describe_schema(&config.catalog_path(), &status),
+    let location = config.catalog_location();
+    let schema = || async {
+        match crate::catalog::integrity::schema_status(location.clone()).await {
+            Ok(status) => describe_schema(&location, &status),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let catalog_outcome = match &location {
+        CatalogLocation::Sqlite(path) => match crate::catalog::integrity::inspect(config).await {
+            Ok(()) if !path.exists() => Ok(format!(
+                "{} does not exist yet; `run` creates it",
+                path.display()
+            )),
+            Ok(()) => schema().await,
             Err(e) => Err(e.to_string()),
         },
-        Err(e) => Err(e.to_string()),
+        CatalogLocation::Postgres(_) => schema().await,
     };
     items.push(CheckItem {
         name: "catalog",
@@ -141,7 +149,7 @@ async fn check_storage(config: &ServerConfig) -> Result<String, String> {
 
 /// The catalog line of a sound catalog: its schema version and the migrations `run` would
 /// apply (listed, not applied); a schema newer than this server fails.
-fn describe_schema(path: &Path, status: &SchemaStatus) -> Result<String, String> {
+fn describe_schema(catalog: &CatalogLocation, status: &SchemaStatus) -> Result<String, String> {
     let SchemaStatus {
         version,
         latest,
@@ -150,13 +158,13 @@ fn describe_schema(path: &Path, status: &SchemaStatus) -> Result<String, String>
     if version > latest {
         return Err(format!(
             "{} has schema version {version}, newer than this server's {latest} — run the server version that wrote it, or restore the catalog from a backup made before the upgrade",
-            path.display()
+            catalog
         ));
     }
     if pending.is_empty() {
         return Ok(format!(
             "{} is sound, schema version {version} (current)",
-            path.display()
+            catalog
         ));
     }
     let listed: Vec<String> = pending
@@ -165,7 +173,7 @@ fn describe_schema(path: &Path, status: &SchemaStatus) -> Result<String, String>
         .collect();
     Ok(format!(
         "{} is sound, schema version {version} of {latest}; `run` will apply {} pending migration(s): {} (back the catalog up first: `cyberbackup-server catalog backup FILE`)",
-        path.display(),
+        catalog,
         pending.len(),
         listed.join(", ")
     ))
@@ -309,7 +317,7 @@ mod tests {
             text.contains("7 devices, 8 server-side retention, 9 scrub"),
             "{text}"
         );
-        let status = crate::catalog::integrity::schema_status(config.catalog_path())
+        let status = crate::catalog::integrity::schema_status(config.catalog_location())
             .await
             .unwrap();
         assert_eq!(status.version, 6, "--check applied a migration");

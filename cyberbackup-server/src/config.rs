@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use cyberbackup_core::repo::retention::{KeepWithin, RetentionPolicy};
 
 use crate::backend::config::StorageConfig;
-use crate::catalog::DeviceRole;
+use crate::catalog::{CatalogLocation, DeviceRole};
 use crate::repository::{QuotaLimits, Quotas, RetentionPolicies};
 
 /// File name of the catalog inside the data directory.
@@ -198,6 +198,10 @@ pub struct ServerConfig {
     pub checkpoint_interval_bytes: u64,
     /// Start even when the catalog fails `PRAGMA quick_check` (the operator accepts the risk).
     pub allow_damaged_catalog: bool,
+    /// Where the catalog is: `sqlite:PATH` or a `postgres://` URL (default: the SQLite file
+    /// in the data directory). Printed without its password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogLocation>,
     /// Registrations (v3 and v4) accepted per minute from all addresses together; 0 disables.
     pub registrations_per_minute_total: u32,
     /// v3 files that may fail to decrypt per client id per hour before its uploads are refused.
@@ -342,6 +346,7 @@ impl Default for ServerConfig {
             enrollment_required: false,
             checkpoint_interval_bytes: 8 * 1024 * 1024,
             allow_damaged_catalog: false,
+            catalog: None,
             registrations_per_minute_total: 300,
             v3_failed_files_per_hour: 5,
             max_connections_per_address: 256,
@@ -436,6 +441,9 @@ pub struct ConfigOverrides {
     /// Start although the catalog fails its integrity check [default: false]
     #[arg(long, global = true, value_name = "BOOL")]
     pub allow_damaged_catalog: Option<bool>,
+    /// Catalog database: sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DB [default: <data_dir>/defensive.db]
+    #[arg(long, global = true, value_name = "URL")]
+    pub catalog: Option<CatalogLocation>,
     /// Registrations per minute from all addresses together, 0 = unlimited [default: 300]
     #[arg(long, global = true, value_name = "N")]
     pub registrations_per_minute_total: Option<u32>,
@@ -694,10 +702,18 @@ impl ServerConfig {
         toml::to_string(self).map_err(ConfigError::Serialize)
     }
 
-    /// Path of the catalog database.
+    /// Path of the SQLite catalog in the data directory (the default catalog).
     #[must_use]
     pub fn catalog_path(&self) -> PathBuf {
         self.data_dir.join(CATALOG_FILE_NAME)
+    }
+
+    /// Where the catalog is: the `catalog` setting, else [`catalog_path`](Self::catalog_path).
+    #[must_use]
+    pub fn catalog_location(&self) -> CatalogLocation {
+        self.catalog
+            .clone()
+            .unwrap_or_else(|| CatalogLocation::Sqlite(self.catalog_path()))
     }
 
     /// `idle_timeout_secs` as a duration.
@@ -823,6 +839,7 @@ impl ServerConfig {
             enrollment_required,
             checkpoint_interval_bytes,
             allow_damaged_catalog,
+            catalog,
             registrations_per_minute_total,
             v3_failed_files_per_hour,
             max_connections_per_address,
@@ -874,6 +891,7 @@ impl ServerConfig {
             checkpoint_interval_bytes,
         );
         set(&mut self.allow_damaged_catalog, allow_damaged_catalog);
+        set(&mut self.catalog, catalog.map(Some));
         set(
             &mut self.registrations_per_minute_total,
             registrations_per_minute_total,
@@ -940,6 +958,7 @@ impl ConfigOverrides {
             enrollment_required: env_var(env, "ENROLLMENT_REQUIRED")?,
             checkpoint_interval_bytes: env_var(env, "CHECKPOINT_INTERVAL_BYTES")?,
             allow_damaged_catalog: env_var(env, "ALLOW_DAMAGED_CATALOG")?,
+            catalog: env_var(env, "CATALOG")?,
             registrations_per_minute_total: env_var(env, "REGISTRATIONS_PER_MINUTE_TOTAL")?,
             v3_failed_files_per_hour: env_var(env, "V3_FAILED_FILES_PER_HOUR")?,
             max_connections_per_address: env_var(env, "MAX_CONNECTIONS_PER_ADDRESS")?,

@@ -11,7 +11,9 @@ use clap::Parser;
 use cyberbackup_server::admin;
 use cyberbackup_server::backend::copy::copy_all;
 use cyberbackup_server::catalog::v4::SetRoleOutcome;
-use cyberbackup_server::catalog::{Catalog, FileFilter, integrity, rebuild};
+use cyberbackup_server::catalog::{
+    Catalog, CatalogError, CatalogLocation, Engine, FileFilter, integrity, rebuild,
+};
 use cyberbackup_server::check::run_checks;
 use cyberbackup_server::cli::{
     CatalogCommand, Cli, Command, DevicesCommand, EnrollArgs, FilesArgs, ScrubArgs, SetRoleArgs,
@@ -239,7 +241,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             ));
         }
         Command::Catalog(CatalogCommand::Backup { file }) => {
-            let path = config.catalog_path();
+            let path = sqlite_catalog(
+                &config,
+                "catalog backup",
+                "back it up with pg_dump (docs/deployment.md, \"Backing up the catalog\")",
+            )?;
             if !path.is_file() {
                 return Err(no_catalog(&path));
             }
@@ -292,6 +298,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             );
         }
         Command::Catalog(CatalogCommand::Rebuild) => {
+            sqlite_catalog(
+                &config,
+                "catalog rebuild",
+                "restore the database from its pg_dump backup (docs/deployment.md, \"Backing up the catalog\")",
+            )?;
             let report = rebuild::rebuild(&config).await?;
             print!("{report}");
         }
@@ -310,13 +321,33 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the catalog for an admin command without creating one in a mistyped directory.
+/// Opens the catalog for an admin command without creating one in a mistyped directory
+/// (a PostgreSQL catalog is opened as configured).
 async fn open_existing(config: &ServerConfig) -> Result<Catalog, ServerError> {
-    let path = config.catalog_path();
-    if !path.is_file() {
-        return Err(no_catalog(&path));
+    let location = config.catalog_location();
+    if let CatalogLocation::Sqlite(path) = &location {
+        if !path.is_file() {
+            return Err(no_catalog(path));
+        }
     }
-    Ok(Catalog::open(path).await?)
+    Ok(Catalog::open_at(location).await?)
+}
+
+/// The SQLite file of the catalog, for a command only a SQLite catalog has.
+fn sqlite_catalog(
+    config: &ServerConfig,
+    what: &'static str,
+    instead: &'static str,
+) -> Result<std::path::PathBuf, ServerError> {
+    match config.catalog_location() {
+        CatalogLocation::Sqlite(path) => Ok(path),
+        CatalogLocation::Postgres(_) => Err(CatalogError::Unsupported {
+            what,
+            engine: Engine::Postgres,
+            instead,
+        }
+        .into()),
+    }
 }
 
 /// The error of an admin command pointed at a data directory without a catalog.

@@ -27,8 +27,8 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::catalog::scrub::{CorruptKind, CorruptObject, Damage, FileToScrub, PackToScrub};
+use crate::catalog::{Catalog, CatalogLocation};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::repository::{PieceError, RepoStore};
@@ -494,17 +494,19 @@ pub async fn scrub_now(
     client: Option<&str>,
     rate: Option<u64>,
 ) -> Result<(ScrubReport, Vec<CorruptObject>), ServerError> {
-    let catalog_path = config.catalog_path();
-    if !catalog_path.is_file() {
-        return Err(ServerError::io(
-            format!(
-                "no catalog at {} — check --data-dir / CYBERBACKUP_DATA_DIR",
-                catalog_path.display()
-            ),
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
+    let location = config.catalog_location();
+    if let CatalogLocation::Sqlite(path) = &location {
+        if !path.is_file() {
+            return Err(ServerError::io(
+                format!(
+                    "no catalog at {} — check --data-dir / CYBERBACKUP_DATA_DIR",
+                    path.display()
+                ),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
     }
-    let catalog = Catalog::open(catalog_path).await?;
+    let catalog = Catalog::open_at(location).await?;
     let only = match client {
         None => None,
         Some(name) => {

@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use cyberbackup_server::catalog::v4::SetRoleOutcome;
-use cyberbackup_server::catalog::{Catalog, DeviceRole};
+use cyberbackup_server::catalog::{Catalog, CatalogLocation, DeviceRole};
 use cyberbackup_server::faults::{FaultInjector, Faults};
 use cyberbackup_server::{Server, ServerConfig};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ pub struct RealServer {
     pub admin: Option<SocketAddr>,
     /// `<data>/defensive.db` and `<data>/files/`.
     pub data: tempfile::TempDir,
+    /// Where its catalog is (the SQLite file in `data` unless configured otherwise).
+    pub catalog: CatalogLocation,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -100,6 +102,7 @@ impl RealServer {
         if let Some(adjust) = adjust {
             adjust(&mut config);
         }
+        let catalog = config.catalog_location();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -131,6 +134,7 @@ impl RealServer {
             addr,
             admin,
             data,
+            catalog,
             shutdown,
             thread: Some(thread),
         }
@@ -313,14 +317,12 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Runs `work` on the server's catalog (a second connection to its SQLite file, as the
-/// operator's `cyberbackup-server` commands open it).
+/// Runs `work` on the server's catalog (a second connection to it, as the operator's
+/// `cyberbackup-server` commands open it).
 fn with_catalog<T>(server: &RealServer, work: impl AsyncFnOnce(&Catalog) -> T) -> T {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let catalog = Catalog::open(server.data.path().join("data/defensive.db"))
-            .await
-            .unwrap();
+        let catalog = Catalog::open_at(server.catalog.clone()).await.unwrap();
         let out = work(&catalog).await;
         catalog.close().await.unwrap();
         out

@@ -147,11 +147,11 @@ pub enum CatalogError {
     /// Stored files belong to clients the catalog does not know (rows lost, e.g. with the
     /// WAL after a crash).
     #[error(
-        "catalog {path} does not know the clients of {clients} stored file director(ies) (e.g. {}): it lost rows (a deleted or truncated file, or its -wal lost after a crash) — restore defensive.db from a backup, or run `cyberbackup-server catalog rebuild`; to start anyway set allow_damaged_catalog = true", example.display()
+        "catalog {path} does not know the clients of {clients} stored file director(ies) (e.g. {}): it lost rows (a deleted or truncated file, its -wal lost after a crash, or a new empty database) — restore the catalog from a backup, or run `cyberbackup-server catalog rebuild`; to start anyway set allow_damaged_catalog = true", example.display()
     )]
     Unreferenced {
-        /// Path of the database file.
-        path: PathBuf,
+        /// The catalog (its file, or its database URL without the password).
+        path: String,
         /// How many client directories are unknown.
         clients: usize,
         /// One of them.

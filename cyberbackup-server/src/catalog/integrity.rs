@@ -12,7 +12,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
 
 use super::sql::{Conn, OptionalExtension as _, SqlError};
 
-use super::{Catalog, CatalogError};
+use super::{Catalog, CatalogError, CatalogLocation, Engine};
 use crate::config::ServerConfig;
 use crate::storage::{FILES_DIR, PARTIAL_PREFIX};
 
@@ -25,9 +25,15 @@ pub(crate) struct DataPaths {
 }
 
 impl DataPaths {
+    /// The paths of `config`; the catalog's is the default file when the catalog is not a
+    /// SQLite file.
     pub(crate) fn of(config: &ServerConfig) -> Self {
+        let catalog = match config.catalog_location() {
+            CatalogLocation::Sqlite(path) => path,
+            CatalogLocation::Postgres(_) => config.catalog_path(),
+        };
         Self {
-            catalog: config.catalog_path(),
+            catalog,
             files: config.data_dir.join(FILES_DIR),
             v4_key: config.v4_identity_path(),
         }
@@ -56,14 +62,58 @@ pub async fn inspect(config: &ServerConfig) -> Result<(), CatalogError> {
 /// # Errors
 /// The errors of [`inspect`] and of [`Catalog::open`].
 pub async fn open_checked(config: &ServerConfig) -> Result<Catalog, CatalogError> {
-    match inspect(config).await {
-        Ok(()) => {}
-        Err(err) if config.allow_damaged_catalog && err.is_damage() => {
+    let location = config.catalog_location();
+    let checked = match &location {
+        CatalogLocation::Sqlite(_) => inspect(config).await,
+        CatalogLocation::Postgres(_) => Ok(()),
+    };
+    let allowed = |err: CatalogError| {
+        if config.allow_damaged_catalog && err.is_damage() {
             tracing::warn!(%err, "starting on a damaged catalog because allow_damaged_catalog is set");
+            Ok(())
+        } else {
+            Err(err)
         }
-        Err(err) => return Err(err),
+    };
+    checked.or_else(allowed)?;
+    let catalog = Catalog::open_at(location).await?;
+    if catalog.engine() == Engine::Postgres {
+        // A database server has no missing or torn file to find; a new empty database
+        // beside stored files is what it can get wrong.
+        let known = catalog
+            .list_clients()
+            .await?
+            .iter()
+            .map(|client| hex::encode(client.id))
+            .collect();
+        let files = config.data_dir.join(FILES_DIR);
+        unreferenced(
+            &client_dirs_with_files(&files),
+            &known,
+            &catalog.location().to_string(),
+            &files,
+        )
+        .or_else(allowed)?;
     }
-    Catalog::open(config.catalog_path()).await
+    Ok(catalog)
+}
+
+/// `Err(Unreferenced)` when a client directory of `stored` is not in `known`.
+fn unreferenced(
+    stored: &[String],
+    known: &BTreeSet<String>,
+    catalog: &str,
+    files: &Path,
+) -> Result<(), CatalogError> {
+    let unknown: Vec<&String> = stored.iter().filter(|c| !known.contains(*c)).collect();
+    match unknown.first() {
+        Some(first) => Err(CatalogError::Unreferenced {
+            path: catalog.to_owned(),
+            clients: unknown.len(),
+            example: files.join(first),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Where a catalog's schema stands against this server's migrations.
@@ -77,33 +127,36 @@ pub struct SchemaStatus {
     pub pending: Vec<(u32, &'static str)>,
 }
 
-/// Reads the schema version of the catalog at `path` through a read-only connection and
-/// lists the migrations still to apply; applies none (`--check`).
+/// Reads the schema version of the catalog at `location` (a read-only connection for a
+/// SQLite file) and compares it with this server's migrations, changing nothing.
 ///
 /// # Errors
-/// [`CatalogError::Open`] when it cannot be read.
-pub async fn schema_status(path: PathBuf) -> Result<SchemaStatus, CatalogError> {
+/// [`CatalogError::Open`] / [`CatalogError::Connect`] when it cannot be reached,
+/// [`CatalogError::Query`] when it cannot be read.
+pub async fn schema_status(location: CatalogLocation) -> Result<SchemaStatus, CatalogError> {
     tokio::task::spawn_blocking(move || {
-        let conn = Conn::sqlite(super::schema::open_reader(&path)?);
+        let (conn, exists) = match &location {
+            CatalogLocation::Sqlite(path) => (
+                Conn::sqlite(super::schema::open_reader(path)?),
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version'",
+            ),
+            CatalogLocation::Postgres(url) => (
+                Conn::postgres(url.expose()).map_err(|source| CatalogError::Connect {
+                    target: url.to_string(),
+                    source,
+                })?,
+                "SELECT 1 FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = 'schema_version'",
+            ),
+        };
         let read = || -> Result<u32, SqlError> {
-            let has_versions = conn
-                .query_row(
-                    "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version'",
-                    (),
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-            if has_versions {
+            if conn.query_row(exists, (), |_| Ok(())).optional()?.is_some() {
                 super::schema::current_version(&conn)
             } else {
                 Ok(0)
             }
         };
-        let version = read().map_err(|source| CatalogError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let version = read().map_err(super::error::query_err("read the schema version"))?;
         Ok(SchemaStatus {
             version,
             latest: super::schema::latest_version(),
@@ -145,15 +198,12 @@ fn inspect_blocking(paths: &DataPaths) -> Result<(), CatalogError> {
         return Err(damaged(answer));
     }
     let known = known_clients(&conn).map_err(|e| damaged(e.to_string()))?;
-    let unknown: Vec<&String> = stored.iter().filter(|c| !known.contains(*c)).collect();
-    if let Some(first) = unknown.first() {
-        return Err(CatalogError::Unreferenced {
-            path: paths.catalog.clone(),
-            clients: unknown.len(),
-            example: paths.files.join(first),
-        });
-    }
-    Ok(())
+    unreferenced(
+        &stored,
+        &known,
+        &paths.catalog.display().to_string(),
+        &paths.files,
+    )
 }
 
 /// Lowercase hex ids of the clients in the catalog (none when it has no schema yet, as a

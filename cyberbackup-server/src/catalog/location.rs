@@ -51,6 +51,29 @@ impl CatalogLocation {
     }
 }
 
+impl FromStr for CatalogLocation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
+}
+
+/// Written as its [`Display`](fmt::Display) form: a PostgreSQL password is not written
+/// (like `admin_token`), so a printed configuration keeps it out.
+impl serde::Serialize for CatalogLocation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CatalogLocation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Shown without the password.
 impl fmt::Display for CatalogLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

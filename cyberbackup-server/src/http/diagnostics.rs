@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::AdminState;
 use super::api::{error, internal};
+use crate::catalog::CatalogLocation;
 use crate::catalog::integrity::schema_status;
 use crate::repository::REPOSITORY_DIR;
 use crate::storage::{FILES_DIR, free_space};
@@ -35,7 +36,8 @@ pub(crate) async fn diagnostics(
         );
     }
     let config = &state.config;
-    let schema = match schema_status(config.catalog_path()).await {
+    let location = config.catalog_location();
+    let schema = match schema_status(location.clone()).await {
         Ok(schema) => schema,
         Err(err) => return internal("reading the catalog schema", err),
     };
@@ -43,7 +45,11 @@ pub(crate) async fn diagnostics(
         Ok(value) => value,
         Err(err) => return internal("printing the configuration", err),
     };
-    let catalog_bytes = std::fs::metadata(config.catalog_path()).map_or(0, |m| m.len());
+    // A SQLite file's size; a PostgreSQL database's is the database server's to report.
+    let catalog_bytes = match &location {
+        CatalogLocation::Sqlite(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+        CatalogLocation::Postgres(_) => None,
+    };
     let mut recent = state.live.recent().snapshot();
     recent.truncate(RECENT_ERRORS);
     let mut protocols = vec!["v4"];
@@ -60,8 +66,8 @@ pub(crate) async fn diagnostics(
         "uptime_secs": state.live.uptime().as_secs(),
         "config": effective,
         "catalog": {
-            "engine": "sqlite",
-            "path": config.catalog_path(),
+            "engine": location.engine().to_string(),
+            "location": location.to_string(),
             "bytes": catalog_bytes,
             "schema_version": schema.version,
             "schema_latest": schema.latest,

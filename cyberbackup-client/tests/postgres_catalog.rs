@@ -1,0 +1,195 @@
+//! The server on a PostgreSQL catalog (`catalog = "postgres://…"`, issue 16), end to end:
+//! the real client binary backs a tree up, backs it up again unchanged, restores it exactly,
+//! checks every blob, forgets a snapshot, and uses the single-file v4 mode; the catalog's rows
+//! are in the PostgreSQL database (none in the data directory), and neither the database's
+//! files nor its WAL hold a byte of the content or a file name. Skips when PostgreSQL is not
+//! installed, unless `CYBERBACKUP_REQUIRE_POSTGRES=1` (CI).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../cyberbackup-server/tests/postgres_server/mod.rs"]
+mod postgres_server;
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use cyberbackup_server::catalog::{CatalogLocation, DeviceRole};
+use support::{
+    RealServer, check_read_data, client_command, files_under, output_text, restore_latest,
+    same_contents, set_role_of, write_pattern,
+};
+
+const CONTENT_MARKER: &str = "PG-CONTENT-MARKER-5b0e11";
+const NAME_MARKER: &str = "PG-NAME-MARKER-c41d07.txt";
+
+fn run(dir: &Path, server: &RealServer, args: &[&str]) -> std::process::Output {
+    let out = client_command(dir, server, "alice", args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        output_text(&out)
+    );
+    out
+}
+
+/// The JSON summary line of a `backup --json`.
+fn summary(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|line| line.contains("\"summary\""))
+        .unwrap_or_else(|| panic!("no summary line in {text}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// Rows of `table` in the database at `location`.
+fn rows(location: &CatalogLocation, table: &str) -> i64 {
+    let url = location.to_string();
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client.query_one(&sql, &[]).unwrap().get(0)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn snapshots_on_a_postgres_catalog_back_up_restore_forget_and_leave_no_plaintext_in_the_database() {
+    let Some(pg) = postgres_server::PgServer::start_or_skip() else {
+        return;
+    };
+    let location = pg.database();
+    let catalog = location.clone();
+    let server = RealServer::start_configured(move |config| config.catalog = Some(catalog));
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("src");
+    fs::create_dir_all(source.join("nested")).unwrap();
+    fs::write(
+        source.join("nested").join(NAME_MARKER),
+        format!("{CONTENT_MARKER}\n").repeat(2048),
+    )
+    .unwrap();
+    write_pattern(&source.join("big.bin"), 6 << 20, 3);
+
+    let first = summary(&run(
+        dir.path(),
+        &server,
+        &["backup", "src", "--name", "alice", "--json"],
+    ));
+    assert_eq!(first["files_new"], 2, "{first}");
+    let second = summary(&run(dir.path(), &server, &["backup", "src", "--json"]));
+    assert_eq!(second["files_unmodified"], 2, "{second}");
+    assert_eq!(
+        second["blobs_added"], 0,
+        "an unchanged backup stored data: {second}"
+    );
+
+    let listed = run(dir.path(), &server, &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
+    let restored = restore_latest(dir.path(), &server, "alice", &source);
+    assert!(same_contents(
+        &source.join("big.bin"),
+        &restored.join("big.bin")
+    ));
+    assert!(same_contents(
+        &source.join("nested").join(NAME_MARKER),
+        &restored.join("nested").join(NAME_MARKER)
+    ));
+    check_read_data(dir.path(), &server, "alice");
+
+    // The catalog is in the database: its rows are there, no catalog file is on disk.
+    assert_eq!(rows(&location, "repo_snapshots"), 2);
+    assert!(rows(&location, "repo_blobs") > 2);
+    assert!(rows(&location, "v4_devices") == 1);
+    let data = server.data.path().join("data");
+    assert!(
+        !data.join("defensive.db").exists(),
+        "a SQLite catalog was created too"
+    );
+
+    set_role_of(&server, b"alice", DeviceRole::Manage);
+    let oldest = snapshots[0]["id"].as_str().unwrap().to_owned();
+    run(dir.path(), &server, &["forget", &oldest]);
+    assert_eq!(rows(&location, "repo_snapshots"), 1);
+
+    // The single-file v4 mode keeps its rows (files, uploads) in the same database.
+    run(
+        dir.path(),
+        &server,
+        &[
+            "upload",
+            "--name",
+            "alice",
+            source.join("big.bin").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rows(&location, "files"), 1);
+    // And so does the legacy v3 protocol's flat store (another client, bob).
+    let path = source.join("big.bin");
+    let v3 = client_command(
+        dir.path(),
+        &server,
+        "bob",
+        &[
+            "upload",
+            "--protocol",
+            "v3",
+            "--name",
+            "bob",
+            path.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(v3.status.code(), Some(0), "{}", output_text(&v3));
+    assert_eq!(rows(&location, "files"), 2);
+    assert_eq!(
+        rows(&location, "clients"),
+        2,
+        "the v4 and the v3 registration"
+    );
+
+    drop(server);
+    for file in files_under(&pg.data_dir()) {
+        let bytes = fs::read(&file).unwrap();
+        for marker in [CONTENT_MARKER, NAME_MARKER] {
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{} holds {marker:?}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_server_pointed_at_an_unreachable_postgres_fails_to_start_with_the_fix() {
+    // Nothing listens on port 9 of loopback (discard, not running).
+    let location = CatalogLocation::parse("postgres://cb:s3cret@127.0.0.1:9/catalog").unwrap();
+    let mut config = cyberbackup_server::ServerConfig {
+        listen: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        catalog: Some(location),
+        ..cyberbackup_server::ServerConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    config.data_dir = dir.path().join("data");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Err(err) = runtime.block_on(cyberbackup_server::Server::bind(config)) else {
+        panic!("the server started without its catalog");
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("cannot connect to the catalog database")
+            && message.contains("PostgreSQL server is running"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("s3cret"),
+        "the password is shown: {message}"
+    );
+}
