@@ -193,3 +193,79 @@ fn a_server_pointed_at_an_unreachable_postgres_fails_to_start_with_the_fix() {
         "the password is shown: {message}"
     );
 }
+
+#[test]
+fn a_single_nodes_catalog_copied_into_postgres_serves_the_same_snapshots_and_files() {
+    let Some(pg) = postgres_server::PgServer::start_or_skip() else {
+        return;
+    };
+    let server = RealServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("src");
+    fs::create_dir_all(&source).unwrap();
+    write_pattern(&source.join("big.bin"), 3 << 20, 5);
+    fs::write(source.join("small.txt"), b"small\n").unwrap();
+    run(dir.path(), &server, &["backup", "src", "--name", "alice"]);
+    run(dir.path(), &server, &["backup", "src"]);
+    let small = source.join("small.txt");
+    run(
+        dir.path(),
+        &server,
+        &["upload", "--name", "alice", small.to_str().unwrap()],
+    );
+    let data = server.stop();
+
+    let sqlite = data.path().join("data").join("defensive.db");
+    let target = pg.database();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let copy = |to: CatalogLocation| {
+        runtime.block_on(cyberbackup_server::catalog::copy::copy(
+            CatalogLocation::Sqlite(sqlite.clone()),
+            to,
+        ))
+    };
+    let report = copy(target.clone()).unwrap();
+    let copied = |table: &str| {
+        report
+            .tables
+            .iter()
+            .find(|(name, _)| *name == table)
+            .map(|(_, rows)| *rows)
+    };
+    assert_eq!(copied("clients"), Some(1), "{report}");
+    assert_eq!(copied("repo_snapshots"), Some(2), "{report}");
+    assert_eq!(copied("files"), Some(1), "{report}");
+    // A second copy into the same (no longer empty) database is refused.
+    let again = copy(target.clone()).unwrap_err().to_string();
+    assert!(again.contains("already holds 1 client"), "{again}");
+
+    // The SQLite file moves aside: the restarted server can only be using PostgreSQL.
+    fs::rename(&sqlite, sqlite.with_extension("db.old")).unwrap();
+    let catalog = target.clone();
+    let server = RealServer::restart_configured(data, move |config| config.catalog = Some(catalog));
+    let listed = run(dir.path(), &server, &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
+    let restored = restore_latest(dir.path(), &server, "alice", &source);
+    assert!(same_contents(
+        &source.join("big.bin"),
+        &restored.join("big.bin")
+    ));
+    let files = run(dir.path(), &server, &["files"]);
+    assert!(
+        String::from_utf8_lossy(&files.stdout).contains("small.txt"),
+        "{}",
+        output_text(&files)
+    );
+    // A new backup after the move: new rows get new ids after the copied ones.
+    fs::write(source.join("new.txt"), b"new\n").unwrap();
+    run(dir.path(), &server, &["backup", "src"]);
+    run(
+        dir.path(),
+        &server,
+        &["upload", "--name", "alice", small.to_str().unwrap()],
+    );
+    assert_eq!(rows(&target, "repo_snapshots"), 3);
+    assert_eq!(rows(&target, "files"), 2);
+    check_read_data(dir.path(), &server, "alice");
+}

@@ -103,6 +103,14 @@ pub enum CatalogCommand {
         /// Where to write the copy.
         file: PathBuf,
     },
+    /// Copy every row of this server's catalog into another, empty one (server stopped),
+    /// e.g. the data directory's SQLite file into PostgreSQL; then set `catalog` to it.
+    /// Nothing is committed unless the whole copy succeeds.
+    Copy {
+        /// The target: postgres://USER:PASSWORD@HOST:PORT/DB or sqlite:PATH.
+        #[arg(long, value_name = "URL")]
+        to: crate::catalog::CatalogLocation,
+    },
 }
 
 /// Subcommands of `storage`.

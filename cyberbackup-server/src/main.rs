@@ -297,6 +297,27 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
                 report.copied, report.bytes, report.skipped
             );
         }
+        Command::Catalog(CatalogCommand::Copy { to }) => {
+            let from = config.catalog_location();
+            if let CatalogLocation::Sqlite(path) = &from {
+                if !path.is_file() {
+                    return Err(no_catalog(path));
+                }
+            }
+            if from == to {
+                return Err(ServerError::io(
+                    format!(
+                        "catalog copy: {to} is this server's own catalog — give another one with --to"
+                    ),
+                    std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                ));
+            }
+            let report = cyberbackup_server::catalog::copy::copy(from, to.clone()).await?;
+            print!("{report}");
+            println!(
+                "catalog copied to {to}; set catalog = \"{to}\" (with its password) and start the server"
+            );
+        }
         Command::Catalog(CatalogCommand::Rebuild) => {
             sqlite_catalog(
                 &config,

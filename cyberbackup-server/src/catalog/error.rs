@@ -54,6 +54,16 @@ pub enum CatalogError {
         #[source]
         source: SqlError,
     },
+    /// `catalog copy` was pointed at a catalog that already has clients.
+    #[error(
+        "the target catalog {target} already holds {clients} client(s): a copy goes into an empty catalog only — point --to at a new database (createdb), or drop this one if it is a failed earlier copy"
+    )]
+    TargetNotEmpty {
+        /// The target, without its password.
+        target: String,
+        /// Its clients.
+        clients: i64,
+    },
     /// An operation only one engine has was asked of the other.
     #[error("{what} is not available on a {engine} catalog — {instead}")]
     Unsupported {

@@ -19,6 +19,7 @@
 //! acknowledges a file (1603/1604) after the matching write has returned.
 
 pub mod backup;
+pub mod copy;
 mod error;
 pub mod integrity;
 mod location;
@@ -109,7 +110,8 @@ impl Catalog {
 
     /// Opens the catalog at `location`: as [`open`](Self::open) for a SQLite file; for a
     /// PostgreSQL database, connects the writer and the read pool and migrates the schema
-    /// (several servers starting together migrate it once: see [`sql::Conn::immediate`]).
+    /// (several servers starting together migrate it once: each migration takes the
+    /// catalog's writer lock and checks the version again).
     ///
     /// # Errors
     /// As [`open`](Self::open), and [`CatalogError::Connect`] when the PostgreSQL server
@@ -118,19 +120,7 @@ impl Catalog {
         let (conn, readers) = tokio::task::spawn_blocking({
             let location = location.clone();
             move || -> Result<(Conn, Vec<Conn>), CatalogError> {
-                if let CatalogLocation::Sqlite(path) = &location {
-                    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                        // 0700 like the rest of the data directory (`Storage::open` refuses
-                        // it readable by others).
-                        cyberbackup_fs::create_private_dir(parent).map_err(|source| {
-                            CatalogError::CreateDir {
-                                path: parent.to_path_buf(),
-                                source,
-                            }
-                        })?;
-                    }
-                }
-                let mut conn = connect(&location, Role::Writer)?;
+                let mut conn = connect_writer(&location)?;
                 schema::migrate(&mut conn)?;
                 let readers = (0..READ_POOL_SIZE)
                     .map(|_| connect(&location, Role::Reader))
@@ -606,6 +596,24 @@ enum Role {
     Writer,
     /// A read-pool connection (SQLite: read-only).
     Reader,
+}
+
+/// The writer connection of the catalog at `location`; a SQLite file is created (in a 0700
+/// directory) when missing.
+pub(crate) fn connect_writer(location: &CatalogLocation) -> Result<Conn, CatalogError> {
+    if let CatalogLocation::Sqlite(path) = location {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // 0700 like the rest of the data directory (`Storage::open` refuses it readable
+            // by others).
+            cyberbackup_fs::create_private_dir(parent).map_err(|source| {
+                CatalogError::CreateDir {
+                    path: parent.to_path_buf(),
+                    source,
+                }
+            })?;
+        }
+    }
+    connect(location, Role::Writer)
 }
 
 fn connect(location: &CatalogLocation, role: Role) -> Result<Conn, CatalogError> {

@@ -137,6 +137,20 @@ macro_rules! integer_param {
 }
 integer_param!(i8, i16, i32, i64, u8, u16, u32, u64, usize);
 
+/// A column as it is, for copying rows between catalogs (real numbers, which the catalog
+/// never stores, are refused).
+impl FromColumn for Value {
+    fn from_column(column: Column<'_>) -> Result<Self, String> {
+        Ok(match column {
+            Column::Null => Self::Null,
+            Column::Integer(i) => Self::Integer(i),
+            Column::Text(text) => Self::Text(text.to_owned()),
+            Column::Blob(bytes) => Self::Blob(bytes.to_vec()),
+            Column::Real(_) => return Err(wrong(column, "an integer, text or a blob")),
+        })
+    }
+}
+
 impl<T: FromColumn> FromColumn for Option<T> {
     fn from_column(column: Column<'_>) -> Result<Self, String> {
         match column {
