@@ -269,3 +269,35 @@ fn a_single_nodes_catalog_copied_into_postgres_serves_the_same_snapshots_and_fil
     assert_eq!(rows(&target, "files"), 2);
     check_read_data(dir.path(), &server, "alice");
 }
+
+#[test]
+fn a_second_server_on_the_same_postgres_catalog_is_refused_until_the_first_stops() {
+    let Some(pg) = postgres_server::PgServer::start_or_skip() else {
+        return;
+    };
+    let location = pg.database();
+    let catalog = location.clone();
+    let first = RealServer::start_configured(move |config| config.catalog = Some(catalog));
+    let dir = tempfile::tempdir().unwrap();
+    let second = |location: CatalogLocation| {
+        let config = cyberbackup_server::ServerConfig {
+            listen: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: 0,
+            data_dir: dir.path().join("data"),
+            catalog: Some(location),
+            min_free_disk_mb: 0,
+            ..cyberbackup_server::ServerConfig::default()
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async { cyberbackup_server::Server::bind(config).await.map(drop) })
+    };
+    let Err(refused) = second(location.clone()) else {
+        panic!("a second server started on a catalog another one serves");
+    };
+    assert!(
+        refused.to_string().contains("already serving the catalog"),
+        "{refused}"
+    );
+    drop(first);
+    second(location).expect("the catalog stays claimed after its server stopped");
+}

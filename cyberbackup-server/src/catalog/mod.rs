@@ -59,6 +59,9 @@ pub use timestamp::format_rfc3339;
 
 pub use crate::config::CATALOG_FILE_NAME;
 
+/// Key of the PostgreSQL advisory lock a serving server holds ([`Catalog::claim_sole_server`]);
+/// "cbserver" in ASCII.
+const SERVER_LOCK: i64 = 0x6362_7365_7276_6572;
 /// Queued write jobs before senders wait (back-pressure on the writer).
 const WRITE_QUEUE: usize = 256;
 /// Read-only connections, all opened by [`Catalog::open`]; at most this many reads run at
@@ -145,6 +148,33 @@ impl Catalog {
             }),
             faults: Faults::none(),
         })
+    }
+
+    /// Claims the catalog for this server alone, for as long as the catalog is open: on
+    /// PostgreSQL a session advisory lock on the writer's connection, which a second server
+    /// on the same database cannot take (its start-up fails with
+    /// [`CatalogError::InUse`]). A SQLite file belongs to its data directory already.
+    ///
+    /// # Errors
+    /// [`CatalogError::InUse`], or a database error.
+    pub async fn claim_sole_server(&self) -> Result<(), CatalogError> {
+        if self.engine() != Engine::Postgres {
+            return Ok(());
+        }
+        let target = self.location().to_string();
+        self.write(move |c| {
+            let claimed: bool = c
+                .query_row("SELECT pg_try_advisory_lock(?1)", [SERVER_LOCK], |r| {
+                    r.get(0)
+                })
+                .map_err(error::query_err("claim the catalog"))?;
+            if claimed {
+                Ok(())
+            } else {
+                Err(CatalogError::InUse { target })
+            }
+        })
+        .await
     }
 
     /// This catalog with `faults` injected into the operations the connection effects use
