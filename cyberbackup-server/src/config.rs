@@ -442,8 +442,10 @@ pub struct ConfigOverrides {
     #[arg(long, global = true, value_name = "BOOL")]
     pub allow_damaged_catalog: Option<bool>,
     /// Catalog database: sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DB [default: <data_dir>/defensive.db]
+    // Text until `apply` parses it: a value the TOML parser refused would be quoted, password
+    // and all, in its error.
     #[arg(long, global = true, value_name = "URL")]
-    pub catalog: Option<CatalogLocation>,
+    pub catalog: Option<String>,
     /// Registrations per minute from all addresses together, 0 = unlimited [default: 300]
     #[arg(long, global = true, value_name = "N")]
     pub registrations_per_minute_total: Option<u32>,
@@ -565,9 +567,9 @@ impl ServerConfig {
                 )),
             }
         }
-        config.apply(&from_file);
-        config.apply(&from_env);
-        config.apply(flags);
+        config.apply(&from_file)?;
+        config.apply(&from_env)?;
+        config.apply(flags)?;
         config.validate()?;
         Ok(LoadedConfig {
             config,
@@ -814,7 +816,7 @@ impl ServerConfig {
         self.min_free_disk_mb.saturating_mul(1024 * 1024)
     }
 
-    fn apply(&mut self, layer: &ConfigOverrides) {
+    fn apply(&mut self, layer: &ConfigOverrides) -> Result<(), ConfigError> {
         let ConfigOverrides {
             listen,
             port,
@@ -891,7 +893,14 @@ impl ServerConfig {
             checkpoint_interval_bytes,
         );
         set(&mut self.allow_damaged_catalog, allow_damaged_catalog);
-        set(&mut self.catalog, catalog.map(Some));
+        if let Some(text) = catalog {
+            let location =
+                CatalogLocation::parse(&text).map_err(|reason| ConfigError::Invalid {
+                    key: "catalog",
+                    reason,
+                })?;
+            self.catalog = Some(location);
+        }
         set(
             &mut self.registrations_per_minute_total,
             registrations_per_minute_total,
@@ -915,6 +924,7 @@ impl ServerConfig {
         set(&mut self.retention, retention);
         set(&mut self.client_retention, client_retention);
         set(&mut self.storage, storage);
+        Ok(())
     }
 
     /// The v4 server key file: `identity_key_file`, else `<data_dir>/server-v4.key`.
@@ -1368,6 +1378,63 @@ mod tests {
         .unwrap();
 
         assert_eq!(reread.config, config);
+    }
+
+    #[test]
+    fn the_catalog_setting_picks_the_engine_and_its_password_is_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = load(dir.path(), &ConfigOverrides::default(), &[]).unwrap();
+        assert_eq!(
+            default.config.catalog_location(),
+            CatalogLocation::Sqlite(default.config.catalog_path())
+        );
+
+        fs_write(
+            dir.path(),
+            "server.toml",
+            "catalog = \"postgres://cb:pg-s3cret@db.internal:5432/catalog\"\n",
+        );
+        let env = BTreeMap::new();
+        let from_file = ServerConfig::load(
+            &ConfigOverrides::default(),
+            Some(&dir.path().join("server.toml")),
+            &env,
+            dir.path(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(
+            from_file.catalog_location().engine(),
+            crate::catalog::Engine::Postgres
+        );
+        let printed = from_file.to_toml().unwrap();
+        assert!(!printed.contains("pg-s3cret"), "{printed}");
+        assert!(
+            printed.contains("cb:<redacted>@db.internal:5432/catalog"),
+            "{printed}"
+        );
+
+        let from_env = load(
+            dir.path(),
+            &ConfigOverrides::default(),
+            &[("CYBERBACKUP_CATALOG", "sqlite:/srv/catalog.db")],
+        )
+        .unwrap();
+        assert_eq!(
+            from_env.config.catalog_location(),
+            CatalogLocation::Sqlite("/srv/catalog.db".into())
+        );
+        let wrong = load(
+            dir.path(),
+            &ConfigOverrides::default(),
+            &[("CYBERBACKUP_CATALOG", "mysql://root:pw@db/x")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            wrong.contains("sqlite:PATH") && !wrong.contains("pw@"),
+            "{wrong}"
+        );
     }
 
     fn load(
