@@ -28,7 +28,7 @@ const TABLES: &[&str] = &[
     "repo_forgotten",
 ];
 
-/// What [`copy`] copied: rows per table, in [`TABLES`] order.
+/// What [`copy`] copied: rows per table, parents before the tables that refer to them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyReport {
     /// `(table, rows)`.
