@@ -5,6 +5,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+// The catalog's unit tests share the integration tests' PostgreSQL harness, which names
+// this crate by its name.
+#[cfg(test)]
+extern crate self as cyberbackup_server;
+
 pub mod admin;
 pub mod backend;
 pub mod catalog;

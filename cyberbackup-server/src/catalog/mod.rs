@@ -18,6 +18,10 @@
 //! `synchronous=FULL`: when a write returns, its transaction is durable. The server only
 //! acknowledges a file (1603/1604) after the matching write has returned.
 
+#[cfg(test)]
+#[macro_use]
+mod testing;
+
 pub mod backup;
 pub mod copy;
 mod error;
@@ -722,9 +726,8 @@ mod tests {
         assert!(reopened.integrity_check().await.unwrap());
     }
 
-    #[tokio::test]
-    async fn register_reports_taken_names_and_ids() {
-        let (_dir, catalog) = open().await;
+    async fn register_reports_taken_names_and_ids(guard: testing::TestGuard) {
+        let (_guard, catalog) = open(guard).await;
 
         let first = catalog
             .register_client(ALICE, b"alice".to_vec(), 3)
@@ -745,9 +748,8 @@ mod tests {
         assert_eq!(catalog.list_clients().await.unwrap().len(), 1);
     }
 
-    #[tokio::test]
-    async fn client_lookup_and_updates() {
-        let (_dir, catalog) = open().await;
+    async fn client_lookup_and_updates(guard: testing::TestGuard) {
+        let (_guard, catalog) = open(guard).await;
         catalog
             .register_client(ALICE, b"alice".to_vec(), 3)
             .await
@@ -770,9 +772,8 @@ mod tests {
         assert_eq!(bob, None);
     }
 
-    #[tokio::test]
-    async fn keep_one_version_replaces_the_previous_row() {
-        let (_dir, catalog) = open_with_alice().await;
+    async fn keep_one_version_replaces_the_previous_row(guard: testing::TestGuard) {
+        let (_guard, catalog) = open_with_alice(guard).await;
 
         let first = store(&catalog, b"a.txt", 1).await;
         let second = store(&catalog, b"a.txt", 1).await;
@@ -786,9 +787,8 @@ mod tests {
         assert_eq!(rows, [(3, "a1/a.txt".to_string())]);
     }
 
-    #[tokio::test]
-    async fn keep_three_versions_renames_and_supersedes() {
-        let (_dir, catalog) = open_with_alice().await;
+    async fn keep_three_versions_renames_and_supersedes(guard: testing::TestGuard) {
+        let (_guard, catalog) = open_with_alice(guard).await;
 
         store(&catalog, b"a.txt", 3).await;
         let second = store(&catalog, b"a.txt", 3).await;
@@ -825,9 +825,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn commit_requires_a_received_row() {
-        let (_dir, catalog) = open_with_alice().await;
+    async fn commit_requires_a_received_row(guard: testing::TestGuard) {
+        let (_guard, catalog) = open_with_alice(guard).await;
         let (row, _) = begin(&catalog, b"a.txt").await;
 
         let err = catalog.commit_file(row, 1).await.unwrap_err();
@@ -848,9 +847,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn abandoned_transfers_are_found_by_age_and_state() {
-        let (_dir, catalog) = open_with_alice().await;
+    async fn abandoned_transfers_are_found_by_age_and_state(guard: testing::TestGuard) {
+        let (_guard, catalog) = open_with_alice(guard).await;
         let (receiving, _) = begin(&catalog, b"r.txt").await;
         let (received, _) = begin(&catalog, b"d.txt").await;
         catalog.mark_received(received, facts()).await.unwrap();
@@ -887,9 +885,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn list_files_filters_and_pages() {
-        let (_dir, catalog) = open_with_alice().await;
+    async fn list_files_filters_and_pages(guard: testing::TestGuard) {
+        let (_guard, catalog) = open_with_alice(guard).await;
         catalog
             .register_client(BOB, b"bob".to_vec(), 3)
             .await
@@ -998,9 +995,8 @@ mod tests {
         assert_eq!(past.len(), 134);
     }
 
-    #[tokio::test]
-    async fn stats_count_verified_files() {
-        let (_dir, catalog) = open_with_alice().await;
+    async fn stats_count_verified_files(guard: testing::TestGuard) {
+        let (_guard, catalog) = open_with_alice(guard).await;
         store(&catalog, b"a", 1).await;
         store(&catalog, b"b", 1).await;
         begin(&catalog, b"c").await;
@@ -1017,9 +1013,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn closed_catalog_refuses_work() {
-        let (_dir, catalog) = open().await;
+    async fn closed_catalog_refuses_work(guard: testing::TestGuard) {
+        let (_guard, catalog) = open(guard).await;
         let clone = catalog.clone();
 
         catalog.close().await.unwrap();
@@ -1035,9 +1030,8 @@ mod tests {
         assert!(matches!(clone.close().await, Err(CatalogError::Closed)));
     }
 
-    #[tokio::test]
-    async fn begin_for_an_unknown_client_fails() {
-        let (_dir, catalog) = open().await;
+    async fn begin_for_an_unknown_client_fails(guard: testing::TestGuard) {
+        let (_guard, catalog) = open(guard).await;
 
         let result = catalog
             .begin_file(BOB, b"x".to_vec(), "b0/x".into(), None)
@@ -1061,16 +1055,12 @@ mod tests {
         check::<Catalog>();
     }
 
-    async fn open() -> (tempfile::TempDir, Catalog) {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open(dir.path().join(CATALOG_FILE_NAME))
-            .await
-            .unwrap();
-        (dir, catalog)
+    async fn open(guard: testing::TestGuard) -> (testing::TestGuard, Catalog) {
+        guard.open().await
     }
 
-    async fn open_with_alice() -> (tempfile::TempDir, Catalog) {
-        let (dir, catalog) = open().await;
+    async fn open_with_alice(guard: testing::TestGuard) -> (testing::TestGuard, Catalog) {
+        let (dir, catalog) = open(guard).await;
         catalog
             .register_client(ALICE, b"alice".to_vec(), 3)
             .await
@@ -1125,4 +1115,17 @@ mod tests {
             sha256: [7; 32],
         }
     }
+
+    on_both_engines!(
+        register_reports_taken_names_and_ids,
+        client_lookup_and_updates,
+        keep_one_version_replaces_the_previous_row,
+        keep_three_versions_renames_and_supersedes,
+        commit_requires_a_received_row,
+        abandoned_transfers_are_found_by_age_and_state,
+        list_files_filters_and_pages,
+        stats_count_verified_files,
+        closed_catalog_refuses_work,
+        begin_for_an_unknown_client_fails,
+    );
 }

@@ -612,9 +612,10 @@ mod tests {
         (dir, catalog)
     }
 
-    #[tokio::test]
-    async fn a_token_for_a_client_adds_a_device_to_it_and_only_under_its_name() {
-        let (_dir, catalog) = open().await;
+    async fn a_token_for_a_client_adds_a_device_to_it_and_only_under_its_name(
+        guard: crate::catalog::testing::TestGuard,
+    ) {
+        let (_guard, catalog) = guard.open().await;
         catalog
             .register_v4_client(ALICE, b"alice".to_vec(), KEY, None, DeviceRole::Manage)
             .await
@@ -676,9 +677,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn tokens_are_single_use_and_expire() {
-        let (_dir, catalog) = open().await;
+    async fn tokens_are_single_use_and_expire(guard: crate::catalog::testing::TestGuard) {
+        let (_guard, catalog) = guard.open().await;
         catalog
             .create_enrollment_token([1; 32], Duration::from_secs(60), None)
             .await
@@ -739,9 +739,10 @@ mod tests {
         assert_eq!(record.protocol, Some(PROTOCOL_V4));
     }
 
-    #[tokio::test]
-    async fn registration_is_idempotent_per_key_and_names_are_unique() {
-        let (_dir, catalog) = open().await;
+    async fn registration_is_idempotent_per_key_and_names_are_unique(
+        guard: crate::catalog::testing::TestGuard,
+    ) {
+        let (_guard, catalog) = guard.open().await;
         let first = catalog
             .register_v4_client(ALICE, b"a".to_vec(), KEY, None, DeviceRole::AppendOnly)
             .await
@@ -778,9 +779,10 @@ mod tests {
         assert_eq!(taken, V4RegisterOutcome::NameTaken);
     }
 
-    #[tokio::test]
-    async fn partial_uploads_record_checkpoints_per_client() {
-        let (_dir, catalog) = open().await;
+    async fn partial_uploads_record_checkpoints_per_client(
+        guard: crate::catalog::testing::TestGuard,
+    ) {
+        let (_guard, catalog) = guard.open().await;
         catalog
             .register_v4_client(ALICE, b"a".to_vec(), KEY, None, DeviceRole::AppendOnly)
             .await
@@ -876,4 +878,11 @@ mod tests {
             .unwrap();
         assert_eq!(left, [open.0]);
     }
+
+    on_both_engines!(
+        a_token_for_a_client_adds_a_device_to_it_and_only_under_its_name,
+        tokens_are_single_use_and_expire,
+        registration_is_idempotent_per_key_and_names_are_unique,
+        partial_uploads_record_checkpoints_per_client,
+    );
 }
