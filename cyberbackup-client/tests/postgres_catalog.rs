@@ -2,7 +2,8 @@
 //! the real client binary backs a tree up, backs it up again unchanged, restores it exactly,
 //! checks every blob, forgets a snapshot, and uses the single-file v4 mode; the catalog's rows
 //! are in the PostgreSQL database (none in the data directory), and neither the database's
-//! files nor its WAL hold a byte of the content or a file name. Skips when PostgreSQL is not
+//! files nor its WAL hold a byte of the content or a file name; the database password is
+//! shown nowhere (`/diagnostics`, the data directory). Skips when PostgreSQL is not
 //! installed, unless `CYBERBACKUP_REQUIRE_POSTGRES=1` (CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,6 +22,7 @@ use support::{
 
 const CONTENT_MARKER: &str = "PG-CONTENT-MARKER-5b0e11";
 const NAME_MARKER: &str = "PG-NAME-MARKER-c41d07.txt";
+const PASSWORD: &str = "pg-password-9e1f";
 
 fn run(dir: &Path, server: &RealServer, args: &[&str]) -> std::process::Output {
     let out = client_command(dir, server, "alice", args).output().unwrap();
@@ -61,9 +63,23 @@ fn snapshots_on_a_postgres_catalog_back_up_restore_forget_and_leave_no_plaintext
     let Some(pg) = postgres_server::PgServer::start_or_skip() else {
         return;
     };
-    let location = pg.database();
+    // With a password (the test server trusts loopback, so any password logs in): it must
+    // show nowhere.
+    let location = CatalogLocation::parse(&pg.database().to_string().replacen(
+        "postgres://cb@",
+        &format!("postgres://cb:{PASSWORD}@"),
+        1,
+    ))
+    .unwrap();
     let catalog = location.clone();
     let server = RealServer::start_configured(move |config| config.catalog = Some(catalog));
+    let (status, diagnostics) = server.admin_get("/diagnostics");
+    assert_eq!(status, 200, "{diagnostics}");
+    assert!(
+        diagnostics.contains("\"engine\":\"PostgreSQL\""),
+        "{diagnostics}"
+    );
+    assert!(!diagnostics.contains(PASSWORD), "{diagnostics}");
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("src");
     fs::create_dir_all(source.join("nested")).unwrap();
@@ -153,10 +169,13 @@ fn snapshots_on_a_postgres_catalog_back_up_restore_forget_and_leave_no_plaintext
         "the v4 and the v3 registration"
     );
 
-    drop(server);
-    for file in files_under(&pg.data_dir()) {
+    // The server's own data directory (kept) and the database's files and WAL.
+    let kept = server.stop();
+    let on_disk = files_under(kept.path());
+    assert!(!on_disk.is_empty());
+    for file in files_under(&pg.data_dir()).into_iter().chain(on_disk) {
         let bytes = fs::read(&file).unwrap();
-        for marker in [CONTENT_MARKER, NAME_MARKER] {
+        for marker in [CONTENT_MARKER, NAME_MARKER, PASSWORD] {
             assert!(
                 !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
                 "{} holds {marker:?}",
