@@ -18,6 +18,10 @@ use std::fmt;
 
 pub(crate) use value::{Column, FromColumn, ToParam, Value};
 
+/// Prepared statements each connection keeps, on either engine (the catalog has about a
+/// hundred fixed ones, and lookups whose text varies with their number of ids).
+const STATEMENT_CACHE: usize = 128;
+
 /// Builds the parameter list of a statement: `params![a, b]`, each an expression whose
 /// type is [`ToParam`].
 macro_rules! params {
@@ -201,7 +205,7 @@ impl Row<'_> {
 impl Conn {
     /// A connection over an open SQLite database.
     pub(crate) fn sqlite(conn: rusqlite::Connection) -> Self {
-        conn.set_prepared_statement_cache_capacity(sqlite::STATEMENT_CACHE);
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Self {
             inner: Inner::Sqlite(conn),
         }

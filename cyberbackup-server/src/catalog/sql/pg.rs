@@ -65,9 +65,13 @@ impl PgConn {
             return Ok(statement.clone());
         }
         let statement = self.with(|c| c.prepare(&placeholders(sql)))?;
-        self.statements
-            .borrow_mut()
-            .insert(sql.to_owned(), statement.clone());
+        let mut statements = self.statements.borrow_mut();
+        // Lookups of N ids are N different texts: start over rather than keep every one
+        // prepared on the server (a dropped statement is closed there).
+        if statements.len() >= super::STATEMENT_CACHE {
+            statements.clear();
+        }
+        statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
 

@@ -4,9 +4,6 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use super::{Column, Value};
 
-/// Prepared statements each connection keeps (the catalog has about a hundred).
-pub(super) const STATEMENT_CACHE: usize = 128;
-
 impl rusqlite::ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(ToSqlOutput::Borrowed(match self {
