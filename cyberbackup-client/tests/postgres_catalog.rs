@@ -3,8 +3,11 @@
 //! checks every blob, forgets a snapshot, and uses the single-file v4 mode; the catalog's rows
 //! are in the PostgreSQL database (none in the data directory), and neither the database's
 //! files nor its WAL hold a byte of the content or a file name; the database password is
-//! shown nowhere (`/diagnostics`, the data directory). Skips when PostgreSQL is not
-//! installed, unless `CYBERBACKUP_REQUIRE_POSTGRES=1` (CI).
+//! shown nowhere (`/diagnostics`, the data directory). Also: the v3 flat store on it, a
+//! single node's SQLite catalog copied into it (`catalog copy`), one server per database,
+//! `--check` listing pending migrations without applying them, and an unreachable database
+//! failing the start with the fix. Skips when PostgreSQL is not installed, unless
+//! `CYBERBACKUP_REQUIRE_POSTGRES=1` (CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../cyberbackup-server/tests/postgres_server/mod.rs"]
@@ -319,4 +322,58 @@ fn a_second_server_on_the_same_postgres_catalog_is_refused_until_the_first_stops
     );
     drop(first);
     second(location).expect("the catalog stays claimed after its server stopped");
+}
+
+#[test]
+fn check_lists_the_pending_migrations_of_a_postgres_catalog_without_applying_them() {
+    let Some(pg) = postgres_server::PgServer::start_or_skip() else {
+        return;
+    };
+    let location = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |catalog: CatalogLocation| cyberbackup_server::ServerConfig {
+        listen: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        data_dir: dir.path().join("data"),
+        catalog: Some(catalog),
+        min_free_disk_mb: 0,
+        ..cyberbackup_server::ServerConfig::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let catalog_line = |catalog: CatalogLocation| {
+        let report = runtime.block_on(cyberbackup_server::check::run_checks(&config(catalog)));
+        report
+            .items
+            .into_iter()
+            .find(|item| item.name == "catalog")
+            .unwrap()
+            .outcome
+    };
+    let latest = cyberbackup_server::catalog::latest_schema_version();
+
+    let empty = catalog_line(location.clone()).unwrap();
+    assert!(
+        empty.contains(&format!("schema version 0 of {latest}"))
+            && empty.contains(&format!("{latest} pending migration(s)")),
+        "{empty}"
+    );
+    // Listed, not applied: the check again finds the same.
+    assert_eq!(catalog_line(location.clone()).unwrap(), empty);
+
+    let catalog = location.clone();
+    drop(RealServer::start_configured(move |c| {
+        c.catalog = Some(catalog)
+    }));
+    let current = catalog_line(location).unwrap();
+    assert!(
+        current.contains(&format!("schema version {latest} (current)")),
+        "{current}"
+    );
+
+    let unreachable = CatalogLocation::parse("postgres://cb@127.0.0.1:9/catalog").unwrap();
+    let refused = catalog_line(unreachable).unwrap_err();
+    assert!(
+        refused.contains("cannot connect to the catalog database"),
+        "{refused}"
+    );
 }
