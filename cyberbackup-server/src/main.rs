@@ -319,11 +319,6 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, ServerError> {
             );
         }
         Command::Catalog(CatalogCommand::Rebuild) => {
-            sqlite_catalog(
-                &config,
-                "catalog rebuild",
-                "restore the database from its pg_dump backup (docs/deployment.md, \"Backing up the catalog\")",
-            )?;
             let report = rebuild::rebuild(&config).await?;
             print!("{report}");
         }

@@ -104,9 +104,16 @@ struct Found {
 ///
 /// # Errors
 /// [`CatalogError::Rebuild`] when the old catalog cannot be moved aside or the files cannot be
-/// read, or the errors of [`Catalog::open`] and of the inserts.
+/// read, [`CatalogError::Unsupported`] for a PostgreSQL catalog, or the errors of
+/// [`Catalog::open`] and of the inserts.
 pub async fn rebuild(config: &ServerConfig) -> Result<RebuildReport, CatalogError> {
-    let path = config.catalog_path();
+    let super::CatalogLocation::Sqlite(path) = config.catalog_location() else {
+        return Err(CatalogError::Unsupported {
+            what: "catalog rebuild",
+            engine: super::Engine::Postgres,
+            instead: "rebuild into a SQLite file (catalog = \"sqlite:PATH\"), then `catalog copy --to postgres://…` into an empty database (docs/operations.md, \"A damaged catalog\")",
+        });
+    };
     let files = config.data_dir.join(FILES_DIR);
     let repository = config.data_dir.join(crate::repository::REPOSITORY_DIR);
     let (aside, old_clients, old_repos) = tokio::task::spawn_blocking({
