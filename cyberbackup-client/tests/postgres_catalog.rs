@@ -49,6 +49,19 @@ fn summary(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// A server configuration on loopback (any free port), its data directory under `root`, its
+/// catalog at `catalog`.
+fn config_on(root: &Path, catalog: CatalogLocation) -> cyberbackup_server::ServerConfig {
+    cyberbackup_server::ServerConfig {
+        listen: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        data_dir: root.join("data"),
+        catalog: Some(catalog),
+        min_free_disk_mb: 0,
+        ..cyberbackup_server::ServerConfig::default()
+    }
+}
+
 /// Rows of `table` in the database at `location`.
 fn rows(location: &CatalogLocation, table: &str) -> i64 {
     let url = location.to_string();
@@ -192,14 +205,8 @@ fn snapshots_on_a_postgres_catalog_back_up_restore_forget_and_leave_no_plaintext
 fn a_server_pointed_at_an_unreachable_postgres_fails_to_start_with_the_fix() {
     // Nothing listens on port 9 of loopback (discard, not running).
     let location = CatalogLocation::parse("postgres://cb:s3cret@127.0.0.1:9/catalog").unwrap();
-    let mut config = cyberbackup_server::ServerConfig {
-        listen: std::net::Ipv4Addr::LOCALHOST.into(),
-        port: 0,
-        catalog: Some(location),
-        ..cyberbackup_server::ServerConfig::default()
-    };
     let dir = tempfile::tempdir().unwrap();
-    config.data_dir = dir.path().join("data");
+    let config = config_on(dir.path(), location);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Err(err) = runtime.block_on(cyberbackup_server::Server::bind(config)) else {
         panic!("the server started without its catalog");
@@ -302,14 +309,7 @@ fn a_second_server_on_the_same_postgres_catalog_is_refused_until_the_first_stops
     let first = RealServer::start_configured(move |config| config.catalog = Some(catalog));
     let dir = tempfile::tempdir().unwrap();
     let second = |location: CatalogLocation| {
-        let config = cyberbackup_server::ServerConfig {
-            listen: std::net::Ipv4Addr::LOCALHOST.into(),
-            port: 0,
-            data_dir: dir.path().join("data"),
-            catalog: Some(location),
-            min_free_disk_mb: 0,
-            ..cyberbackup_server::ServerConfig::default()
-        };
+        let config = config_on(dir.path(), location);
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async { cyberbackup_server::Server::bind(config).await.map(drop) })
     };
@@ -331,14 +331,7 @@ fn check_lists_the_pending_migrations_of_a_postgres_catalog_without_applying_the
     };
     let location = pg.database();
     let dir = tempfile::tempdir().unwrap();
-    let config = |catalog: CatalogLocation| cyberbackup_server::ServerConfig {
-        listen: std::net::Ipv4Addr::LOCALHOST.into(),
-        port: 0,
-        data_dir: dir.path().join("data"),
-        catalog: Some(catalog),
-        min_free_disk_mb: 0,
-        ..cyberbackup_server::ServerConfig::default()
-    };
+    let config = |catalog: CatalogLocation| config_on(dir.path(), catalog);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let catalog_line = |catalog: CatalogLocation| {
         let report = runtime.block_on(cyberbackup_server::check::run_checks(&config(catalog)));

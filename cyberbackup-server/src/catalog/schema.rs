@@ -5,6 +5,7 @@
 //! versioning and transfer bookkeeping. `clients.AESKey` exists for compatibility only and is
 //! always NULL (enforced by a CHECK): session keys are never persisted.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,18 +22,51 @@ struct Migration {
     name: &'static str,
     /// The change in SQLite's dialect.
     sql: &'static str,
-    /// The same change in PostgreSQL's (`BYTEA` for `BLOB`, `BIGINT` for `INTEGER`, `ALTER`
-    /// where SQLite rebuilds a table).
-    postgres: &'static str,
+    /// The same change in PostgreSQL's.
+    postgres: PostgresText,
+}
+
+/// A migration's PostgreSQL text.
+enum PostgresText {
+    /// SQLite's, with PostgreSQL's types ([`postgres_types`]): the statement is plain SQL.
+    SameWithTypes,
+    /// Its own: `ALTER` where SQLite rebuilds a table, identity columns, no FTS5.
+    Own(&'static str),
 }
 
 impl Migration {
-    fn sql(&self, engine: Engine) -> &'static str {
-        match engine {
-            Engine::Sqlite => self.sql,
-            Engine::Postgres => self.postgres,
+    fn sql(&self, engine: Engine) -> Cow<'static, str> {
+        match (engine, &self.postgres) {
+            (Engine::Sqlite, _) => Cow::Borrowed(self.sql),
+            (Engine::Postgres, PostgresText::Own(sql)) => Cow::Borrowed(sql),
+            (Engine::Postgres, PostgresText::SameWithTypes) => Cow::Owned(postgres_types(self.sql)),
         }
     }
+}
+
+/// `sql` with SQLite's type names as PostgreSQL's: the words `BLOB` and `INTEGER` (upper
+/// case, whole words, as the migrations write types) become `BYTEA` and `BIGINT`.
+fn postgres_types(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(match word.as_str() {
+            "BLOB" => "BYTEA",
+            "INTEGER" => "BIGINT",
+            other => other,
+        });
+        word.clear();
+    };
+    for c in sql.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`. Never edit a
@@ -81,7 +115,8 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX files_unfinished_by_updated ON files(UpdatedAt)
         WHERE State IN ('receiving', 'received');
     ",
-        postgres: r"
+        postgres: PostgresText::Own(
+            r"
     CREATE TABLE clients (
         ID           BYTEA PRIMARY KEY CHECK (length(ID) = 16),
         Name         BYTEA NOT NULL UNIQUE,
@@ -117,6 +152,7 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX files_unfinished_by_updated ON files(UpdatedAt)
         WHERE State IN ('receiving', 'received');
     ",
+        ),
     },
     // 2: crash-safe commit. State `committing` records the intent to rename a received file
     // into place (with its SHA-256 already in the row) before the rename; `CommitKeep` is the
@@ -161,13 +197,15 @@ const MIGRATIONS: &[Migration] = &[
         WHERE State IN ('receiving', 'received');
     CREATE INDEX files_committing_by_updated ON files(UpdatedAt) WHERE State = 'committing';
     ",
-        postgres: r"
+        postgres: PostgresText::Own(
+            r"
     ALTER TABLE files DROP CONSTRAINT files_state_check;
     ALTER TABLE files ADD CONSTRAINT files_state_check
         CHECK (State IN ('receiving', 'received', 'committing', 'verified', 'discarded'));
     ALTER TABLE files ADD COLUMN CommitKeep BIGINT;
     CREATE INDEX files_committing_by_updated ON files(UpdatedAt) WHERE State = 'committing';
     ",
+        ),
     },
     // 3: protocol v4 (docs/protocol-v4.md). A v4 client's PublicKey is its 32-byte X25519
     // static key, unique among v4 clients. Enrollment tokens are stored as SHA-256 only.
@@ -191,21 +229,7 @@ const MIGRATIONS: &[Migration] = &[
         DurableOffset INTEGER NOT NULL DEFAULT 0
     );
     ",
-        postgres: r"
-    CREATE UNIQUE INDEX clients_v4_public_key ON clients(PublicKey) WHERE Protocol = 4;
-    CREATE TABLE enrollment_tokens (
-        TokenHash BYTEA PRIMARY KEY CHECK (length(TokenHash) = 32),
-        CreatedAt TEXT NOT NULL,
-        ExpiresAt TEXT NOT NULL,
-        UsedAt    TEXT,
-        UsedBy    BYTEA
-    );
-    CREATE TABLE v4_uploads (
-        RowId         BIGINT PRIMARY KEY,
-        Size          BIGINT NOT NULL,
-        DurableOffset BIGINT NOT NULL DEFAULT 0
-    );
-    ",
+        postgres: PostgresText::SameWithTypes,
     },
     // 4: substring search on file names (`FileFilter::name_contains`, docs/admin-api.md).
     // A contentless FTS5 table with the trigram tokenizer (case sensitive, like `instr`)
@@ -238,10 +262,12 @@ const MIGRATIONS: &[Migration] = &[
             VALUES (new.RowId, CAST(new.FileName AS TEXT));
     END;
     ",
-        postgres: r"
+        postgres: PostgresText::Own(
+            r"
     -- PostgreSQL searches names with a scan (`queries::list_files`): the trigram index is
     -- SQLite's FTS5 table, and pg_trgm needs text, which names (bytes) are not.
     ",
+        ),
     },
     // 5: the keyless snapshot repository store (`crate::repository`, docs/repository.md,
     // "Server-side store"). One repository per client; every table is keyed by the client id
@@ -300,54 +326,7 @@ const MIGRATIONS: &[Migration] = &[
         PRIMARY KEY (ClientId, SnapshotId, Seq)
     );
     ",
-        postgres: r"
-    CREATE TABLE repositories (
-        ClientId  BYTEA PRIMARY KEY CHECK (length(ClientId) = 16),
-        Config    BYTEA NOT NULL,
-        CreatedAt TEXT NOT NULL
-    );
-    CREATE TABLE repo_keys (
-        ClientId  BYTEA NOT NULL REFERENCES repositories(ClientId),
-        Seq       BIGINT NOT NULL,
-        KeyObject BYTEA NOT NULL,
-        AddedAt   TEXT NOT NULL,
-        PRIMARY KEY (ClientId, Seq)
-    );
-    CREATE TABLE repo_packs (
-        ClientId BYTEA NOT NULL REFERENCES repositories(ClientId),
-        PackId   BYTEA NOT NULL CHECK (length(PackId) = 32),
-        Size     BIGINT NOT NULL,
-        StoredAt BIGINT NOT NULL,
-        PRIMARY KEY (ClientId, PackId)
-    );
-    CREATE TABLE repo_blobs (
-        ClientId   BYTEA NOT NULL REFERENCES repositories(ClientId),
-        BlobId     BYTEA NOT NULL CHECK (length(BlobId) = 32),
-        PackId     BYTEA NOT NULL,
-        BlobOffset BIGINT NOT NULL,
-        BlobLen    BIGINT NOT NULL,
-        Class      BIGINT NOT NULL CHECK (Class IN (1, 2)),
-        Verified   BIGINT NOT NULL DEFAULT 0 CHECK (Verified IN (0, 1)),
-        PRIMARY KEY (ClientId, BlobId)
-    );
-    CREATE INDEX repo_blobs_by_pack ON repo_blobs(ClientId, PackId);
-    CREATE TABLE repo_snapshots (
-        ClientId   BYTEA NOT NULL REFERENCES repositories(ClientId),
-        SnapshotId BYTEA NOT NULL CHECK (length(SnapshotId) = 32),
-        Size       BIGINT NOT NULL,
-        TimeSecs   BIGINT NOT NULL,
-        TimeNanos  BIGINT NOT NULL,
-        StoredAt   BIGINT NOT NULL,
-        PRIMARY KEY (ClientId, SnapshotId)
-    );
-    CREATE TABLE repo_snapshot_refs (
-        ClientId   BYTEA NOT NULL,
-        SnapshotId BYTEA NOT NULL,
-        Seq        BIGINT NOT NULL,
-        RefChunkId BYTEA NOT NULL,
-        PRIMARY KEY (ClientId, SnapshotId, Seq)
-    );
-    ",
+        postgres: PostgresText::SameWithTypes,
     },
     // 6: keyless prune (`crate::repository::prune`, docs/repository.md, "Prune").
     // `CondemnedAt` (Unix seconds) is set on a blob no snapshot referenced when a prune looked,
@@ -368,17 +347,7 @@ const MIGRATIONS: &[Migration] = &[
         PRIMARY KEY (ClientId, PackId)
     );
     ",
-        postgres: r"
-    ALTER TABLE repo_blobs ADD COLUMN CondemnedAt BIGINT;
-    CREATE INDEX repo_blobs_condemned ON repo_blobs(ClientId, CondemnedAt);
-    CREATE TABLE repo_pack_deletions (
-        ClientId    BYTEA NOT NULL,
-        PackId      BYTEA NOT NULL CHECK (length(PackId) = 32),
-        Size        BIGINT NOT NULL,
-        DeleteAfter BIGINT NOT NULL,
-        PRIMARY KEY (ClientId, PackId)
-    );
-    ",
+        postgres: PostgresText::SameWithTypes,
     },
     // 7: devices (docs/operations.md, "Device roles"). Every v4 client key is a device of
     // its client (account); a client gains devices through enrollment tokens bound to it
@@ -399,19 +368,7 @@ const MIGRATIONS: &[Migration] = &[
         WHERE Protocol = 4 AND PublicKey IS NOT NULL;
     ALTER TABLE enrollment_tokens ADD COLUMN ForClient BLOB;
     ",
-        postgres: r"
-    CREATE TABLE v4_devices (
-        PublicKey BYTEA PRIMARY KEY CHECK (length(PublicKey) = 32),
-        ClientId  BYTEA NOT NULL REFERENCES clients(ID),
-        Role      TEXT NOT NULL DEFAULT 'append-only' CHECK (Role IN ('append-only', 'manage')),
-        AddedAt   TEXT NOT NULL
-    );
-    CREATE INDEX v4_devices_by_client ON v4_devices(ClientId);
-    INSERT INTO v4_devices (PublicKey, ClientId, AddedAt)
-        SELECT PublicKey, ID, RegisteredAt FROM clients
-        WHERE Protocol = 4 AND PublicKey IS NOT NULL;
-    ALTER TABLE enrollment_tokens ADD COLUMN ForClient BYTEA;
-    ",
+        postgres: PostgresText::SameWithTypes,
     },
     // 8: server-side retention (`crate::repository::retention`). `GroupKey` is the
     // envelope's group (a keyed hash of host and paths): the server groups snapshots by it
@@ -421,9 +378,7 @@ const MIGRATIONS: &[Migration] = &[
         sql: r"
     ALTER TABLE repo_snapshots ADD COLUMN GroupKey BLOB;
     ",
-        postgres: r"
-    ALTER TABLE repo_snapshots ADD COLUMN GroupKey BYTEA;
-    ",
+        postgres: PostgresText::SameWithTypes,
     },
     // 9: scrub (`crate::scrub`). `ScrubbedAt` is when a scrub last read the object whole
     // (Unix milliseconds, NULL = never; a cycle reads the oldest first, so a restart goes
@@ -444,18 +399,7 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX files_verified_by_scrubbed ON files(ScrubbedAt) WHERE State = 'verified';
     CREATE INDEX files_corrupt ON files(ID) WHERE CorruptAt IS NOT NULL;
     ",
-        postgres: r"
-    ALTER TABLE repo_packs ADD COLUMN ScrubbedAt BIGINT;
-    ALTER TABLE repo_packs ADD COLUMN CorruptAt BIGINT;
-    ALTER TABLE repo_packs ADD COLUMN CorruptReason TEXT;
-    CREATE INDEX repo_packs_by_scrubbed ON repo_packs(ScrubbedAt);
-    CREATE INDEX repo_packs_corrupt ON repo_packs(ClientId) WHERE CorruptAt IS NOT NULL;
-    ALTER TABLE files ADD COLUMN ScrubbedAt BIGINT;
-    ALTER TABLE files ADD COLUMN CorruptAt BIGINT;
-    ALTER TABLE files ADD COLUMN CorruptReason TEXT;
-    CREATE INDEX files_verified_by_scrubbed ON files(ScrubbedAt) WHERE State = 'verified';
-    CREATE INDEX files_corrupt ON files(ID) WHERE CorruptAt IS NOT NULL;
-    ",
+        postgres: PostgresText::SameWithTypes,
     },
     // 10: forget tombstones (`crate::repository::recovery`). A forget deletes the snapshot's
     // record and writes its tombstone in one transaction, then deletes the object, then the
@@ -472,14 +416,7 @@ const MIGRATIONS: &[Migration] = &[
         PRIMARY KEY (ClientId, SnapshotId)
     );
     ",
-        postgres: r"
-    CREATE TABLE repo_forgotten (
-        ClientId    BYTEA NOT NULL CHECK (length(ClientId) = 16),
-        SnapshotId  BYTEA NOT NULL CHECK (length(SnapshotId) = 32),
-        ForgottenAt BIGINT NOT NULL,
-        PRIMARY KEY (ClientId, SnapshotId)
-    );
-    ",
+        postgres: PostgresText::SameWithTypes,
     },
     // 11: the envelope's totals (`crate::http::accounts`, the dashboard's accounts). The
     // envelope's content size and blob count of each snapshot, which the server reads
@@ -492,11 +429,7 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE repo_snapshots ADD COLUMN BlobCount INTEGER;
     CREATE INDEX repo_snapshots_by_stored ON repo_snapshots(ClientId, StoredAt);
     ",
-        postgres: r"
-    ALTER TABLE repo_snapshots ADD COLUMN TotalBytes BIGINT;
-    ALTER TABLE repo_snapshots ADD COLUMN BlobCount BIGINT;
-    CREATE INDEX repo_snapshots_by_stored ON repo_snapshots(ClientId, StoredAt);
-    ",
+        postgres: PostgresText::SameWithTypes,
     },
 ];
 
@@ -618,7 +551,7 @@ pub(crate) fn migrate(conn: &mut Conn) -> Result<u32, CatalogError> {
         if current_version(&tx).map_err(migrate_err(version))? >= version {
             continue;
         }
-        apply(&tx, migration.sql(engine), version).map_err(migrate_err(version))?;
+        apply(&tx, &migration.sql(engine), version).map_err(migrate_err(version))?;
         tx.commit().map_err(migrate_err(version))?;
     }
     Ok(latest)
@@ -662,7 +595,7 @@ pub(crate) fn create_at_version(path: &Path, version: u32) -> Conn {
         .unwrap();
     for (number, migration) in (1..=version).zip(MIGRATIONS) {
         let tx = conn.immediate().unwrap();
-        apply(&tx, migration.sql(Engine::Sqlite), number).unwrap();
+        apply(&tx, &migration.sql(Engine::Sqlite), number).unwrap();
         tx.commit().unwrap();
     }
     conn
@@ -676,6 +609,14 @@ mod tests {
     /// The writer connection behind the seam, as the catalog opens it.
     fn open_writer(path: &Path) -> Result<Conn, CatalogError> {
         super::open_writer(path).map(Conn::sqlite)
+    }
+
+    #[test]
+    fn postgres_types_replace_whole_type_words_only() {
+        assert_eq!(
+            postgres_types("BlobId BLOB NOT NULL, Size INTEGER, INTEGERS BLOB_X, (INTEGER)"),
+            "BlobId BYTEA NOT NULL, Size BIGINT, INTEGERS BLOB_X, (BIGINT)"
+        );
     }
 
     #[test]
