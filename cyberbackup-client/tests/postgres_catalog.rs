@@ -62,6 +62,24 @@ fn config_on(root: &Path, catalog: CatalogLocation) -> cyberbackup_server::Serve
     }
 }
 
+/// Alice's snapshot listing, which must hold two, and where `source` was restored from the
+/// latest, whose `big.bin` must be the original's.
+fn two_snapshots_restored(
+    dir: &Path,
+    server: &RealServer,
+    source: &Path,
+) -> (serde_json::Value, std::path::PathBuf) {
+    let listed = run(dir, server, &["snapshots", "--json"]);
+    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
+    let restored = restore_latest(dir, server, "alice", source);
+    assert!(same_contents(
+        &source.join("big.bin"),
+        &restored.join("big.bin")
+    ));
+    (snapshots, restored)
+}
+
 /// Rows of `table` in the database at `location`.
 fn rows(location: &CatalogLocation, table: &str) -> i64 {
     let url = location.to_string();
@@ -119,14 +137,7 @@ fn snapshots_on_a_postgres_catalog_back_up_restore_forget_and_leave_no_plaintext
     assert_eq!(second["bytes_read"], 0, "{second}");
     assert!(second["bytes_added"].as_u64().unwrap() < 4096, "{second}");
 
-    let listed = run(dir.path(), &server, &["snapshots", "--json"]);
-    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
-    let restored = restore_latest(dir.path(), &server, "alice", &source);
-    assert!(same_contents(
-        &source.join("big.bin"),
-        &restored.join("big.bin")
-    ));
+    let (snapshots, restored) = two_snapshots_restored(dir.path(), &server, &source);
     assert!(same_contents(
         &source.join("nested").join(NAME_MARKER),
         &restored.join("nested").join(NAME_MARKER)
@@ -272,14 +283,7 @@ fn a_single_nodes_catalog_copied_into_postgres_serves_the_same_snapshots_and_fil
     fs::rename(&sqlite, sqlite.with_extension("db.old")).unwrap();
     let catalog = target.clone();
     let server = RealServer::restart_configured(data, move |config| config.catalog = Some(catalog));
-    let listed = run(dir.path(), &server, &["snapshots", "--json"]);
-    let snapshots: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
-    let restored = restore_latest(dir.path(), &server, "alice", &source);
-    assert!(same_contents(
-        &source.join("big.bin"),
-        &restored.join("big.bin")
-    ));
+    two_snapshots_restored(dir.path(), &server, &source);
     let files = run(dir.path(), &server, &["files"]);
     assert!(
         String::from_utf8_lossy(&files.stdout).contains("small.txt"),
