@@ -4,9 +4,9 @@
 //! are in the PostgreSQL database (none in the data directory), and neither the database's
 //! files nor its WAL hold a byte of the content or a file name; the database password is
 //! shown nowhere (`/diagnostics`, the data directory). Also: the v3 flat store on it, a
-//! single node's SQLite catalog copied into it (`catalog copy`), one server per database,
-//! `--check` listing pending migrations without applying them, and an unreachable database
-//! failing the start with the fix. Skips when PostgreSQL is not installed, unless
+//! single node's SQLite catalog copied into it (`catalog copy`), `--check` listing pending
+//! migrations without applying them, and an unreachable database failing the start with the
+//! fix. Several servers on one catalog are `tests/service.rs`. Skips when PostgreSQL is not installed, unless
 //! `CYBERBACKUP_REQUIRE_POSTGRES=1` (CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -301,31 +301,6 @@ fn a_single_nodes_catalog_copied_into_postgres_serves_the_same_snapshots_and_fil
     assert_eq!(rows(&target, "repo_snapshots"), 3);
     assert_eq!(rows(&target, "files"), 2);
     check_read_data(dir.path(), &server, "alice");
-}
-
-#[test]
-fn a_second_server_on_the_same_postgres_catalog_is_refused_until_the_first_stops() {
-    let Some(pg) = postgres_server::PgServer::start_or_skip() else {
-        return;
-    };
-    let location = pg.database();
-    let catalog = location.clone();
-    let first = RealServer::start_configured(move |config| config.catalog = Some(catalog));
-    let dir = tempfile::tempdir().unwrap();
-    let second = |location: CatalogLocation| {
-        let config = config_on(dir.path(), location);
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async { cyberbackup_server::Server::bind(config).await.map(drop) })
-    };
-    let Err(refused) = second(location.clone()) else {
-        panic!("a second server started on a catalog another one serves");
-    };
-    assert!(
-        refused.to_string().contains("already serving the catalog"),
-        "{refused}"
-    );
-    drop(first);
-    second(location).expect("the catalog stays claimed after its server stopped");
 }
 
 #[test]

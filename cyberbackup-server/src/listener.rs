@@ -127,8 +127,7 @@ impl Server {
         let catalog = crate::catalog::integrity::open_checked(&config)
             .await?
             .with_faults(faults);
-        catalog.claim_sole_server().await?;
-        maintenance::recover(&catalog, &storage).await?;
+        maintenance::recover(&catalog, &storage, config.abandoned_after()).await?;
         let repo = RepoStore::from_config(&config, catalog.clone())?;
         repo.recover().await?;
         tracing::info!(

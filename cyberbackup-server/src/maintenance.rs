@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Catalog, CommittingFile};
+use crate::catalog::{Catalog, CommittingFile, Engine};
 use crate::error::ServerError;
 use crate::storage::Storage;
 
@@ -120,16 +120,32 @@ async fn finish_commit(
 /// Their partial file may hold bytes after the durable offset that a crash left incomplete;
 /// a resume cuts it to that offset first.
 ///
+/// A PostgreSQL catalog may be shared with other servers, whose transfers are live: there
+/// only commits and transfers last updated more than `abandoned_after` ago are resolved and
+/// discarded at start-up (the rest are left to their server, or to the next maintenance
+/// run once they are that old). The temp files in this server's own data directory are all
+/// its own, and removed as on SQLite.
+///
 /// # Errors
 /// [`ServerError::Catalog`] or [`ServerError::Storage`].
 pub async fn recover(
     catalog: &Catalog,
     storage: &Storage,
+    abandoned_after: Duration,
 ) -> Result<MaintenanceReport, ServerError> {
     let mut report = MaintenanceReport::default();
-    reconcile_all(catalog, storage, None, &mut report).await?;
-    let everything = SystemTime::now() + Duration::from_secs(24 * 3600);
-    let resumable = discard_abandoned(catalog, storage, everything, true, &mut report).await?;
+    let (commits_before, transfers_before) = match catalog.engine() {
+        Engine::Sqlite => (None, SystemTime::now() + Duration::from_secs(24 * 3600)),
+        Engine::Postgres => {
+            let cutoff = SystemTime::now()
+                .checked_sub(abandoned_after)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            (Some(cutoff), cutoff)
+        }
+    };
+    reconcile_all(catalog, storage, commits_before, &mut report).await?;
+    let resumable =
+        discard_abandoned(catalog, storage, transfers_before, true, &mut report).await?;
     report.kept_resumable_uploads = resumable.len();
     report.removed_temp_files += storage.remove_leftovers(Duration::ZERO, &resumable).await?;
     if report != MaintenanceReport::default() {

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::scrub::{CorruptKind, CorruptObject, Damage, FileToScrub, PackToScrub};
-use crate::catalog::{Catalog, CatalogLocation};
+use crate::catalog::{Catalog, CatalogLocation, ServiceLock};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::repository::{PieceError, RepoStore};
@@ -249,7 +249,7 @@ impl Scrubber {
                 break;
             }
             for pack in due {
-                let _no_deletion = self.repo.scrub_guard(ClientId(pack.client)).await;
+                let _no_deletion = self.repo.scrub_guard(ClientId(pack.client)).await?;
                 let verdict = self.check_pack(&pack, pacer, &mut report).await?;
                 report.packs += 1;
                 let damage = to_damage(verdict);
@@ -444,7 +444,9 @@ impl Scrubber {
 
 /// Runs a cycle every `interval` (measured from the start of one cycle to the next; the first
 /// at once), paced to `bytes_per_sec`, until `shutdown` is cancelled; `None` (no task) when
-/// `bytes_per_sec` is 0. A failed cycle is logged and retried at the next interval.
+/// `bytes_per_sec` is 0. A failed cycle is logged and retried at the next interval. Of the
+/// servers sharing a catalog, one runs each cycle (the one that takes
+/// [`ServiceLock::ScheduledScrub`]); the others skip it.
 #[must_use]
 pub fn spawn(
     scrubber: Scrubber,
@@ -460,7 +462,12 @@ pub fn spawn(
         loop {
             let next = tokio::time::Instant::now() + interval;
             let mut pacer = Pacer::new(bytes_per_sec);
-            tokio::select! {
+            let elected = scrubber
+                .catalog
+                .elect(ServiceLock::ScheduledScrub, "scheduled scrub")
+                .await;
+            if elected.is_some() {
+                tokio::select! {
                 () = shutdown.cancelled() => return,
                 result = scrubber.run_cycle(None, &mut pacer) => match result {
                     Ok(report) if report.damaged > 0 => tracing::warn!(
@@ -473,7 +480,9 @@ pub fn spawn(
                     ),
                     Err(error) => tracing::warn!(%error, "scrub cycle failed; retrying at the next interval"),
                 },
+                }
             }
+            drop(elected);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {}

@@ -11,7 +11,8 @@ use super::error::query_err;
 use super::sql::{Conn, Engine, Value};
 use super::{CatalogError, CatalogLocation, connect_writer, schema};
 
-/// Tables in an order that satisfies their foreign keys.
+/// Tables in an order that satisfies their foreign keys. `repo_quota_reservations` is not
+/// copied: it holds only puts in flight, and a copy runs with the server stopped.
 const TABLES: &[&str] = &[
     "clients",
     "files",

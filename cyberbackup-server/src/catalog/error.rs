@@ -54,14 +54,6 @@ pub enum CatalogError {
         #[source]
         source: SqlError,
     },
-    /// Another server already serves this PostgreSQL catalog.
-    #[error(
-        "another cyberbackup-server is already serving the catalog {target}: several servers on one catalog are not supported yet (their maintenance runs and upload claims would collide) — stop the other server, or give this one a database of its own"
-    )]
-    InUse {
-        /// The catalog, without its password.
-        target: String,
-    },
     /// `catalog copy` was pointed at a catalog that already has clients.
     #[error(
         "the target catalog {target} already holds {clients} client(s): a copy goes into an empty catalog only — point --to at a new database (createdb), or drop this one if it is a failed earlier copy"

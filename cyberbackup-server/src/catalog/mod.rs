@@ -27,6 +27,7 @@ pub mod copy;
 mod error;
 pub mod integrity;
 mod location;
+pub mod locks;
 mod model;
 pub mod prune;
 mod queries;
@@ -52,6 +53,7 @@ use sql::Conn;
 
 pub use error::CatalogError;
 pub use location::{CatalogLocation, PostgresUrl};
+pub use locks::{LockMode, ServiceLock, ServiceLockGuard};
 pub use model::{
     AbandonedTransfer, CatalogStats, ClientId, ClientRecord, ClientTotals, CommitResult,
     CommittingFile, DEFAULT_PAGE, DeviceRecord, DeviceRole, FileFilter, FileRecord, FileRowId,
@@ -63,9 +65,6 @@ pub use timestamp::format_rfc3339;
 
 pub use crate::config::CATALOG_FILE_NAME;
 
-/// Key of the PostgreSQL advisory lock a serving server holds ([`Catalog::claim_sole_server`]);
-/// "cbserver" in ASCII.
-const SERVER_LOCK: i64 = 0x6362_7365_7276_6572;
 /// Queued write jobs before senders wait (back-pressure on the writer).
 const WRITE_QUEUE: usize = 256;
 /// Read-only connections, all opened by [`Catalog::open`]; at most this many reads run at
@@ -84,6 +83,8 @@ enum Command {
 pub struct Catalog {
     writer: mpsc::Sender<Command>,
     readers: Arc<ReadPool>,
+    /// Connections holding locks shared by the servers (`locks.rs`; PostgreSQL only).
+    locks: Arc<locks::LockConnections>,
     faults: Faults,
 }
 
@@ -145,6 +146,7 @@ impl Catalog {
             .map_err(CatalogError::SpawnWriter)?;
         Ok(Self {
             writer: tx,
+            locks: Arc::new(locks::LockConnections::new(location.clone())),
             readers: Arc::new(ReadPool {
                 location,
                 idle: Mutex::new(readers),
@@ -152,33 +154,6 @@ impl Catalog {
             }),
             faults: Faults::none(),
         })
-    }
-
-    /// Claims the catalog for this server alone, for as long as the catalog is open: on
-    /// PostgreSQL a session advisory lock on the writer's connection, which a second server
-    /// on the same database cannot take (its start-up fails with
-    /// [`CatalogError::InUse`]). A SQLite file belongs to its data directory already.
-    ///
-    /// # Errors
-    /// [`CatalogError::InUse`], or a database error.
-    pub async fn claim_sole_server(&self) -> Result<(), CatalogError> {
-        if self.engine() != Engine::Postgres {
-            return Ok(());
-        }
-        let target = self.location().to_string();
-        self.write(move |c| {
-            let claimed: bool = c
-                .query_row("SELECT pg_try_advisory_lock(?1)", [SERVER_LOCK], |r| {
-                    r.get(0)
-                })
-                .map_err(error::query_err("claim the catalog"))?;
-            if claimed {
-                Ok(())
-            } else {
-                Err(CatalogError::InUse { target })
-            }
-        })
-        .await
     }
 
     /// This catalog with `faults` injected into the operations the connection effects use
@@ -310,6 +285,7 @@ impl Catalog {
             .map_err(|_| CatalogError::Closed)?;
         rx.await.map_err(|_| CatalogError::Closed)??;
         self.readers.close();
+        self.locks.close();
         Ok(())
     }
 

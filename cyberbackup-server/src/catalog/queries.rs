@@ -1767,6 +1767,61 @@ pub(crate) fn repo_stored_bytes(conn: &Conn, client: &ClientId) -> Result<u64, C
     to_u64("stored bytes", bytes)
 }
 
+/// See [`Catalog::reserve_quota`](super::Catalog::reserve_quota); expired reservations of
+/// the client are deleted on the way.
+pub(crate) fn reserve_quota(
+    conn: &mut Conn,
+    client: &ClientId,
+    reservation: &[u8; 16],
+    bytes: u64,
+    hard: u64,
+    now: u64,
+    expires_at: u64,
+) -> Result<super::usage::QuotaCheck, CatalogError> {
+    const OP: &str = "reserve_quota";
+    let now = to_i64("now", now)?;
+    let tx = conn.immediate().map_err(query_err(OP))?;
+    tx.execute(
+        "DELETE FROM repo_quota_reservations WHERE ClientId = ?1 AND ExpiresAt <= ?2",
+        params![client, now],
+    )
+    .map_err(query_err(OP))?;
+    let reserved: i64 = tx
+        .query_row(
+            "SELECT COALESCE(SUM(Bytes), 0) FROM repo_quota_reservations WHERE ClientId = ?1",
+            [client],
+            |r| r.get(0),
+        )
+        .map_err(query_err(OP))?;
+    let counted = repo_stored_bytes(&tx, client)?.saturating_add(to_u64("reserved", reserved)?);
+    if counted.saturating_add(bytes) > hard {
+        return Ok(super::usage::QuotaCheck::Exceeded { counted });
+    }
+    tx.execute(
+        "INSERT INTO repo_quota_reservations (ReservationId, ClientId, Bytes, ExpiresAt)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            reservation,
+            client,
+            to_i64("reserved bytes", bytes)?,
+            to_i64("expiry", expires_at)?
+        ],
+    )
+    .map_err(query_err(OP))?;
+    tx.commit().map_err(query_err(OP))?;
+    Ok(super::usage::QuotaCheck::Reserved(*reservation))
+}
+
+/// See [`Catalog::release_quota`](super::Catalog::release_quota).
+pub(crate) fn release_quota(conn: &mut Conn, reservation: &[u8; 16]) -> Result<(), CatalogError> {
+    conn.execute(
+        "DELETE FROM repo_quota_reservations WHERE ReservationId = ?1",
+        [reservation],
+    )
+    .map_err(query_err("release_quota"))?;
+    Ok(())
+}
+
 /// Packs, stored bytes and corrupt packs of every repository.
 pub(crate) fn repo_usage(conn: &Conn) -> Result<Vec<RepoUsageRecord>, CatalogError> {
     const OP: &str = "repo_usage";

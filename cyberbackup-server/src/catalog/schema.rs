@@ -431,6 +431,23 @@ const MIGRATIONS: &[Migration] = &[
     ",
         postgres: PostgresText::SameWithTypes,
     },
+    // 12: quota reservations in the catalog (`crate::repository::quota`). A pack put that
+    // passes the hard-quota check holds its size here until its pack is indexed or the put
+    // ends, so that puts in flight on every server sharing the catalog count against the
+    // quota. A server that dies leaves its rows; they stop counting at `ExpiresAt`.
+    Migration {
+        name: "quota reservations",
+        sql: r"
+    CREATE TABLE repo_quota_reservations (
+        ReservationId BLOB PRIMARY KEY CHECK (length(ReservationId) = 16),
+        ClientId      BLOB NOT NULL CHECK (length(ClientId) = 16),
+        Bytes         INTEGER NOT NULL CHECK (Bytes >= 0),
+        ExpiresAt     INTEGER NOT NULL
+    );
+    CREATE INDEX repo_quota_reservations_by_client ON repo_quota_reservations(ClientId);
+    ",
+        postgres: PostgresText::SameWithTypes,
+    },
 ];
 
 /// Newest schema version this build knows.

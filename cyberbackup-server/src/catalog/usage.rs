@@ -33,7 +33,51 @@ pub struct SnapshotSummary {
     pub total_bytes: Option<u64>,
 }
 
+/// The answer of [`Catalog::reserve_quota`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaCheck {
+    /// The bytes fit and are reserved under this ID until [`Catalog::release_quota`].
+    Reserved([u8; 16]),
+    /// They do not fit: the client's stored bytes plus what its puts in flight reserved.
+    Exceeded {
+        /// Stored and reserved bytes counted against the quota.
+        counted: u64,
+    },
+}
+
 impl Catalog {
+    /// Reserves `bytes` against the client's hard quota `hard`, in one transaction with the
+    /// check (so two servers' puts never both fit in the last space): refused when its stored
+    /// bytes, plus the unexpired reservations of its puts in flight, plus `bytes` exceed
+    /// `hard`. The reservation counts until `expires_at` (Unix seconds) unless released.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn reserve_quota(
+        &self,
+        client: ClientId,
+        reservation: [u8; 16],
+        bytes: u64,
+        hard: u64,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<QuotaCheck, CatalogError> {
+        self.write(move |c| {
+            queries::reserve_quota(c, &client, &reservation, bytes, hard, now, expires_at)
+        })
+        .await
+    }
+
+    /// Ends a reservation of [`reserve_quota`](Self::reserve_quota) (its pack is indexed and
+    /// counted as stored, or its put ended); a missing one is no error.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn release_quota(&self, reservation: [u8; 16]) -> Result<(), CatalogError> {
+        self.write(move |c| queries::release_quota(c, &reservation))
+            .await
+    }
+
     /// Bytes of the client's stored packs (0 without a repository).
     ///
     /// # Errors
@@ -68,6 +112,7 @@ mod tests {
 
     use super::*;
     use crate::catalog::repo::NewSnapshot;
+    use crate::catalog::testing::TestGuard;
 
     fn snapshot(seed: u8, total_bytes: u64, stored_at: u64) -> NewSnapshot {
         NewSnapshot {
@@ -137,4 +182,53 @@ mod tests {
             .collect();
         assert_eq!(totals, [(None, None), (Some(700), Some(3))]);
     }
+
+    /// Two catalogs on one database reserve against one client's hard quota of 100 bytes.
+    async fn reservations_count_against_the_hard_quota_until_released_or_expired(guard: TestGuard) {
+        let (guard, a) = guard.open().await;
+        let b = Catalog::open_at(guard.location.clone()).await.unwrap();
+        let client = [4; 16];
+        let now = 1_000;
+        let reserve = |catalog: &Catalog, id: u8, bytes: u64, now: u64| {
+            let catalog = catalog.clone();
+            async move {
+                catalog
+                    .reserve_quota(client, [id; 16], bytes, 100, now, now + 60)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        assert_eq!(reserve(&a, 1, 60, now).await, QuotaCheck::Reserved([1; 16]));
+        assert_eq!(
+            reserve(&b, 2, 50, now).await,
+            QuotaCheck::Exceeded { counted: 60 }
+        );
+        assert_eq!(reserve(&b, 3, 40, now).await, QuotaCheck::Reserved([3; 16]));
+        assert_eq!(
+            reserve(&a, 4, 1, now).await,
+            QuotaCheck::Exceeded { counted: 100 }
+        );
+        // Another client's quota is its own.
+        assert_eq!(
+            a.reserve_quota([5; 16], [5; 16], 100, 100, now, now + 60)
+                .await
+                .unwrap(),
+            QuotaCheck::Reserved([5; 16])
+        );
+
+        a.release_quota([1; 16]).await.unwrap();
+        assert_eq!(reserve(&b, 6, 50, now).await, QuotaCheck::Reserved([6; 16]));
+        // A reservation left by a server that died stops counting when it expires.
+        assert_eq!(
+            reserve(&b, 7, 20, now).await,
+            QuotaCheck::Exceeded { counted: 90 }
+        );
+        assert_eq!(
+            reserve(&b, 8, 100, now + 61).await,
+            QuotaCheck::Reserved([8; 16])
+        );
+    }
+
+    on_both_engines!(reservations_count_against_the_hard_quota_until_released_or_expired);
 }

@@ -21,6 +21,7 @@ use cyberbackup_core::repo::{BlobClass, BlobId, RefChunk, SnapshotEnvelope, Snap
 use super::staging::Received;
 use super::{RepoStore, RepoStoreError, bad_object, layout, unix_now};
 use crate::backend::ContentHash;
+use crate::catalog::LockMode;
 use crate::catalog::repo::{BlobLocation, NewSnapshot};
 
 /// Reference chunks looked up in the catalog per query.
@@ -52,7 +53,7 @@ pub(super) async fn commit_snapshot(
 ) -> Result<(), RepoStoreError> {
     let bytes = received.read_at(0, size).await?;
     let envelope = decode_claimed(&bytes, id)?;
-    let _shared = store.maintenance_lock(client).read_owned().await;
+    let _shared = store.maintenance_lock(client, LockMode::Shared).await?;
     let checked = check_references(store, client, &envelope.ref_chunks).await?;
     let key = layout::snapshot_key(client, &id);
     store
@@ -81,7 +82,7 @@ pub(super) async fn record_stored(
     bytes: &[u8],
 ) -> Result<(), RepoStoreError> {
     let envelope = decode_claimed(bytes, id)?;
-    let _shared = store.maintenance_lock(client).read_owned().await;
+    let _shared = store.maintenance_lock(client, LockMode::Shared).await?;
     let checked = check_references(store, client, &envelope.ref_chunks).await?;
     let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
     record(store, client, id, size, envelope, checked).await

@@ -24,6 +24,7 @@
 mod commit;
 mod error;
 mod layout;
+mod locks;
 mod progress;
 mod prune;
 mod quota;
@@ -33,9 +34,8 @@ mod schedule;
 mod scrub;
 mod staging;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -46,11 +46,12 @@ use cyberbackup_core::repo::{
 };
 
 use crate::backend::{Backend, ContentHash, ObjectKey, PutBody};
-use crate::catalog::Catalog;
 use crate::catalog::repo::{AddKeyOutcome, RemoveKeyOutcome};
+use crate::catalog::{Catalog, LockMode};
 use crate::config::ServerConfig;
 
 pub use error::RepoStoreError;
+pub use locks::RepoLockGuard;
 pub use progress::{PruneActivity, PrunePhase, PruneProgress};
 pub use prune::{PruneOptions, PruneReport};
 pub use quota::{QuotaLimits, Quotas};
@@ -129,26 +130,11 @@ struct Inner {
     catalog: Catalog,
     staging_dir: PathBuf,
     max_object_len: u64,
-    /// Per client: commits and pack stores hold it shared, a prune's sweep and the pack
-    /// deletions hold it exclusively (`prune.rs`). One entry per client that ever stored.
-    maintenance_locks: ClientLocks<tokio::sync::RwLock<()>>,
-    /// Per client: held by a prune from start to end, so two prunes of one repository (the
-    /// schedule's and a client's, say) never interleave their repacks.
-    prune_locks: ClientLocks<tokio::sync::Mutex<()>>,
+    /// The per-repository maintenance and prune locks (`locks.rs`).
+    locks: Arc<locks::RepoLocks>,
     /// The prunes running now.
     prune_progress: PruneProgress,
-    /// Per client: quota checks one at a time, and the bytes of puts in flight (`quota.rs`).
-    quota_gates: ClientLocks<quota::QuotaGate>,
     quotas: Quotas,
-}
-
-/// One lock of type `L` per client, created on first use.
-type ClientLocks<L> = Arc<Mutex<HashMap<ClientId, Arc<L>>>>;
-
-/// The client's entry of `locks`.
-fn client_lock<L: Default>(locks: &ClientLocks<L>, client: ClientId) -> Arc<L> {
-    let mut locks = locks.lock().unwrap_or_else(PoisonError::into_inner);
-    Arc::clone(locks.entry(client).or_default())
 }
 
 impl RepoStore {
@@ -169,18 +155,22 @@ impl RepoStore {
                 catalog,
                 staging_dir,
                 max_object_len,
-                maintenance_locks: Arc::default(),
-                prune_locks: Arc::default(),
+                locks: Arc::default(),
                 prune_progress: PruneProgress::default(),
-                quota_gates: Arc::default(),
                 quotas: Quotas::default(),
             }),
         }
     }
 
-    /// The client's maintenance lock (see [`Inner::maintenance_locks`]).
-    fn maintenance_lock(&self, client: ClientId) -> Arc<tokio::sync::RwLock<()>> {
-        client_lock(&self.inner.maintenance_locks, client)
+    /// The client's maintenance lock in `mode` (`locks.rs`), on this server and every
+    /// other one on the catalog.
+    async fn maintenance_lock(
+        &self,
+        client: ClientId,
+        mode: LockMode,
+    ) -> Result<RepoLockGuard, RepoStoreError> {
+        let inner = &self.inner;
+        inner.locks.maintenance(&inner.catalog, client, mode).await
     }
 
     /// The prunes running now (shared with the admin API).
@@ -515,7 +505,7 @@ impl RepoStore {
         client: ClientId,
         id: PackId,
         size: u64,
-        received: staging::Received,
+        mut received: staging::Received,
     ) -> Result<(), RepoStoreError> {
         if received.hash != id.0 {
             return Err(RepoStoreError::HashMismatch {
@@ -528,7 +518,7 @@ impl RepoStore {
         let body = received.stream(STREAM_PIECE).await?;
         // Shared: a pending deletion of this pack ID must not run between the put and the
         // index transaction that cancels it.
-        let _shared = self.maintenance_lock(client).read_owned().await;
+        let _shared = self.maintenance_lock(client, LockMode::Shared).await?;
         self.inner
             .backend
             .put(&key, PutBody::Stream(body), ContentHash::from_bytes(id.0))
@@ -537,6 +527,7 @@ impl RepoStore {
             .catalog
             .index_pack(client.0, id, size, header.entries, unix_now())
             .await?;
+        received.release_quota().await;
         Ok(())
     }
 }

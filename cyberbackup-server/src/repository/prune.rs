@@ -45,6 +45,7 @@ use super::progress::{PrunePhase, PruneTracker};
 use super::staging::StagedPut;
 use super::{ObjectClass, RepoStore, RepoStoreError, STREAM_PIECE, layout, unix_now};
 use crate::backend::{ContentHash, PutBody};
+use crate::catalog::LockMode;
 use crate::catalog::repo::BlobLocation;
 
 /// Reference chunks looked up per catalog query.
@@ -136,8 +137,7 @@ impl RepoStore {
         now: u64,
     ) -> Result<PruneReport, RepoStoreError> {
         self.require_repository(client).await?;
-        let prune_lock = super::client_lock(&self.inner.prune_locks, client);
-        let _one_prune = prune_lock.lock().await;
+        let _one_prune = self.inner.locks.prune(&self.inner.catalog, client).await?;
         let progress = self.inner.prune_progress.start(client);
         let catalog = &self.inner.catalog;
         let mut report = PruneReport::default();
@@ -153,9 +153,8 @@ impl RepoStore {
         self.follow_chunks(client, &chunks, &mut live, Some(&progress))
             .await?;
 
-        let lock = self.maintenance_lock(client);
         {
-            let _exclusive = lock.write().await;
+            let _exclusive = self.maintenance_lock(client, LockMode::Exclusive).await?;
             progress.phase(PrunePhase::Mark, 0);
             let snapshots = catalog.list_snapshots(client.0).await?;
             report.snapshots = snapshots.len() as u64;
@@ -220,8 +219,7 @@ impl RepoStore {
         if due.is_empty() {
             return Ok((0, 0));
         }
-        let lock = self.maintenance_lock(client);
-        let _exclusive = lock.write().await;
+        let _exclusive = self.maintenance_lock(client, LockMode::Exclusive).await?;
         let (mut packs, mut bytes) = (0, 0);
         for pending in due {
             // An upload of the same pack ID since the listing cancelled the deletion.

@@ -5,16 +5,21 @@
 //! (`USAGE`) so that it can warn.
 //!
 //! Puts in flight count too: a put that passes the check *reserves* its size until its pack
-//! is indexed or abandoned, and checks of one client run one at a time, so two connections of
-//! one client cannot each fit a pack that together would pass the hard quota. (Reservations
-//! live in this process: servers sharing one catalog each enforce their own.)
+//! is indexed or abandoned. The check and the reservation are one catalog transaction
+//! (`Catalog::reserve_quota`), so two connections of one client, on one server or on two
+//! servers sharing the catalog, cannot each fit a pack that together would pass the hard
+//! quota. A reservation a dead server left behind stops counting after
+//! [`RESERVATION_LIFETIME`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use cyberbackup_core::names::ClientId;
 use cyberbackup_core::v4::repository::{RepoUsage, human_bytes};
+use rand_core::{OsRng, RngCore};
+
+use crate::catalog::Catalog;
+use crate::catalog::usage::QuotaCheck;
 
 use super::{RepoStore, RepoStoreError};
 
@@ -54,25 +59,47 @@ impl Quotas {
     }
 }
 
-/// One client's quota checks and the bytes its puts in flight reserved.
-#[derive(Debug, Default)]
-pub(super) struct QuotaGate {
-    /// Held across one check-and-reserve.
-    check: tokio::sync::Mutex<()>,
-    reserved: AtomicU64,
-}
+/// How long a reservation counts unless released: far longer than a pack put takes, short
+/// enough that a server that died mid-put does not hold the space for long.
+pub(super) const RESERVATION_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Bytes a put in flight holds against its client's hard quota; released on drop (the
 /// pack was indexed, so the stored bytes count it, or the put was abandoned).
 #[derive(Debug)]
 pub(crate) struct QuotaReservation {
-    gate: Arc<QuotaGate>,
-    bytes: u64,
+    catalog: Catalog,
+    /// `None` once released.
+    id: Option<[u8; 16]>,
+}
+
+impl QuotaReservation {
+    /// Releases the reservation now (its pack is indexed), so the client's next put is
+    /// checked without it; a failure is logged and the row expires on its own.
+    pub(super) async fn release(mut self) {
+        if let Some(id) = self.id.take() {
+            if let Err(err) = self.catalog.release_quota(id).await {
+                tracing::warn!(%err, "cannot release a quota reservation (it expires on its own)");
+            }
+        }
+    }
 }
 
 impl Drop for QuotaReservation {
+    /// A put that ended otherwise (an error, a dropped connection) releases in the
+    /// background.
     fn drop(&mut self) {
-        self.gate.reserved.fetch_sub(self.bytes, Ordering::SeqCst);
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        let catalog = self.catalog.clone();
+        // Without a runtime (the process ending) the row expires instead.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = catalog.release_quota(id).await {
+                    tracing::warn!(%err, "cannot release a quota reservation (it expires on its own)");
+                }
+            });
+        }
     }
 }
 
@@ -106,33 +133,38 @@ impl RepoStore {
         let Some(hard) = limits.hard_bytes else {
             return Ok(None);
         };
-        let gate = super::client_lock(&self.inner.quota_gates, client);
-        let _one_check = gate.check.lock().await;
-        let stored = self.inner.catalog.repo_stored_bytes(client.0).await?;
-        let stored = stored.saturating_add(gate.reserved.load(Ordering::SeqCst));
-        if stored.saturating_add(size) > hard {
-            tracing::warn!(
-                client = %String::from_utf8_lossy(&name),
-                stored,
-                pack = size,
-                hard_quota = hard,
-                "pack refused: hard quota exceeded"
-            );
-            return Err(RepoStoreError::QuotaExceeded {
-                message: format!(
-                    "quota exceeded: {} stored + {} pack > {} hard quota for client {}; ask the operator to raise it or forget old snapshots",
-                    human_bytes(stored),
-                    human_bytes(size),
-                    human_bytes(hard),
-                    String::from_utf8_lossy(&name)
-                ),
-            });
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        let now = super::unix_now();
+        let catalog = &self.inner.catalog;
+        let expires_at = now + RESERVATION_LIFETIME.as_secs();
+        match catalog
+            .reserve_quota(client.0, id, size, hard, now, expires_at)
+            .await?
+        {
+            QuotaCheck::Reserved(id) => Ok(Some(QuotaReservation {
+                catalog: catalog.clone(),
+                id: Some(id),
+            })),
+            QuotaCheck::Exceeded { counted } => {
+                tracing::warn!(
+                    client = %String::from_utf8_lossy(&name),
+                    stored = counted,
+                    pack = size,
+                    hard_quota = hard,
+                    "pack refused: hard quota exceeded"
+                );
+                Err(RepoStoreError::QuotaExceeded {
+                    message: format!(
+                        "quota exceeded: {} stored + {} pack > {} hard quota for client {}; ask the operator to raise it or forget old snapshots",
+                        human_bytes(counted),
+                        human_bytes(size),
+                        human_bytes(hard),
+                        String::from_utf8_lossy(&name)
+                    ),
+                })
+            }
         }
-        gate.reserved.fetch_add(size, Ordering::SeqCst);
-        Ok(Some(QuotaReservation {
-            gate: Arc::clone(&gate),
-            bytes: size,
-        }))
     }
 
     /// The client's name and limits.

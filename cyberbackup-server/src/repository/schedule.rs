@@ -2,7 +2,8 @@
 //! the server's retention policy ([`RepoStore::apply_retention`]) and then
 //! [`RepoStore::prune`], with the totals kept for the admin API (`/api/v1/maintenance`) and
 //! logged. One repository failing (a damaged reference chunk) is logged and skipped; the
-//! others are still pruned.
+//! others are still pruned. Of the servers sharing a catalog, one runs each pass (the one
+//! that takes [`ServiceLock::ScheduledPrune`]); the others skip it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,6 +13,8 @@ use cyberbackup_core::names::ClientId;
 use cyberbackup_core::repo::retention::RetentionPolicy;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::catalog::ServiceLock;
 
 use super::{PruneOptions, PruneReport, RepoStore, RepoStoreError, RetentionPolicies, unix_now};
 
@@ -168,6 +171,14 @@ impl RepoStore {
                     () = shutdown.cancelled() => break,
                     _ = ticker.tick() => {}
                 }
+                let Some(_elected) = store
+                    .inner
+                    .catalog
+                    .elect(ServiceLock::ScheduledPrune, "scheduled prune")
+                    .await
+                else {
+                    continue;
+                };
                 // A prune cut off by shutdown is safe: every step is one transaction.
                 let run = tokio::select! {
                     () = shutdown.cancelled() => break,

@@ -8,8 +8,9 @@ use bytes::Bytes;
 use cyberbackup_core::names::ClientId;
 use cyberbackup_core::repo::{BlobId, PackId};
 
-use super::{RepoStore, RepoStoreError, layout};
+use super::{RepoLockGuard, RepoStore, RepoStoreError, layout};
 use crate::backend::BackendError;
+use crate::catalog::LockMode;
 
 /// Why a piece of a stored pack could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +34,11 @@ impl RepoStore {
     /// Holds off the client's prune deletions (shared with commits) while the scrub checks
     /// one of its packs, so a pack is never deleted under a read that would then call it
     /// lost.
-    pub async fn scrub_guard(&self, client: ClientId) -> tokio::sync::OwnedRwLockReadGuard<()> {
-        self.maintenance_lock(client).read_owned().await
+    ///
+    /// # Errors
+    /// [`RepoStoreError::Catalog`] when the lock shared by the servers cannot be taken.
+    pub async fn scrub_guard(&self, client: ClientId) -> Result<RepoLockGuard, RepoStoreError> {
+        self.maintenance_lock(client, LockMode::Shared).await
     }
 
     /// Bytes `range` of the client's stored pack, straight from the backend.

@@ -55,8 +55,9 @@ pub(super) struct Received {
     pub(super) file: File,
     pub(super) path: TempPath,
     pub(super) hash: [u8; 32],
-    /// Carried on from the [`StagedPut`]: released once the object is stored and indexed.
-    _reservation: Option<super::quota::QuotaReservation>,
+    /// Carried on from the [`StagedPut`]: released once the object is stored and indexed
+    /// ([`Self::release_quota`]), or when this is dropped.
+    reservation: Option<super::quota::QuotaReservation>,
 }
 
 impl StagedPut {
@@ -136,7 +137,7 @@ impl StagedPut {
             file: file.into_std().await,
             path: self.path,
             hash: *self.hasher.finalize().as_bytes(),
-            _reservation: self.reservation,
+            reservation: self.reservation,
         })
     }
 
@@ -150,6 +151,13 @@ impl StagedPut {
 }
 
 impl Received {
+    /// Releases the quota reservation (the object is stored and counted now).
+    pub(super) async fn release_quota(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            reservation.release().await;
+        }
+    }
+
     /// Reads `len` bytes at `offset`, off the async runtime.
     pub(super) async fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, RepoStoreError> {
         let file = self.clone_file()?;
