@@ -8,6 +8,7 @@
 //! cargo run --release -p cyberbackup-bench -- many-clients many-files catalog peer
 //! cargo run --release -p cyberbackup-bench -- compare --json compare.json
 //! cargo run --release -p cyberbackup-bench -- soak --clients 1000 --minutes 10 --seed 1
+//! cargo run --release -p cyberbackup-bench -- service --clients 8 --size 32MiB
 //! cargo run --release -p cyberbackup-bench -- --smoke
 //! ```
 //!
@@ -30,6 +31,7 @@ mod peer;
 mod procfs;
 mod report;
 mod server;
+mod service;
 mod single_file;
 mod soak;
 
@@ -66,6 +68,10 @@ enum Scenario {
     /// Load and soak: N clients for --minutes, random sizes, disconnects and reconnects;
     /// server RSS and descriptors over time. Only when named (not in the default set).
     Soak,
+    /// Several servers, one service: 1, 2 and 3 servers on one PostgreSQL catalog and one
+    /// S3 bucket behind a round-robin proxy; backup throughput of --clients clients of
+    /// --size each, and objects and catalog rows per stored GiB. Only when named.
+    Service,
 }
 
 /// End-to-end benchmarks of CyberBackup against the real server binary.
@@ -189,11 +195,12 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&work)
         .with_context(|| format!("cannot create the work directory {}", work.display()))?;
     let scenarios = if cli.scenarios.is_empty() {
-        // The soak runs for minutes: only when asked for by name.
+        // The soak runs for minutes, the service needs PostgreSQL and an S3 server: only when
+        // asked for by name.
         Scenario::value_variants()
             .iter()
             .copied()
-            .filter(|s| *s != Scenario::Soak)
+            .filter(|s| !matches!(s, Scenario::Soak | Scenario::Service))
             .collect()
     } else {
         cli.scenarios.clone()
@@ -248,6 +255,16 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 single_file::run(&bins, &work, &options)
             }
             Scenario::ManyClients => many_clients::run(&bins, &work, clients),
+            Scenario::Service => {
+                let (section, notes) = service::run(
+                    &bins,
+                    &work,
+                    cli.clients.unwrap_or(8),
+                    cli.size.unwrap_or(32 << 20),
+                );
+                report.notes.extend(notes);
+                section
+            }
             Scenario::Soak => {
                 let minutes = cli.minutes.unwrap_or(if smoke { 1.0 / 3.0 } else { 10.0 });
                 if !(minutes.is_finite() && minutes > 0.0) {

@@ -109,6 +109,8 @@ pub(crate) struct ServerSettings {
     pub(crate) max_connections: u32,
     /// `max_file_size`.
     pub(crate) max_file_size: u64,
+    /// More TOML, appended as written (top-level keys first, then any tables).
+    pub(crate) extra: String,
 }
 
 impl Default for ServerSettings {
@@ -117,6 +119,7 @@ impl Default for ServerSettings {
             registrations_per_minute: 30,
             max_connections: 1024,
             max_file_size: 4 * 1024 * 1024 * 1024,
+            extra: String::new(),
         }
     }
 }
@@ -151,11 +154,12 @@ impl ServerProcess {
              # every benchmark client comes from 127.0.0.1: no per-address cap\n\
              max_connections_per_address = {}\n\
              # the admin dashboard's fixed port would clash between runs; not measured here\n\
-             admin_enabled = false\n",
+             admin_enabled = false\n{}",
             settings.max_connections,
             settings.registrations_per_minute,
             settings.max_file_size,
             settings.max_connections,
+            settings.extra,
         );
         let config_path = dir.join("cyberbackup-server.toml");
         std::fs::write(&config_path, config)

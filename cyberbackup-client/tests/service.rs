@@ -12,19 +12,22 @@
 
 #[path = "../../cyberbackup-server/tests/postgres_server/mod.rs"]
 mod postgres_server;
+#[path = "../../cyberbackup-server/tests/round_robin/mod.rs"]
+mod round_robin;
 #[path = "../../cyberbackup-server/tests/s3_server/mod.rs"]
 mod s3_server;
 mod support;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use round_robin::RoundRobin;
 use support::{client_binary, machine_command, output_text, same_contents, write_pattern};
 
 const SERVERS: usize = 3;
@@ -185,64 +188,6 @@ impl Drop for ServerProcess {
     }
 }
 
-/// A round-robin TCP proxy: each connection goes to the next server that accepts it (a
-/// dead one is skipped), and its bytes are copied both ways until either side closes.
-struct RoundRobin {
-    address: SocketAddr,
-    /// Open connections per server.
-    open: Arc<Vec<AtomicUsize>>,
-}
-
-impl RoundRobin {
-    fn start(servers: Vec<SocketAddr>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let open: Arc<Vec<AtomicUsize>> =
-            Arc::new(servers.iter().map(|_| AtomicUsize::new(0)).collect());
-        let counts = Arc::clone(&open);
-        std::thread::spawn(move || {
-            let next = AtomicUsize::new(0);
-            for incoming in listener.incoming() {
-                let Ok(client) = incoming else { continue };
-                let picked = (0..servers.len()).find_map(|_| {
-                    let index = next.fetch_add(1, Ordering::Relaxed) % servers.len();
-                    TcpStream::connect_timeout(&servers[index], Duration::from_secs(1))
-                        .ok()
-                        .map(|upstream| (index, upstream))
-                });
-                let Some((index, upstream)) = picked else {
-                    continue;
-                };
-                counts[index].fetch_add(1, Ordering::SeqCst);
-                let counts = Arc::clone(&counts);
-                std::thread::spawn(move || {
-                    pipe_both_ways(client, upstream);
-                    counts[index].fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        Self { address, open }
-    }
-
-    fn open_on(&self, server: usize) -> usize {
-        self.open[server].load(Ordering::SeqCst)
-    }
-}
-
-fn pipe_both_ways(client: TcpStream, upstream: TcpStream) {
-    let (mut client_read, mut upstream_write) =
-        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
-    let forward = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_read, &mut upstream_write);
-        let _ = upstream_write.shutdown(Shutdown::Write);
-    });
-    let (mut upstream_read, mut client_write) = (upstream, client);
-    let _ = std::io::copy(&mut upstream_read, &mut client_write);
-    let _ = client_write.shutdown(Shutdown::Both);
-    let _ = upstream_read.shutdown(Shutdown::Both);
-    let _ = forward.join();
-}
-
 /// The client binary of machine `index` (a directory of its own) against `server`.
 fn client(root: &Path, index: usize, server: SocketAddr, args: &[&str]) -> Output {
     let dir = root.join(format!("client-{index}"));
@@ -291,7 +236,7 @@ fn fifty_clients_back_up_through_three_servers_while_one_is_killed_and_restarted
     for index in 1..SERVERS {
         servers.push(ServerProcess::new(root.path(), index, &catalog, &key, &s3));
     }
-    let proxy = RoundRobin::start(servers.iter().map(ServerProcess::address).collect());
+    let proxy = RoundRobin::start(servers.iter().map(ServerProcess::address).collect()).unwrap();
     let sources: Vec<PathBuf> = (0..CLIENTS).map(|i| make_tree(root.path(), i)).collect();
 
     let outcomes: Arc<Mutex<Vec<Outcome>>> =
