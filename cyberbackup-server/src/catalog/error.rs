@@ -45,7 +45,7 @@ pub enum CatalogError {
     },
     /// The PostgreSQL catalog could not be reached, or refused the login.
     #[error(
-        "cannot connect to the catalog database {target}: {source} — check that the PostgreSQL server is running and reachable, and the URL's user, password and database name"
+        "cannot connect to the catalog database {target}: {source} — check that the PostgreSQL server is running and reachable, the URL's user, password and database name, and with sslmode=require that the server's certificate is for this host name and signed by a trusted certificate (sslrootcert=FILE in the URL, else the system's roots)"
     )]
     Connect {
         /// The database's URL, without its password.

@@ -141,7 +141,7 @@ pub async fn schema_status(location: CatalogLocation) -> Result<SchemaStatus, Ca
                 "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version'",
             ),
             CatalogLocation::Postgres(url) => (
-                Conn::postgres(url.expose()).map_err(|source| CatalogError::Connect {
+                Conn::postgres(url).map_err(|source| CatalogError::Connect {
                     target: url.to_string(),
                     source,
                 })?,

@@ -95,24 +95,70 @@ impl fmt::Debug for CatalogLocation {
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresUrl(Zeroizing<String>);
 
+/// What a [`PostgresUrl`] says about connecting: the client's settings, and the file of
+/// certificates to trust for TLS (`sslrootcert=FILE`; `None`: the system's roots).
+pub(crate) struct PostgresSettings {
+    /// Everything but `sslrootcert`, as `postgres` parses it.
+    pub(crate) config: ::postgres::Config,
+    /// `sslrootcert`.
+    pub(crate) root_cert: Option<PathBuf>,
+}
+
 impl PostgresUrl {
-    /// The URL with its password, for connecting.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
+    /// The connection settings, password included. `sslrootcert`, a libpq parameter the
+    /// Rust client does not know, is taken out of the URL here; it needs `sslmode=require`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the URL (without its password).
+    pub(crate) fn settings(&self) -> Result<PostgresSettings, String> {
+        let (url, root_cert) = take_root_cert(&self.0);
+        let config = ::postgres::Config::from_str(&url).map_err(|err| {
+            format!(
+                "catalog URL {:?} is not a PostgreSQL URL ({err}); the form is postgres://USER:PASSWORD@HOST:PORT/DATABASE[?sslmode=require[&sslrootcert=FILE]]",
+                redact_url(&self.0)
+            )
+        })?;
+        if root_cert.is_some() && config.get_ssl_mode() != ::postgres::config::SslMode::Require {
+            return Err(format!(
+                "catalog URL {:?} names an sslrootcert but not sslmode=require: add sslmode=require (the certificate is only used for TLS)",
+                redact_url(&self.0)
+            ));
+        }
+        Ok(PostgresSettings { config, root_cert })
     }
+}
+
+/// `url` without its `sslrootcert=FILE` query parameter, and that file.
+fn take_root_cert(url: &str) -> (Zeroizing<String>, Option<PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (Zeroizing::new(url.to_owned()), None);
+    };
+    let mut root_cert = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|param| match param.strip_prefix("sslrootcert=") {
+            Some(path) => {
+                root_cert = Some(PathBuf::from(path));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (Zeroizing::new(url), root_cert)
 }
 
 impl FromStr for PostgresUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        ::postgres::Config::from_str(text).map_err(|err| {
-            format!(
-                "catalog URL {:?} is not a PostgreSQL URL ({err}); the form is postgres://USER:PASSWORD@HOST:PORT/DATABASE",
-                redact_url(text)
-            )
-        })?;
-        Ok(Self(Zeroizing::new(text.to_owned())))
+        let url = Self(Zeroizing::new(text.to_owned()));
+        url.settings()?;
+        Ok(url)
     }
 }
 
@@ -165,6 +211,33 @@ mod tests {
         assert!(err.contains("sqlite:PATH") && !err.contains("pw@"), "{err}");
         assert!(CatalogLocation::parse("sqlite:").is_err());
         assert!(CatalogLocation::parse("postgres://cb@host:notaport/db").is_err());
+    }
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_the_url_and_needs_sslmode_require() {
+        let url: PostgresUrl =
+            "postgres://cb@db/catalog?sslmode=require&sslrootcert=/etc/ca.pem&connect_timeout=5"
+                .parse()
+                .unwrap();
+        let settings = url.settings().unwrap();
+        assert_eq!(settings.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            settings.config.get_ssl_mode(),
+            ::postgres::config::SslMode::Require
+        );
+        assert_eq!(
+            settings.config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(5))
+        );
+        let without: PostgresUrl = "postgres://cb@db/catalog?sslmode=require".parse().unwrap();
+        assert_eq!(without.settings().unwrap().root_cert, None);
+        let err = "postgres://cb:pw@db/catalog?sslrootcert=/etc/ca.pem"
+            .parse::<PostgresUrl>()
+            .unwrap_err();
+        assert!(
+            err.contains("sslmode=require") && !err.contains("pw@"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -635,7 +635,7 @@ fn connect(location: &CatalogLocation, role: Role) -> Result<Conn, CatalogError>
             schema::open_reader(path).map(Conn::sqlite)
         }
         (CatalogLocation::Postgres(url), _) => {
-            Conn::postgres(url.expose()).map_err(|source| CatalogError::Connect {
+            Conn::postgres(url).map_err(|source| CatalogError::Connect {
                 target: url.to_string(),
                 source,
             })

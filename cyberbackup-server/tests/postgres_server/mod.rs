@@ -41,19 +41,30 @@ impl PgServer {
     /// message) when none is installed. With `CYBERBACKUP_REQUIRE_POSTGRES=1` a missing
     /// server is a test failure instead.
     pub fn start_or_skip() -> Option<Self> {
-        let Some(bin) = find() else {
-            assert!(
-                std::env::var_os("CYBERBACKUP_REQUIRE_POSTGRES").is_none(),
-                "CYBERBACKUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed — {INSTALL}"
-            );
-            eprintln!("SKIPPED: PostgreSQL is not installed (initdb, postgres) — {INSTALL}");
-            return None;
-        };
-        Some(Self::start(&bin))
+        let bin = bin_or_skip()?;
+        Some(Self::start(&bin, tempfile::tempdir().unwrap(), &[]))
     }
 
-    fn start(bin: &Path) -> Self {
+    /// [`Self::start_or_skip`] with TLS on: a certificate for `127.0.0.1` and `localhost`
+    /// signed by a test CA made here with `openssl`; returns the CA's PEM file too.
+    pub fn start_tls_or_skip() -> Option<(Self, PathBuf)> {
+        let bin = bin_or_skip()?;
         let dir = tempfile::tempdir().unwrap();
+        let owner = run_as();
+        let ca = make_certificates(dir.path(), &owner);
+        let cert = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let options = [
+            "-c".to_owned(),
+            "ssl=on".to_owned(),
+            "-c".to_owned(),
+            format!("ssl_cert_file={}", cert("server.pem")),
+            "-c".to_owned(),
+            format!("ssl_key_file={}", cert("server.key")),
+        ];
+        Some((Self::start(&bin, dir, &options), ca))
+    }
+
+    fn start(bin: &Path, dir: tempfile::TempDir, options: &[String]) -> Self {
         let data = dir.path().join("data");
         let owner = run_as();
         if let Some(user) = &owner {
@@ -80,6 +91,7 @@ impl PgServer {
             .args(["-k", dir.path().to_str().unwrap()])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "max_connections=200"])
+            .args(options)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -143,6 +155,88 @@ impl Drop for PgServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The PostgreSQL binaries, or `None` after a one-line skip message (a failure under
+/// `CYBERBACKUP_REQUIRE_POSTGRES=1`).
+fn bin_or_skip() -> Option<PathBuf> {
+    let Some(bin) = find() else {
+        assert!(
+            std::env::var_os("CYBERBACKUP_REQUIRE_POSTGRES").is_none(),
+            "CYBERBACKUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed — {INSTALL}"
+        );
+        eprintln!("SKIPPED: PostgreSQL is not installed (initdb, postgres) — {INSTALL}");
+        return None;
+    };
+    Some(bin)
+}
+
+/// A CA and a server certificate for `127.0.0.1` / `localhost` signed by it, in `dir`
+/// (`ca.pem`, `server.pem`, `server.key`, the key owned by `owner` and 0600 as PostgreSQL
+/// demands); returns the CA's file.
+fn make_certificates(dir: &Path, owner: &Option<String>) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the TLS test needs the openssl command (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca: Vec<&str> = [
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem"],
+    ]
+    .concat();
+    openssl(&[&ca[..], &["-days", "2", "-subj", "/CN=cyberbackup test CA"]].concat());
+    let csr: Vec<&str> = [
+        &["req"][..],
+        &ec,
+        &["-keyout", "server.key", "-out", "server.csr"],
+    ]
+    .concat();
+    openssl(&[&csr[..], &["-subj", "/CN=localhost"]].concat());
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if let Some(user) = owner {
+        chown(&key, user);
+        chown(&dir.join("server.pem"), user);
+    }
+    dir.join("ca.pem")
 }
 
 /// Runs `sql` on the database at `url`, on a thread of its own: the blocking client runs a

@@ -12,6 +12,7 @@
 
 mod pg;
 mod sqlite;
+mod tls;
 mod value;
 
 use std::fmt;
@@ -62,6 +63,9 @@ pub enum SqlError {
     /// The connection was closed.
     #[error("the catalog connection is closed")]
     Closed,
+    /// The URL or the TLS settings of a PostgreSQL connection are unusable.
+    #[error("{0}")]
+    Settings(String),
     /// A query that must return a row returned none.
     #[error("the query returned no row")]
     NoRows,
@@ -211,12 +215,13 @@ impl Conn {
         }
     }
 
-    /// A connection to the PostgreSQL server at `url` (a libpq connection string or a
-    /// `postgres://` URL).
+    /// A connection to the PostgreSQL server at `url`, over TLS with `sslmode=require`
+    /// (`tls.rs`).
     ///
     /// # Errors
-    /// [`SqlError::Postgres`] when the server cannot be reached or refuses the login.
-    pub(crate) fn postgres(url: &str) -> Result<Self, SqlError> {
+    /// [`SqlError::Postgres`] when the server cannot be reached, refuses the login or its
+    /// certificate; [`SqlError::Tls`] when the trusted certificates cannot be read.
+    pub(crate) fn postgres(url: &super::PostgresUrl) -> Result<Self, SqlError> {
         Ok(Self {
             inner: Inner::Postgres(pg::PgConn::connect(url)?),
         })

@@ -8,7 +8,7 @@ use std::error::Error;
 
 use bytes::BytesMut;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 
 use super::{Column, SqlError, Value};
 
@@ -41,8 +41,8 @@ impl Drop for PgConn {
 }
 
 impl PgConn {
-    pub(super) fn connect(url: &str) -> Result<Self, SqlError> {
-        let client = Client::connect(url, NoTls)?;
+    pub(super) fn connect(url: &crate::catalog::PostgresUrl) -> Result<Self, SqlError> {
+        let client = super::tls::connect(url)?;
         Ok(Self {
             client: RefCell::new(Some(client)),
             statements: RefCell::new(HashMap::new()),
