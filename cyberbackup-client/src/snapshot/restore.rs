@@ -6,11 +6,14 @@
 //! mtime last, so an interrupted restore never leaves a match behind). Then symlinks, empty
 //! directories, hard links, modes, times and, when running as root, owners.
 //!
-//! A written file's fsync, rename and metadata run on the blocking pool while the next
-//! files are fetched and written, up to [`MAX_FINISHING`] at once: the file system commits
-//! their fsyncs together instead of one round trip to the disk per small file. Directory
-//! metadata is applied once every file is in place (a rename into a directory changes its
-//! mtime), children before parents; the restore returns only when all of it is done.
+//! Written files are put in place in batches (up to [`BATCH_FILES`] files or [`BATCH_BYTES`]
+//! bytes) on the blocking pool while the next files are fetched and written: one `syncfs`
+//! makes every file of the batch durable, then each is renamed over its final name and
+//! given its metadata. A file's bytes are therefore durable before its final name exists,
+//! as with an `fsync` per file, for one round trip to the disk per batch instead of one per
+//! small file. Directory metadata is applied once every file is in place (a rename into a
+//! directory changes its mtime), children before parents; the restore returns only when all
+//! of it is done.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -81,8 +84,12 @@ impl RestoreProgress {
     }
 }
 
-/// Files whose fsync, rename and metadata may run in the background at once.
-const MAX_FINISHING: usize = 32;
+/// Files written before their batch is put in place.
+const BATCH_FILES: usize = 256;
+/// Bytes written before their batch is put in place.
+const BATCH_BYTES: u64 = 32 << 20;
+/// Batches being synced and put in place at once.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 struct Filter {
     include: Option<GlobSet>,
@@ -186,6 +193,8 @@ impl<R: RepoRemote> Repository<R> {
             summary: RestoreSummary::default(),
             links: HashMap::new(),
             is_root: rustix::process::geteuid().is_root(),
+            pending: Vec::new(),
+            pending_bytes: 0,
             finishing: tokio::task::JoinSet::new(),
             dirs: Vec::new(),
         };
@@ -345,7 +354,8 @@ impl<R: RepoRemote> Repository<R> {
                 run.summary.bytes_written += written;
                 run.summary.files_restored += 1;
                 progress.files.fetch_add(1, Ordering::Relaxed);
-                run.finish_file(temp, dest, entry.meta.clone()).await?;
+                run.finish_file(temp, dest, entry.meta.clone(), written)
+                    .await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -502,39 +512,59 @@ struct RestoreRun {
     /// Hard-link group → the first restored path of the group.
     links: HashMap<u64, PathBuf>,
     is_root: bool,
-    /// Files being fsynced, renamed into place and given their metadata; each yields the
+    /// Written files whose batch has not started (see the module docs), and their bytes.
+    pending: Vec<WrittenFile>,
+    pending_bytes: u64,
+    /// Batches being synced, renamed into place and given their metadata; each yields the
     /// warnings of its metadata.
     finishing: tokio::task::JoinSet<Result<Vec<String>, V4ClientError>>,
     /// Directories restored, children before parents: their metadata is applied last.
     dirs: Vec<(PathBuf, Metadata)>,
 }
 
+/// A file written to its temp name, waiting for its batch.
+struct WrittenFile {
+    temp: tempfile::TempPath,
+    dest: PathBuf,
+    meta: Metadata,
+}
+
 impl RestoreRun {
-    /// Puts a written temp file in place in the background: fsync, rename over `dest`,
-    /// metadata. Waits for one such file first when [`MAX_FINISHING`] are running.
+    /// Queues a written temp file of `len` bytes to be put in place with its batch, which
+    /// starts when it is full.
     async fn finish_file(
         &mut self,
         temp: tempfile::NamedTempFile,
         dest: &Path,
         meta: Metadata,
+        len: u64,
     ) -> Result<(), V4ClientError> {
-        if self.finishing.len() >= MAX_FINISHING {
+        self.pending.push(WrittenFile {
+            temp: temp.into_temp_path(),
+            dest: dest.to_path_buf(),
+            meta,
+        });
+        self.pending_bytes += len;
+        if self.pending.len() >= BATCH_FILES || self.pending_bytes >= BATCH_BYTES {
+            self.start_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the pending files in place in the background, after waiting for a batch when
+    /// [`BATCHES_IN_FLIGHT`] are running.
+    async fn start_batch(&mut self) -> Result<(), V4ClientError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.finishing.len() >= BATCHES_IN_FLIGHT {
             self.wait_for_one_finishing().await?;
         }
-        let dest = dest.to_path_buf();
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         let is_root = self.is_root;
-        self.finishing.spawn_blocking(move || {
-            local(&dest, "cannot fsync", temp.as_file().sync_all())?;
-            remove_dir_in_the_way(&dest)?;
-            local(
-                &dest,
-                "cannot rename into place",
-                temp.persist(&dest).map_err(|err| err.error),
-            )?;
-            let mut warnings = Vec::new();
-            apply_meta(&dest, &meta, false, is_root, &mut warnings)?;
-            Ok(warnings)
-        });
+        self.finishing
+            .spawn_blocking(move || put_in_place(batch, is_root));
         Ok(())
     }
 
@@ -550,7 +580,9 @@ impl RestoreRun {
         Ok(())
     }
 
+    /// Puts every written file in place and waits until all are.
     async fn wait_for_all_finishing(&mut self) -> Result<(), V4ClientError> {
+        self.start_batch().await?;
         while !self.finishing.is_empty() {
             self.wait_for_one_finishing().await?;
         }
@@ -580,6 +612,35 @@ impl RestoreRun {
             &mut self.summary.warnings,
         )
     }
+}
+
+/// One batch: a `syncfs` of each file system its files are on (their bytes durable), then
+/// each renamed over its final name and given its metadata.
+fn put_in_place(batch: Vec<WrittenFile>, is_root: bool) -> Result<Vec<String>, V4ClientError> {
+    let mut synced = Vec::new();
+    for file in &batch {
+        let dev = local(&file.dest, "cannot stat", fs::metadata(&file.temp))?.dev();
+        if !synced.contains(&dev) {
+            let handle = local(&file.dest, "cannot open", fs::File::open(&file.temp))?;
+            local(
+                &file.dest,
+                "cannot sync the file system of",
+                rustix::fs::syncfs(&handle).map_err(io::Error::from),
+            )?;
+            synced.push(dev);
+        }
+    }
+    let mut warnings = Vec::new();
+    for WrittenFile { temp, dest, meta } in batch {
+        remove_dir_in_the_way(&dest)?;
+        local(
+            &dest,
+            "cannot rename into place",
+            temp.persist(&dest).map_err(|err| err.error),
+        )?;
+        apply_meta(&dest, &meta, false, is_root, &mut warnings)?;
+    }
+    Ok(warnings)
 }
 
 /// Owner (as root), mode (not for symlinks), extended attributes and times, in that
