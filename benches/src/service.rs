@@ -71,7 +71,8 @@ struct Run {
     stored_bytes: u64,
     objects: u64,
     catalog_rows: u64,
-    rows_by_table: Vec<(String, u64)>,
+    catalog_bytes: u64,
+    rows_by_table: Vec<TableCost>,
 }
 
 fn run_inner(
@@ -137,11 +138,15 @@ fn run_inner(
                 last.catalog_rows
             ),
         );
+        section.row(
+            "per stored GiB: catalog bytes (tables and indexes)",
+            data::human((last.catalog_bytes as f64 / gib) as u64),
+        );
         let tables: Vec<String> = last
             .rows_by_table
             .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(t, n)| format!("{t} {n}"))
+            .filter(|t| t.rows > 0)
+            .map(|t| format!("{} {} ({})", t.table, t.rows, data::human(t.bytes)))
             .collect();
         section.row("catalog rows by table", tables.join(", "));
     }
@@ -241,7 +246,8 @@ fn run_with(
         mb_per_s: total / wall / 1e6,
         stored_bytes,
         objects,
-        catalog_rows: rows_by_table.iter().map(|(_, n)| n).sum(),
+        catalog_rows: rows_by_table.iter().map(|t| t.rows).sum(),
+        catalog_bytes: rows_by_table.iter().map(|t| t.bytes).sum(),
         rows_by_table,
     })
 }
@@ -261,8 +267,8 @@ fn bucket_totals(s3: &s3_server::S3Server, prefix: &str) -> anyhow::Result<(u64,
     })
 }
 
-/// Rows of every table of the catalog at `url`.
-fn catalog_rows(url: &str) -> anyhow::Result<Vec<(String, u64)>> {
+/// Rows and bytes of every table of the catalog at `url`.
+fn catalog_rows(url: &str) -> anyhow::Result<Vec<TableCost>> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)
         .with_context(|| format!("cannot connect to {url}"))?;
     let tables: Vec<String> = client
@@ -276,10 +282,24 @@ fn catalog_rows(url: &str) -> anyhow::Result<Vec<(String, u64)>> {
         .collect();
     let mut rows = Vec::new();
     for table in tables {
-        let count: i64 = client
-            .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])?
-            .get(0);
-        rows.push((table, u64::try_from(count).unwrap_or(0)));
+        let row = client.query_one(
+            &format!("SELECT count(*), pg_total_relation_size('\"{table}\"') FROM \"{table}\""),
+            &[],
+        )?;
+        let (count, bytes): (i64, i64) = (row.get(0), row.get(1));
+        rows.push(TableCost {
+            table,
+            rows: u64::try_from(count).unwrap_or(0),
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        });
     }
     Ok(rows)
+}
+
+/// One catalog table's rows and its size on disk with its indexes.
+#[derive(Debug, serde::Serialize)]
+struct TableCost {
+    table: String,
+    rows: u64,
+    bytes: u64,
 }
