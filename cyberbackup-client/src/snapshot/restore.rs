@@ -188,6 +188,8 @@ impl<R: RepoRemote> Repository<R> {
             "cannot create the target directory",
             fs::create_dir_all(target),
         )?;
+        // Absolute once, so that no temp file's creation looks up the working directory.
+        let target = &local(target, "cannot resolve", std::path::absolute(target))?;
         let mut run = RestoreRun {
             filter,
             summary: RestoreSummary::default(),
@@ -618,7 +620,14 @@ impl RestoreRun {
 /// each renamed over its final name and given its metadata.
 fn put_in_place(batch: Vec<WrittenFile>, is_root: bool) -> Result<Vec<String>, V4ClientError> {
     let mut synced = Vec::new();
+    let mut last_dir: Option<&Path> = None;
     for file in &batch {
+        // One stat per directory: a batch's files mostly share a few.
+        let dir = file.dest.parent();
+        if dir.is_some() && dir == last_dir {
+            continue;
+        }
+        last_dir = dir;
         let dev = local(&file.dest, "cannot stat", fs::metadata(&file.temp))?.dev();
         if !synced.contains(&dev) {
             let handle = local(&file.dest, "cannot open", fs::File::open(&file.temp))?;

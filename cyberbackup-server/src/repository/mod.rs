@@ -376,13 +376,15 @@ impl RepoStore {
     /// [`RepoStoreError::NoRepository`], [`RepoStoreError::NotFound`], or a backend or
     /// catalog failure.
     pub async fn get_blob(&self, client: ClientId, id: BlobId) -> Result<Bytes, RepoStoreError> {
-        self.require_repository(client).await?;
+        // The lookup first: an indexed blob implies the repository (one catalog read per
+        // blob of a restore, not two); only a miss asks which error it is.
         let found = self
             .inner
             .catalog
             .blob_locations(client.0, vec![id])
             .await?;
         let Some(Some(location)) = found.first().copied() else {
+            self.require_repository(client).await?;
             return Err(RepoStoreError::NotFound {
                 what: "blob",
                 id: id.to_hex(),
