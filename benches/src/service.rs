@@ -140,7 +140,7 @@ fn run_inner(
         );
         section.row(
             "per stored GiB: catalog bytes (tables and indexes)",
-            data::human((last.catalog_bytes as f64 / gib) as u64),
+            data::human(per_gib(last.catalog_bytes, last.stored_bytes)),
         );
         let tables: Vec<String> = last
             .rows_by_table
@@ -302,4 +302,25 @@ struct TableCost {
     table: String,
     rows: u64,
     bytes: u64,
+}
+
+/// `amount` scaled to one GiB of `stored` bytes, in whole units (0 when nothing is stored).
+fn per_gib(amount: u64, stored: u64) -> u64 {
+    if stored == 0 {
+        return 0;
+    }
+    let scaled = u128::from(amount) * (1u128 << 30) / u128::from(stored);
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_gib;
+
+    #[test]
+    fn per_gib_scales_to_one_stored_gib() {
+        assert_eq!(per_gib(1 << 20, 1 << 30), 1 << 20);
+        assert_eq!(per_gib(3, 1 << 29), 6);
+        assert_eq!(per_gib(5, 0), 0);
+    }
 }
