@@ -115,6 +115,7 @@ macro_rules! all_cases {
                 upload_resumes_after_a_restart,
                 upload_refuses_parts_that_break_the_rules,
                 concurrent_writers,
+                removing_interrupted_puts_keeps_every_object,
             );
         )*
     };
@@ -124,6 +125,34 @@ all_cases!(local, s3, faulty);
 
 mod cases {
     use super::*;
+
+    /// Start-up recovery's sweep removes no object, whole or partly uploaded.
+    pub(super) async fn removing_interrupted_puts_keeps_every_object(fx: &Fixture) {
+        let b = &*fx.backend;
+        put(b, &key("data/aa/kept"), b"kept").await;
+        put(b, &key("snapshots/also-kept"), b"also kept").await;
+        let first_part = pattern(usize::try_from(b.part_len()).unwrap(), 3);
+        let mut upload = b.begin_upload(&key("data/bb/in-progress")).await.unwrap();
+        b.upload_part(&mut upload, Bytes::from(first_part.clone()))
+            .await
+            .unwrap();
+        assert_eq!(b.remove_interrupted_puts().await.unwrap(), 0);
+        assert_eq!(
+            list(b, None).await,
+            objects(&[("data/aa/kept", 4), ("snapshots/also-kept", 9)])
+        );
+        b.upload_part(&mut upload, Bytes::from_static(b"end"))
+            .await
+            .unwrap();
+        let whole = [first_part.as_slice(), b"end"].concat();
+        b.complete_upload(&upload, ContentHash::of(&whole))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get(&key("data/bb/in-progress"), None).await.unwrap(),
+            whole
+        );
+    }
 
     pub(super) async fn save_and_load_whole_and_ranges(fx: &Fixture) {
         let b = &*fx.backend;
@@ -590,6 +619,20 @@ async fn local_cancelled_put_leaves_no_temp_file() {
         Vec::<String>::new(),
         "temp files left behind"
     );
+}
+
+#[tokio::test]
+async fn local_removes_the_temp_file_of_a_put_a_crash_interrupted() {
+    let fx = local().unwrap();
+    let b = &*fx.backend;
+    put(b, &key("data/aa/kept"), b"kept").await;
+    let root = fx._keep.downcast_ref::<tempfile::TempDir>().unwrap().path();
+    let object = root.join("objects/data/aa/kept");
+    let temp = object.with_file_name(".put-interrupted");
+    std::fs::write(&temp, b"half").unwrap();
+    assert_eq!(b.remove_interrupted_puts().await.unwrap(), 1);
+    assert!(!temp.exists() && object.exists());
+    assert_eq!(list(b, None).await, objects(&[("data/aa/kept", 4)]));
 }
 
 #[tokio::test]

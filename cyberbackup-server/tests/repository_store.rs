@@ -17,11 +17,11 @@ use bytes::Bytes;
 use cyberbackup_core::repo::{BlobId, PackId};
 use cyberbackup_server::backend::faulty::FaultPlan;
 use cyberbackup_server::backend::local::{LocalBackend, LocalConfig};
-use cyberbackup_server::backend::{Backend, ContentHash};
+use cyberbackup_server::backend::{Backend, BackendError, ContentHash};
 use cyberbackup_server::catalog::Catalog;
 use cyberbackup_server::repository::{
-    ObjectClass, PruneOptions, PutStart, QuotaLimits, Quotas, RecoveryReport, RepoStore,
-    RepoStoreError,
+    BlobReader, ObjectClass, PruneOptions, PutStart, QuotaLimits, Quotas, RecoveryReport,
+    RepoStore, RepoStoreError,
 };
 use cyberbackup_server::scrub::{Pacer, ScrubReport, Scrubber};
 use repo_fixture::*;
@@ -498,6 +498,11 @@ async fn recovery_indexes_an_unindexed_pack_and_cleans_up(fx: Fixture) {
         .await
         .unwrap();
     std::fs::write(fx.staging().join("put-left-by-a-crash"), b"partial").unwrap();
+    // A backend put's temp file beside the pack (a crash before its rename).
+    let put_temp = fx
+        .backend_path(&pack)
+        .with_file_name(".put-left-by-a-crash");
+    std::fs::write(&put_temp, b"partial").unwrap();
     assert_eq!(fx.store.have(ALICE, &[blobs[0].0]).await.unwrap(), [false]);
 
     // Restart: a new store on the same data directory.
@@ -507,6 +512,7 @@ async fn recovery_indexes_an_unindexed_pack_and_cleans_up(fx: Fixture) {
         report,
         RecoveryReport {
             staging_files_removed: 1,
+            interrupted_puts_removed: 1,
             packs_indexed: 1,
             packs_deleted: 1,
             snapshots_deleted: 1,
@@ -520,6 +526,7 @@ async fn recovery_indexes_an_unindexed_pack_and_cleans_up(fx: Fixture) {
     assert_eq!(store.get_blob(ALICE, ids[1]).await.unwrap(), blobs[1].1);
     assert_eq!(fx.objects().await, [pack_key(ALICE, &pack).to_string()]);
     assert_eq!(files_under(&fx.staging()), Vec::<String>::new());
+    assert!(!put_temp.exists(), "the put's temp file survived recovery");
     assert_eq!(store.snapshots(ALICE).await.unwrap(), []);
     // A second recovery finds nothing to do.
     assert_eq!(store.recover().await.unwrap(), RecoveryReport::default());
@@ -1026,6 +1033,142 @@ async fn a_damaged_pack_is_never_repacked_so_its_damage_stays_visible(fx: Fixtur
     assert!(path.exists());
 }
 
+/// `count` plaintexts of 1–3 KiB that do not compress (a restore's small files).
+fn small_files(count: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut state = seed | 1;
+    (0..count)
+        .map(|i| {
+            (0..1024 + (i * 37) % 2048)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()[0]
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn as_slices(files: &[Vec<u8>]) -> Vec<&[u8]> {
+    files.iter().map(Vec::as_slice).collect()
+}
+
+/// A connection's reader serves every blob right whatever the order: through its pack in
+/// order (the readahead), backwards, alternating between two packs; a stretch it holds
+/// serves no other client and no blob it does not hold.
+async fn a_blob_reader_serves_every_blob_in_any_order(fx: Fixture) {
+    let mut repo = Repo::new(31);
+    create(&fx, ALICE, &repo).await;
+    create(&fx, BOB, &Repo::new(32)).await;
+    let first_files = small_files(300, 1);
+    let second_files = small_files(300, 2);
+    let (first, first_bytes, first_blobs) = repo.data_pack(&as_slices(&first_files));
+    let (second, second_bytes, second_blobs) = repo.data_pack(&as_slices(&second_files));
+    put_pack(&fx.store, ALICE, first, &first_bytes).await;
+    put_pack(&fx.store, ALICE, second, &second_bytes).await;
+
+    let mut reader = BlobReader::default();
+    for (id, sealed) in first_blobs.iter().chain(&second_blobs) {
+        assert_eq!(&reader.read(&fx.store, ALICE, *id).await.unwrap(), sealed);
+    }
+    for (id, sealed) in first_blobs.iter().rev() {
+        assert_eq!(&reader.read(&fx.store, ALICE, *id).await.unwrap(), sealed);
+    }
+    for (a, b) in first_blobs.iter().zip(&second_blobs) {
+        for (id, sealed) in [a, b] {
+            assert_eq!(&reader.read(&fx.store, ALICE, *id).await.unwrap(), sealed);
+        }
+    }
+    // Two reads in order: the stretch now holds ALICE's next blobs; BOB asks for one of them
+    // through the same reader.
+    for (id, _) in &first_blobs[9..11] {
+        reader.read(&fx.store, ALICE, *id).await.unwrap();
+    }
+    assert!(matches!(
+        reader.read(&fx.store, BOB, first_blobs[11].0).await,
+        Err(RepoStoreError::NotFound { what: "blob", .. })
+    ));
+    assert!(matches!(
+        reader.read(&fx.store, ALICE, BlobId([9; 32])).await,
+        Err(RepoStoreError::NotFound { what: "blob", .. })
+    ));
+}
+
+/// Reads that follow each other through a pack cost a handful of backend reads, not one per
+/// blob; reads in any other order cost one each (no bytes read for nothing); a stretch past
+/// the end of a truncated pack still serves the whole blobs before the cut.
+#[tokio::test]
+async fn sequential_blob_reads_share_ranged_reads_and_a_truncated_pack_keeps_its_whole_blobs() {
+    let plan = FaultPlan::new();
+    let fx = Fixture::with_faults(Arc::clone(&plan)).await;
+    let mut repo = Repo::new(33);
+    create(&fx, ALICE, &repo).await;
+    let files = small_files(300, 3);
+    let (pack, bytes, blobs) = repo.data_pack(&as_slices(&files));
+    put_pack(&fx.store, ALICE, pack, &bytes).await;
+
+    let before = plan.gets_started();
+    let mut reader = BlobReader::default();
+    for (id, sealed) in &blobs {
+        assert_eq!(&reader.read(&fx.store, ALICE, *id).await.unwrap(), sealed);
+    }
+    let in_order = plan.gets_started() - before;
+    assert!(
+        in_order <= 12,
+        "300 blobs read in pack order took {in_order} backend reads"
+    );
+
+    let before = plan.gets_started();
+    let mut reader = BlobReader::default();
+    for (id, sealed) in blobs.iter().rev() {
+        assert_eq!(&reader.read(&fx.store, ALICE, *id).await.unwrap(), sealed);
+    }
+    assert_eq!(
+        plan.gets_started() - before,
+        blobs.len(),
+        "backwards: one read per blob"
+    );
+
+    // Cut the pack in the middle of blob 200: the blobs before it are still whole.
+    let cut = bytes.len() / 3 * 2;
+    let path = fx.backend_path(&pack);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&path, &bytes[..cut]).unwrap();
+    let mut reader = BlobReader::default();
+    let mut whole = 0;
+    for (id, sealed) in &blobs {
+        match reader.read(&fx.store, ALICE, *id).await {
+            Ok(read) => {
+                assert_eq!(&read, sealed);
+                whole += 1;
+            }
+            Err(err) => assert!(
+                matches!(
+                    err,
+                    RepoStoreError::Backend(BackendError::InvalidRange { .. })
+                ),
+                "{err:?}"
+            ),
+        }
+    }
+    // Where each sealed blob ends in the pack (they follow each other in order).
+    let mut ends = Vec::new();
+    let mut from = 0;
+    for (_, sealed) in &blobs {
+        let at = from
+            + bytes[from..]
+                .windows(sealed.len())
+                .position(|w| w == sealed)
+                .unwrap();
+        from = at + sealed.len();
+        ends.push(from);
+    }
+    let expected = ends.iter().take_while(|&&end| end <= cut).count();
+    assert!(expected > 150, "the cut keeps most blobs whole: {expected}");
+    assert_eq!(whole, expected, "every blob before the cut is served");
+}
+
 on_both_engines!(
     pack_round_trip_and_have,
     a_duplicate_blob_keeps_its_first_location,
@@ -1048,4 +1191,5 @@ on_both_engines!(
     puts_in_flight_count_against_the_hard_quota_until_they_end,
     blobs_of_a_damaged_pack_are_uploaded_again_by_the_next_backup_and_move_to_its_pack,
     a_damaged_pack_is_never_repacked_so_its_damage_stays_visible,
+    a_blob_reader_serves_every_blob_in_any_order,
 );

@@ -166,6 +166,11 @@ impl<B: Backend> Backend for Faulty<B> {
         self.inner.delete(key).await
     }
 
+    async fn remove_interrupted_puts(&self) -> Result<u64, BackendError> {
+        self.plan.check("remove interrupted puts")?;
+        self.inner.remove_interrupted_puts().await
+    }
+
     async fn begin_upload(&self, key: &ObjectKey) -> Result<Upload, BackendError> {
         self.plan.check_write("begin upload")?;
         self.inner.begin_upload(key).await

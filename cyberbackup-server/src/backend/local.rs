@@ -195,6 +195,11 @@ impl Backend for LocalBackend {
         .await
     }
 
+    async fn remove_interrupted_puts(&self) -> Result<u64, BackendError> {
+        let root = self.root.clone();
+        blocking(move || remove_put_temp_files(&root)).await
+    }
+
     async fn begin_upload(&self, key: &ObjectKey) -> Result<Upload, BackendError> {
         let root = self.root.clone();
         let dest = self.path_of(key);
@@ -294,6 +299,35 @@ fn open_upload(path: &Path, key: &ObjectKey) -> Result<File, BackendError> {
 }
 
 /// Sends every object under `start` to `tx`; stops when the receiver is gone.
+/// Removes every `.put-*` temp file under `root` (a put a crash interrupted before its
+/// rename); a missing root holds none.
+fn remove_put_temp_files(root: &Path) -> Result<u64, BackendError> {
+    let mut removed = 0;
+    for entry in walkdir::WalkDir::new(root).min_depth(1) {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if e.io_error().is_some_and(is_missing) && e.depth() == 0 => return Ok(0),
+            Err(e) => {
+                return Err(BackendError::Io {
+                    op: "list",
+                    path: e.path().unwrap_or(root).to_path_buf(),
+                    source: e.into(),
+                });
+            }
+        };
+        let is_put_temp = entry.file_type().is_file()
+            && entry.file_name().to_string_lossy().starts_with(PUT_PREFIX);
+        if is_put_temp {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if is_missing(&e) => {}
+                Err(e) => return Err(io_err("remove", entry.path())(e)),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 fn walk(
     root: &Path,
     start: &Path,

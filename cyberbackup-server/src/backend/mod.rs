@@ -247,6 +247,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The backend's failure.
     async fn delete(&self, key: &ObjectKey) -> Result<(), BackendError>;
 
+    /// Removes what puts interrupted by a crash left where no key names it (the local
+    /// backend's `.put-*` temp files; an object store keeps nothing of a put it did not
+    /// complete) and returns how many. Start-up recovery calls it before the server takes any
+    /// write, so no put of its own is in flight; the store must have no other writer then.
+    ///
+    /// # Errors
+    /// The backend's failure.
+    async fn remove_interrupted_puts(&self) -> Result<u64, BackendError>;
+
     /// Starts a resumable upload of a large object. Nothing is visible until
     /// [`complete_upload`](Self::complete_upload).
     ///
@@ -357,6 +366,10 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), BackendError> {
         (**self).delete(key).await
+    }
+
+    async fn remove_interrupted_puts(&self) -> Result<u64, BackendError> {
+        (**self).remove_interrupted_puts().await
     }
 
     async fn begin_upload(&self, key: &ObjectKey) -> Result<Upload, BackendError> {

@@ -315,6 +315,12 @@ impl Backend for S3Backend {
         }
     }
 
+    /// Nothing to remove: a `PUT` the store did not complete leaves no object (interrupted
+    /// multipart uploads are resumed or aborted through their recorded upload ids).
+    async fn remove_interrupted_puts(&self) -> Result<u64, BackendError> {
+        Ok(0)
+    }
+
     async fn begin_upload(&self, key: &ObjectKey) -> Result<Upload, BackendError> {
         let id = self
             .store

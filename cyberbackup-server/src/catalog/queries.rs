@@ -1251,6 +1251,42 @@ pub(crate) fn blob_locations(
     Ok(raw.iter().map(|id| found.get(id).copied()).collect())
 }
 
+/// Up to `limit` blobs of `pack`, by offset, that lie wholly within `start..end` (the
+/// blobs a ranged read of the pack returns whole).
+pub(crate) fn blobs_in_range(
+    conn: &Conn,
+    client: &ClientId,
+    pack: &PackId,
+    range: std::ops::Range<u64>,
+    limit: u32,
+) -> Result<Vec<(BlobId, u64, u32)>, CatalogError> {
+    const OP: &str = "blobs_in_range";
+    let start = to_i64("range start", range.start)?;
+    let end = to_i64("range end", range.end)?;
+    let rows = conn
+        .prepare(
+            "SELECT BlobId, BlobOffset, BlobLen FROM repo_blobs
+             WHERE ClientId = ?1 AND PackId = ?2 AND BlobOffset >= ?3
+               AND BlobOffset + BlobLen <= ?4
+             ORDER BY BlobOffset
+             LIMIT ?5",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![client, &pack.0, start, end, limit], |r| {
+                Ok((
+                    r.get::<_, [u8; 32]>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, u32>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, SqlError>>()
+        })
+        .map_err(query_err(OP))?;
+    rows.into_iter()
+        .map(|(id, offset, len)| Ok((BlobId(id), to_u64("blob offset", offset)?, len)))
+        .collect()
+}
+
 /// Records a snapshot that passed the commit check, its reference chunks, and the reference
 /// chunks this commit verified, in one transaction; `false` if it was already recorded.
 pub(crate) fn record_snapshot(

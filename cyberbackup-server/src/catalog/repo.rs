@@ -66,6 +66,19 @@ pub struct BlobLocation {
     pub damaged: bool,
 }
 
+/// A blob's location and the blobs of its pack one ranged read from its offset returns
+/// whole ([`Catalog::blob_window`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobWindow {
+    /// The blob asked for.
+    pub location: BlobLocation,
+    /// The end of the range to read (exclusive): the end of the last blob listed.
+    pub end: u64,
+    /// Every blob wholly in `location.offset..end`, the one asked for first: ID, offset and
+    /// length.
+    pub blobs: Vec<(BlobId, u64, u32)>,
+}
+
 /// A snapshot that passed the commit check, to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSnapshot {
@@ -228,6 +241,50 @@ impl Catalog {
     ) -> Result<Vec<Option<BlobLocation>>, CatalogError> {
         self.read(move |c| queries::blob_locations(c, &client, &ids))
             .await
+    }
+
+    /// Where blob `id` is stored, with the blobs of its pack that lie wholly within the
+    /// `readahead(location)` bytes from its offset (at least the blob itself; at most
+    /// `max_blobs`, by offset): what one ranged read of the pack serves. `None`: not indexed.
+    ///
+    /// # Errors
+    /// A [`CatalogError`] if the database fails.
+    pub async fn blob_window(
+        &self,
+        client: ClientId,
+        id: BlobId,
+        max_blobs: u32,
+        readahead: impl FnOnce(&BlobLocation) -> u64 + Send + 'static,
+    ) -> Result<Option<BlobWindow>, CatalogError> {
+        self.read(move |c| {
+            let Some(Some(location)) = queries::blob_locations(c, &client, &[id])?.pop() else {
+                return Ok(None);
+            };
+            let start = location.offset;
+            let own_end = start + u64::from(location.len);
+            let wanted = readahead(&location).max(u64::from(location.len));
+            let blobs = if wanted > u64::from(location.len) && max_blobs > 1 {
+                queries::blobs_in_range(
+                    c,
+                    &client,
+                    &location.pack,
+                    start..start + wanted,
+                    max_blobs,
+                )?
+            } else {
+                vec![(id, start, location.len)]
+            };
+            let end = blobs
+                .last()
+                .map_or(own_end, |(_, offset, len)| offset + u64::from(*len))
+                .max(own_end);
+            Ok(Some(BlobWindow {
+                location,
+                end,
+                blobs,
+            }))
+        })
+        .await
     }
 
     /// Records a committed snapshot (see [`NewSnapshot`]) in one transaction; `false` if it

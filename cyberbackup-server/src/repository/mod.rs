@@ -28,6 +28,7 @@ mod locks;
 mod progress;
 mod prune;
 mod quota;
+mod reader;
 mod recovery;
 mod retention;
 mod schedule;
@@ -55,6 +56,7 @@ pub use locks::RepoLockGuard;
 pub use progress::{PruneActivity, PrunePhase, PruneProgress};
 pub use prune::{PruneOptions, PruneReport};
 pub use quota::{QuotaLimits, Quotas};
+pub use reader::BlobReader;
 pub use recovery::RecoveryReport;
 pub use retention::RetentionPolicies;
 pub use schedule::{LastPrune, PruneRun};
@@ -370,29 +372,14 @@ impl RepoStore {
         staged.discard().await;
     }
 
-    /// The bytes of a blob (a sealed blob or a reference chunk).
+    /// The bytes of a blob (a sealed blob or a reference chunk), read alone; a connection
+    /// reading many keeps a [`BlobReader`].
     ///
     /// # Errors
     /// [`RepoStoreError::NoRepository`], [`RepoStoreError::NotFound`], or a backend or
     /// catalog failure.
     pub async fn get_blob(&self, client: ClientId, id: BlobId) -> Result<Bytes, RepoStoreError> {
-        // The lookup first: an indexed blob implies the repository (one catalog read per
-        // blob of a restore, not two); only a miss asks which error it is.
-        let found = self
-            .inner
-            .catalog
-            .blob_locations(client.0, vec![id])
-            .await?;
-        let Some(Some(location)) = found.first().copied() else {
-            self.require_repository(client).await?;
-            return Err(RepoStoreError::NotFound {
-                what: "blob",
-                id: id.to_hex(),
-            });
-        };
-        let range = location.offset..location.offset + u64::from(location.len);
-        let key = layout::pack_key(client, &location.pack);
-        Ok(self.inner.backend.get(&key, Some(range)).await?)
+        BlobReader::default().read(self, client, id).await
     }
 
     /// A committed snapshot object, whole.

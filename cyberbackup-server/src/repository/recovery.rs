@@ -2,6 +2,8 @@
 //! store"). A crash can leave:
 //!
 //! * staging files (a put in progress): removed; no client was told the object was stored.
+//! * a backend put's temp file (the local backend's `.put-*`, a crash between its write and
+//!   its rename): removed; the object was never visible and no client was told it was stored.
 //! * a pack in the backend that is not indexed (crash between the backend's put and the
 //!   index transaction): **indexed from its header** — the backend only stores a pack whose
 //!   hash matched, and the header parsed before the put, so indexing it is what the
@@ -42,6 +44,8 @@ const BATCH: usize = 500;
 pub struct RecoveryReport {
     /// Staging files removed (puts a crash interrupted).
     pub staging_files_removed: u64,
+    /// Temp files of backend puts a crash interrupted (the local backend's), removed.
+    pub interrupted_puts_removed: u64,
     /// Packs found in the backend but not in the index, indexed from their headers.
     pub packs_indexed: u64,
     /// Unindexed packs deleted (header damaged).
@@ -59,6 +63,7 @@ pub struct RecoveryReport {
 pub(super) async fn recover(store: &RepoStore) -> Result<RecoveryReport, RepoStoreError> {
     let mut report = RecoveryReport {
         staging_files_removed: clean_staging(store).await?,
+        interrupted_puts_removed: store.inner.backend.remove_interrupted_puts().await?,
         ..RecoveryReport::default()
     };
     let backend = &store.inner.backend;

@@ -14,13 +14,15 @@ use cyberbackup_core::v4::{Refusal, StorageFailure};
 
 use crate::backend::BackendError;
 use crate::repository::{
-    ObjectClass, PruneOptions, PutStart, RepoStore, RepoStoreError, StagedPut,
+    BlobReader, ObjectClass, PruneOptions, PutStart, RepoStore, RepoStoreError, StagedPut,
 };
 
 /// The object a connection is putting, between `PUT_READY` and `PUT_END`.
 #[derive(Debug, Default)]
 pub(crate) struct RepoConnection {
     staged: Option<StagedPut>,
+    /// The connection's blob reads (a restore's readahead in the pack).
+    blobs: BlobReader,
 }
 
 impl RepoConnection {
@@ -95,8 +97,9 @@ impl RepoConnection {
             }
             RepoRequest::Get { target } => {
                 let object = match target {
-                    cyberbackup_core::v4::repository::GetTarget::Blob(id) => store
-                        .get_blob(client, id)
+                    cyberbackup_core::v4::repository::GetTarget::Blob(id) => self
+                        .blobs
+                        .read(store, client, id)
                         .await
                         .map_err(|err| damaged(err, "blob", id.to_hex(), "its pack")),
                     cyberbackup_core::v4::repository::GetTarget::Snapshot(id) => store
