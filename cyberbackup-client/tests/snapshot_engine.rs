@@ -39,6 +39,8 @@ struct Store {
     packs_put: usize,
     pack_bytes_put: usize,
     have_batches: Vec<usize>,
+    /// Blob requests: one per `get_blob`, one per `get_blobs` window.
+    get_windows: usize,
     /// Fault: HAVE answers one bool fewer than asked.
     short_have: bool,
     /// Packs the "server's scrub" marked damaged: DAMAGED lists their blobs.
@@ -152,7 +154,8 @@ impl RepoRemote for MemRemote {
     }
 
     async fn get_blob(&mut self, id: BlobId) -> Result<Bytes, V4ClientError> {
-        let store = self.store();
+        let mut store = self.store();
+        store.get_windows += 1;
         let &(pack, offset, len, _) = store
             .index
             .get(&id)
@@ -160,6 +163,15 @@ impl RepoRemote for MemRemote {
         Ok(Bytes::copy_from_slice(
             &store.packs[&pack][offset..offset + len],
         ))
+    }
+
+    async fn get_blobs(&mut self, ids: &[BlobId]) -> Result<Vec<Bytes>, V4ClientError> {
+        let mut blobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            blobs.push(self.get_blob(*id).await?);
+        }
+        self.store().get_windows -= ids.len().saturating_sub(1);
+        Ok(blobs)
     }
 
     async fn get_snapshot(&mut self, id: SnapshotId) -> Result<Bytes, V4ClientError> {
@@ -340,6 +352,52 @@ async fn an_unchanged_tree_is_backed_up_without_reading_a_file_and_one_change_se
         );
     }
     assert!(repo.check(ReadData::All).await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn an_unchanged_backup_fetches_the_parents_trees_many_per_request_and_follows_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for a in 0..30 {
+        for b in 0..6 {
+            let folder = src.join(format!("p{a:02}/q{b}"));
+            fs::create_dir_all(&folder).unwrap();
+            fs::write(folder.join("f.txt"), format!("{a} {b}")).unwrap();
+        }
+    }
+    let (remote, mut repo) = open_new(dir.path()).await;
+    backup(&mut repo, &[&src]).await;
+
+    remote.store().get_windows = 0;
+    let second = backup(&mut repo, &[&src]).await;
+    assert_eq!(second.files_unmodified, 180);
+    assert_eq!(second.files_new + second.files_changed, 0);
+    // 211 folders below the backup path (and those above it): one request each without
+    // fetching ahead.
+    let windows = remote.store().get_windows;
+    assert!(windows <= 12, "{windows} blob requests for 211 folders");
+
+    // Folders gone, a folder new, a file changed deep down: the walk leaves the parent's
+    // order and the trees it is served still match the folders it is in.
+    fs::remove_dir_all(src.join("p03")).unwrap();
+    fs::remove_dir_all(src.join("p17/q2")).unwrap();
+    fs::create_dir_all(src.join("p05/new")).unwrap();
+    fs::write(src.join("p05/new/g.txt"), "new").unwrap();
+    fs::write(src.join("p29/q5/f.txt"), "changed, longer").unwrap();
+    let third = backup(&mut repo, &[&src]).await;
+    assert_eq!(third.files_new, 1);
+    assert_eq!(third.files_changed, 1);
+    assert_eq!(third.files_unmodified, 180 - 6 - 1 - 1);
+    let target = dir.path().join("restored");
+    repo.restore(
+        "latest",
+        src.as_os_str().as_bytes(),
+        &target,
+        &RestoreFilter::default(),
+    )
+    .await
+    .unwrap();
+    assert_same_tree(&src, &target);
 }
 
 #[derive(Default)]

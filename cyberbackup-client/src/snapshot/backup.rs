@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cyberbackup_core::repo::{
     BlobId, BlobKind, BlobSealer, Chunker, PackWriter, RefChunk, RefListBuilder, RepoError,
-    SealedBlob, Snapshot, SnapshotEnvelope, SnapshotId, SnapshotStats, Timestamp,
+    SealedBlob, Snapshot, SnapshotEnvelope, SnapshotId, SnapshotStats, Timestamp, Tree,
 };
 use cyberbackup_core::v4::repository::RepoUsage;
 use rand_core::OsRng;
@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::exclude::{ExcludeOptions, Excluder};
 use super::remote::{MAX_HAVE_BATCH, RepoRemote, have_all};
+use super::tree_prefetch::{Lookup, TreePrefetch};
 use super::walk::{PathSet, WalkMsg, WalkOutcome, Walker};
 use super::{EXIT_PARTIAL, Repository};
 use crate::v4::V4ClientError;
@@ -316,6 +317,8 @@ struct Upload<'r, R> {
     unreadable: Vec<String>,
     totals: (u64, u64),
     bytes_done: u64,
+    /// The parent's trees, fetched ahead of the walk.
+    parent_trees: TreePrefetch,
 }
 
 impl<'r, R: RepoRemote> Upload<'r, R> {
@@ -338,6 +341,7 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
             unreadable: Vec::new(),
             totals: (0, 0),
             bytes_done: 0,
+            parent_trees: TreePrefetch::default(),
         })
     }
 
@@ -380,10 +384,7 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
                         }
                     }
                 }
-                WalkMsg::NeedTree { id, reply } => {
-                    let tree = self.repo.tree(id).await.ok();
-                    let _ = reply.send(tree);
-                }
+                WalkMsg::NeedTree { id, reply } => self.answer_tree(id, reply).await,
                 WalkMsg::FileDone {
                     path,
                     files_done,
@@ -414,6 +415,47 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
         self.write_refs().await?;
         self.finish_pack().await?;
         Ok((outcome, std::mem::take(&mut self.stats)))
+    }
+
+    /// Answers the walk's request for a parent tree (`None` when it cannot be had), then
+    /// fetches ahead the trees it will ask for next if few are left.
+    async fn answer_tree(&mut self, id: BlobId, reply: std::sync::mpsc::SyncSender<Option<Tree>>) {
+        let tree = match self.parent_trees.take(id) {
+            Lookup::Ready(tree) => Some(tree),
+            Lookup::Fetch(position) => {
+                let fetched = self
+                    .repo
+                    .trees(&[id])
+                    .await
+                    .ok()
+                    .and_then(|mut trees| trees.pop().flatten());
+                fetched.map(|(tree, bytes)| {
+                    self.parent_trees.fetched(position, &tree, bytes);
+                    tree
+                })
+            }
+        };
+        let _ = reply.send(tree);
+        if self.parent_trees.wants_more() {
+            loop {
+                let batch = self.parent_trees.next_batch();
+                if batch.is_empty() {
+                    break;
+                }
+                let ids: Vec<BlobId> = batch.iter().map(|(_, id)| *id).collect();
+                let trees = self
+                    .repo
+                    .trees(&ids)
+                    .await
+                    .unwrap_or_else(|_| vec![None; ids.len()]);
+                let arrived = batch
+                    .into_iter()
+                    .zip(trees)
+                    .map(|((position, id), tree)| (position, id, tree))
+                    .collect();
+                self.parent_trees.arrived(arrived);
+            }
+        }
     }
 
     /// Asks HAVE about the pending blobs, seals the missing ones in parallel and packs them.

@@ -20,6 +20,7 @@ mod forget;
 mod keys;
 mod remote;
 mod restore;
+mod tree_prefetch;
 mod walk;
 
 use bytes::Bytes;
@@ -162,6 +163,20 @@ impl<R: RepoRemote> Repository<R> {
             .await
             .map_err(|err| err.into_client(context()))?;
         Tree::decode(&bytes).map_err(|source| repo_error(context(), source))
+    }
+
+    /// Fetches, opens and decodes several trees with their requests in flight together: for
+    /// each, the tree and its sealed size, or `None` when it cannot be had or does not verify.
+    async fn trees(&mut self, ids: &[BlobId]) -> Result<Vec<Option<(Tree, usize)>>, V4ClientError> {
+        let sealed = self.remote.get_blobs(ids).await?;
+        Ok(ids
+            .iter()
+            .zip(sealed)
+            .map(|(id, sealed)| {
+                let bytes = self.opener.open(BlobKind::Tree, id, &sealed).ok()?;
+                Some((Tree::decode(&bytes).ok()?, sealed.len()))
+            })
+            .collect())
     }
 
     /// Fetches and opens one snapshot object.
