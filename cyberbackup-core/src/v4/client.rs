@@ -420,6 +420,10 @@ pub struct ClientSession {
     /// The latest time a caller passed in (commands take none).
     now: Instant,
     out: VecDeque<ClientOutput>,
+    /// The part of a `PUT`'s object not yet sent: sealed into `DATA` frames (then `PUT_END`)
+    /// one at a time as the driver takes the output, so a 16 MiB pack is never queued as
+    /// frames whole. Any other message first sends the rest, keeping the stream in order.
+    put_rest: Option<Bytes>,
     failed: Option<V4Error>,
     closed: bool,
 }
@@ -466,6 +470,7 @@ impl ClientSession {
             next_op: 0,
             finish_when_idle: false,
             out,
+            put_rest: None,
             failed: None,
             closed: false,
         })
@@ -512,7 +517,7 @@ impl ClientSession {
     pub fn handle_bytes(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), V4Error> {
         self.check_failed()?;
         self.now = now;
-        let result = self.consume(now, buf);
+        let result = self.send_put_rest().and_then(|()| self.consume(now, buf));
         self.fail_on(result)
     }
 
@@ -696,7 +701,24 @@ impl ClientSession {
 
     /// Next output, in order.
     pub fn poll_output(&mut self) -> Option<ClientOutput> {
+        if self.out.is_empty() {
+            let result = self.send_put_piece();
+            let _ = self.fail_on(result);
+        }
         self.out.pop_front()
+    }
+
+    /// Seals the next `DATA` frame of the object being put, or `PUT_END` after the last.
+    fn send_put_piece(&mut self) -> Result<(), V4Error> {
+        let Some(mut rest) = self.put_rest.take() else {
+            return Ok(());
+        };
+        if rest.is_empty() {
+            return self.seal_out(&ClientMessage::Repo(RepoRequest::PutEnd));
+        }
+        let piece = rest.split_to(rest.len().min(MAX_DATA_LEN));
+        self.put_rest = Some(rest);
+        self.seal_out(&ClientMessage::Data(piece))
     }
 
     /// The response deadline, if one is armed.
@@ -780,6 +802,7 @@ impl ClientSession {
 
     fn close(&mut self, reason: CloseReason) {
         self.closed = true;
+        self.put_rest = None;
         self.phase = Phase::Done;
         self.timer.disarm();
         self.out.push_back(Output::Close(reason));
@@ -1176,12 +1199,7 @@ impl ClientSession {
                 RepoResult::Have(stored)
             }
             (RepoWait::PutReady(object), ServerMessage::Repo(RepoReply::PutReady)) => {
-                let mut rest = object;
-                while !rest.is_empty() {
-                    let piece = rest.split_to(rest.len().min(MAX_DATA_LEN));
-                    self.send(&ClientMessage::Data(piece))?;
-                }
-                self.send(&ClientMessage::Repo(RepoRequest::PutEnd))?;
+                self.put_rest = Some(object);
                 self.phase = Phase::Repo(op, RepoWait::PutDone);
                 return Ok(());
             }
@@ -1356,7 +1374,22 @@ impl ClientSession {
         self.next_read()
     }
 
+    /// Seals and queues `message`, after the rest of an object being put.
     fn send(&mut self, message: &ClientMessage) -> Result<(), V4Error> {
+        self.send_put_rest()?;
+        self.seal_out(message)
+    }
+
+    /// Queues the rest of an object being put: before a message is sent, and before the
+    /// server's next frames are read (its answer comes after the whole object).
+    fn send_put_rest(&mut self) -> Result<(), V4Error> {
+        while self.put_rest.is_some() {
+            self.send_put_piece()?;
+        }
+        Ok(())
+    }
+
+    fn seal_out(&mut self, message: &ClientMessage) -> Result<(), V4Error> {
         let Noise::Transport(transport) = &mut self.noise else {
             return Err(V4Error::ApiMisuse("no transport keys yet"));
         };
