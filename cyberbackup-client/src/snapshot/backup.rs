@@ -4,7 +4,7 @@
 //! [`MAX_HAVE_BATCH`], seals the missing ones on all cores, packs and uploads them, then
 //! writes the reference list and commits the snapshot.
 //!
-//! Memory: the channel holds at most [`CHANNEL_BLOBS`] chunks, a HAVE batch at most
+//! Memory: the channel holds at most `walk::CHANNEL_BYTES` of messages, a HAVE batch at most
 //! [`BATCH_BYTES`] of plaintext, the pack being filled at most its target plus one blob
 //! (the session seals it into frames one at a time as the socket takes them, so it is not
 //! held twice), and the parent trees fetched ahead of the walk (`tree_prefetch`); the ID set grows with the snapshot (32 bytes per distinct blob), never with the
@@ -26,12 +26,10 @@ use tokio::sync::mpsc;
 use super::exclude::{ExcludeOptions, Excluder};
 use super::remote::{MAX_HAVE_BATCH, RepoRemote, have_all};
 use super::tree_prefetch::{Lookup, TreePrefetch};
-use super::walk::{PathSet, WalkMsg, WalkOutcome, Walker};
+use super::walk::{self, PathSet, Queued, WalkMsg, WalkOutcome, Walker};
 use super::{EXIT_PARTIAL, Repository};
 use crate::v4::V4ClientError;
 
-/// Chunks in flight between the walk and the upload side (each up to the maximum chunk).
-const CHANNEL_BLOBS: usize = 4;
 /// Plaintext gathered before a HAVE round trip and a parallel sealing pass: enough chunks
 /// (8 of the default 1 MiB average) to keep every core sealing, little enough that the
 /// batch and its sealed copies stay a small part of the client's memory (32 MiB made the
@@ -196,7 +194,7 @@ impl<R: RepoRemote> Repository<R> {
         let repo = |source| super::repo_error("backup", source);
         let keys = &self.open.keys;
         let config = &self.open.config;
-        let (tx, rx) = mpsc::channel(CHANNEL_BLOBS);
+        let (tx, rx) = walk::channel(tokio::runtime::Handle::current());
         let walker = Walker::new(
             tx,
             BlobSealer::new(keys, config).map_err(repo)?,
@@ -348,11 +346,11 @@ impl<'r, R: RepoRemote> Upload<'r, R> {
 
     async fn run(
         &mut self,
-        mut rx: mpsc::Receiver<WalkMsg>,
+        mut rx: mpsc::UnboundedReceiver<Queued>,
         observer: &mut dyn BackupObserver,
     ) -> Result<(WalkOutcome, UploadStats), V4ClientError> {
         let outcome = loop {
-            let Some(msg) = rx.recv().await else {
+            let Some((msg, _room)) = rx.recv().await else {
                 return Err(walk_error(RepoError::ApiMisuse(
                     "the walk thread ended early",
                 )));

@@ -1,7 +1,9 @@
 //! The walk of a backup, on its own thread: stats and reads the backup paths, cuts files
 //! into chunks and computes their keyed IDs, builds the trees bottom-up and sends every blob
-//! (and every reused blob ID) to the upload side over a bounded channel, so a slow upload
-//! stops the reading (back-pressure) and memory stays at a few chunks.
+//! (and every reused blob ID) to the upload side over a channel bounded in bytes
+//! ([`CHANNEL_BYTES`]), so a slow upload stops the reading (back-pressure) and memory stays
+//! at a few chunks, while the walk of unchanged files (small messages) runs on during a HAVE
+//! round trip.
 //!
 //! Names stay bytes from `read_dir` to the tree (`OsStrExt`), never lossy strings. Files whose
 //! size, mtime and ctime equal their parent-snapshot entry are not read: their content IDs
@@ -15,18 +17,56 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use cyberbackup_core::repo::limits::{MAX_XATTR_VALUE_BYTES, MAX_XATTRS};
 use cyberbackup_core::repo::{
     BlobId, BlobKind, BlobSealer, Chunker, EntryKind, Metadata, RepoError, Timestamp, Tree,
     TreeEntry, Xattr,
 };
-use tokio::sync::mpsc;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::exclude::Excluder;
 
+/// Most bytes the messages waiting in the channel take (a blob its plaintext, a reused file
+/// its IDs, a path its length, each message 64 more): a few chunks, or the messages of
+/// thousands of unchanged files, so the walk runs on while the upload side awaits a HAVE.
+pub(super) const CHANNEL_BYTES: usize = 4 << 20;
+
 /// Bytes read from a file at a time.
 const READ_LEN: usize = 1 << 20;
+
+/// A message in the channel with the room it takes, given back when the upload side drops it.
+pub(super) type Queued = (WalkMsg, OwnedSemaphorePermit);
+
+/// The walk's end of the channel to the upload side.
+pub(super) struct WalkSender {
+    tx: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
+    runtime: Handle,
+}
+
+/// The channel between the walk (its thread blocks on `runtime` while the channel is full)
+/// and the upload side.
+pub(super) fn channel(runtime: Handle) -> (WalkSender, mpsc::UnboundedReceiver<Queued>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new(CHANNEL_BYTES));
+    (WalkSender { tx, room, runtime }, rx)
+}
+
+impl WalkSender {
+    /// Waits for room for `msg`, then queues it; an error when the upload side hung up.
+    fn send(&self, msg: WalkMsg) -> Result<(), Stop> {
+        let cost = u32::try_from(msg.cost().min(CHANNEL_BYTES)).unwrap_or(u32::MAX);
+        let room = self
+            .runtime
+            .block_on(Arc::clone(&self.room).acquire_many_owned(cost))
+            .map_err(|_| Stop::Hangup)?;
+        self.tx.send((msg, room)).map_err(|_| Stop::Hangup)
+    }
+}
 
 /// What the walk tells the upload side, in order.
 #[derive(Debug)]
@@ -58,6 +98,19 @@ pub(super) enum WalkMsg {
     Skipped { message: String, partial: bool },
     /// The end: the root tree and the counters, or a fatal error.
     Done(Result<WalkOutcome, RepoError>),
+}
+
+impl WalkMsg {
+    /// The bytes the message holds, for the channel's bound.
+    fn cost(&self) -> usize {
+        64 + match self {
+            Self::Blob { plaintext, .. } => plaintext.len(),
+            Self::Reused(ids) => ids.len() * 32,
+            Self::FileDone { path, .. } => path.as_os_str().len(),
+            Self::Skipped { message, .. } => message.len(),
+            Self::Total { .. } | Self::NeedTree { .. } | Self::Done(_) => 0,
+        }
+    }
 }
 
 /// Counters of a finished walk.
@@ -118,7 +171,7 @@ impl PathSet {
 
 /// The walk's state (one per backup, on its own thread).
 pub(super) struct Walker {
-    tx: mpsc::Sender<WalkMsg>,
+    tx: WalkSender,
     ids: BlobSealer,
     chunker: Chunker,
     excluder: Excluder,
@@ -145,7 +198,7 @@ impl From<RepoError> for Stop {
 
 impl Walker {
     pub(super) fn new(
-        tx: mpsc::Sender<WalkMsg>,
+        tx: WalkSender,
         ids: BlobSealer,
         chunker: Chunker,
         excluder: Excluder,
@@ -182,7 +235,7 @@ impl Walker {
     }
 
     fn send(&self, msg: WalkMsg) -> Result<(), Stop> {
-        self.tx.blocking_send(msg).map_err(|_| Stop::Hangup)
+        self.tx.send(msg)
     }
 
     /// Counts the files and bytes the walk will look at (same exclude rules).
