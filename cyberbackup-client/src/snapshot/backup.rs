@@ -7,8 +7,9 @@
 //! Memory: the channel holds at most `walk::CHANNEL_BYTES` of messages, a HAVE batch at most
 //! [`BATCH_BYTES`] of plaintext, the pack being filled at most its target plus one blob
 //! (the session seals it into frames one at a time as the socket takes them, so it is not
-//! held twice), and the parent trees fetched ahead of the walk (`tree_prefetch`); the ID set grows with the snapshot (32 bytes per distinct blob), never with the
-//! repository. An external sort of that set is not needed this round.
+//! held twice), and the parent trees fetched ahead of the walk (`tree_prefetch`); the ID
+//! set grows with the snapshot (32 bytes per distinct blob), never with the repository. An
+//! external sort of that set is not needed this round.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
