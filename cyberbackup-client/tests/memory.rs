@@ -2,8 +2,8 @@
 //! binary, as a child process, backs a file up to the reference server (in-process, real
 //! sockets) while this test samples its peak resident set (`VmHWM` in
 //! `/proc/<pid>/status`, a high-water mark, so the last sample before exit is the peak up to
-//! then) every 2 ms. The bound, 32 MiB, is a correctness property (the file is streamed
-//! through a 1 MiB buffer), not a timing.
+//! then) every 2 ms. The bounds are correctness properties (a single-file upload streams the
+//! file through a 1 MiB buffer: 32 MiB), not timings.
 //!
 //! - `peak_rss_stays_under_32_mib_for_a_64_mib_file` (v3) and `…_over_v4` (the default
 //!   protocol) run by default (about 1 s each in a debug test build with optimised
@@ -12,6 +12,9 @@
 //!   build takes minutes); run it with
 //!   `cargo test -p cyberbackup-client --test memory -- --ignored --nocapture`
 //!   (add `--release` to measure the optimised binary). Measured figures: docs/client.md.
+//! - `a_snapshot_backups_memory_does_not_grow_with_the_file` backs up a 64 MiB and a 256 MiB
+//!   file as snapshots: the second may cost at most a little more (the allocator's
+//!   high-water mark), never the file.
 #![cfg(target_os = "linux")]
 #![allow(
     clippy::unwrap_used,

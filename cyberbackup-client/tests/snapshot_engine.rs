@@ -17,7 +17,7 @@ use bytes::Bytes;
 use cyberbackup_client::snapshot::{
     ArchiveFormat, BackupEvent, BackupObserver, BackupOptions, BackupSummary, DiffKind,
     ExcludeOptions, KeyOptions, NoObserver, OpenedBy, ReadData, RemoteRepo, RepoRemote, Repository,
-    RestoreFilter, SnapshotListing,
+    RestoreFilter, RestoreSummary, SnapshotListing,
 };
 use cyberbackup_client::v4::V4ClientError;
 use cyberbackup_core::repo::{
@@ -265,15 +265,7 @@ async fn a_tree_with_odd_names_links_and_modes_round_trips_exactly() {
     assert!(remote.store().packs_put >= 1);
 
     let target = dir.path().join("restored");
-    let restored = repo
-        .restore(
-            "latest",
-            src.as_os_str().as_bytes(),
-            &target,
-            &RestoreFilter::default(),
-        )
-        .await
-        .unwrap();
+    let restored = restore_latest(&mut repo, &src, &target).await.unwrap();
     assert_eq!(restored.hardlinks, 1);
     assert!(restored.warnings.is_empty(), "{:?}", restored.warnings);
     let listed = repo
@@ -389,14 +381,7 @@ async fn an_unchanged_backup_fetches_the_parents_trees_many_per_request_and_foll
     assert_eq!(third.files_changed, 1);
     assert_eq!(third.files_unmodified, 180 - 6 - 1 - 1);
     let target = dir.path().join("restored");
-    repo.restore(
-        "latest",
-        src.as_os_str().as_bytes(),
-        &target,
-        &RestoreFilter::default(),
-    )
-    .await
-    .unwrap();
+    restore_latest(&mut repo, &src, &target).await.unwrap();
     assert_same_tree(&src, &target);
 }
 
@@ -767,15 +752,7 @@ async fn a_corrupted_blob_fails_the_restore_of_that_file_and_nothing_is_written_
     remote.corrupt(content[0]);
 
     let target = dir.path().join("restored");
-    let err = repo
-        .restore(
-            "latest",
-            src.as_os_str().as_bytes(),
-            &target,
-            &RestoreFilter::default(),
-        )
-        .await
-        .unwrap_err();
+    let err = restore_latest(&mut repo, &src, &target).await.unwrap_err();
     assert!(
         matches!(err, V4ClientError::Corrupt { ref path, .. } if path.ends_with("victim.txt")),
         "{err}"
@@ -1097,6 +1074,21 @@ async fn open_new(dir: &Path) -> (MemRemote, Repository<MemRemote>) {
         .await
         .unwrap();
     (remote, repo)
+}
+
+/// Restores the backup path `src` of the latest snapshot, unfiltered, into `target`.
+async fn restore_latest(
+    repo: &mut Repository<MemRemote>,
+    src: &Path,
+    target: &Path,
+) -> Result<RestoreSummary, V4ClientError> {
+    repo.restore(
+        "latest",
+        src.as_os_str().as_bytes(),
+        target,
+        &RestoreFilter::default(),
+    )
+    .await
 }
 
 async fn backup(repo: &mut Repository<MemRemote>, paths: &[&Path]) -> BackupSummary {

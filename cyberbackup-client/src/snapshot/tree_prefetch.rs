@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use cyberbackup_core::repo::{BlobId, EntryKind, Tree};
 
 /// Most fetched trees held for the walk.
-pub(super) const READY_TREES: usize = 1024;
+const READY_TREES: usize = 1024;
 /// Most sealed bytes of fetched trees held for the walk.
-pub(super) const READY_BYTES: usize = 8 << 20;
+const READY_BYTES: usize = 8 << 20;
 /// Fetching starts again when fewer trees than this are ready.
 const LOW_WATER: usize = READY_TREES / 4;
 /// Most trees asked for in one request window.

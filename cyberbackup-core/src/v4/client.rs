@@ -1389,6 +1389,7 @@ impl ClientSession {
         Ok(())
     }
 
+    /// Seals `message` into a frame at the back of the output (no ordering check).
     fn seal_out(&mut self, message: &ClientMessage) -> Result<(), V4Error> {
         let Noise::Transport(transport) = &mut self.noise else {
             return Err(V4Error::ApiMisuse("no transport keys yet"));
